@@ -1,0 +1,290 @@
+//! Validation of the strings the macros accept: event names, subscription patterns, topics and
+//! durations. The rules mirror `eventbus::pattern` (the runtime checks the same things again when
+//! a bus starts); here they run at expansion time so a typo fails the build, with a message
+//! saying what is wrong. Segments are numbered from 1 in messages.
+
+/// The longest accepted event name, pattern or topic, in bytes (Kafka's topic limit).
+pub(crate) const MAX_LEN: usize = 249;
+
+const CHARSET: &str = "ASCII letters, digits, `_` and `-`";
+
+fn allowed(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+/// What a wildcard segment means, if the segment is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wildcard {
+    /// `*`: exactly one segment.
+    Single,
+    /// `#` or `**`: one or more trailing segments.
+    Multi,
+}
+
+fn wildcard(segment: &str) -> Option<Wildcard> {
+    match segment {
+        "*" => Some(Wildcard::Single),
+        "#" | "**" => Some(Wildcard::Multi),
+        _ => None,
+    }
+}
+
+fn is_wildcard_char(c: char) -> bool {
+    c == '*' || c == '#'
+}
+
+/// Checks the length and that no segment is empty; shared by names and patterns.
+fn check_shape(what: &str, s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err(format!("{what} is empty; expected `.`-separated segments such as `approval.granted`"));
+    }
+    if s.len() > MAX_LEN {
+        return Err(format!(
+            "{what} is {} bytes long, the limit is {MAX_LEN}",
+            s.len()
+        ));
+    }
+    for (index, segment) in s.split('.').enumerate() {
+        if segment.is_empty() {
+            return Err(format!(
+                "segment {} of {what} `{s}` is empty; segments are separated by single dots, \
+                 with none at the start or end",
+                index + 1
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks one literal segment's characters.
+fn check_chars(what: &str, s: &str, segment: &str, index: usize) -> Result<(), String> {
+    match segment.chars().find(|&c| !allowed(c)) {
+        None => Ok(()),
+        Some(c) => Err(format!(
+            "character {c:?} in segment {} of {what} `{s}` is not allowed; segments may contain \
+             {CHARSET}",
+            index + 1
+        )),
+    }
+}
+
+/// Checks an event name: one or more `.`-separated segments of letters, digits, `_` and `-`,
+/// no wildcards, at most [`MAX_LEN`] bytes.
+pub(crate) fn check_name(s: &str) -> Result<(), String> {
+    const WHAT: &str = "event name";
+    check_shape(WHAT, s)?;
+    for (index, segment) in s.split('.').enumerate() {
+        if let Some(c) = segment.chars().find(|&c| is_wildcard_char(c)) {
+            return Err(format!(
+                "event name `{s}` contains the wildcard {c:?} (segment {}); an event name is \
+                 concrete, wildcards only belong in `#[subscriber]` patterns",
+                index + 1
+            ));
+        }
+        check_chars(WHAT, s, segment, index)?;
+    }
+    Ok(())
+}
+
+/// Checks a subscription pattern: like a name, but a segment may be `*` (exactly one segment),
+/// and the last segment may be `#` or `**` (one or more segments).
+pub(crate) fn check_pattern(s: &str) -> Result<(), String> {
+    const WHAT: &str = "pattern";
+    check_shape(WHAT, s)?;
+    let count = s.split('.').count();
+    for (index, segment) in s.split('.').enumerate() {
+        match wildcard(segment) {
+            Some(Wildcard::Multi) if index + 1 != count => {
+                return Err(format!(
+                    "`{segment}` is segment {} of {count} in pattern `{s}`, but `#`/`**` (one or \
+                     more segments) is only allowed as the last segment; use `*` to match exactly \
+                     one segment",
+                    index + 1
+                ));
+            }
+            Some(_) => {}
+            None if segment.chars().any(is_wildcard_char) => {
+                return Err(format!(
+                    "segment {} of pattern `{s}` is `{segment}`, which mixes a wildcard with other \
+                     characters; `*`, `#` and `**` must each be a whole segment",
+                    index + 1
+                ));
+            }
+            None => check_chars(WHAT, s, segment, index)?,
+        }
+    }
+    Ok(())
+}
+
+/// Checks a topic: 1 to [`MAX_LEN`] characters of ASCII letters, digits, `.`, `_` and `-`, and
+/// not `.` or `..` (the names Kafka and Redis accept alike).
+pub(crate) fn check_topic(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("topic is empty".to_owned());
+    }
+    if s.len() > MAX_LEN {
+        return Err(format!(
+            "topic is {} bytes long, the limit is {MAX_LEN}",
+            s.len()
+        ));
+    }
+    if s == "." || s == ".." {
+        return Err(format!("`{s}` cannot be a topic name"));
+    }
+    match s.chars().find(|&c| !(allowed(c) || c == '.')) {
+        None => Ok(()),
+        Some(c) => Err(format!(
+            "character {c:?} in topic `{s}` is not allowed; topics may contain ASCII letters, \
+             digits, `.`, `_` and `-`"
+        )),
+    }
+}
+
+/// Parses a duration such as `250ms`, `5s`, `1m` or `2h` into milliseconds; the error says
+/// what is wrong with it.
+pub(crate) fn parse_duration(s: &str) -> Result<u64, String> {
+    const EXPECTED: &str = "expected an integer followed by `ms`, `s`, `m` or `h`, such as \
+                            \"250ms\", \"30s\" or \"5m\"";
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    if number.is_empty() {
+        return Err(EXPECTED.to_owned());
+    }
+    let trimmed = unit.trim_start();
+    let factor: u64 = match trimmed {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "" => return Err(format!("the unit is missing; {EXPECTED}")),
+        _ => return Err(format!("unknown unit `{trimmed}`; {EXPECTED}")),
+    };
+    if trimmed.len() != unit.len() {
+        return Err(format!("remove the space before the unit: \"{number}{trimmed}\""));
+    }
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(|| "it is too large".to_owned())
+}
+
+/// The publisher method name for an event name: lowercase, `.` and `-` replaced by `_`.
+pub(crate) fn method_name(event_name: &str) -> String {
+    event_name
+        .chars()
+        .map(|c| match c {
+            '.' | '-' => '_',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_names() {
+        for name in ["approval.granted", "a", "orion.rfq.created", "user-2.sign_up", "A.B"] {
+            assert_eq!(check_name(name), Ok(()), "{name}");
+        }
+        assert_eq!(check_name(&"a".repeat(MAX_LEN)), Ok(()));
+    }
+
+    #[test]
+    fn invalid_names_say_why() {
+        let cases = [
+            ("", "event name is empty"),
+            ("approval..granted", "segment 2 of event name `approval..granted` is empty"),
+            (".a", "segment 1 of event name `.a` is empty"),
+            ("a.", "segment 2 of event name `a.` is empty"),
+            ("approval.granted!", "character '!' in segment 2 of event name `approval.granted!` is not allowed"),
+            ("approval.*", "contains the wildcard '*' (segment 2)"),
+            ("approval.#", "contains the wildcard '#'"),
+            ("a**", "contains the wildcard '*' (segment 1)"),
+            ("été", "character 'é' in segment 1"),
+            ("a b", "character ' '"),
+        ];
+        for (name, expected) in cases {
+            let err = check_name(name).expect_err(name);
+            assert!(err.contains(expected), "{name}: {err}");
+        }
+        let err = check_name(&"a".repeat(MAX_LEN + 1)).expect_err("too long");
+        assert!(err.contains("250 bytes long, the limit is 249"), "{err}");
+    }
+
+    #[test]
+    fn valid_patterns() {
+        for p in ["approval.*", "approval.#", "approval.**", "*.created", "#", "**", "*", "a.*.c", "a.b"] {
+            assert_eq!(check_pattern(p), Ok(()), "{p}");
+        }
+    }
+
+    #[test]
+    fn invalid_patterns_say_why() {
+        let cases = [
+            ("approval.#.x", "`#` is segment 2 of 3 in pattern `approval.#.x`"),
+            ("**.x", "`**` is segment 1 of 2"),
+            ("approval.a*", "segment 2 of pattern `approval.a*` is `a*`, which mixes a wildcard"),
+            ("approval.***", "mixes a wildcard"),
+            ("approval.gr@nted", "character '@' in segment 2 of pattern"),
+            ("a..b", "segment 2 of pattern `a..b` is empty"),
+            ("", "pattern is empty"),
+        ];
+        for (p, expected) in cases {
+            let err = check_pattern(p).expect_err(p);
+            assert!(err.contains(expected), "{p}: {err}");
+        }
+    }
+
+    #[test]
+    fn topics() {
+        for t in ["approvals", "a.b-c_d", "A9"] {
+            assert_eq!(check_topic(t), Ok(()), "{t}");
+        }
+        for (t, expected) in [
+            ("", "empty"),
+            (".", "cannot be a topic"),
+            ("..", "cannot be a topic"),
+            ("a/b", "character '/'"),
+            ("a*", "character '*'"),
+        ] {
+            let err = check_topic(t).expect_err(t);
+            assert!(err.contains(expected), "{t}: {err}");
+        }
+        assert!(check_topic(&"t".repeat(MAX_LEN)).is_ok());
+        assert!(check_topic(&"t".repeat(MAX_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(250));
+        assert_eq!(parse_duration("5s"), Ok(5_000));
+        assert_eq!(parse_duration("1m"), Ok(60_000));
+        assert_eq!(parse_duration("30m"), Ok(1_800_000));
+        assert_eq!(parse_duration("2h"), Ok(7_200_000));
+        assert_eq!(parse_duration("0ms"), Ok(0));
+        for (s, expected) in [
+            ("5", "the unit is missing; expected an integer"),
+            ("5 s", "remove the space before the unit: \"5s\""),
+            ("30 seconds", "unknown unit `seconds`"),
+            ("5sec", "unknown unit `sec`"),
+            ("1.5s", "unknown unit `.5s`"),
+            ("ms", "expected an integer followed by"),
+            ("", "expected an integer followed by"),
+            ("-1s", "expected an integer followed by"),
+            ("99999999999999999999h", "it is too large"),
+            ("9999999999999999h", "it is too large"),
+        ] {
+            let err = parse_duration(s).expect_err(s);
+            assert!(err.starts_with(expected), "{s}: {err}");
+        }
+    }
+
+    #[test]
+    fn method_names() {
+        assert_eq!(method_name("approval.granted"), "approval_granted");
+        assert_eq!(method_name("user-profile.Updated"), "user_profile_updated");
+    }
+}

@@ -1,0 +1,4 @@
+#[eventbus::catalog]
+mod events;
+
+fn main() {}

@@ -1,0 +1,8 @@
+use eventbus::EventGroup;
+
+#[derive(EventGroup)]
+enum ApprovalEvents {
+    Granted(String),
+}
+
+fn main() {}

@@ -1,0 +1,375 @@
+//! The in-memory backend: consumer groups, per-key ordering, acknowledgements and
+//! redelivery inside one process. For the quickstart and for users' unit tests (see
+//! [`crate::testing`]); it keeps nothing across process restarts.
+//!
+//! Semantics:
+//! - A group, identified by its name and pattern, receives every message published after it
+//!   was first joined whose event type matches the pattern (dead-letter topics excepted).
+//! - Members of a group share its messages. While a member holds unacknowledged messages of a
+//!   key, the key's later messages go to that member only, so per-key order holds across members.
+//! - A delivery dropped without ack or nack (its consumer died) is redelivered, before later
+//!   messages of its key, with its redelivery count increased.
+//! - Each topic keeps its last [`MemoryBackend::DEFAULT_RETENTION`] messages for reading back
+//!   (dead-letter tools, replay).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use event_listener::Event as Signal;
+use futures::future::BoxFuture;
+use futures::stream::{self, StreamExt};
+
+use super::{Acknowledger, Backend, Delivery, DeliveryStream, Message, StoredMessage, SubscribeRequest};
+use crate::dead_letter::is_dlq_topic;
+use crate::error::Error;
+use crate::pattern::PatternSet;
+
+/// An in-process message broker. Cheap to clone; clones share state.
+#[derive(Clone, Default)]
+pub struct MemoryBackend {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Signal,
+    activity: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    topics: HashMap<String, TopicLog>,
+    groups: Vec<Group>,
+    group_ids: HashMap<(String, String), usize>,
+    routes: PatternSet<usize>,
+    next_seq: u64,
+    next_tag: u64,
+    next_member: u64,
+    faults: Faults,
+}
+
+#[derive(Default)]
+struct TopicLog {
+    next_offset: u64,
+    entries: VecDeque<StoredMessage>,
+}
+
+#[derive(Default)]
+struct Group {
+    queue: VecDeque<Queued>,
+    unacked: HashMap<u64, (u64, Queued)>,
+    key_owner: HashMap<String, (u64, usize)>,
+    member_unacked: HashMap<u64, usize>,
+}
+
+#[derive(Clone)]
+struct Queued {
+    seq: u64,
+    message: Message,
+    redeliveries: u32,
+}
+
+/// Faults the backend injects on purpose, for tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Faults {
+    /// The next N acknowledgements are lost as if the consumer crashed after its side effect
+    /// and before the ack: the messages are redelivered.
+    pub lose_acks: u32,
+    /// The next N published messages are delivered twice to every group.
+    pub duplicate_deliveries: u32,
+    /// The next N publish calls fail with a backend error.
+    pub fail_publishes: u32,
+}
+
+impl MemoryBackend {
+    /// Messages kept per topic for reading back.
+    pub const DEFAULT_RETENTION: usize = 100_000;
+
+    /// An empty broker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn touch(&self) {
+        self.shared.activity.fetch_add(1, Ordering::SeqCst);
+        self.shared.changed.notify(usize::MAX);
+    }
+
+    /// Adds faults to inject (they add up with the ones still pending).
+    pub fn inject(&self, faults: Faults) {
+        let mut state = self.lock();
+        state.faults.lose_acks += faults.lose_acks;
+        state.faults.duplicate_deliveries += faults.duplicate_deliveries;
+        state.faults.fail_publishes += faults.fail_publishes;
+    }
+
+    /// Faults not yet injected.
+    pub fn pending_faults(&self) -> Faults {
+        self.lock().faults
+    }
+
+    /// Messages queued or delivered and not yet acknowledged, over all groups.
+    pub fn outstanding(&self) -> usize {
+        let state = self.lock();
+        state
+            .groups
+            .iter()
+            .map(|g| g.queue.len() + g.unacked.len())
+            .sum()
+    }
+
+    /// A counter that moves on every publish, delivery and settlement.
+    pub fn activity(&self) -> u64 {
+        self.shared.activity.load(Ordering::SeqCst)
+    }
+
+    /// The messages of a topic still retained, oldest first.
+    pub fn messages(&self, topic: &str) -> Vec<StoredMessage> {
+        self.lock()
+            .topics
+            .get(topic)
+            .map(|log| log.entries.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn take(&self, group: usize, member: u64, prefetch: usize) -> Option<Delivery> {
+        let mut state = self.lock();
+        let tag = state.next_tag;
+        let g = state.groups.get_mut(group)?;
+        if g.member_unacked.get(&member).copied().unwrap_or(0) >= prefetch.max(1) {
+            return None;
+        }
+        let index = g.queue.iter().position(|q| match &q.message.key {
+            None => true,
+            Some(key) => g.key_owner.get(key).is_none_or(|(owner, _)| *owner == member),
+        })?;
+        let queued = g.queue.remove(index)?;
+        if let Some(key) = &queued.message.key {
+            g.key_owner.entry(key.clone()).or_insert((member, 0)).1 += 1;
+        }
+        *g.member_unacked.entry(member).or_insert(0) += 1;
+        g.unacked.insert(tag, (member, queued.clone()));
+        state.next_tag += 1;
+        drop(state);
+        self.shared.activity.fetch_add(1, Ordering::SeqCst);
+        Some(Delivery {
+            redeliveries: queued.redeliveries,
+            message: queued.message,
+            acker: Box::new(MemoryAcker {
+                backend: self.clone(),
+                group,
+                tag,
+                settled: false,
+            }),
+        })
+    }
+
+    /// Settles a delivery: `None` acknowledges it, `Some(attempts)` puts it back.
+    fn settle(&self, group: usize, tag: u64, requeue: Option<u32>) {
+        let mut state = self.lock();
+        let requeue = match requeue {
+            None if state.faults.lose_acks > 0 => {
+                state.faults.lose_acks -= 1;
+                Some(None)
+            }
+            None => None,
+            Some(attempts) => Some(Some(attempts)),
+        };
+        let Some(g) = state.groups.get_mut(group) else { return };
+        let Some((member, mut queued)) = g.unacked.remove(&tag) else { return };
+        if let Some(key) = &queued.message.key {
+            if let Some(owner) = g.key_owner.get_mut(key) {
+                owner.1 -= 1;
+                if owner.1 == 0 {
+                    g.key_owner.remove(key);
+                }
+            }
+        }
+        if let Some(count) = g.member_unacked.get_mut(&member) {
+            *count -= 1;
+        }
+        if let Some(attempts) = requeue {
+            queued.redeliveries += 1;
+            if let Some(attempts) = attempts {
+                queued
+                    .message
+                    .headers
+                    .insert(super::ATTEMPT_HEADER.to_owned(), attempts.to_string());
+            }
+            let at = g.queue.partition_point(|q| q.seq < queued.seq);
+            g.queue.insert(at, queued);
+        }
+        drop(state);
+        self.touch();
+    }
+}
+
+impl std::fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBackend")
+            .field("outstanding", &self.outstanding())
+            .finish()
+    }
+}
+
+struct MemoryAcker {
+    backend: MemoryBackend,
+    group: usize,
+    tag: u64,
+    settled: bool,
+}
+
+impl Acknowledger for MemoryAcker {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+        self.settled = true;
+        self.backend.settle(self.group, self.tag, None);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn nack(mut self: Box<Self>, attempts: u32) -> BoxFuture<'static, Result<(), Error>> {
+        self.settled = true;
+        self.backend.settle(self.group, self.tag, Some(attempts));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl Drop for MemoryAcker {
+    fn drop(&mut self) {
+        if !self.settled {
+            let state = self.backend.lock();
+            let attempts = state
+                .groups
+                .get(self.group)
+                .and_then(|g| g.unacked.get(&self.tag))
+                .map(|(_, q)| q.message.attempts_header());
+            drop(state);
+            if let Some(attempts) = attempts {
+                self.backend.settle(self.group, self.tag, Some(attempts));
+            }
+        }
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn publish(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<(), Error>> {
+        let result = {
+            let mut state = self.lock();
+            if state.faults.fail_publishes > 0 {
+                state.faults.fail_publishes -= 1;
+                Err(Error::backend(
+                    "memory",
+                    "publish",
+                    "injected publish failure",
+                ))
+            } else {
+                let State {
+                    topics,
+                    groups,
+                    routes,
+                    next_seq,
+                    faults,
+                    ..
+                } = &mut *state;
+                for message in messages {
+                    let log = topics.entry(message.topic.clone()).or_default();
+                    let id = log.next_offset.to_string();
+                    log.next_offset += 1;
+                    log.entries.push_back(StoredMessage {
+                        id,
+                        message: message.clone(),
+                    });
+                    if log.entries.len() > Self::DEFAULT_RETENTION {
+                        log.entries.pop_front();
+                    }
+                    if is_dlq_topic(&message.topic) {
+                        continue;
+                    }
+                    let copies = if faults.duplicate_deliveries > 0 {
+                        faults.duplicate_deliveries -= 1;
+                        2
+                    } else {
+                        1
+                    };
+                    routes.for_each_match(&message.event_type, |&group| {
+                        for _ in 0..copies {
+                            *next_seq += 1;
+                            groups[group].queue.push_back(Queued {
+                                seq: *next_seq,
+                                message: message.clone(),
+                                redeliveries: 0,
+                            });
+                        }
+                    });
+                }
+                Ok(())
+            }
+        };
+        self.touch();
+        Box::pin(async move { result })
+    }
+
+    fn subscribe(&self, request: SubscribeRequest) -> BoxFuture<'_, Result<DeliveryStream, Error>> {
+        let (group, member) = {
+            let mut state = self.lock();
+            let id = (request.group.clone(), request.pattern.as_str().to_owned());
+            let group = match state.group_ids.get(&id) {
+                Some(&group) => group,
+                None => {
+                    let group = state.groups.len();
+                    state.groups.push(Group::default());
+                    state.group_ids.insert(id, group);
+                    state.routes.insert(&request.pattern, group);
+                    group
+                }
+            };
+            state.next_member += 1;
+            (group, state.next_member)
+        };
+        let backend = self.clone();
+        let prefetch = request.prefetch;
+        let deliveries = stream::unfold(backend, move |backend| async move {
+            loop {
+                if let Some(delivery) = backend.take(group, member, prefetch) {
+                    return Some((Ok(delivery), backend));
+                }
+                let listener = backend.shared.changed.listen();
+                if let Some(delivery) = backend.take(group, member, prefetch) {
+                    return Some((Ok(delivery), backend));
+                }
+                listener.await;
+            }
+        });
+        Box::pin(async move { Ok(deliveries.boxed()) })
+    }
+
+    fn read_topic(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
+        let messages = self.messages(topic);
+        Box::pin(async move { Ok(messages) })
+    }
+
+    fn delete(&self, topic: &str, ids: Vec<String>) -> BoxFuture<'_, Result<usize, Error>> {
+        let removed = {
+            let mut state = self.lock();
+            match state.topics.get_mut(topic) {
+                Some(log) => {
+                    let before = log.entries.len();
+                    log.entries.retain(|m| !ids.contains(&m.id));
+                    before - log.entries.len()
+                }
+                None => 0,
+            }
+        };
+        self.touch();
+        Box::pin(async move { Ok(removed) })
+    }
+}

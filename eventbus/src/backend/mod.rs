@@ -1,0 +1,141 @@
+//! The backend trait every transport implements, and the message types crossing it.
+//!
+//! A backend moves opaque messages: it publishes them to topics and hands out deliveries to
+//! consumer groups with an acknowledger. Decoding, deduplication, retries and dead-lettering
+//! live in the [pipeline](crate::pipeline) so no backend re-implements them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+
+use crate::error::Error;
+use crate::pattern::Pattern;
+
+pub mod memory;
+
+/// Transport-level headers (next to the envelope, not inside it): attempt counts and
+/// dead-letter metadata.
+pub type MessageHeaders = BTreeMap<String, String>;
+
+/// Header carrying how many attempts a message has had before this delivery.
+pub const ATTEMPT_HEADER: &str = "eventbus-attempt";
+
+/// A message as a backend stores it: the encoded envelope plus routing data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Destination topic (stream).
+    pub topic: String,
+    /// Partition key: messages with the same key are delivered in order.
+    pub key: Option<String>,
+    /// The event's type, duplicated from the envelope so routing does not parse the payload.
+    pub event_type: String,
+    /// Transport headers.
+    pub headers: MessageHeaders,
+    /// The envelope's JSON bytes.
+    pub payload: Arc<[u8]>,
+}
+
+impl Message {
+    /// The attempt count the message carries (0 when never attempted).
+    pub fn attempts_header(&self) -> u32 {
+        self.headers
+            .get(ATTEMPT_HEADER)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// What a consumer asks a backend for.
+#[derive(Debug, Clone)]
+pub struct SubscribeRequest {
+    /// Consumer group: each group receives every matching message once; members split them.
+    pub group: String,
+    /// The event-type pattern of the subscription.
+    pub pattern: Pattern,
+    /// Topics known (from the catalog) to carry events matching the pattern.
+    pub topics: Vec<String>,
+    /// Upper bound of deliveries handed out and not yet acknowledged.
+    pub prefetch: usize,
+}
+
+/// One message handed to a consumer, with the means to settle it.
+pub struct Delivery {
+    /// The message.
+    pub message: Message,
+    /// How many times it was delivered before (0 on the first delivery).
+    pub redeliveries: u32,
+    /// Settles the delivery with the backend.
+    pub acker: Box<dyn Acknowledger>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("message", &self.message)
+            .field("redeliveries", &self.redeliveries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settles a delivery. Dropping it unsettled means the consumer died: the backend redelivers.
+pub trait Acknowledger: Send + 'static {
+    /// The message is done with (handled, duplicate, or dead-lettered): never deliver it again.
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
+    /// The message was not processed: deliver it again, carrying `attempts` so far.
+    fn nack(self: Box<Self>, attempts: u32) -> BoxFuture<'static, Result<(), Error>>;
+}
+
+/// A stream of deliveries for one subscription; dropping it leaves the group.
+pub type DeliveryStream = BoxStream<'static, Result<Delivery, Error>>;
+
+/// A transport: in-memory, Redis Streams, Kafka.
+pub trait Backend: Send + Sync + 'static {
+    /// Short name for logs and errors.
+    fn name(&self) -> &'static str;
+
+    /// Publishes messages, in order; returns once the backend has accepted all of them.
+    fn publish(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Joins the request's consumer group and streams its deliveries.
+    fn subscribe(&self, request: SubscribeRequest) -> BoxFuture<'_, Result<DeliveryStream, Error>>;
+
+    /// Reads the messages of a topic, oldest first, for dead-letter tools and replay.
+    fn read_topic(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
+        let _ = topic;
+        let name = self.name();
+        Box::pin(async move {
+            Err(Error::Unsupported {
+                backend: name,
+                operation: "reading a topic",
+            })
+        })
+    }
+
+    /// Deletes messages from a topic by id (dead-letter purge).
+    fn delete(&self, topic: &str, ids: Vec<String>) -> BoxFuture<'_, Result<usize, Error>> {
+        let _ = (topic, ids);
+        let name = self.name();
+        Box::pin(async move {
+            Err(Error::Unsupported {
+                backend: name,
+                operation: "deleting messages",
+            })
+        })
+    }
+
+    /// Checks the backend is reachable.
+    fn health(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A message read back from a topic, with the id the backend gave it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    /// Backend id (offset, stream entry id).
+    pub id: String,
+    /// The message.
+    pub message: Message,
+}

@@ -1,0 +1,357 @@
+//! The bus: assembles backend, inbox, clock, executor and subscriptions, runs the consumers,
+//! and shuts them down gracefully.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{self, Either};
+use uuid::Uuid;
+
+use crate::backend::{Backend, SubscribeRequest};
+use crate::clock::{Clock, SystemClock};
+use crate::consumer::{ConsumerLoop, Shared};
+use crate::dead_letter::DeadLetters;
+use crate::error::Error;
+use crate::event::{CatalogEntry, Event};
+use crate::inbox::{InboxStore, MemoryInbox};
+use crate::pattern::{validate_name, Pattern};
+use crate::pipeline::{Layer, Pipeline};
+use crate::publisher::Publisher;
+use crate::runtime::{default_runtime, Runtime};
+use crate::subscription::{registered, IntoSubscription, Subscription};
+
+/// Configures and starts a [`Bus`].
+#[must_use]
+#[derive(Default)]
+pub struct BusBuilder {
+    backend: Option<Arc<dyn Backend>>,
+    runtime: Option<Arc<dyn Runtime>>,
+    clock: Option<Arc<dyn Clock>>,
+    inbox: Option<Arc<dyn InboxStore>>,
+    source: Option<String>,
+    catalog: Vec<CatalogEntry>,
+    subscriptions: Vec<Subscription>,
+    discover: bool,
+    layers: Vec<Arc<dyn Layer>>,
+}
+
+impl BusBuilder {
+    /// The transport (required).
+    pub fn backend(mut self, backend: impl Backend) -> Self {
+        self.backend = Some(Arc::new(backend));
+        self
+    }
+
+    /// The transport, already shared.
+    pub fn backend_arc(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// The executor; defaults to the current tokio runtime, else smol (by features).
+    pub fn runtime(mut self, runtime: Arc<dyn Runtime>) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// The clock; defaults to real time on the runtime's timers.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The inbox store; defaults to an in-process [`MemoryInbox`].
+    pub fn inbox(mut self, inbox: Arc<dyn InboxStore>) -> Self {
+        self.inbox = Some(inbox);
+        self
+    }
+
+    /// The `source` stamped on published envelopes; defaults to `eventbus`.
+    pub fn source(mut self, source: impl Into<String>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// Events this service knows (a `#[catalog]` module's `CATALOG`): their names are checked
+    /// and subscriptions learn the topics their pattern covers.
+    pub fn catalog(mut self, entries: &[CatalogEntry]) -> Self {
+        self.catalog.extend_from_slice(entries);
+        self
+    }
+
+    /// Adds a subscription: a `#[subscriber]` function or a [`Subscription`]. A later
+    /// subscription with the same name replaces an earlier one.
+    pub fn subscribe(mut self, subscription: impl IntoSubscription) -> Self {
+        self.subscriptions.push(subscription.into_subscription());
+        self
+    }
+
+    /// Also runs every `#[subscriber]` function linked into the program (feature `inventory`).
+    pub fn discover(mut self) -> Self {
+        self.discover = true;
+        self
+    }
+
+    /// Adds a pipeline layer, run inside the retry loop just before the handler.
+    pub fn layer(mut self, layer: impl Layer) -> Self {
+        self.layers.push(Arc::new(layer));
+        self
+    }
+
+    fn validate(subscription: &Subscription) -> Result<Pattern, Error> {
+        let name = subscription.name();
+        let pattern = Pattern::parse(subscription.pattern()).map_err(|source| Error::Pattern {
+            pattern: subscription.pattern().to_owned(),
+            subscriber: name.to_owned(),
+            source,
+        })?;
+        let options = subscription.options();
+        if options.concurrency == 0 {
+            return Err(Error::config(format!("{name}.concurrency"), "must be at least 1"));
+        }
+        if options.retry.max_attempts == 0 {
+            return Err(Error::config(format!("{name}.retries"), "max attempts must be at least 1"));
+        }
+        if subscription.group_name().trim().is_empty() {
+            return Err(Error::config(format!("{name}.group"), "is empty"));
+        }
+        if options.timeout == Some(Duration::ZERO) {
+            return Err(Error::config(format!("{name}.timeout"), "must be positive"));
+        }
+        options.retry.backoff.validate(name)?;
+        if let Some(uncovered) = subscription
+            .payload_types()
+            .iter()
+            .find(|t| !pattern.matches(t))
+        {
+            return Err(Error::config(
+                format!("{name}.pattern"),
+                format!("`{pattern}` does not match the handler's event type `{uncovered}`"),
+            ));
+        }
+        Ok(pattern)
+    }
+
+    /// Validates the configuration (failing with the name of the bad setting), joins the
+    /// consumer groups and starts consuming.
+    pub async fn start(self) -> Result<Bus, Error> {
+        let runtime = match self.runtime {
+            Some(runtime) => runtime,
+            None => default_runtime()?,
+        };
+        let clock = self
+            .clock
+            .unwrap_or_else(|| Arc::new(SystemClock::new(runtime.clone())));
+        let backend = self.backend.ok_or_else(|| {
+            Error::config("backend", "no backend configured; call `BusBuilder::backend`")
+        })?;
+        let inbox = self.inbox.unwrap_or_else(|| Arc::new(MemoryInbox::new()));
+        let source = self.source.unwrap_or_else(|| "eventbus".to_owned());
+        if source.trim().is_empty() {
+            return Err(Error::config("source", "is empty"));
+        }
+        for entry in &self.catalog {
+            validate_name(entry.name).map_err(|e| {
+                Error::config("catalog", format!("event name `{}`: {e}", entry.name))
+            })?;
+        }
+        let publisher = Publisher::new(backend.clone(), clock.clone(), source);
+
+        // Explicit subscriptions replace discovered ones of the same name; two explicit ones
+        // may share a name only in different groups.
+        let mut subscriptions: Vec<Subscription> = if self.discover {
+            registered()
+                .into_iter()
+                .filter(|d| self.subscriptions.iter().all(|s| s.name() != d.name()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for subscription in self.subscriptions {
+            if subscriptions.iter().any(|s| {
+                s.name() == subscription.name() && s.group_name() == subscription.group_name()
+            }) {
+                return Err(Error::config(
+                    "subscriptions",
+                    format!(
+                        "`{}` is subscribed twice in group `{}`; give one a different \
+                         `with_name` or `group`",
+                        subscription.name(),
+                        subscription.group_name()
+                    ),
+                ));
+            }
+            subscriptions.push(subscription);
+        }
+        let mut planned = Vec::new();
+        for subscription in subscriptions {
+            let pattern = Self::validate(&subscription)?;
+            planned.push((subscription, pattern));
+        }
+
+        let shared = Arc::new(Shared::default());
+        let mut names = Vec::new();
+        for (subscription, pattern) in planned {
+            let topics: BTreeSet<String> = self
+                .catalog
+                .iter()
+                .filter(|e| pattern.matches(e.name))
+                .map(|e| e.topic.to_owned())
+                .collect();
+            let options = subscription.options().clone();
+            let request = SubscribeRequest {
+                group: subscription.group_name().to_owned(),
+                pattern: pattern.clone(),
+                topics: topics.into_iter().collect(),
+                prefetch: (options.concurrency * 4).max(16),
+            };
+            let pipeline = Arc::new(Pipeline::for_subscription(
+                &subscription,
+                pattern,
+                inbox.clone(),
+                publisher.clone(),
+                clock.clone(),
+                &self.layers,
+            ));
+            let stream = backend.subscribe(request).await?;
+            let consumer = ConsumerLoop {
+                group: subscription.group_name().to_owned(),
+                concurrency: options.concurrency,
+                pipeline,
+                shared: shared.clone(),
+                runtime: runtime.clone(),
+                clock: clock.clone(),
+                retry_backoff: options.retry.backoff.clone(),
+            };
+            ConsumerLoop::register(&shared);
+            runtime.spawn(Box::pin(consumer.run(stream)));
+            names.push(subscription.name().to_owned());
+        }
+        tracing::info!(backend = backend.name(), subscriptions = ?names, "event bus started");
+        Ok(Bus {
+            publisher,
+            backend,
+            clock,
+            shared,
+            subscriptions: names,
+        })
+    }
+}
+
+/// A running event bus. Publish through it (or a [`Publisher`] clone), and call
+/// [`Bus::shutdown`] before exiting.
+pub struct Bus {
+    publisher: Publisher,
+    backend: Arc<dyn Backend>,
+    clock: Arc<dyn Clock>,
+    shared: Arc<Shared>,
+    subscriptions: Vec<String>,
+}
+
+/// What [`Bus::shutdown`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Every in-flight handler finished within the timeout.
+    pub drained: bool,
+    /// Handlers aborted at the timeout; their deliveries stay unacknowledged and are
+    /// redelivered.
+    pub aborted: usize,
+}
+
+/// Counts of what the bus's consumers did since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BusStats {
+    /// Handled successfully.
+    pub handled: u64,
+    /// Dropped by the inbox as already handled.
+    pub duplicates: u64,
+    /// Not matching the subscription (shared topics).
+    pub skipped: u64,
+    /// Sent to the dead-letter queue.
+    pub dead_lettered: u64,
+    /// Dropped by a `dlq = false` policy.
+    pub discarded: u64,
+    /// Left for redelivery after an infrastructure failure.
+    pub unsettled: u64,
+}
+
+impl Bus {
+    /// Starts configuring a bus.
+    pub fn builder() -> BusBuilder {
+        BusBuilder::default()
+    }
+
+    /// A publisher for this bus.
+    pub fn publisher(&self) -> Publisher {
+        self.publisher.clone()
+    }
+
+    /// Publishes one event.
+    pub async fn publish<E: Event>(&self, event: E) -> Result<Uuid, Error> {
+        if self.shared.is_stopping() {
+            return Err(Error::Closed);
+        }
+        self.publisher.publish(event).await
+    }
+
+    /// Dead-letter tools over this bus's backend.
+    pub fn dead_letters(&self) -> DeadLetters {
+        DeadLetters::new(self.backend.clone())
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Names of the running subscriptions.
+    pub fn subscriptions(&self) -> &[String] {
+        &self.subscriptions
+    }
+
+    /// What the consumers did so far.
+    pub fn stats(&self) -> BusStats {
+        let c = &self.shared.counters;
+        BusStats {
+            handled: c.handled.load(Ordering::Relaxed),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
+            skipped: c.skipped.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+            discarded: c.discarded.load(Ordering::Relaxed),
+            unsettled: c.unsettled.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops taking new deliveries, waits up to `timeout` for in-flight handlers to finish and
+    /// settle, then aborts the rest (left unacknowledged, so they are redelivered).
+    pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
+        self.shared.stop();
+        let finished = self.shared.loops_finished();
+        let drained = match future::select(Box::pin(finished), self.clock.sleep(timeout)).await {
+            Either::Left(_) => true,
+            Either::Right(_) => false,
+        };
+        let aborted = if drained { 0 } else { self.shared.abort_tasks() };
+        if !drained {
+            self.shared.loops_finished().await;
+        }
+        tracing::info!(drained, aborted, "event bus stopped");
+        ShutdownReport { drained, aborted }
+    }
+
+    /// Stops at once, as a crash would: in-flight handlers are aborted and their deliveries
+    /// stay unacknowledged.
+    pub async fn abort(&self) {
+        self.shared.stop();
+        self.shared.abort_tasks();
+        self.shared.loops_finished().await;
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        self.shared.stop();
+    }
+}

@@ -1,0 +1,261 @@
+//! The consumer loop of one subscription: pulls deliveries, runs up to `concurrency` of them at
+//! once while keeping each partition key strictly sequential, and settles each with the
+//! backend once the pipeline is done with it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+
+use event_listener::Event as Signal;
+use futures::future::{AbortHandle, Abortable, BoxFuture};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+
+use crate::backend::{Delivery, DeliveryStream};
+use crate::clock::Clock;
+use crate::pipeline::{DeliveryCx, Outcome, Pipeline};
+use crate::runtime::Runtime;
+
+/// Counters of what the bus's consumers did.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) handled: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    pub(crate) skipped: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) discarded: AtomicU64,
+    pub(crate) unsettled: AtomicU64,
+}
+
+/// State shared by the bus and its consumer loops.
+#[derive(Default)]
+pub(crate) struct Shared {
+    stopping: AtomicBool,
+    stop_signal: Signal,
+    loops: AtomicUsize,
+    loops_signal: Signal,
+    tasks: Mutex<HashMap<u64, AbortHandle>>,
+    next_task: AtomicU64,
+    pub(crate) counters: Counters,
+}
+
+impl Shared {
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stop_signal.notify(usize::MAX);
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn running_loops(&self) -> usize {
+        self.loops.load(Ordering::SeqCst)
+    }
+
+    /// Completes when every consumer loop has exited.
+    pub(crate) async fn loops_finished(&self) {
+        loop {
+            let listener = self.loops_signal.listen();
+            if self.running_loops() == 0 {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Aborts every running delivery task; their deliveries stay unacknowledged.
+    pub(crate) fn abort_tasks(&self) -> usize {
+        let tasks: Vec<AbortHandle> = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        for task in &tasks {
+            task.abort();
+        }
+        tasks.len()
+    }
+
+    fn count(&self, outcome: &Outcome) {
+        let c = &self.counters;
+        let counter = match outcome {
+            Outcome::Handled => &c.handled,
+            Outcome::Duplicate => &c.duplicates,
+            Outcome::Skipped => &c.skipped,
+            Outcome::DeadLettered(_) => &c.dead_lettered,
+            Outcome::Discarded(_) => &c.discarded,
+            _ => &c.unsettled,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Everything one consumer loop needs.
+pub(crate) struct ConsumerLoop {
+    pub(crate) group: String,
+    pub(crate) concurrency: usize,
+    pub(crate) pipeline: Arc<Pipeline>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) runtime: Arc<dyn Runtime>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) retry_backoff: crate::retry::Backoff,
+}
+
+enum Step {
+    Delivery(Option<Result<Delivery, crate::Error>>),
+    Finished(Option<String>),
+    Stop,
+}
+
+impl ConsumerLoop {
+    /// Registers the loop as running; call before spawning [`ConsumerLoop::run`].
+    pub(crate) fn register(shared: &Shared) {
+        shared.loops.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) async fn run(self, stream: DeliveryStream) {
+        let mut stream = stream.fuse();
+        let concurrency = self.concurrency.max(1);
+        let buffer = (concurrency * 4).max(16);
+        let mut pending: VecDeque<Delivery> = VecDeque::new();
+        let mut busy: HashSet<String> = HashSet::new();
+        let mut running: FuturesUnordered<BoxFuture<'static, Option<String>>> =
+            FuturesUnordered::new();
+        let mut stop_listener = self.shared.stop_signal.listen();
+        let mut stopping = false;
+        let mut errors = 0u32;
+        loop {
+            while running.len() < concurrency {
+                let Some(index) = pending.iter().position(|d| {
+                    d.message.key.as_ref().is_none_or(|k| !busy.contains(k))
+                }) else {
+                    break;
+                };
+                let Some(delivery) = pending.remove(index) else { break };
+                if let Some(key) = &delivery.message.key {
+                    busy.insert(key.clone());
+                }
+                running.push(self.start(delivery));
+            }
+            if stopping && running.is_empty() {
+                break;
+            }
+            let can_read = !stopping && pending.len() < buffer && !stream.is_done();
+            let step = futures::future::poll_fn(|cx| {
+                if !stopping {
+                    if self.shared.is_stopping() {
+                        return Poll::Ready(Step::Stop);
+                    }
+                    while stop_listener.poll_unpin(cx).is_ready() {
+                        stop_listener = self.shared.stop_signal.listen();
+                        if self.shared.is_stopping() {
+                            return Poll::Ready(Step::Stop);
+                        }
+                    }
+                }
+                if let Poll::Ready(Some(key)) = running.poll_next_unpin(cx) {
+                    return Poll::Ready(Step::Finished(key));
+                }
+                if can_read {
+                    if let Poll::Ready(item) = stream.poll_next_unpin(cx) {
+                        return Poll::Ready(Step::Delivery(item));
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match step {
+                Step::Stop => {
+                    stopping = true;
+                    // Deliveries not started are dropped unsettled: the backend redelivers them.
+                    pending.clear();
+                }
+                Step::Finished(key) => {
+                    if let Some(key) = key {
+                        busy.remove(&key);
+                    }
+                }
+                Step::Delivery(Some(Ok(delivery))) => {
+                    errors = 0;
+                    pending.push_back(delivery);
+                }
+                Step::Delivery(Some(Err(error))) => {
+                    errors = errors.saturating_add(1);
+                    let wait = self.retry_backoff.delay(errors);
+                    tracing::warn!(group = %self.group, %error, ?wait, "consumer stream error, backing off");
+                    self.clock.sleep(wait).await;
+                }
+                Step::Delivery(None) => {
+                    if running.is_empty() && pending.is_empty() {
+                        break;
+                    }
+                }
+            }
+        }
+        drop(stream);
+        self.shared.loops.fetch_sub(1, Ordering::SeqCst);
+        self.shared.loops_signal.notify(usize::MAX);
+    }
+
+    /// Spawns the pipeline for one delivery; the returned future completes with the
+    /// delivery's key when it is settled (or aborted).
+    fn start(&self, delivery: Delivery) -> BoxFuture<'static, Option<String>> {
+        let key = delivery.message.key.clone();
+        if self.shared.is_stopping() {
+            // Stopping: leave it unsettled for redelivery rather than start new work.
+            drop(delivery);
+            return Box::pin(futures::future::ready(key));
+        }
+        let pipeline = self.pipeline.clone();
+        let shared = self.shared.clone();
+        let clock = self.clock.clone();
+        let backoff = self.retry_backoff.clone();
+        let group = self.group.clone();
+        let (done_tx, done_rx) = futures::channel::oneshot::channel::<()>();
+        let (abort, registration) = AbortHandle::new_pair();
+        let id = self.shared.next_task.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, abort);
+        let task = async move {
+            let Delivery {
+                message,
+                redeliveries,
+                acker,
+            } = delivery;
+            let previous = redeliveries.max(message.attempts_header());
+            let mut cx = DeliveryCx::new(message, group, previous);
+            let outcome = pipeline.run(&mut cx).await;
+            shared.count(&outcome);
+            let settled = if outcome.is_settled() {
+                acker.ack().await
+            } else {
+                if let Outcome::Unsettled(error) = &outcome {
+                    tracing::warn!(%error, "delivery left unsettled, redelivering after backoff");
+                }
+                clock.sleep(backoff.delay(cx.attempt)).await;
+                acker.nack(cx.attempt).await
+            };
+            if let Err(error) = settled {
+                tracing::error!(%error, "failed to settle a delivery with the backend");
+            }
+        };
+        let tasks_owner = self.shared.clone();
+        self.runtime.spawn(Box::pin(async move {
+            let _ = Abortable::new(task, registration).await;
+            tasks_owner
+                .tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            let _ = done_tx.send(());
+        }));
+        Box::pin(done_rx.map(move |_| key))
+    }
+}

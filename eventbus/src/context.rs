@@ -1,0 +1,144 @@
+//! The handler's [`Context`]: what the handler may want to know about the delivery, and a
+//! publisher for follow-on events that keeps the causal chain.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::envelope::{Envelope, Headers, RawEnvelope};
+use crate::error::Error;
+use crate::event::Event;
+use crate::publisher::Publisher;
+
+/// Header set on replayed deliveries.
+pub const REPLAY_HEADER: &str = "eventbus-replay";
+
+/// Facts about the delivery being handled. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Context {
+    inner: Arc<ContextInner>,
+}
+
+#[derive(Debug)]
+struct ContextInner {
+    event_id: Uuid,
+    event_type: String,
+    topic: String,
+    group: String,
+    attempt: u32,
+    correlation_id: Option<String>,
+    tenant_id: Option<String>,
+    user_id: Option<String>,
+    headers: Headers,
+    replay: bool,
+    publisher: Publisher,
+}
+
+impl Context {
+    pub(crate) fn new(
+        raw: &RawEnvelope,
+        topic: &str,
+        group: &str,
+        attempt: u32,
+        replay: bool,
+        publisher: Publisher,
+    ) -> Self {
+        Context {
+            inner: Arc::new(ContextInner {
+                event_id: raw.id,
+                event_type: raw.event_type.clone(),
+                topic: topic.to_owned(),
+                group: group.to_owned(),
+                attempt,
+                correlation_id: raw.correlation_id.clone(),
+                tenant_id: raw.tenant_id.clone(),
+                user_id: raw.user_id.clone(),
+                headers: raw.headers.clone(),
+                replay,
+                publisher,
+            }),
+        }
+    }
+
+    /// Id of the event being handled.
+    pub fn event_id(&self) -> Uuid {
+        self.inner.event_id
+    }
+
+    /// Type of the event being handled.
+    pub fn event_type(&self) -> &str {
+        &self.inner.event_type
+    }
+
+    /// Topic it was delivered from.
+    pub fn topic(&self) -> &str {
+        &self.inner.topic
+    }
+
+    /// Consumer group handling it.
+    pub fn group(&self) -> &str {
+        &self.inner.group
+    }
+
+    /// Attempt number, 1 on the first try.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+
+    /// Correlation id of the flow.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.inner.correlation_id.as_deref()
+    }
+
+    /// Tenant of the event.
+    pub fn tenant_id(&self) -> Option<&str> {
+        self.inner.tenant_id.as_deref()
+    }
+
+    /// User of the event.
+    pub fn user_id(&self) -> Option<&str> {
+        self.inner.user_id.as_deref()
+    }
+
+    /// Envelope headers.
+    pub fn headers(&self) -> &Headers {
+        &self.inner.headers
+    }
+
+    /// Whether this delivery is a replay of an already handled event.
+    pub fn is_replay(&self) -> bool {
+        self.inner.replay
+    }
+
+    /// The bus's publisher, without the causal chain; prefer [`Context::publish`].
+    pub fn publisher(&self) -> &Publisher {
+        &self.inner.publisher
+    }
+
+    /// Publishes a follow-on event: `causation_id` is the handled event's id, and the
+    /// correlation id, tenant and user are carried over.
+    pub async fn publish<E: Event>(&self, event: E) -> Result<Uuid, Error> {
+        self.publish_envelope(Envelope::new(event)).await
+    }
+
+    /// Publishes a follow-on envelope, filling the causal metadata it leaves empty.
+    pub async fn publish_envelope<E: Event>(&self, envelope: Envelope<E>) -> Result<Uuid, Error> {
+        self.inner.publisher.publish_envelope(self.follow_on(envelope)).await
+    }
+
+    /// Fills the causal metadata of a follow-on envelope.
+    pub fn follow_on<T>(&self, mut envelope: Envelope<T>) -> Envelope<T> {
+        let inner = &self.inner;
+        envelope.causation_id = Some(inner.event_id.to_string());
+        if envelope.correlation_id.is_none() {
+            envelope.correlation_id = inner.correlation_id.clone();
+        }
+        if envelope.tenant_id.is_none() {
+            envelope.tenant_id = inner.tenant_id.clone();
+        }
+        if envelope.user_id.is_none() {
+            envelope.user_id = inner.user_id.clone();
+        }
+        envelope
+    }
+}

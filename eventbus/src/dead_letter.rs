@@ -1,0 +1,218 @@
+//! The dead-letter queue: where deliveries end when they fail permanently or run out of
+//! attempts, with the reason, and the tools to list, inspect, redrive and purge them.
+//!
+//! A dead letter is the original message, unchanged, published to `{topic}.dlq` with
+//! these transport headers: `dlq-original-topic`, `dlq-group`, `dlq-error-kind`
+//! (`transient`/`permanent`), `dlq-error`, `dlq-attempts`, `dlq-first-failure` and
+//! `dlq-last-failure` (RFC 3339).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::backend::{Backend, Message, MessageHeaders, StoredMessage, ATTEMPT_HEADER};
+use crate::envelope::RawEnvelope;
+use crate::error::{DecodeError, Error};
+use crate::handler::ErrorKind;
+use crate::pipeline::park::REDRIVE_HEADER;
+
+/// Suffix of dead-letter topics.
+pub const DLQ_SUFFIX: &str = ".dlq";
+
+const ORIGINAL_TOPIC: &str = "dlq-original-topic";
+const GROUP: &str = "dlq-group";
+const ERROR_KIND: &str = "dlq-error-kind";
+const ERROR: &str = "dlq-error";
+const ATTEMPTS: &str = "dlq-attempts";
+const FIRST_FAILURE: &str = "dlq-first-failure";
+const LAST_FAILURE: &str = "dlq-last-failure";
+
+/// The dead-letter topic of `topic`.
+pub fn dlq_topic(topic: &str) -> String {
+    format!("{topic}{DLQ_SUFFIX}")
+}
+
+/// Whether `topic` is a dead-letter topic; consumers never receive from these by pattern.
+pub fn is_dlq_topic(topic: &str) -> bool {
+    topic.ends_with(DLQ_SUFFIX)
+}
+
+/// Why and when a delivery failed for good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    /// Transient (exhausted) or permanent.
+    pub kind: ErrorKind,
+    /// The error message.
+    pub message: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// First failed attempt.
+    pub first_failure: DateTime<Utc>,
+    /// Last failed attempt.
+    pub last_failure: DateTime<Utc>,
+}
+
+/// Builds the dead-letter message for `original` failed in `group`.
+pub fn dead_letter_message(original: &Message, group: &str, failure: &Failure) -> Message {
+    let mut headers: MessageHeaders = original
+        .headers
+        .iter()
+        .filter(|(k, _)| !k.starts_with("dlq-") && k.as_str() != ATTEMPT_HEADER)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    headers.insert(ORIGINAL_TOPIC.into(), original.topic.clone());
+    headers.insert(GROUP.into(), group.into());
+    headers.insert(ERROR_KIND.into(), failure.kind.to_string());
+    headers.insert(ERROR.into(), failure.message.clone());
+    headers.insert(ATTEMPTS.into(), failure.attempts.to_string());
+    headers.insert(FIRST_FAILURE.into(), failure.first_failure.to_rfc3339());
+    headers.insert(LAST_FAILURE.into(), failure.last_failure.to_rfc3339());
+    Message {
+        topic: dlq_topic(&original.topic),
+        key: original.key.clone(),
+        event_type: original.event_type.clone(),
+        headers,
+        payload: original.payload.clone(),
+    }
+}
+
+/// A message in a dead-letter topic, with its failure metadata.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetter {
+    /// Backend id of the dead-letter message.
+    pub id: String,
+    /// The dead-letter topic.
+    pub dlq_topic: String,
+    /// Where the message was consumed from.
+    pub original_topic: String,
+    /// The consumer group that gave up.
+    pub group: String,
+    /// Partition key.
+    pub key: Option<String>,
+    /// Event type.
+    pub event_type: String,
+    /// Why and when.
+    pub failure: Failure,
+    /// The original envelope bytes, as received (may be malformed: that can be the reason).
+    #[serde(skip)]
+    pub payload: Arc<[u8]>,
+}
+
+impl DeadLetter {
+    /// Reads the metadata back from a dead-letter message.
+    pub fn from_stored(stored: &StoredMessage) -> DeadLetter {
+        let h = &stored.message.headers;
+        let text = |k: &str| h.get(k).cloned().unwrap_or_default();
+        let time = |k: &str| {
+            h.get(k)
+                .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or_default()
+        };
+        DeadLetter {
+            id: stored.id.clone(),
+            dlq_topic: stored.message.topic.clone(),
+            original_topic: h
+                .get(ORIGINAL_TOPIC)
+                .cloned()
+                .unwrap_or_else(|| stored.message.topic.trim_end_matches(DLQ_SUFFIX).to_owned()),
+            group: text(GROUP),
+            key: stored.message.key.clone(),
+            event_type: stored.message.event_type.clone(),
+            failure: Failure {
+                kind: if text(ERROR_KIND) == "permanent" {
+                    ErrorKind::Permanent
+                } else {
+                    ErrorKind::Transient
+                },
+                message: text(ERROR),
+                attempts: h.get(ATTEMPTS).and_then(|v| v.parse().ok()).unwrap_or(0),
+                first_failure: time(FIRST_FAILURE),
+                last_failure: time(LAST_FAILURE),
+            },
+            payload: stored.message.payload.clone(),
+        }
+    }
+
+    /// Decodes the original envelope.
+    pub fn envelope(&self) -> Result<RawEnvelope, DecodeError> {
+        RawEnvelope::decode(&self.payload)
+    }
+
+    /// The message that puts this event back on its original topic, with fresh attempts and a
+    /// redrive marker.
+    pub fn redrive_message(&self) -> Message {
+        Message {
+            topic: self.original_topic.clone(),
+            key: self.key.clone(),
+            event_type: self.event_type.clone(),
+            headers: MessageHeaders::from([(REDRIVE_HEADER.to_owned(), self.id.clone())]),
+            payload: self.payload.clone(),
+        }
+    }
+}
+
+/// Dead-letter tools over a backend: list, inspect, redrive, purge.
+#[derive(Clone)]
+pub struct DeadLetters {
+    backend: Arc<dyn Backend>,
+}
+
+impl DeadLetters {
+    /// Tools over `backend`.
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        DeadLetters { backend }
+    }
+
+    /// Every dead letter of `topic` (the original topic, not the `.dlq` one), oldest first.
+    pub async fn list(&self, topic: &str) -> Result<Vec<DeadLetter>, Error> {
+        let stored = self.backend.read_topic(&dlq_topic(topic)).await?;
+        Ok(stored.iter().map(DeadLetter::from_stored).collect())
+    }
+
+    /// One dead letter by id.
+    pub async fn get(&self, topic: &str, id: &str) -> Result<DeadLetter, Error> {
+        self.list(topic)
+            .await?
+            .into_iter()
+            .find(|d| d.id == id)
+            .ok_or_else(|| Error::DeadLetterNotFound {
+                topic: dlq_topic(topic),
+                id: id.to_owned(),
+            })
+    }
+
+    /// Re-publishes dead letters to their original topic (in their order) and removes them from
+    /// the dead-letter topic. Returns how many were redriven.
+    pub async fn redrive(&self, topic: &str, ids: &[String]) -> Result<usize, Error> {
+        let letters = self.list(topic).await?;
+        let mut chosen = Vec::new();
+        for id in ids {
+            let letter = letters.iter().find(|d| &d.id == id).ok_or_else(|| {
+                Error::DeadLetterNotFound {
+                    topic: dlq_topic(topic),
+                    id: id.clone(),
+                }
+            })?;
+            chosen.push(letter);
+        }
+        chosen.sort_by_key(|d| letters.iter().position(|x| x.id == d.id));
+        self.backend
+            .publish(chosen.iter().map(|d| d.redrive_message()).collect())
+            .await?;
+        let ids: Vec<String> = chosen.iter().map(|d| d.id.clone()).collect();
+        self.backend.delete(&dlq_topic(topic), ids).await
+    }
+
+    /// Redrives every dead letter of `topic`.
+    pub async fn redrive_all(&self, topic: &str) -> Result<usize, Error> {
+        let ids: Vec<String> = self.list(topic).await?.into_iter().map(|d| d.id).collect();
+        self.redrive(topic, &ids).await
+    }
+
+    /// Deletes dead letters without redriving them; returns how many were removed.
+    pub async fn purge(&self, topic: &str, ids: Vec<String>) -> Result<usize, Error> {
+        self.backend.delete(&dlq_topic(topic), ids).await
+    }
+}

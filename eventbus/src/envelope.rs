@@ -1,0 +1,235 @@
+//! The envelope: the metadata every event travels with, and its JSON wire format.
+//!
+//! ```json
+//! {
+//!   "id": "0190b5a4-6c1e-7cc2-9d4e-3f1a2b3c4d5e",
+//!   "type": "approval.granted",
+//!   "source": "approvals-service",
+//!   "time": "2026-11-23T10:15:01.123Z",
+//!   "version": 1,
+//!   "correlationId": "0190b5a4-6c1e-7cc2-9d4e-3f1a2b3c4d5e",
+//!   "causationId": null,
+//!   "tenantId": "acme",
+//!   "userId": "u-42",
+//!   "headers": {"traceparent": "00-..."},
+//!   "data": {"approvalId": "a-1"}
+//! }
+//! ```
+//!
+//! `id`, `type`, `source`, `time`, `version` and `data` are required; the others may be absent
+//! or `null`. Unknown fields are ignored so producers can add fields without breaking readers.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::error::DecodeError;
+use crate::event::Event;
+
+/// Free-form string headers carried inside the envelope (trace context, user metadata).
+pub type Headers = BTreeMap<String, String>;
+
+/// An event with its metadata. `T` is the payload: an [`Event`] type, an event group, or
+/// [`serde_json::Value`] for dynamic handlers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Envelope<T> {
+    /// Unique id of this event (UUID v7, time-ordered). The inbox deduplicates on it.
+    pub id: Uuid,
+    /// The event's name, such as `approval.granted`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The service that produced it.
+    pub source: String,
+    /// When it was produced, RFC 3339 UTC.
+    pub time: DateTime<Utc>,
+    /// Schema version of `data`.
+    pub version: u32,
+    /// Id shared by every event of one business flow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// Id of the event whose handler produced this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<String>,
+    /// Tenant the event belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// User who caused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// Extra string headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: Headers,
+    /// The payload.
+    pub data: T,
+}
+
+/// An envelope whose `data` is kept as unparsed JSON; what the pipeline decodes first.
+pub type RawEnvelope = Envelope<Box<RawValue>>;
+
+impl<E: Event> Envelope<E> {
+    /// Wraps an event with a fresh id and the current time; the publisher fills `source` and
+    /// `correlation_id` when they are left empty.
+    ///
+    /// ```
+    /// # use eventbus::{event, Envelope};
+    /// #[event(name = "user.invited", version = 1)]
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct UserInvited { email: String }
+    ///
+    /// let env = Envelope::new(UserInvited { email: "a@example.com".into() }).with_tenant("acme");
+    /// assert_eq!(env.event_type, "user.invited");
+    /// assert_eq!(env.tenant_id.as_deref(), Some("acme"));
+    /// ```
+    pub fn new(data: E) -> Self {
+        Envelope {
+            id: Uuid::now_v7(),
+            event_type: E::NAME.to_owned(),
+            source: String::new(),
+            time: Utc::now(),
+            version: E::VERSION,
+            correlation_id: None,
+            causation_id: None,
+            tenant_id: None,
+            user_id: None,
+            headers: Headers::new(),
+            data,
+        }
+    }
+}
+
+impl<T> Envelope<T> {
+    /// Sets the tenant.
+    pub fn with_tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant_id = Some(tenant.into());
+        self
+    }
+
+    /// Sets the user.
+    pub fn with_user(mut self, user: impl Into<String>) -> Self {
+        self.user_id = Some(user.into());
+        self
+    }
+
+    /// Sets the correlation id.
+    pub fn with_correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.correlation_id = Some(id.into());
+        self
+    }
+
+    /// Sets the causation id.
+    pub fn with_causation_id(mut self, id: impl Into<String>) -> Self {
+        self.causation_id = Some(id.into());
+        self
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Replaces the payload, keeping every metadata field.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Envelope<U> {
+        Envelope {
+            id: self.id,
+            event_type: self.event_type,
+            source: self.source,
+            time: self.time,
+            version: self.version,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            tenant_id: self.tenant_id,
+            user_id: self.user_id,
+            headers: self.headers,
+            data: f(self.data),
+        }
+    }
+
+    /// Copies the metadata onto another payload.
+    pub(crate) fn with_data<U>(&self, data: U) -> Envelope<U> {
+        Envelope {
+            id: self.id,
+            event_type: self.event_type.clone(),
+            source: self.source.clone(),
+            time: self.time,
+            version: self.version,
+            correlation_id: self.correlation_id.clone(),
+            causation_id: self.causation_id.clone(),
+            tenant_id: self.tenant_id.clone(),
+            user_id: self.user_id.clone(),
+            headers: self.headers.clone(),
+            data,
+        }
+    }
+}
+
+impl RawEnvelope {
+    /// Decodes the envelope from wire bytes. Fails on invalid UTF-8, invalid JSON or a missing
+    /// required field; tolerates unknown fields.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::InvalidUtf8 {
+            valid_up_to: e.valid_up_to(),
+        })?;
+        serde_json::from_str(text).map_err(DecodeError::Envelope)
+    }
+}
+
+impl<T: Serialize> Envelope<T> {
+    /// Encodes the envelope to its JSON wire form.
+    pub fn encode(&self) -> Result<Vec<u8>, crate::Error> {
+        serde_json::to_vec(self).map_err(|source| crate::Error::Encode {
+            event_type: self.event_type.clone(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"{"id":"0190b5a4-6c1e-7cc2-9d4e-3f1a2b3c4d5e","type":"approval.granted",
+        "source":"svc","time":"2026-11-23T10:15:01.123Z","version":1,"correlationId":"c-1",
+        "tenantId":"acme","headers":{"a":"b"},"data":{"x":1},"somethingNew":true}"#;
+
+    #[test]
+    fn decodes_and_ignores_unknown_fields() {
+        let env = RawEnvelope::decode(FULL.as_bytes()).expect("valid envelope");
+        assert_eq!(env.event_type, "approval.granted");
+        assert_eq!(env.correlation_id.as_deref(), Some("c-1"));
+        assert_eq!(env.tenant_id.as_deref(), Some("acme"));
+        assert_eq!(env.user_id, None);
+        assert_eq!(env.headers.get("a").map(String::as_str), Some("b"));
+        assert_eq!(env.data.get(), r#"{"x":1}"#);
+    }
+
+    #[test]
+    fn missing_required_field_is_an_error() {
+        for field in ["\"id\"", "\"type\"", "\"source\"", "\"time\"", "\"version\"", "\"data\""] {
+            let broken = FULL.replacen(field, "\"renamed\"", 1);
+            let err = RawEnvelope::decode(broken.as_bytes()).expect_err(field);
+            assert!(matches!(err, DecodeError::Envelope(_)), "{field}: {err}");
+            assert!(err.to_string().contains("missing field"), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_reported() {
+        let err = RawEnvelope::decode(b"{\"id\":\xff}").expect_err("invalid utf-8");
+        assert!(matches!(err, DecodeError::InvalidUtf8 { valid_up_to: 6 }));
+    }
+
+    #[test]
+    fn encodes_camel_case_and_skips_empty_optionals() {
+        let env = RawEnvelope::decode(FULL.as_bytes()).expect("valid envelope");
+        let text = String::from_utf8(env.encode().expect("encodes")).expect("utf-8");
+        assert!(text.contains("\"correlationId\":\"c-1\""), "{text}");
+        assert!(text.contains("\"type\":\"approval.granted\""), "{text}");
+        assert!(!text.contains("userId"), "{text}");
+        assert!(!text.contains("somethingNew"), "{text}");
+    }
+}

@@ -1,0 +1,166 @@
+//! The crate's error types: [`Error`] for the bus itself, [`DecodeError`] for incoming bytes.
+
+use crate::pattern::PatternError;
+
+/// A boxed error from a backend or store, kept as the `source` of an [`Error`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong in the bus outside a handler.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A subscription pattern or event name does not parse.
+    #[error("invalid pattern `{pattern}` for `{subscriber}`: {source}")]
+    Pattern {
+        /// The offending pattern as written.
+        pattern: String,
+        /// The subscriber that declared it.
+        subscriber: String,
+        /// What is wrong with it.
+        #[source]
+        source: PatternError,
+    },
+    /// A configuration value is missing or out of range; `setting` names it.
+    #[error("invalid setting `{setting}`: {message}")]
+    Config {
+        /// The name of the setting, as the user spells it.
+        setting: String,
+        /// Why the value was rejected.
+        message: String,
+    },
+    /// An event could not be serialized.
+    #[error("failed to encode event `{event_type}`")]
+    Encode {
+        /// The event's type name.
+        event_type: String,
+        /// The serializer's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Incoming bytes could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The backend (broker, server) failed an operation.
+    #[error("{backend} backend: {operation} failed")]
+    Backend {
+        /// Which backend: `memory`, `redis`, `kafka`.
+        backend: &'static str,
+        /// What it was doing.
+        operation: &'static str,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+    /// The inbox store failed.
+    #[error("inbox store: {operation} failed")]
+    Inbox {
+        /// What it was doing.
+        operation: &'static str,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+    /// The backend does not offer this operation.
+    #[error("the {backend} backend does not support {operation}")]
+    Unsupported {
+        /// Which backend.
+        backend: &'static str,
+        /// The missing operation.
+        operation: &'static str,
+    },
+    /// A dead letter with this id does not exist.
+    #[error("no dead letter `{id}` on topic `{topic}`")]
+    DeadLetterNotFound {
+        /// The DLQ topic searched.
+        topic: String,
+        /// The id asked for.
+        id: String,
+    },
+    /// An operation did not complete in time.
+    #[error("timed out after {after:?} waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        after: std::time::Duration,
+    },
+    /// The bus has been shut down and takes no more work.
+    #[error("the bus is shut down")]
+    Closed,
+}
+
+impl Error {
+    /// Builds an [`Error::Config`] naming `setting`.
+    pub fn config(setting: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config {
+            setting: setting.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Builds an [`Error::Backend`].
+    pub fn backend(
+        backend: &'static str,
+        operation: &'static str,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::Backend {
+            backend,
+            operation,
+            source: source.into(),
+        }
+    }
+}
+
+/// Why an incoming message could not be turned into a typed envelope.
+///
+/// A decode error is permanent: the message goes to the dead-letter queue with this reason.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The bytes are not valid UTF-8.
+    #[error("payload is not valid utf-8 at byte {valid_up_to}")]
+    InvalidUtf8 {
+        /// Length of the valid prefix.
+        valid_up_to: usize,
+    },
+    /// The bytes are not a JSON envelope, or a required envelope field is missing or has the
+    /// wrong type.
+    #[error("malformed envelope: {0}")]
+    Envelope(#[source] serde_json::Error),
+    /// The envelope's `type` is not one this handler accepts.
+    #[error("unexpected event type `{found}`, expected one of {expected:?}")]
+    UnexpectedType {
+        /// The types the handler accepts.
+        expected: &'static [&'static str],
+        /// The type in the envelope.
+        found: String,
+    },
+    /// The envelope's `version` is newer than the code knows.
+    #[error("unsupported version {found} of `{event_type}`, this build knows up to {known}")]
+    UnsupportedVersion {
+        /// The event type.
+        event_type: String,
+        /// The version in the envelope.
+        found: u32,
+        /// The version the code was built with.
+        known: u32,
+    },
+    /// The `data` field does not match the event's schema.
+    #[error("invalid data for `{event_type}`: {source}")]
+    Data {
+        /// The event type.
+        event_type: String,
+        /// The deserializer's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The message is larger than the configured limit.
+    #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Size of the payload.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+}

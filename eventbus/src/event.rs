@@ -1,0 +1,165 @@
+//! What an event is: the [`Event`] trait that `#[event]` implements, the [`Payload`] trait a
+//! handler's envelope is decoded into, and the catalog entry describing an event.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::error::DecodeError;
+
+/// A domain event type: a name, a schema version, a topic and an optional partition key.
+///
+/// Implement it with `#[event(name = "...", version = N)]` rather than by hand; the attribute
+/// checks the name at compile time.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an event",
+    label = "not an event",
+    note = "add `#[eventbus::event(name = \"domain.action\", version = 1)]` to the type"
+)]
+pub trait Event: Payload + Serialize + Send + Sync + 'static {
+    /// The event's name, such as `approval.granted`.
+    const NAME: &'static str;
+    /// The schema version of the payload.
+    const VERSION: u32;
+    /// The topic (stream) the event is published to; the name unless overridden.
+    const TOPIC: &'static str;
+    /// The field used as partition key, if any.
+    const KEY_FIELD: Option<&'static str>;
+    /// The payload's fields, for the catalog.
+    const FIELDS: &'static [FieldInfo];
+
+    /// The partition key of this instance: events with the same key are handled in order.
+    fn partition_key(&self) -> Option<String>;
+}
+
+/// A type a handler can receive inside an [`Envelope`](crate::Envelope): one event type,
+/// an event group enum, or [`serde_json::Value`] for any type.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the payload of a handler's envelope",
+    note = "use an `#[event]` type, a `#[derive(EventGroup)]` enum, or `serde_json::Value`"
+)]
+pub trait Payload: Sized + Send + 'static {
+    /// The event names this payload accepts; empty means any.
+    const TYPES: &'static [&'static str];
+
+    /// Decodes `data` of an envelope whose type is `event_type` and version `version`.
+    fn decode(event_type: &str, version: u32, data: &RawValue) -> Result<Self, DecodeError>;
+}
+
+/// A set of event types handled by one handler, implemented by `#[derive(EventGroup)]` on an
+/// enum whose variants each hold one event type.
+pub trait EventGroup: Payload {}
+
+impl Payload for serde_json::Value {
+    const TYPES: &'static [&'static str] = &[];
+
+    fn decode(event_type: &str, _version: u32, data: &RawValue) -> Result<Self, DecodeError> {
+        serde_json::from_str(data.get()).map_err(|source| DecodeError::Data {
+            event_type: event_type.to_owned(),
+            source,
+        })
+    }
+}
+
+/// Decodes the data of one event type, checking the type name and version. Called by the code
+/// `#[event]` generates.
+pub fn decode_event<E: Event + serde::de::DeserializeOwned>(
+    event_type: &str,
+    version: u32,
+    data: &RawValue,
+) -> Result<E, DecodeError> {
+    if event_type != E::NAME {
+        return Err(DecodeError::UnexpectedType {
+            expected: E::TYPES,
+            found: event_type.to_owned(),
+        });
+    }
+    if version > E::VERSION {
+        return Err(DecodeError::UnsupportedVersion {
+            event_type: event_type.to_owned(),
+            found: version,
+            known: E::VERSION,
+        });
+    }
+    serde_json::from_str(data.get()).map_err(|source| DecodeError::Data {
+        event_type: event_type.to_owned(),
+        source,
+    })
+}
+
+/// One field of an event payload, as the catalog lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FieldInfo {
+    /// Field name in Rust (the JSON name may differ under `serde(rename)`).
+    pub name: &'static str,
+    /// The field's Rust type as written.
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+}
+
+/// One event of a catalog: name, version, topic, key and fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CatalogEntry {
+    /// The event name.
+    pub name: &'static str,
+    /// The schema version.
+    pub version: u32,
+    /// The topic it is published to.
+    pub topic: &'static str,
+    /// The partition key field, if any.
+    pub key: Option<&'static str>,
+    /// The payload's fields.
+    pub fields: &'static [FieldInfo],
+}
+
+impl CatalogEntry {
+    /// The entry describing `E`.
+    pub const fn of<E: Event>() -> Self {
+        CatalogEntry {
+            name: E::NAME,
+            version: E::VERSION,
+            topic: E::TOPIC,
+            key: E::KEY_FIELD,
+            fields: E::FIELDS,
+        }
+    }
+
+    /// A JSON schema (draft 2020-12) of the payload, with field types mapped from their Rust
+    /// names where the mapping is obvious and left open otherwise.
+    pub fn json_schema(&self) -> serde_json::Value {
+        let mut properties = serde_json::Map::new();
+        let mut required = Vec::new();
+        for field in self.fields {
+            let ty = field.ty.replace(' ', "");
+            let (schema, optional) = rust_type_schema(&ty);
+            properties.insert(field.name.to_owned(), schema);
+            if !optional {
+                required.push(serde_json::Value::from(field.name));
+            }
+        }
+        serde_json::json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": self.name,
+            "type": "object",
+            "properties": properties,
+            "required": required,
+        })
+    }
+}
+
+fn rust_type_schema(ty: &str) -> (serde_json::Value, bool) {
+    use serde_json::json;
+    if let Some(inner) = ty.strip_prefix("Option<").and_then(|t| t.strip_suffix('>')) {
+        return (rust_type_schema(inner).0, true);
+    }
+    let schema = match ty {
+        "String" | "&str" | "str" | "Uuid" | "uuid::Uuid" | "char" => json!({"type": "string"}),
+        "bool" => json!({"type": "boolean"}),
+        "f32" | "f64" => json!({"type": "number"}),
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" | "i8" | "i16" | "i32" | "i64"
+        | "i128" | "isize" => json!({"type": "integer"}),
+        t if t.starts_with("Vec<") => json!({"type": "array"}),
+        t if t.contains("DateTime") => json!({"type": "string", "format": "date-time"}),
+        _ => json!({}),
+    };
+    (schema, false)
+}

@@ -1,0 +1,117 @@
+//! The inbox: which events each consumer group has already handled, so a redelivered event is
+//! acknowledged without running the handler again.
+//!
+//! The pipeline checks the inbox before the handler and records the event after it succeeded
+//! and before the delivery is acknowledged: a crash between the two leaves the delivery
+//! unacknowledged, so the event is redelivered, never lost.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
+
+use futures::future::BoxFuture;
+use uuid::Uuid;
+
+use crate::error::Error;
+
+/// Where processed event ids are remembered.
+pub trait InboxStore: Send + Sync + 'static {
+    /// Whether `group` already handled event `id`.
+    fn contains<'a>(&'a self, group: &'a str, id: Uuid) -> BoxFuture<'a, Result<bool, Error>>;
+    /// Remembers that `group` handled event `id`.
+    fn record<'a>(&'a self, group: &'a str, id: Uuid) -> BoxFuture<'a, Result<(), Error>>;
+}
+
+/// An in-process inbox, bounded: beyond `capacity` ids the oldest are forgotten.
+///
+/// Dedupe holds within one process only; use the Redis or SQL inbox across processes.
+#[derive(Debug)]
+pub struct MemoryInbox {
+    capacity: usize,
+    state: Mutex<InboxState>,
+}
+
+#[derive(Debug, Default)]
+struct InboxState {
+    seen: HashSet<(String, Uuid)>,
+    order: VecDeque<(String, Uuid)>,
+}
+
+impl MemoryInbox {
+    /// Default number of remembered ids.
+    pub const DEFAULT_CAPACITY: usize = 1_000_000;
+
+    /// An inbox remembering up to [`Self::DEFAULT_CAPACITY`] ids.
+    pub fn new() -> Self {
+        Self::with_capacity(Self::DEFAULT_CAPACITY)
+    }
+
+    /// An inbox remembering up to `capacity` ids.
+    pub fn with_capacity(capacity: usize) -> Self {
+        MemoryInbox {
+            capacity: capacity.max(1),
+            state: Mutex::new(InboxState::default()),
+        }
+    }
+
+    /// Number of remembered ids.
+    pub fn len(&self) -> usize {
+        self.lock().seen.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, InboxState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Default for MemoryInbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InboxStore for MemoryInbox {
+    fn contains<'a>(&'a self, group: &'a str, id: Uuid) -> BoxFuture<'a, Result<bool, Error>> {
+        let found = self.lock().seen.contains(&(group.to_owned(), id));
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn record<'a>(&'a self, group: &'a str, id: Uuid) -> BoxFuture<'a, Result<(), Error>> {
+        let mut state = self.lock();
+        let entry = (group.to_owned(), id);
+        if state.seen.insert(entry.clone()) {
+            state.order.push_back(entry);
+            while state.order.len() > self.capacity {
+                if let Some(old) = state.order.pop_front() {
+                    state.seen.remove(&old);
+                }
+            }
+        }
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_per_group_and_forgets_beyond_capacity() {
+        futures::executor::block_on(async {
+            let inbox = MemoryInbox::with_capacity(2);
+            let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+            inbox.record("g1", a).await.unwrap();
+            assert!(inbox.contains("g1", a).await.unwrap());
+            assert!(!inbox.contains("g2", a).await.unwrap());
+            inbox.record("g1", b).await.unwrap();
+            inbox.record("g1", c).await.unwrap();
+            assert_eq!(inbox.len(), 2);
+            assert!(!inbox.contains("g1", a).await.unwrap());
+            assert!(inbox.contains("g1", c).await.unwrap());
+        });
+    }
+}

@@ -1,0 +1,104 @@
+//! # eventbus
+//!
+//! Typed domain events over Kafka, Redis Streams or memory, with the reliability machinery
+//! teams otherwise write by hand: an inbox that drops duplicates, bounded retries with backoff,
+//! a dead-letter queue with the failure's reason, per-key ordering under concurrency, and
+//! graceful shutdown.
+//!
+//! ```
+//! use eventbus::{event, subscriber, Bus, Context, Envelope, HandlerResult};
+//! use eventbus::backend::memory::MemoryBackend;
+//!
+//! #[event(name = "approval.granted", version = 1, key = approval_id)]
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct ApprovalGranted { approval_id: String }
+//!
+//! #[subscriber("approval.*", group = "notifier")]
+//! async fn notify(ctx: Context, env: Envelope<ApprovalGranted>) -> HandlerResult {
+//!     println!("{} granted (attempt {})", env.data.approval_id, ctx.attempt());
+//!     Ok(())
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), eventbus::Error> {
+//! let bus = Bus::builder()
+//!     .backend(MemoryBackend::new())
+//!     .subscribe(notify)
+//!     .start()
+//!     .await?;
+//! bus.publish(ApprovalGranted { approval_id: "a-1".into() }).await?;
+//! bus.shutdown(std::time::Duration::from_secs(5)).await;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Features
+//!
+//! | feature | default | what it enables |
+//! |---|---|---|
+//! | `tokio` | yes | [`runtime::TokioRuntime`] |
+//! | `smol` | no | [`runtime::SmolRuntime`] |
+//! | `inventory` | yes | automatic collection of `#[subscriber]` functions |
+
+pub mod backend;
+pub mod bus;
+pub mod clock;
+pub mod context;
+pub mod dead_letter;
+pub mod envelope;
+pub mod error;
+pub mod event;
+pub mod handler;
+pub mod inbox;
+pub mod pattern;
+pub mod pipeline;
+pub mod publisher;
+pub mod retry;
+pub mod runtime;
+pub mod subscription;
+pub mod testing;
+
+mod consumer;
+
+pub use bus::{Bus, BusBuilder, ShutdownReport};
+pub use context::Context;
+pub use envelope::{Envelope, Headers, RawEnvelope};
+pub use error::{DecodeError, Error};
+pub use event::{CatalogEntry, Event, EventGroup, FieldInfo, Payload};
+pub use eventbus_macros::{catalog, event, subscriber, EventGroup};
+pub use handler::{ErrorKind, Handler, HandlerError, HandlerResult};
+pub use publisher::Publisher;
+pub use retry::{Backoff, RetryPolicy, Terminal};
+pub use subscription::{IntoSubscription, SubscriberOptions, Subscription};
+pub use uuid::Uuid;
+
+/// Items the macros' generated code refers to. Not public API: may change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::event::decode_event;
+    pub use crate::pattern::{const_matches, const_matches_all};
+    pub use crate::subscription::Registration;
+    #[cfg(feature = "inventory")]
+    pub use inventory;
+    pub use serde_json::value::RawValue;
+    pub use std::time::Duration;
+}
+
+/// Registers a subscription builder at link time (no-op without the `inventory` feature).
+#[cfg(feature = "inventory")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __register_subscriber {
+    ($make:expr) => {
+        $crate::__private::inventory::submit! {
+            $crate::__private::Registration { make: $make }
+        }
+    };
+}
+
+/// Registers a subscription builder at link time (no-op without the `inventory` feature).
+#[cfg(not(feature = "inventory"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __register_subscriber {
+    ($make:expr) => {};
+}

@@ -1,0 +1,62 @@
+//! Decodes the envelope and filters out event types the subscription does not cover.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use super::{DeliveryCx, Layer, Next, Outcome};
+use crate::clock::Clock;
+use crate::envelope::RawEnvelope;
+use crate::handler::ErrorKind;
+use crate::pattern::Pattern;
+
+/// Parses the envelope (a malformed one is a permanent failure, so it is dead-lettered with the
+/// reason) and skips events whose type the pattern does not match.
+pub struct DecodeLayer {
+    pattern: Pattern,
+    clock: Arc<dyn Clock>,
+    max_payload: usize,
+}
+
+impl DecodeLayer {
+    /// Default payload size limit: 1 MiB.
+    pub const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
+
+    /// A layer for subscriptions to `pattern`.
+    pub fn new(pattern: Pattern, clock: Arc<dyn Clock>) -> Self {
+        DecodeLayer {
+            pattern,
+            clock,
+            max_payload: Self::DEFAULT_MAX_PAYLOAD,
+        }
+    }
+}
+
+impl Layer for DecodeLayer {
+    fn handle<'a>(&'a self, cx: &'a mut DeliveryCx, next: Next<'a>) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let size = cx.message.payload.len();
+            if size > self.max_payload {
+                let error = crate::DecodeError::TooLarge {
+                    size,
+                    limit: self.max_payload,
+                };
+                return Outcome::Failed(cx.failure(ErrorKind::Permanent, error.to_string(), self.clock.now()));
+            }
+            match RawEnvelope::decode(&cx.message.payload) {
+                Ok(envelope) => {
+                    if !self.pattern.matches(&envelope.event_type) {
+                        return Outcome::Skipped;
+                    }
+                    cx.envelope = Some(envelope);
+                    next.run(cx).await
+                }
+                Err(error) => Outcome::Failed(cx.failure(
+                    ErrorKind::Permanent,
+                    error.to_string(),
+                    self.clock.now(),
+                )),
+            }
+        })
+    }
+}

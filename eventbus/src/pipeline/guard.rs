@@ -1,0 +1,84 @@
+//! Catches handler panics and bounds handler time; both count as transient failures.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{self, BoxFuture, Either};
+use futures::FutureExt;
+use tracing::Instrument;
+
+use super::{DeliveryCx, Layer, Next, Outcome};
+use crate::clock::Clock;
+use crate::handler::ErrorKind;
+
+/// Runs each handler call in a tracing span, turns a panic into a transient failure (the
+/// consumer keeps running), and fails calls that exceed the timeout.
+pub struct GuardLayer {
+    timeout: Option<Duration>,
+    clock: Arc<dyn Clock>,
+}
+
+impl GuardLayer {
+    /// A guard with an optional per-call timeout.
+    pub fn new(timeout: Option<Duration>, clock: Arc<dyn Clock>) -> Self {
+        GuardLayer { timeout, clock }
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+impl Layer for GuardLayer {
+    fn handle<'a>(&'a self, cx: &'a mut DeliveryCx, next: Next<'a>) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let span = {
+                let env = cx.envelope.as_ref();
+                tracing::info_span!(
+                    "eventbus.handle",
+                    event.id = %env.map(|e| e.id.to_string()).unwrap_or_default(),
+                    event.r#type = %cx.message.event_type,
+                    topic = %cx.message.topic,
+                    group = %cx.group,
+                    attempt = cx.attempt,
+                    correlation_id = %env.and_then(|e| e.correlation_id.as_deref()).unwrap_or(""),
+                    tenant = %env.and_then(|e| e.tenant_id.as_deref()).unwrap_or(""),
+                )
+            };
+            let attempt = cx.attempt;
+            let first_failure = cx.first_failure;
+            let call = AssertUnwindSafe(next.run(&mut *cx)).catch_unwind().instrument(span);
+            let result = match self.timeout {
+                None => Some(call.await),
+                Some(limit) => match future::select(Box::pin(call), self.clock.sleep(limit)).await {
+                    Either::Left((result, _)) => Some(result),
+                    Either::Right(_) => None,
+                },
+            };
+            let now = self.clock.now();
+            match result {
+                Some(Ok(outcome)) => outcome,
+                Some(Err(payload)) => {
+                    cx.attempt = attempt;
+                    cx.first_failure = first_failure.or(cx.first_failure);
+                    let message = format!("handler panicked: {}", panic_message(&*payload));
+                    Outcome::Failed(cx.failure(ErrorKind::Transient, message, now))
+                }
+                None => {
+                    let message = format!(
+                        "handler timed out after {:?}",
+                        self.timeout.unwrap_or_default()
+                    );
+                    Outcome::Failed(cx.failure(ErrorKind::Transient, message, now))
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,43 @@
+//! Drops deliveries of events the group already handled, and records handled ones.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use super::{DeliveryCx, Layer, Next, Outcome};
+use crate::inbox::InboxStore;
+
+/// Checks the inbox before the handler and records the event after success, before the
+/// delivery is acknowledged. Failing to read or write the inbox leaves the delivery unsettled.
+pub struct InboxLayer {
+    store: Arc<dyn InboxStore>,
+}
+
+impl InboxLayer {
+    /// A layer over `store`.
+    pub fn new(store: Arc<dyn InboxStore>) -> Self {
+        InboxLayer { store }
+    }
+}
+
+impl Layer for InboxLayer {
+    fn handle<'a>(&'a self, cx: &'a mut DeliveryCx, next: Next<'a>) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let Some(id) = cx.envelope.as_ref().map(|e| e.id) else {
+                return next.run(cx).await;
+            };
+            match self.store.contains(&cx.group, id).await {
+                Ok(true) => return Outcome::Duplicate,
+                Ok(false) => {}
+                Err(error) => return Outcome::Unsettled(error),
+            }
+            let outcome = next.run(cx).await;
+            if let Outcome::Handled = outcome {
+                if let Err(error) = self.store.record(&cx.group, id).await {
+                    return Outcome::Unsettled(error);
+                }
+            }
+            outcome
+        })
+    }
+}

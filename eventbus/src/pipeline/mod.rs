@@ -1,0 +1,248 @@
+//! The handler pipeline every delivery goes through, whatever the backend:
+//!
+//! ```text
+//! dead-letter ─▶ decode ─▶ park-key ─▶ inbox ─▶ retry ─▶ [user layers] ─▶ guard ─▶ handler
+//! ```
+//!
+//! Each stage is a [`Layer`]: it gets the delivery's [`DeliveryCx`] and the rest of the chain
+//! as [`Next`], and returns an [`Outcome`]. The consumer acknowledges the delivery when the
+//! outcome is settled ([`Outcome::is_settled`]) and asks for redelivery otherwise.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+
+use crate::backend::Message;
+use crate::clock::Clock;
+use crate::dead_letter::Failure;
+use crate::envelope::RawEnvelope;
+use crate::error::Error;
+use crate::handler::{ErasedHandler, ErrorKind};
+use crate::inbox::InboxStore;
+use crate::publisher::Publisher;
+use crate::subscription::Subscription;
+
+mod decode;
+mod dlq;
+mod guard;
+mod inbox;
+pub(crate) mod park;
+mod retry;
+
+pub use decode::DecodeLayer;
+pub use dlq::DeadLetterLayer;
+pub use guard::GuardLayer;
+pub use inbox::InboxLayer;
+pub use park::{ParkKeyLayer, REDRIVE_HEADER};
+pub use retry::RetryLayer;
+
+/// One delivery travelling through the pipeline.
+#[derive(Debug)]
+pub struct DeliveryCx {
+    /// The message as received.
+    pub message: Message,
+    /// Consumer group handling it.
+    pub group: String,
+    /// Attempt number of the next (or current) handler call, starting at 1.
+    pub attempt: u32,
+    /// The decoded envelope, once the decode layer ran.
+    pub envelope: Option<RawEnvelope>,
+    /// First failed attempt, if any.
+    pub first_failure: Option<DateTime<Utc>>,
+    /// Whether the delivery is a replay.
+    pub replay: bool,
+}
+
+impl DeliveryCx {
+    /// A context for `message` delivered to `group` after `previous_attempts` attempts.
+    pub fn new(message: Message, group: impl Into<String>, previous_attempts: u32) -> Self {
+        let replay = message.headers.contains_key(crate::context::REPLAY_HEADER);
+        DeliveryCx {
+            message,
+            group: group.into(),
+            attempt: previous_attempts.saturating_add(1),
+            envelope: None,
+            first_failure: None,
+            replay,
+        }
+    }
+
+    /// Builds a failure of this delivery at time `now`.
+    pub fn failure(&mut self, kind: ErrorKind, message: String, now: DateTime<Utc>) -> Failure {
+        let first = *self.first_failure.get_or_insert(now);
+        Failure {
+            kind,
+            message,
+            attempts: self.attempt,
+            first_failure: first,
+            last_failure: now,
+        }
+    }
+}
+
+/// How a delivery ended.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The handler succeeded.
+    Handled,
+    /// The inbox had already seen the event in this group: not handled again.
+    Duplicate,
+    /// The event's type does not match the subscription (shared topic): nothing to do.
+    Skipped,
+    /// The handler (or decoding) failed; outer layers decide between retry and dead letter.
+    Failed(Failure),
+    /// Published to the dead-letter topic.
+    DeadLettered(Failure),
+    /// Dropped after exhausting attempts, by policy (`dlq = false`).
+    Discarded(Failure),
+    /// Infrastructure trouble (inbox or DLQ unreachable): the delivery must be redelivered.
+    Unsettled(Error),
+}
+
+impl Outcome {
+    /// Whether the delivery can be acknowledged.
+    pub fn is_settled(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Handled
+                | Outcome::Duplicate
+                | Outcome::Skipped
+                | Outcome::DeadLettered(_)
+                | Outcome::Discarded(_)
+        )
+    }
+
+    /// Short label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Handled => "handled",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Skipped => "skipped",
+            Outcome::Failed(_) => "failed",
+            Outcome::DeadLettered(_) => "dead_lettered",
+            Outcome::Discarded(_) => "discarded",
+            Outcome::Unsettled(_) => "unsettled",
+        }
+    }
+}
+
+/// A pipeline stage.
+pub trait Layer: Send + Sync + 'static {
+    /// Handles the delivery, calling `next` zero or more times.
+    fn handle<'a>(&'a self, cx: &'a mut DeliveryCx, next: Next<'a>) -> BoxFuture<'a, Outcome>;
+}
+
+/// The rest of the pipeline after a layer.
+#[derive(Clone, Copy)]
+pub struct Next<'a> {
+    layers: &'a [Arc<dyn Layer>],
+    endpoint: &'a Endpoint,
+}
+
+impl<'a> Next<'a> {
+    /// Runs the remaining layers and the handler.
+    pub fn run<'b>(self, cx: &'b mut DeliveryCx) -> BoxFuture<'b, Outcome>
+    where
+        'a: 'b,
+    {
+        match self.layers.split_first() {
+            Some((layer, rest)) => layer.handle(
+                cx,
+                Next {
+                    layers: rest,
+                    endpoint: self.endpoint,
+                },
+            ),
+            None => Box::pin(self.endpoint.call(cx)),
+        }
+    }
+}
+
+/// The end of the chain: builds the handler's [`Context`](crate::Context), decodes the data
+/// and calls the handler.
+pub(crate) struct Endpoint {
+    handler: Arc<dyn ErasedHandler>,
+    publisher: Publisher,
+    clock: Arc<dyn Clock>,
+}
+
+impl Endpoint {
+    async fn call(&self, cx: &mut DeliveryCx) -> Outcome {
+        let now = || self.clock.now();
+        let Some(raw) = cx.envelope.as_ref() else {
+            let failure = cx.failure(ErrorKind::Permanent, "envelope was not decoded".into(), now());
+            return Outcome::Failed(failure);
+        };
+        let ctx = crate::Context::new(
+            raw,
+            &cx.message.topic,
+            &cx.group,
+            cx.attempt,
+            cx.replay,
+            self.publisher.clone(),
+        );
+        let result = match self.handler.call(ctx, raw) {
+            Ok(future) => future.await.map_err(|e| (e.kind(), e.message().to_owned())),
+            Err(decode) => Err((ErrorKind::Permanent, decode.to_string())),
+        };
+        match result {
+            Ok(()) => Outcome::Handled,
+            Err((kind, message)) => Outcome::Failed(cx.failure(kind, message, now())),
+        }
+    }
+}
+
+/// A subscription's assembled pipeline.
+pub struct Pipeline {
+    layers: Vec<Arc<dyn Layer>>,
+    endpoint: Endpoint,
+}
+
+impl Pipeline {
+    /// Assembles the standard pipeline for `subscription`, with `extra` layers placed between
+    /// the retry layer and the handler guard.
+    pub(crate) fn for_subscription(
+        subscription: &Subscription,
+        pattern: crate::pattern::Pattern,
+        inbox: Arc<dyn InboxStore>,
+        publisher: Publisher,
+        clock: Arc<dyn Clock>,
+        extra: &[Arc<dyn Layer>],
+    ) -> Self {
+        let options = &subscription.options;
+        let mut layers: Vec<Arc<dyn Layer>> = vec![
+            Arc::new(DeadLetterLayer::new(
+                publisher.backend().clone(),
+                options.retry.terminal,
+            )),
+            Arc::new(DecodeLayer::new(pattern, clock.clone())),
+        ];
+        if options.park_keys {
+            layers.push(Arc::new(ParkKeyLayer::new(clock.clone())));
+        }
+        layers.push(Arc::new(InboxLayer::new(inbox)));
+        layers.push(Arc::new(RetryLayer::new(options.retry.clone(), clock.clone())));
+        layers.extend(extra.iter().cloned());
+        layers.push(Arc::new(GuardLayer::new(options.timeout, clock.clone())));
+        Pipeline {
+            layers,
+            endpoint: Endpoint {
+                handler: subscription.handler.clone(),
+                publisher,
+                clock,
+            },
+        }
+    }
+
+    /// Runs a delivery through every layer.
+    pub async fn run(&self, cx: &mut DeliveryCx) -> Outcome {
+        Next {
+            layers: &self.layers,
+            endpoint: &self.endpoint,
+        }
+        .run(cx)
+        .await
+    }
+}

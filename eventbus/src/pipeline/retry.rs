@@ -1,0 +1,57 @@
+//! Retries transient failures with backoff, within the policy's attempt budget.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use super::{DeliveryCx, Layer, Next, Outcome};
+use crate::clock::Clock;
+use crate::handler::ErrorKind;
+use crate::retry::RetryPolicy;
+
+/// Calls the rest of the chain until it succeeds, fails permanently, or the attempts run out.
+/// The attempt number starts from what the delivery carries (redeliveries, attempt header), so
+/// a message redelivered after a crash does not get a fresh budget.
+pub struct RetryLayer {
+    policy: RetryPolicy,
+    clock: Arc<dyn Clock>,
+}
+
+impl RetryLayer {
+    /// A layer applying `policy`, sleeping on `clock`.
+    pub fn new(policy: RetryPolicy, clock: Arc<dyn Clock>) -> Self {
+        RetryLayer { policy, clock }
+    }
+}
+
+impl Layer for RetryLayer {
+    fn handle<'a>(&'a self, cx: &'a mut DeliveryCx, next: Next<'a>) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let max = self.policy.max_attempts.max(1);
+            if cx.attempt > max {
+                let message = format!(
+                    "attempts exhausted before this delivery ({} previous attempts, limit {max})",
+                    cx.attempt - 1
+                );
+                cx.attempt -= 1;
+                return Outcome::Failed(cx.failure(ErrorKind::Transient, message, self.clock.now()));
+            }
+            loop {
+                match next.run(&mut *cx).await {
+                    Outcome::Failed(failure)
+                        if failure.kind == ErrorKind::Transient && cx.attempt < max =>
+                    {
+                        let delay = self.policy.backoff.delay(cx.attempt);
+                        tracing::debug!(
+                            attempt = cx.attempt, ?delay, error = %failure.message,
+                            "transient failure, retrying"
+                        );
+                        self.clock.sleep(delay).await;
+                        cx.attempt += 1;
+                    }
+                    other => return other,
+                }
+            }
+        })
+    }
+}

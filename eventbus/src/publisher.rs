@@ -1,0 +1,101 @@
+//! The publisher: turns events into envelopes, fills the metadata, and hands them to the
+//! backend.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::backend::{Backend, Message, MessageHeaders};
+use crate::clock::Clock;
+use crate::envelope::Envelope;
+use crate::error::Error;
+use crate::event::Event;
+
+/// Publishes events. Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    backend: Arc<dyn Backend>,
+    clock: Arc<dyn Clock>,
+    source: Arc<str>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("backend", &self.backend.name())
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl Publisher {
+    /// A publisher over `backend`, stamping `source` on every envelope.
+    pub fn new(backend: Arc<dyn Backend>, clock: Arc<dyn Clock>, source: impl Into<Arc<str>>) -> Self {
+        Publisher {
+            backend,
+            clock,
+            source: source.into(),
+        }
+    }
+
+    /// The backend behind this publisher.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Publishes one event with fresh metadata; returns its id.
+    pub async fn publish<E: Event>(&self, event: E) -> Result<Uuid, Error> {
+        self.publish_envelope(Envelope::new(event)).await
+    }
+
+    /// Publishes an envelope, filling `source`, `time` and `correlation_id` where empty.
+    pub async fn publish_envelope<E: Event>(&self, envelope: Envelope<E>) -> Result<Uuid, Error> {
+        let id = envelope.id;
+        let message = self.prepare(envelope)?;
+        self.backend.publish(vec![message]).await?;
+        Ok(id)
+    }
+
+    /// Publishes many envelopes in one backend call (one round trip where the backend can);
+    /// returns their ids in order.
+    pub async fn publish_batch<E: Event>(
+        &self,
+        envelopes: impl IntoIterator<Item = Envelope<E>>,
+    ) -> Result<Vec<Uuid>, Error> {
+        let mut ids = Vec::new();
+        let mut messages = Vec::new();
+        for envelope in envelopes {
+            ids.push(envelope.id);
+            messages.push(self.prepare(envelope)?);
+        }
+        self.backend.publish(messages).await?;
+        Ok(ids)
+    }
+
+    /// Publishes already-encoded messages as they are (redrive, replay, outbox relay).
+    pub async fn publish_messages(&self, messages: Vec<Message>) -> Result<(), Error> {
+        self.backend.publish(messages).await
+    }
+
+    /// Builds the message for an envelope: fills the metadata and encodes it.
+    pub fn prepare<E: Event>(&self, mut envelope: Envelope<E>) -> Result<Message, Error> {
+        if envelope.source.is_empty() {
+            envelope.source = self.source.to_string();
+        }
+        if envelope.correlation_id.is_none() {
+            envelope.correlation_id = Some(envelope.id.to_string());
+        }
+        if envelope.time == chrono::DateTime::<chrono::Utc>::default() {
+            envelope.time = self.clock.now();
+        }
+        let key = envelope.data.partition_key();
+        let payload = envelope.encode()?;
+        Ok(Message {
+            topic: E::TOPIC.to_owned(),
+            key,
+            event_type: envelope.event_type,
+            headers: MessageHeaders::new(),
+            payload: payload.into(),
+        })
+    }
+}

@@ -1,0 +1,210 @@
+//! Subscriptions: a pattern, a handler and the options that drive the pipeline for it, plus
+//! the link-time registry `#[subscriber]` fills.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::handler::{erase, ErasedHandler, Handler};
+use crate::retry::{Backoff, RetryPolicy, Terminal};
+
+/// A handler bound to a pattern, with its options.
+///
+/// ```
+/// use eventbus::{Envelope, HandlerResult, Subscription};
+///
+/// async fn audit(env: Envelope<serde_json::Value>) -> HandlerResult {
+///     println!("{} {}", env.event_type, env.data);
+///     Ok(())
+/// }
+///
+/// let sub = Subscription::new("approval.*", audit).group("audit").retries(5).concurrency(4);
+/// assert_eq!(sub.pattern(), "approval.*");
+/// assert_eq!(sub.options().retry.max_attempts, 6);
+/// ```
+#[derive(Clone)]
+pub struct Subscription {
+    pub(crate) name: String,
+    pub(crate) pattern: String,
+    pub(crate) options: SubscriberOptions,
+    pub(crate) handler: Arc<dyn ErasedHandler>,
+}
+
+/// Per-subscription settings. Defaults: group = the subscription's name, 3 retries with
+/// exponential backoff (100 ms doubling to 10 s, jittered), dead-letter queue on, concurrency 1,
+/// no handler timeout, key parking off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscriberOptions {
+    /// Consumer group; `None` uses the subscription's name.
+    pub group: Option<String>,
+    /// Attempts, waits and terminal state.
+    pub retry: RetryPolicy,
+    /// Handlers running at once for this subscription, across partition keys; events with the
+    /// same key are always handled one at a time, in order.
+    pub concurrency: usize,
+    /// Upper bound of one handler call; a timeout counts as a transient failure.
+    pub timeout: Option<Duration>,
+    /// When an event with key K is dead-lettered, park later events with key K beside it
+    /// instead of handling them out of order.
+    pub park_keys: bool,
+}
+
+impl Default for SubscriberOptions {
+    fn default() -> Self {
+        SubscriberOptions {
+            group: None,
+            retry: RetryPolicy::default(),
+            concurrency: 1,
+            timeout: None,
+            park_keys: false,
+        }
+    }
+}
+
+impl Subscription {
+    /// Subscribes `handler` to events whose type matches `pattern`. The pattern is checked when
+    /// the bus starts.
+    pub fn new<H, Args>(pattern: &str, handler: H) -> Self
+    where
+        H: Handler<Args>,
+        Args: 'static,
+    {
+        Subscription {
+            name: std::any::type_name::<H>().to_owned(),
+            pattern: pattern.to_owned(),
+            options: SubscriberOptions::default(),
+            handler: erase(handler),
+        }
+    }
+
+    /// The subscription's name (the handler's path by default), used in logs and as default
+    /// group.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The pattern as written.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    /// The options.
+    pub fn options(&self) -> &SubscriberOptions {
+        &self.options
+    }
+
+    /// The consumer group in effect.
+    pub fn group_name(&self) -> &str {
+        self.options.group.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The event types the handler's payload accepts (empty = any).
+    pub fn payload_types(&self) -> &'static [&'static str] {
+        self.handler.types()
+    }
+
+    /// Renames the subscription.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets the consumer group.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.options.group = Some(group.into());
+        self
+    }
+
+    /// Sets the number of retries after the first attempt.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.options.retry.max_attempts = retries.saturating_add(1);
+        self
+    }
+
+    /// Sets the backoff between retries.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.options.retry.backoff = backoff;
+        self
+    }
+
+    /// Sets how many handlers run at once (across keys).
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.options.concurrency = concurrency;
+        self
+    }
+
+    /// Turns the dead-letter queue on (default) or off (exhausted deliveries are discarded).
+    pub fn dlq(mut self, on: bool) -> Self {
+        self.options.retry.terminal = if on {
+            Terminal::DeadLetter
+        } else {
+            Terminal::Discard
+        };
+        self
+    }
+
+    /// Bounds each handler call.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.options.timeout = Some(timeout);
+        self
+    }
+
+    /// Parks later events of a dead-lettered key beside it.
+    pub fn park_keys(mut self, on: bool) -> Self {
+        self.options.park_keys = on;
+        self
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("name", &self.name)
+            .field("pattern", &self.pattern)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Anything that can become a [`Subscription`]: a subscription, or the unit type
+/// `#[subscriber]` generates for a handler function.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be subscribed",
+    note = "pass a function annotated with `#[subscriber(\"pattern\")]`, or \
+            `Subscription::new(\"pattern\", handler)`"
+)]
+pub trait IntoSubscription {
+    /// Builds the subscription.
+    fn into_subscription(self) -> Subscription;
+}
+
+impl IntoSubscription for Subscription {
+    fn into_subscription(self) -> Subscription {
+        self
+    }
+}
+
+/// A subscriber registered at link time by `#[subscriber]`.
+#[derive(Debug)]
+pub struct Registration {
+    /// Builds the subscription.
+    pub make: fn() -> Subscription,
+}
+
+#[cfg(feature = "inventory")]
+inventory::collect!(Registration);
+
+/// Every subscriber registered with `#[subscriber]` in the program (empty without the
+/// `inventory` feature).
+pub fn registered() -> Vec<Subscription> {
+    #[cfg(feature = "inventory")]
+    {
+        inventory::iter::<Registration>
+            .into_iter()
+            .map(|r| (r.make)())
+            .collect()
+    }
+    #[cfg(not(feature = "inventory"))]
+    {
+        Vec::new()
+    }
+}

@@ -1,0 +1,1 @@
+//! Runnable eventbus examples live in this package's `[[example]]` targets.
