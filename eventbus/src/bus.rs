@@ -35,9 +35,17 @@ pub struct BusBuilder {
     subscriptions: Vec<Subscription>,
     discover: bool,
     layers: Vec<Arc<dyn Layer>>,
+    extensions: crate::Extensions,
 }
 
 impl BusBuilder {
+    /// Shares `value` with every handler, readable with
+    /// [`Context::extension`](crate::Context::extension).
+    pub fn extension<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.extensions.insert(value);
+        self
+    }
+
     /// The transport (required).
     pub fn backend(mut self, backend: impl Backend) -> Self {
         self.backend = Some(Arc::new(backend));
@@ -192,6 +200,7 @@ impl BusBuilder {
         }
 
         let shared = Arc::new(Shared::default());
+        let extensions = Arc::new(self.extensions);
         let mut names = Vec::new();
         for (subscription, pattern) in planned {
             let topics: BTreeSet<String> = self
@@ -214,6 +223,7 @@ impl BusBuilder {
                 publisher.clone(),
                 clock.clone(),
                 &self.layers,
+                extensions.clone(),
             ));
             let stream = backend.subscribe(request).await?;
             let consumer = ConsumerLoop {

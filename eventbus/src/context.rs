@@ -8,6 +8,7 @@ use uuid::Uuid;
 use crate::envelope::{Envelope, Headers, RawEnvelope};
 use crate::error::Error;
 use crate::event::Event;
+use crate::extensions::Extensions;
 use crate::publisher::Publisher;
 
 /// Header set on replayed deliveries.
@@ -32,6 +33,7 @@ struct ContextInner {
     headers: Headers,
     replay: bool,
     publisher: Publisher,
+    extensions: Arc<Extensions>,
 }
 
 impl Context {
@@ -42,6 +44,7 @@ impl Context {
         attempt: u32,
         replay: bool,
         publisher: Publisher,
+        extensions: Arc<Extensions>,
     ) -> Self {
         Context {
             inner: Arc::new(ContextInner {
@@ -56,6 +59,7 @@ impl Context {
                 headers: raw.headers.clone(),
                 replay,
                 publisher,
+                extensions,
             }),
         }
     }
@@ -108,6 +112,11 @@ impl Context {
     /// Whether this delivery is a replay of an already handled event.
     pub fn is_replay(&self) -> bool {
         self.inner.replay
+    }
+
+    /// A shared value registered with [`BusBuilder::extension`](crate::BusBuilder::extension).
+    pub fn extension<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.inner.extensions.get::<T>()
     }
 
     /// The bus's publisher, without the causal chain; prefer [`Context::publish`].

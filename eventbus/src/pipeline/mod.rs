@@ -165,6 +165,7 @@ impl<'a> Next<'a> {
 pub(crate) struct Endpoint {
     handler: Arc<dyn ErasedHandler>,
     publisher: Publisher,
+    extensions: Arc<crate::Extensions>,
     clock: Arc<dyn Clock>,
 }
 
@@ -182,6 +183,7 @@ impl Endpoint {
             cx.attempt,
             cx.replay,
             self.publisher.clone(),
+            self.extensions.clone(),
         );
         let result = match self.handler.call(ctx, raw) {
             Ok(future) => future.await.map_err(|e| (e.kind(), e.message().to_owned())),
@@ -210,6 +212,7 @@ impl Pipeline {
         publisher: Publisher,
         clock: Arc<dyn Clock>,
         extra: &[Arc<dyn Layer>],
+        extensions: Arc<crate::Extensions>,
     ) -> Self {
         let options = &subscription.options;
         let mut layers: Vec<Arc<dyn Layer>> = vec![
@@ -231,6 +234,7 @@ impl Pipeline {
             endpoint: Endpoint {
                 handler: subscription.handler.clone(),
                 publisher,
+                extensions,
                 clock,
             },
         }

@@ -1,0 +1,53 @@
+# Starts throwaway servers on free loopback ports for the test suite. Sourced by scripts/test;
+# each start_* function exports the server's URL and registers its stop command in CLEANUP.
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_port() { # host port seconds
+    local deadline=$((SECONDS + $3))
+    until (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; do
+        if ((SECONDS > deadline)); then echo "port $2 did not open" >&2; return 1; fi
+        sleep 0.1
+    done
+}
+
+apt_install() { # package...
+    if [[ $(id -u) -ne 0 ]]; then echo "need root to apt-get install $*" >&2; return 1; fi
+    if [[ -z ${APT_UPDATED:-} ]]; then apt-get update -qq; APT_UPDATED=1; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+start_redis() {
+    command -v redis-server >/dev/null || apt_install redis-server
+    local port dir
+    port=$(free_port)
+    dir=$(mktemp -d)
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly yes \
+        --appendfsync everysec --dir "$dir" --daemonize yes --pidfile "$dir/redis.pid" \
+        --logfile "$dir/redis.log"
+    wait_port 127.0.0.1 "$port" 10
+    export EVENTBUS_REDIS_URL="redis://127.0.0.1:$port"
+    export EVENTBUS_REDIS_DIR="$dir"
+    export EVENTBUS_REDIS_SERVER
+    EVENTBUS_REDIS_SERVER=$(command -v redis-server)
+    CLEANUP+=("redis-cli -p $port shutdown nosave >/dev/null 2>&1; rm -rf '$dir'")
+    echo "redis on $EVENTBUS_REDIS_URL"
+}
+
+start_postgres() {
+    local pgbin port dir
+    pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+    if [[ -z $pgbin ]]; then apt_install postgresql; pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1); fi
+    port=$(free_port)
+    dir=$(mktemp -d)
+    local as=()
+    if [[ $(id -u) -eq 0 ]]; then chown postgres:postgres "$dir"; as=(runuser -u postgres --); fi
+    "${as[@]}" "$pgbin/initdb" -D "$dir/db" -U postgres --auth=trust -E UTF8 --no-locale --no-sync >/dev/null
+    "${as[@]}" "$pgbin/pg_ctl" -D "$dir/db" -l "$dir/log" -w \
+        -o "-p $port -c listen_addresses=127.0.0.1 -k $dir -c max_connections=200" start >/dev/null
+    export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    CLEANUP+=("${as[*]} '$pgbin/pg_ctl' -D '$dir/db' -m immediate stop >/dev/null 2>&1; rm -rf '$dir'")
+    echo "postgres on $DATABASE_URL"
+}
