@@ -285,6 +285,8 @@ pub struct BusStats {
     pub discarded: u64,
     /// Left for redelivery after an infrastructure failure.
     pub unsettled: u64,
+    /// Handed back for a delayed retry round.
+    pub deferred: u64,
 }
 
 impl Bus {
@@ -331,6 +333,7 @@ impl Bus {
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
             discarded: c.discarded.load(Ordering::Relaxed),
             unsettled: c.unsettled.load(Ordering::Relaxed),
+            deferred: c.deferred.load(Ordering::Relaxed),
         }
     }
 

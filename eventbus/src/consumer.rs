@@ -26,6 +26,7 @@ pub(crate) struct Counters {
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) discarded: AtomicU64,
     pub(crate) unsettled: AtomicU64,
+    pub(crate) deferred: AtomicU64,
 }
 
 /// State shared by the bus and its consumer loops.
@@ -88,6 +89,7 @@ impl Shared {
             Outcome::Skipped => &c.skipped,
             Outcome::DeadLettered(_) => &c.dead_lettered,
             Outcome::Discarded(_) => &c.discarded,
+            Outcome::Deferred { .. } => &c.deferred,
             _ => &c.unsettled,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -212,50 +214,78 @@ impl ConsumerLoop {
         }
         let pipeline = self.pipeline.clone();
         let shared = self.shared.clone();
+        let runtime = self.runtime.clone();
         let clock = self.clock.clone();
         let backoff = self.retry_backoff.clone();
         let group = self.group.clone();
-        let (done_tx, done_rx) = futures::channel::oneshot::channel::<()>();
-        let (abort, registration) = AbortHandle::new_pair();
-        let id = self.shared.next_task.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, abort);
         let task = async move {
             let Delivery {
                 message,
                 redeliveries,
                 acker,
             } = delivery;
-            let previous = redeliveries.max(message.attempts_header());
-            let mut cx = DeliveryCx::new(message, group, previous);
+            let mut cx = DeliveryCx::new(message, group, redeliveries);
             let outcome = pipeline.run(&mut cx).await;
             shared.count(&outcome);
-            let settled = if outcome.is_settled() {
-                acker.ack().await
-            } else {
-                if let Outcome::Unsettled(error) = &outcome {
-                    tracing::warn!(%error, "delivery left unsettled, redelivering after backoff");
+            let settled = match outcome {
+                outcome if outcome.is_settled() => acker.ack().await,
+                Outcome::Deferred { delay, .. } if acker.can_defer() => {
+                    acker.defer(delay, cx.retry_state(true)).await
                 }
-                clock.sleep(backoff.delay(cx.attempt)).await;
-                acker.nack(cx.attempt).await
+                Outcome::Deferred { delay, .. } => {
+                    // The backend cannot park it durably: wait beside the consumer, not in it.
+                    let state = cx.retry_state(true);
+                    let wait = clock.sleep(delay);
+                    let later = async move {
+                        wait.await;
+                        if let Err(error) = acker.nack(state).await {
+                            tracing::error!(%error, "failed to redeliver a deferred delivery");
+                        }
+                    };
+                    drop(spawn_tracked(&shared, &runtime, Box::pin(later)));
+                    Ok(())
+                }
+                other => {
+                    if let Outcome::Unsettled(error) = &other {
+                        tracing::warn!(%error, "delivery left unsettled, redelivering after backoff");
+                    }
+                    clock.sleep(backoff.delay(cx.attempt)).await;
+                    acker.nack(cx.retry_state(false)).await
+                }
             };
             if let Err(error) = settled {
                 tracing::error!(%error, "failed to settle a delivery with the backend");
             }
         };
-        let tasks_owner = self.shared.clone();
-        self.runtime.spawn(Box::pin(async move {
-            let _ = Abortable::new(task, registration).await;
-            tasks_owner
-                .tasks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
-            let _ = done_tx.send(());
-        }));
-        Box::pin(done_rx.map(move |_| key))
+        let done = spawn_tracked(&self.shared, &self.runtime, Box::pin(task));
+        Box::pin(done.map(move |_| key))
     }
+}
+
+/// Spawns `task` so that [`Shared::abort_tasks`] can abort it; the receiver completes when
+/// the task finished or was aborted.
+fn spawn_tracked(
+    shared: &Arc<Shared>,
+    runtime: &Arc<dyn Runtime>,
+    task: BoxFuture<'static, ()>,
+) -> futures::channel::oneshot::Receiver<()> {
+    let (done_tx, done_rx) = futures::channel::oneshot::channel::<()>();
+    let (abort, registration) = AbortHandle::new_pair();
+    let id = shared.next_task.fetch_add(1, Ordering::Relaxed);
+    shared
+        .tasks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, abort);
+    let owner = shared.clone();
+    runtime.spawn(Box::pin(async move {
+        let _ = Abortable::new(task, registration).await;
+        owner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        let _ = done_tx.send(());
+    }));
+    done_rx
 }

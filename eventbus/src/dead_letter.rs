@@ -11,7 +11,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::backend::{Backend, Message, MessageHeaders, StoredMessage, ATTEMPT_HEADER};
+use crate::backend::{
+    Backend, Message, MessageHeaders, StoredMessage, ATTEMPT_HEADER, FIRST_FAILURE_HEADER,
+    ROUND_HEADER, TENANT_HEADER,
+};
 use crate::envelope::RawEnvelope;
 use crate::error::{DecodeError, Error};
 use crate::handler::ErrorKind;
@@ -58,7 +61,11 @@ pub fn dead_letter_message(original: &Message, group: &str, failure: &Failure) -
     let mut headers: MessageHeaders = original
         .headers
         .iter()
-        .filter(|(k, _)| !k.starts_with("dlq-") && k.as_str() != ATTEMPT_HEADER)
+        .filter(|(k, _)| {
+            !k.starts_with("dlq-")
+                && ![ATTEMPT_HEADER, ROUND_HEADER, FIRST_FAILURE_HEADER, REDRIVE_HEADER]
+                    .contains(&k.as_str())
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     headers.insert(ORIGINAL_TOPIC.into(), original.topic.clone());
@@ -90,6 +97,8 @@ pub struct DeadLetter {
     pub group: String,
     /// Partition key.
     pub key: Option<String>,
+    /// Tenant, when the message carried one.
+    pub tenant: Option<String>,
     /// Event type.
     pub event_type: String,
     /// Why and when.
@@ -119,6 +128,7 @@ impl DeadLetter {
                 .unwrap_or_else(|| stored.message.topic.trim_end_matches(DLQ_SUFFIX).to_owned()),
             group: text(GROUP),
             key: stored.message.key.clone(),
+            tenant: h.get(TENANT_HEADER).cloned(),
             event_type: stored.message.event_type.clone(),
             failure: Failure {
                 kind: if text(ERROR_KIND) == "permanent" {
@@ -147,7 +157,12 @@ impl DeadLetter {
             topic: self.original_topic.clone(),
             key: self.key.clone(),
             event_type: self.event_type.clone(),
-            headers: MessageHeaders::from([(REDRIVE_HEADER.to_owned(), self.id.clone())]),
+            headers: self
+                .tenant
+                .iter()
+                .map(|t| (TENANT_HEADER.to_owned(), t.clone()))
+                .chain([(REDRIVE_HEADER.to_owned(), self.id.clone())])
+                .collect(),
             payload: self.payload.clone(),
         }
     }

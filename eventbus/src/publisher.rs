@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::backend::{Backend, Message, MessageHeaders};
+use crate::backend::{Backend, Message, MessageHeaders, TENANT_HEADER};
 use crate::clock::Clock;
 use crate::envelope::Envelope;
 use crate::error::Error;
@@ -90,11 +90,15 @@ impl Publisher {
         }
         let key = envelope.data.partition_key();
         let payload = envelope.encode()?;
+        let mut headers = MessageHeaders::new();
+        if let Some(tenant) = &envelope.tenant_id {
+            headers.insert(TENANT_HEADER.to_owned(), tenant.clone());
+        }
         Ok(Message {
             topic: E::TOPIC.to_owned(),
             key,
             event_type: envelope.event_type,
-            headers: MessageHeaders::new(),
+            headers,
             payload: payload.into(),
         })
     }

@@ -141,14 +141,29 @@ pub enum Terminal {
 }
 
 /// A bounded retry policy: every delivery ends, handled or in its terminal state.
+///
+/// A round is `max_attempts` attempts in-process, separated by `backoff` (the key waits). When
+/// a round fails and `delayed` has an entry left, the delivery is handed back to the backend
+/// to come back after that delay without blocking anything, for another round. Total
+/// attempts are bounded by `max_attempts * (delayed.len() + 1)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
-    /// Total attempts including the first (retries + 1), at least 1.
+    /// Attempts per round including the first (retries + 1), at least 1.
     pub max_attempts: u32,
-    /// Waits between attempts.
+    /// Waits between in-process attempts.
     pub backoff: Backoff,
+    /// Delays before each further round (seed schedule: 1 min, 5 min, 30 min).
+    pub delayed: Vec<Duration>,
     /// Where exhausted deliveries go.
     pub terminal: Terminal,
+}
+
+impl RetryPolicy {
+    /// The most attempts a delivery can get over all rounds.
+    pub fn attempt_cap(&self) -> u32 {
+        let rounds = u32::try_from(self.delayed.len()).unwrap_or(u32::MAX).saturating_add(1);
+        self.max_attempts.max(1).saturating_mul(rounds)
+    }
 }
 
 impl Default for RetryPolicy {
@@ -157,6 +172,7 @@ impl Default for RetryPolicy {
         RetryPolicy {
             max_attempts: 4,
             backoff: Backoff::default(),
+            delayed: Vec::new(),
             terminal: Terminal::DeadLetter,
         }
     }

@@ -126,6 +126,13 @@ impl Subscription {
         self
     }
 
+    /// Sets delayed retry rounds: after the in-process attempts fail, the delivery comes back
+    /// after each of these delays for another round, without blocking other messages.
+    pub fn delayed_retries(mut self, delays: impl IntoIterator<Item = Duration>) -> Self {
+        self.options.retry.delayed = delays.into_iter().collect();
+        self
+    }
+
     /// Sets how many handlers run at once (across keys).
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.options.concurrency = concurrency;

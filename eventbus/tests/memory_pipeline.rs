@@ -853,3 +853,46 @@ fn bad_configuration_fails_at_start_naming_the_setting() {
         assert!(err.to_string().contains("`backend`"), "{err}");
     });
 }
+
+#[test]
+fn delayed_retry_rounds_do_not_block_later_events_and_end_in_the_dlq() {
+    run(|rt| async move {
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let handled = Seen::default();
+        let (a, s) = (attempts.clone(), handled.clone());
+        let h = TestHarness::start_on(rt, move |bus| {
+            let (a, s) = (a.clone(), s.clone());
+            bus.subscribe(
+                Subscription::new("order.created", move |ctx: Context, env: Envelope<OrderCreated>| {
+                    let (a, s) = (a.clone(), s.clone());
+                    async move {
+                        if env.data.order_id == "poison" {
+                            a.lock().unwrap().push(ctx.attempt());
+                            return Err(HandlerError::transient("downstream down"));
+                        }
+                        s.push(&env.data.order_id, env.data.seq);
+                        Ok(())
+                    }
+                })
+                .retries(0)
+                .delayed_retries([60, 300, 1800].map(Duration::from_secs)),
+            )
+        })
+        .await
+        .unwrap();
+        h.publish(order("poison", 1)).await.unwrap();
+        h.publish(order("fine", 2)).await.unwrap();
+        h.settle().await.unwrap();
+        assert_eq!(*attempts.lock().unwrap(), vec![1, 2, 3, 4]);
+        assert_eq!(handled.all(), vec![("fine".to_owned(), 2)]);
+        let dead = h.dead_letters("order.created").await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].failure.attempts, 4);
+        let span = dead[0].failure.last_failure - dead[0].failure.first_failure;
+        assert_eq!(span.num_seconds(), 60 + 300 + 1800);
+        assert_eq!(h.bus().stats().deferred, 3);
+        // Retry-state headers do not leak into the dead letter.
+        let stored = h.backend().messages("order.created.dlq");
+        assert!(!stored[0].message.headers.contains_key("eventbus-attempt"));
+    });
+}

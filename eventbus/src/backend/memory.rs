@@ -20,7 +20,10 @@ use event_listener::Event as Signal;
 use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 
-use super::{Acknowledger, Backend, Delivery, DeliveryStream, Message, StoredMessage, SubscribeRequest};
+use super::{
+    Acknowledger, Backend, Delivery, DeliveryStream, Message, RetryState, StoredMessage,
+    SubscribeRequest,
+};
 use crate::dead_letter::is_dlq_topic;
 use crate::error::Error;
 use crate::pattern::PatternSet;
@@ -170,16 +173,15 @@ impl MemoryBackend {
         })
     }
 
-    /// Settles a delivery: `None` acknowledges it, `Some(attempts)` puts it back.
-    fn settle(&self, group: usize, tag: u64, requeue: Option<u32>) {
+    /// Settles a delivery: `None` acknowledges it, `Some(state)` puts it back.
+    fn settle(&self, group: usize, tag: u64, requeue: Option<Option<RetryState>>) {
         let mut state = self.lock();
         let requeue = match requeue {
             None if state.faults.lose_acks > 0 => {
                 state.faults.lose_acks -= 1;
                 Some(None)
             }
-            None => None,
-            Some(attempts) => Some(Some(attempts)),
+            other => other,
         };
         let Some(g) = state.groups.get_mut(group) else { return };
         let Some((member, mut queued)) = g.unacked.remove(&tag) else { return };
@@ -194,13 +196,10 @@ impl MemoryBackend {
         if let Some(count) = g.member_unacked.get_mut(&member) {
             *count -= 1;
         }
-        if let Some(attempts) = requeue {
+        if let Some(retry) = requeue {
             queued.redeliveries += 1;
-            if let Some(attempts) = attempts {
-                queued
-                    .message
-                    .headers
-                    .insert(super::ATTEMPT_HEADER.to_owned(), attempts.to_string());
+            if let Some(retry) = retry {
+                queued.message.set_retry_state(&retry);
             }
             let at = g.queue.partition_point(|q| q.seq < queued.seq);
             g.queue.insert(at, queued);
@@ -232,9 +231,9 @@ impl Acknowledger for MemoryAcker {
         Box::pin(async { Ok(()) })
     }
 
-    fn nack(mut self: Box<Self>, attempts: u32) -> BoxFuture<'static, Result<(), Error>> {
+    fn nack(mut self: Box<Self>, state: RetryState) -> BoxFuture<'static, Result<(), Error>> {
         self.settled = true;
-        self.backend.settle(self.group, self.tag, Some(attempts));
+        self.backend.settle(self.group, self.tag, Some(Some(state)));
         Box::pin(async { Ok(()) })
     }
 }
@@ -242,16 +241,7 @@ impl Acknowledger for MemoryAcker {
 impl Drop for MemoryAcker {
     fn drop(&mut self) {
         if !self.settled {
-            let state = self.backend.lock();
-            let attempts = state
-                .groups
-                .get(self.group)
-                .and_then(|g| g.unacked.get(&self.tag))
-                .map(|(_, q)| q.message.attempts_header());
-            drop(state);
-            if let Some(attempts) = attempts {
-                self.backend.settle(self.group, self.tag, Some(attempts));
-            }
+            self.backend.settle(self.group, self.tag, Some(None));
         }
     }
 }

@@ -21,6 +21,12 @@ pub type MessageHeaders = BTreeMap<String, String>;
 
 /// Header carrying how many attempts a message has had before this delivery.
 pub const ATTEMPT_HEADER: &str = "eventbus-attempt";
+/// Header carrying how many delayed-retry rounds a message has been through.
+pub const ROUND_HEADER: &str = "eventbus-round";
+/// Header carrying when the message first failed (RFC 3339).
+pub const FIRST_FAILURE_HEADER: &str = "eventbus-first-failure";
+/// Header carrying the envelope's tenant, for backends that route per tenant.
+pub const TENANT_HEADER: &str = "eventbus-tenant";
 
 /// A message as a backend stores it: the encoded envelope plus routing data.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +51,46 @@ impl Message {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     }
+
+    /// The retry state the message carries.
+    pub fn retry_state(&self) -> RetryState {
+        RetryState {
+            attempts: self.attempts_header(),
+            round: self
+                .headers
+                .get(ROUND_HEADER)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            first_failure: self
+                .headers
+                .get(FIRST_FAILURE_HEADER)
+                .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok())
+                .map(|t| t.with_timezone(&chrono::Utc)),
+        }
+    }
+
+    /// Writes a retry state into the headers.
+    pub fn set_retry_state(&mut self, state: &RetryState) {
+        self.headers
+            .insert(ATTEMPT_HEADER.to_owned(), state.attempts.to_string());
+        self.headers
+            .insert(ROUND_HEADER.to_owned(), state.round.to_string());
+        if let Some(first) = state.first_failure {
+            self.headers
+                .insert(FIRST_FAILURE_HEADER.to_owned(), first.to_rfc3339());
+        }
+    }
+}
+
+/// How far a delivery got through its retry policy; carried across redeliveries in headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetryState {
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Delayed-retry rounds done so far.
+    pub round: u32,
+    /// When the first attempt failed.
+    pub first_failure: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What a consumer asks a backend for.
@@ -83,8 +129,25 @@ impl std::fmt::Debug for Delivery {
 pub trait Acknowledger: Send + 'static {
     /// The message is done with (handled, duplicate, or dead-lettered): never deliver it again.
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
-    /// The message was not processed: deliver it again, carrying `attempts` so far.
-    fn nack(self: Box<Self>, attempts: u32) -> BoxFuture<'static, Result<(), Error>>;
+    /// The message was not processed: deliver it again soon, carrying its retry state.
+    fn nack(self: Box<Self>, state: RetryState) -> BoxFuture<'static, Result<(), Error>>;
+
+    /// Whether [`Acknowledger::defer`] is durable in the backend (survives a restart). When it
+    /// is not, the consumer waits in-process without blocking other deliveries, then nacks.
+    fn can_defer(&self) -> bool {
+        false
+    }
+
+    /// Settles the delivery now and redelivers it to the same group after `delay`, carrying its
+    /// retry state, without blocking later messages.
+    fn defer(
+        self: Box<Self>,
+        delay: std::time::Duration,
+        state: RetryState,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        let _ = delay;
+        self.nack(state)
+    }
 }
 
 /// A stream of deliveries for one subscription; dropping it leaves the group.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
-use crate::backend::Message;
+use crate::backend::{Message, RetryState};
 use crate::clock::Clock;
 use crate::dead_letter::Failure;
 use crate::envelope::RawEnvelope;
@@ -46,6 +46,8 @@ pub struct DeliveryCx {
     pub group: String,
     /// Attempt number of the next (or current) handler call, starting at 1.
     pub attempt: u32,
+    /// Delayed-retry rounds already done.
+    pub round: u32,
     /// The decoded envelope, once the decode layer ran.
     pub envelope: Option<RawEnvelope>,
     /// First failed attempt, if any.
@@ -55,16 +57,29 @@ pub struct DeliveryCx {
 }
 
 impl DeliveryCx {
-    /// A context for `message` delivered to `group` after `previous_attempts` attempts.
-    pub fn new(message: Message, group: impl Into<String>, previous_attempts: u32) -> Self {
+    /// A context for `message` delivered to `group`, redelivered `redeliveries` times by the
+    /// backend. The attempt number continues from the larger of the redelivery count and the
+    /// attempts recorded in the message's headers.
+    pub fn new(message: Message, group: impl Into<String>, redeliveries: u32) -> Self {
         let replay = message.headers.contains_key(crate::context::REPLAY_HEADER);
+        let state = message.retry_state();
         DeliveryCx {
-            message,
             group: group.into(),
-            attempt: previous_attempts.saturating_add(1),
+            attempt: state.attempts.max(redeliveries).saturating_add(1),
+            round: state.round,
             envelope: None,
-            first_failure: None,
+            first_failure: state.first_failure,
             replay,
+            message,
+        }
+    }
+
+    /// The retry state to carry into a redelivery after the current attempt.
+    pub fn retry_state(&self, next_round: bool) -> RetryState {
+        RetryState {
+            attempts: self.attempt,
+            round: self.round + u32::from(next_round),
+            first_failure: self.first_failure,
         }
     }
 
@@ -93,6 +108,13 @@ pub enum Outcome {
     Skipped,
     /// The handler (or decoding) failed; outer layers decide between retry and dead letter.
     Failed(Failure),
+    /// Failed a round; to come back after `delay` for another round, without blocking.
+    Deferred {
+        /// How long until the next round.
+        delay: std::time::Duration,
+        /// The failure that ended the round.
+        failure: Failure,
+    },
     /// Published to the dead-letter topic.
     DeadLettered(Failure),
     /// Dropped after exhausting attempts, by policy (`dlq = false`).
@@ -121,6 +143,7 @@ impl Outcome {
             Outcome::Duplicate => "duplicate",
             Outcome::Skipped => "skipped",
             Outcome::Failed(_) => "failed",
+            Outcome::Deferred { .. } => "deferred",
             Outcome::DeadLettered(_) => "dead_lettered",
             Outcome::Discarded(_) => "discarded",
             Outcome::Unsettled(_) => "unsettled",

@@ -27,30 +27,39 @@ impl RetryLayer {
 impl Layer for RetryLayer {
     fn handle<'a>(&'a self, cx: &'a mut DeliveryCx, next: Next<'a>) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let max = self.policy.max_attempts.max(1);
-            if cx.attempt > max {
+            let cap = self.policy.attempt_cap();
+            if cx.attempt > cap {
                 let message = format!(
-                    "attempts exhausted before this delivery ({} previous attempts, limit {max})",
+                    "attempts exhausted before this delivery ({} previous attempts, limit {cap})",
                     cx.attempt - 1
                 );
                 cx.attempt -= 1;
                 return Outcome::Failed(cx.failure(ErrorKind::Transient, message, self.clock.now()));
             }
+            let round_start = cx.attempt;
+            let round_end = (round_start - 1)
+                .saturating_add(self.policy.max_attempts.max(1))
+                .min(cap);
             loop {
-                match next.run(&mut *cx).await {
-                    Outcome::Failed(failure)
-                        if failure.kind == ErrorKind::Transient && cx.attempt < max =>
-                    {
-                        let delay = self.policy.backoff.delay(cx.attempt);
-                        tracing::debug!(
-                            attempt = cx.attempt, ?delay, error = %failure.message,
-                            "transient failure, retrying"
-                        );
-                        self.clock.sleep(delay).await;
-                        cx.attempt += 1;
-                    }
+                let failure = match next.run(&mut *cx).await {
+                    Outcome::Failed(failure) if failure.kind == ErrorKind::Transient => failure,
                     other => return other,
+                };
+                if cx.attempt < round_end {
+                    let delay = self.policy.backoff.delay(cx.attempt - round_start + 1);
+                    tracing::debug!(
+                        attempt = cx.attempt, ?delay, error = %failure.message,
+                        "transient failure, retrying"
+                    );
+                    self.clock.sleep(delay).await;
+                    cx.attempt += 1;
+                    continue;
                 }
+                let round = usize::try_from(cx.round).unwrap_or(usize::MAX);
+                return match self.policy.delayed.get(round) {
+                    Some(&delay) if cx.attempt < cap => Outcome::Deferred { delay, failure },
+                    _ => Outcome::Failed(failure),
+                };
             }
         })
     }
