@@ -30,3 +30,22 @@ pub fn require_server(var: &str, suite: &str) -> Option<String> {
         }
     }
 }
+
+/// Polls `condition` every 10 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually(timeout: std::time::Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if condition() {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// A key prefix no other test uses.
+pub fn unique_prefix(name: &str) -> String {
+    format!("t-{name}-{}", uuid::Uuid::now_v7().simple())
+}

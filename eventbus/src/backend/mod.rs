@@ -14,6 +14,8 @@ use crate::error::Error;
 use crate::pattern::Pattern;
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 /// Transport-level headers (next to the envelope, not inside it): attempt counts and
 /// dead-letter metadata.
@@ -126,7 +128,7 @@ impl std::fmt::Debug for Delivery {
 }
 
 /// Settles a delivery. Dropping it unsettled means the consumer died: the backend redelivers.
-pub trait Acknowledger: Send + 'static {
+pub trait Acknowledger: Send + Sync + 'static {
     /// The message is done with (handled, duplicate, or dead-lettered): never deliver it again.
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
     /// The message was not processed: deliver it again soon, carrying its retry state.

@@ -1,0 +1,335 @@
+//! Redis backend settings, from code or from environment variables, validated at startup.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// How long entries stay in a stream. Applied on every `XADD` with approximate trimming
+/// (`MINID ~` for age, `MAXLEN ~` for length), never by scanning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Drop entries older than this.
+    pub max_age: Option<Duration>,
+    /// Keep at most about this many entries.
+    pub max_len: Option<usize>,
+}
+
+impl Retention {
+    /// Entries younger than `age`.
+    pub fn max_age(age: Duration) -> Self {
+        Retention {
+            max_age: Some(age),
+            max_len: None,
+        }
+    }
+
+    /// At most about `len` entries.
+    pub fn max_len(len: usize) -> Self {
+        Retention {
+            max_age: None,
+            max_len: Some(len),
+        }
+    }
+}
+
+impl Default for Retention {
+    /// 30 days and at most 10 million entries.
+    fn default() -> Self {
+        Retention {
+            max_age: Some(Duration::from_secs(30 * 24 * 3600)),
+            max_len: Some(10_000_000),
+        }
+    }
+}
+
+/// Where a new consumer group starts reading a stream that already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// Only entries added after the group was created (`$`).
+    #[default]
+    Latest,
+    /// Everything still retained (`0`).
+    Earliest,
+}
+
+/// Settings of the Redis backend.
+///
+/// Defaults: prefix `eventbus`, 4 pooled connections, `BLOCK` 1 s, batches of 128, pending
+/// entries claimed after 30 s idle (checked every 5 s), new streams discovered every 2 s,
+/// retention 30 days / 10 M entries per stream, inbox keys kept 7 days, delayed retries moved
+/// every 250 ms, new groups start from the latest entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://` (feature `redis-tls`).
+    pub url: String,
+    /// Prefix of every key.
+    pub prefix: String,
+    /// One stream per tenant and topic (`{prefix}:events:{tenant}:{topic}`) for events that
+    /// carry a tenant.
+    pub per_tenant_streams: bool,
+    /// Multiplexed connections used for publishing and acknowledging.
+    pub pool_size: usize,
+    /// How long an `XREADGROUP` blocks waiting for entries.
+    pub block: Duration,
+    /// Entries read per `XREADGROUP` / `XAUTOCLAIM`.
+    pub batch_size: usize,
+    /// Pending entries idle this long are claimed from their (presumably dead) consumer.
+    pub claim_idle: Duration,
+    /// How often a consumer looks for claimable entries.
+    pub claim_interval: Duration,
+    /// How often a consumer looks for new streams matching its pattern.
+    pub discovery_interval: Duration,
+    /// Default retention of event streams.
+    pub retention: Retention,
+    /// Retention per topic, overriding the default.
+    pub topic_retention: HashMap<String, Retention>,
+    /// Retention of dead-letter and retry streams.
+    pub dlq_retention: Retention,
+    /// How long inbox keys live.
+    pub inbox_ttl: Duration,
+    /// How often due delayed retries are moved back to their group.
+    pub delayed_poll: Duration,
+    /// Where new groups start.
+    pub start_from: StartFrom,
+    /// Timeout of connecting and of each command.
+    pub command_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// Defaults for the server at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig {
+            url: url.into(),
+            prefix: "eventbus".into(),
+            per_tenant_streams: false,
+            pool_size: 4,
+            block: Duration::from_secs(1),
+            batch_size: 128,
+            claim_idle: Duration::from_secs(30),
+            claim_interval: Duration::from_secs(5),
+            discovery_interval: Duration::from_secs(2),
+            retention: Retention::default(),
+            topic_retention: HashMap::new(),
+            dlq_retention: Retention::default(),
+            inbox_ttl: Duration::from_secs(7 * 24 * 3600),
+            delayed_poll: Duration::from_millis(250),
+            start_from: StartFrom::Latest,
+            command_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Reads the settings from `EVENTBUS_REDIS_*` environment variables: `URL` (required),
+    /// `PREFIX`, `PER_TENANT_STREAMS` (`true`/`false`), `POOL_SIZE`, `BLOCK_MS`, `BATCH_SIZE`,
+    /// `CLAIM_IDLE_MS`, `CLAIM_INTERVAL_MS`, `RETENTION_DAYS`, `MAX_LEN`, `INBOX_TTL_SECS`.
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`RedisConfig::from_env`], reading variables through `lookup`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        const P: &str = "EVENTBUS_REDIS_";
+        let var = |name: &str| lookup(&format!("{P}{name}"));
+        let url = var("URL").ok_or_else(|| Error::config(format!("{P}URL"), "is not set"))?;
+        let mut config = RedisConfig::new(url);
+        let number = |name: &str| -> Result<Option<u64>, Error> {
+            var(name)
+                .map(|v| {
+                    v.trim().parse::<u64>().map_err(|_| {
+                        Error::config(format!("{P}{name}"), format!("`{v}` is not a whole number"))
+                    })
+                })
+                .transpose()
+        };
+        if let Some(prefix) = var("PREFIX") {
+            config.prefix = prefix;
+        }
+        if let Some(v) = var("PER_TENANT_STREAMS") {
+            config.per_tenant_streams = match v.trim() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => {
+                    return Err(Error::config(
+                        format!("{P}PER_TENANT_STREAMS"),
+                        format!("`{v}` is not true or false"),
+                    ))
+                }
+            };
+        }
+        if let Some(n) = number("POOL_SIZE")? {
+            config.pool_size = n as usize;
+        }
+        if let Some(n) = number("BLOCK_MS")? {
+            config.block = Duration::from_millis(n);
+        }
+        if let Some(n) = number("BATCH_SIZE")? {
+            config.batch_size = n as usize;
+        }
+        if let Some(n) = number("CLAIM_IDLE_MS")? {
+            config.claim_idle = Duration::from_millis(n);
+        }
+        if let Some(n) = number("CLAIM_INTERVAL_MS")? {
+            config.claim_interval = Duration::from_millis(n);
+        }
+        if let Some(n) = number("RETENTION_DAYS")? {
+            config.retention.max_age = Some(Duration::from_secs(n * 24 * 3600));
+        }
+        if let Some(n) = number("MAX_LEN")? {
+            config.retention.max_len = Some(n as usize);
+        }
+        if let Some(n) = number("INBOX_TTL_SECS")? {
+            config.inbox_ttl = Duration::from_secs(n);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every setting, naming the first bad one.
+    pub fn validate(&self) -> Result<(), Error> {
+        let url = self.url.trim();
+        let scheme_ok = url.starts_with("redis://") || url.starts_with("rediss://")
+            || url.starts_with("redis+unix://") || url.starts_with("unix://");
+        if !scheme_ok {
+            return Err(Error::config(
+                "redis.url",
+                format!("`{}` must start with redis:// or rediss://", redact(url)),
+            ));
+        }
+        if url.starts_with("rediss://") && !cfg!(feature = "redis-tls") {
+            return Err(Error::config(
+                "redis.url",
+                "rediss:// needs the `redis-tls` feature of eventbus",
+            ));
+        }
+        redis::Client::open(url).map_err(|e| {
+            Error::config("redis.url", format!("`{}` is not a valid Redis URL: {e}", redact(url)))
+        })?;
+        let positive = |name: &str, d: Duration| {
+            if d.is_zero() {
+                Err(Error::config(format!("redis.{name}"), "must be positive"))
+            } else {
+                Ok(())
+            }
+        };
+        if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
+            return Err(Error::config("redis.prefix", "must be non-empty without spaces"));
+        }
+        if !(1..=64).contains(&self.pool_size) {
+            return Err(Error::config("redis.pool_size", format!("{} is not in 1..=64", self.pool_size)));
+        }
+        if !(1..=10_000).contains(&self.batch_size) {
+            return Err(Error::config(
+                "redis.batch_size",
+                format!("{} is not in 1..=10000", self.batch_size),
+            ));
+        }
+        positive("block", self.block)?;
+        positive("claim_idle", self.claim_idle)?;
+        positive("claim_interval", self.claim_interval)?;
+        positive("discovery_interval", self.discovery_interval)?;
+        positive("inbox_ttl", self.inbox_ttl)?;
+        positive("delayed_poll", self.delayed_poll)?;
+        positive("command_timeout", self.command_timeout)?;
+        if self.block >= self.command_timeout + Duration::from_secs(3600) {
+            return Err(Error::config("redis.block", "is over an hour"));
+        }
+        for (topic, retention) in std::iter::once(("*", &self.retention))
+            .chain(self.topic_retention.iter().map(|(t, r)| (t.as_str(), r)))
+            .chain(std::iter::once(("dlq", &self.dlq_retention)))
+        {
+            if retention.max_age.is_none() && retention.max_len.is_none() {
+                return Err(Error::config(
+                    format!("redis.retention[{topic}]"),
+                    "needs max_age or max_len: streams must not grow forever",
+                ));
+            }
+            if retention.max_age == Some(Duration::ZERO) || retention.max_len == Some(0) {
+                return Err(Error::config(format!("redis.retention[{topic}]"), "must be positive"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The retention of `topic`.
+    pub fn retention_of(&self, topic: &str) -> Retention {
+        self.topic_retention
+            .get(topic)
+            .copied()
+            .unwrap_or(self.retention)
+    }
+}
+
+/// The URL with its password hidden, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn reads_the_environment() {
+        let c = RedisConfig::from_lookup(env(&[
+            ("EVENTBUS_REDIS_URL", "redis://u:p@127.0.0.1:6379/2"),
+            ("EVENTBUS_REDIS_BATCH_SIZE", "64"),
+            ("EVENTBUS_REDIS_CLAIM_IDLE_MS", "1500"),
+            ("EVENTBUS_REDIS_PER_TENANT_STREAMS", "true"),
+        ]))
+        .expect("valid");
+        assert_eq!(c.batch_size, 64);
+        assert_eq!(c.claim_idle, Duration::from_millis(1500));
+        assert!(c.per_tenant_streams);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[], "EVENTBUS_REDIS_URL"),
+            (&[("EVENTBUS_REDIS_URL", "http://x")], "redis.url"),
+            (&[("EVENTBUS_REDIS_URL", "redis://h"), ("EVENTBUS_REDIS_BATCH_SIZE", "-3")], "EVENTBUS_REDIS_BATCH_SIZE"),
+            (&[("EVENTBUS_REDIS_URL", "redis://h"), ("EVENTBUS_REDIS_BATCH_SIZE", "0")], "redis.batch_size"),
+            (&[("EVENTBUS_REDIS_URL", "redis://h"), ("EVENTBUS_REDIS_POOL_SIZE", "0")], "redis.pool_size"),
+            (&[("EVENTBUS_REDIS_URL", "redis://h"), ("EVENTBUS_REDIS_CLAIM_IDLE_MS", "0")], "redis.claim_idle"),
+            (&[("EVENTBUS_REDIS_URL", "redis://h"), ("EVENTBUS_REDIS_PER_TENANT_STREAMS", "yes")], "PER_TENANT_STREAMS"),
+        ];
+        for (vars, setting) in cases {
+            let err = RedisConfig::from_lookup(env(vars)).expect_err(setting);
+            assert!(err.to_string().contains(setting), "{err} does not name {setting}");
+        }
+    }
+
+    #[test]
+    fn passwords_are_not_echoed() {
+        let mut c = RedisConfig::new("redis://user:secret@host:1/");
+        c.url = "nope://user:secret@host".into();
+        let err = c.validate().expect_err("bad scheme").to_string();
+        assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn unbounded_retention_is_refused() {
+        let mut c = RedisConfig::new("redis://h");
+        c.topic_retention.insert("orders".into(), Retention { max_age: None, max_len: None });
+        let err = c.validate().expect_err("unbounded").to_string();
+        assert!(err.contains("redis.retention[orders]"), "{err}");
+    }
+}

@@ -1,0 +1,340 @@
+//! One member of a consumer group: reads new entries with `XREADGROUP BLOCK`, claims idle
+//! pending entries with `XAUTOCLAIM`, discovers new streams, and re-creates vanished groups.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::Stream;
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamAutoClaimReply, StreamReadReply};
+
+use super::config::StartFrom;
+use super::keys::Keys;
+use super::{entry, now_ms, redis_error, Inner};
+use crate::backend::{Acknowledger, Delivery, RetryState, SubscribeRequest};
+use crate::error::Error;
+use crate::pattern::Pattern;
+
+pub(crate) struct StreamReader {
+    inner: Arc<Inner>,
+    group: String,
+    consumer: String,
+    pattern: Pattern,
+    streams: Vec<String>,
+    conn: Option<MultiplexedConnection>,
+    buffer: VecDeque<Delivery>,
+    last_discovery: Instant,
+    last_claim: Option<Instant>,
+    claim_cursors: HashMap<String, String>,
+}
+
+impl StreamReader {
+    pub(crate) async fn start(inner: Arc<Inner>, request: SubscribeRequest) -> Result<Self, Error> {
+        let consumer = format!("{}-{}", request.group, uuid::Uuid::now_v7().simple());
+        let mut reader = StreamReader {
+            group: request.group.clone(),
+            consumer,
+            pattern: request.pattern.clone(),
+            streams: Vec::new(),
+            conn: None,
+            buffer: VecDeque::new(),
+            last_discovery: Instant::now(),
+            last_claim: None,
+            claim_cursors: HashMap::new(),
+            inner,
+        };
+        let start = match reader.inner.config.start_from {
+            StartFrom::Latest => "$",
+            StartFrom::Earliest => "0",
+        };
+        let mut initial: Vec<String> = request
+            .topics
+            .iter()
+            .map(|t| reader.inner.keys.stream(t, None))
+            .collect();
+        initial.extend(reader.registered_streams().await?);
+        initial.sort();
+        initial.dedup();
+        let mut conn = reader.inner.conn();
+        for stream in &initial {
+            reader.inner.ensure_group(&mut conn, stream, &reader.group, start).await?;
+        }
+        let retry = reader.inner.keys.retry_stream(&reader.group);
+        reader.inner.ensure_group(&mut conn, &retry, &reader.group, "0").await?;
+        reader.streams = initial;
+        reader.streams.push(retry);
+        Ok(reader)
+    }
+
+    pub(crate) fn into_stream(self) -> impl Stream<Item = Result<Delivery, Error>> + Send {
+        futures::stream::unfold(self, |mut reader| async move {
+            let item = reader.next().await;
+            Some((item, reader))
+        })
+    }
+
+    /// Streams in the registry whose event types match the pattern.
+    async fn registered_streams(&self) -> Result<Vec<String>, Error> {
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.inner.keys.registry())
+            .query_async(&mut self.inner.conn())
+            .await
+            .map_err(redis_error("SMEMBERS"))?;
+        Ok(members
+            .iter()
+            .filter_map(|m| Keys::parse_registry_member(m))
+            .filter(|(_, event_type)| self.pattern.matches(event_type))
+            .map(|(stream, _)| stream.to_owned())
+            .collect())
+    }
+
+    async fn next(&mut self) -> Result<Delivery, Error> {
+        loop {
+            if let Some(delivery) = self.buffer.pop_front() {
+                return Ok(delivery);
+            }
+            if self.last_discovery.elapsed() >= self.inner.config.discovery_interval {
+                self.discover().await?;
+            }
+            let claim_due = self
+                .last_claim
+                .is_none_or(|t| t.elapsed() >= self.inner.config.claim_interval);
+            if claim_due {
+                self.last_claim = Some(Instant::now());
+                self.claim().await?;
+                continue;
+            }
+            self.read().await?;
+        }
+    }
+
+    async fn discover(&mut self) -> Result<(), Error> {
+        self.last_discovery = Instant::now();
+        let found = self.registered_streams().await?;
+        let mut conn = self.inner.conn();
+        for stream in found {
+            if !self.streams.contains(&stream) {
+                // Created after we started: read it from the beginning.
+                self.inner.ensure_group(&mut conn, &stream, &self.group, "0").await?;
+                tracing::info!(%stream, group = %self.group, "discovered stream");
+                self.streams.push(stream);
+            }
+        }
+        Ok(())
+    }
+
+    async fn recreate_groups(&mut self) -> Result<(), Error> {
+        self.inner.counters.groups_recreated.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(group = %self.group, "consumer group or stream vanished (NOGROUP); re-creating");
+        let mut conn = self.inner.conn();
+        for stream in &self.streams {
+            self.inner.ensure_group(&mut conn, stream, &self.group, "0").await?;
+        }
+        Ok(())
+    }
+
+    async fn read(&mut self) -> Result<(), Error> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => self.conn.insert(self.inner.blocking_connection().await?),
+        };
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(self.inner.config.batch_size)
+            .arg("BLOCK")
+            .arg(self.inner.config.block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.streams);
+        for _ in &self.streams {
+            cmd.arg(">");
+        }
+        let reply: redis::RedisResult<Option<StreamReadReply>> = cmd.query_async(conn).await;
+        match reply {
+            Ok(Some(reply)) => {
+                for key in reply.keys {
+                    for entry in key.ids {
+                        self.buffer.push_back(self.delivery(&key.key, &entry.id, &entry.map, 0));
+                    }
+                }
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) if e.code() == Some("NOGROUP") => self.recreate_groups().await,
+            Err(e) => {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                    self.conn = None;
+                }
+                Err(Error::backend("redis", "XREADGROUP", e))
+            }
+        }
+    }
+
+    /// Claims entries idle for longer than `claim_idle` from any member of the group.
+    async fn claim(&mut self) -> Result<(), Error> {
+        let idle = self.inner.config.claim_idle.as_millis() as u64;
+        let mut conn = self.inner.conn();
+        for stream in self.streams.clone() {
+            let cursor = self
+                .claim_cursors
+                .get(&stream)
+                .cloned()
+                .unwrap_or_else(|| "0-0".to_owned());
+            let reply: redis::RedisResult<StreamAutoClaimReply> = redis::cmd("XAUTOCLAIM")
+                .arg(&stream)
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(idle)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(self.inner.config.batch_size)
+                .query_async(&mut conn)
+                .await;
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err(e) if e.code() == Some("NOGROUP") => return self.recreate_groups().await,
+                Err(e) => return Err(Error::backend("redis", "XAUTOCLAIM", e)),
+            };
+            self.claim_cursors.insert(stream.clone(), reply.next_stream_id.clone());
+            if !reply.deleted_ids.is_empty() {
+                // Trimmed while pending: nothing left to deliver.
+                redis::cmd("XACK")
+                    .arg(&stream)
+                    .arg(&self.group)
+                    .arg(&reply.deleted_ids)
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(redis_error("XACK"))?;
+            }
+            if reply.claimed.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for entry in &reply.claimed {
+                pipe.cmd("XPENDING")
+                    .arg(&stream)
+                    .arg(&self.group)
+                    .arg(&entry.id)
+                    .arg(&entry.id)
+                    .arg(1);
+            }
+            let counts: Vec<Vec<(String, String, u64, u64)>> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error("XPENDING"))?;
+            self.inner
+                .counters
+                .claimed
+                .fetch_add(reply.claimed.len() as u64, Ordering::Relaxed);
+            for (entry, count) in reply.claimed.iter().zip(counts) {
+                let delivered = count.first().map(|c| c.3).unwrap_or(1);
+                let redeliveries = u32::try_from(delivered.saturating_sub(1)).unwrap_or(u32::MAX);
+                tracing::info!(%stream, id = %entry.id, redeliveries, "claimed idle pending entry");
+                self.buffer
+                    .push_back(self.delivery(&stream, &entry.id, &entry.map, redeliveries));
+            }
+        }
+        Ok(())
+    }
+
+    fn delivery(
+        &self,
+        stream: &str,
+        id: &str,
+        map: &HashMap<String, redis::Value>,
+        redeliveries: u32,
+    ) -> Delivery {
+        let fallback_topic = stream.rsplit(':').next().unwrap_or(stream);
+        Delivery {
+            message: entry::from_fields(fallback_topic, map),
+            redeliveries,
+            acker: Box::new(RedisAcker {
+                inner: self.inner.clone(),
+                stream: stream.to_owned(),
+                group: self.group.clone(),
+                id: id.to_owned(),
+            }),
+        }
+    }
+}
+
+/// Settles one stream entry.
+struct RedisAcker {
+    inner: Arc<Inner>,
+    stream: String,
+    group: String,
+    id: String,
+}
+
+impl Acknowledger for RedisAcker {
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(async move {
+            redis::cmd("XACK")
+                .arg(&self.stream)
+                .arg(&self.group)
+                .arg(&self.id)
+                .query_async::<()>(&mut self.inner.conn())
+                .await
+                .map_err(redis_error("XACK"))
+        })
+    }
+
+    /// Leaves the entry pending: it is claimed again after `claim_idle`, with its delivery
+    /// count as the attempt count.
+    fn nack(self: Box<Self>, _state: RetryState) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn can_defer(&self) -> bool {
+        true
+    }
+
+    fn defer(self: Box<Self>, delay: Duration, state: RetryState) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(async move {
+            let mut conn = self.inner.conn();
+            let read: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&self.stream)
+                .arg(&self.id)
+                .arg(&self.id)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error("XRANGE"))?;
+            let Some(entry) = read.ids.first() else {
+                // Trimmed meanwhile: nothing to retry.
+                return self.ack().await;
+            };
+            let fallback_topic = self.stream.rsplit(':').next().unwrap_or(&self.stream).to_owned();
+            let mut message = entry::from_fields(&fallback_topic, &entry.map);
+            message.set_retry_state(&state);
+            let due = now_ms().saturating_add(delay.as_millis() as u64);
+            let member = super::delayed::member(
+                &self.inner.keys.retry_stream(&self.group),
+                &self.id,
+                &self.group,
+                &message,
+            );
+            redis::pipe()
+                .atomic()
+                .cmd("ZADD")
+                .arg(self.inner.keys.delayed())
+                .arg(due)
+                .arg(member)
+                .ignore()
+                .cmd("XACK")
+                .arg(&self.stream)
+                .arg(&self.group)
+                .arg(&self.id)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(redis_error("defer"))?;
+            self.inner.counters.deferred.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,97 @@
+//! A [`Message`] as stream entry fields: `topic`, `type`, `key` (when set), `payload` (the
+//! envelope JSON) and one `h:{name}` field per transport header.
+
+use std::collections::HashMap;
+
+use redis::Value;
+
+use crate::backend::{Message, MessageHeaders};
+
+const TOPIC: &str = "topic";
+const TYPE: &str = "type";
+const KEY: &str = "key";
+const PAYLOAD: &str = "payload";
+const HEADER_PREFIX: &str = "h:";
+
+/// The entry fields of a message, in `XADD` order.
+pub(crate) fn to_fields(message: &Message) -> Vec<(String, Vec<u8>)> {
+    let mut fields = Vec::with_capacity(4 + message.headers.len());
+    fields.push((TOPIC.to_owned(), message.topic.as_bytes().to_vec()));
+    fields.push((TYPE.to_owned(), message.event_type.as_bytes().to_vec()));
+    if let Some(key) = &message.key {
+        fields.push((KEY.to_owned(), key.as_bytes().to_vec()));
+    }
+    for (name, value) in &message.headers {
+        fields.push((format!("{HEADER_PREFIX}{name}"), value.as_bytes().to_vec()));
+    }
+    fields.push((PAYLOAD.to_owned(), message.payload.to_vec()));
+    fields
+}
+
+fn bytes(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn text(value: &Value) -> Option<String> {
+    bytes(value).map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+/// Rebuilds a message from entry fields. Entries written by other producers without our
+/// fields still come through: the payload is whatever `payload` (or, failing that, `data`)
+/// holds, so the pipeline can dead-letter it with a decode error instead of losing it.
+pub(crate) fn from_fields(stream_topic: &str, map: &HashMap<String, Value>) -> Message {
+    let mut headers = MessageHeaders::new();
+    for (name, value) in map {
+        if let (Some(header), Some(value)) = (name.strip_prefix(HEADER_PREFIX), text(value)) {
+            headers.insert(header.to_owned(), value);
+        }
+    }
+    let payload = map
+        .get(PAYLOAD)
+        .or_else(|| map.get("data"))
+        .and_then(bytes)
+        .unwrap_or_default();
+    Message {
+        topic: map
+            .get(TOPIC)
+            .and_then(text)
+            .unwrap_or_else(|| stream_topic.to_owned()),
+        key: map.get(KEY).and_then(text),
+        event_type: map.get(TYPE).and_then(text).unwrap_or_default(),
+        headers,
+        payload: payload.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let message = Message {
+            topic: "orders".into(),
+            key: Some("o-1".into()),
+            event_type: "order.created".into(),
+            headers: MessageHeaders::from([("eventbus-attempt".to_owned(), "2".to_owned())]),
+            payload: b"{\"x\":1}".to_vec().into(),
+        };
+        let map: HashMap<String, Value> = to_fields(&message)
+            .into_iter()
+            .map(|(k, v)| (k, Value::BulkString(v)))
+            .collect();
+        assert_eq!(from_fields("ignored", &map), message);
+    }
+
+    #[test]
+    fn foreign_entries_keep_their_bytes() {
+        let map = HashMap::from([("data".to_owned(), Value::BulkString(b"garbage".to_vec()))]);
+        let m = from_fields("orders", &map);
+        assert_eq!(m.topic, "orders");
+        assert_eq!(&*m.payload, b"garbage");
+    }
+}

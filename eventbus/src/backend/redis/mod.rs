@@ -1,0 +1,406 @@
+//! The Redis Streams backend (feature `redis`).
+//!
+//! - **Publishing** appends each message to a stream per topic (per tenant and topic with
+//!   [`RedisConfig::per_tenant_streams`]) with `XADD`, trimming by age (`MINID ~`) on every
+//!   append and by length (`MAXLEN ~`) every 1 000 appends; a batch is one pipelined round trip.
+//! - **Consuming** uses consumer groups (`XGROUP CREATE ... MKSTREAM`, idempotent) and
+//!   `XREADGROUP BLOCK` over every stream the subscription's pattern covers: the catalog's topics
+//!   at start, plus streams found later in the stream registry (`{prefix}:streams`, filled on
+//!   publish), checked every [`RedisConfig::discovery_interval`] (2 s by default); a stream
+//!   discovered later is read from its beginning, so its first entries are not missed.
+//! - **Acknowledgement**: `XACK` only after the pipeline finished (handled, duplicate, or
+//!   dead-lettered). A consumer that dies leaves its entries pending; any member claims them
+//!   with `XAUTOCLAIM` after [`RedisConfig::claim_idle`], and the pending list's delivery count
+//!   becomes the redelivery count, so attempts carry on instead of starting over.
+//! - **Delayed retries** are durable: the entry is acknowledged and parked in the
+//!   `{prefix}:delayed` sorted set (in one `MULTI`), and moved by a Lua script to the group's
+//!   own retry stream `{prefix}:retry:{group}` when due, from any process.
+//! - **Dead letters** go to `{prefix}:dlq:{topic}`, with retention of their own.
+//! - **Lost streams or groups** (`NOGROUP` after a restart without persistence or a
+//!   `FLUSHALL`) are re-created with a warning and counted in [`RedisStats::groups_recreated`].
+//! - **Connection loss**: pooled connections reconnect with backoff; the consumer's blocking
+//!   connection is re-opened, and the bus's consumer loop backs off exponentially on errors.
+
+mod config;
+mod consumer;
+mod delayed;
+mod entry;
+mod inbox;
+mod keys;
+mod pubsub;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::AsyncConnectionConfig;
+
+pub use config::{RedisConfig, Retention, StartFrom};
+pub use inbox::RedisInbox;
+pub use pubsub::RedisPubSub;
+
+use self::keys::Keys;
+use super::{Backend, DeliveryStream, Message, StoredMessage, SubscribeRequest, TENANT_HEADER};
+use crate::error::Error;
+use crate::runtime::{default_runtime, Runtime};
+
+/// Counters of what the backend had to repair or recover.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RedisStats {
+    /// Consumer groups re-created after they vanished (`NOGROUP`).
+    pub groups_recreated: u64,
+    /// Pending entries claimed from idle consumers.
+    pub claimed: u64,
+    /// Deliveries parked for a delayed retry.
+    pub deferred: u64,
+    /// Delayed retries moved back to their group.
+    pub delayed_moved: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    groups_recreated: AtomicU64,
+    claimed: AtomicU64,
+    deferred: AtomicU64,
+    delayed_moved: AtomicU64,
+}
+
+/// The Redis Streams backend. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RedisConfig,
+    keys: Keys,
+    client: redis::Client,
+    pool: Vec<ConnectionManager>,
+    next: AtomicUsize,
+    registered: Mutex<HashSet<String>>,
+    appends: Mutex<std::collections::HashMap<String, u32>>,
+    counters: Counters,
+    runtime: Arc<dyn Runtime>,
+    mover: std::sync::Once,
+}
+
+fn redis_error(operation: &'static str) -> impl Fn(redis::RedisError) -> Error {
+    move |e| Error::backend("redis", operation, e)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl RedisBackend {
+    /// Validates `config` and connects the pool.
+    pub async fn connect(config: RedisConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| Error::config("redis.url", e.to_string()))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.command_timeout))
+            .set_response_timeout(Some(config.command_timeout))
+            .set_max_delay(Duration::from_secs(2))
+            .set_number_of_retries(6);
+        let mut pool = Vec::with_capacity(config.pool_size);
+        for _ in 0..config.pool_size {
+            pool.push(
+                client
+                    .get_connection_manager_with_config(manager_config.clone())
+                    .await
+                    .map_err(redis_error("connect"))?,
+            );
+        }
+        Ok(RedisBackend {
+            inner: Arc::new(Inner {
+                keys: Keys::new(&config.prefix, config.per_tenant_streams),
+                config,
+                client,
+                pool,
+                next: AtomicUsize::new(0),
+                registered: Mutex::new(HashSet::new()),
+                appends: Mutex::new(Default::default()),
+                counters: Counters::default(),
+                runtime: default_runtime()?,
+                mover: std::sync::Once::new(),
+            }),
+        })
+    }
+
+    /// Connects with settings from `EVENTBUS_REDIS_*` variables ([`RedisConfig::from_env`]).
+    pub async fn from_env() -> Result<Self, Error> {
+        Self::connect(RedisConfig::from_env()?).await
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// What the backend recovered so far.
+    pub fn stats(&self) -> RedisStats {
+        let c = &self.inner.counters;
+        RedisStats {
+            groups_recreated: c.groups_recreated.load(Ordering::Relaxed),
+            claimed: c.claimed.load(Ordering::Relaxed),
+            deferred: c.deferred.load(Ordering::Relaxed),
+            delayed_moved: c.delayed_moved.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A Redis-backed inbox sharing this backend's connections and prefix.
+    pub fn inbox(&self) -> RedisInbox {
+        RedisInbox::new(
+            self.inner.conn(),
+            self.inner.keys.clone(),
+            self.inner.config.inbox_ttl,
+        )
+    }
+
+    /// Ephemeral pub/sub notifications on this server (at most once).
+    pub fn pubsub(&self) -> RedisPubSub {
+        RedisPubSub::new(
+            self.inner.client.clone(),
+            self.inner.conn(),
+            self.inner.keys.clone(),
+        )
+    }
+
+    /// The stream key of `topic` (for a `tenant` when streams are per tenant).
+    pub fn stream_key(&self, topic: &str, tenant: Option<&str>) -> String {
+        self.inner.keys.stream(topic, tenant)
+    }
+
+    /// Pending (delivered, unacknowledged) entries of `group` on `topic`'s stream.
+    pub async fn pending(&self, topic: &str, group: &str) -> Result<usize, Error> {
+        let key = self.inner.keys.stream(topic, None);
+        let reply: redis::Value = redis::cmd("XPENDING")
+            .arg(&key)
+            .arg(group)
+            .query_async(&mut self.inner.conn())
+            .await
+            .map_err(redis_error("XPENDING"))?;
+        match reply {
+            redis::Value::Array(items) => match items.first() {
+                Some(redis::Value::Int(n)) => Ok(*n as usize),
+                _ => Ok(0),
+            },
+            _ => Ok(0),
+        }
+    }
+
+    /// Number of entries in `topic`'s stream.
+    pub async fn stream_len(&self, topic: &str) -> Result<usize, Error> {
+        redis::cmd("XLEN")
+            .arg(self.inner.keys.stream(topic, None))
+            .query_async(&mut self.inner.conn())
+            .await
+            .map_err(redis_error("XLEN"))
+    }
+}
+
+impl Inner {
+    fn conn(&self) -> ConnectionManager {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
+        self.pool[i].clone()
+    }
+
+    /// A dedicated connection for blocking reads, with a response timeout above the block time.
+    async fn blocking_connection(&self) -> Result<MultiplexedConnection, Error> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.config.command_timeout))
+            .set_response_timeout(Some(self.config.block + self.config.command_timeout));
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(redis_error("connect"))
+    }
+
+    /// Appends one `XADD` (and, when due, an `XTRIM`) for `message` to `pipe`.
+    fn add_append(&self, pipe: &mut redis::Pipeline, message: &Message, now: u64) -> (String, bool) {
+        let tenant = message.headers.get(TENANT_HEADER).map(String::as_str);
+        let key = self.keys.stream(&message.topic, tenant);
+        let dlq = self.keys.is_dlq_stream(&key);
+        let retention = if dlq {
+            self.config.dlq_retention
+        } else {
+            self.config.retention_of(&message.topic)
+        };
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&key);
+        let mut trim_len = retention.max_len;
+        match retention.max_age {
+            Some(age) => {
+                let cutoff = now.saturating_sub(age.as_millis() as u64);
+                xadd.arg("MINID").arg("~").arg(format!("{cutoff}-0"));
+            }
+            None => {
+                if let Some(len) = trim_len.take() {
+                    xadd.arg("MAXLEN").arg("~").arg(len);
+                }
+            }
+        }
+        xadd.arg("*");
+        for (field, value) in entry::to_fields(message) {
+            xadd.arg(field).arg(value);
+        }
+        pipe.add_command(xadd).ignore();
+        if let Some(len) = trim_len {
+            let mut appends = self.appends.lock().unwrap_or_else(|p| p.into_inner());
+            let n = appends.entry(key.clone()).or_insert(0);
+            *n += 1;
+            if *n >= 1000 {
+                *n = 0;
+                pipe.cmd("XTRIM").arg(&key).arg("MAXLEN").arg("~").arg(len).ignore();
+            }
+        }
+        (key, dlq)
+    }
+
+    /// Creates `group` on `stream` at `start` if it does not exist.
+    async fn ensure_group(
+        &self,
+        conn: &mut impl redis::aio::ConnectionLike,
+        stream: &str,
+        group: &str,
+        start: &str,
+    ) -> Result<(), Error> {
+        let result: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg(group)
+            .arg(start)
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(Error::backend("redis", "XGROUP CREATE", e)),
+        }
+    }
+
+    fn start_mover(self: &Arc<Self>) {
+        self.mover.call_once(|| {
+            let weak = Arc::downgrade(self);
+            self.runtime.spawn(Box::pin(delayed::move_due(weak)));
+        });
+    }
+}
+
+impl Backend for RedisBackend {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn publish(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            if messages.is_empty() {
+                return Ok(());
+            }
+            let inner = &self.inner;
+            let now = now_ms();
+            let mut pipe = redis::pipe();
+            let mut new_members = Vec::new();
+            {
+                let registered = inner.registered.lock().unwrap_or_else(|p| p.into_inner());
+                for message in &messages {
+                    let (key, dlq) = inner.add_append(&mut pipe, message, now);
+                    if !dlq {
+                        let member = Keys::registry_member(&key, &message.event_type);
+                        if !registered.contains(&member) && !new_members.contains(&member) {
+                            pipe.cmd("SADD").arg(inner.keys.registry()).arg(&member).ignore();
+                            new_members.push(member);
+                        }
+                    }
+                }
+            }
+            pipe.query_async::<()>(&mut inner.conn())
+                .await
+                .map_err(redis_error("XADD"))?;
+            if !new_members.is_empty() {
+                let mut registered = inner.registered.lock().unwrap_or_else(|p| p.into_inner());
+                registered.extend(new_members);
+            }
+            Ok(())
+        })
+    }
+
+    fn subscribe(&self, request: SubscribeRequest) -> BoxFuture<'_, Result<DeliveryStream, Error>> {
+        Box::pin(async move {
+            self.inner.start_mover();
+            let reader = consumer::StreamReader::start(self.inner.clone(), request).await?;
+            Ok(reader.into_stream().boxed())
+        })
+    }
+
+    fn read_topic(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
+        let key = self.inner.keys.stream(topic, None);
+        let topic = topic.to_owned();
+        Box::pin(async move {
+            let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&key)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(100_000)
+                .query_async(&mut self.inner.conn())
+                .await
+                .map_err(redis_error("XRANGE"))?;
+            Ok(reply
+                .ids
+                .iter()
+                .map(|entry| StoredMessage {
+                    id: entry.id.clone(),
+                    message: entry::from_fields(&topic, &entry.map),
+                })
+                .collect())
+        })
+    }
+
+    fn delete(&self, topic: &str, ids: Vec<String>) -> BoxFuture<'_, Result<usize, Error>> {
+        let key = self.inner.keys.stream(topic, None);
+        Box::pin(async move {
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            redis::cmd("XDEL")
+                .arg(&key)
+                .arg(&ids)
+                .query_async(&mut self.inner.conn())
+                .await
+                .map_err(redis_error("XDEL"))
+        })
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            let pong: String = redis::cmd("PING")
+                .query_async(&mut self.inner.conn())
+                .await
+                .map_err(redis_error("PING"))?;
+            if pong == "PONG" {
+                Ok(())
+            } else {
+                Err(Error::backend("redis", "PING", format!("unexpected reply {pong:?}")))
+            }
+        })
+    }
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("prefix", &self.inner.config.prefix)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}

@@ -1,0 +1,425 @@
+//! The Redis Streams backend against a real `redis-server` (started by `scripts/test`, URL in
+//! `EVENTBUS_REDIS_URL`).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eventbus::backend::redis::{RedisBackend, RedisConfig, Retention, StartFrom};
+use eventbus::backend::Backend;
+use eventbus::{event, Bus, Context, Envelope, ErrorKind, HandlerError, Subscription};
+use eventbus_integration::{eventually, require_server, unique_prefix};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+#[event(name = "approval.granted", version = 1, key = approval_id)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct ApprovalGranted {
+    approval_id: String,
+    n: u32,
+}
+
+#[event(name = "approval.rejected", version = 1, key = approval_id)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct ApprovalRejected {
+    approval_id: String,
+}
+
+#[event(name = "user.invited", version = 1)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct UserInvited {
+    email: String,
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn config(url: &str, name: &str) -> RedisConfig {
+    let mut c = RedisConfig::new(url);
+    c.prefix = unique_prefix(name);
+    c.block = Duration::from_millis(200);
+    c.claim_idle = Duration::from_millis(600);
+    c.claim_interval = Duration::from_millis(200);
+    c.discovery_interval = Duration::from_millis(200);
+    c.delayed_poll = Duration::from_millis(50);
+    c.start_from = StartFrom::Earliest;
+    c
+}
+
+async fn backend(url: &str, name: &str) -> RedisBackend {
+    RedisBackend::connect(config(url, name)).await.expect("connect")
+}
+
+fn granted(id: &str, n: u32) -> ApprovalGranted {
+    ApprovalGranted {
+        approval_id: id.to_owned(),
+        n,
+    }
+}
+
+/// Collects what a handler saw.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    fn push(&self, s: impl Into<String>) {
+        self.0.lock().unwrap().push(s.into());
+    }
+    fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+fn logging(log: &Log, group: &str, pattern: &str) -> Subscription {
+    let log = log.clone();
+    Subscription::new(pattern, move |env: Envelope<serde_json::Value>| {
+        let log = log.clone();
+        async move {
+            log.push(format!("{} {}", env.event_type, env.id));
+            Ok(())
+        }
+    })
+    .group(group)
+    .with_name(format!("{group}-{pattern}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_and_wildcard_handlers_round_trip() {
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else { return };
+    let b = backend(&url, "roundtrip").await;
+    let typed = Log::default();
+    let t = typed.clone();
+    let wildcard = Log::default();
+    let bus = Bus::builder()
+        .backend(b.clone())
+        .inbox(Arc::new(b.inbox()))
+        .subscribe(
+            Subscription::new("approval.granted", move |ctx: Context, env: Envelope<ApprovalGranted>| {
+                let t = t.clone();
+                async move {
+                    t.push(format!("{} {} {}", env.data.approval_id, env.data.n, ctx.group()));
+                    Ok(())
+                }
+            })
+            .group("typed"),
+        )
+        .subscribe(logging(&wildcard, "audit", "approval.*"))
+        .start()
+        .await
+        .unwrap();
+    bus.publish(granted("a-1", 1)).await.unwrap();
+    bus.publish(ApprovalRejected { approval_id: "a-2".into() }).await.unwrap();
+    bus.publish(UserInvited { email: "x@y".into() }).await.unwrap();
+    assert!(eventually(WAIT, || typed.len() == 1 && wildcard.len() == 2).await, "{:?} {:?}", typed.all(), wildcard.all());
+    // Nothing else arrives.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(typed.all(), vec!["a-1 1 typed"]);
+    // Two topics are two streams: no order between them.
+    let mut types: Vec<String> = wildcard.all().iter().map(|s| s.split(' ').next().unwrap().to_owned()).collect();
+    types.sort();
+    assert_eq!(types, vec!["approval.granted", "approval.rejected"]);
+    assert_eq!(b.pending("approval.granted", "typed").await.unwrap(), 0, "acked");
+    assert!(b.health().await.is_ok());
+    bus.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_groups_each_get_everything_and_members_split_without_duplicates() {
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else { return };
+    let b = backend(&url, "groups").await;
+    let audit = Log::default();
+    let member_a = Log::default();
+    let member_b = Log::default();
+    // Two bus instances model two processes of the "billing" service.
+    let bus_a = Bus::builder()
+        .backend(b.clone())
+        .inbox(Arc::new(b.inbox()))
+        .subscribe(logging(&member_a, "billing", "approval.*"))
+        .subscribe(logging(&audit, "audit", "#"))
+        .start()
+        .await
+        .unwrap();
+    let bus_b = Bus::builder()
+        .backend(b.clone())
+        .inbox(Arc::new(b.inbox()))
+        .subscribe(logging(&member_b, "billing", "approval.*"))
+        .start()
+        .await
+        .unwrap();
+    let envelopes: Vec<_> = (0..400).map(|i| Envelope::new(granted(&format!("k{}", i % 40), i))).collect();
+    bus_a.publisher().publish_batch(envelopes).await.unwrap();
+    assert!(
+        eventually(WAIT, || member_a.len() + member_b.len() == 400 && audit.len() == 400).await,
+        "a={} b={} audit={}",
+        member_a.len(),
+        member_b.len(),
+        audit.len()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut billing: Vec<String> = member_a.all();
+    billing.extend(member_b.all());
+    let unique: HashSet<&String> = billing.iter().collect();
+    assert_eq!(billing.len(), 400, "no duplicates in the group");
+    assert_eq!(unique.len(), 400);
+    assert!(member_a.len() > 0 && member_b.len() > 0, "both members got work: {} / {}", member_a.len(), member_b.len());
+    bus_a.shutdown(Duration::from_secs(5)).await;
+    bus_b.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_consumer_s_entries_are_claimed_and_finished_by_another_member() {
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else { return };
+    let b = backend(&url, "claim").await;
+    let started = Arc::new(AtomicUsize::new(0));
+    let s = started.clone();
+    // The first process hangs in its handler and is then killed.
+    let doomed = Bus::builder()
+        .backend(b.clone())
+        .inbox(Arc::new(b.inbox()))
+        .subscribe(
+            Subscription::new("approval.granted", move |_: Envelope<ApprovalGranted>| {
+                s.fetch_add(1, Ordering::SeqCst);
+                async {
+                    futures::future::pending::<()>().await;
+                    Ok(())
+                }
+            })
+            .group("workers"),
+        )
+        .start()
+        .await
+        .unwrap();
+    doomed.publish(granted("x", 1)).await.unwrap();
+    assert!(eventually(WAIT, || started.load(Ordering::SeqCst) == 1).await);
+    doomed.abort().await;
+    assert_eq!(b.pending("approval.granted", "workers").await.unwrap(), 1, "left pending");
+
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let a = attempts.clone();
+    let survivor = Bus::builder()
+        .backend(b.clone())
+        .inbox(Arc::new(b.inbox()))
+        .subscribe(
+            Subscription::new("approval.granted", move |ctx: Context, _: Envelope<ApprovalGranted>| {
+                a.lock().unwrap().push(ctx.attempt());
+                async { Ok(()) }
+            })
+            .group("workers"),
+        )
+        .start()
+        .await
+        .unwrap();
+    assert!(eventually(WAIT, || attempts.lock().unwrap().len() == 1).await);
+    assert_eq!(*attempts.lock().unwrap(), vec![2], "the pending list's delivery count drives the attempt");
+    assert!(eventually(WAIT, || b.stats().claimed >= 1).await);
+    let mut pending = 1;
+    assert!(eventually(WAIT, || {
+        pending = futures::executor::block_on(b.pending("approval.granted", "workers")).unwrap();
+        pending == 0
+    })
+    .await);
+    survivor.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_retry_fires_after_its_delay_and_survives_a_consumer_restart() {
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else { return };
+    let b = backend(&url, "delayed").await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let make = |seen: Arc<Mutex<Vec<(u32, std::time::Instant)>>>| {
+        Subscription::new("approval.granted", move |ctx: Context, _: Envelope<ApprovalGranted>| {
+            seen.lock().unwrap().push((ctx.attempt(), std::time::Instant::now()));
+            let attempt = ctx.attempt();
+            async move {
+                if attempt == 1 {
+                    Err(HandlerError::transient("downstream is down"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .group("retrying")
+        .retries(0)
+        .delayed_retries([Duration::from_millis(1500)])
+    };
+    let first = Bus::builder()
+        .backend(b.clone())
+        .inbox(Arc::new(b.inbox()))
+        .subscribe(make(seen.clone()))
+        .start()
+        .await
+        .unwrap();
+    first.publish(granted("d", 1)).await.unwrap();
+    assert!(eventually(WAIT, || b.stats().deferred == 1).await);
+    // The consuming process dies while the retry waits.
+    first.abort().await;
+    drop(first);
+    assert_eq!(b.pending("approval.granted", "retrying").await.unwrap(), 0, "acked into the delayed set");
+    let second = Bus::builder()
+        .backend(b.clone())
+        .inbox(Arc::new(b.inbox()))
+        .subscribe(make(seen.clone()))
+        .start()
+        .await
+        .unwrap();
+    assert!(eventually(WAIT, || seen.lock().unwrap().len() == 2).await);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen[1].0, 2, "second attempt");
+    let gap = seen[1].1 - seen[0].1;
+    assert!(gap >= Duration::from_millis(1400), "fired after its delay: {gap:?}");
+    assert!(gap < Duration::from_secs(10), "{gap:?}");
+    second.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_end_in_the_dlq_with_a_reason_and_redrive_works() {
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else { return };
+    let b = backend(&url, "dlq").await;
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handled = Log::default();
+    let (f, h) = (fixed.clone(), handled.clone());
+    let bus = Bus::builder()
+        .backend(b.clone())
+        .inbox(Arc::new(b.inbox()))
+        .subscribe(
+            Subscription::new("approval.granted", move |env: Envelope<ApprovalGranted>| {
+                let ok = f.load(Ordering::SeqCst);
+                let h = h.clone();
+                async move {
+                    if !ok {
+                        return Err(HandlerError::permanent("approval references a deleted user"));
+                    }
+                    h.push(env.data.approval_id);
+                    Ok(())
+                }
+            })
+            .group("strict"),
+        )
+        .start()
+        .await
+        .unwrap();
+    bus.publish(granted("bad", 1)).await.unwrap();
+    // A foreign producer writes garbage into the stream.
+    let raw = eventbus::backend::Message {
+        topic: "approval.granted".into(),
+        key: None,
+        event_type: "approval.granted".into(),
+        headers: Default::default(),
+        payload: b"{\"not\": \"an envelope\"}".to_vec().into(),
+    };
+    b.publish(vec![raw]).await.unwrap();
+    let dlq = bus.dead_letters();
+    let mut letters = Vec::new();
+    assert!(eventually(WAIT, || {
+        letters = futures::executor::block_on(dlq.list("approval.granted")).unwrap();
+        letters.len() == 2
+    })
+    .await);
+    assert_eq!(letters[0].failure.message, "approval references a deleted user");
+    assert_eq!(letters[0].failure.kind, ErrorKind::Permanent);
+    assert_eq!(letters[0].group, "strict");
+    assert!(letters[1].failure.message.starts_with("malformed envelope"), "{}", letters[1].failure.message);
+    assert_eq!(b.pending("approval.granted", "strict").await.unwrap(), 0);
+
+    fixed.store(true, Ordering::SeqCst);
+    assert_eq!(dlq.redrive("approval.granted", &[letters[0].id.clone()]).await.unwrap(), 1);
+    assert!(eventually(WAIT, || handled.all() == vec!["bad".to_owned()]).await);
+    assert_eq!(dlq.purge("approval.granted", vec![letters[1].id.clone()]).await.unwrap(), 1);
+    assert!(dlq.list("approval.granted").await.unwrap().is_empty());
+    bus.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_trims_old_entries_on_publish() {
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else { return };
+    let mut c = config(&url, "retention");
+    c.topic_retention.insert("approval.granted".into(), Retention::max_age(Duration::from_millis(300)));
+    c.topic_retention.insert("user.invited".into(), Retention::max_len(100));
+    let b = RedisBackend::connect(c).await.unwrap();
+    let publisher = eventbus::Publisher::new(
+        Arc::new(b.clone()),
+        Arc::new(eventbus::clock::SystemClock::new(eventbus::runtime::default_runtime().unwrap())),
+        "test",
+    );
+    for i in 0..500 {
+        publisher.publish(granted("r", i)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    publisher.publish(granted("r", 999)).await.unwrap();
+    let by_age = b.stream_len("approval.granted").await.unwrap();
+    // MINID ~ trims whole macro nodes (100 entries each by default): nearly all old ones go.
+    assert!(by_age <= 101, "age retention kept {by_age}");
+    for i in 0..3000 {
+        publisher.publish(UserInvited { email: format!("{i}@x") }).await.unwrap();
+    }
+    let by_len = b.stream_len("user.invited").await.unwrap();
+    assert!(by_len < 1300, "length retention kept {by_len}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_inbox_dedupes_across_processes() {
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else { return };
+    let b = backend(&url, "inbox").await;
+    let effects = Arc::new(AtomicUsize::new(0));
+    let make = |e: Arc<AtomicUsize>| {
+        Subscription::new("approval.granted", move |_: Envelope<ApprovalGranted>| {
+            e.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        })
+        .group("once")
+    };
+    let one = Bus::builder().backend(b.clone()).inbox(Arc::new(b.inbox())).subscribe(make(effects.clone())).start().await.unwrap();
+    let two = Bus::builder().backend(b.clone()).inbox(Arc::new(b.inbox())).subscribe(make(effects.clone())).start().await.unwrap();
+    // The same event published five times (a producer retrying after timeouts).
+    let envelope = Envelope::new(granted("dup", 1));
+    for _ in 0..5 {
+        one.publisher().publish_envelope(envelope.clone()).await.unwrap();
+    }
+    assert!(eventually(WAIT, || one.stats().handled + two.stats().handled + one.stats().duplicates + two.stats().duplicates == 5).await);
+    assert_eq!(effects.load(Ordering::SeqCst), 1);
+    one.shutdown(Duration::from_secs(5)).await;
+    two.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_streams_are_discovered_by_wildcard_subscribers() {
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else { return };
+    let b = backend(&url, "discovery").await;
+    let log = Log::default();
+    let bus = Bus::builder()
+        .backend(b.clone())
+        .subscribe(logging(&log, "watch", "user.*"))
+        .start()
+        .await
+        .unwrap();
+    // No user.* stream existed when the subscriber started.
+    bus.publish(UserInvited { email: "first@x".into() }).await.unwrap();
+    assert!(eventually(WAIT, || log.len() == 1).await, "discovered within the interval");
+    bus.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_notifications_reach_current_subscribers_only() {
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else { return };
+    let b = backend(&url, "pubsub").await;
+    let live = b.pubsub();
+    let before = live.notify(&Envelope::new(granted("early", 0))).await.unwrap();
+    assert_eq!(before, 0, "nobody listening: the notification is gone");
+    let mut stream = live.subscribe("approval.*").await.unwrap();
+    live.notify(&Envelope::new(UserInvited { email: "no".into() })).await.unwrap();
+    live.notify(&Envelope::new(granted("live", 1))).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap();
+    assert_eq!(got.event_type, "approval.granted");
+    assert!(got.data.get().contains("live"));
+}
+
+#[tokio::test]
+async fn bad_urls_fail_at_startup_naming_the_setting() {
+    for url in ["http://localhost", "redis://[::1", ""] {
+        let err = RedisBackend::connect(RedisConfig::new(url)).await.expect_err(url);
+        assert!(err.to_string().contains("redis.url"), "{err}");
+    }
+}
