@@ -126,10 +126,7 @@ pub(crate) fn boolean(cx: &Ctxt, expr: &Expr, key: &str) -> Option<bool> {
     match literal(expr) {
         Some(Lit::Bool(b)) => Some(b.value),
         _ => {
-            cx.error_spanned_by(
-                expr,
-                format!("expected `true` or `false` for `{key}`"),
-            );
+            cx.error_spanned_by(expr, format!("expected `true` or `false` for `{key}`"));
             None
         }
     }
@@ -161,7 +158,10 @@ pub(crate) fn crate_path(cx: &Ctxt, meta: &Meta) -> Option<TokenStream> {
         Err(_) => {
             cx.error_spanned_by(
                 &lit,
-                format!("`{}` is not a path; expected something like `{example}`", lit.value()),
+                format!(
+                    "`{}` is not a path; expected something like `{example}`",
+                    lit.value()
+                ),
             );
             None
         }
@@ -188,8 +188,13 @@ mod tests {
 
     #[test]
     fn keys_include_keywords() {
-        let metas = parse_metas(quote!(crate = "x", name = "a", backoff(initial = "1s"), flag))
-            .expect("parses");
+        let metas = parse_metas(quote!(
+            crate = "x",
+            name = "a",
+            backoff(initial = "1s"),
+            flag
+        ))
+        .expect("parses");
         let keys: Vec<_> = metas.iter().map(key_of).collect();
         assert_eq!(
             keys,
@@ -205,7 +210,8 @@ mod tests {
     #[test]
     fn crate_path_is_parsed() {
         let cx = Ctxt::new();
-        let metas = parse_metas(quote!(crate = "::re::eventbus", crate = "not a path")).expect("parses");
+        let metas =
+            parse_metas(quote!(crate = "::re::eventbus", crate = "not a path")).expect("parses");
         let good = crate_path(&cx, &metas[0]).expect("valid path");
         assert_eq!(good.to_string(), ":: re :: eventbus");
         assert!(crate_path(&cx, &metas[1]).is_none());
@@ -216,15 +222,24 @@ mod tests {
     #[test]
     fn literal_errors_name_the_key() {
         let cx = Ctxt::new();
-        let metas = parse_metas(quote!(a = 1, b = "x", c = 1.5, d = yes, e = 99999999999)).expect("parses");
+        let metas =
+            parse_metas(quote!(a = 1, b = "x", c = 1.5, d = yes, e = 99999999999)).expect("parses");
         let expr = |i: usize| value(&cx, &metas[i], "k", "k = 1").expect("name = value");
         assert!(string(&cx, expr(0), "a", "a = \"x\"").is_none());
-        assert_eq!(string(&cx, expr(1), "b", "").map(|s| s.value()).as_deref(), Some("x"));
+        assert_eq!(
+            string(&cx, expr(1), "b", "").map(|s| s.value()).as_deref(),
+            Some("x")
+        );
         assert_eq!(float(&cx, expr(2), "c", ""), Some(1.5));
         assert_eq!(float(&cx, expr(0), "c", ""), Some(1.0));
         assert!(boolean(&cx, expr(3), "d").is_none());
         assert!(integer::<u32>(&cx, expr(4), "e", "").is_none());
-        let messages: Vec<String> = cx.check().expect_err("errors").into_iter().map(|e| e.to_string()).collect();
+        let messages: Vec<String> = cx
+            .check()
+            .expect_err("errors")
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect();
         assert_eq!(
             messages,
             [

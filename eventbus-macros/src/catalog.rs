@@ -155,13 +155,17 @@ fn collect(cx: &Ctxt, items: &[Item]) -> Vec<Entry> {
     for item in items {
         let Item::Struct(strukt) = item else { continue };
         for attribute in strukt.attrs.iter().filter(|a| attr::is_event_attr(a)) {
-            let Ok(list) = attribute.meta.require_list() else { continue };
+            let Ok(list) = attribute.meta.require_list() else {
+                continue;
+            };
             // `#[event]` reports its own mistakes when it expands; reporting them here as well
             // would show each twice, so they are dropped and the struct is left out.
             let scratch = Ctxt::new();
             let parsed = event::parse_args(&scratch, list.tokens.clone(), attribute.span());
             let Some(args) = parsed else { continue };
-            let Some(lit) = args.name.clone() else { continue };
+            let Some(lit) = args.name.clone() else {
+                continue;
+            };
             let name = lit.value();
             if let Some(first) = by_name.get(&name) {
                 cx.error_spanned_by(
@@ -171,7 +175,9 @@ fn collect(cx: &Ctxt, items: &[Item]) -> Vec<Entry> {
                 continue;
             }
             by_name.insert(name.clone(), strukt.ident.clone());
-            let Some(method) = method_ident(cx, &lit) else { continue };
+            let Some(method) = method_ident(cx, &lit) else {
+                continue;
+            };
             let method_text = method.to_string();
             if let Some((other, ident)) = by_method.get(&method_text) {
                 cx.error_spanned_by(
@@ -212,7 +218,10 @@ fn method_ident(cx: &Ctxt, name: &LitStr) -> Option<Ident> {
         );
         return None;
     }
-    let starts_ok = method.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let starts_ok = method
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if !starts_ok || ["_", "self", "super", "crate", "Self"].contains(&method.as_str()) {
         cx.error_spanned_by(
             name,
@@ -248,7 +257,12 @@ fn codegen(module: &ItemMod, krate: &TokenStream, entries: &[Entry]) -> Vec<Item
         quote!(#krate::CatalogEntry::of::<#ident>())
     });
     let methods = entries.iter().map(|e| {
-        let Entry { ident, name, method, .. } = e;
+        let Entry {
+            ident,
+            name,
+            method,
+            ..
+        } = e;
         // Never more visible than the event type, so the signature is always nameable.
         let method_vis = match &e.vis {
             Visibility::Public(_) => vis.clone(),
@@ -347,21 +361,43 @@ mod tests {
         );
         let file: syn::File = syn::parse2(out.clone()).expect("parses");
         let text = out.to_string();
-        let Some(Item::Mod(module)) = file.items.first() else { panic!("{text}") };
+        let Some(Item::Mod(module)) = file.items.first() else {
+            panic!("{text}")
+        };
         let items = &module.content.as_ref().expect("inline").1;
         assert_eq!(items.len(), 5 + 3, "{text}");
         assert!(text.contains("pub const CATALOG : & [:: eventbus :: CatalogEntry] = & [:: eventbus :: CatalogEntry :: of :: < ApprovalGranted > () , :: eventbus :: CatalogEntry :: of :: < ApprovalRejected > () , :: eventbus :: CatalogEntry :: of :: < Typed > ()]"), "{text}");
-        assert!(text.contains("pub async fn approval_granted (& self , event : ApprovalGranted ,)"), "{text}");
-        assert!(text.contains("pub (crate) async fn approval_rejected"), "{text}");
-        assert!(text.contains("async fn r#type (& self , event : Typed ,)"), "{text}");
+        assert!(
+            text.contains("pub async fn approval_granted (& self , event : ApprovalGranted ,)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pub (crate) async fn approval_rejected"),
+            "{text}"
+        );
+        assert!(
+            text.contains("async fn r#type (& self , event : Typed ,)"),
+            "{text}"
+        );
         assert!(text.contains("version 2) to topic `approvals`"), "{text}");
         assert!(!text.contains("compile_error"), "{text}");
     }
 
     #[test]
     fn private_module_gets_crate_visibility() {
-        let out = expand(quote!(crate = "::re::eventbus"), quote!(mod events {})).to_string();
-        assert!(out.contains("pub (crate) const CATALOG : & [:: re :: eventbus :: CatalogEntry] = & []"), "{out}");
+        let out = expand(
+            quote!(crate = "::re::eventbus"),
+            quote!(
+                mod events {}
+            ),
+        )
+        .to_string();
+        assert!(
+            out.contains(
+                "pub (crate) const CATALOG : & [:: re :: eventbus :: CatalogEntry] = & []"
+            ),
+            "{out}"
+        );
         assert!(out.contains("pub (crate) struct Publisher"), "{out}");
     }
 
@@ -395,11 +431,35 @@ mod tests {
 
     #[test]
     fn wrong_items() {
-        let errs = compile_errors(quote!(), quote!(mod events;));
-        assert!(errs[0].starts_with("`#[catalog]` needs the module's items inline"), "{errs:?}");
-        let errs = compile_errors(quote!(), quote!(struct S;));
-        assert!(errs[0].starts_with("`#[catalog]` can only be used on an inline module"), "{errs:?}");
-        let errs = compile_errors(quote!(krate = "x"), quote!(mod m {}));
-        assert_eq!(errs, ["unknown attribute key `krate`, expected one of: crate"]);
+        let errs = compile_errors(
+            quote!(),
+            quote!(
+                mod events;
+            ),
+        );
+        assert!(
+            errs[0].starts_with("`#[catalog]` needs the module's items inline"),
+            "{errs:?}"
+        );
+        let errs = compile_errors(
+            quote!(),
+            quote!(
+                struct S;
+            ),
+        );
+        assert!(
+            errs[0].starts_with("`#[catalog]` can only be used on an inline module"),
+            "{errs:?}"
+        );
+        let errs = compile_errors(
+            quote!(krate = "x"),
+            quote!(
+                mod m {}
+            ),
+        );
+        assert_eq!(
+            errs,
+            ["unknown attribute key `krate`, expected one of: crate"]
+        );
     }
 }

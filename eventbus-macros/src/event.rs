@@ -70,16 +70,24 @@ pub(crate) fn parse_args(cx: &Ctxt, args: TokenStream, missing: Span) -> Option<
             "name" => {
                 name_given = true;
                 let example = "name = \"approval.granted\"";
-                let Some(expr) = attr::value(cx, meta, "name", example) else { continue };
-                let Some(lit) = attr::string(cx, expr, "name", example) else { continue };
+                let Some(expr) = attr::value(cx, meta, "name", example) else {
+                    continue;
+                };
+                let Some(lit) = attr::string(cx, expr, "name", example) else {
+                    continue;
+                };
                 match names::check_name(&lit.value()) {
                     Ok(()) => name = Some(lit),
-                    Err(message) => cx.error_spanned_by(&lit, format!("invalid event name: {message}")),
+                    Err(message) => {
+                        cx.error_spanned_by(&lit, format!("invalid event name: {message}"))
+                    }
                 }
             }
             "version" => {
                 let example = "version = 1";
-                let Some(expr) = attr::value(cx, meta, "version", example) else { continue };
+                let Some(expr) = attr::value(cx, meta, "version", example) else {
+                    continue;
+                };
                 match attr::integer::<u32>(cx, expr, "version", example) {
                     Some(0) => cx.error_spanned_by(expr, "`version` starts at 1"),
                     Some(v) => version = v,
@@ -88,15 +96,21 @@ pub(crate) fn parse_args(cx: &Ctxt, args: TokenStream, missing: Span) -> Option<
             }
             "topic" => {
                 let example = "topic = \"approvals\"";
-                let Some(expr) = attr::value(cx, meta, "topic", example) else { continue };
-                let Some(lit) = attr::string(cx, expr, "topic", example) else { continue };
+                let Some(expr) = attr::value(cx, meta, "topic", example) else {
+                    continue;
+                };
+                let Some(lit) = attr::string(cx, expr, "topic", example) else {
+                    continue;
+                };
                 match names::check_topic(&lit.value()) {
                     Ok(()) => topic = Some(lit),
                     Err(message) => cx.error_spanned_by(&lit, format!("invalid topic: {message}")),
                 }
             }
             "key" => {
-                let Some(expr) = attr::value(cx, meta, "key", "key = approval_id") else { continue };
+                let Some(expr) = attr::value(cx, meta, "key", "key = approval_id") else {
+                    continue;
+                };
                 key = key_field(cx, expr);
             }
             _ => krate = attr::crate_path(cx, meta),
@@ -126,7 +140,10 @@ fn key_field(cx: &Ctxt, expr: &Expr) -> Option<Ident> {
                 return Some(ident.clone());
             }
         }
-        Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }) => {
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(s),
+            ..
+        }) => {
             cx.error_spanned_by(
                 s,
                 format!(
@@ -138,7 +155,10 @@ fn key_field(cx: &Ctxt, expr: &Expr) -> Option<Ident> {
         }
         _ => {}
     }
-    cx.error_spanned_by(expr, "expected a field name for `key`, such as `key = approval_id`");
+    cx.error_spanned_by(
+        expr,
+        "expected a field name for `key`, such as `key = approval_id`",
+    );
     None
 }
 
@@ -157,7 +177,9 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             None
         }
     };
-    let model = strukt.as_ref().and_then(|s| check_struct(&cx, s, parsed.as_ref()));
+    let model = strukt
+        .as_ref()
+        .and_then(|s| check_struct(&cx, s, parsed.as_ref()));
     match (cx.check(), parsed, model) {
         (Ok(()), Some(args), Some(model)) => {
             let generated = codegen(&args, &model);
@@ -219,7 +241,10 @@ fn check_struct(cx: &Ctxt, strukt: &ItemStruct, args: Option<&EventArgs>) -> Opt
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            let name = f.ident.as_ref().map_or_else(|| i.to_string(), ToString::to_string);
+            let name = f
+                .ident
+                .as_ref()
+                .map_or_else(|| i.to_string(), ToString::to_string);
             let ty = &f.ty;
             (name, quote!(#ty).to_string())
         })
@@ -274,9 +299,10 @@ fn codegen(args: &EventArgs, model: &Model) -> TokenStream {
         },
         None => quote!(::core::option::Option::None),
     };
-    let fields = model.fields.iter().map(|(name, ty)| {
-        quote!(#krate::FieldInfo { name: #name, ty: #ty })
-    });
+    let fields = model
+        .fields
+        .iter()
+        .map(|(name, ty)| quote!(#krate::FieldInfo { name: #name, ty: #ty }));
     // Spanned at the struct's name so a missing `Serialize`/`Deserialize` derive is reported
     // there rather than on the attribute.
     let span = ident.span();
@@ -335,16 +361,35 @@ mod tests {
     #[test]
     fn expands_to_item_and_impls() {
         let out = expand(
-            quote!(name = "approval.granted", version = 2, topic = "approvals", key = approval_id),
-            quote!(struct ApprovalGranted { approval_id: String, amount: Option<u64> }),
+            quote!(
+                name = "approval.granted",
+                version = 2,
+                topic = "approvals",
+                key = approval_id
+            ),
+            quote!(
+                struct ApprovalGranted {
+                    approval_id: String,
+                    amount: Option<u64>,
+                }
+            ),
         );
         let file: syn::File = syn::parse2(out.clone()).expect("expansion parses");
         assert_eq!(file.items.len(), 2, "{out}");
         let text = out.to_string();
-        assert!(text.contains("impl :: eventbus :: Event for ApprovalGranted"), "{text}");
+        assert!(
+            text.contains("impl :: eventbus :: Event for ApprovalGranted"),
+            "{text}"
+        );
         assert!(text.contains("const VERSION : u32 = 2"), "{text}");
-        assert!(text.contains("const TOPIC : & 'static str = \"approvals\""), "{text}");
-        assert!(text.contains("name : \"amount\" , ty : \"Option < u64 >\""), "{text}");
+        assert!(
+            text.contains("const TOPIC : & 'static str = \"approvals\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("name : \"amount\" , ty : \"Option < u64 >\""),
+            "{text}"
+        );
         assert!(text.contains("to_string (& self . approval_id)"), "{text}");
         assert!(!text.contains("compile_error"), "{text}");
     }
@@ -353,47 +398,114 @@ mod tests {
     fn defaults_and_crate_override() {
         let out = expand(
             quote!(name = "user.invited", crate = "::re::eventbus"),
-            quote!(pub struct UserInvited;),
+            quote!(
+                pub struct UserInvited;
+            ),
         )
         .to_string();
-        assert!(out.contains("impl :: re :: eventbus :: Event for UserInvited"), "{out}");
+        assert!(
+            out.contains("impl :: re :: eventbus :: Event for UserInvited"),
+            "{out}"
+        );
         assert!(out.contains("const VERSION : u32 = 1"), "{out}");
-        assert!(out.contains("const TOPIC : & 'static str = \"user.invited\""), "{out}");
+        assert!(
+            out.contains("const TOPIC : & 'static str = \"user.invited\""),
+            "{out}"
+        );
         assert!(out.contains("KEY_FIELD : :: core :: option :: Option < & 'static str > = :: core :: option :: Option :: None"), "{out}");
     }
 
     #[test]
     fn collects_every_error_and_keeps_the_item() {
-        let item = quote!(struct S { a: u8 });
+        let item = quote!(
+            struct S {
+                a: u8,
+            }
+        );
         let out = expand(
-            quote!(name = "a..b", version = 0, topic = "a/b", key = missing, colour = "red", name = "x"),
+            quote!(
+                name = "a..b",
+                version = 0,
+                topic = "a/b",
+                key = missing,
+                colour = "red",
+                name = "x"
+            ),
             item,
         );
         let text = out.to_string();
         assert!(text.starts_with("struct S"), "{text}");
         let errors = errors(
-            quote!(name = "a..b", version = 0, topic = "a/b", key = missing, colour = "red", name = "x"),
-            quote!(struct S { a: u8 }),
+            quote!(
+                name = "a..b",
+                version = 0,
+                topic = "a/b",
+                key = missing,
+                colour = "red",
+                name = "x"
+            ),
+            quote!(
+                struct S {
+                    a: u8,
+                }
+            ),
         );
         assert_eq!(errors.len(), 6, "{errors:#?}");
-        assert!(errors[0].contains("segment 2 of event name `a..b` is empty"), "{errors:#?}");
+        assert!(
+            errors[0].contains("segment 2 of event name `a..b` is empty"),
+            "{errors:#?}"
+        );
         assert!(errors[1].contains("`version` starts at 1"), "{errors:#?}");
         assert!(errors[2].contains("character '/' in topic"), "{errors:#?}");
         assert!(
-            errors[3].contains("unknown attribute key `colour`, expected one of: name, version, topic, key, crate"),
+            errors[3].contains(
+                "unknown attribute key `colour`, expected one of: name, version, topic, key, crate"
+            ),
             "{errors:#?}"
         );
-        assert!(errors[4].contains("duplicate attribute key `name`"), "{errors:#?}");
-        assert!(errors[5].contains("`S` has no field `missing`"), "{errors:#?}");
+        assert!(
+            errors[4].contains("duplicate attribute key `name`"),
+            "{errors:#?}"
+        );
+        assert!(
+            errors[5].contains("`S` has no field `missing`"),
+            "{errors:#?}"
+        );
     }
 
     #[test]
     fn key_must_name_a_field() {
-        let errs = errors(quote!(name = "a.b", key = nope), quote!(struct S { a: u8, b: u8 }));
-        assert_eq!(errs, ["`S` has no field `nope` to use as partition key; its fields are `a`, `b`"]);
-        let errs = errors(quote!(name = "a.b", key = "a"), quote!(struct S { a: u8 }));
-        assert_eq!(errs, ["`key` takes the field name without quotes: `key = a`"]);
-        let errs = errors(quote!(name = "a.b", key = a), quote!(struct S(u8);));
+        let errs = errors(
+            quote!(name = "a.b", key = nope),
+            quote!(
+                struct S {
+                    a: u8,
+                    b: u8,
+                }
+            ),
+        );
+        assert_eq!(
+            errs,
+            ["`S` has no field `nope` to use as partition key; its fields are `a`, `b`"]
+        );
+        let errs = errors(
+            quote!(name = "a.b", key = "a"),
+            quote!(
+                struct S {
+                    a: u8,
+                }
+            ),
+        );
+        assert_eq!(
+            errs,
+            ["`key` takes the field name without quotes: `key = a`"]
+        );
+        let errs = errors(
+            quote!(name = "a.b", key = a),
+            quote!(
+                struct S(u8);
+            ),
+        );
         assert!(errs[0].contains("needs named fields"), "{errs:?}");
     }
 
@@ -403,9 +515,24 @@ mod tests {
             errors(quote!(version = 1), quote!(struct S;)),
             ["missing event name: add `name = \"domain.action\"`, such as `#[event(name = \"approval.granted\")]`"]
         );
-        let errs = errors(quote!(name = "a.b"), quote!(enum E { A }));
-        assert!(errs[0].starts_with("`#[event]` can only be used on a struct; to handle"), "{errs:?}");
-        let errs = errors(quote!(name = "a.b"), quote!(struct S<T>(T);));
+        let errs = errors(
+            quote!(name = "a.b"),
+            quote!(
+                enum E {
+                    A,
+                }
+            ),
+        );
+        assert!(
+            errs[0].starts_with("`#[event]` can only be used on a struct; to handle"),
+            "{errs:?}"
+        );
+        let errs = errors(
+            quote!(name = "a.b"),
+            quote!(
+                struct S<T>(T);
+            ),
+        );
         assert!(errs[0].contains("cannot be generic"), "{errs:?}");
     }
 }

@@ -13,7 +13,8 @@ use crate::ctxt::Ctxt;
 /// The keys of `#[event_group(...)]`.
 const KEYS: &[&str] = &["crate"];
 
-const SHAPE: &str = "`enum ApprovalEvents { Granted(ApprovalGranted), Rejected(ApprovalRejected) }`";
+const SHAPE: &str =
+    "`enum ApprovalEvents { Granted(ApprovalGranted), Rejected(ApprovalRejected) }`";
 
 /// One variant: its name and the event type it holds.
 struct Variant {
@@ -39,7 +40,11 @@ pub(crate) fn expand(input: TokenStream) -> TokenStream {
 fn parse_attrs(cx: &Ctxt, input: &DeriveInput) -> Option<TokenStream> {
     let mut krate = None;
     let mut seen = Seen::default();
-    for attr in input.attrs.iter().filter(|a| a.path().is_ident("event_group")) {
+    for attr in input
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("event_group"))
+    {
         let list = match attr.meta.require_list() {
             Ok(list) => list,
             Err(_) => {
@@ -56,7 +61,9 @@ fn parse_attrs(cx: &Ctxt, input: &DeriveInput) -> Option<TokenStream> {
         };
         for meta in &metas {
             match attr::key_of(meta).as_deref() {
-                Some("crate") if seen.first(cx, meta, "crate") => krate = attr::crate_path(cx, meta),
+                Some("crate") if seen.first(cx, meta, "crate") => {
+                    krate = attr::crate_path(cx, meta)
+                }
                 Some("crate") => {}
                 _ => attr::unknown_key(cx, meta, KEYS),
             }
@@ -223,24 +230,68 @@ mod tests {
         });
         let _: syn::File = syn::parse2(out.clone()).expect("parses");
         let text = out.to_string();
-        assert!(text.contains("impl :: re :: eventbus :: Payload for ApprovalEvents"), "{text}");
-        assert!(text.contains("impl :: re :: eventbus :: EventGroup for ApprovalEvents"), "{text}");
-        assert!(text.contains("& [< ApprovalGranted as :: re :: eventbus :: Event > :: NAME , < ApprovalRejected"), "{text}");
+        assert!(
+            text.contains("impl :: re :: eventbus :: Payload for ApprovalEvents"),
+            "{text}"
+        );
+        assert!(
+            text.contains("impl :: re :: eventbus :: EventGroup for ApprovalEvents"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "& [< ApprovalGranted as :: re :: eventbus :: Event > :: NAME , < ApprovalRejected"
+            ),
+            "{text}"
+        );
         assert!(text.contains("Self :: Rejected"), "{text}");
         assert_eq!(text.matches("const_matches").count(), 1, "{text}");
     }
 
     #[test]
     fn rejects_wrong_shapes() {
-        assert!(compile_errors(quote!(struct S(A);))[0].starts_with("`EventGroup` can only be derived for an enum"));
-        assert!(compile_errors(quote!(enum E {}))[0].starts_with("an event group needs at least one variant"));
-        let errs = compile_errors(quote!(enum E { A(X, Y), B { x: X }, C, D(Z) }));
+        assert!(compile_errors(quote!(
+            struct S(A);
+        ))[0]
+            .starts_with("`EventGroup` can only be derived for an enum"));
+        assert!(compile_errors(quote!(
+            enum E {}
+        ))[0]
+            .starts_with("an event group needs at least one variant"));
+        let errs = compile_errors(quote!(
+            enum E {
+                A(X, Y),
+                B { x: X },
+                C,
+                D(Z),
+            }
+        ));
         assert_eq!(errs.len(), 3, "{errs:?}");
-        assert!(errs[0].starts_with("variant `A` holds 2 fields"), "{errs:?}");
-        assert!(errs[1].starts_with("variant `B` has named fields"), "{errs:?}");
-        assert!(errs[2].starts_with("variant `C` holds no event"), "{errs:?}");
-        let errs = compile_errors(quote!(#[event_group(krate = "x")] enum E<T> { A(T) }));
-        assert_eq!(errs[0], "unknown attribute key `krate`, expected one of: crate");
-        assert!(errs[1].starts_with("an event group cannot be generic"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("variant `A` holds 2 fields"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("variant `B` has named fields"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[2].starts_with("variant `C` holds no event"),
+            "{errs:?}"
+        );
+        let errs = compile_errors(quote!(
+            #[event_group(krate = "x")]
+            enum E<T> {
+                A(T),
+            }
+        ));
+        assert_eq!(
+            errs[0],
+            "unknown attribute key `krate`, expected one of: crate"
+        );
+        assert!(
+            errs[1].starts_with("an event group cannot be generic"),
+            "{errs:?}"
+        );
     }
 }

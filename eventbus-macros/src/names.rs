@@ -36,7 +36,9 @@ fn is_wildcard_char(c: char) -> bool {
 /// Checks the length and that no segment is empty; shared by names and patterns.
 fn check_shape(what: &str, s: &str) -> Result<(), String> {
     if s.is_empty() {
-        return Err(format!("{what} is empty; expected `.`-separated segments such as `approval.granted`"));
+        return Err(format!(
+            "{what} is empty; expected `.`-separated segments such as `approval.granted`"
+        ));
     }
     if s.len() > MAX_LEN {
         return Err(format!(
@@ -160,7 +162,9 @@ pub(crate) fn parse_duration(s: &str) -> Result<u64, String> {
         _ => return Err(format!("unknown unit `{trimmed}`; {EXPECTED}")),
     };
     if trimmed.len() != unit.len() {
-        return Err(format!("remove the space before the unit: \"{number}{trimmed}\""));
+        return Err(format!(
+            "remove the space before the unit: \"{number}{trimmed}\""
+        ));
     }
     number
         .parse::<u64>()
@@ -186,7 +190,13 @@ mod tests {
 
     #[test]
     fn valid_names() {
-        for name in ["approval.granted", "a", "orion.rfq.created", "user-2.sign_up", "A.B"] {
+        for name in [
+            "approval.granted",
+            "a",
+            "orion.rfq.created",
+            "user-2.sign_up",
+            "A.B",
+        ] {
             assert_eq!(check_name(name), Ok(()), "{name}");
         }
         assert_eq!(check_name(&"a".repeat(MAX_LEN)), Ok(()));
@@ -196,10 +206,16 @@ mod tests {
     fn invalid_names_say_why() {
         let cases = [
             ("", "event name is empty"),
-            ("approval..granted", "segment 2 of event name `approval..granted` is empty"),
+            (
+                "approval..granted",
+                "segment 2 of event name `approval..granted` is empty",
+            ),
             (".a", "segment 1 of event name `.a` is empty"),
             ("a.", "segment 2 of event name `a.` is empty"),
-            ("approval.granted!", "character '!' in segment 2 of event name `approval.granted!` is not allowed"),
+            (
+                "approval.granted!",
+                "character '!' in segment 2 of event name `approval.granted!` is not allowed",
+            ),
             ("approval.*", "contains the wildcard '*' (segment 2)"),
             ("approval.#", "contains the wildcard '#'"),
             ("a**", "contains the wildcard '*' (segment 1)"),
@@ -216,7 +232,17 @@ mod tests {
 
     #[test]
     fn valid_patterns() {
-        for p in ["approval.*", "approval.#", "approval.**", "*.created", "#", "**", "*", "a.*.c", "a.b"] {
+        for p in [
+            "approval.*",
+            "approval.#",
+            "approval.**",
+            "*.created",
+            "#",
+            "**",
+            "*",
+            "a.*.c",
+            "a.b",
+        ] {
             assert_eq!(check_pattern(p), Ok(()), "{p}");
         }
     }
@@ -224,9 +250,15 @@ mod tests {
     #[test]
     fn invalid_patterns_say_why() {
         let cases = [
-            ("approval.#.x", "`#` is segment 2 of 3 in pattern `approval.#.x`"),
+            (
+                "approval.#.x",
+                "`#` is segment 2 of 3 in pattern `approval.#.x`",
+            ),
             ("**.x", "`**` is segment 1 of 2"),
-            ("approval.a*", "segment 2 of pattern `approval.a*` is `a*`, which mixes a wildcard"),
+            (
+                "approval.a*",
+                "segment 2 of pattern `approval.a*` is `a*`, which mixes a wildcard",
+            ),
             ("approval.***", "mixes a wildcard"),
             ("approval.gr@nted", "character '@' in segment 2 of pattern"),
             ("a..b", "segment 2 of pattern `a..b` is empty"),

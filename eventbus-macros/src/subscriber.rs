@@ -9,7 +9,9 @@ use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::parse::{Parse, ParseStream, Parser};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{Attribute, Expr, FnArg, GenericArgument, ItemFn, LitStr, Meta, PathArguments, Token, Type};
+use syn::{
+    Attribute, Expr, FnArg, GenericArgument, ItemFn, LitStr, Meta, PathArguments, Token, Type,
+};
 
 use crate::attr::{self, Seen};
 use crate::ctxt::{item_with_error, Ctxt};
@@ -127,8 +129,12 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Option<SubscriberArgs> {
         match key.as_str() {
             "group" => {
                 let example = "group = \"billing\"";
-                let Some(expr) = attr::value(cx, meta, "group", example) else { continue };
-                let Some(lit) = attr::string(cx, expr, "group", example) else { continue };
+                let Some(expr) = attr::value(cx, meta, "group", example) else {
+                    continue;
+                };
+                let Some(lit) = attr::string(cx, expr, "group", example) else {
+                    continue;
+                };
                 if lit.value().is_empty() {
                     cx.error_spanned_by(&lit, "`group` cannot be empty");
                 } else {
@@ -137,12 +143,16 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Option<SubscriberArgs> {
             }
             "retries" => {
                 let example = "retries = 3";
-                let Some(expr) = attr::value(cx, meta, "retries", example) else { continue };
+                let Some(expr) = attr::value(cx, meta, "retries", example) else {
+                    continue;
+                };
                 out.retries = attr::integer::<u32>(cx, expr, "retries", example);
             }
             "concurrency" => {
                 let example = "concurrency = 4";
-                let Some(expr) = attr::value(cx, meta, "concurrency", example) else { continue };
+                let Some(expr) = attr::value(cx, meta, "concurrency", example) else {
+                    continue;
+                };
                 match attr::integer::<usize>(cx, expr, "concurrency", example) {
                     Some(0) => cx.error_spanned_by(expr, "`concurrency` must be at least 1"),
                     n => out.concurrency = n,
@@ -150,7 +160,9 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Option<SubscriberArgs> {
             }
             "dlq" | "park_keys" => {
                 let example = format!("{key} = true");
-                let Some(expr) = attr::value(cx, meta, &key, &example) else { continue };
+                let Some(expr) = attr::value(cx, meta, &key, &example) else {
+                    continue;
+                };
                 let flag = attr::boolean(cx, expr, &key);
                 if key == "dlq" {
                     out.dlq = flag;
@@ -160,14 +172,20 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Option<SubscriberArgs> {
             }
             "timeout" => {
                 let example = "timeout = \"30s\"";
-                let Some(expr) = attr::value(cx, meta, "timeout", example) else { continue };
+                let Some(expr) = attr::value(cx, meta, "timeout", example) else {
+                    continue;
+                };
                 match duration(cx, expr, "timeout", example) {
                     Some(0) => cx.error_spanned_by(expr, "`timeout` must be greater than zero"),
                     ms => out.timeout = ms,
                 }
             }
             "backoff" | "schedule" => {
-                let this: &'static str = if key == "backoff" { "backoff" } else { "schedule" };
+                let this: &'static str = if key == "backoff" {
+                    "backoff"
+                } else {
+                    "schedule"
+                };
                 if let Some(first) = waits_key {
                     cx.error_spanned_by(
                         meta.path(),
@@ -206,7 +224,10 @@ fn duration(cx: &Ctxt, expr: &Expr, key: &str, example: &str) -> Option<u64> {
         Err(message) => {
             cx.error_spanned_by(
                 &lit,
-                format!("invalid duration \"{}\" for `{key}`: {message}", lit.value()),
+                format!(
+                    "invalid duration \"{}\" for `{key}`: {message}",
+                    lit.value()
+                ),
             );
             None
         }
@@ -242,8 +263,14 @@ fn backoff(cx: &Ctxt, meta: &Meta) -> Option<BackoffArgs> {
         }
         match key.as_str() {
             "initial" | "max" => {
-                let example = if key == "initial" { "initial = \"100ms\"" } else { "max = \"10s\"" };
-                let Some(expr) = attr::value(cx, meta, &key, example) else { continue };
+                let example = if key == "initial" {
+                    "initial = \"100ms\""
+                } else {
+                    "max = \"10s\""
+                };
+                let Some(expr) = attr::value(cx, meta, &key, example) else {
+                    continue;
+                };
                 let ms = duration(cx, expr, &key, example);
                 if key == "initial" {
                     initial = ms;
@@ -255,7 +282,9 @@ fn backoff(cx: &Ctxt, meta: &Meta) -> Option<BackoffArgs> {
             }
             "multiplier" => {
                 let example = "multiplier = 2.0";
-                let Some(expr) = attr::value(cx, meta, "multiplier", example) else { continue };
+                let Some(expr) = attr::value(cx, meta, "multiplier", example) else {
+                    continue;
+                };
                 match attr::float(cx, expr, "multiplier", example) {
                     Some(m) if m.is_finite() && m >= 1.0 => multiplier = Some(m),
                     Some(_) => cx.error_spanned_by(expr, "`multiplier` must be at least 1.0"),
@@ -263,7 +292,9 @@ fn backoff(cx: &Ctxt, meta: &Meta) -> Option<BackoffArgs> {
                 }
             }
             _ => {
-                let Some(expr) = attr::value(cx, meta, "jitter", "jitter = true") else { continue };
+                let Some(expr) = attr::value(cx, meta, "jitter", "jitter = true") else {
+                    continue;
+                };
                 jitter = attr::boolean(cx, expr, "jitter");
             }
         }
@@ -285,7 +316,10 @@ fn schedule(cx: &Ctxt, meta: &Meta) -> Option<BackoffArgs> {
     let example = "schedule = [\"1m\", \"5m\", \"30m\"]";
     let expr = attr::value(cx, meta, "schedule", example)?;
     let Expr::Array(array) = expr else {
-        cx.error_spanned_by(expr, format!("expected a list of durations, such as `{example}`"));
+        cx.error_spanned_by(
+            expr,
+            format!("expected a list of durations, such as `{example}`"),
+        );
         return None;
     };
     if array.elems.is_empty() {
@@ -297,7 +331,10 @@ fn schedule(cx: &Ctxt, meta: &Meta) -> Option<BackoffArgs> {
         .iter()
         .map(|e| duration(cx, e, "schedule", example))
         .collect();
-    waits.into_iter().collect::<Option<Vec<_>>>().map(BackoffArgs::Schedule)
+    waits
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .map(BackoffArgs::Schedule)
 }
 
 /// Attributes of the function, sorted by where they go.
@@ -342,7 +379,9 @@ fn last_segment(ty: &Type) -> Option<&syn::PathSegment> {
 /// `T` of a parameter typed `...::Envelope<T>`.
 fn envelope_payload(ty: &Type) -> Option<&Type> {
     let segment = last_segment(ty).filter(|s| s.ident == "Envelope")?;
-    let PathArguments::AngleBracketed(args) = &segment.arguments else { return None };
+    let PathArguments::AngleBracketed(args) = &segment.arguments else {
+        return None;
+    };
     let mut types = args.args.iter().filter_map(|arg| match arg {
         GenericArgument::Type(ty) => Some(ty),
         _ => None,
@@ -401,16 +440,16 @@ fn check_fn(cx: &Ctxt, func: &ItemFn) -> Option<Type> {
     }
     match sig.inputs.len() {
         0 => {
-            cx.error_at(sig.paren_token.span.join(), format!("missing envelope parameter: {usage}"));
+            cx.error_at(
+                sig.paren_token.span.join(),
+                format!("missing envelope parameter: {usage}"),
+            );
             return None;
         }
         1 | 2 => {}
         _ => {
             let extra: Vec<&FnArg> = sig.inputs.iter().skip(2).collect();
-            cx.error_spanned_by(
-                quote!(#(#extra)*),
-                format!("too many parameters: {usage}"),
-            );
+            cx.error_spanned_by(quote!(#(#extra)*), format!("too many parameters: {usage}"));
             return None;
         }
     }
@@ -423,7 +462,10 @@ fn check_fn(cx: &Ctxt, func: &ItemFn) -> Option<Type> {
                 format!("the parameters are in the wrong order, swap them: {usage}"),
             );
         } else {
-            cx.error_spanned_by(&last.ty, format!("the envelope must be the last parameter: {usage}"));
+            cx.error_spanned_by(
+                &last.ty,
+                format!("the envelope must be the last parameter: {usage}"),
+            );
         }
         return None;
     }
@@ -482,7 +524,11 @@ fn codegen(args: &SubscriberArgs, mut func: ItemFn, payload: Option<&Type>) -> T
     let ident = func.sig.ident.clone();
     let name = ident.to_string();
     let vis = std::mem::replace(&mut func.vis, syn::Visibility::Inherited);
-    let Attrs { on_struct, cfg, on_fn } = sort_attrs(&func.attrs);
+    let Attrs {
+        on_struct,
+        cfg,
+        on_fn,
+    } = sort_attrs(&func.attrs);
     func.attrs = on_fn;
     let pattern = &args.pattern;
 
@@ -501,7 +547,12 @@ fn codegen(args: &SubscriberArgs, mut func: ItemFn, payload: Option<&Type>) -> T
                 .backoff(#krate::Backoff::Schedule(::std::vec![#(#waits),*]))
             });
         }
-        Some(BackoffArgs::Exponential { initial, max, multiplier, jitter }) => {
+        Some(BackoffArgs::Exponential {
+            initial,
+            max,
+            multiplier,
+            jitter,
+        }) => {
             let mut bindings = Vec::new();
             let mut sets = Vec::new();
             let mut set = |field: &str, value: TokenStream| {
@@ -552,7 +603,12 @@ fn codegen(args: &SubscriberArgs, mut func: ItemFn, payload: Option<&Type>) -> T
     }
 
     let type_check = payload.map(|ty| {
-        let shown = ty.to_token_stream().to_string().replace(" < ", "<").replace(" >", ">").replace(" :: ", "::");
+        let shown = ty
+            .to_token_stream()
+            .to_string()
+            .replace(" < ", "<")
+            .replace(" >", ">")
+            .replace(" :: ", "::");
         let message = format!(
             "pattern \"{}\" does not match the name of `{shown}` (for an event group: of every \
              event in it), so this subscriber would never receive it; change the pattern or the \
@@ -614,8 +670,19 @@ mod tests {
         file.items
             .iter()
             .filter_map(|i| match i {
-                syn::Item::Macro(m) if m.mac.path.segments.last().is_some_and(|s| s.ident == "compile_error") => {
-                    Some(m.mac.parse_body::<LitStr>().map(|l| l.value()).unwrap_or_default())
+                syn::Item::Macro(m)
+                    if m.mac
+                        .path
+                        .segments
+                        .last()
+                        .is_some_and(|s| s.ident == "compile_error") =>
+                {
+                    Some(
+                        m.mac
+                            .parse_body::<LitStr>()
+                            .map(|l| l.value())
+                            .unwrap_or_default(),
+                    )
                 }
                 _ => None,
             })
@@ -633,9 +700,22 @@ mod tests {
         let cx = Ctxt::new();
         let args = parse_args(
             &cx,
-            quote!("approval.*", group = "billing", retries = 3,
-                backoff(initial = "100ms", max = "10s", multiplier = 2.5, jitter = false),
-                concurrency = 4, dlq = false, timeout = "30s", park_keys = true, crate = "::x"),
+            quote!(
+                "approval.*",
+                group = "billing",
+                retries = 3,
+                backoff(
+                    initial = "100ms",
+                    max = "10s",
+                    multiplier = 2.5,
+                    jitter = false
+                ),
+                concurrency = 4,
+                dlq = false,
+                timeout = "30s",
+                park_keys = true,
+                crate = "::x"
+            ),
         )
         .expect("valid");
         cx.check().expect("no errors");
@@ -660,17 +740,29 @@ mod tests {
         let cx = Ctxt::new();
         let args = parse_args(&cx, quote!("a.#", schedule = ["1m", "5m", "30m"])).expect("valid");
         cx.check().expect("no errors");
-        assert_eq!(args.backoff, Some(BackoffArgs::Schedule(vec![60_000, 300_000, 1_800_000])));
+        assert_eq!(
+            args.backoff,
+            Some(BackoffArgs::Schedule(vec![60_000, 300_000, 1_800_000]))
+        );
     }
 
     #[test]
     fn expansion_parses_and_keeps_the_body() {
         let out = expand(
-            quote!("approval.*", group = "billing", retries = 3, backoff(initial = "1s"), timeout = "5s"),
+            quote!(
+                "approval.*",
+                group = "billing",
+                retries = 3,
+                backoff(initial = "1s"),
+                timeout = "5s"
+            ),
             quote!(
                 /// Docs.
                 #[tracing::instrument]
-                pub async fn on_granted(ctx: Context, env: Envelope<ApprovalGranted>) -> HandlerResult {
+                pub async fn on_granted(
+                    ctx: Context,
+                    env: Envelope<ApprovalGranted>,
+                ) -> HandlerResult {
                     println!("{}", env.data.id);
                     Ok(())
                 }
@@ -678,23 +770,50 @@ mod tests {
         );
         let file: syn::File = syn::parse2(out.clone()).expect("expansion parses");
         let text = out.to_string();
-        assert!(matches!(&file.items[0], syn::Item::Struct(s) if s.ident == "on_granted"
+        assert!(
+            matches!(&file.items[0], syn::Item::Struct(s) if s.ident == "on_granted"
             && matches!(s.vis, syn::Visibility::Public(_))
             && s.attrs.iter().any(|a| a.path().is_ident("doc"))
-            && !s.attrs.iter().any(|a| a.path().segments.len() == 2)), "{text}");
-        assert!(text.contains("# [tracing :: instrument] async fn on_granted"), "{text}");
-        assert!(text.contains(". group (\"billing\") . retries (3)"), "{text}");
-        assert!(text.contains("* __eventbus_initial = :: eventbus :: __private :: Duration :: from_millis (1000)"), "{text}");
-        assert!(text.contains(". timeout (:: eventbus :: __private :: Duration :: from_millis (5000))"), "{text}");
+            && !s.attrs.iter().any(|a| a.path().segments.len() == 2)),
+            "{text}"
+        );
+        assert!(
+            text.contains("# [tracing :: instrument] async fn on_granted"),
+            "{text}"
+        );
+        assert!(
+            text.contains(". group (\"billing\") . retries (3)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "* __eventbus_initial = :: eventbus :: __private :: Duration :: from_millis (1000)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(". timeout (:: eventbus :: __private :: Duration :: from_millis (5000))"),
+            "{text}"
+        );
         assert!(text.contains("const_matches_all (\"approval.*\" , < ApprovalGranted as :: eventbus :: Payload > :: TYPES)"), "{text}");
-        assert!(text.contains(":: eventbus :: __register_subscriber ! (__eventbus_make)"), "{text}");
+        assert!(
+            text.contains(":: eventbus :: __register_subscriber ! (__eventbus_make)"),
+            "{text}"
+        );
         assert!(!text.contains("compile_error"), "{text}");
     }
 
     #[test]
     fn untyped_envelope_has_no_type_check() {
-        let out = expand(quote!("#"), quote!(async fn all(env: serde_json::Value) -> HandlerResult { Ok(()) }))
-            .to_string();
+        let out = expand(
+            quote!("#"),
+            quote!(
+                async fn all(env: serde_json::Value) -> HandlerResult {
+                    Ok(())
+                }
+            ),
+        )
+        .to_string();
         assert!(!out.contains("const_matches_all"), "{out}");
         assert!(!out.contains("compile_error"), "{out}");
     }
@@ -702,16 +821,36 @@ mod tests {
     #[test]
     fn collects_argument_errors() {
         let errs = compile_errors(
-            quote!("approval.#.x", colour = 1, retries = "3", timeout = "5 sec",
-                backoff(initial = "1s"), schedule = ["1m"], concurrency = 0, dlq = 1),
+            quote!(
+                "approval.#.x",
+                colour = 1,
+                retries = "3",
+                timeout = "5 sec",
+                backoff(initial = "1s"),
+                schedule = ["1m"],
+                concurrency = 0,
+                dlq = 1
+            ),
             handler(),
         );
         assert_eq!(errs.len(), 7, "{errs:#?}");
-        assert!(errs[0].starts_with("invalid pattern: `#` is segment 2 of 3"), "{errs:#?}");
+        assert!(
+            errs[0].starts_with("invalid pattern: `#` is segment 2 of 3"),
+            "{errs:#?}"
+        );
         assert!(errs[1].starts_with("unknown attribute key `colour`, expected one of: group, retries, backoff, schedule, concurrency, dlq, timeout, park_keys, crate"), "{errs:#?}");
-        assert!(errs[2].starts_with("expected an integer literal for `retries`"), "{errs:#?}");
-        assert!(errs[3].starts_with("invalid duration \"5 sec\" for `timeout`: unknown unit `sec`;"), "{errs:#?}");
-        assert!(errs[4].starts_with("`schedule` cannot be combined with `backoff`"), "{errs:#?}");
+        assert!(
+            errs[2].starts_with("expected an integer literal for `retries`"),
+            "{errs:#?}"
+        );
+        assert!(
+            errs[3].starts_with("invalid duration \"5 sec\" for `timeout`: unknown unit `sec`;"),
+            "{errs:#?}"
+        );
+        assert!(
+            errs[4].starts_with("`schedule` cannot be combined with `backoff`"),
+            "{errs:#?}"
+        );
         assert_eq!(errs[5], "`concurrency` must be at least 1");
         assert_eq!(errs[6], "expected `true` or `false` for `dlq`");
     }
@@ -719,7 +858,10 @@ mod tests {
     #[test]
     fn backoff_checks() {
         let errs = compile_errors(
-            quote!("a.b", backoff(initial = "10s", max = "1s", multiplier = 0.5, base = 1)),
+            quote!(
+                "a.b",
+                backoff(initial = "10s", max = "1s", multiplier = 0.5, base = 1)
+            ),
             handler(),
         );
         assert_eq!(
@@ -741,30 +883,88 @@ mod tests {
             ["missing pattern: pass it first, such as `#[subscriber(\"approval.*\")]`"]
         );
         let errs = compile_errors(quote!("a.*", "b.*"), handler());
-        assert!(errs[0].starts_with("only one pattern is allowed"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("only one pattern is allowed"),
+            "{errs:?}"
+        );
         let errs = compile_errors(quote!(approval.*), handler());
         assert_eq!(errs, ["expected `,`"]);
         let errs = compile_errors(quote!(approval), handler());
-        assert!(errs[0].starts_with("unknown attribute key `approval`"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("unknown attribute key `approval`"),
+            "{errs:?}"
+        );
         assert!(errs[1].starts_with("missing pattern"), "{errs:?}");
     }
 
     #[test]
     fn signature_checks() {
         let cases = [
-            (quote!(fn f(env: Envelope<A>) -> HandlerResult { Ok(()) }), "a subscriber must be an `async fn`"),
-            (quote!(async fn f() -> HandlerResult { Ok(()) }), "missing envelope parameter"),
-            (quote!(async fn f(a: Context, b: Envelope<A>, c: u8) {}), "too many parameters"),
-            (quote!(async fn f<T>(env: Envelope<T>) {}), "a subscriber cannot be generic"),
-            (quote!(async fn f(env: Envelope<A>, ctx: Context) {}), "the parameters are in the wrong order, swap them"),
-            (quote!(async fn f(env: Envelope<A>, other: Envelope<B>) {}), "the first of two parameters is the `Context`"),
-            (quote!(async fn f(ctx: Context) {}), "the envelope must be the last parameter"),
-            (quote!(async fn f(env: Envelope<impl Payload>) {}), "the envelope's payload must be a concrete type"),
-            (quote!(struct S;), "`#[subscriber]` can only be used on an `async fn`"),
+            (
+                quote!(
+                    fn f(env: Envelope<A>) -> HandlerResult {
+                        Ok(())
+                    }
+                ),
+                "a subscriber must be an `async fn`",
+            ),
+            (
+                quote!(
+                    async fn f() -> HandlerResult {
+                        Ok(())
+                    }
+                ),
+                "missing envelope parameter",
+            ),
+            (
+                quote!(
+                    async fn f(a: Context, b: Envelope<A>, c: u8) {}
+                ),
+                "too many parameters",
+            ),
+            (
+                quote!(
+                    async fn f<T>(env: Envelope<T>) {}
+                ),
+                "a subscriber cannot be generic",
+            ),
+            (
+                quote!(
+                    async fn f(env: Envelope<A>, ctx: Context) {}
+                ),
+                "the parameters are in the wrong order, swap them",
+            ),
+            (
+                quote!(
+                    async fn f(env: Envelope<A>, other: Envelope<B>) {}
+                ),
+                "the first of two parameters is the `Context`",
+            ),
+            (
+                quote!(
+                    async fn f(ctx: Context) {}
+                ),
+                "the envelope must be the last parameter",
+            ),
+            (
+                quote!(
+                    async fn f(env: Envelope<impl Payload>) {}
+                ),
+                "the envelope's payload must be a concrete type",
+            ),
+            (
+                quote!(
+                    struct S;
+                ),
+                "`#[subscriber]` can only be used on an `async fn`",
+            ),
         ];
         for (item, expected) in cases {
             let errs = compile_errors(quote!("a.b"), item.clone());
-            assert!(errs.iter().any(|e| e.starts_with(expected)), "{item}: {errs:?}");
+            assert!(
+                errs.iter().any(|e| e.starts_with(expected)),
+                "{item}: {errs:?}"
+            );
         }
     }
 }
