@@ -348,15 +348,18 @@ async fn retention_trims_old_entries_on_publish() {
         publisher.publish(granted("r", i)).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
-    publisher.publish(granted("r", 999)).await.unwrap();
+    // Trimming runs every 256th append to a stream: these 300 include a trim.
+    for i in 0..300 {
+        publisher.publish(granted("r", 1000 + i)).await.unwrap();
+    }
     let by_age = b.stream_len("approval.granted").await.unwrap();
-    // MINID ~ trims whole macro nodes (100 entries each by default): nearly all old ones go.
-    assert!(by_age <= 101, "age retention kept {by_age}");
+    // MINID ~ trims whole macro nodes (100 entries each by default): the 500 old ones go.
+    assert!(by_age <= 400, "age retention kept {by_age} of 800");
     for i in 0..3000 {
         publisher.publish(UserInvited { email: format!("{i}@x") }).await.unwrap();
     }
     let by_len = b.stream_len("user.invited").await.unwrap();
-    assert!(by_len < 1300, "length retention kept {by_len}");
+    assert!(by_len < 600, "length retention kept {by_len} of 3000");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -350,6 +350,9 @@ impl Bus {
         if !drained {
             self.shared.loops_finished().await;
         }
+        if let Err(error) = self.backend.flush().await {
+            tracing::warn!(%error, "flushing acknowledgements at shutdown failed; those deliveries will be redelivered");
+        }
         tracing::info!(drained, aborted, "event bus stopped");
         ShutdownReport { drained, aborted }
     }

@@ -194,6 +194,12 @@ pub trait Backend: Send + Sync + 'static {
     fn health(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// Waits until acknowledgements the backend batches in the background are sent. Called by
+    /// [`Bus::shutdown`](crate::Bus::shutdown) after the consumers stopped.
+    fn flush(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// A message read back from a topic, with the id the backend gave it.

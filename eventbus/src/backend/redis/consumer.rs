@@ -272,16 +272,15 @@ struct RedisAcker {
 }
 
 impl Acknowledger for RedisAcker {
+    /// Queues the `XACK` for the next batch (see the `acks` module).
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
-        Box::pin(async move {
-            redis::cmd("XACK")
-                .arg(&self.stream)
-                .arg(&self.group)
-                .arg(&self.id)
-                .query_async::<()>(&mut self.inner.conn())
-                .await
-                .map_err(redis_error("XACK"))
-        })
+        let this = *self;
+        let result = this.inner.acks.push(super::acks::Ack {
+            stream: this.stream,
+            group: this.group,
+            id: this.id,
+        });
+        Box::pin(async move { result })
     }
 
     /// Leaves the entry pending: it is claimed again after `claim_idle`, with its delivery
@@ -306,7 +305,7 @@ impl Acknowledger for RedisAcker {
                 .map_err(redis_error("XRANGE"))?;
             let Some(entry) = read.ids.first() else {
                 // Trimmed meanwhile: nothing to retry.
-                return self.ack().await;
+                return Box::new(RedisAcker { ..*self }).ack().await;
             };
             let fallback_topic = self.stream.rsplit(':').next().unwrap_or(&self.stream).to_owned();
             let mut message = entry::from_fields(&fallback_topic, &entry.map);

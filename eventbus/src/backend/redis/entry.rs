@@ -13,6 +13,18 @@ const KEY: &str = "key";
 const PAYLOAD: &str = "payload";
 const HEADER_PREFIX: &str = "h:";
 
+/// Appends the entry fields of a message to an `XADD` command, without copying the payload.
+pub(crate) fn add_fields(cmd: &mut redis::Cmd, message: &Message) {
+    cmd.arg(TOPIC).arg(&message.topic).arg(TYPE).arg(&message.event_type);
+    if let Some(key) = &message.key {
+        cmd.arg(KEY).arg(key);
+    }
+    for (name, value) in &message.headers {
+        cmd.arg(format!("{HEADER_PREFIX}{name}")).arg(value);
+    }
+    cmd.arg(PAYLOAD).arg(&*message.payload);
+}
+
 /// The entry fields of a message, in `XADD` order.
 pub(crate) fn to_fields(message: &Message) -> Vec<(String, Vec<u8>)> {
     let mut fields = Vec::with_capacity(4 + message.headers.len());

@@ -1,8 +1,9 @@
 //! The Redis Streams backend (feature `redis`).
 //!
 //! - **Publishing** appends each message to a stream per topic (per tenant and topic with
-//!   [`RedisConfig::per_tenant_streams`]) with `XADD`, trimming by age (`MINID ~`) on every
-//!   append and by length (`MAXLEN ~`) every 1 000 appends; a batch is one pipelined round trip.
+//!   [`RedisConfig::per_tenant_streams`]) with `XADD`; every 256th append to a stream also trims
+//!   it by age (`XTRIM MINID ~`) and length (`XTRIM MAXLEN ~`), so retention costs nothing
+//!   per event and needs no scan; a batch is one pipelined round trip.
 //! - **Consuming** uses consumer groups (`XGROUP CREATE ... MKSTREAM`, idempotent) and
 //!   `XREADGROUP BLOCK` over every stream the subscription's pattern covers: the catalog's topics
 //!   at start, plus streams found later in the stream registry (`{prefix}:streams`, filled on
@@ -21,6 +22,7 @@
 //! - **Connection loss**: pooled connections reconnect with backoff; the consumer's blocking
 //!   connection is re-opened, and the bus's consumer loop backs off exponentially on errors.
 
+mod acks;
 mod config;
 mod consumer;
 mod delayed;
@@ -86,7 +88,11 @@ struct Inner {
     counters: Counters,
     runtime: Arc<dyn Runtime>,
     mover: std::sync::Once,
+    acks: acks::AckQueue,
 }
+
+/// Appends to a stream between two retention trims (the first append trims too).
+const TRIM_EVERY: u32 = 256;
 
 fn redis_error(operation: &'static str) -> impl Fn(redis::RedisError) -> Error {
     move |e| Error::backend("redis", operation, e)
@@ -119,20 +125,21 @@ impl RedisBackend {
                     .map_err(redis_error("connect"))?,
             );
         }
-        Ok(RedisBackend {
-            inner: Arc::new(Inner {
-                keys: Keys::new(&config.prefix, config.per_tenant_streams),
-                config,
-                client,
-                pool,
-                next: AtomicUsize::new(0),
-                registered: Mutex::new(HashSet::new()),
-                appends: Mutex::new(Default::default()),
-                counters: Counters::default(),
-                runtime: default_runtime()?,
-                mover: std::sync::Once::new(),
-            }),
-        })
+        let runtime = default_runtime()?;
+        let inner = Arc::new_cyclic(|weak| Inner {
+            keys: Keys::new(&config.prefix, config.per_tenant_streams),
+            config,
+            client,
+            pool,
+            next: AtomicUsize::new(0),
+            registered: Mutex::new(HashSet::new()),
+            appends: Mutex::new(Default::default()),
+            counters: Counters::default(),
+            acks: acks::AckQueue::start(&runtime, weak.clone()),
+            runtime,
+            mover: std::sync::Once::new(),
+        });
+        Ok(RedisBackend { inner })
     }
 
     /// Connects with settings from `EVENTBUS_REDIS_*` variables ([`RedisConfig::from_env`]).
@@ -224,41 +231,39 @@ impl Inner {
             .map_err(redis_error("connect"))
     }
 
-    /// Appends one `XADD` (and, when due, an `XTRIM`) for `message` to `pipe`.
+    /// Appends one `XADD` for `message` to `pipe`, and every [`TRIM_EVERY`] appends to a
+    /// stream an `XTRIM` by age (`MINID ~`) and by length (`MAXLEN ~`): retention is applied on
+    /// publish, amortized, never by scanning.
     fn add_append(&self, pipe: &mut redis::Pipeline, message: &Message, now: u64) -> (String, bool) {
         let tenant = message.headers.get(TENANT_HEADER).map(String::as_str);
         let key = self.keys.stream(&message.topic, tenant);
         let dlq = self.keys.is_dlq_stream(&key);
-        let retention = if dlq {
-            self.config.dlq_retention
-        } else {
-            self.config.retention_of(&message.topic)
-        };
         let mut xadd = redis::cmd("XADD");
-        xadd.arg(&key);
-        let mut trim_len = retention.max_len;
-        match retention.max_age {
-            Some(age) => {
-                let cutoff = now.saturating_sub(age.as_millis() as u64);
-                xadd.arg("MINID").arg("~").arg(format!("{cutoff}-0"));
-            }
-            None => {
-                if let Some(len) = trim_len.take() {
-                    xadd.arg("MAXLEN").arg("~").arg(len);
-                }
-            }
-        }
-        xadd.arg("*");
-        for (field, value) in entry::to_fields(message) {
-            xadd.arg(field).arg(value);
-        }
+        xadd.arg(&key).arg("*");
+        entry::add_fields(&mut xadd, message);
         pipe.add_command(xadd).ignore();
-        if let Some(len) = trim_len {
+        let due = {
             let mut appends = self.appends.lock().unwrap_or_else(|p| p.into_inner());
-            let n = appends.entry(key.clone()).or_insert(0);
+            let n = appends.entry(key.clone()).or_insert(TRIM_EVERY - 1);
             *n += 1;
-            if *n >= 1000 {
+            if *n >= TRIM_EVERY {
                 *n = 0;
+                true
+            } else {
+                false
+            }
+        };
+        if due {
+            let retention = if dlq {
+                self.config.dlq_retention
+            } else {
+                self.config.retention_of(&message.topic)
+            };
+            if let Some(age) = retention.max_age {
+                let cutoff = now.saturating_sub(age.as_millis() as u64);
+                pipe.cmd("XTRIM").arg(&key).arg("MINID").arg("~").arg(format!("{cutoff}-0")).ignore();
+            }
+            if let Some(len) = retention.max_len {
                 pipe.cmd("XTRIM").arg(&key).arg("MAXLEN").arg("~").arg(len).ignore();
             }
         }
@@ -378,6 +383,13 @@ impl Backend for RedisBackend {
                 .query_async(&mut self.inner.conn())
                 .await
                 .map_err(redis_error("XDEL"))
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            self.inner.acks.flush().await;
+            Ok(())
         })
     }
 

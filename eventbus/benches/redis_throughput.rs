@@ -1,0 +1,219 @@
+//! Redis Streams: the framework against the raw `redis` client on the same server, in one run.
+//!
+//! ```sh
+//! EVENTBUS_REDIS_URL=redis://127.0.0.1:6379 cargo bench -p eventbus --features redis --bench redis_throughput
+//! ```
+//!
+//! Prints events/s for (a) raw pipelined `XADD`, (b) `publish_batch` through the bus,
+//! (c) a raw `XREADGROUP` + `XACK` loop, (d) the full consume pipeline with the Redis inbox,
+//! the ratios b/a and d/c, and end-to-end latency percentiles at a fixed rate.
+#![allow(missing_docs)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use eventbus::backend::redis::{RedisBackend, RedisConfig, StartFrom};
+use eventbus::{event, Bus, CatalogEntry, Envelope, Subscription};
+use serde::{Deserialize, Serialize};
+
+#[event(name = "bench.tick", version = 1)]
+#[derive(Serialize, Deserialize, Clone)]
+struct Tick {
+    n: u64,
+    sent_us: u64,
+    note: String,
+}
+
+const EVENTS: u64 = 50_000;
+const BATCH: usize = 100;
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+fn tick(n: u64) -> Tick {
+    Tick { n, sent_us: now_us(), note: "order o-123 for customer c-42".into() }
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+/// The same job by hand: build and encode each envelope, pipeline the `XADD`s.
+async fn raw_xadd(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> Duration {
+    let start = Instant::now();
+    let mut n = 0;
+    while n < EVENTS {
+        let mut pipe = redis::pipe();
+        for i in n..n + BATCH as u64 {
+            let payload = Envelope::new(tick(i)).encode().unwrap();
+            pipe.cmd("XADD").arg(stream).arg("*").arg("type").arg("bench.tick").arg("payload").arg(payload).ignore();
+        }
+        pipe.query_async::<()>(conn).await.unwrap();
+        n += BATCH as u64;
+    }
+    start.elapsed()
+}
+
+async fn bus_publish(bus: &Bus) -> Duration {
+    let publisher = bus.publisher();
+    let start = Instant::now();
+    let mut n = 0;
+    while n < EVENTS {
+        let batch: Vec<_> = (n..n + BATCH as u64).map(|i| Envelope::new(tick(i))).collect();
+        publisher.publish_batch(batch).await.unwrap();
+        n += BATCH as u64;
+    }
+    start.elapsed()
+}
+
+async fn raw_consume(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> Duration {
+    let _: redis::RedisResult<()> =
+        redis::cmd("XGROUP").arg("CREATE").arg(stream).arg("raw").arg("0").query_async(conn).await;
+    let start = Instant::now();
+    let mut done = 0u64;
+    while done < EVENTS {
+        let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP").arg("raw").arg("c1").arg("COUNT").arg(128).arg("BLOCK").arg(1000)
+            .arg("STREAMS").arg(stream).arg(">")
+            .query_async(conn)
+            .await
+            .unwrap();
+        let ids: Vec<String> = reply.keys.iter().flat_map(|k| k.ids.iter().map(|e| e.id.clone())).collect();
+        if ids.is_empty() {
+            continue;
+        }
+        for key in &reply.keys {
+            for entry in &key.ids {
+                if let Some(redis::Value::BulkString(p)) = entry.map.get("payload") {
+                    let env: Envelope<Tick> = serde_json::from_slice(p).unwrap();
+                    std::hint::black_box(env.data.n);
+                }
+            }
+        }
+        redis::cmd("XACK").arg(stream).arg("raw").arg(&ids).query_async::<()>(conn).await.unwrap();
+        done += ids.len() as u64;
+    }
+    start.elapsed()
+}
+
+async fn pipeline_consume(backend: &RedisBackend, concurrency: usize, redis_inbox: bool) -> Duration {
+    let handled = Arc::new(AtomicU64::new(0));
+    let h = handled.clone();
+    let start = Instant::now();
+    let mut builder = Bus::builder().backend(backend.clone()).catalog(&[CatalogEntry::of::<Tick>()]);
+    if redis_inbox {
+        builder = builder.inbox(Arc::new(backend.inbox()));
+    }
+    let bus = builder
+        .subscribe(
+            Subscription::new("bench.tick", move |env: Envelope<Tick>| {
+                std::hint::black_box(env.data.n);
+                h.fetch_add(1, Ordering::Relaxed);
+                async { Ok(()) }
+            })
+            .group(format!("pipeline-{concurrency}-{redis_inbox}"))
+            .concurrency(concurrency),
+        )
+        .start()
+        .await
+        .unwrap();
+    while handled.load(Ordering::Relaxed) < EVENTS {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = start.elapsed();
+    bus.shutdown(Duration::from_secs(5)).await;
+    elapsed
+}
+
+async fn latency(backend: &RedisBackend, per_second: u64, seconds: u64) -> Vec<u64> {
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let s = samples.clone();
+    let bus = Bus::builder()
+        .backend(backend.clone())
+        .catalog(&[CatalogEntry::of::<Tick>()])
+        .inbox(Arc::new(backend.inbox()))
+        .subscribe(
+            Subscription::new("bench.tick", move |env: Envelope<Tick>| {
+                s.lock().unwrap().push(now_us().saturating_sub(env.data.sent_us));
+                async { Ok(()) }
+            })
+            .group("latency")
+            .concurrency(8),
+        )
+        .start()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let total = per_second * seconds;
+    let interval = Duration::from_secs_f64(1.0 / per_second as f64);
+    let start = Instant::now();
+    for n in 0..total {
+        let due = start + interval * n as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        bus.publish(tick(n)).await.unwrap();
+    }
+    while (samples.lock().unwrap().len() as u64) < total {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    bus.shutdown(Duration::from_secs(5)).await;
+    let mut v = samples.lock().unwrap().clone();
+    v.sort_unstable();
+    v
+}
+
+fn pct(v: &[u64], p: f64) -> f64 {
+    v[((v.len() as f64 * p) as usize).min(v.len() - 1)] as f64 / 1000.0
+}
+
+fn main() {
+    let Ok(url) = std::env::var("EVENTBUS_REDIS_URL") else {
+        eprintln!("EVENTBUS_REDIS_URL is not set; start a redis-server and point it there");
+        std::process::exit(2);
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let prefix = format!("bench-{}", eventbus::Uuid::now_v7().simple());
+        let mut config = RedisConfig::new(&url);
+        config.prefix = prefix.clone();
+        config.start_from = StartFrom::Earliest;
+        config.batch_size = 256;
+        let backend = RedisBackend::connect(config).await.unwrap();
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let raw_stream = format!("{prefix}:raw");
+
+        let a = raw_xadd(&mut conn, &raw_stream).await;
+        let bus = Bus::builder().backend(backend.clone()).start().await.unwrap();
+        let b = bus_publish(&bus).await;
+        bus.shutdown(Duration::from_secs(1)).await;
+        let c = raw_consume(&mut conn, &raw_stream).await;
+        let d1 = pipeline_consume(&backend, 1, true).await;
+        let d64 = pipeline_consume(&backend, 64, true).await;
+        let m64 = pipeline_consume(&backend, 64, false).await;
+
+        println!("redis streams, {EVENTS} events of {} bytes, batches of {BATCH}", Envelope::new(tick(0)).encode().unwrap().len());
+        println!("(a) raw pipelined XADD            {:>10.0} events/s", rate(EVENTS, a));
+        println!("(b) bus publish_batch             {:>10.0} events/s   b/a = {:.2}", rate(EVENTS, b), a.as_secs_f64() / b.as_secs_f64());
+        println!("(c) raw XREADGROUP+XACK loop      {:>10.0} events/s", rate(EVENTS, c));
+        println!("(d) pipeline+inbox, concurrency 1 {:>10.0} events/s   d/c = {:.2}", rate(EVENTS, d1), c.as_secs_f64() / d1.as_secs_f64());
+        println!("(d) pipeline+inbox, concurrency 64{:>10.0} events/s   d/c = {:.2}", rate(EVENTS, d64), c.as_secs_f64() / d64.as_secs_f64());
+        println!("(d') pipeline, in-process inbox, c64{:>9.0} events/s   d'/c = {:.2}", rate(EVENTS, m64), c.as_secs_f64() / m64.as_secs_f64());
+        let mut fresh = RedisConfig::new(&url);
+        fresh.prefix = format!("{prefix}-latency");
+        let latency_backend = RedisBackend::connect(fresh).await.unwrap();
+        let lat = latency(&latency_backend, 2000, 5).await;
+        println!(
+            "e2e latency at 2000 events/s for 5 s: p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            pct(&lat, 0.50), pct(&lat, 0.95), pct(&lat, 0.99), pct(&lat, 1.0)
+        );
+        let mut keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await.unwrap();
+        keys.truncate(10_000);
+        for chunk in keys.chunks(500) {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
+        }
+    });
+}
