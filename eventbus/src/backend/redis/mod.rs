@@ -169,6 +169,7 @@ impl RedisBackend {
             self.inner.conn(),
             self.inner.keys.clone(),
             self.inner.config.inbox_ttl,
+            &self.inner.runtime,
         )
     }
 
