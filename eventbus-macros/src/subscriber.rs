@@ -23,6 +23,7 @@ const KEYS: &[&str] = &[
     "retries",
     "backoff",
     "schedule",
+    "delayed",
     "concurrency",
     "dlq",
     "timeout",
@@ -72,6 +73,7 @@ struct SubscriberArgs {
     group: Option<LitStr>,
     retries: Option<u32>,
     backoff: Option<BackoffArgs>,
+    delayed: Option<Vec<u64>>,
     concurrency: Option<usize>,
     dlq: Option<bool>,
     timeout: Option<u64>,
@@ -95,6 +97,7 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Option<SubscriberArgs> {
         group: None,
         retries: None,
         backoff: None,
+        delayed: None,
         concurrency: None,
         dlq: None,
         timeout: None,
@@ -202,6 +205,9 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Option<SubscriberArgs> {
                 } else {
                     schedule(cx, meta)
                 };
+            }
+            "delayed" => {
+                out.delayed = duration_list(cx, meta, "delayed", "delayed = [\"1m\", \"5m\", \"30m\"]");
             }
             _ => out.krate = attr::crate_path(cx, meta),
         }
@@ -314,7 +320,12 @@ fn backoff(cx: &Ctxt, meta: &Meta) -> Option<BackoffArgs> {
 
 fn schedule(cx: &Ctxt, meta: &Meta) -> Option<BackoffArgs> {
     let example = "schedule = [\"1m\", \"5m\", \"30m\"]";
-    let expr = attr::value(cx, meta, "schedule", example)?;
+    duration_list(cx, meta, "schedule", example).map(BackoffArgs::Schedule)
+}
+
+/// A non-empty list of duration literals, in milliseconds.
+fn duration_list(cx: &Ctxt, meta: &Meta, key: &str, example: &str) -> Option<Vec<u64>> {
+    let expr = attr::value(cx, meta, key, example)?;
     let Expr::Array(array) = expr else {
         cx.error_spanned_by(
             expr,
@@ -323,18 +334,15 @@ fn schedule(cx: &Ctxt, meta: &Meta) -> Option<BackoffArgs> {
         return None;
     };
     if array.elems.is_empty() {
-        cx.error_spanned_by(array, "`schedule` needs at least one duration");
+        cx.error_spanned_by(array, format!("`{key}` needs at least one duration"));
         return None;
     }
     let waits: Vec<Option<u64>> = array
         .elems
         .iter()
-        .map(|e| duration(cx, e, "schedule", example))
+        .map(|e| duration(cx, e, key, example))
         .collect();
-    waits
-        .into_iter()
-        .collect::<Option<Vec<_>>>()
-        .map(BackoffArgs::Schedule)
+    waits.into_iter().collect::<Option<Vec<_>>>()
 }
 
 /// Attributes of the function, sorted by where they go.
@@ -539,6 +547,10 @@ fn codegen(args: &SubscriberArgs, mut func: ItemFn, payload: Option<&Type>) -> T
     if let Some(retries) = args.retries {
         let retries = proc_macro2::Literal::u32_unsuffixed(retries);
         calls.push(quote!(.retries(#retries)));
+    }
+    if let Some(delays) = &args.delayed {
+        let delays = delays.iter().map(|ms| duration_tokens(&krate, *ms));
+        calls.push(quote!(.delayed_retries([#(#delays),*])));
     }
     match &args.backoff {
         Some(BackoffArgs::Schedule(waits)) => {
@@ -838,7 +850,7 @@ mod tests {
             errs[0].starts_with("invalid pattern: `#` is segment 2 of 3"),
             "{errs:#?}"
         );
-        assert!(errs[1].starts_with("unknown attribute key `colour`, expected one of: group, retries, backoff, schedule, concurrency, dlq, timeout, park_keys, crate"), "{errs:#?}");
+        assert!(errs[1].starts_with("unknown attribute key `colour`, expected one of: group, retries, backoff, schedule, delayed, concurrency, dlq, timeout, park_keys, crate"), "{errs:#?}");
         assert!(
             errs[2].starts_with("expected an integer literal for `retries`"),
             "{errs:#?}"

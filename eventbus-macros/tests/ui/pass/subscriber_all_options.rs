@@ -39,7 +39,7 @@ pub async fn bill(ctx: Context, env: Envelope<ApprovalGranted>) -> HandlerResult
     Ok(())
 }
 
-#[subscriber("#", schedule = ["1m", "5m", "30m"])]
+#[subscriber("#", schedule = ["1m", "5m", "30m"], delayed = ["1m", "5m", "30m"])]
 async fn audit(env: Envelope<serde_json::Value>) -> HandlerResult {
     let _ = env.data;
     Ok(())
@@ -95,6 +95,10 @@ fn main() {
         ])
     );
     assert!(sub.payload_types().is_empty());
+    assert_eq!(
+        sub.options().retry.delayed,
+        [60, 300, 1800].map(Duration::from_secs).to_vec()
+    );
 
     let sub = approvals.into_subscription();
     assert_eq!(sub.payload_types(), ["approval.granted", "approval.rejected"]);
