@@ -9,7 +9,11 @@ use std::time::Duration;
 use futures::future::{self, Either};
 use uuid::Uuid;
 
+use std::collections::HashMap;
+
 use crate::backend::{Backend, SubscribeRequest};
+use crate::circuit::{CircuitConfig, Circuits};
+use crate::observability::Metrics;
 use crate::clock::{Clock, SystemClock};
 use crate::consumer::{ConsumerLoop, Shared};
 use crate::dead_letter::DeadLetters;
@@ -36,9 +40,32 @@ pub struct BusBuilder {
     discover: bool,
     layers: Vec<Arc<dyn Layer>>,
     extensions: crate::Extensions,
+    metrics: Option<Arc<Metrics>>,
+    circuit_default: Option<CircuitConfig>,
+    circuit_channels: HashMap<String, CircuitConfig>,
 }
 
 impl BusBuilder {
+    /// Uses `metrics` (to share one registry between buses); by default each bus has its own,
+    /// labelled with its `source`.
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Guards publishing with a circuit breaker per channel (topic) with these settings.
+    pub fn circuit_breaker(mut self, config: CircuitConfig) -> Self {
+        self.circuit_default = Some(config);
+        self
+    }
+
+    /// Overrides the circuit breaker settings of one channel (e.g. [`CircuitConfig::critical`]).
+    pub fn channel_circuit(mut self, channel: impl Into<String>, config: CircuitConfig) -> Self {
+        self.circuit_default.get_or_insert_with(CircuitConfig::default);
+        self.circuit_channels.insert(channel.into(), config);
+        self
+    }
+
     /// Shares `value` with every handler, readable with
     /// [`Context::extension`](crate::Context::extension).
     pub fn extension<T: Send + Sync + 'static>(mut self, value: T) -> Self {
@@ -165,7 +192,19 @@ impl BusBuilder {
                 Error::config("catalog", format!("event name `{}`: {e}", entry.name))
             })?;
         }
-        let publisher = Publisher::new(backend.clone(), clock.clone(), source);
+        let metrics = self
+            .metrics
+            .unwrap_or_else(|| Arc::new(Metrics::new(source.clone())));
+        let mut publisher =
+            Publisher::new(backend.clone(), clock.clone(), source).with_metrics(metrics.clone());
+        if let Some(default) = self.circuit_default {
+            publisher = publisher.with_circuits(Arc::new(Circuits::new(
+                default,
+                self.circuit_channels,
+                clock.clone(),
+                Some(metrics.clone()),
+            )?));
+        }
 
         // Explicit subscriptions replace discovered ones of the same name; two explicit ones
         // may share a name only in different groups.
@@ -224,6 +263,7 @@ impl BusBuilder {
                 clock.clone(),
                 &self.layers,
                 extensions.clone(),
+                metrics.clone(),
             ));
             let stream = backend.subscribe(request).await?;
             let consumer = ConsumerLoop {
@@ -234,6 +274,7 @@ impl BusBuilder {
                 runtime: runtime.clone(),
                 clock: clock.clone(),
                 retry_backoff: options.retry.backoff.clone(),
+                metrics: metrics.clone(),
             };
             ConsumerLoop::register(&shared);
             runtime.spawn(Box::pin(consumer.run(stream)));
@@ -246,6 +287,8 @@ impl BusBuilder {
             clock,
             shared,
             subscriptions: names,
+            metrics,
+            catalog: self.catalog,
         })
     }
 }
@@ -258,6 +301,8 @@ pub struct Bus {
     clock: Arc<dyn Clock>,
     shared: Arc<Shared>,
     subscriptions: Vec<String>,
+    metrics: Arc<Metrics>,
+    catalog: Vec<CatalogEntry>,
 }
 
 /// What [`Bus::shutdown`] achieved.
@@ -316,6 +361,21 @@ impl Bus {
     /// The backend.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
+    }
+
+    /// The bus's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The events this service declared with [`BusBuilder::catalog`].
+    pub fn catalog(&self) -> &[CatalogEntry] {
+        &self.catalog
+    }
+
+    /// The clock the bus runs on.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// Names of the running subscriptions.

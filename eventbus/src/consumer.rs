@@ -105,6 +105,7 @@ pub(crate) struct ConsumerLoop {
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) retry_backoff: crate::retry::Backoff,
+    pub(crate) metrics: Arc<crate::observability::Metrics>,
 }
 
 enum Step {
@@ -218,6 +219,7 @@ impl ConsumerLoop {
         let clock = self.clock.clone();
         let backoff = self.retry_backoff.clone();
         let group = self.group.clone();
+        let metrics = self.metrics.clone();
         let task = async move {
             let Delivery {
                 message,
@@ -227,6 +229,11 @@ impl ConsumerLoop {
             let mut cx = DeliveryCx::new(message, group, redeliveries);
             let outcome = pipeline.run(&mut cx).await;
             shared.count(&outcome);
+            metrics.outcome(&cx.message.topic, &cx.group, outcome.label());
+            if let (Outcome::Handled, Some(envelope)) = (&outcome, &cx.envelope) {
+                let age = (clock.now() - envelope.time).to_std().unwrap_or_default();
+                metrics.consumer_lag(&cx.message.topic, age);
+            }
             let settled = match outcome {
                 outcome if outcome.is_settled() => acker.ack().await,
                 Outcome::Deferred { delay, .. } if acker.can_defer() => {

@@ -9,6 +9,7 @@ use crate::envelope::{Envelope, Headers, RawEnvelope};
 use crate::error::Error;
 use crate::event::Event;
 use crate::extensions::Extensions;
+use crate::observability::{TraceParent, TRACEPARENT};
 use crate::publisher::Publisher;
 
 /// Header set on replayed deliveries.
@@ -147,6 +148,12 @@ impl Context {
         }
         if envelope.user_id.is_none() {
             envelope.user_id = inner.user_id.clone();
+        }
+        if let Some(parent) = inner.headers.get(TRACEPARENT).and_then(|v| TraceParent::parse(v)) {
+            envelope
+                .headers
+                .entry(TRACEPARENT.to_owned())
+                .or_insert_with(|| parent.child().to_header());
         }
         envelope
     }

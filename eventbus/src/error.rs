@@ -84,6 +84,14 @@ pub enum Error {
         /// How long.
         after: std::time::Duration,
     },
+    /// The channel's publish circuit is open: failing fast instead of calling the backend.
+    #[error("publish circuit for `{channel}` is open until {until}")]
+    CircuitOpen {
+        /// The channel (topic).
+        channel: String,
+        /// When probing starts again.
+        until: chrono::DateTime<chrono::Utc>,
+    },
     /// The bus has been shut down and takes no more work.
     #[error("the bus is shut down")]
     Closed,

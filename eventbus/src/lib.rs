@@ -41,6 +41,7 @@
 
 pub mod backend;
 pub mod bus;
+pub mod circuit;
 pub mod clock;
 pub mod context;
 pub mod dead_letter;
@@ -50,6 +51,7 @@ pub mod event;
 pub mod extensions;
 pub mod handler;
 pub mod inbox;
+pub mod observability;
 pub mod pattern;
 pub mod pipeline;
 pub mod publisher;

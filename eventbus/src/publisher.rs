@@ -9,7 +9,10 @@ use crate::backend::{Backend, Message, MessageHeaders, TENANT_HEADER};
 use crate::clock::Clock;
 use crate::envelope::Envelope;
 use crate::error::Error;
+use crate::circuit::Circuits;
 use crate::event::Event;
+use crate::observability::{Metrics, TraceParent, TRACEPARENT};
+use tracing::Instrument;
 
 /// Publishes events. Cheap to clone.
 #[derive(Clone)]
@@ -17,6 +20,8 @@ pub struct Publisher {
     backend: Arc<dyn Backend>,
     clock: Arc<dyn Clock>,
     source: Arc<str>,
+    metrics: Option<Arc<Metrics>>,
+    circuits: Option<Arc<Circuits>>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -35,7 +40,60 @@ impl Publisher {
             backend,
             clock,
             source: source.into(),
+            metrics: None,
+            circuits: None,
         }
+    }
+
+    /// Counts published events and failures in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Guards every channel (topic) with a circuit breaker.
+    pub fn with_circuits(mut self, circuits: Arc<Circuits>) -> Self {
+        self.circuits = Some(circuits);
+        self
+    }
+
+    /// The circuit breakers, if any.
+    pub fn circuits(&self) -> Option<&Arc<Circuits>> {
+        self.circuits.as_ref()
+    }
+
+    /// Sends messages through the circuit breakers, counting them.
+    async fn send(&self, messages: Vec<Message>) -> Result<(), Error> {
+        let mut topics: Vec<(String, u64)> = Vec::new();
+        for message in &messages {
+            match topics.iter_mut().find(|(t, _)| *t == message.topic) {
+                Some((_, n)) => *n += 1,
+                None => topics.push((message.topic.clone(), 1)),
+            }
+        }
+        if let Some(circuits) = &self.circuits {
+            for (i, (topic, _)) in topics.iter().enumerate() {
+                if let Err(open) = circuits.acquire(topic) {
+                    for (acquired, _) in &topics[..i] {
+                        circuits.release(acquired);
+                    }
+                    return Err(open);
+                }
+            }
+        }
+        let result = self.backend.publish(messages).await;
+        for (topic, n) in &topics {
+            if let Some(circuits) = &self.circuits {
+                circuits.record(topic, result.is_ok());
+            }
+            if let Some(metrics) = &self.metrics {
+                match &result {
+                    Ok(()) => metrics.published(topic, *n),
+                    Err(_) => metrics.publish_failed(topic),
+                }
+            }
+        }
+        result
     }
 
     /// The backend behind this publisher.
@@ -51,8 +109,16 @@ impl Publisher {
     /// Publishes an envelope, filling `source`, `time` and `correlation_id` where empty.
     pub async fn publish_envelope<E: Event>(&self, envelope: Envelope<E>) -> Result<Uuid, Error> {
         let id = envelope.id;
+        let span = tracing::info_span!(
+            "eventbus.publish",
+            event.id = %id,
+            event.r#type = E::NAME,
+            topic = E::TOPIC,
+            correlation_id = envelope.correlation_id.as_deref().unwrap_or(""),
+            tenant = envelope.tenant_id.as_deref().unwrap_or(""),
+        );
         let message = self.prepare(envelope)?;
-        self.backend.publish(vec![message]).await?;
+        self.send(vec![message]).instrument(span).await?;
         Ok(id)
     }
 
@@ -68,13 +134,13 @@ impl Publisher {
             ids.push(envelope.id);
             messages.push(self.prepare(envelope)?);
         }
-        self.backend.publish(messages).await?;
+        self.send(messages).await?;
         Ok(ids)
     }
 
     /// Publishes already-encoded messages as they are (redrive, replay, outbox relay).
     pub async fn publish_messages(&self, messages: Vec<Message>) -> Result<(), Error> {
-        self.backend.publish(messages).await
+        self.send(messages).await
     }
 
     /// Builds the message for an envelope: fills the metadata and encodes it.
@@ -87,6 +153,11 @@ impl Publisher {
         }
         if envelope.time == chrono::DateTime::<chrono::Utc>::default() {
             envelope.time = self.clock.now();
+        }
+        if !envelope.headers.contains_key(TRACEPARENT) {
+            envelope
+                .headers
+                .insert(TRACEPARENT.to_owned(), TraceParent::new_root().to_header());
         }
         let key = envelope.data.partition_key();
         let payload = envelope.encode()?;

@@ -11,18 +11,30 @@ use tracing::Instrument;
 use super::{DeliveryCx, Layer, Next, Outcome};
 use crate::clock::Clock;
 use crate::handler::ErrorKind;
+use crate::observability::{Metrics, TraceParent, TRACEPARENT};
 
 /// Runs each handler call in a tracing span, turns a panic into a transient failure (the
 /// consumer keeps running), and fails calls that exceed the timeout.
 pub struct GuardLayer {
     timeout: Option<Duration>,
     clock: Arc<dyn Clock>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl GuardLayer {
     /// A guard with an optional per-call timeout.
     pub fn new(timeout: Option<Duration>, clock: Arc<dyn Clock>) -> Self {
-        GuardLayer { timeout, clock }
+        GuardLayer {
+            timeout,
+            clock,
+            metrics: None,
+        }
+    }
+
+    /// Records each call's duration and failures in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -50,8 +62,14 @@ impl Layer for GuardLayer {
                     attempt = cx.attempt,
                     correlation_id = %env.and_then(|e| e.correlation_id.as_deref()).unwrap_or(""),
                     tenant = %env.and_then(|e| e.tenant_id.as_deref()).unwrap_or(""),
+                    trace_id = %env
+                        .and_then(|e| e.headers.get(TRACEPARENT))
+                        .and_then(|v| TraceParent::parse(v))
+                        .map(|t| t.trace_id)
+                        .unwrap_or_default(),
                 )
             };
+            let started = std::time::Instant::now();
             let attempt = cx.attempt;
             let first_failure = cx.first_failure;
             let call = AssertUnwindSafe(next.run(&mut *cx)).catch_unwind().instrument(span);
@@ -63,6 +81,10 @@ impl Layer for GuardLayer {
                 },
             };
             let now = self.clock.now();
+            if let Some(metrics) = &self.metrics {
+                let failed = !matches!(result, Some(Ok(Outcome::Handled)));
+                metrics.handler_call(&cx.message.topic, &cx.group, started.elapsed(), failed);
+            }
             match result {
                 Some(Ok(outcome)) => outcome,
                 Some(Err(payload)) => {

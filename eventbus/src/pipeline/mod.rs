@@ -236,6 +236,7 @@ impl Pipeline {
         clock: Arc<dyn Clock>,
         extra: &[Arc<dyn Layer>],
         extensions: Arc<crate::Extensions>,
+        metrics: Arc<crate::observability::Metrics>,
     ) -> Self {
         let options = &subscription.options;
         let mut layers: Vec<Arc<dyn Layer>> = vec![
@@ -249,9 +250,13 @@ impl Pipeline {
             layers.push(Arc::new(ParkKeyLayer::new(clock.clone())));
         }
         layers.push(Arc::new(InboxLayer::new(inbox)));
-        layers.push(Arc::new(RetryLayer::new(options.retry.clone(), clock.clone())));
+        layers.push(Arc::new(
+            RetryLayer::new(options.retry.clone(), clock.clone()).with_metrics(metrics.clone()),
+        ));
         layers.extend(extra.iter().cloned());
-        layers.push(Arc::new(GuardLayer::new(options.timeout, clock.clone())));
+        layers.push(Arc::new(
+            GuardLayer::new(options.timeout, clock.clone()).with_metrics(metrics),
+        ));
         Pipeline {
             layers,
             endpoint: Endpoint {

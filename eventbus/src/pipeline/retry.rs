@@ -7,6 +7,7 @@ use futures::future::BoxFuture;
 use super::{DeliveryCx, Layer, Next, Outcome};
 use crate::clock::Clock;
 use crate::handler::ErrorKind;
+use crate::observability::Metrics;
 use crate::retry::RetryPolicy;
 
 /// Calls the rest of the chain until it succeeds, fails permanently, or the attempts run out.
@@ -15,12 +16,23 @@ use crate::retry::RetryPolicy;
 pub struct RetryLayer {
     policy: RetryPolicy,
     clock: Arc<dyn Clock>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl RetryLayer {
     /// A layer applying `policy`, sleeping on `clock`.
     pub fn new(policy: RetryPolicy, clock: Arc<dyn Clock>) -> Self {
-        RetryLayer { policy, clock }
+        RetryLayer {
+            policy,
+            clock,
+            metrics: None,
+        }
+    }
+
+    /// Counts retries in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -52,6 +64,9 @@ impl Layer for RetryLayer {
                         "transient failure, retrying"
                     );
                     self.clock.sleep(delay).await;
+                    if let Some(metrics) = &self.metrics {
+                        metrics.retried(&cx.message.topic, &cx.group);
+                    }
                     cx.attempt += 1;
                     continue;
                 }

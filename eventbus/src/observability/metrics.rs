@@ -1,0 +1,270 @@
+//! Prometheus metrics of a bus, in the text exposition format.
+//!
+//! | series | type | labels |
+//! |---|---|---|
+//! | `event_published_total` | counter | `service`, `topic` |
+//! | `event_publish_failures_total` | counter | `service`, `topic` |
+//! | `event_handled_total` | counter | `service`, `topic`, `group`, `outcome` (`handled`, `duplicate`, `skipped`, `dead_lettered`, `discarded`, `deferred`, `unsettled`) |
+//! | `event_failed_total` | counter | `service`, `topic`, `group` (failed handler calls) |
+//! | `event_retried_total` | counter | `service`, `topic`, `group` |
+//! | `event_dead_lettered_total` | counter | `service`, `topic`, `group` |
+//! | `event_handler_duration_seconds` | histogram | `service`, `topic`, `group` |
+//! | `event_consumer_lag_seconds` | gauge | `service`, `topic` (age of the last handled event) |
+//! | `event_consumer_lag_messages` | gauge | `service`, `group`, `stream` |
+//! | `event_outbox_backlog` | gauge | `service` |
+//! | `event_publish_lag_seconds` | gauge | `service` (age of the oldest unpublished outbox row) |
+//! | `event_dlq_size` | gauge | `service`, `topic` |
+//! | `event_circuit_state` | gauge | `service`, `channel` (0 closed, 1 half-open, 2 open) |
+//! | `eventbus_groups_recreated_total` | counter | `service` |
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabels {
+    service: String,
+    topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    service: String,
+    topic: String,
+    group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    service: String,
+    topic: String,
+    group: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LagLabels {
+    service: String,
+    group: String,
+    stream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelLabels {
+    service: String,
+    channel: String,
+}
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.5, 14))
+}
+
+/// The metrics of one service's bus. Cheap to share (`Arc`); every bus has one, readable with
+/// [`Bus::metrics`](crate::Bus::metrics).
+pub struct Metrics {
+    service: String,
+    registry: Mutex<Registry>,
+    published: Family<TopicLabels, Counter>,
+    publish_failures: Family<TopicLabels, Counter>,
+    handled: Family<OutcomeLabels, Counter>,
+    failed: Family<GroupLabels, Counter>,
+    retried: Family<GroupLabels, Counter>,
+    dead_lettered: Family<GroupLabels, Counter>,
+    handler_duration: Family<GroupLabels, Histogram, fn() -> Histogram>,
+    consumer_lag_seconds: Family<TopicLabels, FloatGauge>,
+    consumer_lag_messages: Family<LagLabels, Gauge>,
+    outbox_backlog: Family<ServiceLabel, Gauge>,
+    publish_lag_seconds: Family<ServiceLabel, FloatGauge>,
+    dlq_size: Family<TopicLabels, Gauge>,
+    circuit_state: Family<ChannelLabels, Gauge>,
+    groups_recreated: Family<ServiceLabel, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").field("service", &self.service).finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Empty metrics labelled with `service`.
+    pub fn new(service: impl Into<String>) -> Self {
+        let m = Metrics {
+            service: service.into(),
+            registry: Mutex::new(Registry::default()),
+            published: Family::default(),
+            publish_failures: Family::default(),
+            handled: Family::default(),
+            failed: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
+            handler_duration: Family::new_with_constructor(duration_histogram),
+            consumer_lag_seconds: Family::default(),
+            consumer_lag_messages: Family::default(),
+            outbox_backlog: Family::default(),
+            publish_lag_seconds: Family::default(),
+            dlq_size: Family::default(),
+            circuit_state: Family::default(),
+            groups_recreated: Family::default(),
+        };
+        {
+            let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
+            r.register("event_published", "Events accepted by the backend", m.published.clone());
+            r.register("event_publish_failures", "Publish calls that failed", m.publish_failures.clone());
+            r.register("event_handled", "Deliveries by final outcome", m.handled.clone());
+            r.register("event_failed", "Failed handler calls", m.failed.clone());
+            r.register("event_retried", "Retries after a failed handler call", m.retried.clone());
+            r.register("event_dead_lettered", "Events sent to the dead-letter queue", m.dead_lettered.clone());
+            r.register("event_handler_duration_seconds", "Duration of one handler call", m.handler_duration.clone());
+            r.register("event_consumer_lag_seconds", "Age of the last handled event at handling time", m.consumer_lag_seconds.clone());
+            r.register("event_consumer_lag_messages", "Messages not yet delivered to a group", m.consumer_lag_messages.clone());
+            r.register("event_outbox_backlog", "Outbox rows waiting to be published", m.outbox_backlog.clone());
+            r.register("event_publish_lag_seconds", "Age of the oldest unpublished outbox row", m.publish_lag_seconds.clone());
+            r.register("event_dlq_size", "Messages in a dead-letter topic", m.dlq_size.clone());
+            r.register("event_circuit_state", "Publish circuit: 0 closed, 1 half-open, 2 open", m.circuit_state.clone());
+            r.register("eventbus_groups_recreated", "Consumer groups re-created after they vanished", m.groups_recreated.clone());
+        }
+        m
+    }
+
+    /// The service label.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Every series in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    fn topic(&self, topic: &str) -> TopicLabels {
+        TopicLabels {
+            service: self.service.clone(),
+            topic: topic.to_owned(),
+        }
+    }
+
+    fn group(&self, topic: &str, group: &str) -> GroupLabels {
+        GroupLabels {
+            service: self.service.clone(),
+            topic: topic.to_owned(),
+            group: group.to_owned(),
+        }
+    }
+
+    /// Counts `n` events published to `topic`.
+    pub fn published(&self, topic: &str, n: u64) {
+        self.published.get_or_create(&self.topic(topic)).inc_by(n);
+    }
+
+    /// Counts a failed publish call to `topic`.
+    pub fn publish_failed(&self, topic: &str) {
+        self.publish_failures.get_or_create(&self.topic(topic)).inc();
+    }
+
+    /// Counts a delivery's final outcome.
+    pub fn outcome(&self, topic: &str, group: &str, outcome: &str) {
+        self.handled
+            .get_or_create(&OutcomeLabels {
+                service: self.service.clone(),
+                topic: topic.to_owned(),
+                group: group.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        if outcome == "dead_lettered" {
+            self.dead_lettered.get_or_create(&self.group(topic, group)).inc();
+        }
+    }
+
+    /// Records one handler call.
+    pub fn handler_call(&self, topic: &str, group: &str, duration: Duration, failed: bool) {
+        let labels = self.group(topic, group);
+        self.handler_duration
+            .get_or_create(&labels)
+            .observe(duration.as_secs_f64());
+        if failed {
+            self.failed.get_or_create(&labels).inc();
+        }
+    }
+
+    /// Counts a retry.
+    pub fn retried(&self, topic: &str, group: &str) {
+        self.retried.get_or_create(&self.group(topic, group)).inc();
+    }
+
+    /// Sets the age of the last handled event of `topic`.
+    pub fn consumer_lag(&self, topic: &str, age: Duration) {
+        self.consumer_lag_seconds
+            .get_or_create(&self.topic(topic))
+            .set(age.as_secs_f64());
+    }
+
+    /// Sets how many messages `group` has not received yet from `stream`.
+    pub fn consumer_lag_messages(&self, group: &str, stream: &str, lag: u64) {
+        self.consumer_lag_messages
+            .get_or_create(&LagLabels {
+                service: self.service.clone(),
+                group: group.to_owned(),
+                stream: stream.to_owned(),
+            })
+            .set(i64::try_from(lag).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the outbox backlog and the age of its oldest row.
+    pub fn outbox(&self, backlog: u64, oldest: Option<Duration>) {
+        let label = ServiceLabel {
+            service: self.service.clone(),
+        };
+        self.outbox_backlog
+            .get_or_create(&label)
+            .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+        self.publish_lag_seconds
+            .get_or_create(&label)
+            .set(oldest.map(|d| d.as_secs_f64()).unwrap_or(0.0));
+    }
+
+    /// Sets the size of `topic`'s dead-letter queue.
+    pub fn dlq_size(&self, topic: &str, size: u64) {
+        self.dlq_size
+            .get_or_create(&self.topic(topic))
+            .set(i64::try_from(size).unwrap_or(i64::MAX));
+    }
+
+    /// Sets a publish circuit's state: 0 closed, 1 half-open, 2 open.
+    pub fn circuit(&self, channel: &str, state: i64) {
+        self.circuit_state
+            .get_or_create(&ChannelLabels {
+                service: self.service.clone(),
+                channel: channel.to_owned(),
+            })
+            .set(state);
+    }
+
+    /// Counts consumer groups re-created after they vanished.
+    pub fn groups_recreated(&self, n: u64) {
+        self.groups_recreated
+            .get_or_create(&ServiceLabel {
+                service: self.service.clone(),
+            })
+            .inc_by(n);
+    }
+}

@@ -1,0 +1,9 @@
+//! Observability: Prometheus metrics and W3C trace context. Every publish and every handler
+//! call also runs in a `tracing` span (`eventbus.publish`, `eventbus.handle`) carrying the
+//! event id, type, topic, group, attempt, correlation id, tenant and trace id.
+
+mod metrics;
+mod trace_context;
+
+pub use metrics::Metrics;
+pub use trace_context::{TraceParent, TRACEPARENT};

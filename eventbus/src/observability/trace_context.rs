@@ -1,0 +1,88 @@
+//! W3C trace context (`traceparent`) carried in envelope headers, so one trace crosses
+//! services: publishing starts a trace when none is given, a handler's span records the trace
+//! id, and follow-on events continue the trace as children of the handled event.
+
+/// The envelope header holding the W3C `traceparent`.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// A parsed `traceparent`: version 00, trace id, parent span id, flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceParent {
+    /// 32 lowercase hex digits.
+    pub trace_id: String,
+    /// 16 lowercase hex digits.
+    pub parent_id: String,
+    /// Trace flags (01 = sampled).
+    pub flags: u8,
+}
+
+fn hex(bytes: usize) -> String {
+    let mut s = String::with_capacity(bytes * 2);
+    for _ in 0..bytes {
+        s.push_str(&format!("{:02x}", fastrand::u8(..)));
+    }
+    s
+}
+
+fn is_hex_id(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && s.bytes().any(|b| b != b'0')
+}
+
+impl TraceParent {
+    /// A new sampled trace.
+    pub fn new_root() -> Self {
+        TraceParent {
+            trace_id: hex(16),
+            parent_id: hex(8),
+            flags: 1,
+        }
+    }
+
+    /// Parses a `traceparent` header value; `None` when it is malformed.
+    pub fn parse(value: &str) -> Option<Self> {
+        let mut parts = value.trim().split('-');
+        let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if version != "00" || parts.next().is_some() || !is_hex_id(trace, 32) || !is_hex_id(parent, 16) {
+            return None;
+        }
+        Some(TraceParent {
+            trace_id: trace.to_owned(),
+            parent_id: parent.to_owned(),
+            flags: u8::from_str_radix(flags, 16).ok()?,
+        })
+    }
+
+    /// The same trace with a new span as parent.
+    pub fn child(&self) -> Self {
+        TraceParent {
+            trace_id: self.trace_id.clone(),
+            parent_id: hex(8),
+            flags: self.flags,
+        }
+    }
+
+    /// The header value.
+    pub fn to_header(&self) -> String {
+        format!("00-{}-{}-{:02x}", self.trace_id, self.parent_id, self.flags)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_garbage() {
+        let root = TraceParent::new_root();
+        assert_eq!(TraceParent::parse(&root.to_header()), Some(root.clone()));
+        let child = root.child();
+        assert_eq!(child.trace_id, root.trace_id);
+        assert_ne!(child.parent_id, root.parent_id);
+        for bad in ["", "00-xyz-abc-01", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                    "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"] {
+            assert_eq!(TraceParent::parse(bad), None, "{bad}");
+        }
+    }
+}
