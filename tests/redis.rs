@@ -426,3 +426,51 @@ async fn bad_urls_fail_at_startup_naming_the_setting() {
         assert!(err.to_string().contains("redis.url"), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_by_time_range_and_type_reaches_only_the_target_group() {
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else { return };
+    let b = backend(&url, "replay").await;
+    let target = Log::default();
+    let other = Log::default();
+    let bus = Bus::builder()
+        .backend(b.clone())
+        .inbox(Arc::new(b.inbox()))
+        .subscribe(logging(&target, "projection", "approval.*"))
+        .subscribe(logging(&other, "mailer", "approval.*"))
+        .start()
+        .await
+        .unwrap();
+    let t0 = chrono::Utc::now() - chrono::Duration::hours(1);
+    let publisher = bus.publisher();
+    for n in 0..6u32 {
+        let time = t0 + chrono::Duration::minutes(i64::from(n));
+        if n % 2 == 0 {
+            let mut env = Envelope::new(granted("r", n));
+            env.time = time;
+            publisher.publish_envelope(env).await.unwrap();
+        } else {
+            let mut env = Envelope::new(ApprovalRejected { approval_id: format!("r{n}") });
+            env.time = time;
+            publisher.publish_envelope(env).await.unwrap();
+        }
+    }
+    assert!(eventually(WAIT, || target.len() == 3 && other.len() == 3).await);
+    let progress = bus
+        .replay(eventbus::replay::ReplayRequest {
+            topic: "approval.granted".into(),
+            from: t0 + chrono::Duration::minutes(1),
+            to: t0 + chrono::Duration::minutes(4),
+            event_type: Some("approval.*".into()),
+            group: Some("projection".into()),
+        })
+        .unwrap();
+    assert!(eventually(WAIT, || progress.status().done).await);
+    assert_eq!(progress.status().replayed, 2, "{:?}", progress.status());
+    assert!(eventually(WAIT, || target.len() == 5).await, "{:?}", target.all());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(other.len(), 3, "the other group saw nothing again");
+    let lag = b.group_lag().await.unwrap();
+    assert!(lag.iter().any(|l| l.group == "projection" && l.pending == 0), "{lag:?}");
+    bus.shutdown(Duration::from_secs(5)).await;
+}

@@ -23,6 +23,7 @@ use crate::inbox::{InboxStore, MemoryInbox};
 use crate::pattern::{validate_name, Pattern};
 use crate::pipeline::{Layer, Pipeline};
 use crate::publisher::Publisher;
+use crate::replay::{replay, ReplayProgress, ReplayRequest};
 use crate::runtime::{default_runtime, Runtime};
 use crate::subscription::{registered, IntoSubscription, Subscription};
 
@@ -289,6 +290,7 @@ impl BusBuilder {
             subscriptions: names,
             metrics,
             catalog: self.catalog,
+            runtime,
         })
     }
 }
@@ -303,6 +305,7 @@ pub struct Bus {
     subscriptions: Vec<String>,
     metrics: Arc<Metrics>,
     catalog: Vec<CatalogEntry>,
+    runtime: Arc<dyn Runtime>,
 }
 
 /// What [`Bus::shutdown`] achieved.
@@ -361,6 +364,18 @@ impl Bus {
     /// The backend.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
+    }
+
+    /// Starts replaying `request` in the background; the returned progress is live.
+    pub fn replay(&self, request: ReplayRequest) -> Result<Arc<ReplayProgress>, Error> {
+        request.validate()?;
+        let progress = Arc::new(ReplayProgress::default());
+        let backend = self.backend.clone();
+        let watch = progress.clone();
+        self.runtime.spawn(Box::pin(async move {
+            let _ = replay(&backend, &request, watch).await;
+        }));
+        Ok(progress)
     }
 
     /// The bus's metrics.

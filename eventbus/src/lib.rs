@@ -55,6 +55,7 @@ pub mod observability;
 pub mod pattern;
 pub mod pipeline;
 pub mod publisher;
+pub mod replay;
 pub mod retry;
 pub mod runtime;
 pub mod subscription;

@@ -21,7 +21,7 @@ use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 
 use super::{
-    Acknowledger, Backend, Delivery, DeliveryStream, Message, RetryState, StoredMessage,
+    Acknowledger, Backend, Delivery, DeliveryStream, GroupLag, Message, RetryState, StoredMessage,
     SubscribeRequest,
 };
 use crate::dead_letter::is_dlq_topic;
@@ -340,6 +340,58 @@ impl Backend for MemoryBackend {
             }
         });
         Box::pin(async move { Ok(deliveries.boxed()) })
+    }
+
+    fn group_lag(&self) -> BoxFuture<'_, Result<Vec<GroupLag>, Error>> {
+        let lags = {
+            let state = self.lock();
+            let mut lags: Vec<GroupLag> = state
+                .group_ids
+                .iter()
+                .map(|((group, pattern), &id)| GroupLag {
+                    group: group.clone(),
+                    stream: pattern.clone(),
+                    pending: state.groups[id].unacked.len() as u64,
+                    lag: Some(state.groups[id].queue.len() as u64),
+                })
+                .collect();
+            lags.sort_by(|a, b| (&a.group, &a.stream).cmp(&(&b.group, &b.stream)));
+            lags
+        };
+        Box::pin(async move { Ok(lags) })
+    }
+
+    fn deliver_to_group(&self, group: &str, messages: Vec<Message>) -> BoxFuture<'_, Result<(), Error>> {
+        let found = {
+            let mut state = self.lock();
+            let targets: Vec<usize> = state
+                .group_ids
+                .iter()
+                .filter(|((name, _), _)| name == group)
+                .map(|(_, &id)| id)
+                .collect();
+            for message in &messages {
+                for &target in &targets {
+                    state.next_seq += 1;
+                    let seq = state.next_seq;
+                    state.groups[target].queue.push_back(Queued {
+                        seq,
+                        message: message.clone(),
+                        redeliveries: 0,
+                    });
+                }
+            }
+            !targets.is_empty()
+        };
+        self.touch();
+        let group = group.to_owned();
+        Box::pin(async move {
+            if found {
+                Ok(())
+            } else {
+                Err(Error::config("group", format!("no consumer group `{group}` on this backend")))
+            }
+        })
     }
 
     fn read_topic(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {

@@ -178,6 +178,42 @@ pub trait Backend: Send + Sync + 'static {
         })
     }
 
+    /// Reads the messages of a topic appended between `from` and `to` (inclusive), oldest
+    /// first. The default reads the whole topic and keeps the messages whose envelope `time`
+    /// falls in the range; backends with a time index override it.
+    fn read_range(
+        &self,
+        topic: &str,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
+        let read = self.read_topic(topic);
+        Box::pin(async move {
+            let all = read.await?;
+            Ok(all
+                .into_iter()
+                .filter(|m| {
+                    crate::envelope::RawEnvelope::decode(&m.message.payload)
+                        .map(|e| e.time >= from && e.time <= to)
+                        .unwrap_or(false)
+                })
+                .collect())
+        })
+    }
+
+    /// Delivers messages to one consumer group only (replay to a group, without the other
+    /// groups of the topic seeing them again).
+    fn deliver_to_group(&self, group: &str, messages: Vec<Message>) -> BoxFuture<'_, Result<(), Error>> {
+        let _ = (group, messages);
+        let name = self.name();
+        Box::pin(async move {
+            Err(Error::Unsupported {
+                backend: name,
+                operation: "delivering to one group",
+            })
+        })
+    }
+
     /// Deletes messages from a topic by id (dead-letter purge).
     fn delete(&self, topic: &str, ids: Vec<String>) -> BoxFuture<'_, Result<usize, Error>> {
         let _ = (topic, ids);
@@ -195,11 +231,29 @@ pub trait Backend: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// Lag of every consumer group the backend knows.
+    fn group_lag(&self) -> BoxFuture<'_, Result<Vec<GroupLag>, Error>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     /// Waits until acknowledgements the backend batches in the background are sent. Called by
     /// [`Bus::shutdown`](crate::Bus::shutdown) after the consumers stopped.
     fn flush(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async { Ok(()) })
     }
+}
+
+/// How far behind a consumer group is on one stream (topic, partition set).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GroupLag {
+    /// Consumer group.
+    pub group: String,
+    /// Stream, topic or queue the figures are about.
+    pub stream: String,
+    /// Delivered and not yet acknowledged.
+    pub pending: u64,
+    /// Not yet delivered, when the backend knows.
+    pub lag: Option<u64>,
 }
 
 /// A message read back from a topic, with the id the backend gave it.

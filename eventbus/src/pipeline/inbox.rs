@@ -9,6 +9,7 @@ use crate::inbox::InboxStore;
 
 /// Checks the inbox before the handler and records the event after success, before the
 /// delivery is acknowledged. Failing to read or write the inbox leaves the delivery unsettled.
+/// Replayed deliveries (header `eventbus-replay`) skip the check: they are meant to run again.
 pub struct InboxLayer {
     store: Arc<dyn InboxStore>,
 }
@@ -26,6 +27,10 @@ impl Layer for InboxLayer {
             let Some(id) = cx.envelope.as_ref().map(|e| e.id) else {
                 return next.run(cx).await;
             };
+            if cx.replay {
+                // A replay exists to handle events again: the inbox does not stop it.
+                return next.run(cx).await;
+            }
             match self.store.contains(&cx.group, id).await {
                 Ok(true) => return Outcome::Duplicate,
                 Ok(false) => {}

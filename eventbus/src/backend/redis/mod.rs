@@ -46,7 +46,9 @@ pub use inbox::RedisInbox;
 pub use pubsub::RedisPubSub;
 
 use self::keys::Keys;
-use super::{Backend, DeliveryStream, Message, StoredMessage, SubscribeRequest, TENANT_HEADER};
+use super::{
+    Backend, DeliveryStream, GroupLag, Message, StoredMessage, SubscribeRequest, TENANT_HEADER,
+};
 use crate::error::Error;
 use crate::runtime::{default_runtime, Runtime};
 
@@ -369,6 +371,90 @@ impl Backend for RedisBackend {
                     message: entry::from_fields(&topic, &entry.map),
                 })
                 .collect())
+        })
+    }
+
+    fn read_range(
+        &self,
+        topic: &str,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
+        // Entry ids are append times in ms: the id range narrows the scan, the envelope time
+        // decides.
+        let key = self.inner.keys.stream(topic, None);
+        let topic = topic.to_owned();
+        Box::pin(async move {
+            let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&key)
+                .arg(format!("{}-0", from.timestamp_millis().max(0)))
+                .arg("+")
+                .arg("COUNT")
+                .arg(1_000_000)
+                .query_async(&mut self.inner.conn())
+                .await
+                .map_err(redis_error("XRANGE"))?;
+            Ok(reply
+                .ids
+                .iter()
+                .map(|entry| StoredMessage {
+                    id: entry.id.clone(),
+                    message: entry::from_fields(&topic, &entry.map),
+                })
+                .filter(|m| {
+                    crate::envelope::RawEnvelope::decode(&m.message.payload)
+                        .map(|e| e.time >= from && e.time <= to)
+                        .unwrap_or(false)
+                })
+                .collect())
+        })
+    }
+
+    fn group_lag(&self) -> BoxFuture<'_, Result<Vec<GroupLag>, Error>> {
+        Box::pin(async move {
+            let mut conn = self.inner.conn();
+            let members: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(self.inner.keys.registry())
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error("SMEMBERS"))?;
+            let mut streams: Vec<&str> = members
+                .iter()
+                .filter_map(|m| Keys::parse_registry_member(m).map(|(s, _)| s))
+                .collect();
+            streams.sort_unstable();
+            streams.dedup();
+            let mut lags = Vec::new();
+            for stream in streams {
+                let info: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
+                    redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(&mut conn).await;
+                let Ok(info) = info else { continue };
+                for group in info.groups {
+                    lags.push(GroupLag {
+                        group: group.name,
+                        stream: stream.to_owned(),
+                        pending: group.pending as u64,
+                        lag: group.lag.map(|l| l as u64),
+                    });
+                }
+            }
+            Ok(lags)
+        })
+    }
+
+    fn deliver_to_group(&self, group: &str, messages: Vec<Message>) -> BoxFuture<'_, Result<(), Error>> {
+        let stream = self.inner.keys.retry_stream(group);
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            for message in &messages {
+                let mut xadd = redis::cmd("XADD");
+                xadd.arg(&stream).arg("*");
+                entry::add_fields(&mut xadd, message);
+                pipe.add_command(xadd).ignore();
+            }
+            pipe.query_async::<()>(&mut self.inner.conn())
+                .await
+                .map_err(redis_error("XADD"))
         })
     }
 
