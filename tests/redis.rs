@@ -455,7 +455,7 @@ async fn replay_by_time_range_and_type_reaches_only_the_target_group() {
             publisher.publish_envelope(env).await.unwrap();
         }
     }
-    assert!(eventually(WAIT, || target.len() == 3 && other.len() == 3).await);
+    assert!(eventually(WAIT, || target.len() == 6 && other.len() == 6).await);
     let progress = bus
         .replay(eventbus::replay::ReplayRequest {
             topic: "approval.granted".into(),
@@ -467,9 +467,10 @@ async fn replay_by_time_range_and_type_reaches_only_the_target_group() {
         .unwrap();
     assert!(eventually(WAIT, || progress.status().done).await);
     assert_eq!(progress.status().replayed, 2, "{:?}", progress.status());
-    assert!(eventually(WAIT, || target.len() == 5).await, "{:?}", target.all());
+    assert!(eventually(WAIT, || target.len() == 8).await, "{:?}", target.all());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(other.len(), 3, "the other group saw nothing again");
+    assert_eq!(target.len(), 8);
+    assert_eq!(other.len(), 6, "the other group saw nothing again");
     let lag = b.group_lag().await.unwrap();
     assert!(lag.iter().any(|l| l.group == "projection" && l.pending == 0), "{lag:?}");
     bus.shutdown(Duration::from_secs(5)).await;
