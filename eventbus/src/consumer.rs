@@ -264,8 +264,25 @@ impl ConsumerLoop {
                 tracing::error!(%error, "failed to settle a delivery with the backend");
             }
         };
-        let done = spawn_tracked(&self.shared, &self.runtime, Box::pin(task));
-        Box::pin(done.map(move |_| key))
+        // Runs inside the consumer loop's task (no hand-off to another thread per delivery),
+        // abortable like a spawned task.
+        let (abort, registration) = AbortHandle::new_pair();
+        let id = self.shared.next_task.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, abort);
+        let owner = self.shared.clone();
+        Box::pin(async move {
+            let _ = Abortable::new(task, registration).await;
+            owner
+                .tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            key
+        })
     }
 }
 

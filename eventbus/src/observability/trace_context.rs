@@ -16,12 +16,12 @@ pub struct TraceParent {
     pub flags: u8,
 }
 
+/// `bytes` random bytes (at most 16) as lowercase hex, never all zeros.
 fn hex(bytes: usize) -> String {
-    let mut s = String::with_capacity(bytes * 2);
-    for _ in 0..bytes {
-        s.push_str(&format!("{:02x}", fastrand::u8(..)));
-    }
-    s
+    let bits = bytes.min(16) * 8;
+    let mask = if bits == 128 { u128::MAX } else { (1u128 << bits) - 1 };
+    let value = (fastrand::u128(..) & mask).max(1);
+    format!("{value:0width$x}", width = bytes.min(16) * 2)
 }
 
 fn is_hex_id(s: &str, len: usize) -> bool {
