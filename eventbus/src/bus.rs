@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::event::{CatalogEntry, Event};
 use crate::inbox::{InboxStore, MemoryInbox};
 use crate::pattern::{validate_name, Pattern};
-use crate::pipeline::{Layer, Pipeline};
+use crate::pipeline::{DecodeLayer, Layer, Pipeline};
 use crate::publisher::Publisher;
 use crate::replay::{replay, ReplayProgress, ReplayRequest};
 use crate::runtime::{default_runtime, Runtime};
@@ -44,6 +44,7 @@ pub struct BusBuilder {
     metrics: Option<Arc<Metrics>>,
     circuit_default: Option<CircuitConfig>,
     circuit_channels: HashMap<String, CircuitConfig>,
+    max_payload: Option<usize>,
 }
 
 impl BusBuilder {
@@ -51,6 +52,13 @@ impl BusBuilder {
     /// labelled with its `source`.
     pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// The largest envelope accepted, in bytes (default 1 MiB); larger deliveries are
+    /// dead-lettered with the reason.
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = Some(bytes);
         self
     }
 
@@ -240,7 +248,18 @@ impl BusBuilder {
         }
 
         let shared = Arc::new(Shared::default());
-        let extensions = Arc::new(self.extensions);
+        let pipeline_shared = crate::pipeline::Shared {
+            inbox,
+            publisher: publisher.clone(),
+            clock: clock.clone(),
+            extra: self.layers,
+            extensions: Arc::new(self.extensions),
+            metrics: metrics.clone(),
+            max_payload: self.max_payload.unwrap_or(DecodeLayer::DEFAULT_MAX_PAYLOAD),
+        };
+        if pipeline_shared.max_payload == 0 {
+            return Err(Error::config("max_payload", "must be at least 1 byte"));
+        }
         let mut names = Vec::new();
         for (subscription, pattern) in planned {
             let topics: BTreeSet<String> = self
@@ -256,16 +275,7 @@ impl BusBuilder {
                 topics: topics.into_iter().collect(),
                 prefetch: (options.concurrency * 4).max(16),
             };
-            let pipeline = Arc::new(Pipeline::for_subscription(
-                &subscription,
-                pattern,
-                inbox.clone(),
-                publisher.clone(),
-                clock.clone(),
-                &self.layers,
-                extensions.clone(),
-                metrics.clone(),
-            ));
+            let pipeline = Arc::new(Pipeline::for_subscription(&subscription, pattern, &pipeline_shared));
             let stream = backend.subscribe(request).await?;
             let consumer = ConsumerLoop {
                 group: subscription.group_name().to_owned(),

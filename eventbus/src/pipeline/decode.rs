@@ -32,6 +32,14 @@ impl DecodeLayer {
     }
 }
 
+impl DecodeLayer {
+    /// Sets the largest payload accepted, in bytes; larger ones are dead-lettered.
+    pub fn with_max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+}
+
 impl Layer for DecodeLayer {
     fn handle<'a>(&'a self, cx: &'a mut DeliveryCx, next: Next<'a>) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {

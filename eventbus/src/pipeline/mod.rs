@@ -225,26 +225,48 @@ pub struct Pipeline {
     endpoint: Endpoint,
 }
 
+/// What every subscription's pipeline of a bus shares.
+pub(crate) struct Shared {
+    pub(crate) inbox: Arc<dyn InboxStore>,
+    pub(crate) publisher: Publisher,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// User layers, placed between the retry layer and the handler guard.
+    pub(crate) extra: Vec<Arc<dyn Layer>>,
+    pub(crate) extensions: Arc<crate::Extensions>,
+    pub(crate) metrics: Arc<crate::observability::Metrics>,
+    pub(crate) max_payload: usize,
+}
+
 impl Pipeline {
-    /// Assembles the standard pipeline for `subscription`, with `extra` layers placed between
-    /// the retry layer and the handler guard.
+    /// Assembles the standard pipeline for `subscription`.
     pub(crate) fn for_subscription(
         subscription: &Subscription,
         pattern: crate::pattern::Pattern,
-        inbox: Arc<dyn InboxStore>,
-        publisher: Publisher,
-        clock: Arc<dyn Clock>,
-        extra: &[Arc<dyn Layer>],
-        extensions: Arc<crate::Extensions>,
-        metrics: Arc<crate::observability::Metrics>,
+        shared: &Shared,
     ) -> Self {
+        let Shared {
+            inbox,
+            publisher,
+            clock,
+            extra,
+            extensions,
+            metrics,
+            max_payload,
+        } = shared;
+        let (inbox, publisher, clock, extensions, metrics) = (
+            inbox.clone(),
+            publisher.clone(),
+            clock.clone(),
+            extensions.clone(),
+            metrics.clone(),
+        );
         let options = &subscription.options;
         let mut layers: Vec<Arc<dyn Layer>> = vec![
             Arc::new(DeadLetterLayer::new(
                 publisher.backend().clone(),
                 options.retry.terminal,
             )),
-            Arc::new(DecodeLayer::new(pattern, clock.clone())),
+            Arc::new(DecodeLayer::new(pattern, clock.clone()).with_max_payload(*max_payload)),
         ];
         if options.park_keys {
             layers.push(Arc::new(ParkKeyLayer::new(clock.clone())));
