@@ -1,0 +1,97 @@
+"""Turns the outputs of scripts/bench into docs/benchmarks.md."""
+import datetime
+import os
+import platform
+import re
+import subprocess
+import sys
+
+out, redis_version, faststream_version = sys.argv[1], sys.argv[2], sys.argv[3]
+
+
+def read(name):
+    path = os.path.join(out, f"{name}.txt")
+    return open(path).read() if os.path.exists(path) else ""
+
+
+def criterion(text):
+    """bench id -> median throughput (elements/s) or median time (ns)."""
+    rows = {}
+    current = None
+    for line in text.splitlines():
+        m = re.match(r"^(\S+/\S+)", line)
+        if m and "time:" not in line and "thrpt:" not in line and "change" not in line:
+            current = m.group(1)
+        m = re.search(r"(time|thrpt):\s+\[\S+ \S+ (\S+) (\S+) \S+ \S+\]", line)
+        if m and current:
+            rows.setdefault(current, {})[m.group(1)] = f"{m.group(2)} {m.group(3)}"
+            if "/" in line.split()[0]:
+                current = line.split()[0]
+    return rows
+
+
+def cpu():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def mem_gib():
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                return int(line.split()[1]) / 1024 / 1024
+    except OSError:
+        return 0
+    return 0
+
+
+rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+print("# Benchmarks\n")
+print(f"Produced by `bash scripts/bench` on {datetime.date.today()}: every figure below comes from one")
+print("run, each framework path beside its raw-client baseline on the same server.\n")
+print(f"Machine: {os.cpu_count()} cores ({cpu()}), {mem_gib():.0f} GiB, {platform.system()} {platform.release()};")
+print(f"{rustc}; Redis {redis_version} on loopback (AOF on, appendfsync everysec); FastStream {faststream_version}.\n")
+
+mem = criterion(read("memory"))
+if mem:
+    print("## In-memory backend: publish → handle\n")
+    print("| bench | throughput (median) |")
+    print("|---|---|")
+    for k, v in mem.items():
+        print(f"| `{k}` | {v.get('thrpt', v.get('time', '?'))} |")
+    print()
+
+pat = criterion(read("pattern"))
+if pat:
+    print("## Pattern matching (per 64 names)\n")
+    print("| bench | time (median) | throughput |")
+    print("|---|---|---|")
+    for k, v in pat.items():
+        print(f"| `{k}` | {v.get('time', '?')} | {v.get('thrpt', '')} |")
+    print()
+
+for name, title in [("redis", "Redis Streams"), ("kafka", "Kafka"), ("outbox", "Outbox relay")]:
+    text = read(name)
+    lines = [l for l in text.splitlines() if not re.match(r"^\s*(Compiling|Downloaded|Finished|Running|Checking|warning)", l) and l.strip()]
+    if lines:
+        print(f"## {title}\n")
+        print("```text")
+        print("\n".join(lines[-30:]))
+        print("```\n")
+
+fs = dict(re.findall(r"(\w+)=(\d+)", read("faststream")))
+redis = read("redis")
+ours_pub = re.search(r"\(b\) bus publish_batch\s+(\d+)", redis)
+ours_con = re.search(r"\(d\) pipeline\+inbox, concurrency 64\s*(\d+)", redis)
+if fs:
+    print("## Peer: FastStream (Python) on the same Redis\n")
+    print("| path | FastStream events/s | eventbus events/s |")
+    print("|---|---|---|")
+    print(f"| publish (FastStream: awaited one by one; eventbus: batches of 100) | {fs.get('publish_per_s')} | {ours_pub.group(1) if ours_pub else '?'} |")
+    print(f"| consume with consumer group + ack (eventbus: + inbox, concurrency 64) | {fs.get('consume_per_s')} | {ours_con.group(1) if ours_con else '?'} |")
+    print()
