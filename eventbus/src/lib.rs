@@ -39,6 +39,9 @@
 //! | `smol` | no | [`runtime::SmolRuntime`] |
 //! | `inventory` | yes | automatic collection of `#[subscriber]` functions |
 
+#[cfg(feature = "admin")]
+pub mod admin;
+pub mod asyncapi;
 pub mod backend;
 pub mod bus;
 pub mod circuit;

@@ -1,0 +1,332 @@
+//! Dead-letter endpoints: list (filtered, paged), inspect, redrive and purge.
+
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{ApiError, BodyFields, Params, State as AdminState};
+use crate::dead_letter::{DeadLetter, DLQ_SUFFIX};
+use crate::pattern::Pattern;
+
+/// Largest page.
+pub(crate) const MAX_LIMIT: usize = 500;
+/// Page size when `limit` is not given.
+pub(crate) const DEFAULT_LIMIT: usize = 50;
+/// Most ids in one redrive or purge request.
+pub(crate) const MAX_IDS: usize = 1000;
+
+const LIST_PARAMS: &[&str] = &["topic", "type", "error", "group", "offset", "limit"];
+const TOPIC_PARAMS: &[&str] = &["type", "error", "group", "offset", "limit"];
+const SELECT_FIELDS: &[&str] = &["ids", "all", "type", "error", "group"];
+
+/// Which dead letters a list, redrive or purge is about.
+#[derive(Default)]
+struct Filter {
+    event_type: Option<Pattern>,
+    error: Option<String>,
+    group: Option<String>,
+}
+
+impl Filter {
+    fn new(
+        event_type: Option<&str>,
+        error: Option<&str>,
+        group: Option<&str>,
+    ) -> Result<Self, ApiError> {
+        let event_type = event_type
+            .map(|p| {
+                Pattern::parse(p).map_err(|e| {
+                    ApiError::bad_request("type", format!("`type` pattern `{p}`: {e}"))
+                })
+            })
+            .transpose()?;
+        Ok(Filter {
+            event_type,
+            error: error.map(str::to_lowercase),
+            group: group.map(str::to_owned),
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.event_type.is_none() && self.error.is_none() && self.group.is_none()
+    }
+
+    fn matches(&self, letter: &DeadLetter) -> bool {
+        self.event_type
+            .as_ref()
+            .is_none_or(|p| p.matches(&letter.event_type))
+            && self
+                .error
+                .as_ref()
+                .is_none_or(|needle| letter.failure.message.to_lowercase().contains(needle))
+            && self.group.as_ref().is_none_or(|g| &letter.group == g)
+    }
+}
+
+/// The original topic named by a path or parameter (a `.dlq` suffix is accepted and dropped).
+fn topic_name(raw: &str, field: &str) -> Result<String, ApiError> {
+    let topic = raw.strip_suffix(DLQ_SUFFIX).unwrap_or(raw).trim();
+    if topic.is_empty() {
+        return Err(ApiError::bad_request(field, format!("`{field}` is empty")));
+    }
+    if topic.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            field,
+            format!("`{field}` holds control characters"),
+        ));
+    }
+    Ok(topic.to_owned())
+}
+
+/// The dead letters of `topic`, recording the queue's size in the metrics.
+async fn letters(state: &AdminState, topic: &str) -> Result<Vec<DeadLetter>, ApiError> {
+    let letters = state.bus.dead_letters().list(topic).await?;
+    state.bus.metrics().dlq_size(topic, letters.len() as u64);
+    Ok(letters)
+}
+
+/// Re-reads every catalog topic's dead-letter queue for `event_dlq_size` when the last
+/// refresh is older than the configured interval.
+pub(crate) async fn refresh_sizes_if_due(state: &AdminState) {
+    {
+        let mut last = state
+            .dlq_refreshed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < state.config.dlq_gauge_interval) {
+            return;
+        }
+        *last = Some(Instant::now());
+    }
+    for topic in super::catalog::topics(state) {
+        if let Err(error) = letters(state, &topic).await {
+            tracing::debug!(%topic, error = %error, "dead-letter size not refreshed");
+            return;
+        }
+    }
+}
+
+fn summary(letter: &DeadLetter) -> Value {
+    let mut value = serde_json::to_value(letter).unwrap_or(Value::Null);
+    if let Some(object) = value.as_object_mut() {
+        let envelope = letter.envelope().ok();
+        object.insert(
+            "event_id".into(),
+            json!(envelope.as_ref().map(|e| e.id.to_string())),
+        );
+        object.insert(
+            "event_time".into(),
+            json!(envelope.as_ref().map(|e| e.time)),
+        );
+    }
+    value
+}
+
+async fn list_topics(
+    state: &AdminState,
+    topics: Vec<String>,
+    params: &Params,
+) -> Result<Json<Value>, ApiError> {
+    let filter = Filter::new(
+        params.text("type"),
+        params.text("error"),
+        params.text("group"),
+    )?;
+    let offset = params.number("offset", 0, usize::MAX)?;
+    let limit = params.number("limit", DEFAULT_LIMIT, MAX_LIMIT)?;
+    let mut sizes = Vec::new();
+    let mut matching = Vec::new();
+    for topic in &topics {
+        let all = letters(state, topic).await?;
+        sizes.push(json!({ "topic": topic, "dlq_topic": format!("{topic}{DLQ_SUFFIX}"), "size": all.len() }));
+        matching.extend(all.into_iter().filter(|d| filter.matches(d)));
+    }
+    *state
+        .dlq_refreshed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    let total = matching.len();
+    let items: Vec<Value> = matching
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(summary)
+        .collect();
+    Ok(Json(json!({
+        "total": total,
+        "offset": offset,
+        "limit": limit,
+        "items": items,
+        "topics": sizes,
+    })))
+}
+
+/// `GET /dlq?topic=&type=&error=&group=&offset=&limit=`: dead letters of one topic, or of every
+/// catalog topic, oldest first per topic, with the size of each queue.
+pub(crate) async fn list(
+    State(state): State<AdminState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let params = Params::parse(query.as_deref(), LIST_PARAMS)?;
+    let topics = match params.text("topic") {
+        Some(topic) => vec![topic_name(topic, "topic")?],
+        None => super::catalog::topics(&state),
+    };
+    list_topics(&state, topics, &params).await
+}
+
+/// `GET /dlq/{topic}`: like `GET /dlq?topic=`.
+pub(crate) async fn list_topic(
+    State(state): State<AdminState>,
+    Path(topic): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let params = Params::parse(query.as_deref(), TOPIC_PARAMS)?;
+    list_topics(&state, vec![topic_name(&topic, "topic")?], &params).await
+}
+
+/// `GET /dlq/{topic}/{id}`: the metadata and the original envelope.
+pub(crate) async fn inspect(
+    State(state): State<AdminState>,
+    Path((topic, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let topic = topic_name(&topic, "topic")?;
+    let letter = state.bus.dead_letters().get(&topic, &id).await?;
+    let mut value = summary(&letter);
+    let (envelope, text) = match serde_json::from_slice::<Value>(&letter.payload) {
+        Ok(json) => (json, None),
+        Err(_) => (
+            Value::Null,
+            Some(String::from_utf8_lossy(&letter.payload).into_owned()),
+        ),
+    };
+    if let Some(object) = value.as_object_mut() {
+        object.insert("payload_size".into(), json!(letter.payload.len()));
+        object.insert("envelope".into(), envelope);
+        object.insert("payload_text".into(), json!(text));
+        object.insert(
+            "decode_error".into(),
+            json!(letter.envelope().err().map(|e| e.to_string())),
+        );
+    }
+    Ok(Json(value))
+}
+
+/// The ids a redrive or purge body selects: `{"ids": [...]}` or `{"all": true}` with optional
+/// `type`/`error`/`group` filters. Every id must exist.
+async fn select(state: &AdminState, topic: &str, body: &[u8]) -> Result<Vec<String>, ApiError> {
+    let fields = BodyFields::parse(body, SELECT_FIELDS)?;
+    let ids: Option<Vec<String>> = fields.get("ids", "a list of dead-letter ids")?;
+    let all = fields.get::<bool>("all", "true or false")?.unwrap_or(false);
+    let filter = Filter::new(
+        fields
+            .get::<String>("type", "an event-type pattern")?
+            .as_deref(),
+        fields.get::<String>("error", "text")?.as_deref(),
+        fields
+            .get::<String>("group", "a consumer group")?
+            .as_deref(),
+    )?;
+    let letters = letters(state, topic).await?;
+    match (ids, all) {
+        (Some(_), true) => Err(ApiError::bad_request("all", "give either `ids` or `all: true`, not both")),
+        (None, false) => Err(ApiError::bad_request(
+            "ids",
+            "give `ids` (a list of dead-letter ids) or `all: true` to select every dead letter (filtered by `type`, `error`, `group`)",
+        )),
+        (Some(ids), false) => {
+            if !filter.is_empty() {
+                let name = ["type", "error", "group"].into_iter().find(|f| fields.has(f)).unwrap_or("type");
+                return Err(ApiError::bad_request(name, "filters apply with `all: true`, not with `ids`"));
+            }
+            if ids.is_empty() {
+                return Err(ApiError::bad_request("ids", "`ids` is empty"));
+            }
+            if ids.len() > MAX_IDS {
+                return Err(ApiError::bad_request("ids", format!("at most {MAX_IDS} ids per request, got {}", ids.len())));
+            }
+            if let Some(missing) = ids.iter().find(|id| letters.iter().all(|d| &d.id != *id)) {
+                return Err(ApiError::not_found(format!("no dead letter `{missing}` on topic `{topic}{DLQ_SUFFIX}`")).with_field("ids"));
+            }
+            let mut unique = ids;
+            unique.sort();
+            unique.dedup();
+            Ok(unique)
+        }
+        (None, true) => Ok(letters.into_iter().filter(|d| filter.matches(d)).map(|d| d.id).collect()),
+    }
+}
+
+/// `POST /dlq/{topic}/{id}/redrive`.
+pub(crate) async fn redrive_one(
+    State(state): State<AdminState>,
+    Path((topic, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let topic = topic_name(&topic, "topic")?;
+    let redriven = state
+        .bus
+        .dead_letters()
+        .redrive(&topic, std::slice::from_ref(&id))
+        .await?;
+    tracing::info!(%topic, %id, "dead letter redriven through the admin API");
+    Ok(Json(
+        json!({ "topic": topic, "requested": 1, "redriven": redriven }),
+    ))
+}
+
+/// `POST /dlq/{topic}/redrive` with `{"ids": [...]}` or `{"all": true, ...filters}`.
+pub(crate) async fn redrive_many(
+    State(state): State<AdminState>,
+    Path(topic): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let topic = topic_name(&topic, "topic")?;
+    let ids = select(&state, &topic, &body).await?;
+    let redriven = if ids.is_empty() {
+        0
+    } else {
+        state.bus.dead_letters().redrive(&topic, &ids).await?
+    };
+    tracing::info!(%topic, requested = ids.len(), redriven, "dead letters redriven through the admin API");
+    Ok(Json(
+        json!({ "topic": topic, "requested": ids.len(), "redriven": redriven }),
+    ))
+}
+
+/// `DELETE /dlq/{topic}/{id}`.
+pub(crate) async fn purge_one(
+    State(state): State<AdminState>,
+    Path((topic, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let topic = topic_name(&topic, "topic")?;
+    let dead_letters = state.bus.dead_letters();
+    dead_letters.get(&topic, &id).await?;
+    let purged = dead_letters.purge(&topic, vec![id.clone()]).await?;
+    tracing::info!(%topic, %id, "dead letter purged through the admin API");
+    Ok(Json(
+        json!({ "topic": topic, "requested": 1, "purged": purged }),
+    ))
+}
+
+/// `DELETE /dlq/{topic}` with `{"ids": [...]}` or `{"all": true, ...filters}`.
+pub(crate) async fn purge_many(
+    State(state): State<AdminState>,
+    Path(topic): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let topic = topic_name(&topic, "topic")?;
+    let ids = select(&state, &topic, &body).await?;
+    let requested = ids.len();
+    let purged = if ids.is_empty() {
+        0
+    } else {
+        state.bus.dead_letters().purge(&topic, ids).await?
+    };
+    tracing::info!(%topic, requested, purged, "dead letters purged through the admin API");
+    Ok(Json(
+        json!({ "topic": topic, "requested": requested, "purged": purged }),
+    ))
+}

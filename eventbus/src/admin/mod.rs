@@ -1,0 +1,654 @@
+//! The admin HTTP server (feature `admin`): health, metrics, catalog, dead letters, replay,
+//! consumer-group lag, topic provisioning and a dashboard, for operators and the `eventbus`
+//! command-line tool.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use eventbus::admin::{self, AdminConfig};
+//! use eventbus::backend::memory::MemoryBackend;
+//! use eventbus::Bus;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), eventbus::Error> {
+//! let bus = Arc::new(Bus::builder().backend(MemoryBackend::new()).start().await?);
+//! let config = AdminConfig::new("127.0.0.1:9090".parse().expect("address"))
+//!     .token(std::env::var("EVENTBUS_ADMIN_TOKEN").ok())
+//!     .version(env!("CARGO_PKG_VERSION"));
+//! let server = admin::serve(bus.clone(), config).await?;
+//! println!("admin on http://{}", server.local_addr());
+//! # server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Endpoints
+//!
+//! | method and path | what | auth |
+//! |---|---|---|
+//! | `GET /live` | the process answers | never |
+//! | `GET /ready` | backend and every readiness check reachable (503 if not), circuit breakers | never |
+//! | `GET /version` | configured version, crate version, service, backend | never |
+//! | `GET /metrics` | Prometheus / OpenMetrics text | reads |
+//! | `GET /catalog` | the catalog as JSON, each event with its JSON schema | reads |
+//! | `GET /catalog/asyncapi` | an AsyncAPI 3.0.0 document of the catalog | reads |
+//! | `GET /api/stats` | counters per topic and bus totals, for the dashboard | reads |
+//! | `GET /dlq?topic=&type=&error=&group=&offset=&limit=` | dead letters, filtered and paged, with sizes per topic | reads |
+//! | `GET /dlq/{topic}` | the same for one topic | reads |
+//! | `GET /dlq/{topic}/{id}` | one dead letter: metadata and its envelope | reads |
+//! | `POST /dlq/{topic}/{id}/redrive` | redrive one | mutating |
+//! | `POST /dlq/{topic}/redrive` | redrive `{"ids": [...]}` or `{"all": true}` (optionally filtered) | mutating |
+//! | `DELETE /dlq/{topic}/{id}` | purge one | mutating |
+//! | `DELETE /dlq/{topic}` | purge `{"ids": [...]}` or `{"all": true}` (optionally filtered) | mutating |
+//! | `POST /replay` | start a replay: `{"topic", "from", "to", "type"?, "group"?}`; 202 with its id | mutating |
+//! | `GET /replay`, `GET /replay/{id}` | replays and their live progress | reads |
+//! | `GET /lag` | consumer-group lag | reads |
+//! | `POST /topics/provision` | create topics / groups from the catalog (`dry_run` shows the plan) | mutating |
+//! | `GET /`, `GET /dashboard` | the dashboard page | never (its data calls are) |
+//!
+//! **Auth**: mutating endpoints need `Authorization: Bearer <token>` with the configured
+//! [`AdminConfig::token`]; without a configured token they are off (403). Reads are open
+//! unless [`AdminConfig::protect_reads`] is set. A missing or wrong token is a 401.
+//!
+//! **Errors** are JSON: `{"error": "...", "field": "..."}`, `field` naming the parameter at
+//! fault: 400 for bad input, 401/403 for auth, 404 for unknown ids, 501 for an operation the
+//! backend does not offer, 502 when the backend failed.
+
+mod auth;
+mod catalog;
+mod dashboard;
+mod dlq;
+mod error;
+mod health;
+mod lag;
+mod provision;
+mod replay;
+mod stats;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use serde_json::{Map, Value};
+
+use crate::bus::Bus;
+use crate::error::Error;
+
+pub use error::ApiError;
+#[cfg(feature = "kafka")]
+pub use provision::KafkaProvisioner;
+pub use provision::{ProvisionRequest, Provisioner, COMPRESSIONS};
+
+/// Environment variable read by [`AdminConfig::from_env`] for the listen address.
+pub const BIND_ENV: &str = "EVENTBUS_ADMIN_BIND";
+/// Environment variable read by [`AdminConfig::from_env`] for the bearer token.
+pub const TOKEN_ENV: &str = "EVENTBUS_ADMIN_TOKEN";
+/// Environment variable read by [`AdminConfig::from_env`]: `true` protects reads too.
+pub const PROTECT_READS_ENV: &str = "EVENTBUS_ADMIN_PROTECT_READS";
+
+/// Shortest accepted token.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// A readiness check: `Ok` when the dependency is reachable, else why not.
+pub type ReadinessCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// How the admin server listens and whom it lets in.
+#[derive(Clone)]
+pub struct AdminConfig {
+    bind: SocketAddr,
+    token: Option<String>,
+    version: String,
+    protect_reads: bool,
+    ready_timeout: Duration,
+    dlq_gauge_interval: Duration,
+    checks: Vec<(String, ReadinessCheck)>,
+    provisioner: Option<Arc<dyn Provisioner>>,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("bind", &self.bind)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("version", &self.version)
+            .field("protect_reads", &self.protect_reads)
+            .field("ready_timeout", &self.ready_timeout)
+            .field(
+                "checks",
+                &self.checks.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("provisioner", &self.provisioner.is_some())
+            .finish()
+    }
+}
+
+impl AdminConfig {
+    /// Listens on `bind`, no token (mutating endpoints off), version `unknown`.
+    pub fn new(bind: SocketAddr) -> Self {
+        AdminConfig {
+            bind,
+            token: None,
+            version: "unknown".to_owned(),
+            protect_reads: false,
+            ready_timeout: Duration::from_secs(2),
+            dlq_gauge_interval: Duration::from_secs(15),
+            checks: Vec::new(),
+            provisioner: None,
+        }
+    }
+
+    /// From the environment: [`BIND_ENV`] (default `127.0.0.1:9090`), [`TOKEN_ENV`] and
+    /// [`PROTECT_READS_ENV`]; the version is `version`.
+    pub fn from_env(version: impl Into<String>) -> Result<Self, Error> {
+        let bind = match std::env::var(BIND_ENV) {
+            Ok(text) => text
+                .parse()
+                .map_err(|e| Error::config(BIND_ENV, format!("`{text}` is not an address: {e}")))?,
+            Err(_) => SocketAddr::from(([127, 0, 0, 1], 9090)),
+        };
+        let protect_reads = match std::env::var(PROTECT_READS_ENV).as_deref() {
+            Ok("1" | "true" | "yes") => true,
+            Ok("0" | "false" | "no" | "") | Err(_) => false,
+            Ok(other) => {
+                return Err(Error::config(
+                    PROTECT_READS_ENV,
+                    format!("`{other}` is not true or false"),
+                ))
+            }
+        };
+        let config = AdminConfig::new(bind)
+            .token(std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()))
+            .version(version)
+            .protect_reads(protect_reads);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The bearer token protecting mutating endpoints; `None` turns them off.
+    pub fn token(mut self, token: Option<impl Into<String>>) -> Self {
+        self.token = token.map(Into::into);
+        self
+    }
+
+    /// The version `/version` reports (your service's).
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// Also requires the token on read endpoints (dead letters and metrics can hold personal
+    /// data); `/live`, `/ready`, `/version` and the dashboard page stay open.
+    pub fn protect_reads(mut self, protect: bool) -> Self {
+        self.protect_reads = protect;
+        self
+    }
+
+    /// How long `/ready` waits for each check (2 s by default).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// How often `/metrics` re-reads the dead-letter topics to refresh `event_dlq_size`
+    /// (15 s by default; listing them refreshes it too).
+    pub fn dlq_gauge_interval(mut self, interval: Duration) -> Self {
+        self.dlq_gauge_interval = interval;
+        self
+    }
+
+    /// Adds a readiness check `/ready` runs, such as the outbox database:
+    /// `config.readiness_check("database", move || { let pool = pool.clone(); Box::pin(async move { ... }) })`.
+    pub fn readiness_check<F>(mut self, name: impl Into<String>, check: F) -> Self
+    where
+        F: Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync + 'static,
+    {
+        self.checks.push((name.into(), Arc::new(check)));
+        self
+    }
+
+    /// Adds the readiness check `database`: acquires a connection from `pool` and pings it
+    /// (for the outbox's or the SQL inbox's database: `outbox.pool().clone()`).
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub fn database<DB: sqlx::Database>(self, pool: sqlx::Pool<DB>) -> Self {
+        self.readiness_check("database", move || {
+            let pool = pool.clone();
+            Box::pin(async move {
+                let mut connection = pool.acquire().await.map_err(|e| chain(&e))?;
+                sqlx::Connection::ping(&mut *connection)
+                    .await
+                    .map_err(|e| chain(&e))
+            })
+        })
+    }
+
+    /// The backend hook behind `POST /topics/provision` (Kafka topics, Redis groups).
+    pub fn provisioner(mut self, provisioner: impl Provisioner) -> Self {
+        self.provisioner = Some(Arc::new(provisioner));
+        self
+    }
+
+    /// The listen address.
+    pub fn bind(&self) -> SocketAddr {
+        self.bind
+    }
+
+    /// Checks the settings, naming the bad one.
+    pub fn validate(&self) -> Result<(), Error> {
+        if let Some(token) = &self.token {
+            if token.len() < MIN_TOKEN_LEN {
+                return Err(Error::config(
+                    "admin.token",
+                    format!("is {} characters; use at least {MIN_TOKEN_LEN} (or none to turn mutating endpoints off)", token.len()),
+                ));
+            }
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(Error::config(
+                    "admin.token",
+                    "may hold only visible ASCII characters (no spaces or control characters)",
+                ));
+            }
+        }
+        if self.version.trim().is_empty() {
+            return Err(Error::config("admin.version", "is empty"));
+        }
+        if self.ready_timeout.is_zero() {
+            return Err(Error::config("admin.ready_timeout", "must be positive"));
+        }
+        if self.protect_reads && self.token.is_none() {
+            return Err(Error::config(
+                "admin.protect_reads",
+                "needs a token: without one nothing could read the protected endpoints",
+            ));
+        }
+        for (name, _) in &self.checks {
+            if name.trim().is_empty() || name == "backend" {
+                return Err(Error::config(
+                    "admin.readiness_check",
+                    format!("name `{name}` is empty or reserved"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the handlers share.
+pub(crate) struct AdminState {
+    pub(crate) bus: Arc<Bus>,
+    pub(crate) config: AdminConfig,
+    pub(crate) started: DateTime<Utc>,
+    pub(crate) replays: replay::Replays,
+    pub(crate) dlq_refreshed: Mutex<Option<Instant>>,
+}
+
+pub(crate) type State = Arc<AdminState>;
+
+/// The admin API over `bus`, to mount in your own server or run with [`serve`].
+///
+/// Fails with [`Error::Config`] naming the setting when `config` is invalid.
+pub fn router(bus: Arc<Bus>, config: AdminConfig) -> Result<Router, Error> {
+    config.validate()?;
+    let state: State = Arc::new(AdminState {
+        bus,
+        config,
+        started: Utc::now(),
+        replays: replay::Replays::default(),
+        dlq_refreshed: Mutex::new(None),
+    });
+
+    let mutating = Router::new()
+        .route("/dlq/{topic}/{id}/redrive", post(dlq::redrive_one))
+        .route("/dlq/{topic}/redrive", post(dlq::redrive_many))
+        .route("/dlq/{topic}/{id}", delete(dlq::purge_one))
+        .route("/dlq/{topic}", delete(dlq::purge_many))
+        .route("/replay", post(replay::start))
+        .route("/topics/provision", post(provision::provision))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+
+    let reads = Router::new()
+        .route("/metrics", get(health::metrics))
+        .route("/catalog", get(catalog::catalog))
+        .route("/catalog/asyncapi", get(catalog::asyncapi))
+        .route("/api/stats", get(stats::stats))
+        .route("/dlq", get(dlq::list))
+        .route("/dlq/{topic}", get(dlq::list_topic))
+        .route("/dlq/{topic}/{id}", get(dlq::inspect))
+        .route("/replay", get(replay::list))
+        .route("/replay/{id}", get(replay::get))
+        .route("/lag", get(lag::lag))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_read,
+        ));
+
+    let open = Router::new()
+        .route("/live", get(health::live))
+        .route("/ready", get(health::ready))
+        .route("/version", get(health::version))
+        .route("/", get(dashboard::page))
+        .route("/dashboard", get(dashboard::page));
+
+    Ok(open
+        .merge(reads)
+        .merge(mutating)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state))
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no endpoint {} {}",
+        request.method(),
+        request.uri().path()
+    ))
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// A running admin server.
+#[derive(Debug)]
+pub struct AdminServer {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl AdminServer {
+    /// The address it listens on (the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops taking connections, lets requests in flight finish, and waits for it.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "admin server failed"),
+            Err(error) => tracing::warn!(%error, "admin server task failed"),
+        }
+    }
+}
+
+/// Binds `config`'s address and serves the admin API in a tokio task.
+pub async fn serve(bus: Arc<Bus>, config: AdminConfig) -> Result<AdminServer, Error> {
+    let bind = config.bind;
+    let app = router(bus, config)?;
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| Error::config("admin.bind", format!("cannot listen on {bind}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::config("admin.bind", format!("no local address: {e}")))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    tracing::info!(%addr, "admin server listening");
+    Ok(AdminServer {
+        addr,
+        stop: Some(stop),
+        task,
+    })
+}
+
+/// An error with its sources, `a: b: c`.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Query parameters, checked against the names an endpoint accepts.
+pub(crate) struct Params(Vec<(String, String)>);
+
+impl Params {
+    /// Parses a raw query string; unknown or repeated names are a 400 naming them.
+    pub(crate) fn parse(query: Option<&str>, allowed: &[&str]) -> Result<Self, ApiError> {
+        let pairs: Vec<(String, String)> = match query {
+            None | Some("") => Vec::new(),
+            Some(q) => {
+                axum::extract::Query::<Vec<(String, String)>>::try_from_uri(
+                    &format!("/?{q}")
+                        .parse()
+                        .map_err(|_| ApiError::bad_request("query", "malformed query string"))?,
+                )
+                .map_err(|e| {
+                    ApiError::bad_request("query", format!("malformed query string: {e}"))
+                })?
+                .0
+            }
+        };
+        for (i, (name, _)) in pairs.iter().enumerate() {
+            if !allowed.contains(&name.as_str()) {
+                return Err(ApiError::bad_request(
+                    name.clone(),
+                    format!(
+                        "unknown parameter `{name}`; allowed: {}",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+            if pairs[..i].iter().any(|(n, _)| n == name) {
+                return Err(ApiError::bad_request(
+                    name.clone(),
+                    format!("parameter `{name}` is given twice"),
+                ));
+            }
+        }
+        Ok(Params(pairs))
+    }
+
+    /// A non-empty text parameter.
+    pub(crate) fn text(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A number parameter in `0..=max`, `default` when absent.
+    pub(crate) fn number(&self, name: &str, default: usize, max: usize) -> Result<usize, ApiError> {
+        match self.text(name) {
+            None => Ok(default),
+            Some(text) => {
+                let n: usize = text.parse().map_err(|_| {
+                    ApiError::bad_request(
+                        name,
+                        format!("`{name}` must be a non-negative integer, got `{text}`"),
+                    )
+                })?;
+                if n > max {
+                    return Err(ApiError::bad_request(
+                        name,
+                        format!("`{name}` must be at most {max}, got {n}"),
+                    ));
+                }
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// A JSON object body, read field by field so errors name the field.
+pub(crate) struct BodyFields {
+    fields: Map<String, Value>,
+}
+
+impl BodyFields {
+    /// Parses `body` (empty means `{}`), rejecting fields not in `allowed`.
+    pub(crate) fn parse(body: &[u8], allowed: &[&str]) -> Result<Self, ApiError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(BodyFields { fields: Map::new() });
+        }
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request("body", format!("the body is not valid JSON: {e}"))
+        })?;
+        let Value::Object(fields) = value else {
+            return Err(ApiError::bad_request(
+                "body",
+                "the body must be a JSON object",
+            ));
+        };
+        if let Some(name) = fields.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(ApiError::bad_request(
+                name.clone(),
+                format!("unknown field `{name}`; allowed: {}", allowed.join(", ")),
+            ));
+        }
+        Ok(BodyFields { fields })
+    }
+
+    /// Whether the body has `name` (and it is not null).
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.fields.get(name).is_some_and(|v| !v.is_null())
+    }
+
+    /// Field `name` as `T`, `None` when absent or null; `what` describes the expected value.
+    pub(crate) fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        what: &str,
+    ) -> Result<Option<T>, ApiError> {
+        match self.fields.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => serde_json::from_value(value.clone())
+                .map(Some)
+                .map_err(|e| ApiError::bad_request(name, format!("`{name}` must be {what}: {e}"))),
+        }
+    }
+
+    /// Like [`BodyFields::get`] for a required field.
+    pub(crate) fn require<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        what: &str,
+    ) -> Result<T, ApiError> {
+        self.get(name, what)?
+            .ok_or_else(|| ApiError::bad_request(name, format!("`{name}` is required ({what})")))
+    }
+}
+
+/// Parses a duration such as `500ms`, `30s`, `15m`, `12h`, `7d` or `2w`.
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let seconds = match unit {
+        "ms" => return Some(Duration::from_millis(n)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return None,
+    };
+    n.checked_mul(seconds).map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_name_the_setting() {
+        let base = AdminConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+        assert!(base.clone().validate().is_ok());
+        let err = base
+            .clone()
+            .token(Some("short"))
+            .validate()
+            .expect_err("short token");
+        assert!(err.to_string().contains("admin.token"), "{err}");
+        let err = base
+            .clone()
+            .token(Some("with a space in the token"))
+            .validate()
+            .expect_err("space");
+        assert!(err.to_string().contains("admin.token"), "{err}");
+        let err = base.clone().version(" ").validate().expect_err("version");
+        assert!(err.to_string().contains("admin.version"), "{err}");
+        let err = base
+            .clone()
+            .protect_reads(true)
+            .validate()
+            .expect_err("reads without token");
+        assert!(err.to_string().contains("admin.protect_reads"), "{err}");
+        let err = base
+            .clone()
+            .readiness_check("backend", || Box::pin(async { Ok(()) }))
+            .validate()
+            .expect_err("reserved");
+        assert!(err.to_string().contains("admin.readiness_check"), "{err}");
+        assert!(!format!("{:?}", base.token(Some("0123456789abcdef"))).contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn params_reject_unknown_repeated_and_out_of_range() {
+        let p = Params::parse(Some("limit=10&offset=5"), &["limit", "offset"]).expect("valid");
+        assert_eq!(p.number("limit", 50, 500).expect("limit"), 10);
+        assert_eq!(p.number("offset", 0, usize::MAX).expect("offset"), 5);
+        let e = Params::parse(Some("limt=10"), &["limit"])
+            .err()
+            .expect("unknown");
+        assert_eq!(e.field(), Some("limt"));
+        let e = Params::parse(Some("limit=1&limit=2"), &["limit"])
+            .err()
+            .expect("twice");
+        assert_eq!(e.field(), Some("limit"));
+        let p = Params::parse(Some("limit=501"), &["limit"]).expect("parsed");
+        assert_eq!(
+            p.number("limit", 50, 500).expect_err("too big").field(),
+            Some("limit")
+        );
+        let p = Params::parse(Some("limit=-1"), &["limit"]).expect("parsed");
+        assert_eq!(
+            p.number("limit", 50, 500).expect_err("negative").field(),
+            Some("limit")
+        );
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("12h"), Some(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("7"), None);
+        assert_eq!(parse_duration("d"), None);
+        assert_eq!(parse_duration("3y"), None);
+    }
+}
