@@ -2,7 +2,6 @@
 //! the shared test server, so they live in their own test binary and run one at a time.
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,45 +29,6 @@ fn config(url: &str, name: &str) -> RedisConfig {
     c.start_from = StartFrom::Earliest;
     c.command_timeout = Duration::from_secs(2);
     c
-}
-
-fn port(url: &str) -> u16 {
-    url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).expect("port in url")
-}
-
-/// Stops the server (flushing its AOF) and starts it again with the same data directory.
-fn restart_redis(url: &str) {
-    let port = port(url);
-    let dir = std::env::var("EVENTBUS_REDIS_DIR").expect("EVENTBUS_REDIS_DIR");
-    let server = std::env::var("EVENTBUS_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-    let client = redis::Client::open(url).expect("url");
-    let mut conn = client.get_connection().expect("connect");
-    let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").query(&mut conn);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-        assert!(std::time::Instant::now() < deadline, "redis did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let status = Command::new(server)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-        .args(["--appendfsync", "everysec", "--dir", &dir, "--daemonize", "yes"])
-        .args(["--pidfile", &format!("{dir}/redis.pid"), "--logfile", &format!("{dir}/redis.log")])
-        .status()
-        .expect("start redis-server");
-    assert!(status.success());
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "redis did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // Wait until the AOF is loaded.
-    loop {
-        let ping = client.get_connection().and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-        if ping.is_ok() {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "redis did not load its data");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +76,7 @@ async fn a_redis_restart_in_the_middle_of_10000_events_loses_none() {
     });
     assert!(eventually(Duration::from_secs(60), || seen.lock().unwrap().len() >= 3000).await);
     let url2 = url.clone();
-    tokio::task::spawn_blocking(move || restart_redis(&url2)).await.unwrap();
+    tokio::task::spawn_blocking(move || eventbus_integration::restart_redis_at(&url2)).await.unwrap();
     let (ids, retries) = producer.await.unwrap();
     assert!(
         eventually(Duration::from_secs(90), || seen.lock().unwrap().len() == total as usize).await,

@@ -55,6 +55,8 @@ pub mod extensions;
 pub mod handler;
 pub mod inbox;
 pub mod observability;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub mod outbox;
 pub mod pattern;
 pub mod pipeline;
 pub mod publisher;
@@ -74,6 +76,8 @@ pub use event::{CatalogEntry, Event, EventGroup, FieldInfo, Payload};
 pub use extensions::Extensions;
 pub use eventbus_macros::{catalog, event, subscriber, EventGroup};
 pub use handler::{ErrorKind, Handler, HandlerError, HandlerResult};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use outbox::{Outbox, SqlInbox};
 pub use publisher::Publisher;
 pub use retry::{Backoff, RetryPolicy, Terminal};
 pub use subscription::{IntoSubscription, SubscriberOptions, Subscription};

@@ -49,3 +49,49 @@ pub async fn eventually(timeout: std::time::Duration, mut condition: impl FnMut(
 pub fn unique_prefix(name: &str) -> String {
     format!("t-{name}-{}", uuid::Uuid::now_v7().simple())
 }
+
+/// Restarts the test Redis server (`EVENTBUS_REDIS_URL`) with its data directory
+/// (`EVENTBUS_REDIS_DIR`, AOF on), waiting until it serves again.
+pub fn restart_redis() {
+    let url = std::env::var("EVENTBUS_REDIS_URL").expect("EVENTBUS_REDIS_URL");
+    restart_redis_at(&url);
+}
+
+/// Stops the server at `url` (flushing its AOF) and starts it again with the same data
+/// directory, the way `scripts/test` started it.
+pub fn restart_redis_at(url: &str) {
+    use std::time::{Duration, Instant};
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .expect("port in url");
+    let dir = std::env::var("EVENTBUS_REDIS_DIR").expect("EVENTBUS_REDIS_DIR");
+    let server = std::env::var("EVENTBUS_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    let client = redis::Client::open(url).expect("url");
+    if let Ok(mut conn) = client.get_connection() {
+        let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").query(&mut conn);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "redis did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = std::process::Command::new(server)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+        .args(["--appendfsync", "everysec", "--dir", &dir, "--daemonize", "yes"])
+        .args(["--pidfile", &format!("{dir}/redis.pid"), "--logfile", &format!("{dir}/redis.log")])
+        .status()
+        .expect("start redis-server");
+    assert!(status.success(), "redis-server did not start");
+    loop {
+        let ping = client
+            .get_connection()
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+        if ping.is_ok() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "redis did not load its data");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,318 @@
+//! Outbox relay throughput: committed rows → dispatcher → backend, with the in-memory backend so
+//! the figure is the database's cost. Runs on SQLite always and on PostgreSQL when
+//! `DATABASE_URL` is set; for each, a backlog of N and of 10 N rows (the per-event cost should
+//! stay flat), and the overhead of `Outbox::enqueue` inside a user transaction against the same
+//! transaction without it.
+//!
+//! `cargo bench -p eventbus --features postgres,sqlite --bench outbox_relay`
+//!
+//! Environment: `OUTBOX_BENCH_N` (default 20 000), `OUTBOX_BENCH_KEYS` (default 1 000 partition
+//! keys), `OUTBOX_BENCH_TXS` (default 2 000 transactions per enqueue variant).
+#![allow(missing_docs)]
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eventbus::backend::memory::MemoryBackend;
+use eventbus::outbox::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use eventbus::outbox::sqlx::{self, Connection, PgConnection, Pool, Postgres, Sqlite};
+use eventbus::outbox::{postgres, sqlite, Outbox, Retention, SqlDatabase};
+use eventbus::{event, Uuid};
+use serde::{Deserialize, Serialize};
+
+#[event(name = "order.created", version = 1, key = order_id)]
+#[derive(Serialize, Deserialize, Clone)]
+struct OrderCreated {
+    order_id: String,
+    total_cents: i64,
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Ways to get at a database the bench needs beyond the library.
+trait BenchDb: SqlDatabase {
+    const BEGIN: &'static str;
+    fn state_change<'c>(
+        conn: &'c mut Self::Connection,
+        account: &'c str,
+    ) -> futures::future::BoxFuture<'c, ()>;
+    fn create_accounts(conn: &mut Self::Connection) -> futures::future::BoxFuture<'_, ()>;
+}
+
+const ACCOUNTS: &str =
+    "CREATE TABLE IF NOT EXISTS accounts (id TEXT PRIMARY KEY, balance BIGINT NOT NULL)";
+const ACCOUNT: &str = "INSERT INTO accounts (id, balance) VALUES ($1, 0)";
+
+impl BenchDb for Postgres {
+    fn create_accounts(conn: &mut PgConnection) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            sqlx::query(ACCOUNTS)
+                .execute(&mut *conn)
+                .await
+                .expect("accounts");
+            for i in 0..100 {
+                sqlx::query(ACCOUNT)
+                    .bind(format!("a-{i}"))
+                    .execute(&mut *conn)
+                    .await
+                    .expect("account");
+            }
+        })
+    }
+    const BEGIN: &'static str = "BEGIN";
+    fn state_change<'c>(
+        conn: &'c mut PgConnection,
+        account: &'c str,
+    ) -> futures::future::BoxFuture<'c, ()> {
+        Box::pin(async move {
+            sqlx::query("UPDATE accounts SET balance = balance + 1 WHERE id = $1")
+                .bind(account)
+                .execute(conn)
+                .await
+                .expect("update");
+        })
+    }
+}
+
+impl BenchDb for Sqlite {
+    fn create_accounts(conn: &mut sqlx::SqliteConnection) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            sqlx::query(ACCOUNTS)
+                .execute(&mut *conn)
+                .await
+                .expect("accounts");
+            for i in 0..100 {
+                sqlx::query(ACCOUNT)
+                    .bind(format!("a-{i}"))
+                    .execute(&mut *conn)
+                    .await
+                    .expect("account");
+            }
+        })
+    }
+    const BEGIN: &'static str = "BEGIN IMMEDIATE";
+    fn state_change<'c>(
+        conn: &'c mut sqlx::SqliteConnection,
+        account: &'c str,
+    ) -> futures::future::BoxFuture<'c, ()> {
+        Box::pin(async move {
+            sqlx::query("UPDATE accounts SET balance = balance + 1 WHERE id = $1")
+                .bind(account)
+                .execute(conn)
+                .await
+                .expect("update");
+        })
+    }
+}
+
+struct Relay {
+    events_per_sec: f64,
+    micros_per_event: f64,
+}
+
+/// Enqueues `n` events (committed, 1 000 per transaction), then times the relay of all of them.
+async fn relay<DB: BenchDb>(pool: &Pool<DB>, n: usize, keys: usize, concurrency: usize) -> Relay {
+    let outbox = Outbox::builder(pool.clone())
+        .batch_size(1_000)
+        .concurrency(concurrency)
+        .retention(Retention::keep())
+        .build()
+        .expect("outbox");
+    let mut seq = 0;
+    while seq < n {
+        let events: Vec<OrderCreated> = (seq..(seq + 1_000).min(n))
+            .map(|i| OrderCreated {
+                order_id: format!("o-{}", i % keys),
+                total_cents: i as i64,
+            })
+            .collect();
+        seq += events.len();
+        let mut tx = pool.begin_with(DB::BEGIN).await.expect("begin");
+        outbox
+            .enqueue_batch(&mut tx, &events)
+            .await
+            .expect("enqueue");
+        tx.commit().await.expect("commit");
+    }
+    let backend = MemoryBackend::new();
+    let started = Instant::now();
+    let dispatcher = outbox
+        .dispatcher(Arc::new(backend))
+        .start()
+        .expect("dispatcher");
+    while dispatcher.stats().published < n as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = started.elapsed();
+    dispatcher.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(outbox.backlog().await.expect("backlog").pending, 0);
+    Relay {
+        events_per_sec: n as f64 / elapsed.as_secs_f64(),
+        micros_per_event: elapsed.as_secs_f64() * 1e6 / n as f64,
+    }
+}
+
+/// Mean latency of `txs` sequential committed transactions doing a state change, with and
+/// without an outbox insert.
+async fn enqueue_overhead<DB: BenchDb>(pool: &Pool<DB>, txs: usize) -> (Duration, Duration) {
+    {
+        let mut conn = pool.acquire().await.expect("connection");
+        DB::create_accounts(&mut conn).await;
+    }
+    let outbox = Outbox::new(pool.clone());
+    let mut plain = Duration::ZERO;
+    let mut with_outbox = Duration::ZERO;
+    // Interleaved, so both variants see the same database state and noise.
+    for i in 0..txs {
+        let account = format!("a-{}", i % 100);
+        let started = Instant::now();
+        let mut tx = pool.begin_with(DB::BEGIN).await.expect("begin");
+        DB::state_change(&mut tx, &account).await;
+        tx.commit().await.expect("commit");
+        plain += started.elapsed();
+
+        let started = Instant::now();
+        let mut tx = pool.begin_with(DB::BEGIN).await.expect("begin");
+        DB::state_change(&mut tx, &account).await;
+        let event = OrderCreated {
+            order_id: account.clone(),
+            total_cents: i as i64,
+        };
+        outbox.enqueue(&mut tx, &event).await.expect("enqueue");
+        tx.commit().await.expect("commit");
+        with_outbox += started.elapsed();
+    }
+    (plain / txs as u32, with_outbox / txs as u32)
+}
+
+fn report<DB: BenchDb>(label: &str, n: usize, small: &Relay, large: &Relay) {
+    println!(
+        "{label:<26} backlog {n:>7}: {:>8.0} events/s ({:>6.1} µs/event)",
+        small.events_per_sec, small.micros_per_event
+    );
+    println!(
+        "{label:<26} backlog {:>7}: {:>8.0} events/s ({:>6.1} µs/event)   10x backlog cost ratio {:.2}",
+        n * 10,
+        large.events_per_sec,
+        large.micros_per_event,
+        large.micros_per_event / small.micros_per_event
+    );
+}
+
+async fn sqlite_pool() -> (Pool<Sqlite>, std::path::PathBuf) {
+    let path = std::env::temp_dir().join(format!("eventbus-outbox-bench-{}.db", Uuid::now_v7()));
+    let pool = sqlite::connect(&path).await.expect("sqlite");
+    sqlite::migrate(&pool).await.expect("migrate");
+    (pool, path)
+}
+
+fn remove(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+async fn pg_pool(url: &str) -> (Pool<Postgres>, PgConnectOptions, String) {
+    let admin = PgConnectOptions::from_str(url).expect("DATABASE_URL");
+    let name = format!("outbox_bench_{}", Uuid::now_v7().simple());
+    let mut conn = PgConnection::connect_with(&admin).await.expect("connect");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create");
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(admin.clone().database(&name))
+        .await
+        .expect("pool");
+    postgres::migrate(&pool).await.expect("migrate");
+    (pool, admin, name)
+}
+
+async fn pg_drop(pool: Pool<Postgres>, admin: &PgConnectOptions, name: &str) {
+    pool.close().await;
+    let mut conn = PgConnection::connect_with(admin).await.expect("connect");
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .expect("drop");
+}
+
+async fn run() {
+    let n = env("OUTBOX_BENCH_N", 20_000);
+    let keys = env("OUTBOX_BENCH_KEYS", 1_000);
+    let txs = env("OUTBOX_BENCH_TXS", 2_000);
+    println!("relay: batch_size 1000, {keys} partition keys, in-memory backend");
+
+    let (pool, path) = sqlite_pool().await;
+    let small = relay(&pool, n, keys, 1).await;
+    pool.close().await;
+    remove(&path);
+    let (pool, path) = sqlite_pool().await;
+    let large = relay(&pool, n * 10, keys, 1).await;
+    report::<Sqlite>("sqlite (WAL, sync=FULL)", n, &small, &large);
+    let (plain, with) = enqueue_overhead(&pool, txs).await;
+    println!(
+        "sqlite enqueue overhead: {plain:?} per transaction without, {with:?} with the outbox insert \
+         (ratio {:.2})",
+        with.as_secs_f64() / plain.as_secs_f64()
+    );
+    pool.close().await;
+    remove(&path);
+
+    let Ok(url) = std::env::var("DATABASE_URL") else {
+        println!("postgres: skipped (DATABASE_URL not set)");
+        return;
+    };
+    for concurrency in [1, 2] {
+        let label = format!("postgres (concurrency {concurrency})");
+        let (pool, admin, name) = pg_pool(&url).await;
+        let small = relay(&pool, n, keys, concurrency).await;
+        pg_drop(pool, &admin, &name).await;
+        let (pool, admin, name) = pg_pool(&url).await;
+        let large = relay(&pool, n * 10, keys, concurrency).await;
+        pg_drop(pool, &admin, &name).await;
+        report::<Postgres>(&label, n, &small, &large);
+    }
+    let (pool, admin, name) = pg_pool(&url).await;
+    let settings: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit')",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("settings");
+    let (plain, with) = enqueue_overhead(&pool, txs).await;
+    println!(
+        "postgres enqueue overhead: {plain:?} per transaction without, {with:?} with the outbox \
+         insert (ratio {:.2}); {settings:?}",
+        with.as_secs_f64() / plain.as_secs_f64()
+    );
+    pg_drop(pool, &admin, &name).await;
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if std::env::args().any(|a| a == "--bench") {
+        rt.block_on(run());
+    } else {
+        // `cargo test --all-targets`: a smoke run on SQLite that the bench still works.
+        rt.block_on(async {
+            let (pool, path) = sqlite_pool().await;
+            let figures = relay(&pool, 300, 10, 1).await;
+            assert!(figures.events_per_sec > 0.0);
+            enqueue_overhead(&pool, 5).await;
+            pool.close().await;
+            remove(&path);
+        });
+    }
+}

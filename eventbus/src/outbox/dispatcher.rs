@@ -1,0 +1,633 @@
+//! The dispatcher (relay): claims committed `PENDING` rows in batches, publishes them to the
+//! backend, and writes back `SENT`, a retry time, or `FAILED` plus a dead letter.
+//!
+//! One pass: claim up to `batch_size` rows (the database cuts each key's rows before any row of
+//! that key held elsewhere or waiting for a retry) → decrypt → one `Backend::publish` call for
+//! the batch, in `id` order → mark the accepted rows `SENT` (in the claim's transaction on
+//! PostgreSQL). If the batch call fails, its rows are published one by one until the first
+//! failure, so one bad message cannot hold back the rest: that row gets `attempts + 1` and
+//! `available_at = now + backoff(attempts)`, the rows after it stay untouched for the next pass.
+//! A row reaching `retry_max` attempts is published to `{topic}.dlq` (group `outbox`, with the
+//! last error) and marked `FAILED`; if that publish fails too, the row stays `PENDING` and the
+//! next pass tries the dead letter again.
+//!
+//! A dispatcher that dies mid-pass leaves its rows `PENDING` (the claim is rolled back, or was
+//! never written on SQLite): the next pass publishes them again, at least once.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use event_listener::Event as Signal;
+use futures::future::{self, AbortHandle, Abortable, Either};
+use futures::FutureExt;
+
+use super::driver::{FailedRow, RetryRow, Settlement};
+use super::{db_error, KeyRing, Outbox, OutboxRow, SqlDatabase, DEAD_LETTER_GROUP};
+use crate::backend::{Backend, Message};
+use crate::clock::{Clock, SystemClock};
+use crate::dead_letter::{dead_letter_message, Failure};
+use crate::error::Error;
+use crate::handler::ErrorKind;
+use crate::retry::Backoff;
+use crate::runtime::{default_runtime, Runtime};
+
+/// Configures and starts a dispatcher relaying an [`Outbox`] to a backend. Made by
+/// [`Outbox::dispatcher`].
+#[must_use]
+pub struct Dispatcher<DB: SqlDatabase> {
+    outbox: Outbox<DB>,
+    backend: Arc<dyn Backend>,
+    runtime: Option<Arc<dyn Runtime>>,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+impl<DB: SqlDatabase> Dispatcher<DB> {
+    /// A dispatcher relaying `outbox` to `backend`.
+    pub fn new(outbox: Outbox<DB>, backend: Arc<dyn Backend>) -> Self {
+        Dispatcher {
+            outbox,
+            backend,
+            runtime: None,
+            clock: None,
+        }
+    }
+
+    /// The executor its tasks run on; defaults to the current tokio runtime.
+    pub fn runtime(mut self, runtime: Arc<dyn Runtime>) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// The clock its waits use; defaults to real time on the runtime's timers.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Spawns `concurrency` pass loops, the LISTEN task (PostgreSQL) and the retention
+    /// cleanup, and returns their handle. Uses `concurrency + 1` pool connections at most.
+    pub fn start(self) -> Result<DispatcherHandle, Error> {
+        let runtime = match self.runtime {
+            Some(runtime) => runtime,
+            None => default_runtime()?,
+        };
+        let clock = self
+            .clock
+            .unwrap_or_else(|| Arc::new(SystemClock::new(runtime.clone())));
+        let outbox = self.outbox;
+        let config = outbox.config().clone();
+        let shared = Arc::new(Shared {
+            clock: clock.clone(),
+            ..Shared::default()
+        });
+        let relay = Arc::new(Relay {
+            backend: self.backend,
+            keyring: outbox.keyring().cloned(),
+            retry_max: config.retry_max,
+            backoff: config.backoff.clone(),
+        });
+        for _ in 0..config.concurrency {
+            let task = worker(outbox.clone(), relay.clone(), shared.clone());
+            shared.spawn(&runtime, task);
+        }
+        if let Some(listen) = DB::outbox_listen(
+            outbox.pool().clone(),
+            outbox.wake_signal().clone(),
+            clock.clone(),
+        ) {
+            let stopped = shared.clone();
+            shared.spawn(&runtime, async move {
+                let _ = future::select(listen, Box::pin(stopped.stopped())).await;
+            });
+        }
+        if config.retention.sent.is_some() {
+            let task = cleanup_loop(outbox.clone(), shared.clone());
+            shared.spawn(&runtime, task);
+        }
+        tracing::info!(
+            database = DB::LABEL,
+            backend = relay.backend.name(),
+            batch_size = config.batch_size,
+            concurrency = config.concurrency,
+            "outbox dispatcher started"
+        );
+        Ok(DispatcherHandle { shared })
+    }
+}
+
+/// A running dispatcher. Dropping the handle stops it after its current passes.
+#[derive(Debug)]
+pub struct DispatcherHandle {
+    shared: Arc<Shared>,
+}
+
+/// What a dispatcher did since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DispatcherStats {
+    /// Passes run.
+    pub passes: u64,
+    /// Rows accepted by the backend (a row published again after a crash counts again).
+    pub published: u64,
+    /// Failed publish attempts that will be retried.
+    pub retries: u64,
+    /// Rows dead-lettered and marked `FAILED`.
+    pub dead_lettered: u64,
+    /// Rows marked `FAILED` whose payload could not be decrypted (not dead-lettered).
+    pub undecryptable: u64,
+    /// Passes that failed on the database.
+    pub errors: u64,
+}
+
+impl DispatcherHandle {
+    /// What the dispatcher did so far.
+    pub fn stats(&self) -> DispatcherStats {
+        let c = &self.shared.counters;
+        DispatcherStats {
+            passes: c.passes.load(Ordering::Relaxed),
+            published: c.published.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+            undecryptable: c.undecryptable.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether any of its tasks still runs.
+    pub fn is_running(&self) -> bool {
+        self.shared.running.load(Ordering::SeqCst) > 0
+    }
+
+    /// Stops starting passes, waits up to `timeout` for the current ones to finish, then
+    /// aborts the rest (their rows stay `PENDING`). True if everything finished in time.
+    pub async fn shutdown(&self, timeout: Duration) -> bool {
+        self.shared.stop();
+        let finished = Box::pin(self.shared.finished());
+        let drained = match future::select(finished, self.shared.clock.sleep(timeout)).await {
+            Either::Left(_) => true,
+            Either::Right(_) => false,
+        };
+        if !drained {
+            self.shared.abort_all();
+            self.shared.finished().await;
+        }
+        tracing::info!(drained, "outbox dispatcher stopped");
+        drained
+    }
+
+    /// Stops at once, as a crash would: passes in flight are dropped mid-way, their claims
+    /// rolled back, and rows published but not yet marked `SENT` will be published again.
+    pub async fn abort(&self) {
+        self.shared.stop();
+        self.shared.abort_all();
+        self.shared.finished().await;
+    }
+}
+
+impl Drop for DispatcherHandle {
+    fn drop(&mut self) {
+        self.shared.stop();
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    passes: AtomicU64,
+    published: AtomicU64,
+    retries: AtomicU64,
+    dead_lettered: AtomicU64,
+    undecryptable: AtomicU64,
+    errors: AtomicU64,
+}
+
+struct Shared {
+    clock: Arc<dyn Clock>,
+    stopping: AtomicBool,
+    stop_signal: Signal,
+    running: AtomicUsize,
+    done: Signal,
+    aborts: Mutex<Vec<AbortHandle>>,
+    counters: Counters,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            clock: Arc::new(super::WallClock),
+            stopping: AtomicBool::new(false),
+            stop_signal: Signal::new(),
+            running: AtomicUsize::new(0),
+            done: Signal::new(),
+            aborts: Mutex::new(Vec::new()),
+            counters: Counters::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("running", &self.running.load(Ordering::SeqCst))
+            .field("stopping", &self.is_stopping())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decrements the running count when a task ends, finished or aborted.
+struct Running(Arc<Shared>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+        self.0.done.notify(usize::MAX);
+    }
+}
+
+impl Shared {
+    fn spawn(
+        self: &Arc<Self>,
+        runtime: &Arc<dyn Runtime>,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let (handle, registration) = AbortHandle::new_pair();
+        self.aborts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle);
+        self.running.fetch_add(1, Ordering::SeqCst);
+        let guard = Running(self.clone());
+        runtime.spawn(Box::pin(async move {
+            let _guard = guard;
+            let _ = Abortable::new(task, registration).await;
+        }));
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stop_signal.notify(usize::MAX);
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    fn abort_all(&self) {
+        for handle in self.aborts.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            handle.abort();
+        }
+    }
+
+    /// Completes once stop was asked for.
+    async fn stopped(&self) {
+        loop {
+            let listener = self.stop_signal.listen();
+            if self.is_stopping() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Completes once every task ended.
+    async fn finished(&self) {
+        loop {
+            let listener = self.done.listen();
+            if self.running.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// What one pass did, for the loop's pacing.
+struct PassReport {
+    /// Rows claimed before the per-key cut.
+    claimed: usize,
+    /// Some row was settled for good (`SENT` or `FAILED`).
+    progress: bool,
+    /// Some row failed and waits for a retry.
+    failed: bool,
+    /// Claimed rows were left because their key is held elsewhere (another dispatcher will
+    /// release it soon).
+    blocked: bool,
+}
+
+async fn worker<DB: SqlDatabase>(outbox: Outbox<DB>, relay: Arc<Relay>, shared: Arc<Shared>) {
+    let config = outbox.config().clone();
+    let mut failures = 0u32;
+    let mut blocked = 0u32;
+    loop {
+        let stopped = shared.stop_signal.listen();
+        if shared.is_stopping() {
+            return;
+        }
+        let woken = outbox.wake_signal().listen();
+        let pause = match pass(&outbox, &relay, &shared).await {
+            Ok(report) if report.failed => {
+                failures = failures.saturating_add(1);
+                Some(config.backoff.delay(failures))
+            }
+            Ok(report) => {
+                failures = 0;
+                if report.progress && report.claimed >= config.batch_size as usize {
+                    blocked = 0;
+                    continue;
+                }
+                if report.blocked && !report.progress {
+                    // Another dispatcher holds the keys and commits soon: retry shortly,
+                    // backing off while it stays so.
+                    blocked = blocked.saturating_add(1);
+                    let pause = Duration::from_millis(2 << blocked.min(8));
+                    Some(pause.min(config.poll_interval))
+                } else {
+                    blocked = 0;
+                    None
+                }
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %error_chain(&error), "outbox dispatcher pass failed");
+                Some(config.backoff.delay(failures))
+            }
+        };
+        let wait = match pause {
+            // After a failure (or while blocked), new rows do not cut the pause short.
+            Some(delay) => Either::Left(shared.clock.sleep(delay)),
+            None => Either::Right(
+                future::select(shared.clock.sleep(config.poll_interval), woken).map(drop),
+            ),
+        };
+        let _ = future::select(wait, stopped).await;
+    }
+}
+
+async fn pass<DB: SqlDatabase>(
+    outbox: &Outbox<DB>,
+    relay: &Relay,
+    shared: &Shared,
+) -> Result<PassReport, Error> {
+    let batch = outbox.config().batch_size;
+    let mut claim = DB::outbox_claim(outbox.pool(), batch)
+        .await
+        .map_err(|e| db_error::<DB>("outbox claim", e))?;
+    shared.counters.passes.fetch_add(1, Ordering::Relaxed);
+    let claimed = claim.claimed();
+    let rows = claim.take_rows();
+    let blocked = rows.len() < claimed;
+    let (settlement, dead_lettered, undecryptable) = if rows.is_empty() {
+        (Settlement::default(), 0, 0)
+    } else {
+        relay.relay(rows).await
+    };
+    let report = PassReport {
+        claimed,
+        progress: !settlement.sent.is_empty() || !settlement.failed.is_empty(),
+        failed: !settlement.retry.is_empty(),
+        blocked,
+    };
+    let c = &shared.counters;
+    c.published
+        .fetch_add(settlement.sent.len() as u64, Ordering::Relaxed);
+    c.retries
+        .fetch_add(settlement.retry.len() as u64, Ordering::Relaxed);
+    c.dead_lettered.fetch_add(dead_lettered, Ordering::Relaxed);
+    c.undecryptable.fetch_add(undecryptable, Ordering::Relaxed);
+    claim
+        .settle(settlement)
+        .await
+        .map_err(|e| db_error::<DB>("outbox settle", e))?;
+    Ok(report)
+}
+
+async fn cleanup_loop<DB: SqlDatabase>(outbox: Outbox<DB>, shared: Arc<Shared>) {
+    let every = outbox.config().retention.interval;
+    loop {
+        let stopped = shared.stop_signal.listen();
+        if shared.is_stopping() {
+            return;
+        }
+        if let Either::Right(_) = future::select(shared.clock.sleep(every), stopped).await {
+            return;
+        }
+        match outbox.cleanup().await {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(removed, "outbox cleanup"),
+            Err(error) => tracing::warn!(error = %error_chain(&error), "outbox cleanup failed"),
+        }
+    }
+}
+
+/// Publishes claimed rows; database-independent.
+struct Relay {
+    backend: Arc<dyn Backend>,
+    keyring: Option<Arc<KeyRing>>,
+    retry_max: u32,
+    backoff: Backoff,
+}
+
+/// A row ready to publish.
+struct Ready {
+    id: i64,
+    attempts: u32,
+    first_failed_at: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+    message: Message,
+}
+
+impl Relay {
+    /// Publishes `rows` (in `id` order, already cut per key); returns what to write back, and
+    /// how many rows were dead-lettered and given up as unreadable.
+    async fn relay(&self, rows: Vec<OutboxRow>) -> (Settlement, u64, u64) {
+        let mut settlement = Settlement::default();
+        let mut undecryptable = 0;
+        // Keys whose later rows must wait for the next pass.
+        let mut stopped: HashSet<String> = HashSet::new();
+        let mut batch = Vec::with_capacity(rows.len());
+        let mut dead = Vec::new();
+        for row in rows {
+            if row
+                .partition_key
+                .as_ref()
+                .is_some_and(|k| stopped.contains(k))
+            {
+                continue;
+            }
+            let (id, attempts, key) = (row.id, row.attempts, row.partition_key.clone());
+            match self.ready(row) {
+                Ok(ready) if ready.attempts >= self.retry_max => {
+                    let error = ready
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "publish attempts exhausted".to_owned());
+                    stopped.extend(key);
+                    dead.push((ready, error));
+                }
+                Ok(ready) => batch.push(ready),
+                Err(error) => {
+                    // Unreadable (unknown key id, tampered): nothing can be published or
+                    // dead-lettered. Retry, in case the key ring is fixed, then give up.
+                    stopped.extend(key);
+                    let attempts = attempts.saturating_add(1);
+                    if attempts >= self.retry_max {
+                        tracing::error!(id, %error, "outbox row cannot be decrypted; marked FAILED");
+                        undecryptable += 1;
+                        settlement.failed.push(FailedRow {
+                            id,
+                            attempts,
+                            error,
+                        });
+                    } else {
+                        let delay = self.backoff.delay(attempts);
+                        settlement.retry.push(RetryRow {
+                            id,
+                            attempts,
+                            error,
+                            delay,
+                        });
+                    }
+                }
+            }
+        }
+        if let Some((ready, error)) = self.publish(batch, &mut settlement).await {
+            let attempts = ready.attempts.saturating_add(1);
+            if attempts >= self.retry_max {
+                dead.push((Ready { attempts, ..ready }, error));
+            } else {
+                tracing::debug!(id = ready.id, attempts, %error, "outbox publish failed; will retry");
+                let delay = self.backoff.delay(attempts);
+                settlement.retry.push(RetryRow {
+                    id: ready.id,
+                    attempts,
+                    error,
+                    delay,
+                });
+            }
+        }
+        let mut dead_lettered = 0;
+        for (ready, error) in dead {
+            if self.dead_letter(ready, error, &mut settlement).await {
+                dead_lettered += 1;
+            }
+        }
+        (settlement, dead_lettered, undecryptable)
+    }
+
+    fn ready(&self, row: OutboxRow) -> Result<Ready, String> {
+        let payload = match (&row.key_id, &self.keyring) {
+            (None, _) => row.payload,
+            (Some(key_id), Some(ring)) => ring.open(key_id, &row.payload, row.event_id)?,
+            (Some(key_id), None) => {
+                return Err(format!(
+                    "cannot decrypt: the row is sealed under key `{key_id}` and the outbox has \
+                     no key ring"
+                ))
+            }
+        };
+        Ok(Ready {
+            id: row.id,
+            attempts: row.attempts,
+            first_failed_at: row.first_failed_at,
+            last_error: row.last_error,
+            message: Message {
+                topic: row.topic,
+                key: row.partition_key,
+                event_type: row.event_type,
+                headers: row.headers,
+                payload: payload.into(),
+            },
+        })
+    }
+
+    /// Publishes the batch in one call; if that fails, one by one until the first failure,
+    /// which is returned with its error.
+    async fn publish(
+        &self,
+        batch: Vec<Ready>,
+        settlement: &mut Settlement,
+    ) -> Option<(Ready, String)> {
+        if batch.is_empty() {
+            return None;
+        }
+        let messages: Vec<Message> = batch.iter().map(|r| r.message.clone()).collect();
+        let error = match self.backend.publish(messages).await {
+            Ok(()) => {
+                settlement.sent.extend(batch.iter().map(|r| r.id));
+                return None;
+            }
+            Err(error) => error_chain(&error),
+        };
+        if batch.len() == 1 {
+            return batch.into_iter().next().map(|ready| (ready, error));
+        }
+        tracing::debug!(rows = batch.len(), %error, "outbox batch publish failed; publishing one by one");
+        for ready in batch {
+            match self.backend.publish(vec![ready.message.clone()]).await {
+                Ok(()) => settlement.sent.push(ready.id),
+                Err(error) => return Some((ready, error_chain(&error))),
+            }
+        }
+        None
+    }
+
+    /// Publishes the dead letter of an exhausted row; true if it went out (row `FAILED`),
+    /// false if it stays `PENDING` for the next pass.
+    async fn dead_letter(&self, ready: Ready, error: String, settlement: &mut Settlement) -> bool {
+        let now = Utc::now();
+        let failure = Failure {
+            kind: ErrorKind::Transient,
+            message: error.clone(),
+            attempts: ready.attempts,
+            first_failure: ready.first_failed_at.unwrap_or(now),
+            last_failure: now,
+        };
+        let letter = dead_letter_message(&ready.message, DEAD_LETTER_GROUP, &failure);
+        match self.backend.publish(vec![letter]).await {
+            Ok(()) => {
+                tracing::warn!(
+                    id = ready.id,
+                    topic = %ready.message.topic,
+                    attempts = ready.attempts,
+                    %error,
+                    "outbox row dead-lettered"
+                );
+                settlement.failed.push(FailedRow {
+                    id: ready.id,
+                    attempts: ready.attempts,
+                    error,
+                });
+                true
+            }
+            Err(dlq_error) => {
+                tracing::warn!(
+                    id = ready.id,
+                    error = %error_chain(&dlq_error),
+                    "outbox dead-letter publish failed; will retry"
+                );
+                settlement.retry.push(RetryRow {
+                    id: ready.id,
+                    attempts: ready.attempts,
+                    error,
+                    delay: self.backoff.delay(ready.attempts),
+                });
+                false
+            }
+        }
+    }
+}
+
+/// An error and its sources, `: `-separated.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}

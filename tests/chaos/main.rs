@@ -1,0 +1,336 @@
+//! The chaos harness: proves that nothing is lost and nothing is applied twice while
+//! processes die and the broker restarts.
+//!
+//! A **producer** commits orders and their events (through the transactional outbox) in
+//! PostgreSQL; a **dispatcher** relays the outbox to Redis Streams; a **consumer** applies each
+//! event to a ledger table inside the inbox transaction. The **driver** runs the three as
+//! separate OS processes, `kill -9`s a random one again and again and restarts it, restarts
+//! the Redis server a few times, and finally checks the invariants:
+//!
+//! - every committed order's event is applied exactly once in the ledger;
+//! - no ledger entry exists without its committed order;
+//! - every poison event (a fraction injected on purpose) is in the dead-letter queue with its
+//!   reason, and not in the ledger.
+//!
+//! ```sh
+//! # needs DATABASE_URL, EVENTBUS_REDIS_URL (+ EVENTBUS_REDIS_DIR/EVENTBUS_REDIS_SERVER to restart it),
+//! # as scripts/test exports them
+//! cargo run -p eventbus-integration --bin chaos -- --events 3000 --kills 12 --redis-restarts 2
+//! cargo run --release -p eventbus-integration --bin chaos -- --kills 50 --events 100000   # long run
+//! ```
+
+use std::collections::HashSet;
+use std::process::{Child, Command, ExitCode};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eventbus::backend::redis::{RedisBackend, RedisConfig, StartFrom};
+use eventbus::outbox::sqlx::{self, PgPool, Postgres};
+use eventbus::outbox::{postgres, ContextExt, Outbox, SqlInbox};
+use eventbus::{event, Bus, CatalogEntry, Context, Envelope, HandlerError, HandlerResult, Subscription, Uuid};
+use serde::{Deserialize, Serialize};
+
+#[event(name = "chaos.order.placed", version = 1, key = customer)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct OrderPlaced {
+    n: i64,
+    customer: String,
+    poison: bool,
+}
+
+/// One event in this many is poison: its handler fails permanently.
+const POISON_EVERY: i64 = 97;
+const GROUP: &str = "ledger";
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set"))
+}
+
+fn redis_config() -> RedisConfig {
+    let mut config = RedisConfig::new(env("EVENTBUS_REDIS_URL"));
+    config.prefix = env("CHAOS_PREFIX");
+    config.start_from = StartFrom::Earliest;
+    config.claim_idle = Duration::from_millis(1500);
+    config.claim_interval = Duration::from_millis(500);
+    config.block = Duration::from_millis(300);
+    config.command_timeout = Duration::from_secs(2);
+    config
+}
+
+async fn pool() -> PgPool {
+    PgPool::connect(&env("CHAOS_DATABASE_URL")).await.expect("connect to the chaos database")
+}
+
+/// Commits orders with their events, in transactions of 20, resuming after the last committed.
+async fn producer(events: i64) {
+    let pool = pool().await;
+    let outbox = Outbox::new(pool.clone());
+    let start: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(n) + 1, 0) FROM chaos_orders")
+        .fetch_one(&pool)
+        .await
+        .expect("resume point");
+    let mut n = start;
+    while n < events {
+        let mut tx = pool.begin().await.expect("begin");
+        for _ in 0..20.min(events - n) {
+            let event = OrderPlaced { n, customer: format!("c{}", n % 50), poison: n % POISON_EVERY == 13 };
+            let id = outbox.enqueue(&mut tx, &event).await.expect("enqueue");
+            sqlx::query("INSERT INTO chaos_orders (n, event_id, poison) VALUES ($1, $2, $3)")
+                .bind(n)
+                .bind(id)
+                .bind(event.poison)
+                .execute(&mut *tx)
+                .await
+                .expect("insert order");
+            n += 1;
+        }
+        tx.commit().await.expect("commit");
+    }
+}
+
+async fn dispatcher() -> ExitCode {
+    let pool = pool().await;
+    let backend = loop {
+        match RedisBackend::connect(redis_config()).await {
+            Ok(backend) => break backend,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let outbox = Outbox::builder(pool).batch_size(200).build().expect("outbox");
+    let _running = outbox.dispatcher(Arc::new(backend)).start().expect("dispatcher");
+    futures::future::pending::<ExitCode>().await
+}
+
+async fn apply(ctx: Context, env: Envelope<OrderPlaced>) -> HandlerResult {
+    if env.data.poison {
+        return Err(HandlerError::permanent(format!("order {} is poison", env.data.n)));
+    }
+    let Some(mut tx) = ctx.transaction::<Postgres>().await? else { return Ok(()) };
+    sqlx::query("INSERT INTO chaos_ledger (event_id, n) VALUES ($1, $2)")
+        .bind(env.id)
+        .bind(env.data.n)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn consumer() -> ExitCode {
+    let pool = pool().await;
+    let backend = loop {
+        match RedisBackend::connect(redis_config()).await {
+            Ok(backend) => break backend,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let _bus = Bus::builder()
+        .backend(backend)
+        .source("chaos-consumer")
+        .catalog(&[CatalogEntry::of::<OrderPlaced>()])
+        .inbox(Arc::new(SqlInbox::new(pool.clone())))
+        .extension(pool)
+        .subscribe(
+            Subscription::new("chaos.order.*", apply)
+                .group(GROUP)
+                .concurrency(8)
+                .retries(3)
+                .backoff(eventbus::Backoff::exponential(Duration::from_millis(50), Duration::from_millis(500))),
+        )
+        .start()
+        .await
+        .expect("bus");
+    futures::future::pending::<ExitCode>().await
+}
+
+struct Options {
+    events: i64,
+    kills: u32,
+    redis_restarts: u32,
+    timeout: Duration,
+}
+
+fn parse_options(args: &[String]) -> Result<Options, String> {
+    let mut o = Options { events: 3000, kills: 12, redis_restarts: 2, timeout: Duration::from_secs(600) };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = |v: &str| v.parse::<u64>().map_err(|_| format!("{flag}: `{v}` is not a whole number"));
+        match flag.as_str() {
+            "--events" => o.events = number(value)? as i64,
+            "--kills" => o.kills = number(value)? as u32,
+            "--redis-restarts" => o.redis_restarts = number(value)? as u32,
+            "--timeout-secs" => o.timeout = Duration::from_secs(number(value)?),
+            other => return Err(format!("unknown option {other}; expected --events, --kills, --redis-restarts, --timeout-secs")),
+        }
+    }
+    Ok(o)
+}
+
+fn spawn(role: &str, vars: &[(&str, String)], events: i64) -> Child {
+    let exe = std::env::current_exe().expect("own path");
+    let mut cmd = Command::new(exe);
+    cmd.arg(role).arg(events.to_string());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd.env("RUST_LOG", "off").stdout(std::process::Stdio::null());
+    cmd.spawn().unwrap_or_else(|e| panic!("spawn {role}: {e}"))
+}
+
+async fn driver(options: Options) -> ExitCode {
+    let started = Instant::now();
+    // A fresh database and key prefix for this run.
+    let admin = PgPool::connect(&env("DATABASE_URL")).await.expect("connect to postgres");
+    let db = format!("chaos_{}", Uuid::now_v7().simple());
+    sqlx::query(&format!("CREATE DATABASE {db}")).execute(&admin).await.expect("create database");
+    let base = env("DATABASE_URL");
+    let db_url = match base.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{db}"),
+        None => panic!("DATABASE_URL has no database part"),
+    };
+    let prefix = format!("chaos-{}", Uuid::now_v7().simple());
+    std::env::set_var("CHAOS_DATABASE_URL", &db_url);
+    std::env::set_var("CHAOS_PREFIX", &prefix);
+    let pool = pool().await;
+    postgres::migrate(&pool).await.expect("migrate");
+    sqlx::query("CREATE TABLE chaos_orders (n BIGINT PRIMARY KEY, event_id UUID NOT NULL, poison BOOL NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("orders table");
+    sqlx::query("CREATE TABLE chaos_ledger (seq BIGSERIAL PRIMARY KEY, event_id UUID NOT NULL, n BIGINT NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("ledger table");
+
+    let vars = vec![
+        ("CHAOS_DATABASE_URL", db_url.clone()),
+        ("CHAOS_PREFIX", prefix.clone()),
+        ("EVENTBUS_REDIS_URL", env("EVENTBUS_REDIS_URL")),
+    ];
+    let roles = ["producer", "dispatcher", "consumer"];
+    let mut children: Vec<Option<Child>> = roles.iter().map(|r| Some(spawn(r, &vars, options.events))).collect();
+    let mut producer_done = false;
+    let (mut kills, mut restarts) = (0u32, 0u32);
+    let mut rng = fastrand::Rng::with_seed(42);
+    let restart_at: Vec<u32> = (1..=options.redis_restarts)
+        .map(|i| i * options.kills.max(1) / (options.redis_restarts + 1))
+        .collect();
+    let mut chaos_done = options.kills == 0 && options.redis_restarts == 0;
+    let mut last_progress = (0i64, Instant::now());
+    loop {
+        if started.elapsed() > options.timeout {
+            eprintln!("chaos: timed out after {:?}", options.timeout);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.u64(200..800))).await;
+        if !producer_done {
+            if let Some(child) = children[0].as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    if status.success() {
+                        producer_done = true;
+                        children[0] = None;
+                    } else {
+                        children[0] = Some(spawn("producer", &vars, options.events));
+                    }
+                }
+            }
+        }
+        if !chaos_done {
+            if restarts < options.redis_restarts && restart_at.get(restarts as usize) == Some(&kills) {
+                restarts += 1;
+                tokio::task::spawn_blocking(eventbus_integration::restart_redis).await.expect("restart redis");
+            }
+            let candidates: Vec<usize> = (0..3).filter(|&i| children[i].is_some()).collect();
+            if kills < options.kills && !candidates.is_empty() {
+                let victim = candidates[rng.usize(..candidates.len())];
+                if let Some(mut child) = children[victim].take() {
+                    let _ = child.kill(); // SIGKILL
+                    let _ = child.wait();
+                }
+                kills += 1;
+                children[victim] = Some(spawn(roles[victim], &vars, options.events));
+            }
+            chaos_done = kills >= options.kills && restarts >= options.redis_restarts;
+        }
+        if producer_done && chaos_done {
+            let committed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chaos_orders WHERE NOT poison").fetch_one(&pool).await.unwrap_or(0);
+            let applied: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT event_id) FROM chaos_ledger").fetch_one(&pool).await.unwrap_or(0);
+            let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE state = 'PENDING'").fetch_one(&pool).await.unwrap_or(-1);
+            if applied >= committed && pending == 0 {
+                // Give stragglers (redeliveries, dead letters) a moment, then check.
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                break;
+            }
+            if applied != last_progress.0 {
+                last_progress = (applied, Instant::now());
+            } else if last_progress.1.elapsed() > Duration::from_secs(60) {
+                eprintln!("chaos: no progress for 60 s ({applied} of {committed} applied, {pending} pending in the outbox)");
+                break;
+            }
+        }
+    }
+    for child in children.iter_mut().flatten() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    // The invariants.
+    let orders: Vec<(i64, Uuid, bool)> = sqlx::query_as("SELECT n, event_id, poison FROM chaos_orders").fetch_all(&pool).await.expect("orders");
+    let ledger: Vec<(Uuid,)> = sqlx::query_as("SELECT event_id FROM chaos_ledger").fetch_all(&pool).await.expect("ledger");
+    let committed: HashSet<Uuid> = orders.iter().filter(|o| !o.2).map(|o| o.1).collect();
+    let poison: HashSet<Uuid> = orders.iter().filter(|o| o.2).map(|o| o.1).collect();
+    let all_orders: HashSet<Uuid> = orders.iter().map(|o| o.1).collect();
+    let applied: HashSet<Uuid> = ledger.iter().map(|l| l.0).collect();
+    let backend = RedisBackend::connect(redis_config()).await.expect("redis");
+    let dead = eventbus::dead_letter::DeadLetters::new(Arc::new(backend)).list("chaos.order.placed").await.expect("dlq");
+    let dead_ids: HashSet<Uuid> = dead.iter().filter_map(|d| d.envelope().ok().map(|e| e.id)).collect();
+    let reasons_ok = dead.iter().all(|d| d.failure.message.contains("is poison"));
+    let lost = committed.difference(&applied).count();
+    let duplicated = ledger.len() - applied.len();
+    let orphans = applied.difference(&all_orders).count();
+    let poison_applied = poison.intersection(&applied).count();
+    let poison_missing = poison.difference(&dead_ids).count();
+    let misplaced = dead_ids.difference(&poison).count();
+    println!(
+        "chaos: backend=redis events={} committed={} kills={kills} redis_restarts={restarts} lost={lost} duplicated={duplicated} dead_lettered={} orphans={orphans} poison_applied={poison_applied} poison_missing={poison_missing} misplaced={misplaced} seconds={:.0}",
+        options.events,
+        orders.len(),
+        dead_ids.len(),
+        started.elapsed().as_secs_f64()
+    );
+    pool.close().await;
+    let _ = sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)")).execute(&admin).await;
+    let complete = orders.len() as i64 == options.events;
+    if lost == 0 && duplicated == 0 && orphans == 0 && poison_applied == 0 && poison_missing == 0 && misplaced == 0 && reasons_ok && complete {
+        ExitCode::SUCCESS
+    } else {
+        if !complete {
+            eprintln!("chaos: the producer committed {} of {} orders", orders.len(), options.events);
+        }
+        ExitCode::FAILURE
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    match args.first().map(String::as_str) {
+        Some("producer") => {
+            let events = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+            rt.block_on(producer(events));
+            ExitCode::SUCCESS
+        }
+        Some("dispatcher") => rt.block_on(dispatcher()),
+        Some("consumer") => rt.block_on(consumer()),
+        _ => {
+            let rest = if args.first().map(String::as_str) == Some("driver") { &args[1..] } else { &args[..] };
+            match parse_options(rest) {
+                Ok(options) => rt.block_on(driver(options)),
+                Err(message) => {
+                    eprintln!("chaos: {message}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The outbox and SQL inbox suite on SQLite: a temp file in WAL mode, no server needed.
+//!
+//! The databases use `synchronous = NORMAL` to keep the suite fast: WAL with NORMAL survives
+//! a crash of the process (what these tests inject), not a power loss; the library's
+//! [`sqlite::connect_options`] default is `FULL`.
+
+#[path = "outbox_suite/mod.rs"]
+#[macro_use]
+mod suite;
+
+
+use eventbus::outbox::sqlx::sqlite::{SqlitePoolOptions, SqliteSynchronous};
+use eventbus::outbox::sqlx::{self, Sqlite};
+use eventbus::outbox::{sqlite, Outbox};
+use eventbus::Uuid;
+use futures::future::BoxFuture;
+use suite::Fresh;
+
+impl_test_db!(Sqlite, "BEGIN IMMEDIATE");
+
+async fn fresh(test: &str) -> Option<Fresh<Sqlite>> {
+    let path = std::env::temp_dir().join(format!("eventbus-outbox-{test}-{}.db", Uuid::now_v7()));
+    let options = sqlite::connect_options(&path).synchronous(SqliteSynchronous::Normal);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .expect("sqlite");
+    sqlite::migrate(&pool).await.expect("migrate");
+    for ddl in suite::app_schema("INTEGER PRIMARY KEY") {
+        sqlx::query(&ddl).execute(&pool).await.expect("schema");
+    }
+    let teardown = move || -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+        })
+    };
+    Some(Fresh {
+        pool,
+        teardown: Box::new(teardown),
+    })
+}
+
+shared_tests! {
+    fresh;
+    rollback_publishes_nothing_commit_publishes_once,
+    exactly_once_downstream_under_redelivery,
+    kill_dispatcher_while_events_flow(100, 1),
+    publish_failure_backs_off_then_dead_letters,
+    failed_dead_letter_publish_is_retried,
+    encryption_round_trip_and_rotation,
+    cleanup_removes_sent_rows_and_old_inbox_rows,
+    dispatcher_runs_the_cleanup,
+    backlog_reports_size_and_age,
+    inbox_transaction_claims_an_event_once,
+    config_errors_name_the_setting,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_idempotent_and_switch_to_wal() {
+    let db = fresh("migrate").await.expect("db");
+    sqlite::migrate(&db.pool).await.expect("again");
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&db.pool)
+        .await
+        .expect("pragma");
+    assert_eq!(mode, "wal");
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&db.pool)
+        .await
+        .expect("migrations");
+    assert_eq!(applied, 2);
+    db.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_only() {
+    let db = fresh("one_worker").await.expect("db");
+    let err = Outbox::builder(db.pool.clone())
+        .concurrency(2)
+        .build()
+        .expect_err("sqlite has one writer")
+        .to_string();
+    assert!(err.contains("outbox.concurrency"), "{err}");
+    db.finish().await;
+}
