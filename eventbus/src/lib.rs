@@ -38,6 +38,11 @@
 //! | `tokio` | yes | [`runtime::TokioRuntime`] |
 //! | `smol` | no | [`runtime::SmolRuntime`] |
 //! | `inventory` | yes | automatic collection of `#[subscriber]` functions |
+//! | `redis` | no | `backend::redis`: Redis Streams backend, Redis inbox, pub/sub |
+//! | `redis-tls` | no | `rediss://` for the Redis backend |
+//! | `postgres` | no | `outbox` and SQL inbox on PostgreSQL |
+//! | `sqlite` | no | `outbox` and SQL inbox on SQLite |
+//! | `admin` | no | `admin`: HTTP server, dashboard |
 
 #[cfg(feature = "admin")]
 pub mod admin;
