@@ -170,6 +170,11 @@ fn pct(v: &[u64], p: f64) -> f64 {
 }
 
 fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        // `cargo test --all-targets` runs bench binaries without `--bench`: nothing to measure.
+        println!("redis_throughput: run with `cargo bench` to measure");
+        return;
+    }
     let Ok(url) = std::env::var("EVENTBUS_REDIS_URL") else {
         eprintln!("EVENTBUS_REDIS_URL is not set; start a redis-server and point it there");
         std::process::exit(2);
