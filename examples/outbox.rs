@@ -34,7 +34,10 @@ pub struct OrderPlaced {
 /// Creates the shipment of an order, once per order event, in the inbox transaction.
 async fn ship(ctx: Context, env: Envelope<OrderPlaced>) -> HandlerResult {
     let Some(mut tx) = ctx.transaction::<Sqlite>().await? else {
-        println!("[shipping] {}: duplicate delivery, already shipped", env.data.order_id);
+        println!(
+            "[shipping] {}: duplicate delivery, already shipped",
+            env.data.order_id
+        );
         return Ok(());
     };
     sqlx::query("INSERT INTO shipments (order_id) VALUES ($1)")
@@ -42,7 +45,11 @@ async fn ship(ctx: Context, env: Envelope<OrderPlaced>) -> HandlerResult {
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    println!("[shipping] {}: shipment created (attempt {})", env.data.order_id, ctx.attempt());
+    println!(
+        "[shipping] {}: shipment created (attempt {})",
+        env.data.order_id,
+        ctx.attempt()
+    );
     Ok(())
 }
 
@@ -85,11 +92,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     sqlx::query("CREATE TABLE orders (id TEXT PRIMARY KEY, total_cents INTEGER NOT NULL)")
         .execute(&pool)
         .await?;
-    sqlx::query("CREATE TABLE shipments (order_id TEXT NOT NULL)").execute(&pool).await?;
+    sqlx::query("CREATE TABLE shipments (order_id TEXT NOT NULL)")
+        .execute(&pool)
+        .await?;
 
     // The broker will deliver the next event twice, as brokers sometimes do.
     let backend = MemoryBackend::new();
-    backend.inject(Faults { duplicate_deliveries: 1, ..Faults::default() });
+    backend.inject(Faults {
+        duplicate_deliveries: 1,
+        ..Faults::default()
+    });
     let bus = Bus::builder()
         .backend(backend.clone())
         .source("shop")
@@ -101,7 +113,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Load the key from your secret store; a fixed one keeps the example self-contained.
     let keys = KeyRing::new("2026-01", &[42u8; 32])?;
-    let outbox = Outbox::builder(pool.clone()).source("shop").encryption(keys).build()?;
+    let outbox = Outbox::builder(pool.clone())
+        .source("shop")
+        .encryption(keys)
+        .build()?;
     let dispatcher = outbox.dispatcher(bus.backend().clone()).start()?;
 
     place_order(&pool, &outbox, "o-1", true).await?;
@@ -118,9 +133,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     println!();
-    let orders: Vec<String> = sqlx::query_scalar("SELECT id FROM orders").fetch_all(&pool).await?;
-    let shipments: Vec<String> =
-        sqlx::query_scalar("SELECT order_id FROM shipments").fetch_all(&pool).await?;
+    let orders: Vec<String> = sqlx::query_scalar("SELECT id FROM orders")
+        .fetch_all(&pool)
+        .await?;
+    let shipments: Vec<String> = sqlx::query_scalar("SELECT order_id FROM shipments")
+        .fetch_all(&pool)
+        .await?;
     println!("orders:    {orders:?}");
     println!("shipments: {shipments:?} (one, although the event was delivered twice)");
     for row in outbox.rows(OutboxState::Sent, 10).await? {

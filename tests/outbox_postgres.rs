@@ -27,7 +27,11 @@ const SUITE: &str = "outbox_postgres";
 async fn fresh(test: &str) -> Option<Fresh<Postgres>> {
     let url = eventbus_integration::require_server("DATABASE_URL", SUITE)?;
     let admin = PgConnectOptions::from_str(&url).expect("DATABASE_URL");
-    let name = format!("t_{}_{}", &test[..test.len().min(24)], Uuid::now_v7().simple());
+    let name = format!(
+        "t_{}_{}",
+        &test[..test.len().min(24)],
+        Uuid::now_v7().simple()
+    );
     let mut conn = PgConnection::connect_with(&admin).await.expect("connect");
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut conn)
@@ -79,7 +83,9 @@ shared_tests! {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_are_idempotent_and_concurrent() {
-    let Some(db) = fresh("migrate").await else { return };
+    let Some(db) = fresh("migrate").await else {
+        return;
+    };
     let (a, b) = tokio::join!(postgres::migrate(&db.pool), postgres::migrate(&db.pool));
     a.expect("first");
     b.expect("second");
@@ -133,7 +139,9 @@ impl Backend for Recording {
 async fn three_dispatchers_never_publish_a_row_twice_and_keep_key_order() {
     const HALF: i64 = 3_000;
     const KEYS: i64 = 400;
-    let Some(db) = fresh("three_dispatchers").await else { return };
+    let Some(db) = fresh("three_dispatchers").await else {
+        return;
+    };
     let writer = Outbox::new(db.pool.clone());
     let enqueue = |from: i64| {
         let writer = writer.clone();
@@ -147,7 +155,10 @@ async fn three_dispatchers_never_publish_a_row_twice_and_keep_key_order() {
                     })
                     .collect();
                 let mut tx = Postgres::begin(&pool).await;
-                writer.enqueue_batch(&mut *tx, &events).await.expect("enqueue");
+                writer
+                    .enqueue_batch(&mut *tx, &events)
+                    .await
+                    .expect("enqueue");
                 Postgres::commit(tx).await.expect("commit");
                 tokio::time::sleep(Duration::from_millis(3)).await;
             }
@@ -171,7 +182,12 @@ async fn three_dispatchers_never_publish_a_row_twice_and_keep_key_order() {
             dispatcher: n,
             log: log.clone(),
         };
-        dispatchers.push(outbox.dispatcher(Arc::new(recording)).start().expect("dispatcher"));
+        dispatchers.push(
+            outbox
+                .dispatcher(Arc::new(recording))
+                .start()
+                .expect("dispatcher"),
+        );
     }
     enqueue(HALF).await;
     eventually("every row published", Duration::from_secs(60), || async {
@@ -212,22 +228,32 @@ async fn three_dispatchers_never_publish_a_row_twice_and_keep_key_order() {
 /// A commit wakes the dispatcher through LISTEN/NOTIFY long before its poll interval.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_wakes_the_dispatcher_before_the_poll_interval() {
-    let Some(db) = fresh("notify").await else { return };
+    let Some(db) = fresh("notify").await else {
+        return;
+    };
     let backend = MemoryBackend::new();
     let outbox = Outbox::builder(db.pool.clone())
         .poll_interval(Duration::from_secs(60))
         .build()
         .expect("outbox");
-    let dispatcher = outbox.dispatcher(Arc::new(backend.clone())).start().expect("dispatcher");
+    let dispatcher = outbox
+        .dispatcher(Arc::new(backend.clone()))
+        .start()
+        .expect("dispatcher");
     tokio::time::sleep(Duration::from_millis(500)).await; // first pass done, LISTEN set up
     for round in 0..3 {
         let mut tx = Postgres::begin(&db.pool).await;
-        outbox.enqueue(&mut *tx, &credit("n", round)).await.expect("enqueue");
+        outbox
+            .enqueue(&mut *tx, &credit("n", round))
+            .await
+            .expect("enqueue");
         let committed = Instant::now();
         Postgres::commit(tx).await.expect("commit");
-        eventually("the notified dispatcher to publish", Duration::from_secs(5), || async {
-            backend.messages("ledger.credited").len() as i64 == round + 1
-        })
+        eventually(
+            "the notified dispatcher to publish",
+            Duration::from_secs(5),
+            || async { backend.messages("ledger.credited").len() as i64 == round + 1 },
+        )
         .await;
         let latency = committed.elapsed();
         eprintln!("commit → publish latency with a 60 s poll interval: {latency:?}");

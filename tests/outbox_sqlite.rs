@@ -8,7 +8,6 @@
 #[macro_use]
 mod suite;
 
-
 use eventbus::outbox::sqlx::sqlite::{SqlitePoolOptions, SqliteSynchronous};
 use eventbus::outbox::sqlx::{self, Sqlite};
 use eventbus::outbox::{sqlite, Outbox};

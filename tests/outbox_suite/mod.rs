@@ -116,9 +116,15 @@ macro_rules! impl_test_db {
                 })
             }
 
-            fn scalar<'p>(pool: &'p sqlx::Pool<$db>, sql: &'p str) -> futures::future::BoxFuture<'p, i64> {
+            fn scalar<'p>(
+                pool: &'p sqlx::Pool<$db>,
+                sql: &'p str,
+            ) -> futures::future::BoxFuture<'p, i64> {
                 Box::pin(async move {
-                    sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.expect(sql)
+                    sqlx::query_scalar::<_, i64>(sql)
+                        .fetch_one(pool)
+                        .await
+                        .expect(sql)
                 })
             }
 
@@ -201,7 +207,10 @@ where
         if check().await {
             return;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -255,7 +264,10 @@ pub async fn downstream<DB: TestDb>(
                 .group("ledger")
                 .concurrency(concurrency)
                 .retries(20)
-                .backoff(Backoff::exponential(Duration::from_millis(5), Duration::from_millis(100))),
+                .backoff(Backoff::exponential(
+                    Duration::from_millis(5),
+                    Duration::from_millis(100),
+                )),
         )
         .start()
         .await
@@ -270,7 +282,10 @@ fn memory(backend: &MemoryBackend) -> Arc<dyn Backend> {
 fn fast<DB: TestDb>(pool: &Pool<DB>) -> eventbus::outbox::OutboxBuilder<DB> {
     Outbox::builder(pool.clone())
         .poll_interval(Duration::from_millis(20))
-        .backoff(Backoff::exponential(Duration::from_millis(10), Duration::from_millis(50)))
+        .backoff(Backoff::exponential(
+            Duration::from_millis(10),
+            Duration::from_millis(50),
+        ))
         .retention(Retention::keep())
 }
 
@@ -297,7 +312,10 @@ fn assert_ordered_per_key(events: impl IntoIterator<Item = (String, i64)>) {
     }
 }
 
-pub async fn migrate_is_idempotent<DB: TestDb>(_db: &Fresh<DB>, migrate: impl Fn() -> BoxFuture<'static, ()>) {
+pub async fn migrate_is_idempotent<DB: TestDb>(
+    _db: &Fresh<DB>,
+    migrate: impl Fn() -> BoxFuture<'static, ()>,
+) {
     migrate().await;
     migrate().await;
 }
@@ -308,23 +326,38 @@ pub async fn rollback_publishes_nothing_commit_publishes_once<DB: TestDb>(db: &F
     let backend = MemoryBackend::new();
     let (bus, seen) = downstream(pool, &backend, 2).await;
     let outbox = fast(pool).build().expect("outbox");
-    let dispatcher = outbox.dispatcher(memory(&backend)).start().expect("dispatcher");
+    let dispatcher = outbox
+        .dispatcher(memory(&backend))
+        .start()
+        .expect("dispatcher");
 
     let mut tx = DB::begin(pool).await;
     let insert = "INSERT INTO accounts (id, balance) VALUES ($1, 0)";
-    DB::exec(&mut *tx, insert, vec![Arg::Text("ghost".into())]).await.expect("insert");
-    let ghost = outbox.enqueue(&mut *tx, &credit("ghost", 1)).await.expect("enqueue");
+    DB::exec(&mut *tx, insert, vec![Arg::Text("ghost".into())])
+        .await
+        .expect("insert");
+    let ghost = outbox
+        .enqueue(&mut *tx, &credit("ghost", 1))
+        .await
+        .expect("enqueue");
     DB::rollback(tx).await;
 
     let mut tx = DB::begin(pool).await;
-    DB::exec(&mut *tx, insert, vec![Arg::Text("alice".into())]).await.expect("insert");
-    let id = outbox.enqueue(&mut *tx, &credit("alice", 2)).await.expect("enqueue");
+    DB::exec(&mut *tx, insert, vec![Arg::Text("alice".into())])
+        .await
+        .expect("insert");
+    let id = outbox
+        .enqueue(&mut *tx, &credit("alice", 2))
+        .await
+        .expect("enqueue");
     DB::commit(tx).await.expect("commit");
     outbox.wake();
 
-    eventually("the committed event to be handled", Duration::from_secs(10), || async {
-        DB::scalar(pool, "SELECT count(*) FROM effects").await == 1
-    })
+    eventually(
+        "the committed event to be handled",
+        Duration::from_secs(10),
+        || async { DB::scalar(pool, "SELECT count(*) FROM effects").await == 1 },
+    )
     .await;
     // Give a stray (rolled back) event time to show up, then check nothing else came.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -332,9 +365,16 @@ pub async fn rollback_publishes_nothing_commit_publishes_once<DB: TestDb>(db: &F
     assert_eq!(published.len(), 1, "exactly one message published");
     assert_eq!(decode(&published[0].message.payload).id, id);
     assert_ne!(ghost, id);
-    assert_eq!(DB::effects(pool).await, vec![(id.to_string(), "alice".to_owned(), 2)]);
+    assert_eq!(
+        DB::effects(pool).await,
+        vec![(id.to_string(), "alice".to_owned(), 2)]
+    );
     assert_eq!(DB::scalar(pool, "SELECT count(*) FROM accounts").await, 1);
-    assert_eq!(DB::scalar(pool, "SELECT count(*) FROM outbox").await, 1, "no row for the rollback");
+    assert_eq!(
+        DB::scalar(pool, "SELECT count(*) FROM outbox").await,
+        1,
+        "no row for the rollback"
+    );
     let sent = outbox.rows(OutboxState::Sent, 10).await.expect("rows");
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].event_id, id);
@@ -357,12 +397,22 @@ pub async fn exactly_once_downstream_under_redelivery<DB: TestDb>(db: &Fresh<DB>
         ..Faults::default()
     });
     let outbox = fast(pool).batch_size(7).build().expect("outbox");
-    let dispatcher = outbox.dispatcher(memory(&backend)).start().expect("dispatcher");
+    let dispatcher = outbox
+        .dispatcher(memory(&backend))
+        .start()
+        .expect("dispatcher");
     let mut ids = HashSet::new();
     for batch in 0..5 {
         let mut tx = DB::begin(pool).await;
-        let events: Vec<Credited> = (0..6).map(|i| credit(format!("a{}", i % 3), batch * 6 + i)).collect();
-        ids.extend(outbox.enqueue_batch(&mut *tx, &events).await.expect("enqueue"));
+        let events: Vec<Credited> = (0..6)
+            .map(|i| credit(format!("a{}", i % 3), batch * 6 + i))
+            .collect();
+        ids.extend(
+            outbox
+                .enqueue_batch(&mut *tx, &events)
+                .await
+                .expect("enqueue"),
+        );
         DB::commit(tx).await.expect("commit");
     }
     outbox.wake();
@@ -372,11 +422,17 @@ pub async fn exactly_once_downstream_under_redelivery<DB: TestDb>(db: &Fresh<DB>
     .await;
     let effects = DB::effects(pool).await;
     assert_eq!(effects.len(), 30);
-    let handled: HashSet<Uuid> = effects.iter().map(|(id, _, _)| id.parse().unwrap()).collect();
+    let handled: HashSet<Uuid> = effects
+        .iter()
+        .map(|(id, _, _)| id.parse().unwrap())
+        .collect();
     assert_eq!(handled, ids);
     assert_ordered_per_key(effects.into_iter().map(|(_, k, s)| (k, s)));
     let stats = bus.stats();
-    assert!(stats.duplicates > 0, "the faults caused redeliveries: {stats:?}");
+    assert!(
+        stats.duplicates > 0,
+        "the faults caused redeliveries: {stats:?}"
+    );
     assert_eq!(DB::scalar(pool, "SELECT count(*) FROM inbox").await, 30);
     dispatcher.shutdown(Duration::from_secs(5)).await;
     bus.shutdown(Duration::from_secs(5)).await;
@@ -414,7 +470,10 @@ pub async fn kill_dispatcher_while_events_flow<DB: TestDb>(
                     })
                     .collect();
                 let mut tx = DB::begin(&pool).await;
-                outbox.enqueue_batch(&mut *tx, &events).await.expect("enqueue");
+                outbox
+                    .enqueue_batch(&mut *tx, &events)
+                    .await
+                    .expect("enqueue");
                 DB::commit(tx).await.expect("commit");
                 outbox.wake();
                 tokio::time::sleep(Duration::from_millis(fastrand::u64(2..12))).await;
@@ -422,16 +481,24 @@ pub async fn kill_dispatcher_while_events_flow<DB: TestDb>(
         })
     };
 
-    let mut dispatcher = outbox.dispatcher(memory(&backend)).start().expect("dispatcher");
+    let mut dispatcher = outbox
+        .dispatcher(memory(&backend))
+        .start()
+        .expect("dispatcher");
     for _ in 0..KILLS {
         tokio::time::sleep(Duration::from_millis(fastrand::u64(10..50))).await;
         dispatcher.abort().await;
-        dispatcher = outbox.dispatcher(memory(&backend)).start().expect("dispatcher");
+        dispatcher = outbox
+            .dispatcher(memory(&backend))
+            .start()
+            .expect("dispatcher");
     }
     producer.await.expect("producer");
-    eventually("all 5 000 side effects", Duration::from_secs(120), || async {
-        DB::scalar(pool, "SELECT count(*) FROM effects").await >= EVENTS
-    })
+    eventually(
+        "all 5 000 side effects",
+        Duration::from_secs(120),
+        || async { DB::scalar(pool, "SELECT count(*) FROM effects").await >= EVENTS },
+    )
     .await;
     eventually("the backlog to drain", Duration::from_secs(30), || async {
         outbox.backlog().await.expect("backlog").pending == 0 && backend.outstanding() == 0
@@ -440,7 +507,11 @@ pub async fn kill_dispatcher_while_events_flow<DB: TestDb>(
     let published = backend.messages("ledger.credited").len() as i64;
     let effects = DB::effects(pool).await;
     let distinct: HashSet<&String> = effects.iter().map(|(id, _, _)| id).collect();
-    assert_eq!(effects.len() as i64, EVENTS, "every event's side effect exactly once");
+    assert_eq!(
+        effects.len() as i64,
+        EVENTS,
+        "every event's side effect exactly once"
+    );
     assert_eq!(distinct.len() as i64, EVENTS);
     assert!(published >= EVENTS, "{published} published");
     let stats = bus.stats();
@@ -467,7 +538,10 @@ pub async fn publish_failure_backs_off_then_dead_letters<DB: TestDb>(db: &Fresh<
     let backend = MemoryBackend::new();
     let outbox = fast(pool)
         .retry_max(3)
-        .backoff(Backoff::exponential(Duration::from_millis(40), Duration::from_millis(200)).with_jitter(false))
+        .backoff(
+            Backoff::exponential(Duration::from_millis(40), Duration::from_millis(200))
+                .with_jitter(false),
+        )
         .build()
         .expect("outbox");
 
@@ -477,16 +551,28 @@ pub async fn publish_failure_backs_off_then_dead_letters<DB: TestDb>(db: &Fresh<
         ..Faults::default()
     });
     let mut tx = DB::begin(pool).await;
-    let first = outbox.enqueue(&mut *tx, &credit("k", 1)).await.expect("enqueue");
-    let second = outbox.enqueue(&mut *tx, &credit("k", 2)).await.expect("enqueue");
+    let first = outbox
+        .enqueue(&mut *tx, &credit("k", 1))
+        .await
+        .expect("enqueue");
+    let second = outbox
+        .enqueue(&mut *tx, &credit("k", 2))
+        .await
+        .expect("enqueue");
     DB::commit(tx).await.expect("commit");
     let started = Instant::now();
-    let dispatcher = outbox.dispatcher(memory(&backend)).start().expect("dispatcher");
+    let dispatcher = outbox
+        .dispatcher(memory(&backend))
+        .start()
+        .expect("dispatcher");
     eventually("both rows sent", Duration::from_secs(10), || async {
         backend.messages("ledger.credited").len() == 2
     })
     .await;
-    assert!(started.elapsed() >= Duration::from_millis(40), "waited for the backoff");
+    assert!(
+        started.elapsed() >= Duration::from_millis(40),
+        "waited for the backoff"
+    );
     let order: Vec<Uuid> = backend
         .messages("ledger.credited")
         .iter()
@@ -494,12 +580,21 @@ pub async fn publish_failure_backs_off_then_dead_letters<DB: TestDb>(db: &Fresh<
         .collect();
     assert_eq!(order, vec![first, second], "the retried row kept its place");
     eventually("rows marked sent", Duration::from_secs(5), || async {
-        outbox.rows(OutboxState::Sent, 10).await.expect("rows").len() == 2
+        outbox
+            .rows(OutboxState::Sent, 10)
+            .await
+            .expect("rows")
+            .len()
+            == 2
     })
     .await;
     let sent = outbox.rows(OutboxState::Sent, 10).await.expect("rows");
     assert_eq!(sent[0].attempts, 2, "one failure, one success");
-    assert!(sent[0].last_error.as_deref().unwrap_or("").contains("injected publish failure"));
+    assert!(sent[0]
+        .last_error
+        .as_deref()
+        .unwrap_or("")
+        .contains("injected publish failure"));
     assert_eq!(sent[1].attempts, 1);
 
     // A row that fails every time: three attempts, then the dead-letter queue.
@@ -508,16 +603,27 @@ pub async fn publish_failure_backs_off_then_dead_letters<DB: TestDb>(db: &Fresh<
         ..Faults::default()
     });
     let mut tx = DB::begin(pool).await;
-    let doomed = outbox.enqueue(&mut *tx, &credit("d", 3)).await.expect("enqueue");
+    let doomed = outbox
+        .enqueue(&mut *tx, &credit("d", 3))
+        .await
+        .expect("enqueue");
     DB::commit(tx).await.expect("commit");
     let started = Instant::now();
     outbox.wake();
     eventually("the row to fail", Duration::from_secs(10), || async {
-        !outbox.rows(OutboxState::Failed, 10).await.expect("rows").is_empty()
+        !outbox
+            .rows(OutboxState::Failed, 10)
+            .await
+            .expect("rows")
+            .is_empty()
     })
     .await;
     // Waits of 40 ms and 80 ms between the three attempts.
-    assert!(started.elapsed() >= Duration::from_millis(120), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(120),
+        "{:?}",
+        started.elapsed()
+    );
     let failed = outbox.rows(OutboxState::Failed, 10).await.expect("rows");
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].event_id, doomed);
@@ -527,15 +633,26 @@ pub async fn publish_failure_backs_off_then_dead_letters<DB: TestDb>(db: &Fresh<
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].group, "outbox");
     assert_eq!(dead[0].failure.attempts, 3);
-    assert!(dead[0].failure.message.contains("injected publish failure"), "{}", dead[0].failure.message);
+    assert!(
+        dead[0].failure.message.contains("injected publish failure"),
+        "{}",
+        dead[0].failure.message
+    );
     assert_eq!(dead[0].envelope().expect("envelope").id, doomed);
-    assert_eq!(backend.messages("ledger.credited").len(), 2, "never published");
+    assert_eq!(
+        backend.messages("ledger.credited").len(),
+        2,
+        "never published"
+    );
     let backlog = outbox.backlog().await.expect("backlog");
     assert_eq!((backlog.pending, backlog.failed), (0, 1));
     assert!(dispatcher.stats().dead_lettered == 1 && dispatcher.stats().retries >= 3);
 
     // Fixed: requeue it.
-    assert_eq!(outbox.retry_failed(&[failed[0].id]).await.expect("requeue"), 1);
+    assert_eq!(
+        outbox.retry_failed(&[failed[0].id]).await.expect("requeue"),
+        1
+    );
     eventually("the requeued row sent", Duration::from_secs(5), || async {
         backend.messages("ledger.credited").len() == 3
     })
@@ -561,9 +678,15 @@ pub async fn failed_dead_letter_publish_is_retried<DB: TestDb>(db: &Fresh<DB>) {
         ..Faults::default()
     });
     let mut tx = DB::begin(pool).await;
-    outbox.enqueue(&mut *tx, &credit("x", 1)).await.expect("enqueue");
+    outbox
+        .enqueue(&mut *tx, &credit("x", 1))
+        .await
+        .expect("enqueue");
     DB::commit(tx).await.expect("commit");
-    let dispatcher = outbox.dispatcher(memory(&backend)).start().expect("dispatcher");
+    let dispatcher = outbox
+        .dispatcher(memory(&backend))
+        .start()
+        .expect("dispatcher");
     eventually("the row to fail", Duration::from_secs(10), || async {
         outbox.backlog().await.expect("backlog").failed == 1
     })
@@ -590,13 +713,22 @@ pub async fn encryption_round_trip_and_rotation<DB: TestDb>(db: &Fresh<DB>) {
         note: format!("alice-{seq}@example.com"),
     };
     let mut tx = DB::begin(pool).await;
-    let a = writer_a.enqueue(&mut *tx, &secret(1)).await.expect("enqueue");
+    let a = writer_a
+        .enqueue(&mut *tx, &secret(1))
+        .await
+        .expect("enqueue");
     DB::commit(tx).await.expect("commit");
 
-    let rotated = KeyRing::new("B", &key_b).expect("ring").with_old_key("A", &key_a).expect("old");
+    let rotated = KeyRing::new("B", &key_b)
+        .expect("ring")
+        .with_old_key("A", &key_a)
+        .expect("old");
     let writer_b = fast(pool).encryption(rotated).build().expect("outbox");
     let mut tx = DB::begin(pool).await;
-    let b = writer_b.enqueue(&mut *tx, &secret(2)).await.expect("enqueue");
+    let b = writer_b
+        .enqueue(&mut *tx, &secret(2))
+        .await
+        .expect("enqueue");
     DB::commit(tx).await.expect("commit");
 
     let stored = DB::stored_payloads(pool).await;
@@ -605,11 +737,17 @@ pub async fn encryption_round_trip_and_rotation<DB: TestDb>(db: &Fresh<DB>) {
         vec![Some("A".to_owned()), Some("B".to_owned())]
     );
     for (payload, _) in &stored {
-        assert!(!payload.windows(5).any(|w| w == b"alice"), "PII readable at rest");
+        assert!(
+            !payload.windows(5).any(|w| w == b"alice"),
+            "PII readable at rest"
+        );
         assert!(RawEnvelope::decode(payload).is_err());
     }
 
-    let dispatcher = writer_b.dispatcher(memory(&backend)).start().expect("dispatcher");
+    let dispatcher = writer_b
+        .dispatcher(memory(&backend))
+        .start()
+        .expect("dispatcher");
     eventually("both sent", Duration::from_secs(10), || async {
         backend.messages("ledger.credited").len() == 2
     })
@@ -625,26 +763,41 @@ pub async fn encryption_round_trip_and_rotation<DB: TestDb>(db: &Fresh<DB>) {
         .collect();
     assert_eq!(
         got,
-        vec![(a, "alice-1@example.com".to_owned()), (b, "alice-2@example.com".to_owned())]
+        vec![
+            (a, "alice-1@example.com".to_owned()),
+            (b, "alice-2@example.com".to_owned())
+        ]
     );
     dispatcher.shutdown(Duration::from_secs(5)).await;
 
     // Key A retired too early: the row cannot be read, so it fails without a dead letter.
     let mut tx = DB::begin(pool).await;
-    writer_a.enqueue(&mut *tx, &secret(3)).await.expect("enqueue");
+    writer_a
+        .enqueue(&mut *tx, &secret(3))
+        .await
+        .expect("enqueue");
     DB::commit(tx).await.expect("commit");
     let b_only = fast(pool)
         .retry_max(2)
         .encryption(KeyRing::new("B", &key_b).expect("ring"))
         .build()
         .expect("outbox");
-    let dispatcher = b_only.dispatcher(memory(&backend)).start().expect("dispatcher");
-    eventually("the unreadable row to fail", Duration::from_secs(10), || async {
-        b_only.backlog().await.expect("backlog").failed == 1
-    })
+    let dispatcher = b_only
+        .dispatcher(memory(&backend))
+        .start()
+        .expect("dispatcher");
+    eventually(
+        "the unreadable row to fail",
+        Duration::from_secs(10),
+        || async { b_only.backlog().await.expect("backlog").failed == 1 },
+    )
     .await;
     let failed = b_only.rows(OutboxState::Failed, 10).await.expect("rows");
-    assert!(failed[0].last_error.as_deref().unwrap_or("").contains("`A` is not in the key ring"));
+    assert!(failed[0]
+        .last_error
+        .as_deref()
+        .unwrap_or("")
+        .contains("`A` is not in the key ring"));
     assert_eq!(dispatcher.stats().undecryptable, 1);
     assert!(bus_dead_letters(&backend).await.is_empty());
     dispatcher.shutdown(Duration::from_secs(5)).await;
@@ -658,19 +811,31 @@ pub async fn cleanup_removes_sent_rows_and_old_inbox_rows<DB: TestDb>(db: &Fresh
     let relay = fast(pool).build().expect("outbox");
     let mut tx = DB::begin(pool).await;
     let events: Vec<Credited> = (0..10).map(|i| credit("c", i)).collect();
-    relay.enqueue_batch(&mut *tx, &events).await.expect("enqueue");
+    relay
+        .enqueue_batch(&mut *tx, &events)
+        .await
+        .expect("enqueue");
     DB::commit(tx).await.expect("commit");
-    let dispatcher = relay.dispatcher(memory(&backend)).start().expect("dispatcher");
+    let dispatcher = relay
+        .dispatcher(memory(&backend))
+        .start()
+        .expect("dispatcher");
     eventually("ten rows sent", Duration::from_secs(10), || async {
         DB::scalar(pool, "SELECT count(*) FROM outbox WHERE state = 'SENT'").await == 10
     })
     .await;
     dispatcher.shutdown(Duration::from_secs(5)).await;
     let mut tx = DB::begin(pool).await;
-    relay.enqueue(&mut *tx, &credit("p", 99)).await.expect("enqueue");
+    relay
+        .enqueue(&mut *tx, &credit("p", 99))
+        .await
+        .expect("enqueue");
     DB::commit(tx).await.expect("commit");
 
-    let keep_a_day = fast(pool).retention(Retention::delete_after(Duration::from_secs(86_400))).build().expect("outbox");
+    let keep_a_day = fast(pool)
+        .retention(Retention::delete_after(Duration::from_secs(86_400)))
+        .build()
+        .expect("outbox");
     assert_eq!(keep_a_day.cleanup().await.expect("cleanup"), 0, "too young");
 
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -680,8 +845,15 @@ pub async fn cleanup_removes_sent_rows_and_old_inbox_rows<DB: TestDb>(db: &Fresh
         .expect("outbox");
     // Ten rows in batches of three: four statements, everything archived.
     assert_eq!(archive.cleanup().await.expect("archive"), 10);
-    assert_eq!(DB::scalar(pool, "SELECT count(*) FROM outbox_archive").await, 10);
-    assert_eq!(DB::scalar(pool, "SELECT count(*) FROM outbox").await, 1, "pending row stays");
+    assert_eq!(
+        DB::scalar(pool, "SELECT count(*) FROM outbox_archive").await,
+        10
+    );
+    assert_eq!(
+        DB::scalar(pool, "SELECT count(*) FROM outbox").await,
+        1,
+        "pending row stays"
+    );
     assert_eq!(
         DB::scalar(pool, "SELECT count(*) FROM outbox WHERE state = 'PENDING'").await,
         1
@@ -692,12 +864,21 @@ pub async fn cleanup_removes_sent_rows_and_old_inbox_rows<DB: TestDb>(db: &Fresh
         use eventbus::inbox::InboxStore;
         inbox.record("g", Uuid::now_v7()).await.expect("record");
     }
-    assert_eq!(inbox.cleanup(Duration::from_secs(3600), 4).await.expect("cleanup"), 0);
+    assert_eq!(
+        inbox
+            .cleanup(Duration::from_secs(3600), 4)
+            .await
+            .expect("cleanup"),
+        0
+    );
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(inbox.cleanup(Duration::ZERO, 4).await.expect("cleanup"), 10);
     assert_eq!(DB::scalar(pool, "SELECT count(*) FROM inbox").await, 0);
     let err = inbox.cleanup(Duration::ZERO, 0).await.expect_err("batch 0");
-    assert!(err.to_string().contains("inbox.cleanup.batch_size"), "{err}");
+    assert!(
+        err.to_string().contains("inbox.cleanup.batch_size"),
+        "{err}"
+    );
 }
 
 /// The dispatcher's own periodic cleanup deletes `SENT` rows.
@@ -705,13 +886,23 @@ pub async fn dispatcher_runs_the_cleanup<DB: TestDb>(db: &Fresh<DB>) {
     let pool = &db.pool;
     let backend = MemoryBackend::new();
     let outbox = fast(pool)
-        .retention(Retention::delete_after(Duration::ZERO).interval(Duration::from_millis(50)).batch_size(2))
+        .retention(
+            Retention::delete_after(Duration::ZERO)
+                .interval(Duration::from_millis(50))
+                .batch_size(2),
+        )
         .build()
         .expect("outbox");
-    let dispatcher = outbox.dispatcher(memory(&backend)).start().expect("dispatcher");
+    let dispatcher = outbox
+        .dispatcher(memory(&backend))
+        .start()
+        .expect("dispatcher");
     let mut tx = DB::begin(pool).await;
     let events: Vec<Credited> = (0..5).map(|i| credit("r", i)).collect();
-    outbox.enqueue_batch(&mut *tx, &events).await.expect("enqueue");
+    outbox
+        .enqueue_batch(&mut *tx, &events)
+        .await
+        .expect("enqueue");
     DB::commit(tx).await.expect("commit");
     outbox.wake();
     eventually("sent rows deleted", Duration::from_secs(10), || async {
@@ -729,16 +920,25 @@ pub async fn backlog_reports_size_and_age<DB: TestDb>(db: &Fresh<DB>) {
     assert_eq!(outbox.backlog().await.expect("backlog"), Default::default());
     let mut tx = DB::begin(pool).await;
     let events: Vec<Audited> = (0..5).map(|seq| Audited { seq }).collect();
-    outbox.enqueue_batch(&mut *tx, &events).await.expect("enqueue");
+    outbox
+        .enqueue_batch(&mut *tx, &events)
+        .await
+        .expect("enqueue");
     DB::commit(tx).await.expect("commit");
     tokio::time::sleep(Duration::from_millis(120)).await;
     let backlog = outbox.backlog().await.expect("backlog");
     assert_eq!(backlog.pending, 5);
     let age = backlog.oldest_pending_age.expect("age");
-    assert!(age >= Duration::from_millis(100) && age < Duration::from_secs(30), "{age:?}");
+    assert!(
+        age >= Duration::from_millis(100) && age < Duration::from_secs(30),
+        "{age:?}"
+    );
 
     let backend = MemoryBackend::new();
-    let dispatcher = outbox.dispatcher(memory(&backend)).start().expect("dispatcher");
+    let dispatcher = outbox
+        .dispatcher(memory(&backend))
+        .start()
+        .expect("dispatcher");
     eventually("backlog drained", Duration::from_secs(10), || async {
         outbox.backlog().await.expect("backlog").pending == 0
     })
@@ -761,12 +961,26 @@ pub async fn inbox_transaction_claims_an_event_once<DB: TestDb>(db: &Fresh<DB>) 
     let pool = &db.pool;
     let inbox = SqlInbox::new(pool.clone());
     let id = Uuid::now_v7();
-    let tx = inbox.begin("g", id).await.expect("begin").expect("first time");
+    let tx = inbox
+        .begin("g", id)
+        .await
+        .expect("begin")
+        .expect("first time");
     DB::rollback(tx).await;
-    let tx = inbox.begin("g", id).await.expect("begin").expect("rolled back: still new");
+    let tx = inbox
+        .begin("g", id)
+        .await
+        .expect("begin")
+        .expect("rolled back: still new");
     DB::commit(tx).await.expect("commit");
-    assert!(inbox.begin("g", id).await.expect("begin").is_none(), "already handled");
-    assert!(inbox.begin("other", id).await.expect("begin").is_some(), "per group");
+    assert!(
+        inbox.begin("g", id).await.expect("begin").is_none(),
+        "already handled"
+    );
+    assert!(
+        inbox.begin("other", id).await.expect("begin").is_some(),
+        "per group"
+    );
 
     // Concurrent: the second waits for the first and then sees it handled.
     let id = Uuid::now_v7();
@@ -776,26 +990,47 @@ pub async fn inbox_transaction_claims_an_event_once<DB: TestDb>(db: &Fresh<DB>) 
         tokio::spawn(async move { inbox.begin("g", id).await.expect("begin").is_some() })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!second.is_finished(), "the second delivery waits for the first");
+    assert!(
+        !second.is_finished(),
+        "the second delivery waits for the first"
+    );
     DB::commit(first).await.expect("commit");
-    assert!(!second.await.expect("task"), "the second delivery sees the event handled");
+    assert!(
+        !second.await.expect("task"),
+        "the second delivery sees the event handled"
+    );
 }
 
 /// Settings are checked and errors name them.
 pub async fn config_errors_name_the_setting<DB: TestDb>(db: &Fresh<DB>) {
     let pool = &db.pool;
     let cases: Vec<(eventbus::outbox::OutboxBuilder<DB>, &str)> = vec![
-        (Outbox::builder(pool.clone()).batch_size(0), "outbox.batch_size"),
-        (Outbox::builder(pool.clone()).retry_max(0), "outbox.retry_max"),
-        (Outbox::builder(pool.clone()).poll_interval(Duration::ZERO), "outbox.poll_interval"),
-        (Outbox::builder(pool.clone()).concurrency(0), "outbox.concurrency"),
         (
-            Outbox::builder(pool.clone())
-                .backoff(Backoff::exponential(Duration::from_secs(5), Duration::from_secs(1))),
+            Outbox::builder(pool.clone()).batch_size(0),
+            "outbox.batch_size",
+        ),
+        (
+            Outbox::builder(pool.clone()).retry_max(0),
+            "outbox.retry_max",
+        ),
+        (
+            Outbox::builder(pool.clone()).poll_interval(Duration::ZERO),
+            "outbox.poll_interval",
+        ),
+        (
+            Outbox::builder(pool.clone()).concurrency(0),
+            "outbox.concurrency",
+        ),
+        (
+            Outbox::builder(pool.clone()).backoff(Backoff::exponential(
+                Duration::from_secs(5),
+                Duration::from_secs(1),
+            )),
             "outbox.backoff.initial",
         ),
         (
-            Outbox::builder(pool.clone()).retention(Retention::delete_after(Duration::ZERO).batch_size(0)),
+            Outbox::builder(pool.clone())
+                .retention(Retention::delete_after(Duration::ZERO).batch_size(0)),
             "outbox.retention.batch_size",
         ),
         (Outbox::builder(pool.clone()).source(" "), "outbox.source"),

@@ -320,13 +320,14 @@ async fn worker<DB: SqlDatabase>(outbox: Outbox<DB>, relay: Arc<Relay>, shared: 
     let config = outbox.config().clone();
     let mut failures = 0u32;
     let mut blocked = 0u32;
+    let mut floor = Floor::default();
     loop {
         let stopped = shared.stop_signal.listen();
         if shared.is_stopping() {
             return;
         }
         let woken = outbox.wake_signal().listen();
-        let pause = match pass(&outbox, &relay, &shared).await {
+        let pause = match pass(&outbox, &relay, &shared, &mut floor).await {
             Ok(report) if report.failed => {
                 failures = failures.saturating_add(1);
                 Some(config.backoff.delay(failures))
@@ -366,19 +367,58 @@ async fn worker<DB: SqlDatabase>(outbox: Outbox<DB>, relay: Arc<Relay>, shared: 
     }
 }
 
+/// A worker's lower bound for its claims (see `OutboxDriver::outbox_floor`), refreshed at
+/// most every [`Floor::REFRESH`] while busy and after every idle pass.
+#[derive(Default)]
+struct Floor {
+    id: i64,
+    refreshed: Option<DateTime<Utc>>,
+    stale: bool,
+}
+
+impl Floor {
+    const REFRESH: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
+
+    async fn get<DB: SqlDatabase>(
+        &mut self,
+        outbox: &Outbox<DB>,
+        now: DateTime<Utc>,
+    ) -> Result<i64, Error> {
+        let due = self.refreshed.is_none_or(|at| now - at >= Self::REFRESH);
+        if self.stale || due {
+            self.id = DB::outbox_floor(outbox.pool())
+                .await
+                .map_err(|e| db_error::<DB>("outbox floor", e))?;
+            self.refreshed = Some(now);
+            self.stale = false;
+        }
+        Ok(self.id)
+    }
+}
+
 async fn pass<DB: SqlDatabase>(
     outbox: &Outbox<DB>,
     relay: &Relay,
     shared: &Shared,
+    floor: &mut Floor,
 ) -> Result<PassReport, Error> {
     let batch = outbox.config().batch_size;
-    let mut claim = DB::outbox_claim(outbox.pool(), batch)
+    let lowest = floor.get(outbox, shared.clock.now()).await?;
+    let mut claim = DB::outbox_claim(outbox.pool(), batch, lowest)
         .await
         .map_err(|e| db_error::<DB>("outbox claim", e))?;
+    // Nothing to do (or only rows held elsewhere): look below the floor next time.
+    floor.stale = claim.claimed() == 0;
     shared.counters.passes.fetch_add(1, Ordering::Relaxed);
     let claimed = claim.claimed();
     let rows = claim.take_rows();
     let blocked = rows.len() < claimed;
+    let next_floor = claim.next_floor();
+    let ids: Vec<i64> = if next_floor.is_some() {
+        rows.iter().map(|r| r.id).collect()
+    } else {
+        Vec::new()
+    };
     let (settlement, dead_lettered, undecryptable) = if rows.is_empty() {
         (Settlement::default(), 0, 0)
     } else {
@@ -397,10 +437,28 @@ async fn pass<DB: SqlDatabase>(
         .fetch_add(settlement.retry.len() as u64, Ordering::Relaxed);
     c.dead_lettered.fetch_add(dead_lettered, Ordering::Relaxed);
     c.undecryptable.fetch_add(undecryptable, Ordering::Relaxed);
+    // Rows of the claim still PENDING after the pass (retrying, or left for the next pass)
+    // keep the floor down.
+    let next_floor = next_floor.map(|next| {
+        let closed: HashSet<i64> = settlement
+            .sent
+            .iter()
+            .copied()
+            .chain(settlement.failed.iter().map(|f| f.id))
+            .collect();
+        ids.iter()
+            .copied()
+            .filter(|id| !closed.contains(id))
+            .min()
+            .map_or(next, |open| open.min(next))
+    });
     claim
         .settle(settlement)
         .await
         .map_err(|e| db_error::<DB>("outbox settle", e))?;
+    if let Some(next) = next_floor {
+        floor.id = floor.id.max(next);
+    }
     Ok(report)
 }
 

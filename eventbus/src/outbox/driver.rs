@@ -70,6 +70,12 @@ impl Settlement {
 pub trait Claim: Send {
     /// Rows locked or read by the claim, before the per-key cut.
     fn claimed(&self) -> usize;
+    /// Where the next claim may start once this one is settled, when the claim saw no
+    /// `PENDING` row between the floor and its own last row that it does not hold. The
+    /// dispatcher lowers it to any claimed row still `PENDING` after the pass.
+    fn next_floor(&self) -> Option<i64> {
+        None
+    }
     /// The rows to publish, in `id` order, already cut so that every row of a key comes
     /// before any row of that key held elsewhere or waiting for a retry.
     fn take_rows(&mut self) -> Vec<OutboxRow>;
@@ -94,11 +100,17 @@ pub trait OutboxDriver: sqlx::Database + Sized {
         rows: Vec<NewRow>,
     ) -> BoxFuture<'_, Result<(), sqlx::Error>>;
 
-    /// Claims up to `limit` available `PENDING` rows.
+    /// Claims up to `limit` available `PENDING` rows with `id >= floor`.
     fn outbox_claim(
         pool: &Pool<Self>,
         limit: u32,
+        floor: i64,
     ) -> BoxFuture<'_, Result<Box<dyn Claim>, sqlx::Error>>;
+
+    /// The smallest id that may still be `PENDING` (a claim's `floor`): scans below it would
+    /// only walk rows already sent. Rows that turn up below it later (a late commit, a requeue)
+    /// wait for the next refresh.
+    fn outbox_floor(pool: &Pool<Self>) -> BoxFuture<'_, Result<i64, sqlx::Error>>;
 
     /// Counts the backlog.
     fn outbox_backlog(pool: &Pool<Self>) -> BoxFuture<'_, Result<Backlog, sqlx::Error>>;
@@ -224,6 +236,7 @@ pub fn cut_blocked(rows: Vec<OutboxRow>, first_foreign: &HashMap<String, i64>) -
 
 /// Keeps the rows in `locked`, and per partition key only those before the first row that is
 /// not (someone else took it between a release and a re-lock: later rows of its key must wait).
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub fn keep_locked(rows: Vec<OutboxRow>, locked: &HashSet<i64>) -> Vec<OutboxRow> {
     let mut lost: HashSet<String> = HashSet::new();
     rows.into_iter()

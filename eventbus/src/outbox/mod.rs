@@ -65,8 +65,8 @@
 //!
 //! Tables `outbox` (plus `outbox_archive`) and `inbox`, created by the SQL files in the
 //! repository's `migrations/postgres` and `migrations/sqlite` directories. They are embedded
-//! in the crate as [`postgres::MIGRATOR`] and [`sqlite::MIGRATOR`] (sqlx [`Migrator`]s) and
-//! applied with [`postgres::migrate`] / [`sqlite::migrate`]; the files follow sqlx's
+//! in the crate as `postgres::MIGRATOR` and `sqlite::MIGRATOR` (sqlx [`Migrator`]s) and
+//! applied with `postgres::migrate(&pool)` / `sqlite::migrate(&pool)`; the files follow sqlx's
 //! `<version>_<description>.sql` naming, so `sqlx migrate run --source` or a copy into your own
 //! migrations directory works too. Migrations share sqlx's `_sqlx_migrations` table with your
 //! own: run your migrator with `set_ignore_missing(true)` (ours does).
@@ -147,8 +147,8 @@ pub type PgInbox = SqlInbox<sqlx::Postgres>;
 #[cfg(feature = "sqlite")]
 pub type SqliteInbox = SqlInbox<sqlx::Sqlite>;
 
-/// A database the outbox and the SQL inbox run on: [`sqlx::Postgres`] (feature `postgres`) or
-/// [`sqlx::Sqlite`] (feature `sqlite`). Sealed: implemented by this crate only.
+/// A database the outbox and the SQL inbox run on: `sqlx::Postgres` (feature `postgres`) or
+/// `sqlx::Sqlite` (feature `sqlite`). Sealed: implemented by this crate only.
 pub trait SqlDatabase: sqlx::Database + OutboxDriver + InboxDriver {}
 
 impl<DB: sqlx::Database + OutboxDriver + InboxDriver> SqlDatabase for DB {}
@@ -588,7 +588,8 @@ impl<DB: SqlDatabase> Outbox<DB> {
     }
 
     /// Puts `FAILED` rows back to `PENDING` with their attempts reset (after fixing the cause);
-    /// returns how many were requeued.
+    /// returns how many were requeued. Running dispatchers pick them up within about a second
+    /// (they are older than the rows being relayed; see the claim floor in `outbox::postgres`).
     pub async fn retry_failed(&self, ids: &[i64]) -> Result<u64, Error> {
         let n = DB::outbox_retry_failed(&self.inner.pool, ids)
             .await

@@ -266,9 +266,15 @@ impl OutboxDriver for Sqlite {
         })
     }
 
+    fn outbox_floor(_: &Pool<Self>) -> BoxFuture<'_, Result<i64, sqlx::Error>> {
+        // SQLite removes index entries on update: nothing to skip.
+        Box::pin(async { Ok(0) })
+    }
+
     fn outbox_claim(
         pool: &Pool<Self>,
         limit: u32,
+        _floor: i64,
     ) -> BoxFuture<'_, Result<Box<dyn Claim>, sqlx::Error>> {
         Box::pin(async move {
             let rows: Vec<OutboxRow> = sqlx::query(&CLAIM)
