@@ -15,18 +15,17 @@ def read(name):
 
 
 def criterion(text):
-    """bench id -> median throughput (elements/s) or median time (ns)."""
+    """bench id -> {"time": median, "thrpt": median}."""
     rows = {}
     current = None
     for line in text.splitlines():
-        m = re.match(r"^(\S+/\S+)", line)
-        if m and "time:" not in line and "thrpt:" not in line and "change" not in line:
-            current = m.group(1)
+        if line and not line[0].isspace():
+            token = line.split()[0]
+            if "/" in token:
+                current = token
         m = re.search(r"(time|thrpt):\s+\[\S+ \S+ (\S+) (\S+) \S+ \S+\]", line)
-        if m and current:
+        if m and current and m.group(1) not in rows.get(current, {}):
             rows.setdefault(current, {})[m.group(1)] = f"{m.group(2)} {m.group(3)}"
-            if "/" in line.split()[0]:
-                current = line.split()[0]
     return rows
 
 
