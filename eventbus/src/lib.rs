@@ -42,6 +42,8 @@
 //! | `redis-tls` | no | `rediss://` for the Redis backend |
 //! | `postgres` | no | `outbox` and SQL inbox on PostgreSQL |
 //! | `sqlite` | no | `outbox` and SQL inbox on SQLite |
+//! | `kafka` | no | `backend::kafka`: Kafka backend over rdkafka |
+//! | `kafka-ssl`, `kafka-ssl-vendored`, `kafka-gssapi`, `kafka-zstd` | no | rdkafka TLS/SASL, Kerberos, zstd |
 //! | `admin` | no | `admin`: HTTP server, dashboard |
 
 #[cfg(feature = "admin")]

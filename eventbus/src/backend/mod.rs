@@ -13,6 +13,8 @@ use futures::stream::BoxStream;
 use crate::error::Error;
 use crate::pattern::Pattern;
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;

@@ -1,0 +1,672 @@
+//! One member of a consumer group: a `BaseConsumer` driven by a dedicated poll thread, the
+//! rebalance callbacks, and the stream of deliveries with their acknowledgers.
+//!
+//! - **Subscription**: the catalog's topics for the pattern, plus a librdkafka regex (`^...$`)
+//!   derived from the pattern for topics created later (topic name = event name), plus the
+//!   regexes of their retry tiers; cooperative-sticky assignment.
+//! - **Polling** runs on its own thread: records go into the [tracker](super::tracker), which
+//!   hands them out with concurrency across partitions and keys; partitions over their buffer
+//!   limit, or holding a retry record not due yet, are paused and resumed later.
+//! - **Commits** happen on the poll thread only for the contiguous prefix of done offsets of
+//!   each partition, every `commit_every` messages or `commit_interval`.
+//! - **Rebalance**: a revoked partition stops handing out messages, waits (bounded by
+//!   `rebalance_drain_timeout`) for its in-flight ones, commits what is done, and drops the
+//!   rest for the new owner; late settlements of it are ignored.
+//! - **Shutdown**: dropping the stream stops the thread, which commits what is done and closes
+//!   the consumer (leaving the group).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use event_listener::Event as Signal;
+use futures::future::BoxFuture;
+use futures::stream::{self, StreamExt};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+
+use super::record::{self, RecordMeta};
+use super::retry_tiers::{self, is_tier_topic};
+use super::tracker::{Limits, Pending, Settle, Tp, Tracker};
+use super::Inner;
+use crate::backend::{
+    Acknowledger, Delivery, DeliveryStream, Message, RetryState, SubscribeRequest,
+};
+use crate::dead_letter::is_dlq_topic;
+use crate::error::Error;
+use crate::pattern::Pattern;
+
+const POLL: Duration = Duration::from_millis(20);
+const MAX_BATCH: usize = 2_000;
+
+/// Escapes a topic name for a POSIX extended regular expression.
+pub(crate) fn escape_regex(topic: &str) -> String {
+    let mut out = String::with_capacity(topic.len() + 4);
+    for c in topic.chars() {
+        if "\\^$.|?*+()[]{}".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The regex of topics named like events `pattern` matches, or `None` for an exact pattern.
+pub(crate) fn pattern_regex(pattern: &Pattern) -> Option<String> {
+    if pattern.is_exact() {
+        return None;
+    }
+    let segments: Vec<String> = pattern
+        .as_str()
+        .split('.')
+        .map(|s| match s {
+            "*" => "[^.]+".to_owned(),
+            "#" | "**" => ".+".to_owned(),
+            literal => escape_regex(literal),
+        })
+        .collect();
+    Some(format!("^{}$", segments.join("\\.")))
+}
+
+/// What the poll thread, the stream and the acknowledgers share.
+pub(crate) struct Shared {
+    pub(crate) group: String,
+    /// A replay: nothing is committed and deferrals wait in-process.
+    replay: bool,
+    pattern: Pattern,
+    tracker: Mutex<Tracker>,
+    settled: Condvar,
+    ready: Signal,
+    closed_signal: Signal,
+    stop: AtomicBool,
+    crashed: AtomicBool,
+    closed: AtomicBool,
+    drain_timeout: Duration,
+    pub(crate) counters: Counters,
+}
+
+/// What one consumer did.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) rebalances: AtomicU64,
+    pub(crate) commits: AtomicU64,
+    pub(crate) skipped: AtomicU64,
+    pub(crate) deferred: AtomicU64,
+    pub(crate) pauses: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        group: &str,
+        pattern: &Pattern,
+        limits: Limits,
+        drain_timeout: Duration,
+        replay: bool,
+    ) -> Arc<Self> {
+        Arc::new(Shared {
+            group: group.to_owned(),
+            replay,
+            pattern: pattern.clone(),
+            tracker: Mutex::new(Tracker::new(limits)),
+            settled: Condvar::new(),
+            ready: Signal::new(),
+            closed_signal: Signal::new(),
+            stop: AtomicBool::new(false),
+            crashed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            drain_timeout,
+            counters: Counters::default(),
+        })
+    }
+
+    /// Whether the subscription's pattern matches `event_type`.
+    pub(crate) fn matches(&self, event_type: &str) -> bool {
+        self.pattern.matches(event_type)
+    }
+
+    /// Wakes the delivery stream.
+    pub(crate) fn notify_ready(&self) {
+        self.ready.notify(usize::MAX);
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Tracker> {
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn settle(&self, tp: &Tp, generation: u64, offset: i64, how: Settle) {
+        self.lock().settle(tp, generation, offset, how);
+        self.settled.notify_all();
+        self.ready.notify(usize::MAX);
+    }
+
+    /// Stops the consumer as a crash would: nothing more is committed.
+    pub(crate) fn crash(&self) {
+        self.crashed.store(true, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Completes when the poll thread has committed and closed the consumer.
+    pub(crate) async fn closed(&self) {
+        loop {
+            let listener = self.closed_signal.listen();
+            if self.is_closed() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// The partitions this member holds.
+    pub(crate) fn assignment(&self) -> Vec<(String, i32)> {
+        self.lock()
+            .assigned()
+            .into_iter()
+            .map(|(t, p)| (t.to_string(), p))
+            .collect()
+    }
+
+    /// Deliveries handed out and not settled.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.lock().outstanding()
+    }
+
+    pub(crate) fn mark_closed(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.closed_signal.notify(usize::MAX);
+        self.ready.notify(usize::MAX);
+    }
+}
+
+/// The rebalance and commit callbacks.
+struct Callbacks {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for Callbacks {}
+
+fn tps_of(tpl: &TopicPartitionList, names: &mut Topics) -> Vec<Tp> {
+    tpl.elements()
+        .iter()
+        .map(|e| (names.intern(e.topic()), e.partition()))
+        .collect()
+}
+
+fn tpl_of(positions: &[(Tp, i64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::with_capacity(positions.len());
+    for ((topic, partition), offset) in positions {
+        // Offsets of partitions we hold are always valid; an error here is a bug, not input.
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
+    tpl
+}
+
+impl ConsumerContext for Callbacks {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let shared = &self.shared;
+        let mut names = Topics::default();
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let tps = tps_of(tpl, &mut names);
+                tracing::info!(group = %shared.group, partitions = ?tps, "partitions assigned");
+                shared.counters.rebalances.fetch_add(1, Ordering::Relaxed);
+                shared.lock().assign(&tps);
+            }
+            Rebalance::Revoke(tpl) => {
+                let tps = tps_of(tpl, &mut names);
+                shared.counters.rebalances.fetch_add(1, Ordering::Relaxed);
+                let crashed = shared.crashed.load(Ordering::SeqCst);
+                let mut tracker = shared.lock();
+                let in_flight = tracker.begin_revoke(&tps);
+                if in_flight > 0 && !crashed {
+                    // Let the deliveries already handed out finish, so the next owner does not
+                    // handle them a second time.
+                    let deadline = Instant::now() + shared.drain_timeout;
+                    while tracker.in_flight_of(&tps) > 0 {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            tracing::warn!(
+                                group = %shared.group, in_flight = tracker.in_flight_of(&tps),
+                                "revoked partitions still busy after the drain timeout; the next owner redelivers them"
+                            );
+                            break;
+                        }
+                        tracker = shared
+                            .settled
+                            .wait_timeout(tracker, left)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                    }
+                }
+                let commits = tracker.finish_revoke(&tps);
+                drop(tracker);
+                tracing::info!(group = %shared.group, partitions = ?tps, "partitions revoked");
+                if !crashed && !commits.is_empty() && !consumer.assignment_lost() {
+                    match consumer.commit(&tpl_of(&commits), CommitMode::Sync) {
+                        Ok(()) => {
+                            shared.counters.commits.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(error) => {
+                            tracing::warn!(group = %shared.group, %error, "commit of revoked partitions failed; the next owner redelivers their last messages")
+                        }
+                    }
+                }
+                shared.ready.notify(usize::MAX);
+            }
+            Rebalance::Error(error) => {
+                tracing::warn!(group = %shared.group, %error, "rebalance error");
+            }
+        }
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        if let Err(error) = result {
+            tracing::warn!(group = %self.shared.group, %error, "offset commit failed; retrying with the next commit");
+            let mut names = Topics::default();
+            let failed: Vec<(Tp, i64)> = offsets
+                .elements()
+                .iter()
+                .filter_map(|e| {
+                    e.offset()
+                        .to_raw()
+                        .map(|o| ((names.intern(e.topic()), e.partition()), o))
+                })
+                .collect();
+            self.shared.lock().commit_failed(&failed);
+        }
+    }
+}
+
+/// Interned topic names.
+#[derive(Default)]
+struct Topics(HashMap<String, Arc<str>>);
+
+impl Topics {
+    fn intern(&mut self, topic: &str) -> Arc<str> {
+        if let Some(t) = self.0.get(topic) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(topic);
+        self.0.insert(topic.to_owned(), t.clone());
+        t
+    }
+}
+
+/// Joins the request's group and starts polling; returns the consumer's shared state and its
+/// delivery stream.
+pub(crate) async fn start(
+    inner: Arc<Inner>,
+    request: SubscribeRequest,
+) -> Result<(Arc<Shared>, DeliveryStream), Error> {
+    let config = &inner.config;
+    let mut literal: Vec<String> = request
+        .topics
+        .iter()
+        .filter(|t| !is_dlq_topic(t) && !is_tier_topic(t))
+        .cloned()
+        .collect();
+    literal.sort();
+    literal.dedup();
+    if config.auto_create_topics && !literal.is_empty() {
+        inner.topics.ensure(&inner, &literal).await?;
+    }
+    let mut subscription: Vec<String> = Vec::new();
+    for topic in &literal {
+        subscription.push(topic.clone());
+        subscription.push(retry_tiers::tier_regex(topic));
+    }
+    let regex = pattern_regex(&request.pattern)
+        .unwrap_or_else(|| format!("^{}$", escape_regex(request.pattern.as_str())));
+    subscription.push(retry_tiers::tier_regex(&regex));
+    subscription.push(regex);
+    subscription.sort();
+    subscription.dedup();
+
+    let limits = Limits {
+        max_buffered: config.consumer.max_buffered_per_partition,
+        commit_every: config.consumer.commit_every,
+        commit_interval: config.consumer.commit_interval,
+        prefetch: request.prefetch.max(1),
+    };
+    let shared = Shared::new(
+        &request.group,
+        &request.pattern,
+        limits,
+        config.consumer.rebalance_drain_timeout,
+        false,
+    );
+    let consumer: BaseConsumer<Callbacks> = config
+        .consumer_client_config(&request.group)
+        .create_with_context(Callbacks {
+            shared: shared.clone(),
+        })
+        .map_err(|e| config.config_error(e, "consumer_options"))?;
+    let names: Vec<&str> = subscription.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&names)
+        .map_err(|e| Error::backend("kafka", "subscribe", e))?;
+    tracing::info!(group = %request.group, topics = ?subscription, "kafka consumer subscribed");
+    let thread_shared = shared.clone();
+    std::thread::Builder::new()
+        .name(format!("eventbus-kafka-{}", request.group))
+        .spawn(move || poll_loop(consumer, thread_shared))
+        .map_err(|e| Error::backend("kafka", "start consumer thread", e))?;
+    inner.register(shared.clone());
+
+    Ok((shared.clone(), delivery_stream(shared, inner)))
+}
+
+/// The deliveries of a consumer; dropping the stream stops its poll thread.
+pub(crate) fn delivery_stream(shared: Arc<Shared>, inner: Arc<Inner>) -> DeliveryStream {
+    let state = StreamState {
+        _guard: StopGuard(shared.clone()),
+        shared,
+        inner,
+    };
+    stream::unfold(state, |state| async move {
+        loop {
+            let listener = state.shared.ready.listen();
+            if let Some(delivery) = state.take() {
+                return Some((Ok(delivery), state));
+            }
+            if state.shared.is_closed() {
+                return None;
+            }
+            listener.await;
+        }
+    })
+    .boxed()
+}
+
+/// Sets the stop flag when the delivery stream is dropped.
+struct StopGuard(Arc<Shared>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+struct StreamState {
+    shared: Arc<Shared>,
+    inner: Arc<Inner>,
+    _guard: StopGuard,
+}
+
+impl StreamState {
+    fn take(&self) -> Option<Delivery> {
+        if self.shared.is_stopping() {
+            return None;
+        }
+        let taken = self.shared.lock().take()?;
+        Some(Delivery {
+            message: taken.message,
+            redeliveries: taken.redeliveries,
+            acker: Box::new(KafkaAcker {
+                inner: self.inner.clone(),
+                shared: self.shared.clone(),
+                tp: taken.tp,
+                generation: taken.generation,
+                offset: taken.offset,
+                settled: false,
+            }),
+        })
+    }
+}
+
+/// Whether a record is for this consumer, and when it is due.
+fn classify(
+    shared: &Shared,
+    topic: &str,
+    message: &Message,
+    meta: &RecordMeta,
+) -> (bool, Option<i64>) {
+    if topic.starts_with("__") || is_dlq_topic(topic) {
+        return (true, None);
+    }
+    let due = match &meta.retry_group {
+        Some(group) if group != &shared.group => return (true, None),
+        Some(_) => Some(meta.due_ms.unwrap_or(0)),
+        None => None,
+    };
+    if !message.event_type.is_empty() && !shared.pattern.matches(&message.event_type) {
+        return (true, None);
+    }
+    (false, due)
+}
+
+fn poll_loop(consumer: BaseConsumer<Callbacks>, shared: Arc<Shared>) {
+    let mut names = Topics::default();
+    let mut last_error_log: Option<Instant> = None;
+    let mut batch = Vec::with_capacity(256);
+    while !shared.is_stopping() {
+        let mut timeout = POLL;
+        if let Some(due) = shared.lock().next_due() {
+            let wait = u64::try_from(due - retry_tiers::now_ms()).unwrap_or(0);
+            timeout = timeout.min(Duration::from_millis(wait));
+        }
+        let mut first = true;
+        while batch.len() < MAX_BATCH {
+            let polled = consumer.poll(if first { timeout } else { Duration::ZERO });
+            first = false;
+            match polled {
+                Some(Ok(record)) => {
+                    let (message, meta) = record::from_record(&record);
+                    let tp = (
+                        names.intern(rdkafka::Message::topic(&record)),
+                        rdkafka::Message::partition(&record),
+                    );
+                    let offset = rdkafka::Message::offset(&record);
+                    batch.push((tp, offset, message, meta));
+                }
+                Some(Err(error)) => {
+                    if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        tracing::warn!(group = %shared.group, %error, "kafka consumer error");
+                        last_error_log = Some(Instant::now());
+                    } else {
+                        tracing::debug!(group = %shared.group, %error, "kafka consumer error");
+                    }
+                    break;
+                }
+                None => break,
+            }
+        }
+        let now = retry_tiers::now_ms();
+        let mut tracker = shared.lock();
+        let mut ready = false;
+        for (tp, offset, message, meta) in batch.drain(..) {
+            let (skip, due) = classify(&shared, &tp.0, &message, &meta);
+            if skip {
+                shared.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            }
+            let pending = Pending {
+                offset,
+                message,
+                redeliveries: 0,
+            };
+            ready |= tracker.push(&tp, pending, skip, due, now);
+        }
+        ready |= tracker.release_due(now);
+        let flow = tracker.flow_changes();
+        let commits = tracker.due_commits(false);
+        drop(tracker);
+        if ready {
+            shared.ready.notify(usize::MAX);
+        }
+        if !flow.pause.is_empty() {
+            shared
+                .counters
+                .pauses
+                .fetch_add(flow.pause.len() as u64, Ordering::Relaxed);
+            if let Err(error) = consumer.pause(&tpl_of(
+                &flow.pause.into_iter().map(|tp| (tp, 0)).collect::<Vec<_>>(),
+            )) {
+                tracing::debug!(%error, "pause failed");
+            }
+        }
+        if !flow.resume.is_empty() {
+            if let Err(error) = consumer.resume(&tpl_of(
+                &flow
+                    .resume
+                    .into_iter()
+                    .map(|tp| (tp, 0))
+                    .collect::<Vec<_>>(),
+            )) {
+                tracing::debug!(%error, "resume failed");
+            }
+        }
+        if !commits.is_empty() {
+            commit(&consumer, &shared, &commits, CommitMode::Async);
+        }
+    }
+    if !shared.crashed.load(Ordering::SeqCst) {
+        let commits = shared.lock().due_commits(true);
+        if !commits.is_empty() {
+            commit(&consumer, &shared, &commits, CommitMode::Sync);
+        }
+    }
+    // Closing leaves the group (the revoke callback commits anything left).
+    drop(consumer);
+    shared.mark_closed();
+    tracing::info!(group = %shared.group, "kafka consumer closed");
+}
+
+fn commit(
+    consumer: &BaseConsumer<Callbacks>,
+    shared: &Shared,
+    positions: &[(Tp, i64)],
+    mode: CommitMode,
+) {
+    match consumer.commit(&tpl_of(positions), mode) {
+        Ok(()) => {
+            shared.counters.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(error) => {
+            tracing::warn!(group = %shared.group, %error, "offset commit failed; retrying with the next commit");
+            shared.lock().commit_failed(positions);
+        }
+    }
+}
+
+/// Settles one record: done offsets are committed in order by the poll thread.
+struct KafkaAcker {
+    inner: Arc<Inner>,
+    shared: Arc<Shared>,
+    tp: Tp,
+    generation: u64,
+    offset: i64,
+    settled: bool,
+}
+
+impl KafkaAcker {
+    fn settle(&mut self, how: Settle) {
+        self.settled = true;
+        self.shared
+            .settle(&self.tp, self.generation, self.offset, how);
+    }
+}
+
+impl Acknowledger for KafkaAcker {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+        self.settle(Settle::Done);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn nack(mut self: Box<Self>, state: RetryState) -> BoxFuture<'static, Result<(), Error>> {
+        self.settle(Settle::Requeue(Some(state)));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn can_defer(&self) -> bool {
+        !self.shared.replay
+    }
+
+    /// Produces the message to its retry tier, then counts its offset as done.
+    fn defer(
+        mut self: Box<Self>,
+        delay: Duration,
+        state: RetryState,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(async move {
+            let message =
+                self.shared
+                    .lock()
+                    .in_flight_message(&self.tp, self.generation, self.offset);
+            let Some(message) = message else {
+                // Revoked meanwhile: the next owner has it.
+                self.settle(Settle::Requeue(None));
+                return Ok(());
+            };
+            let tier = retry_tiers::tier_message(&message, &self.shared.group, delay, &state);
+            let sent = async {
+                if self.inner.config.auto_create_topics {
+                    self.inner
+                        .topics
+                        .ensure(&self.inner, std::slice::from_ref(&tier.topic))
+                        .await?;
+                }
+                self.inner
+                    .producer
+                    .send_all(std::slice::from_ref(&tier))
+                    .await
+            }
+            .await;
+            match sent {
+                Ok(_) => {
+                    self.shared
+                        .counters
+                        .deferred
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(topic = %tier.topic, ?delay, "deferred to retry tier");
+                    self.settle(Settle::Done);
+                    Ok(())
+                }
+                Err(error) => {
+                    self.settle(Settle::Requeue(Some(state)));
+                    Err(error)
+                }
+            }
+        })
+    }
+}
+
+impl Drop for KafkaAcker {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.shared.settle(
+                &self.tp,
+                self.generation,
+                self.offset,
+                Settle::Requeue(None),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_regexes_follow_the_wildcards() {
+        let regex = |p: &str| pattern_regex(&Pattern::parse(p).unwrap());
+        assert_eq!(regex("approval.*").as_deref(), Some("^approval\\.[^.]+$"));
+        assert_eq!(regex("approval.#").as_deref(), Some("^approval\\..+$"));
+        assert_eq!(regex("*.created").as_deref(), Some("^[^.]+\\.created$"));
+        assert_eq!(regex("approval.granted"), None);
+        assert_eq!(escape_regex("a.b-c"), "a\\.b-c");
+    }
+}

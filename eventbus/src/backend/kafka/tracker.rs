@@ -1,0 +1,640 @@
+//! The bookkeeping of one consumer: per-partition queues that hand out messages with
+//! concurrency across partitions and across keys (one message of a key at a time, in offset
+//! order), and the commit tracker that commits only the contiguous prefix of done offsets.
+//!
+//! Pure data structure, no I/O: the poll thread pushes fetched records in, deliveries are
+//! taken out and settled, and the poll thread asks what to commit, pause and resume.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backend::{Message, RetryState};
+
+/// A topic partition.
+pub(crate) type Tp = (Arc<str>, i32);
+
+/// A fetched message waiting for (re)delivery.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    pub(crate) offset: i64,
+    pub(crate) message: Message,
+    pub(crate) redeliveries: u32,
+}
+
+/// Tuning of the tracker.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Not-done messages per partition above which the partition is paused.
+    pub(crate) max_buffered: usize,
+    /// Commit after this many done messages ...
+    pub(crate) commit_every: usize,
+    /// ... or after this long.
+    pub(crate) commit_interval: Duration,
+    /// Deliveries handed out and not settled, at most.
+    pub(crate) prefetch: usize,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Waiting,
+    InFlight(Pending),
+    Done,
+}
+
+#[derive(Debug)]
+struct Part {
+    generation: u64,
+    /// Every fetched offset not yet folded into the committed prefix.
+    slots: BTreeMap<i64, Slot>,
+    done: usize,
+    /// Deliverable now: unkeyed messages and the head of each idle key.
+    ready: BTreeMap<i64, Pending>,
+    /// Keys with a message ready or in flight, and their later messages.
+    keys: HashMap<String, VecDeque<Pending>>,
+    /// Retry-tier messages not due yet, in offset order, with their due time (ms).
+    delayed: VecDeque<(i64, Pending)>,
+    /// The highest fetched offset + 1: refetched older offsets are ignored.
+    next_fetch: i64,
+    /// Offset to commit next (last done of the prefix + 1).
+    position: Option<i64>,
+    committed: Option<i64>,
+    done_since_commit: usize,
+    last_commit: Instant,
+    in_flight: usize,
+    draining: bool,
+    paused: bool,
+}
+
+impl Part {
+    fn new(generation: u64) -> Self {
+        Part {
+            generation,
+            slots: BTreeMap::new(),
+            done: 0,
+            ready: BTreeMap::new(),
+            keys: HashMap::new(),
+            delayed: VecDeque::new(),
+            next_fetch: i64::MIN,
+            position: None,
+            committed: None,
+            done_since_commit: 0,
+            last_commit: Instant::now(),
+            in_flight: 0,
+            draining: false,
+            paused: false,
+        }
+    }
+
+    fn live(&self) -> usize {
+        self.slots.len() - self.done
+    }
+
+    fn enqueue(&mut self, pending: Pending) {
+        match &pending.message.key {
+            Some(key) => match self.keys.get_mut(key) {
+                Some(later) => later.push_back(pending),
+                None => {
+                    self.keys.insert(key.clone(), VecDeque::new());
+                    self.ready.insert(pending.offset, pending);
+                }
+            },
+            None => {
+                self.ready.insert(pending.offset, pending);
+            }
+        }
+    }
+
+    fn mark_done(&mut self, offset: i64) {
+        if let Some(slot) = self.slots.get_mut(&offset) {
+            if !matches!(slot, Slot::Done) {
+                *slot = Slot::Done;
+                self.done += 1;
+            }
+        }
+        while let Some(entry) = self.slots.first_entry() {
+            if !matches!(entry.get(), Slot::Done) {
+                break;
+            }
+            let (offset, _) = entry.remove_entry();
+            self.done -= 1;
+            self.position = Some(offset + 1);
+            self.done_since_commit += 1;
+        }
+    }
+
+    /// Releases the key of a settled message: its next message becomes ready.
+    fn release_key(&mut self, key: &Option<String>) {
+        let Some(key) = key else { return };
+        let next = match self.keys.get_mut(key) {
+            Some(later) => later.pop_front(),
+            None => return,
+        };
+        match next {
+            Some(next) => {
+                self.ready.insert(next.offset, next);
+            }
+            None => {
+                self.keys.remove(key);
+            }
+        }
+    }
+}
+
+/// How a delivery was settled.
+#[derive(Debug)]
+pub(crate) enum Settle {
+    /// Done with: counts toward the commit.
+    Done,
+    /// Deliver again (after a nack or a dropped acker), carrying a retry state when known.
+    Requeue(Option<RetryState>),
+}
+
+/// A delivery handed out: where it came from and what to deliver.
+#[derive(Debug)]
+pub(crate) struct Taken {
+    pub(crate) tp: Tp,
+    pub(crate) generation: u64,
+    pub(crate) offset: i64,
+    pub(crate) message: Message,
+    pub(crate) redeliveries: u32,
+}
+
+/// Partitions to pause and to resume.
+#[derive(Debug, Default)]
+pub(crate) struct FlowChanges {
+    pub(crate) pause: Vec<Tp>,
+    pub(crate) resume: Vec<Tp>,
+}
+
+/// The state of one consumer.
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    parts: HashMap<Tp, Part>,
+    order: Vec<Tp>,
+    cursor: usize,
+    outstanding: usize,
+    next_generation: u64,
+    limits: Limits,
+}
+
+impl Tracker {
+    pub(crate) fn new(limits: Limits) -> Self {
+        Tracker {
+            parts: HashMap::new(),
+            order: Vec::new(),
+            cursor: 0,
+            outstanding: 0,
+            next_generation: 1,
+            limits,
+        }
+    }
+
+    /// Partitions newly assigned to this consumer.
+    pub(crate) fn assign(&mut self, tps: &[Tp]) {
+        for tp in tps {
+            if !self.parts.contains_key(tp) {
+                self.parts
+                    .insert(tp.clone(), Part::new(self.next_generation));
+                self.next_generation += 1;
+                self.order.push(tp.clone());
+            }
+        }
+    }
+
+    /// The assigned partitions.
+    pub(crate) fn assigned(&self) -> Vec<Tp> {
+        self.order.clone()
+    }
+
+    /// A fetched record. `skip` marks it done at once (not for this consumer); `due_ms` holds a
+    /// retry-tier record until then.
+    pub(crate) fn push(
+        &mut self,
+        tp: &Tp,
+        pending: Pending,
+        skip: bool,
+        due_ms: Option<i64>,
+        now_ms: i64,
+    ) -> bool {
+        let Some(part) = self.parts.get_mut(tp) else {
+            return false;
+        };
+        if part.draining || pending.offset < part.next_fetch {
+            return false;
+        }
+        part.next_fetch = pending.offset + 1;
+        part.slots.insert(pending.offset, Slot::Waiting);
+        if skip {
+            part.mark_done(pending.offset);
+            return false;
+        }
+        match due_ms {
+            Some(due) if due > now_ms || !part.delayed.is_empty() => {
+                part.delayed.push_back((due, pending));
+                false
+            }
+            _ => {
+                part.enqueue(pending);
+                true
+            }
+        }
+    }
+
+    /// Moves due retry-tier records to their queues; returns whether any became ready.
+    pub(crate) fn release_due(&mut self, now_ms: i64) -> bool {
+        let mut released = false;
+        for part in self.parts.values_mut() {
+            while part.delayed.front().is_some_and(|(due, _)| *due <= now_ms) {
+                if let Some((_, pending)) = part.delayed.pop_front() {
+                    part.enqueue(pending);
+                    released = true;
+                }
+            }
+        }
+        released
+    }
+
+    /// The earliest due time of a held record, if any.
+    pub(crate) fn next_due(&self) -> Option<i64> {
+        self.parts
+            .values()
+            .filter_map(|p| p.delayed.front().map(|(d, _)| *d))
+            .min()
+    }
+
+    /// Hands out the next deliverable message, round-robin over partitions.
+    pub(crate) fn take(&mut self) -> Option<Taken> {
+        if self.outstanding >= self.limits.prefetch.max(1) || self.order.is_empty() {
+            return None;
+        }
+        let n = self.order.len();
+        for i in 0..n {
+            let index = (self.cursor + i) % n;
+            let tp = &self.order[index];
+            let Some(part) = self.parts.get_mut(tp) else {
+                continue;
+            };
+            if part.draining {
+                continue;
+            }
+            let Some((offset, pending)) = part.ready.pop_first() else {
+                continue;
+            };
+            let taken = Taken {
+                tp: tp.clone(),
+                generation: part.generation,
+                offset,
+                message: pending.message.clone(),
+                redeliveries: pending.redeliveries,
+            };
+            part.slots.insert(offset, Slot::InFlight(pending));
+            part.in_flight += 1;
+            self.outstanding += 1;
+            self.cursor = index + 1;
+            return Some(taken);
+        }
+        None
+    }
+
+    /// Settles a delivery. Settlements of partitions revoked since (another generation) only
+    /// free the prefetch slot.
+    pub(crate) fn settle(&mut self, tp: &Tp, generation: u64, offset: i64, how: Settle) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        let Some(part) = self.parts.get_mut(tp) else {
+            return;
+        };
+        if part.generation != generation {
+            return;
+        }
+        let Some(slot) = part.slots.get_mut(&offset) else {
+            return;
+        };
+        let Slot::InFlight(_) = slot else { return };
+        let Slot::InFlight(mut pending) = std::mem::replace(slot, Slot::Waiting) else {
+            return;
+        };
+        part.in_flight -= 1;
+        match how {
+            Settle::Done => {
+                part.mark_done(offset);
+                part.release_key(&pending.message.key);
+            }
+            Settle::Requeue(state) => {
+                if part.draining {
+                    return;
+                }
+                if let Some(state) = state {
+                    pending.message.set_retry_state(&state);
+                }
+                pending.redeliveries = pending.redeliveries.saturating_add(1);
+                part.ready.insert(offset, pending);
+            }
+        }
+    }
+
+    /// Stops handing out messages of `tps` and drops what was not started; returns how many
+    /// of their deliveries are still in flight.
+    pub(crate) fn begin_revoke(&mut self, tps: &[Tp]) -> usize {
+        let mut in_flight = 0;
+        for tp in tps {
+            if let Some(part) = self.parts.get_mut(tp) {
+                part.draining = true;
+                part.ready.clear();
+                part.delayed.clear();
+                part.keys.clear();
+                in_flight += part.in_flight;
+            }
+        }
+        in_flight
+    }
+
+    /// Deliveries of `tps` still in flight.
+    pub(crate) fn in_flight_of(&self, tps: &[Tp]) -> usize {
+        tps.iter()
+            .filter_map(|tp| self.parts.get(tp))
+            .map(|p| p.in_flight)
+            .sum()
+    }
+
+    /// Forgets `tps`; returns the positions still to commit for them.
+    pub(crate) fn finish_revoke(&mut self, tps: &[Tp]) -> Vec<(Tp, i64)> {
+        let mut commits = Vec::new();
+        for tp in tps {
+            if let Some(part) = self.parts.remove(tp) {
+                if let Some(position) = part.position {
+                    if part.committed.is_none_or(|c| c < position) {
+                        commits.push((tp.clone(), position));
+                    }
+                }
+            }
+        }
+        self.order.retain(|tp| self.parts.contains_key(tp));
+        commits
+    }
+
+    /// Positions to commit now: partitions with `commit_every` done messages or
+    /// `commit_interval` since their last commit (every advanced one when `force`).
+    pub(crate) fn due_commits(&mut self, force: bool) -> Vec<(Tp, i64)> {
+        let limits = self.limits;
+        let mut commits = Vec::new();
+        for (tp, part) in &mut self.parts {
+            let Some(position) = part.position else {
+                continue;
+            };
+            if part.committed.is_some_and(|c| c >= position) {
+                continue;
+            }
+            if force
+                || part.done_since_commit >= limits.commit_every
+                || part.last_commit.elapsed() >= limits.commit_interval
+            {
+                commits.push((tp.clone(), position));
+                part.committed = Some(position);
+                part.done_since_commit = 0;
+                part.last_commit = Instant::now();
+            }
+        }
+        commits
+    }
+
+    /// The message of an in-flight delivery, if its partition is still held.
+    pub(crate) fn in_flight_message(
+        &self,
+        tp: &Tp,
+        generation: u64,
+        offset: i64,
+    ) -> Option<Message> {
+        let part = self
+            .parts
+            .get(tp)
+            .filter(|p| p.generation == generation && !p.draining)?;
+        match part.slots.get(&offset) {
+            Some(Slot::InFlight(pending)) => Some(pending.message.clone()),
+            _ => None,
+        }
+    }
+
+    /// A commit of these positions failed: try again at the next opportunity.
+    pub(crate) fn commit_failed(&mut self, failed: &[(Tp, i64)]) {
+        for (tp, position) in failed {
+            if let Some(part) = self.parts.get_mut(tp) {
+                if part.committed == Some(*position) {
+                    part.committed = None;
+                }
+            }
+        }
+    }
+
+    /// Pauses partitions over their buffer limit or holding a record not due yet; resumes
+    /// those back under half the limit with nothing held.
+    pub(crate) fn flow_changes(&mut self) -> FlowChanges {
+        let max = self.limits.max_buffered;
+        let mut changes = FlowChanges::default();
+        for (tp, part) in &mut self.parts {
+            if part.draining {
+                continue;
+            }
+            let hold = !part.delayed.is_empty();
+            if !part.paused && (hold || part.live() > max) {
+                part.paused = true;
+                changes.pause.push(tp.clone());
+            } else if part.paused && !hold && part.live() <= max / 2 {
+                part.paused = false;
+                changes.resume.push(tp.clone());
+            }
+        }
+        changes
+    }
+
+    /// Whether every assigned partition has nothing buffered, held or in flight.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.parts
+            .values()
+            .all(|p| p.slots.is_empty() && p.delayed.is_empty())
+    }
+
+    /// Deliveries handed out and not settled.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    /// The committable position of `tp`.
+    #[cfg(test)]
+    pub(crate) fn position(&self, tp: &Tp) -> Option<i64> {
+        self.parts.get(tp).and_then(|p| p.position)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::MessageHeaders;
+
+    fn tp(p: i32) -> Tp {
+        (Arc::from("t"), p)
+    }
+
+    fn msg(offset: i64, key: Option<&str>) -> Pending {
+        Pending {
+            offset,
+            message: Message {
+                topic: "t".into(),
+                key: key.map(str::to_owned),
+                event_type: "x.y".into(),
+                headers: MessageHeaders::new(),
+                payload: Arc::from(&b"{}"[..]),
+            },
+            redeliveries: 0,
+        }
+    }
+
+    fn tracker(prefetch: usize) -> Tracker {
+        let mut t = Tracker::new(Limits {
+            max_buffered: 4,
+            commit_every: 2,
+            commit_interval: Duration::from_secs(3600),
+            prefetch,
+        });
+        t.assign(&[tp(0), tp(1)]);
+        t
+    }
+
+    #[test]
+    fn commits_only_the_contiguous_done_prefix() {
+        let mut t = tracker(10);
+        for o in 0..4 {
+            t.push(&tp(0), msg(o, None), false, None, 0);
+        }
+        let taken: Vec<Taken> = std::iter::from_fn(|| t.take()).collect();
+        assert_eq!(taken.len(), 4);
+        // 1 and 2 finish before 0: nothing is committable.
+        t.settle(&tp(0), taken[1].generation, 1, Settle::Done);
+        t.settle(&tp(0), taken[2].generation, 2, Settle::Done);
+        assert_eq!(t.position(&tp(0)), None);
+        assert!(t.due_commits(true).is_empty());
+        t.settle(&tp(0), taken[0].generation, 0, Settle::Done);
+        assert_eq!(t.due_commits(false), vec![(tp(0), 3)]);
+        t.settle(&tp(0), taken[3].generation, 3, Settle::Done);
+        assert!(
+            t.due_commits(false).is_empty(),
+            "one done since the commit, batch of two"
+        );
+        assert_eq!(t.due_commits(true), vec![(tp(0), 4)]);
+    }
+
+    #[test]
+    fn one_key_at_a_time_in_order_other_keys_and_partitions_in_parallel() {
+        let mut t = tracker(10);
+        t.push(&tp(0), msg(0, Some("a")), false, None, 0);
+        t.push(&tp(0), msg(1, Some("a")), false, None, 0);
+        t.push(&tp(0), msg(2, Some("b")), false, None, 0);
+        t.push(&tp(1), msg(0, Some("a")), false, None, 0);
+        let first: Vec<(i32, i64)> = std::iter::from_fn(|| t.take())
+            .map(|d| (d.tp.1, d.offset))
+            .collect();
+        assert_eq!(first, vec![(0, 0), (1, 0), (0, 2)], "a@1 waits for a@0");
+        let g = t.parts[&tp(0)].generation;
+        t.settle(&tp(0), g, 0, Settle::Done);
+        let next = t.take().expect("a@1 released");
+        assert_eq!((next.tp.1, next.offset), (0, 1));
+    }
+
+    #[test]
+    fn a_requeued_delivery_comes_back_before_later_messages_of_its_key() {
+        let mut t = tracker(10);
+        t.push(&tp(0), msg(0, Some("a")), false, None, 0);
+        t.push(&tp(0), msg(1, Some("a")), false, None, 0);
+        let d = t.take().expect("a@0");
+        assert!(t.take().is_none());
+        t.settle(
+            &d.tp,
+            d.generation,
+            0,
+            Settle::Requeue(Some(RetryState {
+                attempts: 2,
+                round: 0,
+                first_failure: None,
+            })),
+        );
+        let again = t.take().expect("redelivered");
+        assert_eq!((again.offset, again.redeliveries), (0, 1));
+        assert_eq!(again.message.attempts_header(), 2);
+    }
+
+    #[test]
+    fn prefetch_bounds_outstanding_deliveries() {
+        let mut t = tracker(2);
+        for o in 0..5 {
+            t.push(&tp(0), msg(o, None), false, None, 0);
+        }
+        assert!(t.take().is_some() && t.take().is_some());
+        assert!(t.take().is_none());
+        assert_eq!(t.outstanding(), 2);
+    }
+
+    #[test]
+    fn revocation_drops_unstarted_work_and_ignores_late_settlements() {
+        let mut t = tracker(10);
+        for o in 0..3 {
+            t.push(&tp(0), msg(o, None), false, None, 0);
+        }
+        let d0 = t.take().expect("0");
+        let _d1 = t.take().expect("1");
+        t.settle(&tp(0), d0.generation, 0, Settle::Done);
+        assert_eq!(t.begin_revoke(&[tp(0)]), 1);
+        assert!(t.take().is_none(), "nothing new from a draining partition");
+        assert_eq!(t.finish_revoke(&[tp(0)]), vec![(tp(0), 1)]);
+        // Reassigned later: a new generation; the old in-flight settlement is ignored.
+        t.assign(&[tp(0)]);
+        t.settle(&tp(0), d0.generation, 1, Settle::Done);
+        assert_eq!(t.position(&tp(0)), None);
+        assert_eq!(t.outstanding(), 0);
+    }
+
+    #[test]
+    fn skipped_records_count_as_done_and_refetches_are_ignored() {
+        let mut t = tracker(10);
+        t.push(&tp(0), msg(0, None), true, None, 0);
+        t.push(&tp(0), msg(1, None), true, None, 0);
+        assert!(
+            !t.push(&tp(0), msg(1, None), false, None, 0),
+            "refetched offset ignored"
+        );
+        assert_eq!(t.position(&tp(0)), Some(2));
+        assert!(t.take().is_none());
+    }
+
+    #[test]
+    fn held_retry_records_pause_their_partition_until_due() {
+        let mut t = tracker(10);
+        t.push(&tp(0), msg(0, None), false, Some(1_000), 0);
+        t.push(&tp(0), msg(1, None), false, Some(500), 0);
+        assert!(t.take().is_none());
+        assert_eq!(t.flow_changes().pause, vec![tp(0)]);
+        assert!(
+            !t.release_due(999),
+            "offset 1 is due earlier but waits behind the head"
+        );
+        assert!(t.release_due(1_000));
+        assert_eq!(t.take().map(|d| d.offset), Some(0));
+        assert_eq!(t.take().map(|d| d.offset), Some(1));
+        assert_eq!(t.flow_changes().resume, vec![tp(0)]);
+    }
+
+    #[test]
+    fn partitions_over_the_buffer_limit_are_paused_and_resumed_at_half() {
+        let mut t = tracker(10);
+        for o in 0..5 {
+            t.push(&tp(1), msg(o, None), false, None, 0);
+        }
+        assert_eq!(t.flow_changes().pause, vec![tp(1)]);
+        let taken: Vec<Taken> = std::iter::from_fn(|| t.take()).collect();
+        for d in &taken[..2] {
+            t.settle(&d.tp, d.generation, d.offset, Settle::Done);
+        }
+        assert!(t.flow_changes().resume.is_empty(), "3 live > 2");
+        t.settle(&taken[2].tp, taken[2].generation, 2, Settle::Done);
+        assert_eq!(t.flow_changes().resume, vec![tp(1)]);
+    }
+}

@@ -1,0 +1,986 @@
+//! The Kafka backend's conformance suite, run against two real Kafka-protocol brokers:
+//!
+//! - `mock::*`: librdkafka's mock cluster (`rdkafka::mocking::MockCluster`: in-process, real
+//!   protocol over TCP on 127.0.0.1), a fresh cluster per test. Always runs (marker
+//!   `kafka_mock`).
+//! - `tansu::*`: the tansu broker started by `scripts/test` (`EVENTBUS_KAFKA_BROKERS`, marker
+//!   `kafka_tansu`).
+//!
+//! Every case is one `async fn case(broker: &Broker)`, called by both modules. Where a broker
+//! lacks a feature the case needs, the case says so and runs on the other one only:
+//! - the mock cluster has no CreateTopics/DescribeConfigs (provisioning runs on tansu only) and
+//!   answers ListOffsets by timestamp with "no offset" (replay scans instead of seeking there);
+//! - tansu has no transactions (EndTxn); this backend uses none, so no case depends on them.
+//!
+//! Topics on tansu outlive a test run (sqlite storage), so events carry a per-run id and
+//! handlers ignore other runs' events.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eventbus::backend::kafka::rdkafka::mocking::MockCluster;
+use eventbus::backend::kafka::rdkafka::producer::DefaultProducerContext;
+use eventbus::backend::kafka::{
+    KafkaBackend, KafkaConfig, OnDifference, ReplayWindow, StartFrom, TopicPlan, TopicSettings,
+};
+use eventbus::backend::{Backend, Message};
+use eventbus::inbox::MemoryInbox;
+use eventbus::{event, Backoff, Bus, CatalogEntry, Context, Envelope, ErrorKind, HandlerError, Subscription, Uuid};
+use eventbus_integration::{eventually, require_server};
+use serde::{Deserialize, Serialize};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A broker to run a case against.
+pub struct Broker {
+    brokers: String,
+    mock: Option<MockCluster<'static, DefaultProducerContext>>,
+}
+
+impl Broker {
+    fn mock() -> Broker {
+        if let Ok(dir) = std::env::var("EVENTBUS_TEST_MARKERS") {
+            std::fs::write(std::path::Path::new(&dir).join("kafka_mock"), b"ran").expect("write marker");
+        }
+        let mock = MockCluster::new(1).expect("mock cluster");
+        Broker {
+            brokers: mock.bootstrap_servers(),
+            mock: Some(mock),
+        }
+    }
+
+    fn tansu() -> Option<Broker> {
+        let brokers = require_server("EVENTBUS_KAFKA_BROKERS", "kafka_tansu")?;
+        Some(Broker { brokers, mock: None })
+    }
+
+    fn is_mock(&self) -> bool {
+        self.mock.is_some()
+    }
+
+    fn config(&self) -> KafkaConfig {
+        let mut c = KafkaConfig::new(&self.brokers);
+        c.consumer.start_from = StartFrom::Earliest;
+        c.consumer.session_timeout = Duration::from_secs(6);
+        c.consumer.heartbeat_interval = Duration::from_millis(500);
+        c.consumer.topic_refresh_interval = Duration::from_millis(500);
+        c.consumer.rebalance_drain_timeout = Duration::from_secs(5);
+        c.consumer.commit_interval = Duration::from_millis(500);
+        c.operation_timeout = Duration::from_secs(10);
+        // The mock cluster has no CreateTopics (a request waits for the timeout); like a broker
+        // with `auto.create.topics.enable`, it creates topics when the producer asks for them.
+        c.auto_create_topics = !self.is_mock();
+        c
+    }
+
+    async fn connect(&self, config: KafkaConfig) -> KafkaBackend {
+        KafkaBackend::connect(config).await.expect("connect")
+    }
+
+    async fn backend(&self) -> KafkaBackend {
+        self.connect(self.config()).await
+    }
+
+    /// Creates `topic`, its retry tiers for `tiers` and its dead-letter topic, as provisioning
+    /// does in production (the mock cluster lacks CreateTopics: created through its own API).
+    async fn topic_with_tiers(&self, backend: &KafkaBackend, topic: &str, partitions: i32, tiers: &[Duration]) {
+        match &self.mock {
+            Some(mock) => {
+                let mut names = vec![topic.to_owned(), format!("{topic}.dlq")];
+                names.extend(tiers.iter().map(|d| eventbus::backend::kafka::tier_topic(topic, *d)));
+                for name in names {
+                    mock.create_topic(&name, partitions, 1).expect("mock create topic");
+                }
+            }
+            None => {
+                let plan = TopicPlan::new()
+                    .retry_tiers(tiers.iter().copied())
+                    .on_difference(OnDifference::Warn)
+                    .topic(topic, TopicSettings::new(partitions));
+                backend.provision(&plan).await.expect("provision");
+            }
+        }
+    }
+
+    /// Creates `topic` with `partitions` partitions (kept as is when it exists).
+    async fn topic(&self, backend: &KafkaBackend, topic: &str, partitions: i32) {
+        match &self.mock {
+            Some(mock) => mock.create_topic(topic, partitions, 1).expect("mock create topic"),
+            None => {
+                let plan = TopicPlan::new()
+                    .retry_tiers([])
+                    .dead_letters(false)
+                    .on_difference(OnDifference::Warn)
+                    .topic(topic, TopicSettings::new(partitions));
+                backend.provision(&plan).await.expect("create topic");
+            }
+        }
+    }
+}
+
+fn run_id() -> String {
+    Uuid::now_v7().simple().to_string()
+}
+
+fn group(name: &str) -> String {
+    format!("{name}-{}", run_id())
+}
+
+async fn wait_assigned(backends: &[&KafkaBackend], group: &str, partitions: usize) {
+    let ok = eventually(WAIT, || {
+        let total: usize = backends.iter().map(|b| b.assignment(group).len()).sum();
+        total == partitions
+    })
+    .await;
+    let got: Vec<Vec<(String, i32)>> = backends.iter().map(|b| b.assignment(group)).collect();
+    assert!(ok, "group {group} never held {partitions} partitions: {got:?}");
+}
+
+// --- round trip ----------------------------------------------------------------------------
+
+#[event(name = "rt.order.placed", version = 1, key = order_id)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct RtOrderPlaced {
+    order_id: String,
+    run: String,
+}
+
+#[event(name = "rt.order.cancelled", version = 1, key = order_id)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct RtOrderCancelled {
+    order_id: String,
+    run: String,
+}
+
+#[event(name = "rt.user.joined", version = 1)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct RtUserJoined {
+    email: String,
+    run: String,
+}
+
+/// Typed and wildcard subscribers get their events with metadata in headers and the key as
+/// record key; a graceful shutdown commits everything handled.
+async fn round_trip_typed_and_wildcard(b: &Broker) {
+    let backend = b.backend().await;
+    let run = run_id();
+    let typed: Arc<Mutex<Vec<String>>> = Arc::default();
+    let wildcard: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (t, w, r1, r2) = (typed.clone(), wildcard.clone(), run.clone(), run.clone());
+    let typed_group = group("typed");
+    let bus = Bus::builder()
+        .backend(backend.clone())
+        .catalog(&[CatalogEntry::of::<RtOrderPlaced>(), CatalogEntry::of::<RtOrderCancelled>(), CatalogEntry::of::<RtUserJoined>()])
+        .subscribe(
+            Subscription::new("rt.order.placed", move |ctx: Context, env: Envelope<RtOrderPlaced>| {
+                if env.data.run == r1 {
+                    t.lock().unwrap().push(format!("{} {} {}", env.data.order_id, ctx.topic(), ctx.correlation_id().is_some()));
+                }
+                async { Ok(()) }
+            })
+            .group(typed_group.clone()),
+        )
+        .subscribe(
+            Subscription::new("rt.order.*", move |env: Envelope<serde_json::Value>| {
+                if env.data["run"] == r2.as_str() {
+                    w.lock().unwrap().push(env.event_type.clone());
+                }
+                async { Ok(()) }
+            })
+            .group(group("audit")),
+        )
+        .start()
+        .await
+        .expect("start");
+    bus.publish(RtOrderPlaced { order_id: "o-1".into(), run: run.clone() }).await.unwrap();
+    bus.publish(RtOrderCancelled { order_id: "o-1".into(), run: run.clone() }).await.unwrap();
+    bus.publish(RtUserJoined { email: "x@y".into(), run: run.clone() }).await.unwrap();
+    assert!(
+        eventually(WAIT, || typed.lock().unwrap().len() == 1 && wildcard.lock().unwrap().len() == 2).await,
+        "typed {:?} wildcard {:?}",
+        typed.lock().unwrap(),
+        wildcard.lock().unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(*typed.lock().unwrap(), vec!["o-1 rt.order.placed true"]);
+    let mut types = wildcard.lock().unwrap().clone();
+    types.sort();
+    assert_eq!(types, ["rt.order.cancelled", "rt.order.placed"]);
+
+    // The record: key = the event's key, type and envelope metadata in headers.
+    let stored = backend.read_topic("rt.order.placed").await.unwrap();
+    let mine = stored.iter().rev().find(|s| String::from_utf8_lossy(&s.message.payload).contains(&run)).expect("record");
+    assert_eq!(mine.message.key.as_deref(), Some("o-1"));
+    assert_eq!(mine.message.event_type, "rt.order.placed");
+    assert!(backend.health().await.is_ok());
+
+    // Graceful shutdown: in-flight finished, offsets committed, group left.
+    let report = bus.shutdown(Duration::from_secs(10)).await;
+    assert!(report.drained);
+    let committed = backend.committed_offsets(&typed_group, "rt.order.placed").await.unwrap();
+    let end: i64 = committed.iter().filter_map(|(_, o)| *o).sum();
+    assert_eq!(end as usize, stored.len(), "everything handled is committed: {committed:?}");
+}
+
+// --- key ordering ----------------------------------------------------------------------------
+
+#[event(name = "ord.account.posted", version = 1, key = account)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct Posted {
+    account: String,
+    n: u32,
+    run: String,
+}
+
+/// 10 000 events of 100 keys on 6 partitions, concurrency 8: each key strictly in order,
+/// handlers overlapping, partitions paused when their buffer fills up.
+async fn key_order_holds_across_10000_events_on_6_partitions(b: &Broker) {
+    let mut config = b.config();
+    config.consumer.max_buffered_per_partition = 200;
+    let backend = b.connect(config).await;
+    b.topic(&backend, "ord.account.posted", 6).await;
+    let run = run_id();
+    let seen: Arc<Mutex<HashMap<String, Vec<u32>>>> = Arc::default();
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (s, r, p, id) = (seen.clone(), running.clone(), peak.clone(), run.clone());
+    let g = group("ledger");
+    let bus = Bus::builder()
+        .backend(backend.clone())
+        .subscribe(
+            Subscription::new("ord.account.posted", move |env: Envelope<Posted>| {
+                let (s, r, p, id) = (s.clone(), r.clone(), p.clone(), id.clone());
+                async move {
+                    if env.data.run != id {
+                        return Ok(());
+                    }
+                    let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                    p.fetch_max(now, Ordering::SeqCst);
+                    if env.data.n % 4 == 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
+                    s.lock().unwrap().entry(env.data.account.clone()).or_default().push(env.data.n);
+                    r.fetch_sub(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            })
+            .group(g.clone())
+            .concurrency(8),
+        )
+        .start()
+        .await
+        .unwrap();
+    let total = 10_000u32;
+    let publisher = bus.publisher();
+    for chunk in 0..(total / 500) {
+        let batch: Vec<_> = (0..500)
+            .map(|i| {
+                let n = chunk * 500 + i;
+                Envelope::new(Posted { account: format!("acc-{}", n % 100), n, run: run.clone() })
+            })
+            .collect();
+        publisher.publish_batch(batch).await.unwrap();
+    }
+    let count = || seen.lock().unwrap().values().map(Vec::len).sum::<usize>();
+    assert!(eventually(Duration::from_secs(120), || count() == total as usize).await, "handled {} of {total}", count());
+    for (account, ns) in seen.lock().unwrap().iter() {
+        assert!(ns.windows(2).all(|w| w[0] < w[1]), "{account} out of order: {ns:?}");
+        assert_eq!(ns.len(), 100, "{account}");
+    }
+    assert!(peak.load(Ordering::SeqCst) > 1, "handlers ran concurrently");
+    assert!(peak.load(Ordering::SeqCst) <= 8, "at most 8 at once");
+    let stats = backend.stats();
+    assert!(stats.pauses > 0, "partitions were paused for backpressure: {stats:?}");
+    eprintln!("peak concurrency {}, {stats:?}", peak.load(Ordering::SeqCst));
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
+// --- groups ------------------------------------------------------------------------------------
+
+#[event(name = "grp.item.added", version = 1, key = cart)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct ItemAdded {
+    cart: String,
+    n: u32,
+    run: String,
+}
+
+/// Event ids a handler saw.
+type Ids = Arc<Mutex<Vec<Uuid>>>;
+
+/// (key, attempt, when, topic) of each handler call.
+type Attempts = Arc<Mutex<Vec<(String, u32, Instant, String)>>>;
+
+fn counting(pattern: &str, group: &str, run: &str, seen: &Ids) -> Subscription {
+    let (seen, run) = (seen.clone(), run.to_owned());
+    Subscription::new(pattern, move |env: Envelope<serde_json::Value>| {
+        if env.data["run"] == run.as_str() {
+            seen.lock().unwrap().push(env.id);
+        }
+        async { Ok(()) }
+    })
+    .group(group)
+}
+
+/// Two groups each receive every event once.
+async fn two_groups_each_get_everything(b: &Broker) {
+    let backend = b.backend().await;
+    let run = run_id();
+    let a: Ids = Arc::default();
+    let c: Ids = Arc::default();
+    let bus = Bus::builder()
+        .backend(backend.clone())
+        .subscribe(counting("grp.item.added", &group("billing"), &run, &a))
+        .subscribe(counting("grp.#", &group("audit"), &run, &c))
+        .start()
+        .await
+        .unwrap();
+    let envelopes: Vec<_> = (0..300).map(|n| Envelope::new(ItemAdded { cart: format!("c{}", n % 30), n, run: run.clone() })).collect();
+    let ids: HashSet<Uuid> = envelopes.iter().map(|e| e.id).collect();
+    bus.publisher().publish_batch(envelopes).await.unwrap();
+    assert!(eventually(WAIT, || a.lock().unwrap().len() == 300 && c.lock().unwrap().len() == 300).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for seen in [&a, &c] {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 300, "exactly once per group");
+        assert_eq!(seen.iter().copied().collect::<HashSet<_>>(), ids);
+    }
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
+// --- takeover --------------------------------------------------------------------------------
+
+#[event(name = "tko.job.queued", version = 1, key = queue)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct JobQueued {
+    queue: String,
+    n: u32,
+    run: String,
+}
+
+/// Two members split the partitions; one is killed (no commit); the other takes over with
+/// nothing lost, and the redelivered duplicates are absorbed by the (shared) inbox.
+async fn members_split_partitions_and_a_killed_member_is_taken_over(b: &Broker) {
+    let mut config = b.config();
+    config.consumer.commit_every = 40;
+    config.consumer.commit_interval = Duration::from_secs(3600);
+    let backend_a = b.connect(config.clone()).await;
+    let backend_b = b.connect(config).await;
+    b.topic(&backend_a, "tko.job.queued", 6).await;
+    let run = run_id();
+    let g = group("workers");
+    let inbox = Arc::new(MemoryInbox::new());
+    let effects: Arc<Mutex<HashMap<Uuid, u32>>> = Arc::default();
+    let make = |name: &str| {
+        let (effects, run) = (effects.clone(), run.clone());
+        Subscription::new("tko.job.queued", move |env: Envelope<JobQueued>| {
+            let (effects, run) = (effects.clone(), run.clone());
+            async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                if env.data.run == run {
+                    *effects.lock().unwrap().entry(env.id).or_default() += 1;
+                }
+                Ok(())
+            }
+        })
+        .group(g.clone())
+        .concurrency(4)
+        .with_name(name.to_owned())
+    };
+    let bus_a = Bus::builder().backend(backend_a.clone()).inbox(inbox.clone()).subscribe(make("a")).start().await.unwrap();
+    let bus_b = Bus::builder().backend(backend_b.clone()).inbox(inbox.clone()).subscribe(make("b")).start().await.unwrap();
+    wait_assigned(&[&backend_a, &backend_b], &g, 6).await;
+    let (held_a, held_b) = (backend_a.assignment(&g), backend_b.assignment(&g));
+    assert!(!held_a.is_empty() && !held_b.is_empty(), "both members hold partitions: {held_a:?} {held_b:?}");
+    assert!(held_a.iter().all(|tp| !held_b.contains(tp)), "disjoint: {held_a:?} {held_b:?}");
+
+    let envelopes: Vec<_> = (0..1200).map(|n| Envelope::new(JobQueued { queue: format!("q{}", n % 60), n, run: run.clone() })).collect();
+    let ids: HashSet<Uuid> = envelopes.iter().map(|e| e.id).collect();
+    bus_a.publisher().publish_batch(envelopes).await.unwrap();
+    assert!(eventually(WAIT, || effects.lock().unwrap().len() >= 400).await);
+    // Kill member A: no commit, in-flight handlers aborted.
+    backend_a.crash_consumers();
+    bus_a.abort().await;
+    backend_a.consumers_closed().await;
+    wait_assigned(&[&backend_b], &g, 6).await;
+    assert!(
+        eventually(Duration::from_secs(60), || effects.lock().unwrap().len() == ids.len()).await,
+        "handled {} of {}",
+        effects.lock().unwrap().len(),
+        ids.len()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let effects = effects.lock().unwrap().clone();
+    assert_eq!(effects.keys().copied().collect::<HashSet<_>>(), ids, "nothing lost");
+    let doubled: Vec<_> = effects.values().filter(|n| **n > 1).collect();
+    assert!(doubled.is_empty(), "{} events handled twice", doubled.len());
+    let stats = bus_b.stats();
+    assert!(stats.duplicates > 0, "A's handled-but-uncommitted events came back to B and the inbox dropped them: {stats:?}");
+    eprintln!("takeover: B {stats:?}");
+    bus_b.shutdown(Duration::from_secs(10)).await;
+}
+
+// --- commit after handle -----------------------------------------------------------------------
+
+#[event(name = "cah.step.done", version = 1, key = flow)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct StepDone {
+    flow: String,
+    n: u32,
+    run: String,
+}
+
+/// A crash between the handler and the commit leaves the offsets uncommitted: the restarted
+/// consumer gets every handled event again, and the inbox drops them.
+async fn offsets_are_committed_only_after_handling(b: &Broker) {
+    let mut never = b.config();
+    never.consumer.commit_every = 1_000_000;
+    never.consumer.commit_interval = Duration::from_secs(3600);
+    let first = b.connect(never).await;
+    let run = run_id();
+    let g = group("steps");
+    let inbox = Arc::new(MemoryInbox::new());
+    let effects = Arc::new(AtomicUsize::new(0));
+    let make = || {
+        let (effects, run) = (effects.clone(), run.clone());
+        Subscription::new("cah.step.done", move |env: Envelope<StepDone>| {
+            if env.data.run == run {
+                effects.fetch_add(1, Ordering::SeqCst);
+            }
+            async { Ok(()) }
+        })
+        .group(g.clone())
+    };
+    let bus = Bus::builder().backend(first.clone()).inbox(inbox.clone()).subscribe(make()).start().await.unwrap();
+    let envelopes: Vec<_> = (0..20).map(|n| Envelope::new(StepDone { flow: format!("f{}", n % 3), n, run: run.clone() })).collect();
+    bus.publisher().publish_batch(envelopes).await.unwrap();
+    assert!(eventually(WAIT, || effects.load(Ordering::SeqCst) == 20).await);
+    assert_eq!(bus.stats().handled, 20);
+    // Crash after the handlers, before any commit.
+    first.crash_consumers();
+    bus.abort().await;
+    first.consumers_closed().await;
+    let committed = first.committed_offsets(&g, "cah.step.done").await.unwrap();
+    assert!(committed.iter().all(|(_, o)| o.is_none()), "nothing committed: {committed:?}");
+
+    let second = b.backend().await;
+    let again = Bus::builder().backend(second.clone()).inbox(inbox.clone()).subscribe(make()).start().await.unwrap();
+    assert!(eventually(WAIT, || again.stats().duplicates == 20).await, "{:?}", again.stats());
+    assert_eq!(effects.load(Ordering::SeqCst), 20, "the inbox absorbed the redeliveries");
+    again.shutdown(Duration::from_secs(10)).await;
+    let committed = second.committed_offsets(&g, "cah.step.done").await.unwrap();
+    let total: i64 = committed.iter().filter_map(|(_, o)| *o).sum();
+    assert!(total >= 20, "committed after handling: {committed:?}");
+}
+
+// --- retry tiers ---------------------------------------------------------------------------------
+
+#[event(name = "tier.payment.failed", version = 1, key = payment)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct PaymentFailed {
+    payment: String,
+    run: String,
+}
+
+/// In-process retries, then the 200 ms and 500 ms tiers in order, each after its delay, then the
+/// dead-letter topic of the original topic; other keys and other groups are not held up.
+async fn retry_tiers_fire_in_order_with_their_delays_then_dead_letter(b: &Broker) {
+    let backend = b.backend().await;
+    let tiers = [Duration::from_millis(200), Duration::from_millis(500)];
+    // Provisioned up front as in production: a tier topic created on first use is picked up by
+    // the group's regex subscription only after a metadata refresh and a rebalance.
+    b.topic_with_tiers(&backend, "tier.payment.failed", 3, &tiers).await;
+    let run = run_id();
+    let attempts: Attempts = Arc::default();
+    let (a, r) = (attempts.clone(), run.clone());
+    let other: Ids = Arc::default();
+    let bus = Bus::builder()
+        .backend(backend.clone())
+        .subscribe(
+            Subscription::new("tier.payment.failed", move |ctx: Context, env: Envelope<PaymentFailed>| {
+                let fail = env.data.payment == "bad";
+                if env.data.run == r {
+                    a.lock().unwrap().push((env.data.payment.clone(), ctx.attempt(), Instant::now(), ctx.topic().to_owned()));
+                }
+                async move {
+                    if fail {
+                        Err(HandlerError::transient("card network down"))
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .group(group("payments"))
+            .retries(1)
+            .backoff(Backoff::schedule([Duration::from_millis(10)]))
+            .delayed_retries(tiers),
+        )
+        .subscribe(counting("tier.payment.failed", &group("reporting"), &run, &other))
+        .start()
+        .await
+        .unwrap();
+    bus.publish(PaymentFailed { payment: "bad".into(), run: run.clone() }).await.unwrap();
+    bus.publish(PaymentFailed { payment: "good".into(), run: run.clone() }).await.unwrap();
+    let dlq = bus.dead_letters();
+    let mut letters = Vec::new();
+    assert!(
+        eventually(WAIT, || {
+            letters = futures::executor::block_on(dlq.list("tier.payment.failed")).unwrap_or_default();
+            letters.iter().any(|l| String::from_utf8_lossy(&l.payload).contains(&run))
+        })
+        .await,
+        "dead-lettered; attempts {:?}",
+        attempts.lock().unwrap()
+    );
+    let letter = letters.iter().find(|l| String::from_utf8_lossy(&l.payload).contains(&run)).unwrap();
+    assert_eq!(letter.original_topic, "tier.payment.failed", "never the tier topic");
+    assert_eq!(letter.dlq_topic, "tier.payment.failed.dlq");
+    assert_eq!(letter.failure.attempts, 6);
+    assert_eq!(letter.key.as_deref(), Some("bad"));
+    let attempts = attempts.lock().unwrap().clone();
+    let bad: Vec<&(String, u32, Instant, String)> = attempts.iter().filter(|a| a.0 == "bad").collect();
+    assert_eq!(bad.iter().map(|a| a.1).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
+    assert!(bad.iter().all(|a| a.3 == "tier.payment.failed"), "the original topic is restored: {bad:?}");
+    let gap = |i: usize| bad[i].2 - bad[i - 1].2;
+    assert!(gap(2) >= Duration::from_millis(190), "200 ms tier waited {:?}", gap(2));
+    assert!(gap(4) >= Duration::from_millis(490), "500 ms tier waited {:?}", gap(4));
+    assert!(gap(2) < Duration::from_secs(5) && gap(4) < Duration::from_secs(5), "{:?} {:?}", gap(2), gap(4));
+    let good = attempts.iter().find(|a| a.0 == "good").expect("good handled");
+    assert!(good.2 < bad[2].2, "the next key was not held up by the retrying one");
+    assert_eq!(backend.stats().deferred, 2);
+    assert!(backend.partitions("tier.payment.failed.retry.200ms").await.unwrap().is_some());
+    assert!(backend.partitions("tier.payment.failed.retry.500ms").await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(other.lock().unwrap().len(), 2, "another group sees each event once, no retries");
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
+// --- dead letters ------------------------------------------------------------------------------
+
+#[event(name = "rdv.invoice.sent", version = 1, key = invoice)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct InvoiceSent {
+    invoice: String,
+    run: String,
+}
+
+/// Dead letters are listed with their reason, redriven to the original topic with their key,
+/// and purged; a dead letter is never published to a live topic by mistake.
+async fn dead_letters_are_listed_redriven_with_their_key_and_purged(b: &Broker) {
+    let backend = b.backend().await;
+    let run = run_id();
+    let fixed = Arc::new(AtomicBool::new(false));
+    let handled: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (f, h, r) = (fixed.clone(), handled.clone(), run.clone());
+    let bus = Bus::builder()
+        .backend(backend.clone())
+        .subscribe(
+            Subscription::new("rdv.invoice.sent", move |env: Envelope<InvoiceSent>| {
+                let ok = f.load(Ordering::SeqCst);
+                if ok && env.data.run == r {
+                    h.lock().unwrap().push(env.data.invoice.clone());
+                }
+                async move {
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err(HandlerError::permanent("customer account closed"))
+                    }
+                }
+            })
+            .group(group("invoicing")),
+        )
+        .start()
+        .await
+        .unwrap();
+    bus.publish(InvoiceSent { invoice: "i-1".into(), run: run.clone() }).await.unwrap();
+    bus.publish(InvoiceSent { invoice: "i-2".into(), run: run.clone() }).await.unwrap();
+    let dlq = bus.dead_letters();
+    let mine = |all: Vec<eventbus::dead_letter::DeadLetter>| -> Vec<eventbus::dead_letter::DeadLetter> {
+        all.into_iter().filter(|l| String::from_utf8_lossy(&l.payload).contains(&run)).collect()
+    };
+    let mut letters = Vec::new();
+    assert!(
+        eventually(WAIT, || {
+            letters = mine(futures::executor::block_on(dlq.list("rdv.invoice.sent")).unwrap_or_default());
+            letters.len() == 2
+        })
+        .await
+    );
+    assert_eq!(letters[0].failure.message, "customer account closed");
+    assert_eq!(letters[0].failure.kind, ErrorKind::Permanent);
+    assert_eq!(letters[0].failure.attempts, 1, "permanent: no retries");
+    let i1 = letters.iter().find(|l| l.key.as_deref() == Some("i-1")).expect("i-1 keeps its key").clone();
+    let i2 = letters.iter().find(|l| l.key.as_deref() == Some("i-2")).expect("i-2").clone();
+
+    // A dead letter published to a live topic is refused.
+    let mut stray = dlq.get("rdv.invoice.sent", &i1.id).await.unwrap().redrive_message();
+    stray.headers.insert("dlq-original-topic".into(), "rdv.invoice.sent".into());
+    assert!(backend.publish(vec![stray]).await.is_err());
+
+    fixed.store(true, Ordering::SeqCst);
+    assert_eq!(dlq.redrive("rdv.invoice.sent", std::slice::from_ref(&i1.id)).await.unwrap(), 1);
+    assert!(eventually(WAIT, || handled.lock().unwrap().clone() == vec!["i-1".to_owned()]).await);
+    let source = backend.read_topic("rdv.invoice.sent").await.unwrap();
+    let redriven = source.last().expect("redriven record");
+    assert_eq!(redriven.message.key.as_deref(), Some("i-1"), "redrive keeps the key (same partition)");
+    let left = mine(dlq.list("rdv.invoice.sent").await.unwrap());
+    assert_eq!(left.iter().map(|l| l.id.clone()).collect::<Vec<_>>(), vec![i2.id.clone()]);
+    assert_eq!(dlq.purge("rdv.invoice.sent", vec![i2.id.clone()]).await.unwrap(), 1);
+    assert!(mine(dlq.list("rdv.invoice.sent").await.unwrap()).is_empty());
+    assert_eq!(dlq.purge("rdv.invoice.sent", vec![i2.id.clone()]).await.unwrap(), 0, "purging twice is a no-op");
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
+#[event(name = "psn.order.placed", version = 1)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct PsnOrderPlaced {
+    run: String,
+}
+
+/// An undecodable record goes straight to the dead-letter topic with the reason, without
+/// retries, and the events after it are handled.
+async fn poison_messages_go_straight_to_the_dlq(b: &Broker) {
+    let backend = b.backend().await;
+    let run = run_id();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let (h, r) = (handled.clone(), run.clone());
+    let bus = Bus::builder()
+        .backend(backend.clone())
+        .subscribe(
+            Subscription::new("psn.order.placed", move |env: Envelope<PsnOrderPlaced>| {
+                if env.data.run == r {
+                    h.fetch_add(1, Ordering::SeqCst);
+                }
+                async { Ok(()) }
+            })
+            .group(group("poison"))
+            .retries(5),
+        )
+        .start()
+        .await
+        .unwrap();
+    let garbage = format!("\u{1}not an envelope {run}").into_bytes();
+    let mut bytes = garbage.clone();
+    bytes.push(0xff);
+    backend
+        .publish(vec![Message {
+            topic: "psn.order.placed".into(),
+            key: None,
+            event_type: String::new(),
+            headers: Default::default(),
+            payload: bytes.into(),
+        }])
+        .await
+        .unwrap();
+    bus.publish(PsnOrderPlaced { run: run.clone() }).await.unwrap();
+    let dlq = bus.dead_letters();
+    let mut letter = None;
+    assert!(
+        eventually(WAIT, || {
+            let all = futures::executor::block_on(dlq.list("psn.order.placed")).unwrap_or_default();
+            letter = all.into_iter().find(|l| l.payload.starts_with(&garbage));
+            letter.is_some()
+        })
+        .await
+    );
+    let letter = letter.unwrap();
+    assert!(letter.failure.message.contains("not valid utf-8"), "{}", letter.failure.message);
+    assert_eq!(letter.failure.attempts, 1, "no retries for a poison message");
+    assert_eq!(letter.failure.kind, ErrorKind::Permanent);
+    assert!(eventually(WAIT, || handled.load(Ordering::SeqCst) == 1).await);
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
+// --- replay ------------------------------------------------------------------------------------
+
+#[event(name = "rpl.price.changed", version = 1, topic = "rpl-prices", key = sku)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct PriceChanged {
+    sku: String,
+    batch: u32,
+    run: String,
+}
+
+#[event(name = "rpl.price.viewed", version = 1, topic = "rpl-prices", key = sku)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct PriceViewed {
+    sku: String,
+    batch: u32,
+    run: String,
+}
+
+/// Replays a time range filtered by event type through the pipeline, with the replay flag, on
+/// a throwaway group. On the mock cluster the window start is found by scanning: it answers
+/// timestamp lookups (ListOffsets by time) with "no offset".
+async fn replay_by_time_range_and_event_type(b: &Broker) {
+    let backend = b.backend().await;
+    let run = run_id();
+    let publisher = eventbus::Publisher::new(
+        Arc::new(backend.clone()),
+        Arc::new(eventbus::clock::SystemClock::new(eventbus::runtime::default_runtime().unwrap())),
+        "test",
+    );
+    let mut bounds = Vec::new();
+    for batch in 0..3 {
+        bounds.push(chrono::Utc::now());
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        for i in 0..5 {
+            let sku = format!("sku-{i}");
+            publisher.publish(PriceChanged { sku: sku.clone(), batch, run: run.clone() }).await.unwrap();
+            publisher.publish(PriceViewed { sku, batch, run: run.clone() }).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut window = ReplayWindow::new(bounds[1], bounds[2]).event_types(["rpl.price.changed"]);
+    if b.is_mock() {
+        window = window.scan();
+    }
+    let replay = backend.replay(window);
+    let got: Arc<Mutex<Vec<(u32, String, bool)>>> = Arc::default();
+    let (g, r) = (got.clone(), run.clone());
+    let bus = Bus::builder()
+        .backend(replay.clone())
+        .catalog(&[CatalogEntry::of::<PriceChanged>(), CatalogEntry::of::<PriceViewed>()])
+        .subscribe(
+            Subscription::new("rpl.price.*", move |ctx: Context, env: Envelope<serde_json::Value>| {
+                if env.data["run"] == r.as_str() {
+                    g.lock().unwrap().push((env.data["batch"].as_u64().unwrap_or(99) as u32, env.event_type.clone(), ctx.is_replay()));
+                }
+                async { Ok(()) }
+            })
+            .group(group("rebuild"))
+            .concurrency(4),
+        )
+        .start()
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, replay.finished()).await.expect("replay finished");
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.len(), 5, "{got:?}");
+    assert!(got.iter().all(|(batch, t, replay)| *batch == 1 && t == "rpl.price.changed" && *replay), "{got:?}");
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
+#[event(name = "rtg.stock.counted", version = 1, key = sku)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct StockCounted {
+    sku: String,
+    run: String,
+}
+
+/// The bus's generic replay (read a time range, deliver to one group) over Kafka: only the
+/// chosen group gets the replayed events, flagged as replays; group lag drops to zero.
+async fn replay_to_one_group_and_group_lag(b: &Broker) {
+    let backend = b.backend().await;
+    let run = run_id();
+    let (chosen, other): (Ids, Ids) = (Arc::default(), Arc::default());
+    let replays = Arc::new(AtomicUsize::new(0));
+    let (c, r, id) = (chosen.clone(), replays.clone(), run.clone());
+    let chosen_group = group("stock");
+    let bus = Bus::builder()
+        .backend(backend.clone())
+        .subscribe(
+            Subscription::new("rtg.stock.counted", move |ctx: Context, env: Envelope<StockCounted>| {
+                if env.data.run == id {
+                    c.lock().unwrap().push(env.id);
+                    if ctx.is_replay() {
+                        r.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                async { Ok(()) }
+            })
+            .group(chosen_group.clone()),
+        )
+        .subscribe(counting("rtg.stock.counted", &group("audit"), &run, &other))
+        .start()
+        .await
+        .unwrap();
+    let from = chrono::Utc::now() - chrono::Duration::seconds(1);
+    for i in 0..3 {
+        bus.publish(StockCounted { sku: format!("s{i}"), run: run.clone() }).await.unwrap();
+    }
+    assert!(eventually(WAIT, || chosen.lock().unwrap().len() == 3 && other.lock().unwrap().len() == 3).await);
+    let request = eventbus::replay::ReplayRequest {
+        topic: "rtg.stock.counted".into(),
+        from,
+        to: chrono::Utc::now() + chrono::Duration::seconds(1),
+        event_type: Some("rtg.stock.*".into()),
+        group: Some(chosen_group.clone()),
+    };
+    let dyn_backend: Arc<dyn Backend> = Arc::new(backend.clone());
+    let status = eventbus::replay::replay(&dyn_backend, &request, Arc::default()).await.expect("replay");
+    assert!(status.replayed >= 3, "{status:?}");
+    assert!(
+        eventually(WAIT, || replays.load(Ordering::SeqCst) >= 3).await,
+        "replayed to the chosen group: {} replays",
+        replays.load(Ordering::SeqCst)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(other.lock().unwrap().len(), 3, "the other group saw no replay");
+    let mut lags = Vec::new();
+    assert!(
+        eventually(WAIT, || {
+            lags = futures::executor::block_on(backend.group_lag()).unwrap_or_default();
+            lags.iter().any(|l| l.group == chosen_group && l.stream == "rtg.stock.counted" && l.lag == Some(0) && l.pending == 0)
+        })
+        .await,
+        "{lags:?}"
+    );
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
+// --- provisioning ------------------------------------------------------------------------------
+
+#[event(name = "prov.order.created", version = 1, topic = "order-events")]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct ProvOrderCreated {
+    id: u32,
+}
+
+#[event(name = "prov.stock.reserved", version = 1, topic = "inventory-events")]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct ProvStockReserved {
+    id: u32,
+}
+
+#[event(name = "prov.customer.registered", version = 1, topic = "customer-events")]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct ProvCustomerRegistered {
+    id: u32,
+}
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+fn seed_plan() -> TopicPlan {
+    let catalog = [
+        CatalogEntry::of::<ProvOrderCreated>(),
+        CatalogEntry::of::<ProvStockReserved>(),
+        CatalogEntry::of::<ProvCustomerRegistered>(),
+    ];
+    TopicPlan::from_catalog(&catalog, TopicSettings::new(3))
+        .topic("order-events", TopicSettings::new(12).retention(7 * DAY))
+        .topic("inventory-events", TopicSettings::new(6).retention(3 * DAY))
+        .topic("customer-events", TopicSettings::new(8).retention(30 * DAY))
+}
+
+/// The catalog's topics, their retry tiers and dead-letter topics are created with the
+/// configured partitions and retention; provisioning again changes nothing; a differing
+/// existing topic is reported, naming topic and setting.
+async fn provisioning_creates_the_catalog_topics(b: &Broker) {
+    let backend = b.backend().await;
+    let report = backend.provision(&seed_plan()).await.expect("provision");
+    assert_eq!(report.created.len() + report.unchanged.len(), 15, "{report:?}");
+    for (topic, partitions) in [("order-events", 12), ("inventory-events", 6), ("customer-events", 8)] {
+        for name in [topic.to_owned(), format!("{topic}.retry.1m"), format!("{topic}.retry.5m"), format!("{topic}.retry.30m"), format!("{topic}.dlq")] {
+            assert_eq!(backend.partitions(&name).await.unwrap(), Some(partitions), "{name}");
+        }
+    }
+    let again = backend.provision(&seed_plan()).await.expect("idempotent");
+    assert!(again.created.is_empty() && again.differences.is_empty(), "{again:?}");
+    assert_eq!(again.unchanged.len(), 15);
+
+    let drifted = seed_plan().topic("order-events", TopicSettings::new(16).retention(7 * DAY));
+    let err = backend.provision(&drifted).await.expect_err("partition difference");
+    assert!(err.to_string().contains("kafka.topics[order-events].partitions"), "{err}");
+    let warned = backend.provision(&drifted.on_difference(OnDifference::Warn)).await.expect("warn only");
+    assert!(warned.differences.iter().any(|d| d.topic == "order-events" && d.setting == "partitions" && d.actual == "12"), "{warned:?}");
+    let retention = seed_plan().topic("customer-events", TopicSettings::new(8).retention(DAY));
+    let err = backend.provision(&retention).await.expect_err("retention difference");
+    assert!(err.to_string().contains("kafka.topics[customer-events].retention.ms"), "{err}");
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        /// The suite on librdkafka's mock cluster (in-process, real protocol over TCP).
+        mod mock {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let broker = super::Broker::mock();
+                    super::$case(&broker).await;
+                }
+            )*
+        }
+
+        /// The suite on tansu (`EVENTBUS_KAFKA_BROKERS`).
+        mod tansu {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let Some(broker) = super::Broker::tansu() else { return };
+                    super::$case(&broker).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    round_trip_typed_and_wildcard,
+    key_order_holds_across_10000_events_on_6_partitions,
+    two_groups_each_get_everything,
+    members_split_partitions_and_a_killed_member_is_taken_over,
+    offsets_are_committed_only_after_handling,
+    retry_tiers_fire_in_order_with_their_delays_then_dead_letter,
+    dead_letters_are_listed_redriven_with_their_key_and_purged,
+    poison_messages_go_straight_to_the_dlq,
+    replay_by_time_range_and_event_type,
+    replay_to_one_group_and_group_lag,
+);
+
+/// Provisioning needs CreateTopics and DescribeConfigs, which librdkafka's mock cluster does
+/// not implement: this case runs on tansu only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_provisioning_creates_the_catalog_topics() {
+    let Some(broker) = Broker::tansu() else { return };
+    provisioning_creates_the_catalog_topics(&broker).await;
+}
+
+/// On the mock cluster provisioning fails with a clear error instead of pretending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_provisioning_reports_the_missing_admin_api() {
+    let broker = Broker::mock();
+    let backend = broker.backend().await;
+    let err = backend.provision(&seed_plan()).await.expect_err("the mock has no CreateTopics");
+    assert!(err.to_string().contains("kafka backend"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_settings_fail_at_startup_naming_the_setting() {
+    for (brokers, setting) in [("", "kafka.brokers"), ("localhost", "kafka.brokers")] {
+        let err = KafkaBackend::connect(KafkaConfig::new(brokers)).await.expect_err(brokers);
+        assert!(err.to_string().contains(setting), "{err}");
+    }
+    let mut config = KafkaConfig::new("127.0.0.1:9");
+    config.options.insert("socket.timeout.ms".into(), "soon".into());
+    let err = KafkaBackend::connect(config).await.expect_err("bad option");
+    assert!(err.to_string().contains("kafka.options[socket.timeout.ms]"), "{err}");
+    // Nothing listens on port 9: the health check at connect fails within the timeout.
+    let mut config = KafkaConfig::new("127.0.0.1:9");
+    config.operation_timeout = Duration::from_millis(500);
+    let started = Instant::now();
+    let err = KafkaBackend::connect(config).await.expect_err("unreachable");
+    assert!(err.to_string().contains("connect"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_pattern_in_one_group_is_refused() {
+    let broker = Broker::mock();
+    let backend = broker.backend().await;
+    let g = group("shared");
+    let err = Bus::builder()
+        .backend(backend)
+        .subscribe(Subscription::new("rt.order.*", |_: Envelope<serde_json::Value>| async { Ok(()) }).group(g.clone()).with_name("one"))
+        .subscribe(Subscription::new("rt.user.*", |_: Envelope<serde_json::Value>| async { Ok(()) }).group(g.clone()).with_name("two"))
+        .start()
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains(&format!("subscriptions[{g}].group")), "{err}");
+}
