@@ -144,7 +144,7 @@ impl ConsumerLoop {
                 }
                 running.push(self.start(delivery));
             }
-            if stopping && running.is_empty() {
+            if running.is_empty() && (stopping || (stream.is_done() && pending.is_empty())) {
                 break;
             }
             let can_read = !stopping && pending.len() < buffer && !stream.is_done();
