@@ -273,6 +273,27 @@ impl Inner {
         (key, dlq)
     }
 
+    /// Up to `count` entries of `topic`'s stream from entry id `start` on, as messages.
+    async fn xrange(&self, topic: &str, start: &str, count: usize) -> Result<Vec<StoredMessage>, Error> {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.keys.stream(topic, None))
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(redis_error("XRANGE"))?;
+        Ok(reply
+            .ids
+            .iter()
+            .map(|entry| StoredMessage {
+                id: entry.id.clone(),
+                message: entry::from_fields(topic, &entry.map),
+            })
+            .collect())
+    }
+
     /// Creates `group` on `stream` at `start` if it does not exist.
     async fn ensure_group(
         &self,
@@ -351,27 +372,8 @@ impl Backend for RedisBackend {
     }
 
     fn read_topic(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
-        let key = self.inner.keys.stream(topic, None);
         let topic = topic.to_owned();
-        Box::pin(async move {
-            let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-                .arg(&key)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(100_000)
-                .query_async(&mut self.inner.conn())
-                .await
-                .map_err(redis_error("XRANGE"))?;
-            Ok(reply
-                .ids
-                .iter()
-                .map(|entry| StoredMessage {
-                    id: entry.id.clone(),
-                    message: entry::from_fields(&topic, &entry.map),
-                })
-                .collect())
-        })
+        Box::pin(async move { self.inner.xrange(&topic, "-", 100_000).await })
     }
 
     fn read_range(
@@ -382,25 +384,12 @@ impl Backend for RedisBackend {
     ) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
         // Entry ids are append times in ms: the id range narrows the scan, the envelope time
         // decides.
-        let key = self.inner.keys.stream(topic, None);
         let topic = topic.to_owned();
         Box::pin(async move {
-            let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-                .arg(&key)
-                .arg(format!("{}-0", from.timestamp_millis().max(0)))
-                .arg("+")
-                .arg("COUNT")
-                .arg(1_000_000)
-                .query_async(&mut self.inner.conn())
-                .await
-                .map_err(redis_error("XRANGE"))?;
-            Ok(reply
-                .ids
-                .iter()
-                .map(|entry| StoredMessage {
-                    id: entry.id.clone(),
-                    message: entry::from_fields(&topic, &entry.map),
-                })
+            let start = format!("{}-0", from.timestamp_millis().max(0));
+            let stored = self.inner.xrange(&topic, &start, 1_000_000).await?;
+            Ok(stored
+                .into_iter()
                 .filter(|m| {
                     crate::envelope::RawEnvelope::decode(&m.message.payload)
                         .map(|e| e.time >= from && e.time <= to)
