@@ -81,6 +81,29 @@ impl Shared {
         tasks.len()
     }
 
+    /// Wraps `task` so that [`Shared::abort_tasks`] can abort it; the future completes when
+    /// the task finished or was aborted.
+    fn tracked(
+        self: &Arc<Self>,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (abort, registration) = AbortHandle::new_pair();
+        let id = self.next_task.fetch_add(1, Ordering::Relaxed);
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, abort);
+        let owner = self.clone();
+        async move {
+            let _ = Abortable::new(task, registration).await;
+            owner
+                .tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        }
+    }
+
     fn count(&self, outcome: &Outcome) {
         let c = &self.counters;
         let counter = match outcome {
@@ -249,7 +272,7 @@ impl ConsumerLoop {
                             tracing::error!(%error, "failed to redeliver a deferred delivery");
                         }
                     };
-                    drop(spawn_tracked(&shared, &runtime, Box::pin(later)));
+                    runtime.spawn(Box::pin(shared.tracked(later)));
                     Ok(())
                 }
                 other => {
@@ -266,50 +289,10 @@ impl ConsumerLoop {
         };
         // Runs inside the consumer loop's task (no hand-off to another thread per delivery),
         // abortable like a spawned task.
-        let (abort, registration) = AbortHandle::new_pair();
-        let id = self.shared.next_task.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, abort);
-        let owner = self.shared.clone();
+        let tracked = self.shared.tracked(task);
         Box::pin(async move {
-            let _ = Abortable::new(task, registration).await;
-            owner
-                .tasks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            tracked.await;
             key
         })
     }
-}
-
-/// Spawns `task` so that [`Shared::abort_tasks`] can abort it; the receiver completes when
-/// the task finished or was aborted.
-fn spawn_tracked(
-    shared: &Arc<Shared>,
-    runtime: &Arc<dyn Runtime>,
-    task: BoxFuture<'static, ()>,
-) -> futures::channel::oneshot::Receiver<()> {
-    let (done_tx, done_rx) = futures::channel::oneshot::channel::<()>();
-    let (abort, registration) = AbortHandle::new_pair();
-    let id = shared.next_task.fetch_add(1, Ordering::Relaxed);
-    shared
-        .tasks
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(id, abort);
-    let owner = shared.clone();
-    runtime.spawn(Box::pin(async move {
-        let _ = Abortable::new(task, registration).await;
-        owner
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-        let _ = done_tx.send(());
-    }));
-    done_rx
 }
