@@ -414,7 +414,14 @@ async fn members_split_partitions_and_a_killed_member_is_taken_over(b: &Broker) 
     let envelopes: Vec<_> = (0..1200).map(|n| Envelope::new(JobQueued { queue: format!("q{}", n % 60), n, run: run.clone() })).collect();
     let ids: HashSet<Uuid> = envelopes.iter().map(|e| e.id).collect();
     bus_a.publisher().publish_batch(envelopes).await.unwrap();
-    assert!(eventually(WAIT, || effects.lock().unwrap().len() >= 400).await);
+    // A's first fetch can start after B has already handled much of its share: wait until A
+    // has handled some events of its own, or the kill would leave nothing for B to take over.
+    assert!(
+        eventually(WAIT, || effects.lock().unwrap().len() >= 400 && bus_a.stats().handled >= 20).await,
+        "A never handled its share: A {:?}, B {:?}",
+        bus_a.stats(),
+        bus_b.stats()
+    );
     // Kill member A: no commit, in-flight handlers aborted.
     backend_a.crash_consumers();
     bus_a.abort().await;
