@@ -4,17 +4,15 @@
 //! `EVENTBUS_TANSU_BIN` and `EVENTBUS_TANSU_DIR` (data directory with `tansu.pid`).
 
 use std::collections::HashSet;
-use std::fs::OpenOptions;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use eventbus::backend::kafka::rdkafka::mocking::MockCluster;
 use eventbus::backend::kafka::{KafkaBackend, KafkaConfig, OnDifference, StartFrom, TopicPlan, TopicSettings};
 use eventbus::inbox::MemoryInbox;
 use eventbus::{event, Bus, Envelope, Subscription, Uuid};
-use eventbus_integration::{eventually, require_server};
+use eventbus_integration::{eventually, require_server, Tansu};
 use serde::{Deserialize, Serialize};
 
 #[event(name = "rst.ledger.posted", version = 1, key = account)]
@@ -23,45 +21,6 @@ struct LedgerPosted {
     account: String,
     n: u32,
     run: String,
-}
-
-fn port(brokers: &str) -> u16 {
-    brokers.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port in EVENTBUS_KAFKA_BROKERS")
-}
-
-fn wait_port(port: u16, open: bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() != open {
-        assert!(Instant::now() < deadline, "port {port} did not {}", if open { "open" } else { "close" });
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Stops tansu and starts it again on the same port with the same sqlite database (the path
-/// is relative to the data directory, as `scripts/lib/kafka.sh` starts it).
-fn restart_tansu(brokers: &str) {
-    let port = port(brokers);
-    let dir = std::env::var("EVENTBUS_TANSU_DIR").expect("EVENTBUS_TANSU_DIR");
-    let bin = std::env::var("EVENTBUS_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
-    let pid = std::fs::read_to_string(format!("{dir}/tansu.pid")).expect("tansu.pid");
-    let status = Command::new("kill").arg(pid.trim()).status().expect("kill");
-    assert!(status.success(), "kill tansu {pid}");
-    wait_port(port, false);
-    let log = OpenOptions::new().create(true).append(true).open(format!("{dir}/tansu.log")).expect("log");
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(bin)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-        .args(["--storage-engine", "sqlite://tansu.db"])
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start tansu");
-    std::fs::write(format!("{dir}/tansu.pid"), child.id().to_string()).expect("write pid");
-    // The broker outlives this test (scripts/test stops it through the pid file).
-    std::mem::forget(child);
-    wait_port(port, true);
 }
 
 /// Streams 5 000 events while `restart` takes the broker away and back, and checks every event
@@ -158,7 +117,7 @@ async fn a_tansu_restart_in_the_middle_of_a_stream_loses_nothing() {
         .on_difference(OnDifference::Warn)
         .topic("rst.ledger.posted", TopicSettings::new(4));
     backend.provision(&plan).await.expect("topic");
-    let restart = async move { tokio::task::spawn_blocking(move || restart_tansu(&brokers)).await.unwrap() };
+    let restart = async move { tokio::task::spawn_blocking(|| Tansu::shared().restart()).await.unwrap() };
     stream_across_a_restart(backend, restart).await;
 }
 

@@ -2,20 +2,26 @@
 //! processes die and the broker restarts.
 //!
 //! A **producer** commits orders and their events (through the transactional outbox) in
-//! PostgreSQL; a **dispatcher** relays the outbox to Redis Streams; a **consumer** applies each
-//! event to a ledger table inside the inbox transaction. The **driver** runs the three as
-//! separate OS processes, `kill -9`s a random one again and again and restarts it, restarts
-//! the Redis server a few times, and finally checks the invariants:
+//! PostgreSQL; a **dispatcher** relays the outbox to the broker (Redis Streams or Kafka); a
+//! **consumer** applies each event to a ledger table inside the inbox transaction. The
+//! **driver** runs the three as separate OS processes, `kill -9`s a random one again and again
+//! and restarts it, restarts the broker a few times, and finally checks the invariants:
 //!
 //! - every committed order's event is applied exactly once in the ledger;
 //! - no ledger entry exists without its committed order;
 //! - every poison event (a fraction injected on purpose) is in the dead-letter queue with its
 //!   reason, and not in the ledger.
 //!
+//! With `--backend redis` (the default) it uses the Redis server of `EVENTBUS_REDIS_URL` (and
+//! `EVENTBUS_REDIS_DIR`/`EVENTBUS_REDIS_SERVER` to restart it) under a fresh key prefix. With
+//! `--backend kafka` the driver hosts librdkafka's mock cluster (a Kafka-protocol broker on a
+//! loopback port, which the roles reach over TCP) and takes its broker down and up again. With
+//! `--backend tansu` it starts a tansu broker of its own (`EVENTBUS_TANSU_BIN`) in a fresh
+//! directory and restarts it. All need `DATABASE_URL`; `scripts/test` exports them all.
+//!
 //! ```sh
-//! # needs DATABASE_URL, EVENTBUS_REDIS_URL (+ EVENTBUS_REDIS_DIR/EVENTBUS_REDIS_SERVER to restart it),
-//! # as scripts/test exports them
-//! cargo run -p eventbus-integration --bin chaos -- --events 3000 --kills 12 --redis-restarts 2
+//! cargo run -p eventbus-integration --bin chaos -- --events 3000 --kills 12 --broker-restarts 2
+//! cargo run -p eventbus-integration --bin chaos -- --backend kafka --events 3000 --kills 12
 //! cargo run --release -p eventbus-integration --bin chaos -- --kills 50 --events 100000   # long run
 //! ```
 
@@ -24,10 +30,15 @@ use std::process::{Child, Command, ExitCode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use eventbus::backend::kafka::rdkafka::mocking::MockCluster;
+use eventbus::backend::kafka::rdkafka::producer::DefaultProducerContext;
+use eventbus::backend::kafka::{KafkaBackend, KafkaConfig, OnDifference, TopicPlan, TopicSettings};
 use eventbus::backend::redis::{RedisBackend, RedisConfig, StartFrom};
+use eventbus::backend::Backend;
 use eventbus::outbox::sqlx::{self, PgPool, Postgres};
 use eventbus::outbox::{postgres, ContextExt, Outbox, SqlInbox};
-use eventbus::{event, Bus, CatalogEntry, Context, Envelope, HandlerError, HandlerResult, Subscription, Uuid};
+use eventbus::{event, Bus, CatalogEntry, Context, Envelope, Event, HandlerError, HandlerResult, Subscription, Uuid};
+use eventbus_integration::Tansu;
 use serde::{Deserialize, Serialize};
 
 #[event(name = "chaos.order.placed", version = 1, key = customer)]
@@ -46,6 +57,41 @@ fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} must be set"))
 }
 
+/// The broker the events travel through.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Broker {
+    /// The Redis server of `EVENTBUS_REDIS_URL`.
+    Redis,
+    /// librdkafka's mock cluster, hosted by the driver process and reached over TCP.
+    Kafka,
+    /// A tansu broker of the run's own.
+    Tansu,
+}
+
+impl Broker {
+    fn parse(name: &str) -> Result<Broker, String> {
+        match name {
+            "redis" => Ok(Broker::Redis),
+            "kafka" => Ok(Broker::Kafka),
+            "tansu" => Ok(Broker::Tansu),
+            other => Err(format!("--backend: `{other}` is not a backend; expected redis, kafka or tansu")),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Broker::Redis => "redis",
+            Broker::Kafka => "kafka",
+            Broker::Tansu => "tansu",
+        }
+    }
+
+    /// The broker of this run, as the driver passed it to the roles in `CHAOS_BACKEND`.
+    fn of_run() -> Broker {
+        Broker::parse(&env("CHAOS_BACKEND")).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
 fn redis_config() -> RedisConfig {
     let mut config = RedisConfig::new(env("EVENTBUS_REDIS_URL"));
     config.prefix = env("CHAOS_PREFIX");
@@ -55,6 +101,41 @@ fn redis_config() -> RedisConfig {
     config.block = Duration::from_millis(300);
     config.command_timeout = Duration::from_secs(2);
     config
+}
+
+fn kafka_config() -> KafkaConfig {
+    let mut config = KafkaConfig::new(env("CHAOS_KAFKA_BROKERS"));
+    config.consumer.start_from = eventbus::backend::kafka::StartFrom::Earliest;
+    // A killed consumer's partitions go to its successor once its session has expired.
+    config.consumer.session_timeout = Duration::from_secs(6);
+    config.consumer.heartbeat_interval = Duration::from_millis(500);
+    config.consumer.commit_interval = Duration::from_millis(500);
+    config.producer.delivery_timeout = Duration::from_secs(60);
+    config.operation_timeout = Duration::from_secs(10);
+    if Broker::of_run() == Broker::Tansu {
+        // tansu 0.6's sqlite storage fails an idempotent producer that outlived a broker
+        // restart (see tests/kafka_restart.rs); without idempotence a retried send may be
+        // duplicated, and the inbox absorbs it.
+        config.producer_options.insert("enable.idempotence".into(), "false".into());
+    }
+    if let Ok(debug) = std::env::var("CHAOS_KAFKA_DEBUG") {
+        config.consumer_options.insert("debug".into(), debug);
+    }
+    config
+}
+
+/// Connects to the run's broker, trying again while it is down (it may be restarting).
+async fn connect(broker: Broker) -> Arc<dyn Backend> {
+    loop {
+        let backend: Result<Arc<dyn Backend>, eventbus::Error> = match broker {
+            Broker::Redis => RedisBackend::connect(redis_config()).await.map(|b| Arc::new(b) as Arc<dyn Backend>),
+            Broker::Kafka | Broker::Tansu => KafkaBackend::connect(kafka_config()).await.map(|b| Arc::new(b) as Arc<dyn Backend>),
+        };
+        match backend {
+            Ok(backend) => return backend,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 async fn pool() -> PgPool {
@@ -90,14 +171,9 @@ async fn producer(events: i64) {
 
 async fn dispatcher() -> ExitCode {
     let pool = pool().await;
-    let backend = loop {
-        match RedisBackend::connect(redis_config()).await {
-            Ok(backend) => break backend,
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    };
+    let backend = connect(Broker::of_run()).await;
     let outbox = Outbox::builder(pool).batch_size(200).build().expect("outbox");
-    let _running = outbox.dispatcher(Arc::new(backend)).start().expect("dispatcher");
+    let _running = outbox.dispatcher(backend).start().expect("dispatcher");
     futures::future::pending::<ExitCode>().await
 }
 
@@ -117,14 +193,9 @@ async fn apply(ctx: Context, env: Envelope<OrderPlaced>) -> HandlerResult {
 
 async fn consumer() -> ExitCode {
     let pool = pool().await;
-    let backend = loop {
-        match RedisBackend::connect(redis_config()).await {
-            Ok(backend) => break backend,
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    };
+    let backend = connect(Broker::of_run()).await;
     let _bus = Bus::builder()
-        .backend(backend)
+        .backend_arc(backend)
         .source("chaos-consumer")
         .catalog(&[CatalogEntry::of::<OrderPlaced>()])
         .inbox(Arc::new(SqlInbox::new(pool.clone())))
@@ -143,27 +214,57 @@ async fn consumer() -> ExitCode {
 }
 
 struct Options {
+    backend: Broker,
     events: i64,
     kills: u32,
-    redis_restarts: u32,
+    broker_restarts: u32,
     timeout: Duration,
 }
 
 fn parse_options(args: &[String]) -> Result<Options, String> {
-    let mut o = Options { events: 3000, kills: 12, redis_restarts: 2, timeout: Duration::from_secs(600) };
+    let mut o = Options { backend: Broker::Redis, events: 3000, kills: 12, broker_restarts: 2, timeout: Duration::from_secs(600) };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let number = |v: &str| v.parse::<u64>().map_err(|_| format!("{flag}: `{v}` is not a whole number"));
         match flag.as_str() {
+            "--backend" => o.backend = Broker::parse(value)?,
             "--events" => o.events = number(value)? as i64,
             "--kills" => o.kills = number(value)? as u32,
-            "--redis-restarts" => o.redis_restarts = number(value)? as u32,
+            "--broker-restarts" => o.broker_restarts = number(value)? as u32,
             "--timeout-secs" => o.timeout = Duration::from_secs(number(value)?),
-            other => return Err(format!("unknown option {other}; expected --events, --kills, --redis-restarts, --timeout-secs")),
+            other => return Err(format!("unknown option {other}; expected --backend, --events, --kills, --broker-restarts, --timeout-secs")),
         }
     }
     Ok(o)
+}
+
+/// The broker server the driver restarts.
+enum BrokerServer {
+    /// The Redis server of `EVENTBUS_REDIS_URL`: shut down (AOF flushed) and started again.
+    Redis,
+    /// The mock cluster: its broker goes down (connections refused, requests failed) for two
+    /// seconds and comes back with its log intact.
+    Mock(MockCluster<'static, DefaultProducerContext>),
+    /// The run's tansu broker: stopped and started again on its sqlite database.
+    Tansu(Arc<Tansu>),
+}
+
+impl BrokerServer {
+    async fn restart(&self) {
+        match self {
+            BrokerServer::Redis => tokio::task::spawn_blocking(eventbus_integration::restart_redis).await.expect("restart redis"),
+            BrokerServer::Mock(mock) => {
+                mock.broker_down(1).expect("broker down");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                mock.broker_up(1).expect("broker up");
+            }
+            BrokerServer::Tansu(tansu) => {
+                let tansu = tansu.clone();
+                tokio::task::spawn_blocking(move || tansu.restart()).await.expect("restart tansu")
+            }
+        }
+    }
 }
 
 fn spawn(role: &str, vars: &[(&str, String)], events: i64) -> Child {
@@ -173,7 +274,18 @@ fn spawn(role: &str, vars: &[(&str, String)], events: i64) -> Child {
     for (k, v) in vars {
         cmd.env(k, v);
     }
-    cmd.env("RUST_LOG", "off").stdout(std::process::Stdio::null());
+    cmd.stdout(std::process::Stdio::null());
+    // With CHAOS_LOG set (a tracing filter such as `eventbus=debug`), each role logs to
+    // `chaos-{role}.log` in the temporary directory.
+    if std::env::var_os("CHAOS_LOG").is_some() {
+        let path = std::env::temp_dir().join(format!("chaos-{role}.log"));
+        match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+            Ok(file) => {
+                cmd.stderr(file);
+            }
+            Err(error) => eprintln!("chaos: cannot open {}: {error}", path.display()),
+        }
+    }
     cmd.spawn().unwrap_or_else(|e| panic!("spawn {role}: {e}"))
 }
 
@@ -202,20 +314,47 @@ async fn driver(options: Options) -> ExitCode {
         .await
         .expect("ledger table");
 
-    let vars = vec![
+    let mut vars = vec![
+        ("CHAOS_BACKEND", options.backend.name().to_owned()),
         ("CHAOS_DATABASE_URL", db_url.clone()),
         ("CHAOS_PREFIX", prefix.clone()),
-        ("EVENTBUS_REDIS_URL", env("EVENTBUS_REDIS_URL")),
     ];
+    std::env::set_var("CHAOS_BACKEND", options.backend.name());
+    let server = match options.backend {
+        Broker::Redis => {
+            vars.push(("EVENTBUS_REDIS_URL", env("EVENTBUS_REDIS_URL")));
+            BrokerServer::Redis
+        }
+        Broker::Kafka => {
+            let mock = MockCluster::new(1).expect("mock cluster");
+            mock.create_topic(OrderPlaced::NAME, 4, 1).expect("topic");
+            mock.create_topic(&format!("{}.dlq", OrderPlaced::NAME), 1, 1).expect("dead-letter topic");
+            std::env::set_var("CHAOS_KAFKA_BROKERS", mock.bootstrap_servers());
+            vars.push(("CHAOS_KAFKA_BROKERS", mock.bootstrap_servers()));
+            BrokerServer::Mock(mock)
+        }
+        Broker::Tansu => {
+            let tansu = tokio::task::spawn_blocking(Tansu::private).await.expect("start tansu");
+            std::env::set_var("CHAOS_KAFKA_BROKERS", tansu.brokers());
+            vars.push(("CHAOS_KAFKA_BROKERS", tansu.brokers()));
+            let plan = TopicPlan::new()
+                .retry_tiers([])
+                .on_difference(OnDifference::Fail)
+                .topic(OrderPlaced::NAME, TopicSettings::new(4));
+            let admin = KafkaBackend::connect(kafka_config()).await.expect("connect to tansu");
+            admin.provision(&plan).await.expect("provision the chaos topics");
+            BrokerServer::Tansu(Arc::new(tansu))
+        }
+    };
     let roles = ["producer", "dispatcher", "consumer"];
     let mut children: Vec<Option<Child>> = roles.iter().map(|r| Some(spawn(r, &vars, options.events))).collect();
     let mut producer_done = false;
     let (mut kills, mut restarts) = (0u32, 0u32);
     let mut rng = fastrand::Rng::with_seed(42);
-    let restart_at: Vec<u32> = (1..=options.redis_restarts)
-        .map(|i| i * options.kills.max(1) / (options.redis_restarts + 1))
+    let restart_at: Vec<u32> = (1..=options.broker_restarts)
+        .map(|i| i * options.kills.max(1) / (options.broker_restarts + 1))
         .collect();
-    let mut chaos_done = options.kills == 0 && options.redis_restarts == 0;
+    let mut chaos_done = options.kills == 0 && options.broker_restarts == 0;
     let mut last_progress = (0i64, Instant::now());
     loop {
         if started.elapsed() > options.timeout {
@@ -236,9 +375,9 @@ async fn driver(options: Options) -> ExitCode {
             }
         }
         if !chaos_done {
-            if restarts < options.redis_restarts && restart_at.get(restarts as usize) == Some(&kills) {
+            if restarts < options.broker_restarts && restart_at.get(restarts as usize) == Some(&kills) {
                 restarts += 1;
-                tokio::task::spawn_blocking(eventbus_integration::restart_redis).await.expect("restart redis");
+                server.restart().await;
             }
             let candidates: Vec<usize> = (0..3).filter(|&i| children[i].is_some()).collect();
             if kills < options.kills && !candidates.is_empty() {
@@ -250,7 +389,7 @@ async fn driver(options: Options) -> ExitCode {
                 kills += 1;
                 children[victim] = Some(spawn(roles[victim], &vars, options.events));
             }
-            chaos_done = kills >= options.kills && restarts >= options.redis_restarts;
+            chaos_done = kills >= options.kills && restarts >= options.broker_restarts;
         }
         if producer_done && chaos_done {
             let committed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chaos_orders WHERE NOT poison").fetch_one(&pool).await.unwrap_or(0);
@@ -281,8 +420,8 @@ async fn driver(options: Options) -> ExitCode {
     let poison: HashSet<Uuid> = orders.iter().filter(|o| o.2).map(|o| o.1).collect();
     let all_orders: HashSet<Uuid> = orders.iter().map(|o| o.1).collect();
     let applied: HashSet<Uuid> = ledger.iter().map(|l| l.0).collect();
-    let backend = RedisBackend::connect(redis_config()).await.expect("redis");
-    let dead = eventbus::dead_letter::DeadLetters::new(Arc::new(backend)).list("chaos.order.placed").await.expect("dlq");
+    let backend = connect(options.backend).await;
+    let dead = eventbus::dead_letter::DeadLetters::new(backend).list("chaos.order.placed").await.expect("dlq");
     let dead_ids: HashSet<Uuid> = dead.iter().filter_map(|d| d.envelope().ok().map(|e| e.id)).collect();
     let reasons_ok = dead.iter().all(|d| d.failure.message.contains("is poison"));
     let lost = committed.difference(&applied).count();
@@ -292,7 +431,8 @@ async fn driver(options: Options) -> ExitCode {
     let poison_missing = poison.difference(&dead_ids).count();
     let misplaced = dead_ids.difference(&poison).count();
     println!(
-        "chaos: backend=redis events={} committed={} kills={kills} redis_restarts={restarts} lost={lost} duplicated={duplicated} dead_lettered={} orphans={orphans} poison_applied={poison_applied} poison_missing={poison_missing} misplaced={misplaced} seconds={:.0}",
+        "chaos: backend={} events={} committed={} kills={kills} broker_restarts={restarts} lost={lost} duplicated={duplicated} dead_lettered={} orphans={orphans} poison_applied={poison_applied} poison_missing={poison_missing} misplaced={misplaced} seconds={:.0}",
+        options.backend.name(),
         options.events,
         orders.len(),
         dead_ids.len(),
@@ -312,6 +452,9 @@ async fn driver(options: Options) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    if let Ok(filter) = std::env::var("CHAOS_LOG") {
+        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::io::stderr).init();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     match args.first().map(String::as_str) {

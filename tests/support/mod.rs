@@ -7,6 +7,9 @@
 
 use std::path::PathBuf;
 
+mod tansu;
+pub use tansu::Tansu;
+
 /// The value of `var` (a server URL), or `None` when the suite must be skipped.
 ///
 /// Panics when `EVENTBUS_REQUIRE_SERVERS` is set and `var` is missing.
