@@ -18,7 +18,7 @@ struct LedgerPosted {
     n: u32,
 }
 
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn config(url: &str, name: &str) -> RedisConfig {
     let mut c = RedisConfig::new(url);
@@ -34,7 +34,7 @@ fn config(url: &str, name: &str) -> RedisConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_in_the_middle_of_10000_events_loses_none() {
     let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis_restart") else { return };
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let b = RedisBackend::connect(config(&url, "restart")).await.unwrap();
     let seen: Arc<Mutex<HashSet<Uuid>>> = Arc::default();
     let effects = Arc::new(AtomicUsize::new(0));
@@ -99,7 +99,7 @@ async fn a_redis_restart_in_the_middle_of_10000_events_loses_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flushall_recreates_streams_and_groups_and_consumption_continues() {
     let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis_restart") else { return };
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let b = RedisBackend::connect(config(&url, "flush")).await.unwrap();
     let count = Arc::new(AtomicUsize::new(0));
     let c = count.clone();
