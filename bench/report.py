@@ -18,7 +18,12 @@ def criterion(text):
     """bench id -> {"time": median, "thrpt": median}."""
     rows = {}
     current = None
-    for line in text.splitlines():
+    # Progress lines ("Benchmarking <id>: Warming up ...") end in carriage returns.
+    for line in re.split(r"[\r\n]+", text):
+        progress = re.match(r"Benchmarking (\S+?):", line)
+        if progress:
+            current = progress.group(1)
+            continue
         if line and not line[0].isspace():
             token = line.split()[0]
             if "/" in token:

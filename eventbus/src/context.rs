@@ -149,6 +149,9 @@ impl Context {
         if envelope.user_id.is_none() {
             envelope.user_id = inner.user_id.clone();
         }
+        // With OpenTelemetry, the handler's exported span is the follow-on's parent.
+        #[cfg(feature = "opentelemetry")]
+        crate::observability::otel::inject_current(&mut envelope.headers);
         if let Some(parent) = inner.headers.get(TRACEPARENT).and_then(|v| TraceParent::parse(v)) {
             envelope
                 .headers

@@ -45,6 +45,7 @@
 //! | `kafka` | no | `backend::kafka`: Kafka backend over rdkafka |
 //! | `kafka-ssl`, `kafka-ssl-vendored`, `kafka-gssapi`, `kafka-zstd` | no | rdkafka TLS/SASL, Kerberos, zstd |
 //! | `admin` | no | `admin`: HTTP server, dashboard |
+//! | `opentelemetry` | no | `observability::otel`: OpenTelemetry trace bridge |
 
 #[cfg(feature = "admin")]
 pub mod admin;

@@ -117,7 +117,9 @@ impl Publisher {
             correlation_id = envelope.correlation_id.as_deref().unwrap_or(""),
             tenant = envelope.tenant_id.as_deref().unwrap_or(""),
         );
-        let message = self.prepare(envelope)?;
+        // Prepared inside the publish span: with feature `opentelemetry`, the `traceparent`
+        // then names this span as the parent of the handlers' spans.
+        let message = span.in_scope(|| self.prepare(envelope))?;
         self.send(vec![message]).instrument(span).await?;
         Ok(id)
     }
@@ -143,7 +145,9 @@ impl Publisher {
         self.send(messages).await
     }
 
-    /// Builds the message for an envelope: fills the metadata and encodes it.
+    /// Builds the message for an envelope: fills the metadata and encodes it. A missing
+    /// `traceparent` starts a new trace; with feature `opentelemetry` it is first taken from the
+    /// current span's OpenTelemetry context.
     pub fn prepare<E: Event>(&self, mut envelope: Envelope<E>) -> Result<Message, Error> {
         if envelope.source.is_empty() {
             envelope.source = self.source.to_string();
@@ -154,6 +158,8 @@ impl Publisher {
         if envelope.time == chrono::DateTime::<chrono::Utc>::default() {
             envelope.time = self.clock.now();
         }
+        #[cfg(feature = "opentelemetry")]
+        crate::observability::otel::inject_current(&mut envelope.headers);
         if !envelope.headers.contains_key(TRACEPARENT) {
             envelope
                 .headers

@@ -1,8 +1,11 @@
 //! Observability: Prometheus metrics and W3C trace context. Every publish and every handler
 //! call also runs in a `tracing` span (`eventbus.publish`, `eventbus.handle`) carrying the
-//! event id, type, topic, group, attempt, correlation id, tenant and trace id.
+//! event id, type, topic, group, attempt, correlation id, tenant and trace id. With feature
+//! `opentelemetry`, the `otel` module joins the `traceparent` to OpenTelemetry traces.
 
 mod metrics;
+#[cfg(feature = "opentelemetry")]
+pub mod otel;
 mod trace_context;
 
 pub use metrics::Metrics;

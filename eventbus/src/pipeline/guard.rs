@@ -69,6 +69,11 @@ impl Layer for GuardLayer {
                         .unwrap_or_default(),
                 )
             };
+            #[cfg(feature = "opentelemetry")]
+            crate::observability::otel::set_remote_parent(
+                &span,
+                cx.envelope.as_ref().and_then(|e| e.headers.get(TRACEPARENT)).map(String::as_str),
+            );
             let started = std::time::Instant::now();
             let attempt = cx.attempt;
             let first_failure = cx.first_failure;

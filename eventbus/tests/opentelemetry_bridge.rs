@@ -1,0 +1,180 @@
+//! The OpenTelemetry bridge (feature `opentelemetry`) on the in-memory bus: a publish inside a
+//! traced request continues that trace into the envelope's `traceparent`, and the handler span
+//! is exported as a child of the publishing span in the same trace.
+
+use std::sync::{Arc, Mutex};
+
+use eventbus::observability::{TraceParent, TRACEPARENT};
+use eventbus::testing::TestHarness;
+use eventbus::{event, Envelope, Subscription};
+use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+use tracing_subscriber::layer::SubscriberExt;
+
+#[event(name = "order.placed", version = 1, key = order_id)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct OrderPlaced {
+    order_id: String,
+}
+
+fn placed(id: &str) -> OrderPlaced {
+    OrderPlaced {
+        order_id: id.to_owned(),
+    }
+}
+
+/// Runs `publish` on a current-thread tokio runtime under a `tracing` subscriber that exports
+/// to OpenTelemetry's in-memory exporter, with one handler recording the `traceparent` it
+/// received. Returns the received headers and the exported spans.
+///
+/// The subscriber is this thread's default only, and the runtime runs every task on this
+/// thread, so the bus's tasks are traced without touching other tests.
+fn traced_run<F>(publish: impl FnOnce(Arc<TestHarness>) -> F) -> (Vec<String>, Vec<SpanData>)
+where
+    F: std::future::Future<Output = ()>,
+{
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("eventbus-test")));
+    let received: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = received.clone();
+    tracing::subscriber::with_default(subscriber, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        rt.block_on(async move {
+            let h = TestHarness::start(move |bus| {
+                let seen = seen.clone();
+                bus.subscribe(
+                    Subscription::new("order.placed", move |env: Envelope<OrderPlaced>| {
+                        let header = env.headers.get(TRACEPARENT).cloned().unwrap_or_default();
+                        seen.lock().unwrap().push(header);
+                        async { Ok(()) }
+                    })
+                    .group("fulfilment"),
+                )
+            })
+            .await
+            .expect("bus starts");
+            let h = Arc::new(h);
+            publish(h.clone()).await;
+            h.settle().await.expect("every delivery settles");
+            h.bus().shutdown(std::time::Duration::from_secs(5)).await;
+        });
+    });
+    provider.force_flush().expect("flush the tracer provider");
+    let spans = exporter.get_finished_spans().expect("exported spans");
+    let received = received.lock().unwrap().clone();
+    (received, spans)
+}
+
+fn one<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
+    let mut found = spans.iter().filter(|s| s.name == name);
+    let span = found.next().unwrap_or_else(|| {
+        panic!(
+            "no exported span {name:?} in {:?}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        )
+    });
+    assert!(
+        found.next().is_none(),
+        "more than one exported span {name:?}"
+    );
+    span
+}
+
+#[test]
+fn the_handler_span_continues_the_trace_of_the_publishing_request() {
+    let (received, spans) = traced_run(|h| async move {
+        async { h.publish(placed("o-1")).await.expect("publish") }
+            .instrument(tracing::info_span!("http.request"))
+            .await;
+    });
+
+    assert_eq!(received.len(), 1, "the handler ran once: {received:?}");
+    let traceparent =
+        TraceParent::parse(&received[0]).expect("a valid traceparent in the envelope");
+
+    let request = one(&spans, "http.request");
+    let publish = one(&spans, "eventbus.publish");
+    let handle = one(&spans, "eventbus.handle");
+    let trace_id = request.span_context.trace_id();
+    assert_ne!(trace_id, TraceId::INVALID);
+
+    // user span -> publish: the publish span is a local child of the request span.
+    assert_eq!(
+        publish.span_context.trace_id(),
+        trace_id,
+        "publish joins the request's trace"
+    );
+    assert_eq!(publish.parent_span_id, request.span_context.span_id());
+
+    // publish -> envelope: the traceparent names the publish span in the request's trace.
+    assert_eq!(
+        traceparent.trace_id,
+        trace_id.to_string(),
+        "the envelope carries the request's trace"
+    );
+    assert_eq!(
+        traceparent.parent_id,
+        publish.span_context.span_id().to_string()
+    );
+
+    // envelope -> handler: the handler span's remote parent is the span in the traceparent.
+    assert_eq!(
+        handle.span_context.trace_id(),
+        trace_id,
+        "the handler joins the request's trace"
+    );
+    let parent = SpanId::from_hex(&traceparent.parent_id).expect("hex span id");
+    assert_eq!(
+        handle.parent_span_id, parent,
+        "the handler's parent is the envelope's span"
+    );
+    assert!(
+        handle.parent_span_is_remote,
+        "the handler's parent came over the wire"
+    );
+}
+
+#[test]
+fn an_explicit_traceparent_wins_over_the_current_span() {
+    const EXPLICIT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (received, spans) = traced_run(|h| async move {
+        let envelope = Envelope::new(placed("o-2")).with_header(TRACEPARENT, EXPLICIT);
+        async {
+            h.bus()
+                .publisher()
+                .publish_envelope(envelope)
+                .await
+                .expect("publish")
+        }
+        .instrument(tracing::info_span!("http.request"))
+        .await;
+    });
+
+    assert_eq!(
+        received,
+        vec![EXPLICIT.to_owned()],
+        "the explicit traceparent is delivered as given"
+    );
+    let request = one(&spans, "http.request");
+    let handle = one(&spans, "eventbus.handle");
+    let explicit = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("hex trace id");
+    assert_ne!(request.span_context.trace_id(), explicit);
+    assert_eq!(
+        handle.span_context.trace_id(),
+        explicit,
+        "the handler joins the explicit trace"
+    );
+    assert_eq!(
+        handle.parent_span_id,
+        SpanId::from_hex("00f067aa0ba902b7").expect("hex span id")
+    );
+}
