@@ -118,8 +118,8 @@ async fn traceparent_continues_across_a_publish_consume_hop() {
 }
 
 /// Records the fields of every `eventbus.*` span.
-#[derive(Clone, Default)]
 type Recorded = Vec<(String, HashMap<String, String>)>;
+#[derive(Clone, Default)]
 struct Spans(Arc<Mutex<Recorded>>);
 
 struct Fields<'a>(&'a mut HashMap<String, String>);

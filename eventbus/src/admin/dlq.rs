@@ -283,17 +283,7 @@ pub(crate) async fn redrive_many(
     Path(topic): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let topic = topic_name(&topic, "topic")?;
-    let ids = select(&state, &topic, &body).await?;
-    let redriven = if ids.is_empty() {
-        0
-    } else {
-        state.bus.dead_letters().redrive(&topic, &ids).await?
-    };
-    tracing::info!(%topic, requested = ids.len(), redriven, "dead letters redriven through the admin API");
-    Ok(Json(
-        json!({ "topic": topic, "requested": ids.len(), "redriven": redriven }),
-    ))
+    bulk(&state, &topic, &body, Bulk::Redrive).await
 }
 
 /// `DELETE /dlq/{topic}/{id}`.
@@ -317,16 +307,45 @@ pub(crate) async fn purge_many(
     Path(topic): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let topic = topic_name(&topic, "topic")?;
-    let ids = select(&state, &topic, &body).await?;
+    bulk(&state, &topic, &body, Bulk::Purge).await
+}
+
+/// What a bulk endpoint does with the dead letters its body selects.
+#[derive(Clone, Copy)]
+enum Bulk {
+    Redrive,
+    Purge,
+}
+
+impl Bulk {
+    /// The reply field counting the letters acted on.
+    fn done(self) -> &'static str {
+        match self {
+            Bulk::Redrive => "redriven",
+            Bulk::Purge => "purged",
+        }
+    }
+}
+
+/// Selects dead letters by the request body and redrives or purges them; replies with
+/// `{"topic", "requested", "redriven"|"purged"}`.
+async fn bulk(state: &AdminState, topic: &str, body: &[u8], action: Bulk) -> Result<Json<Value>, ApiError> {
+    let topic = topic_name(topic, "topic")?;
+    let ids = select(state, &topic, body).await?;
     let requested = ids.len();
-    let purged = if ids.is_empty() {
+    let done = if ids.is_empty() {
         0
     } else {
-        state.bus.dead_letters().purge(&topic, ids).await?
+        let dead_letters = state.bus.dead_letters();
+        match action {
+            Bulk::Redrive => dead_letters.redrive(&topic, &ids).await?,
+            Bulk::Purge => dead_letters.purge(&topic, ids).await?,
+        }
     };
-    tracing::info!(%topic, requested, purged, "dead letters purged through the admin API");
-    Ok(Json(
-        json!({ "topic": topic, "requested": requested, "purged": purged }),
-    ))
+    tracing::info!(%topic, requested, done, action = action.done(), "dead letters changed through the admin API");
+    let mut reply = serde_json::Map::new();
+    reply.insert("topic".into(), json!(topic));
+    reply.insert("requested".into(), json!(requested));
+    reply.insert(action.done().into(), json!(done));
+    Ok(Json(Value::Object(reply)))
 }
