@@ -198,6 +198,7 @@ fn main() {
         let c = raw_consume(&mut conn, &raw_stream).await;
         let d1 = pipeline_consume(&backend, 1, true).await;
         let d64 = pipeline_consume(&backend, 64, true).await;
+        let d256 = pipeline_consume(&backend, 256, true).await;
         let m64 = pipeline_consume(&backend, 64, false).await;
 
         println!("redis streams, {EVENTS} events of {} bytes, batches of {BATCH}", Envelope::new(tick(0)).encode().unwrap().len());
@@ -206,6 +207,7 @@ fn main() {
         println!("(c) raw XREADGROUP+XACK loop      {:>10.0} events/s", rate(EVENTS, c));
         println!("(d) pipeline+inbox, concurrency 1 {:>10.0} events/s   d/c = {:.2}", rate(EVENTS, d1), c.as_secs_f64() / d1.as_secs_f64());
         println!("(d) pipeline+inbox, concurrency 64{:>10.0} events/s   d/c = {:.2}", rate(EVENTS, d64), c.as_secs_f64() / d64.as_secs_f64());
+        println!("(d) pipeline+inbox, concurrency 256{:>9.0} events/s   d/c = {:.2}", rate(EVENTS, d256), c.as_secs_f64() / d256.as_secs_f64());
         println!("(d') pipeline, in-process inbox, c64{:>9.0} events/s   d'/c = {:.2}", rate(EVENTS, m64), c.as_secs_f64() / m64.as_secs_f64());
         let mut fresh = RedisConfig::new(&url);
         fresh.prefix = format!("{prefix}-latency");
