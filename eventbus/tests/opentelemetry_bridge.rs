@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use eventbus::observability::{TraceParent, TRACEPARENT};
 use eventbus::testing::TestHarness;
-use eventbus::{event, Envelope, Subscription};
+use eventbus::{event, Context, Envelope, Subscription};
 use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,15 @@ struct OrderPlaced {
     order_id: String,
 }
 
+/// Published by the `order.placed` handler as a follow-on when the order id is `FOLLOW_ON`.
+#[event(name = "order.shipped", version = 1, key = order_id)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct OrderShipped {
+    order_id: String,
+}
+
+const FOLLOW_ON: &str = "o-follow-on";
+
 fn placed(id: &str) -> OrderPlaced {
     OrderPlaced {
         order_id: id.to_owned(),
@@ -26,12 +35,13 @@ fn placed(id: &str) -> OrderPlaced {
 }
 
 /// Runs `publish` on a current-thread tokio runtime under a `tracing` subscriber that exports
-/// to OpenTelemetry's in-memory exporter, with one handler recording the `traceparent` it
-/// received. Returns the received headers and the exported spans.
+/// to OpenTelemetry's in-memory exporter, with handlers recording the `traceparent` they
+/// received. Returns the headers received by the `order.placed` handler, those received by the
+/// `order.shipped` handler (follow-ons), and the exported spans.
 ///
 /// The subscriber is this thread's default only, and the runtime runs every task on this
 /// thread, so the bus's tasks are traced without touching other tests.
-fn traced_run<F>(publish: impl FnOnce(Arc<TestHarness>) -> F) -> (Vec<String>, Vec<SpanData>)
+fn traced_run<F>(publish: impl FnOnce(Arc<TestHarness>) -> F) -> (Vec<String>, Vec<String>, Vec<SpanData>)
 where
     F: std::future::Future<Output = ()>,
 {
@@ -42,7 +52,8 @@ where
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("eventbus-test")));
     let received: Arc<Mutex<Vec<String>>> = Arc::default();
-    let seen = received.clone();
+    let shipped: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (seen, seen_shipped) = (received.clone(), shipped.clone());
     tracing::subscriber::with_default(subscriber, || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -50,14 +61,27 @@ where
             .expect("tokio runtime");
         rt.block_on(async move {
             let h = TestHarness::start(move |bus| {
-                let seen = seen.clone();
+                let (seen, seen_shipped) = (seen.clone(), seen_shipped.clone());
                 bus.subscribe(
-                    Subscription::new("order.placed", move |env: Envelope<OrderPlaced>| {
+                    Subscription::new("order.placed", move |ctx: Context, env: Envelope<OrderPlaced>| {
                         let header = env.headers.get(TRACEPARENT).cloned().unwrap_or_default();
                         seen.lock().unwrap().push(header);
-                        async { Ok(()) }
+                        async move {
+                            if env.data.order_id == FOLLOW_ON {
+                                ctx.publish(OrderShipped { order_id: env.data.order_id }).await?;
+                            }
+                            Ok(())
+                        }
                     })
                     .group("fulfilment"),
+                )
+                .subscribe(
+                    Subscription::new("order.shipped", move |env: Envelope<OrderShipped>| {
+                        let header = env.headers.get(TRACEPARENT).cloned().unwrap_or_default();
+                        seen_shipped.lock().unwrap().push(header);
+                        async { Ok(()) }
+                    })
+                    .group("notifications"),
                 )
             })
             .await
@@ -71,7 +95,8 @@ where
     provider.force_flush().expect("flush the tracer provider");
     let spans = exporter.get_finished_spans().expect("exported spans");
     let received = received.lock().unwrap().clone();
-    (received, spans)
+    let shipped = shipped.lock().unwrap().clone();
+    (received, shipped, spans)
 }
 
 fn one<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
@@ -91,7 +116,7 @@ fn one<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
 
 #[test]
 fn the_handler_span_continues_the_trace_of_the_publishing_request() {
-    let (received, spans) = traced_run(|h| async move {
+    let (received, _, spans) = traced_run(|h| async move {
         async { h.publish(placed("o-1")).await.expect("publish") }
             .instrument(tracing::info_span!("http.request"))
             .await;
@@ -146,7 +171,7 @@ fn the_handler_span_continues_the_trace_of_the_publishing_request() {
 #[test]
 fn an_explicit_traceparent_wins_over_the_current_span() {
     const EXPLICIT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let (received, spans) = traced_run(|h| async move {
+    let (received, _, spans) = traced_run(|h| async move {
         let envelope = Envelope::new(placed("o-2")).with_header(TRACEPARENT, EXPLICIT);
         async {
             h.bus()
@@ -176,5 +201,28 @@ fn an_explicit_traceparent_wins_over_the_current_span() {
     assert_eq!(
         handle.parent_span_id,
         SpanId::from_hex("00f067aa0ba902b7").expect("hex span id")
+    );
+}
+
+#[test]
+fn a_follow_on_event_names_the_handler_span_as_its_parent() {
+    let (received, shipped, spans) = traced_run(|h| async move {
+        async { h.publish(placed(FOLLOW_ON)).await.expect("publish") }
+            .instrument(tracing::info_span!("http.request"))
+            .await;
+    });
+    assert_eq!(received.len(), 1, "the order.placed handler ran once: {received:?}");
+    assert_eq!(shipped.len(), 1, "the follow-on was handled once: {shipped:?}");
+    let follow_on = TraceParent::parse(&shipped[0]).expect("a valid traceparent on the follow-on");
+    let request = one(&spans, "http.request");
+    let first_handler = spans
+        .iter()
+        .find(|s| s.name == "eventbus.handle" && s.parent_span_id.to_string() == TraceParent::parse(&received[0]).expect("traceparent").parent_id)
+        .expect("the order.placed handler span");
+    assert_eq!(follow_on.trace_id, request.span_context.trace_id().to_string(), "the follow-on stays in the request's trace");
+    assert_eq!(
+        follow_on.parent_id,
+        first_handler.span_context.span_id().to_string(),
+        "the follow-on's parent is the span of the handler that published it"
     );
 }
