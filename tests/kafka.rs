@@ -3,8 +3,12 @@
 //! - `mock::*`: librdkafka's mock cluster (`rdkafka::mocking::MockCluster`: in-process, real
 //!   protocol over TCP on 127.0.0.1), a fresh cluster per test. Always runs (marker
 //!   `kafka_mock`).
-//! - `tansu::*`: the tansu broker started by `scripts/test` (`EVENTBUS_KAFKA_BROKERS`, marker
-//!   `kafka_tansu`).
+//! - `tansu::*`: tansu (`EVENTBUS_TANSU_BIN`, marker `kafka_tansu`), a fresh broker process
+//!   and sqlite database per case (`EVENTBUS_TANSU_MODE=shared` uses the one broker
+//!   `scripts/test` started instead; see `docs/testing.md` for why a broker per case).
+//!
+//! A failing case re-panics with what the broker was doing (CPU, log tail) and names a fault
+//! of the broker's own (a panic in its log, a saturated process) when it sees one.
 //!
 //! Every case is one `async fn case(broker: &Broker)`, called by both modules. Where a broker
 //! lacks a feature the case needs, the case says so and runs on the other one only:
@@ -28,7 +32,7 @@ use eventbus::backend::kafka::{
 use eventbus::backend::{Backend, Message};
 use eventbus::inbox::MemoryInbox;
 use eventbus::{event, Backoff, Bus, CatalogEntry, Context, Envelope, ErrorKind, HandlerError, Subscription, Uuid};
-use eventbus_integration::{eventually, require_server};
+use eventbus_integration::{eventually, panic_message, require_server, scaled, wait_for_progress, Tansu};
 use serde::{Deserialize, Serialize};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -37,6 +41,7 @@ const WAIT: Duration = Duration::from_secs(30);
 pub struct Broker {
     brokers: String,
     mock: Option<MockCluster<'static, DefaultProducerContext>>,
+    tansu: Option<Tansu>,
 }
 
 impl Broker {
@@ -48,12 +53,36 @@ impl Broker {
         Broker {
             brokers: mock.bootstrap_servers(),
             mock: Some(mock),
+            tansu: None,
         }
     }
 
-    fn tansu() -> Option<Broker> {
-        let brokers = require_server("EVENTBUS_KAFKA_BROKERS", "kafka_tansu")?;
-        Some(Broker { brokers, mock: None })
+    /// A tansu broker of the case's own, or the shared one with `EVENTBUS_TANSU_MODE=shared`.
+    async fn tansu() -> Option<Broker> {
+        require_server("EVENTBUS_TANSU_BIN", "kafka_tansu")?;
+        let tansu = match std::env::var("EVENTBUS_TANSU_MODE").as_deref() {
+            Ok("shared") => Tansu::shared(),
+            Ok("private") | Err(_) => tokio::task::spawn_blocking(Tansu::private).await.expect("start tansu"),
+            Ok(other) => panic!("EVENTBUS_TANSU_MODE must be `private` or `shared`, got `{other}`"),
+        };
+        Some(Broker { brokers: tansu.brokers(), mock: None, tansu: Some(tansu) })
+    }
+
+    /// What the broker was doing, for a failure message.
+    async fn diagnose(&self) -> String {
+        match &self.tansu {
+            // Samples the broker's CPU for a second: off the runtime's worker.
+            Some(tansu) => tokio::task::block_in_place(|| tansu.diagnose()),
+            None => format!("librdkafka mock cluster on {} (in-process)", self.brokers),
+        }
+    }
+
+    /// Runs `case`; when it panics, panics again with the broker's state added.
+    async fn run<F: std::future::Future<Output = ()>>(&self, case: F) {
+        use futures::FutureExt;
+        if let Err(panic) = std::panic::AssertUnwindSafe(case).catch_unwind().await {
+            panic!("{}\n  broker: {}", panic_message(&*panic), self.diagnose().await);
+        }
     }
 
     fn is_mock(&self) -> bool {
@@ -286,7 +315,10 @@ async fn key_order_holds_across_10000_events_on_6_partitions(b: &Broker) {
         publisher.publish_batch(batch).await.unwrap();
     }
     let count = || seen.lock().unwrap().values().map(Vec::len).sum::<usize>();
-    assert!(eventually(Duration::from_secs(120), || count() == total as usize).await, "handled {} of {total}", count());
+    // A slow broker that keeps delivering is waited for; one that stops for 30 s is reported.
+    if let Err(progress) = wait_for_progress("handled", total as usize, Duration::from_secs(30), Duration::from_secs(300), count).await {
+        panic!("{progress}; backend {:?}", backend.stats());
+    }
     for (account, ns) in seen.lock().unwrap().iter() {
         assert!(ns.windows(2).all(|w| w[0] < w[1]), "{account} out of order: {ns:?}");
         assert_eq!(ns.len(), 100, "{account}");
@@ -779,7 +811,7 @@ async fn replay_by_time_range_and_event_type(b: &Broker) {
         .start()
         .await
         .unwrap();
-    tokio::time::timeout(WAIT, replay.finished()).await.expect("replay finished");
+    tokio::time::timeout(scaled(WAIT), replay.finished()).await.expect("replay finished");
     let got = got.lock().unwrap().clone();
     assert_eq!(got.len(), 5, "{got:?}");
     assert!(got.iter().all(|(batch, t, replay)| *batch == 1 && t == "rpl.price.changed" && *replay), "{got:?}");
@@ -926,18 +958,18 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
                     let broker = super::Broker::mock();
-                    super::$case(&broker).await;
+                    broker.run(super::$case(&broker)).await;
                 }
             )*
         }
 
-        /// The suite on tansu (`EVENTBUS_KAFKA_BROKERS`).
+        /// The suite on tansu: a broker per case (`EVENTBUS_TANSU_BIN`).
         mod tansu {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
-                    let Some(broker) = super::Broker::tansu() else { return };
-                    super::$case(&broker).await;
+                    let Some(broker) = super::Broker::tansu().await else { return };
+                    broker.run(super::$case(&broker)).await;
                 }
             )*
         }
@@ -970,8 +1002,8 @@ async fn mock_members_split_partitions_and_a_killed_member_is_taken_over() {
 /// not implement: this case runs on tansu only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tansu_provisioning_creates_the_catalog_topics() {
-    let Some(broker) = Broker::tansu() else { return };
-    provisioning_creates_the_catalog_topics(&broker).await;
+    let Some(broker) = Broker::tansu().await else { return };
+    broker.run(provisioning_creates_the_catalog_topics(&broker)).await;
 }
 
 /// On the mock cluster provisioning fails with a clear error instead of pretending.

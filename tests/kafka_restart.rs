@@ -1,7 +1,6 @@
-//! The Kafka backend across a broker restart: tansu (sqlite storage) is stopped and started
-//! again in the middle of a stream. It restarts the shared test broker, so it lives in its own
-//! test binary (marker `kafka_restart`); `scripts/test` provides `EVENTBUS_KAFKA_BROKERS`,
-//! `EVENTBUS_TANSU_BIN` and `EVENTBUS_TANSU_DIR` (data directory with `tansu.pid`).
+//! The Kafka backend across a broker restart: a tansu broker of the test's own (sqlite storage,
+//! `EVENTBUS_TANSU_BIN`, marker `kafka_restart`) is stopped and started again in the middle of
+//! a stream; and the same on the mock cluster.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,7 +11,7 @@ use eventbus::backend::kafka::rdkafka::mocking::MockCluster;
 use eventbus::backend::kafka::{KafkaBackend, KafkaConfig, OnDifference, StartFrom, TopicPlan, TopicSettings};
 use eventbus::inbox::MemoryInbox;
 use eventbus::{event, Bus, Envelope, Subscription, Uuid};
-use eventbus_integration::{eventually, require_server, Tansu};
+use eventbus_integration::{eventually, panic_message, require_server, Tansu};
 use serde::{Deserialize, Serialize};
 
 #[event(name = "rst.ledger.posted", version = 1, key = account)]
@@ -108,8 +107,9 @@ fn config(brokers: &str) -> KafkaConfig {
 /// below. Producer retries without idempotence can duplicate records: the inbox absorbs them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tansu_restart_in_the_middle_of_a_stream_loses_nothing() {
-    let Some(brokers) = require_server("EVENTBUS_KAFKA_BROKERS", "kafka_restart") else { return };
-    let mut config = config(&brokers);
+    let Some(_) = require_server("EVENTBUS_TANSU_BIN", "kafka_restart") else { return };
+    let tansu = Arc::new(tokio::task::spawn_blocking(Tansu::private).await.expect("start tansu"));
+    let mut config = config(&tansu.brokers());
     config.producer_options.insert("enable.idempotence".into(), "false".into());
     let backend = KafkaBackend::connect(config).await.expect("connect");
     let plan = TopicPlan::new()
@@ -117,8 +117,12 @@ async fn a_tansu_restart_in_the_middle_of_a_stream_loses_nothing() {
         .on_difference(OnDifference::Warn)
         .topic("rst.ledger.posted", TopicSettings::new(4));
     backend.provision(&plan).await.expect("topic");
-    let restart = async move { tokio::task::spawn_blocking(|| Tansu::shared().restart()).await.unwrap() };
-    stream_across_a_restart(backend, restart).await;
+    let broker = tansu.clone();
+    let restart = async move { tokio::task::spawn_blocking(move || broker.restart()).await.unwrap() };
+    use futures::FutureExt;
+    if let Err(panic) = std::panic::AssertUnwindSafe(stream_across_a_restart(backend, restart)).catch_unwind().await {
+        panic!("{}\n  broker: {}", panic_message(&*panic), tokio::task::block_in_place(|| tansu.diagnose()));
+    }
 }
 
 /// The mock cluster's broker goes down for two seconds and comes back (connections refused,

@@ -522,6 +522,37 @@ fn each_group_gets_every_event_and_members_split_the_work() {
     });
 }
 
+/// A handler of one type on a pattern wider than that type (the README's first example) gets
+/// its type; the pattern's other types are skipped and counted, never dead-lettered.
+#[test]
+fn a_typed_handler_on_a_wider_pattern_skips_the_other_types() {
+    run(|rt| async move {
+        let seen = Seen::default();
+        let s = seen.clone();
+        let h = TestHarness::start_on(rt, move |bus| {
+            let s = s.clone();
+            bus.subscribe(
+                Subscription::new("order.*", move |env: Envelope<OrderCreated>| {
+                    s.push(&env.data.order_id, env.data.seq);
+                    async { Ok(()) }
+                })
+                .group("created-only"),
+            )
+        })
+        .await
+        .unwrap();
+        h.publish(order("1", 1)).await.unwrap();
+        h.publish(OrderCancelled { order_id: "1".into() }).await.unwrap();
+        h.publish(order("2", 2)).await.unwrap();
+        h.settle().await.unwrap();
+        assert_eq!(seen.all(), vec![("1".to_owned(), 1), ("2".to_owned(), 2)]);
+        let stats = h.bus().stats();
+        assert_eq!((stats.handled, stats.skipped, stats.dead_lettered), (2, 1, 0), "{stats:?}");
+        let letters = h.dead_letters("order.cancelled").await.unwrap();
+        assert!(letters.is_empty(), "order.cancelled was dead-lettered: {letters:?}");
+    });
+}
+
 #[test]
 fn group_enum_and_dynamic_handlers_receive_matching_types_only() {
     run(|rt| async move {

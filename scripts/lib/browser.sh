@@ -7,7 +7,7 @@
 
 install_browser() {
     if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
-        apt_install chromium chromium-driver
+        apt_install chromium chromium-driver || return 1
     fi
     export EVENTBUS_CHROMEDRIVER
     EVENTBUS_CHROMEDRIVER=$(command -v chromedriver)

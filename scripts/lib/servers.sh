@@ -20,14 +20,14 @@ apt_install() { # package...
 }
 
 start_redis() {
-    command -v redis-server >/dev/null || apt_install redis-server
+    command -v redis-server >/dev/null || apt_install redis-server || return 1
     local port dir
     port=$(free_port)
     dir=$(mktemp -d)
     redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly yes \
         --appendfsync everysec --dir "$dir" --daemonize yes --pidfile "$dir/redis.pid" \
-        --logfile "$dir/redis.log"
-    wait_port 127.0.0.1 "$port" 10
+        --logfile "$dir/redis.log" || return 1
+    wait_port 127.0.0.1 "$port" 10 || return 1
     export EVENTBUS_REDIS_URL="redis://127.0.0.1:$port"
     export EVENTBUS_REDIS_DIR="$dir"
     export EVENTBUS_REDIS_SERVER
@@ -39,15 +39,39 @@ start_redis() {
 start_postgres() {
     local pgbin port dir
     pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
-    if [[ -z $pgbin ]]; then apt_install postgresql; pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1); fi
+    if [[ -z $pgbin ]]; then
+        apt_install postgresql || return 1
+        pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+    fi
     port=$(free_port)
     dir=$(mktemp -d)
     local as=()
     if [[ $(id -u) -eq 0 ]]; then chown postgres:postgres "$dir"; as=(runuser -u postgres --); fi
-    "${as[@]}" "$pgbin/initdb" -D "$dir/db" -U postgres --auth=trust -E UTF8 --no-locale --no-sync >/dev/null
+    "${as[@]}" "$pgbin/initdb" -D "$dir/db" -U postgres --auth=trust -E UTF8 --no-locale --no-sync >/dev/null || return 1
     "${as[@]}" "$pgbin/pg_ctl" -D "$dir/db" -l "$dir/log" -w \
-        -o "-p $port -c listen_addresses=127.0.0.1 -k $dir -c max_connections=200" start >/dev/null
+        -o "-p $port -c listen_addresses=127.0.0.1 -k $dir -c max_connections=200" start >/dev/null || return 1
     export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
     CLEANUP+=("${as[*]} '$pgbin/pg_ctl' -D '$dir/db' -m immediate stop >/dev/null 2>&1; rm -rf '$dir'")
     echo "postgres on $DATABASE_URL"
+}
+
+# Installs the Debian packages the suites need when missing (one `apt-get update`).
+install_packages() {
+    local missing=()
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || missing+=(postgresql)
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v chromedriver >/dev/null || missing+=(chromium-driver)
+    if ((${#missing[@]})); then apt_install "${missing[@]}"; fi
+}
+
+# Starts Redis and PostgreSQL and points the dashboard test at the browser.
+start_servers() {
+    start_redis && start_postgres && install_browser
+}
+
+# Test builds under other feature sets: the in-memory suite on smol, the OpenTelemetry bridge.
+build_variants() {
+    cargo test -j"$JOBS" -p eventbus --no-default-features --features smol,inventory --test memory_pipeline --no-run &&
+        cargo test -j"$JOBS" -p eventbus --features opentelemetry --test opentelemetry_bridge --no-run
 }

@@ -6,9 +6,12 @@
 //! `EVENTBUS_REQUIRE_SERVERS` is set, in which case a missing server is a failure.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 mod tansu;
-pub use tansu::Tansu;
+mod wait;
+pub use tansu::{BrokerFault, Tansu};
+pub use wait::{scaled, time_factor, wait_for_progress, Progress};
 
 /// The value of `var` (a server URL), or `None` when the suite must be skipped.
 ///
@@ -34,8 +37,10 @@ pub fn require_server(var: &str, suite: &str) -> Option<String> {
     }
 }
 
-/// Polls `condition` every 10 ms until it holds or `timeout` passes; returns whether it held.
-pub async fn eventually(timeout: std::time::Duration, mut condition: impl FnMut() -> bool) -> bool {
+/// Polls `condition` every 10 ms until it holds or `timeout` (scaled by [`time_factor`])
+/// passes; returns whether it held.
+pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let timeout = scaled(timeout);
     let start = std::time::Instant::now();
     loop {
         if condition() {
@@ -44,7 +49,7 @@ pub async fn eventually(timeout: std::time::Duration, mut condition: impl FnMut(
         if start.elapsed() > timeout {
             return false;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -97,4 +102,13 @@ pub fn restart_redis_at(url: &str) {
         assert!(Instant::now() < deadline, "redis did not load its data");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The text of a caught panic (`panic!`, `assert!`, `expect`).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "a panic without a message".into())
 }

@@ -11,9 +11,12 @@ use crate::handler::ErrorKind;
 use crate::pattern::Pattern;
 
 /// Parses the envelope (a malformed one is a permanent failure, so it is dead-lettered with the
-/// reason) and skips events whose type the pattern does not match.
+/// reason) and skips events the subscription does not take: a type its pattern does not match,
+/// or, for a typed handler, a type the handler's payload does not accept (a handler of
+/// `Envelope<ApprovalGranted>` on `approval.*` skips `approval.denied`).
 pub struct DecodeLayer {
     pattern: Pattern,
+    accepted: &'static [&'static str],
     clock: Arc<dyn Clock>,
     max_payload: usize,
 }
@@ -26,9 +29,17 @@ impl DecodeLayer {
     pub fn new(pattern: Pattern, clock: Arc<dyn Clock>) -> Self {
         DecodeLayer {
             pattern,
+            accepted: &[],
             clock,
             max_payload: Self::DEFAULT_MAX_PAYLOAD,
         }
+    }
+
+    /// Skips event types outside `types` (the handler's payload types; empty takes any type
+    /// the pattern matches).
+    pub fn accepting(mut self, types: &'static [&'static str]) -> Self {
+        self.accepted = types;
+        self
     }
 }
 
@@ -53,7 +64,15 @@ impl Layer for DecodeLayer {
             }
             match RawEnvelope::decode(&cx.message.payload) {
                 Ok(envelope) => {
-                    if !self.pattern.matches(&envelope.event_type) {
+                    let taken = self.pattern.matches(&envelope.event_type)
+                        && (self.accepted.is_empty()
+                            || self.accepted.contains(&envelope.event_type.as_str()));
+                    if !taken {
+                        tracing::trace!(
+                            event_type = %envelope.event_type,
+                            group = %cx.group,
+                            "skipped: the subscription does not take this event type"
+                        );
                         return Outcome::Skipped;
                     }
                     cx.envelope = Some(envelope);

@@ -266,7 +266,11 @@ impl Pipeline {
                 publisher.backend().clone(),
                 options.retry.terminal,
             )),
-            Arc::new(DecodeLayer::new(pattern, clock.clone()).with_max_payload(*max_payload)),
+            Arc::new(
+                DecodeLayer::new(pattern, clock.clone())
+                    .accepting(subscription.payload_types())
+                    .with_max_payload(*max_payload),
+            ),
         ];
         if options.park_keys {
             layers.push(Arc::new(ParkKeyLayer::new(clock.clone())));
