@@ -110,10 +110,18 @@ async fn audit(env: Envelope<serde_json::Value>) -> HandlerResult {
 static NOTIFY_CALLS: AtomicU32 = AtomicU32::new(0);
 
 /// Notifies the requester; the mail server is flaky and fails the first attempt.
-#[subscriber("approval.granted", group = "notifier", retries = 3, backoff(initial = "50ms", max = "1s"))]
+#[subscriber(
+    "approval.granted",
+    group = "notifier",
+    retries = 3,
+    backoff(initial = "50ms", max = "1s")
+)]
 async fn notify(ctx: Context, env: Envelope<ApprovalGranted>) -> HandlerResult {
     if NOTIFY_CALLS.fetch_add(1, Ordering::SeqCst) == 0 {
-        println!("[notifier] attempt {}: mail server timed out, will retry", ctx.attempt());
+        println!(
+            "[notifier] attempt {}: mail server timed out, will retry",
+            ctx.attempt()
+        );
         return Err(HandlerError::transient("mail server timed out"));
     }
     println!(
@@ -132,10 +140,15 @@ async fn billing(ctx: Context, env: Envelope<OrderEvent>) -> HandlerResult {
             format!("order {} has a negative total", order.order_id),
         )),
         OrderEvent::Created(order) => {
-            println!("[billing]  booked {} for {} cents", order.order_id, order.total_cents);
+            println!(
+                "[billing]  booked {} for {} cents",
+                order.order_id, order.total_cents
+            );
             // A follow-on event keeps the correlation id and points back at its cause.
-            ctx.publish(UserJoined { email: format!("buyer-of-{}@example.com", order.order_id) })
-                .await?;
+            ctx.publish(UserJoined {
+                email: format!("buyer-of-{}@example.com", order.order_id),
+            })
+            .await?;
             Ok(())
         }
         OrderEvent::Cancelled(order) => {
@@ -159,12 +172,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let publish = events::Publisher::new(bus.publisher());
     publish
-        .approval_requested(ApprovalRequested { approval_id: "ap-1".into(), requested_by: "ana".into() })
+        .approval_requested(ApprovalRequested {
+            approval_id: "ap-1".into(),
+            requested_by: "ana".into(),
+        })
         .await?;
-    publish.approval_granted(ApprovalGranted { approval_id: "ap-1".into() }).await?;
-    publish.order_created(OrderCreated { order_id: "o-1".into(), total_cents: 4_200 }).await?;
-    publish.order_created(OrderCreated { order_id: "o-2".into(), total_cents: -5 }).await?;
-    publish.order_cancelled(OrderCancelled { order_id: "o-1".into() }).await?;
+    publish
+        .approval_granted(ApprovalGranted {
+            approval_id: "ap-1".into(),
+        })
+        .await?;
+    publish
+        .order_created(OrderCreated {
+            order_id: "o-1".into(),
+            total_cents: 4_200,
+        })
+        .await?;
+    publish
+        .order_created(OrderCreated {
+            order_id: "o-2".into(),
+            total_cents: -5,
+        })
+        .await?;
+    publish
+        .order_cancelled(OrderCancelled {
+            order_id: "o-1".into(),
+        })
+        .await?;
 
     while backend.outstanding() > 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -24,7 +24,10 @@ fn raw(payload: &[u8], headers: &[(&str, &str)]) -> Message {
         topic: "payment.captured".into(),
         key: None,
         event_type: "payment.captured".into(),
-        headers: headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
         payload: payload.to_vec().into(),
     }
 }
@@ -38,7 +41,9 @@ fn envelope_json(id: &str, version: u32, data: &str, extra: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_delivery_is_dead_lettered_with_its_reason_and_nothing_else_is_lost() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "bad_input") else { return };
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "bad_input") else {
+        return;
+    };
     let mut config = RedisConfig::new(&url);
     config.prefix = unique_prefix("bad");
     config.start_from = StartFrom::Earliest;
@@ -52,30 +57,43 @@ async fn every_bad_delivery_is_dead_lettered_with_its_reason_and_nothing_else_is
         .inbox(Arc::new(backend.inbox()))
         .max_payload(4096)
         .subscribe(
-            Subscription::new("payment.*", move |_ctx: Context, env: Envelope<PaymentCaptured>| {
-                c.fetch_add(1, Ordering::SeqCst);
-                let h = h.clone();
-                async move {
-                    match env.data.payment_id.as_str() {
-                        "panic" => panic!("handler bug on {}", env.data.payment_id),
-                        "hang" => futures::future::pending::<()>().await,
-                        "refused" => return Err(HandlerError::permanent("card network refused the capture")),
-                        _ => {}
+            Subscription::new(
+                "payment.*",
+                move |_ctx: Context, env: Envelope<PaymentCaptured>| {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let h = h.clone();
+                    async move {
+                        match env.data.payment_id.as_str() {
+                            "panic" => panic!("handler bug on {}", env.data.payment_id),
+                            "hang" => futures::future::pending::<()>().await,
+                            "refused" => {
+                                return Err(HandlerError::permanent(
+                                    "card network refused the capture",
+                                ))
+                            }
+                            _ => {}
+                        }
+                        h.lock().unwrap().push(env.data.payment_id);
+                        Ok(())
                     }
-                    h.lock().unwrap().push(env.data.payment_id);
-                    Ok(())
-                }
-            })
+                },
+            )
             .group("ledger")
             .retries(1)
-            .backoff(eventbus::Backoff::exponential(Duration::from_millis(10), Duration::from_millis(20)))
+            .backoff(eventbus::Backoff::exponential(
+                Duration::from_millis(10),
+                Duration::from_millis(20),
+            ))
             .timeout(Duration::from_millis(300)),
         )
         .start()
         .await
         .unwrap();
     let publisher = bus.publisher();
-    let good = |id: &str| PaymentCaptured { payment_id: id.to_owned(), cents: 100 };
+    let good = |id: &str| PaymentCaptured {
+        payment_id: id.to_owned(),
+        cents: 100,
+    };
     publisher.publish(good("before")).await.unwrap();
     let big = "x".repeat(5000);
     let bad = vec![
@@ -90,9 +108,12 @@ async fn every_bad_delivery_is_dead_lettered_with_its_reason_and_nothing_else_is
     ];
     backend.publish(bad).await.unwrap();
     // Garbage transport headers are ignored, the event itself is fine.
-    let fine_despite_headers = publisher.prepare(Envelope::new(good("odd-headers"))).unwrap();
+    let fine_despite_headers = publisher
+        .prepare(Envelope::new(good("odd-headers")))
+        .unwrap();
     let mut odd = fine_despite_headers.clone();
-    odd.headers.insert("eventbus-attempt".into(), "not a number".into());
+    odd.headers
+        .insert("eventbus-attempt".into(), "not a number".into());
     odd.headers.insert("eventbus-round".into(), "-1".into());
     backend.publish(vec![odd]).await.unwrap();
     for id in ["panic", "hang", "refused"] {
@@ -107,32 +128,59 @@ async fn every_bad_delivery_is_dead_lettered_with_its_reason_and_nothing_else_is
         letters.len() == 11
     })
     .await;
-    let reasons: Vec<(ErrorKind, String)> =
-        letters.iter().map(|l| (l.failure.kind, l.failure.message.clone())).collect();
+    let reasons: Vec<(ErrorKind, String)> = letters
+        .iter()
+        .map(|l| (l.failure.kind, l.failure.message.clone()))
+        .collect();
     assert!(all_there, "{reasons:#?}");
     let expect = [
         (ErrorKind::Permanent, "malformed envelope"),
         (ErrorKind::Permanent, "payload is not valid utf-8"),
         (ErrorKind::Permanent, "malformed envelope: missing field"),
         (ErrorKind::Permanent, "invalid data for `payment.captured`"),
-        (ErrorKind::Permanent, "unsupported version 3 of `payment.captured`"),
+        (
+            ErrorKind::Permanent,
+            "unsupported version 3 of `payment.captured`",
+        ),
         (ErrorKind::Permanent, "payload of "),
         (ErrorKind::Permanent, "malformed envelope"),
         (ErrorKind::Permanent, "malformed envelope"),
-        (ErrorKind::Transient, "handler panicked: handler bug on panic"),
+        (
+            ErrorKind::Transient,
+            "handler panicked: handler bug on panic",
+        ),
         (ErrorKind::Transient, "handler timed out after 300ms"),
         (ErrorKind::Permanent, "card network refused the capture"),
     ];
     for ((kind, reason), (want_kind, want)) in reasons.iter().zip(expect) {
         assert_eq!(*kind, want_kind, "{reason}");
-        assert!(reason.starts_with(want), "`{reason}` should start with `{want}`");
+        assert!(
+            reason.starts_with(want),
+            "`{reason}` should start with `{want}`"
+        );
     }
-    assert!(reasons[5].1.contains("exceeds the limit of 4096 bytes"), "{}", reasons[5].1);
-    assert!(eventually(Duration::from_secs(10), || handled.lock().unwrap().len() == 3).await);
+    assert!(
+        reasons[5].1.contains("exceeds the limit of 4096 bytes"),
+        "{}",
+        reasons[5].1
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || handled.lock().unwrap().len()
+            == 3)
+        .await
+    );
     let mut ok = handled.lock().unwrap().clone();
     ok.sort();
-    assert_eq!(ok, vec!["after", "before", "odd-headers"], "the consumer kept running");
-    assert_eq!(backend.pending("payment.captured", "ledger").await.unwrap(), 0, "everything settled");
+    assert_eq!(
+        ok,
+        vec!["after", "before", "odd-headers"],
+        "the consumer kept running"
+    );
+    assert_eq!(
+        backend.pending("payment.captured", "ledger").await.unwrap(),
+        0,
+        "everything settled"
+    );
     bus.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -140,14 +188,39 @@ async fn every_bad_delivery_is_dead_lettered_with_its_reason_and_nothing_else_is
 async fn bad_configuration_fails_at_startup_naming_the_setting() {
     let cases: &[(&[(&str, &str)], &str)] = &[
         (&[("EVENTBUS_REDIS_URL", "localhost:6379")], "redis.url"),
-        (&[("EVENTBUS_REDIS_URL", "redis://h"), ("EVENTBUS_REDIS_BLOCK_MS", "-5")], "EVENTBUS_REDIS_BLOCK_MS"),
-        (&[("EVENTBUS_REDIS_URL", "redis://h"), ("EVENTBUS_REDIS_CLAIM_IDLE_MS", "0")], "redis.claim_idle"),
-        (&[("EVENTBUS_REDIS_URL", "redis://h"), ("EVENTBUS_REDIS_PER_TENANT_STREAMS", "maybe")], "EVENTBUS_REDIS_PER_TENANT_STREAMS"),
+        (
+            &[
+                ("EVENTBUS_REDIS_URL", "redis://h"),
+                ("EVENTBUS_REDIS_BLOCK_MS", "-5"),
+            ],
+            "EVENTBUS_REDIS_BLOCK_MS",
+        ),
+        (
+            &[
+                ("EVENTBUS_REDIS_URL", "redis://h"),
+                ("EVENTBUS_REDIS_CLAIM_IDLE_MS", "0"),
+            ],
+            "redis.claim_idle",
+        ),
+        (
+            &[
+                ("EVENTBUS_REDIS_URL", "redis://h"),
+                ("EVENTBUS_REDIS_PER_TENANT_STREAMS", "maybe"),
+            ],
+            "EVENTBUS_REDIS_PER_TENANT_STREAMS",
+        ),
     ];
     for (vars, setting) in cases {
-        let lookup = |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned());
+        let lookup = |name: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        };
         let err = RedisConfig::from_lookup(lookup).expect_err(setting);
-        assert!(err.to_string().contains(setting), "{err} does not name {setting}");
+        assert!(
+            err.to_string().contains(setting),
+            "{err} does not name {setting}"
+        );
     }
     let err = Bus::builder()
         .backend(eventbus::backend::memory::MemoryBackend::new())

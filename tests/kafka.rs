@@ -31,8 +31,13 @@ use eventbus::backend::kafka::{
 };
 use eventbus::backend::{Backend, Message};
 use eventbus::inbox::MemoryInbox;
-use eventbus::{event, Backoff, Bus, CatalogEntry, Context, Envelope, ErrorKind, HandlerError, Subscription, Uuid};
-use eventbus_integration::{eventually, panic_message, require_server, scaled, wait_for_progress, Tansu};
+use eventbus::{
+    event, Backoff, Bus, CatalogEntry, Context, Envelope, ErrorKind, HandlerError, Subscription,
+    Uuid,
+};
+use eventbus_integration::{
+    eventually, panic_message, require_server, scaled, wait_for_progress, Tansu,
+};
 use serde::{Deserialize, Serialize};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -47,7 +52,8 @@ pub struct Broker {
 impl Broker {
     fn mock() -> Broker {
         if let Ok(dir) = std::env::var("EVENTBUS_TEST_MARKERS") {
-            std::fs::write(std::path::Path::new(&dir).join("kafka_mock"), b"ran").expect("write marker");
+            std::fs::write(std::path::Path::new(&dir).join("kafka_mock"), b"ran")
+                .expect("write marker");
         }
         let mock = MockCluster::new(1).expect("mock cluster");
         Broker {
@@ -62,10 +68,16 @@ impl Broker {
         require_server("EVENTBUS_TANSU_BIN", "kafka_tansu")?;
         let tansu = match std::env::var("EVENTBUS_TANSU_MODE").as_deref() {
             Ok("shared") => Tansu::shared(),
-            Ok("private") | Err(_) => tokio::task::spawn_blocking(Tansu::private).await.expect("start tansu"),
+            Ok("private") | Err(_) => tokio::task::spawn_blocking(Tansu::private)
+                .await
+                .expect("start tansu"),
             Ok(other) => panic!("EVENTBUS_TANSU_MODE must be `private` or `shared`, got `{other}`"),
         };
-        Some(Broker { brokers: tansu.brokers(), mock: None, tansu: Some(tansu) })
+        Some(Broker {
+            brokers: tansu.brokers(),
+            mock: None,
+            tansu: Some(tansu),
+        })
     }
 
     /// What the broker was doing, for a failure message.
@@ -81,7 +93,11 @@ impl Broker {
     async fn run<F: std::future::Future<Output = ()>>(&self, case: F) {
         use futures::FutureExt;
         if let Err(panic) = std::panic::AssertUnwindSafe(case).catch_unwind().await {
-            panic!("{}\n  broker: {}", panic_message(&*panic), self.diagnose().await);
+            panic!(
+                "{}\n  broker: {}",
+                panic_message(&*panic),
+                self.diagnose().await
+            );
         }
     }
 
@@ -114,13 +130,24 @@ impl Broker {
 
     /// Creates `topic`, its retry tiers for `tiers` and its dead-letter topic, as provisioning
     /// does in production (the mock cluster lacks CreateTopics: created through its own API).
-    async fn topic_with_tiers(&self, backend: &KafkaBackend, topic: &str, partitions: i32, tiers: &[Duration]) {
+    async fn topic_with_tiers(
+        &self,
+        backend: &KafkaBackend,
+        topic: &str,
+        partitions: i32,
+        tiers: &[Duration],
+    ) {
         match &self.mock {
             Some(mock) => {
                 let mut names = vec![topic.to_owned(), format!("{topic}.dlq")];
-                names.extend(tiers.iter().map(|d| eventbus::backend::kafka::tier_topic(topic, *d)));
+                names.extend(
+                    tiers
+                        .iter()
+                        .map(|d| eventbus::backend::kafka::tier_topic(topic, *d)),
+                );
                 for name in names {
-                    mock.create_topic(&name, partitions, 1).expect("mock create topic");
+                    mock.create_topic(&name, partitions, 1)
+                        .expect("mock create topic");
                 }
             }
             None => {
@@ -136,7 +163,9 @@ impl Broker {
     /// Creates `topic` with `partitions` partitions (kept as is when it exists).
     async fn topic(&self, backend: &KafkaBackend, topic: &str, partitions: i32) {
         match &self.mock {
-            Some(mock) => mock.create_topic(topic, partitions, 1).expect("mock create topic"),
+            Some(mock) => mock
+                .create_topic(topic, partitions, 1)
+                .expect("mock create topic"),
             None => {
                 let plan = TopicPlan::new()
                     .retry_tiers([])
@@ -164,7 +193,10 @@ async fn wait_assigned(backends: &[&KafkaBackend], group: &str, partitions: usiz
     })
     .await;
     let got: Vec<Vec<(String, i32)>> = backends.iter().map(|b| b.assignment(group)).collect();
-    assert!(ok, "group {group} never held {partitions} partitions: {got:?}");
+    assert!(
+        ok,
+        "group {group} never held {partitions} partitions: {got:?}"
+    );
 }
 
 // --- round trip ----------------------------------------------------------------------------
@@ -201,14 +233,26 @@ async fn round_trip_typed_and_wildcard(b: &Broker) {
     let typed_group = group("typed");
     let bus = Bus::builder()
         .backend(backend.clone())
-        .catalog(&[CatalogEntry::of::<RtOrderPlaced>(), CatalogEntry::of::<RtOrderCancelled>(), CatalogEntry::of::<RtUserJoined>()])
+        .catalog(&[
+            CatalogEntry::of::<RtOrderPlaced>(),
+            CatalogEntry::of::<RtOrderCancelled>(),
+            CatalogEntry::of::<RtUserJoined>(),
+        ])
         .subscribe(
-            Subscription::new("rt.order.placed", move |ctx: Context, env: Envelope<RtOrderPlaced>| {
-                if env.data.run == r1 {
-                    t.lock().unwrap().push(format!("{} {} {}", env.data.order_id, ctx.topic(), ctx.correlation_id().is_some()));
-                }
-                async { Ok(()) }
-            })
+            Subscription::new(
+                "rt.order.placed",
+                move |ctx: Context, env: Envelope<RtOrderPlaced>| {
+                    if env.data.run == r1 {
+                        t.lock().unwrap().push(format!(
+                            "{} {} {}",
+                            env.data.order_id,
+                            ctx.topic(),
+                            ctx.correlation_id().is_some()
+                        ));
+                    }
+                    async { Ok(()) }
+                },
+            )
             .group(typed_group.clone()),
         )
         .subscribe(
@@ -223,11 +267,28 @@ async fn round_trip_typed_and_wildcard(b: &Broker) {
         .start()
         .await
         .expect("start");
-    bus.publish(RtOrderPlaced { order_id: "o-1".into(), run: run.clone() }).await.unwrap();
-    bus.publish(RtOrderCancelled { order_id: "o-1".into(), run: run.clone() }).await.unwrap();
-    bus.publish(RtUserJoined { email: "x@y".into(), run: run.clone() }).await.unwrap();
+    bus.publish(RtOrderPlaced {
+        order_id: "o-1".into(),
+        run: run.clone(),
+    })
+    .await
+    .unwrap();
+    bus.publish(RtOrderCancelled {
+        order_id: "o-1".into(),
+        run: run.clone(),
+    })
+    .await
+    .unwrap();
+    bus.publish(RtUserJoined {
+        email: "x@y".into(),
+        run: run.clone(),
+    })
+    .await
+    .unwrap();
     assert!(
-        eventually(WAIT, || typed.lock().unwrap().len() == 1 && wildcard.lock().unwrap().len() == 2).await,
+        eventually(WAIT, || typed.lock().unwrap().len() == 1
+            && wildcard.lock().unwrap().len() == 2)
+        .await,
         "typed {:?} wildcard {:?}",
         typed.lock().unwrap(),
         wildcard.lock().unwrap()
@@ -240,7 +301,11 @@ async fn round_trip_typed_and_wildcard(b: &Broker) {
 
     // The record: key = the event's key, type and envelope metadata in headers.
     let stored = backend.read_topic("rt.order.placed").await.unwrap();
-    let mine = stored.iter().rev().find(|s| String::from_utf8_lossy(&s.message.payload).contains(&run)).expect("record");
+    let mine = stored
+        .iter()
+        .rev()
+        .find(|s| String::from_utf8_lossy(&s.message.payload).contains(&run))
+        .expect("record");
     assert_eq!(mine.message.key.as_deref(), Some("o-1"));
     assert_eq!(mine.message.event_type, "rt.order.placed");
     assert!(backend.health().await.is_ok());
@@ -248,9 +313,16 @@ async fn round_trip_typed_and_wildcard(b: &Broker) {
     // Graceful shutdown: in-flight finished, offsets committed, group left.
     let report = bus.shutdown(Duration::from_secs(10)).await;
     assert!(report.drained);
-    let committed = backend.committed_offsets(&typed_group, "rt.order.placed").await.unwrap();
+    let committed = backend
+        .committed_offsets(&typed_group, "rt.order.placed")
+        .await
+        .unwrap();
     let end: i64 = committed.iter().filter_map(|(_, o)| *o).sum();
-    assert_eq!(end as usize, stored.len(), "everything handled is committed: {committed:?}");
+    assert_eq!(
+        end as usize,
+        stored.len(),
+        "everything handled is committed: {committed:?}"
+    );
 }
 
 // --- key ordering ----------------------------------------------------------------------------
@@ -292,7 +364,11 @@ async fn key_order_holds_across_10000_events_on_6_partitions(b: &Broker) {
                     } else {
                         tokio::task::yield_now().await;
                     }
-                    s.lock().unwrap().entry(env.data.account.clone()).or_default().push(env.data.n);
+                    s.lock()
+                        .unwrap()
+                        .entry(env.data.account.clone())
+                        .or_default()
+                        .push(env.data.n);
                     r.fetch_sub(1, Ordering::SeqCst);
                     Ok(())
                 }
@@ -309,25 +385,46 @@ async fn key_order_holds_across_10000_events_on_6_partitions(b: &Broker) {
         let batch: Vec<_> = (0..500)
             .map(|i| {
                 let n = chunk * 500 + i;
-                Envelope::new(Posted { account: format!("acc-{}", n % 100), n, run: run.clone() })
+                Envelope::new(Posted {
+                    account: format!("acc-{}", n % 100),
+                    n,
+                    run: run.clone(),
+                })
             })
             .collect();
         publisher.publish_batch(batch).await.unwrap();
     }
     let count = || seen.lock().unwrap().values().map(Vec::len).sum::<usize>();
     // A slow broker that keeps delivering is waited for; one that stops for 30 s is reported.
-    if let Err(progress) = wait_for_progress("handled", total as usize, Duration::from_secs(30), Duration::from_secs(300), count).await {
+    if let Err(progress) = wait_for_progress(
+        "handled",
+        total as usize,
+        Duration::from_secs(30),
+        Duration::from_secs(300),
+        count,
+    )
+    .await
+    {
         panic!("{progress}; backend {:?}", backend.stats());
     }
     for (account, ns) in seen.lock().unwrap().iter() {
-        assert!(ns.windows(2).all(|w| w[0] < w[1]), "{account} out of order: {ns:?}");
+        assert!(
+            ns.windows(2).all(|w| w[0] < w[1]),
+            "{account} out of order: {ns:?}"
+        );
         assert_eq!(ns.len(), 100, "{account}");
     }
     assert!(peak.load(Ordering::SeqCst) > 1, "handlers ran concurrently");
     assert!(peak.load(Ordering::SeqCst) <= 8, "at most 8 at once");
     let stats = backend.stats();
-    assert!(stats.pauses > 0, "partitions were paused for backpressure: {stats:?}");
-    eprintln!("peak concurrency {}, {stats:?}", peak.load(Ordering::SeqCst));
+    assert!(
+        stats.pauses > 0,
+        "partitions were paused for backpressure: {stats:?}"
+    );
+    eprintln!(
+        "peak concurrency {}, {stats:?}",
+        peak.load(Ordering::SeqCst)
+    );
     bus.shutdown(Duration::from_secs(10)).await;
 }
 
@@ -371,10 +468,22 @@ async fn two_groups_each_get_everything(b: &Broker) {
         .start()
         .await
         .unwrap();
-    let envelopes: Vec<_> = (0..300).map(|n| Envelope::new(ItemAdded { cart: format!("c{}", n % 30), n, run: run.clone() })).collect();
+    let envelopes: Vec<_> = (0..300)
+        .map(|n| {
+            Envelope::new(ItemAdded {
+                cart: format!("c{}", n % 30),
+                n,
+                run: run.clone(),
+            })
+        })
+        .collect();
     let ids: HashSet<Uuid> = envelopes.iter().map(|e| e.id).collect();
     bus.publisher().publish_batch(envelopes).await.unwrap();
-    assert!(eventually(WAIT, || a.lock().unwrap().len() == 300 && c.lock().unwrap().len() == 300).await);
+    assert!(
+        eventually(WAIT, || a.lock().unwrap().len() == 300
+            && c.lock().unwrap().len() == 300)
+        .await
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     for seen in [&a, &c] {
         let seen = seen.lock().unwrap();
@@ -425,8 +534,20 @@ async fn members_split_partitions_and_a_killed_member_is_taken_over(b: &Broker) 
         .concurrency(4)
         .with_name(name.to_owned())
     };
-    let bus_a = Bus::builder().backend(backend_a.clone()).inbox(inbox.clone()).subscribe(make("a")).start().await.unwrap();
-    let bus_b = Bus::builder().backend(backend_b.clone()).inbox(inbox.clone()).subscribe(make("b")).start().await.unwrap();
+    let bus_a = Bus::builder()
+        .backend(backend_a.clone())
+        .inbox(inbox.clone())
+        .subscribe(make("a"))
+        .start()
+        .await
+        .unwrap();
+    let bus_b = Bus::builder()
+        .backend(backend_b.clone())
+        .inbox(inbox.clone())
+        .subscribe(make("b"))
+        .start()
+        .await
+        .unwrap();
     wait_assigned(&[&backend_a, &backend_b], &g, 6).await;
     // The cooperative rebalance that gives B its share may finish after the first assignment.
     assert!(
@@ -440,16 +561,32 @@ async fn members_split_partitions_and_a_killed_member_is_taken_over(b: &Broker) 
         backend_b.assignment(&g)
     );
     let (held_a, held_b) = (backend_a.assignment(&g), backend_b.assignment(&g));
-    assert!(!held_a.is_empty() && !held_b.is_empty(), "both members hold partitions: {held_a:?} {held_b:?}");
-    assert!(held_a.iter().all(|tp| !held_b.contains(tp)), "disjoint: {held_a:?} {held_b:?}");
+    assert!(
+        !held_a.is_empty() && !held_b.is_empty(),
+        "both members hold partitions: {held_a:?} {held_b:?}"
+    );
+    assert!(
+        held_a.iter().all(|tp| !held_b.contains(tp)),
+        "disjoint: {held_a:?} {held_b:?}"
+    );
 
-    let envelopes: Vec<_> = (0..1200).map(|n| Envelope::new(JobQueued { queue: format!("q{}", n % 60), n, run: run.clone() })).collect();
+    let envelopes: Vec<_> = (0..1200)
+        .map(|n| {
+            Envelope::new(JobQueued {
+                queue: format!("q{}", n % 60),
+                n,
+                run: run.clone(),
+            })
+        })
+        .collect();
     let ids: HashSet<Uuid> = envelopes.iter().map(|e| e.id).collect();
     bus_a.publisher().publish_batch(envelopes).await.unwrap();
     // A's first fetch can start after B has already handled much of its share: wait until A
     // has handled some events of its own, or the kill would leave nothing for B to take over.
     assert!(
-        eventually(WAIT, || effects.lock().unwrap().len() >= 400 && bus_a.stats().handled >= 20).await,
+        eventually(WAIT, || effects.lock().unwrap().len() >= 400
+            && bus_a.stats().handled >= 20)
+        .await,
         "A never handled its share: A {:?}, B {:?}",
         bus_a.stats(),
         bus_b.stats()
@@ -460,18 +597,27 @@ async fn members_split_partitions_and_a_killed_member_is_taken_over(b: &Broker) 
     backend_a.consumers_closed().await;
     wait_assigned(&[&backend_b], &g, 6).await;
     assert!(
-        eventually(Duration::from_secs(60), || effects.lock().unwrap().len() == ids.len()).await,
+        eventually(Duration::from_secs(60), || effects.lock().unwrap().len()
+            == ids.len())
+        .await,
         "handled {} of {}",
         effects.lock().unwrap().len(),
         ids.len()
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let effects = effects.lock().unwrap().clone();
-    assert_eq!(effects.keys().copied().collect::<HashSet<_>>(), ids, "nothing lost");
+    assert_eq!(
+        effects.keys().copied().collect::<HashSet<_>>(),
+        ids,
+        "nothing lost"
+    );
     let doubled: Vec<_> = effects.values().filter(|n| **n > 1).collect();
     assert!(doubled.is_empty(), "{} events handled twice", doubled.len());
     let stats = bus_b.stats();
-    assert!(stats.duplicates > 0, "A's handled-but-uncommitted events came back to B and the inbox dropped them: {stats:?}");
+    assert!(
+        stats.duplicates > 0,
+        "A's handled-but-uncommitted events came back to B and the inbox dropped them: {stats:?}"
+    );
     eprintln!("takeover: B {stats:?}");
     bus_b.shutdown(Duration::from_secs(10)).await;
 }
@@ -507,8 +653,22 @@ async fn offsets_are_committed_only_after_handling(b: &Broker) {
         })
         .group(g.clone())
     };
-    let bus = Bus::builder().backend(first.clone()).inbox(inbox.clone()).subscribe(make()).start().await.unwrap();
-    let envelopes: Vec<_> = (0..20).map(|n| Envelope::new(StepDone { flow: format!("f{}", n % 3), n, run: run.clone() })).collect();
+    let bus = Bus::builder()
+        .backend(first.clone())
+        .inbox(inbox.clone())
+        .subscribe(make())
+        .start()
+        .await
+        .unwrap();
+    let envelopes: Vec<_> = (0..20)
+        .map(|n| {
+            Envelope::new(StepDone {
+                flow: format!("f{}", n % 3),
+                n,
+                run: run.clone(),
+            })
+        })
+        .collect();
     bus.publisher().publish_batch(envelopes).await.unwrap();
     assert!(eventually(WAIT, || effects.load(Ordering::SeqCst) == 20).await);
     assert_eq!(bus.stats().handled, 20);
@@ -517,12 +677,29 @@ async fn offsets_are_committed_only_after_handling(b: &Broker) {
     bus.abort().await;
     first.consumers_closed().await;
     let committed = first.committed_offsets(&g, "cah.step.done").await.unwrap();
-    assert!(committed.iter().all(|(_, o)| o.is_none()), "nothing committed: {committed:?}");
+    assert!(
+        committed.iter().all(|(_, o)| o.is_none()),
+        "nothing committed: {committed:?}"
+    );
 
     let second = b.backend().await;
-    let again = Bus::builder().backend(second.clone()).inbox(inbox.clone()).subscribe(make()).start().await.unwrap();
-    assert!(eventually(WAIT, || again.stats().duplicates == 20).await, "{:?}", again.stats());
-    assert_eq!(effects.load(Ordering::SeqCst), 20, "the inbox absorbed the redeliveries");
+    let again = Bus::builder()
+        .backend(second.clone())
+        .inbox(inbox.clone())
+        .subscribe(make())
+        .start()
+        .await
+        .unwrap();
+    assert!(
+        eventually(WAIT, || again.stats().duplicates == 20).await,
+        "{:?}",
+        again.stats()
+    );
+    assert_eq!(
+        effects.load(Ordering::SeqCst),
+        20,
+        "the inbox absorbed the redeliveries"
+    );
     again.shutdown(Duration::from_secs(10)).await;
     let committed = second.committed_offsets(&g, "cah.step.done").await.unwrap();
     let total: i64 = committed.iter().filter_map(|(_, o)| *o).sum();
@@ -545,7 +722,8 @@ async fn retry_tiers_fire_in_order_with_their_delays_then_dead_letter(b: &Broker
     let tiers = [Duration::from_millis(200), Duration::from_millis(500)];
     // Provisioned up front as in production: a tier topic created on first use is picked up by
     // the group's regex subscription only after a metadata refresh and a rebalance.
-    b.topic_with_tiers(&backend, "tier.payment.failed", 3, &tiers).await;
+    b.topic_with_tiers(&backend, "tier.payment.failed", 3, &tiers)
+        .await;
     let run = run_id();
     let attempts: Attempts = Arc::default();
     let (a, r) = (attempts.clone(), run.clone());
@@ -553,61 +731,131 @@ async fn retry_tiers_fire_in_order_with_their_delays_then_dead_letter(b: &Broker
     let bus = Bus::builder()
         .backend(backend.clone())
         .subscribe(
-            Subscription::new("tier.payment.failed", move |ctx: Context, env: Envelope<PaymentFailed>| {
-                let fail = env.data.payment == "bad";
-                if env.data.run == r {
-                    a.lock().unwrap().push((env.data.payment.clone(), ctx.attempt(), Instant::now(), ctx.topic().to_owned()));
-                }
-                async move {
-                    if fail {
-                        Err(HandlerError::transient("card network down"))
-                    } else {
-                        Ok(())
+            Subscription::new(
+                "tier.payment.failed",
+                move |ctx: Context, env: Envelope<PaymentFailed>| {
+                    let fail = env.data.payment == "bad";
+                    if env.data.run == r {
+                        a.lock().unwrap().push((
+                            env.data.payment.clone(),
+                            ctx.attempt(),
+                            Instant::now(),
+                            ctx.topic().to_owned(),
+                        ));
                     }
-                }
-            })
+                    async move {
+                        if fail {
+                            Err(HandlerError::transient("card network down"))
+                        } else {
+                            Ok(())
+                        }
+                    }
+                },
+            )
             .group(group("payments"))
             .retries(1)
             .backoff(Backoff::schedule([Duration::from_millis(10)]))
             .delayed_retries(tiers),
         )
-        .subscribe(counting("tier.payment.failed", &group("reporting"), &run, &other))
+        .subscribe(counting(
+            "tier.payment.failed",
+            &group("reporting"),
+            &run,
+            &other,
+        ))
         .start()
         .await
         .unwrap();
-    bus.publish(PaymentFailed { payment: "bad".into(), run: run.clone() }).await.unwrap();
-    bus.publish(PaymentFailed { payment: "good".into(), run: run.clone() }).await.unwrap();
+    bus.publish(PaymentFailed {
+        payment: "bad".into(),
+        run: run.clone(),
+    })
+    .await
+    .unwrap();
+    bus.publish(PaymentFailed {
+        payment: "good".into(),
+        run: run.clone(),
+    })
+    .await
+    .unwrap();
     let dlq = bus.dead_letters();
     let mut letters = Vec::new();
     assert!(
         eventually(WAIT, || {
-            letters = futures::executor::block_on(dlq.list("tier.payment.failed")).unwrap_or_default();
-            letters.iter().any(|l| String::from_utf8_lossy(&l.payload).contains(&run))
+            letters =
+                futures::executor::block_on(dlq.list("tier.payment.failed")).unwrap_or_default();
+            letters
+                .iter()
+                .any(|l| String::from_utf8_lossy(&l.payload).contains(&run))
         })
         .await,
         "dead-lettered; attempts {:?}",
         attempts.lock().unwrap()
     );
-    let letter = letters.iter().find(|l| String::from_utf8_lossy(&l.payload).contains(&run)).unwrap();
-    assert_eq!(letter.original_topic, "tier.payment.failed", "never the tier topic");
+    let letter = letters
+        .iter()
+        .find(|l| String::from_utf8_lossy(&l.payload).contains(&run))
+        .unwrap();
+    assert_eq!(
+        letter.original_topic, "tier.payment.failed",
+        "never the tier topic"
+    );
     assert_eq!(letter.dlq_topic, "tier.payment.failed.dlq");
     assert_eq!(letter.failure.attempts, 6);
     assert_eq!(letter.key.as_deref(), Some("bad"));
     let attempts = attempts.lock().unwrap().clone();
-    let bad: Vec<&(String, u32, Instant, String)> = attempts.iter().filter(|a| a.0 == "bad").collect();
-    assert_eq!(bad.iter().map(|a| a.1).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
-    assert!(bad.iter().all(|a| a.3 == "tier.payment.failed"), "the original topic is restored: {bad:?}");
+    let bad: Vec<&(String, u32, Instant, String)> =
+        attempts.iter().filter(|a| a.0 == "bad").collect();
+    assert_eq!(
+        bad.iter().map(|a| a.1).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6]
+    );
+    assert!(
+        bad.iter().all(|a| a.3 == "tier.payment.failed"),
+        "the original topic is restored: {bad:?}"
+    );
     let gap = |i: usize| bad[i].2 - bad[i - 1].2;
-    assert!(gap(2) >= Duration::from_millis(190), "200 ms tier waited {:?}", gap(2));
-    assert!(gap(4) >= Duration::from_millis(490), "500 ms tier waited {:?}", gap(4));
-    assert!(gap(2) < Duration::from_secs(5) && gap(4) < Duration::from_secs(5), "{:?} {:?}", gap(2), gap(4));
-    let good = attempts.iter().find(|a| a.0 == "good").expect("good handled");
-    assert!(good.2 < bad[2].2, "the next key was not held up by the retrying one");
+    assert!(
+        gap(2) >= Duration::from_millis(190),
+        "200 ms tier waited {:?}",
+        gap(2)
+    );
+    assert!(
+        gap(4) >= Duration::from_millis(490),
+        "500 ms tier waited {:?}",
+        gap(4)
+    );
+    assert!(
+        gap(2) < Duration::from_secs(5) && gap(4) < Duration::from_secs(5),
+        "{:?} {:?}",
+        gap(2),
+        gap(4)
+    );
+    let good = attempts
+        .iter()
+        .find(|a| a.0 == "good")
+        .expect("good handled");
+    assert!(
+        good.2 < bad[2].2,
+        "the next key was not held up by the retrying one"
+    );
     assert_eq!(backend.stats().deferred, 2);
-    assert!(backend.partitions("tier.payment.failed.retry.200ms").await.unwrap().is_some());
-    assert!(backend.partitions("tier.payment.failed.retry.500ms").await.unwrap().is_some());
+    assert!(backend
+        .partitions("tier.payment.failed.retry.200ms")
+        .await
+        .unwrap()
+        .is_some());
+    assert!(backend
+        .partitions("tier.payment.failed.retry.500ms")
+        .await
+        .unwrap()
+        .is_some());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(other.lock().unwrap().len(), 2, "another group sees each event once, no retries");
+    assert_eq!(
+        other.lock().unwrap().len(),
+        2,
+        "another group sees each event once, no retries"
+    );
     bus.shutdown(Duration::from_secs(10)).await;
 }
 
@@ -649,16 +897,30 @@ async fn dead_letters_are_listed_redriven_with_their_key_and_purged(b: &Broker) 
         .start()
         .await
         .unwrap();
-    bus.publish(InvoiceSent { invoice: "i-1".into(), run: run.clone() }).await.unwrap();
-    bus.publish(InvoiceSent { invoice: "i-2".into(), run: run.clone() }).await.unwrap();
+    bus.publish(InvoiceSent {
+        invoice: "i-1".into(),
+        run: run.clone(),
+    })
+    .await
+    .unwrap();
+    bus.publish(InvoiceSent {
+        invoice: "i-2".into(),
+        run: run.clone(),
+    })
+    .await
+    .unwrap();
     let dlq = bus.dead_letters();
-    let mine = |all: Vec<eventbus::dead_letter::DeadLetter>| -> Vec<eventbus::dead_letter::DeadLetter> {
-        all.into_iter().filter(|l| String::from_utf8_lossy(&l.payload).contains(&run)).collect()
-    };
+    let mine =
+        |all: Vec<eventbus::dead_letter::DeadLetter>| -> Vec<eventbus::dead_letter::DeadLetter> {
+            all.into_iter()
+                .filter(|l| String::from_utf8_lossy(&l.payload).contains(&run))
+                .collect()
+        };
     let mut letters = Vec::new();
     assert!(
         eventually(WAIT, || {
-            letters = mine(futures::executor::block_on(dlq.list("rdv.invoice.sent")).unwrap_or_default());
+            letters =
+                mine(futures::executor::block_on(dlq.list("rdv.invoice.sent")).unwrap_or_default());
             letters.len() == 2
         })
         .await
@@ -666,25 +928,66 @@ async fn dead_letters_are_listed_redriven_with_their_key_and_purged(b: &Broker) 
     assert_eq!(letters[0].failure.message, "customer account closed");
     assert_eq!(letters[0].failure.kind, ErrorKind::Permanent);
     assert_eq!(letters[0].failure.attempts, 1, "permanent: no retries");
-    let i1 = letters.iter().find(|l| l.key.as_deref() == Some("i-1")).expect("i-1 keeps its key").clone();
-    let i2 = letters.iter().find(|l| l.key.as_deref() == Some("i-2")).expect("i-2").clone();
+    let i1 = letters
+        .iter()
+        .find(|l| l.key.as_deref() == Some("i-1"))
+        .expect("i-1 keeps its key")
+        .clone();
+    let i2 = letters
+        .iter()
+        .find(|l| l.key.as_deref() == Some("i-2"))
+        .expect("i-2")
+        .clone();
 
     // A dead letter published to a live topic is refused.
-    let mut stray = dlq.get("rdv.invoice.sent", &i1.id).await.unwrap().redrive_message();
-    stray.headers.insert("dlq-original-topic".into(), "rdv.invoice.sent".into());
+    let mut stray = dlq
+        .get("rdv.invoice.sent", &i1.id)
+        .await
+        .unwrap()
+        .redrive_message();
+    stray
+        .headers
+        .insert("dlq-original-topic".into(), "rdv.invoice.sent".into());
     assert!(backend.publish(vec![stray]).await.is_err());
 
     fixed.store(true, Ordering::SeqCst);
-    assert_eq!(dlq.redrive("rdv.invoice.sent", std::slice::from_ref(&i1.id)).await.unwrap(), 1);
-    assert!(eventually(WAIT, || handled.lock().unwrap().clone() == vec!["i-1".to_owned()]).await);
+    assert_eq!(
+        dlq.redrive("rdv.invoice.sent", std::slice::from_ref(&i1.id))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        eventually(WAIT, || handled.lock().unwrap().clone()
+            == vec!["i-1".to_owned()])
+        .await
+    );
     let source = backend.read_topic("rdv.invoice.sent").await.unwrap();
     let redriven = source.last().expect("redriven record");
-    assert_eq!(redriven.message.key.as_deref(), Some("i-1"), "redrive keeps the key (same partition)");
+    assert_eq!(
+        redriven.message.key.as_deref(),
+        Some("i-1"),
+        "redrive keeps the key (same partition)"
+    );
     let left = mine(dlq.list("rdv.invoice.sent").await.unwrap());
-    assert_eq!(left.iter().map(|l| l.id.clone()).collect::<Vec<_>>(), vec![i2.id.clone()]);
-    assert_eq!(dlq.purge("rdv.invoice.sent", vec![i2.id.clone()]).await.unwrap(), 1);
+    assert_eq!(
+        left.iter().map(|l| l.id.clone()).collect::<Vec<_>>(),
+        vec![i2.id.clone()]
+    );
+    assert_eq!(
+        dlq.purge("rdv.invoice.sent", vec![i2.id.clone()])
+            .await
+            .unwrap(),
+        1
+    );
     assert!(mine(dlq.list("rdv.invoice.sent").await.unwrap()).is_empty());
-    assert_eq!(dlq.purge("rdv.invoice.sent", vec![i2.id.clone()]).await.unwrap(), 0, "purging twice is a no-op");
+    assert_eq!(
+        dlq.purge("rdv.invoice.sent", vec![i2.id.clone()])
+            .await
+            .unwrap(),
+        0,
+        "purging twice is a no-op"
+    );
     bus.shutdown(Duration::from_secs(10)).await;
 }
 
@@ -729,7 +1032,9 @@ async fn poison_messages_go_straight_to_the_dlq(b: &Broker) {
         }])
         .await
         .unwrap();
-    bus.publish(PsnOrderPlaced { run: run.clone() }).await.unwrap();
+    bus.publish(PsnOrderPlaced { run: run.clone() })
+        .await
+        .unwrap();
     let dlq = bus.dead_letters();
     let mut letter = None;
     assert!(
@@ -741,8 +1046,15 @@ async fn poison_messages_go_straight_to_the_dlq(b: &Broker) {
         .await
     );
     let letter = letter.unwrap();
-    assert!(letter.failure.message.contains("not valid utf-8"), "{}", letter.failure.message);
-    assert_eq!(letter.failure.attempts, 1, "no retries for a poison message");
+    assert!(
+        letter.failure.message.contains("not valid utf-8"),
+        "{}",
+        letter.failure.message
+    );
+    assert_eq!(
+        letter.failure.attempts, 1,
+        "no retries for a poison message"
+    );
     assert_eq!(letter.failure.kind, ErrorKind::Permanent);
     assert!(eventually(WAIT, || handled.load(Ordering::SeqCst) == 1).await);
     bus.shutdown(Duration::from_secs(10)).await;
@@ -774,7 +1086,9 @@ async fn replay_by_time_range_and_event_type(b: &Broker) {
     let run = run_id();
     let publisher = eventbus::Publisher::new(
         Arc::new(backend.clone()),
-        Arc::new(eventbus::clock::SystemClock::new(eventbus::runtime::default_runtime().unwrap())),
+        Arc::new(eventbus::clock::SystemClock::new(
+            eventbus::runtime::default_runtime().unwrap(),
+        )),
         "test",
     );
     let mut bounds = Vec::new();
@@ -783,8 +1097,22 @@ async fn replay_by_time_range_and_event_type(b: &Broker) {
         tokio::time::sleep(Duration::from_millis(30)).await;
         for i in 0..5 {
             let sku = format!("sku-{i}");
-            publisher.publish(PriceChanged { sku: sku.clone(), batch, run: run.clone() }).await.unwrap();
-            publisher.publish(PriceViewed { sku, batch, run: run.clone() }).await.unwrap();
+            publisher
+                .publish(PriceChanged {
+                    sku: sku.clone(),
+                    batch,
+                    run: run.clone(),
+                })
+                .await
+                .unwrap();
+            publisher
+                .publish(PriceViewed {
+                    sku,
+                    batch,
+                    run: run.clone(),
+                })
+                .await
+                .unwrap();
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
@@ -797,24 +1125,40 @@ async fn replay_by_time_range_and_event_type(b: &Broker) {
     let (g, r) = (got.clone(), run.clone());
     let bus = Bus::builder()
         .backend(replay.clone())
-        .catalog(&[CatalogEntry::of::<PriceChanged>(), CatalogEntry::of::<PriceViewed>()])
+        .catalog(&[
+            CatalogEntry::of::<PriceChanged>(),
+            CatalogEntry::of::<PriceViewed>(),
+        ])
         .subscribe(
-            Subscription::new("rpl.price.*", move |ctx: Context, env: Envelope<serde_json::Value>| {
-                if env.data["run"] == r.as_str() {
-                    g.lock().unwrap().push((env.data["batch"].as_u64().unwrap_or(99) as u32, env.event_type.clone(), ctx.is_replay()));
-                }
-                async { Ok(()) }
-            })
+            Subscription::new(
+                "rpl.price.*",
+                move |ctx: Context, env: Envelope<serde_json::Value>| {
+                    if env.data["run"] == r.as_str() {
+                        g.lock().unwrap().push((
+                            env.data["batch"].as_u64().unwrap_or(99) as u32,
+                            env.event_type.clone(),
+                            ctx.is_replay(),
+                        ));
+                    }
+                    async { Ok(()) }
+                },
+            )
             .group(group("rebuild"))
             .concurrency(4),
         )
         .start()
         .await
         .unwrap();
-    tokio::time::timeout(scaled(WAIT), replay.finished()).await.expect("replay finished");
+    tokio::time::timeout(scaled(WAIT), replay.finished())
+        .await
+        .expect("replay finished");
     let got = got.lock().unwrap().clone();
     assert_eq!(got.len(), 5, "{got:?}");
-    assert!(got.iter().all(|(batch, t, replay)| *batch == 1 && t == "rpl.price.changed" && *replay), "{got:?}");
+    assert!(
+        got.iter()
+            .all(|(batch, t, replay)| *batch == 1 && t == "rpl.price.changed" && *replay),
+        "{got:?}"
+    );
     bus.shutdown(Duration::from_secs(10)).await;
 }
 
@@ -837,15 +1181,18 @@ async fn replay_to_one_group_and_group_lag(b: &Broker) {
     let bus = Bus::builder()
         .backend(backend.clone())
         .subscribe(
-            Subscription::new("rtg.stock.counted", move |ctx: Context, env: Envelope<StockCounted>| {
-                if env.data.run == id {
-                    c.lock().unwrap().push(env.id);
-                    if ctx.is_replay() {
-                        r.fetch_add(1, Ordering::SeqCst);
+            Subscription::new(
+                "rtg.stock.counted",
+                move |ctx: Context, env: Envelope<StockCounted>| {
+                    if env.data.run == id {
+                        c.lock().unwrap().push(env.id);
+                        if ctx.is_replay() {
+                            r.fetch_add(1, Ordering::SeqCst);
+                        }
                     }
-                }
-                async { Ok(()) }
-            })
+                    async { Ok(()) }
+                },
+            )
             .group(chosen_group.clone()),
         )
         .subscribe(counting("rtg.stock.counted", &group("audit"), &run, &other))
@@ -854,9 +1201,18 @@ async fn replay_to_one_group_and_group_lag(b: &Broker) {
         .unwrap();
     let from = chrono::Utc::now() - chrono::Duration::seconds(1);
     for i in 0..3 {
-        bus.publish(StockCounted { sku: format!("s{i}"), run: run.clone() }).await.unwrap();
+        bus.publish(StockCounted {
+            sku: format!("s{i}"),
+            run: run.clone(),
+        })
+        .await
+        .unwrap();
     }
-    assert!(eventually(WAIT, || chosen.lock().unwrap().len() == 3 && other.lock().unwrap().len() == 3).await);
+    assert!(
+        eventually(WAIT, || chosen.lock().unwrap().len() == 3
+            && other.lock().unwrap().len() == 3)
+        .await
+    );
     let request = eventbus::replay::ReplayRequest {
         topic: "rtg.stock.counted".into(),
         from,
@@ -865,7 +1221,9 @@ async fn replay_to_one_group_and_group_lag(b: &Broker) {
         group: Some(chosen_group.clone()),
     };
     let dyn_backend: Arc<dyn Backend> = Arc::new(backend.clone());
-    let status = eventbus::replay::replay(&dyn_backend, &request, Arc::default()).await.expect("replay");
+    let status = eventbus::replay::replay(&dyn_backend, &request, Arc::default())
+        .await
+        .expect("replay");
     assert!(status.replayed >= 3, "{status:?}");
     assert!(
         eventually(WAIT, || replays.load(Ordering::SeqCst) >= 3).await,
@@ -873,7 +1231,11 @@ async fn replay_to_one_group_and_group_lag(b: &Broker) {
         replays.load(Ordering::SeqCst)
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(other.lock().unwrap().len(), 3, "the other group saw no replay");
+    assert_eq!(
+        other.lock().unwrap().len(),
+        3,
+        "the other group saw no replay"
+    );
     let mut lags = Vec::new();
     assert!(
         eventually(WAIT, || {
@@ -881,7 +1243,10 @@ async fn replay_to_one_group_and_group_lag(b: &Broker) {
             // Lag is committed offsets against the high watermark; commits are batched (100
             // messages / 5 s), so an idle group may still show its last record as lag.
             lags.iter().any(|l| {
-                l.group == chosen_group && l.stream == "rtg.stock.counted" && l.pending == 0 && l.lag.is_some_and(|n| n <= 1)
+                l.group == chosen_group
+                    && l.stream == "rtg.stock.counted"
+                    && l.pending == 0
+                    && l.lag.is_some_and(|n| n <= 1)
             })
         })
         .await,
@@ -904,7 +1269,11 @@ struct ProvStockReserved {
     id: u32,
 }
 
-#[event(name = "prov.customer.registered", version = 1, topic = "customer-events")]
+#[event(
+    name = "prov.customer.registered",
+    version = 1,
+    topic = "customer-events"
+)]
 #[derive(Serialize, Deserialize, Debug, Clone)]
 struct ProvCustomerRegistered {
     id: u32,
@@ -930,24 +1299,68 @@ fn seed_plan() -> TopicPlan {
 async fn provisioning_creates_the_catalog_topics(b: &Broker) {
     let backend = b.backend().await;
     let report = backend.provision(&seed_plan()).await.expect("provision");
-    assert_eq!(report.created.len() + report.unchanged.len(), 15, "{report:?}");
-    for (topic, partitions) in [("order-events", 12), ("inventory-events", 6), ("customer-events", 8)] {
-        for name in [topic.to_owned(), format!("{topic}.retry.1m"), format!("{topic}.retry.5m"), format!("{topic}.retry.30m"), format!("{topic}.dlq")] {
-            assert_eq!(backend.partitions(&name).await.unwrap(), Some(partitions), "{name}");
+    assert_eq!(
+        report.created.len() + report.unchanged.len(),
+        15,
+        "{report:?}"
+    );
+    for (topic, partitions) in [
+        ("order-events", 12),
+        ("inventory-events", 6),
+        ("customer-events", 8),
+    ] {
+        for name in [
+            topic.to_owned(),
+            format!("{topic}.retry.1m"),
+            format!("{topic}.retry.5m"),
+            format!("{topic}.retry.30m"),
+            format!("{topic}.dlq"),
+        ] {
+            assert_eq!(
+                backend.partitions(&name).await.unwrap(),
+                Some(partitions),
+                "{name}"
+            );
         }
     }
     let again = backend.provision(&seed_plan()).await.expect("idempotent");
-    assert!(again.created.is_empty() && again.differences.is_empty(), "{again:?}");
+    assert!(
+        again.created.is_empty() && again.differences.is_empty(),
+        "{again:?}"
+    );
     assert_eq!(again.unchanged.len(), 15);
 
     let drifted = seed_plan().topic("order-events", TopicSettings::new(16).retention(7 * DAY));
-    let err = backend.provision(&drifted).await.expect_err("partition difference");
-    assert!(err.to_string().contains("kafka.topics[order-events].partitions"), "{err}");
-    let warned = backend.provision(&drifted.on_difference(OnDifference::Warn)).await.expect("warn only");
-    assert!(warned.differences.iter().any(|d| d.topic == "order-events" && d.setting == "partitions" && d.actual == "12"), "{warned:?}");
+    let err = backend
+        .provision(&drifted)
+        .await
+        .expect_err("partition difference");
+    assert!(
+        err.to_string()
+            .contains("kafka.topics[order-events].partitions"),
+        "{err}"
+    );
+    let warned = backend
+        .provision(&drifted.on_difference(OnDifference::Warn))
+        .await
+        .expect("warn only");
+    assert!(
+        warned
+            .differences
+            .iter()
+            .any(|d| d.topic == "order-events" && d.setting == "partitions" && d.actual == "12"),
+        "{warned:?}"
+    );
     let retention = seed_plan().topic("customer-events", TopicSettings::new(8).retention(DAY));
-    let err = backend.provision(&retention).await.expect_err("retention difference");
-    assert!(err.to_string().contains("kafka.topics[customer-events].retention.ms"), "{err}");
+    let err = backend
+        .provision(&retention)
+        .await
+        .expect_err("retention difference");
+    assert!(
+        err.to_string()
+            .contains("kafka.topics[customer-events].retention.ms"),
+        "{err}"
+    );
 }
 
 macro_rules! conformance {
@@ -1002,8 +1415,12 @@ async fn mock_members_split_partitions_and_a_killed_member_is_taken_over() {
 /// not implement: this case runs on tansu only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tansu_provisioning_creates_the_catalog_topics() {
-    let Some(broker) = Broker::tansu().await else { return };
-    broker.run(provisioning_creates_the_catalog_topics(&broker)).await;
+    let Some(broker) = Broker::tansu().await else {
+        return;
+    };
+    broker
+        .run(provisioning_creates_the_catalog_topics(&broker))
+        .await;
 }
 
 /// On the mock cluster provisioning fails with a clear error instead of pretending.
@@ -1011,25 +1428,37 @@ async fn tansu_provisioning_creates_the_catalog_topics() {
 async fn mock_provisioning_reports_the_missing_admin_api() {
     let broker = Broker::mock();
     let backend = broker.backend().await;
-    let err = backend.provision(&seed_plan()).await.expect_err("the mock has no CreateTopics");
+    let err = backend
+        .provision(&seed_plan())
+        .await
+        .expect_err("the mock has no CreateTopics");
     assert!(err.to_string().contains("kafka backend"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_settings_fail_at_startup_naming_the_setting() {
     for (brokers, setting) in [("", "kafka.brokers"), ("localhost", "kafka.brokers")] {
-        let err = KafkaBackend::connect(KafkaConfig::new(brokers)).await.expect_err(brokers);
+        let err = KafkaBackend::connect(KafkaConfig::new(brokers))
+            .await
+            .expect_err(brokers);
         assert!(err.to_string().contains(setting), "{err}");
     }
     let mut config = KafkaConfig::new("127.0.0.1:9");
-    config.options.insert("socket.timeout.ms".into(), "soon".into());
+    config
+        .options
+        .insert("socket.timeout.ms".into(), "soon".into());
     let err = KafkaBackend::connect(config).await.expect_err("bad option");
-    assert!(err.to_string().contains("kafka.options[socket.timeout.ms]"), "{err}");
+    assert!(
+        err.to_string().contains("kafka.options[socket.timeout.ms]"),
+        "{err}"
+    );
     // Nothing listens on port 9: the health check at connect fails within the timeout.
     let mut config = KafkaConfig::new("127.0.0.1:9");
     config.operation_timeout = Duration::from_millis(500);
     let started = Instant::now();
-    let err = KafkaBackend::connect(config).await.expect_err("unreachable");
+    let err = KafkaBackend::connect(config)
+        .await
+        .expect_err("unreachable");
     assert!(err.to_string().contains("connect"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
@@ -1041,11 +1470,27 @@ async fn a_second_pattern_in_one_group_is_refused() {
     let g = group("shared");
     let err = Bus::builder()
         .backend(backend)
-        .subscribe(Subscription::new("rt.order.*", |_: Envelope<serde_json::Value>| async { Ok(()) }).group(g.clone()).with_name("one"))
-        .subscribe(Subscription::new("rt.user.*", |_: Envelope<serde_json::Value>| async { Ok(()) }).group(g.clone()).with_name("two"))
+        .subscribe(
+            Subscription::new("rt.order.*", |_: Envelope<serde_json::Value>| async {
+                Ok(())
+            })
+            .group(g.clone())
+            .with_name("one"),
+        )
+        .subscribe(
+            Subscription::new("rt.user.*", |_: Envelope<serde_json::Value>| async {
+                Ok(())
+            })
+            .group(g.clone())
+            .with_name("two"),
+        )
         .start()
         .await
         .err()
         .expect("refused");
-    assert!(err.to_string().contains(&format!("subscriptions[{g}].group")), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("subscriptions[{g}].group")),
+        "{err}"
+    );
 }

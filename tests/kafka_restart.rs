@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventbus::backend::kafka::rdkafka::mocking::MockCluster;
-use eventbus::backend::kafka::{KafkaBackend, KafkaConfig, OnDifference, StartFrom, TopicPlan, TopicSettings};
+use eventbus::backend::kafka::{
+    KafkaBackend, KafkaConfig, OnDifference, StartFrom, TopicPlan, TopicSettings,
+};
 use eventbus::inbox::MemoryInbox;
 use eventbus::{event, Bus, Envelope, Subscription, Uuid};
 use eventbus_integration::{eventually, panic_message, require_server, Tansu};
@@ -24,7 +26,10 @@ struct LedgerPosted {
 
 /// Streams 5 000 events while `restart` takes the broker away and back, and checks every event
 /// was handled exactly once (redeliveries absorbed by the inbox).
-async fn stream_across_a_restart(backend: KafkaBackend, restart: impl std::future::Future<Output = ()>) {
+async fn stream_across_a_restart(
+    backend: KafkaBackend,
+    restart: impl std::future::Future<Output = ()>,
+) {
     let run = Uuid::now_v7().simple().to_string();
     let seen: Arc<Mutex<HashSet<Uuid>>> = Arc::default();
     let effects = Arc::new(AtomicUsize::new(0));
@@ -54,13 +59,21 @@ async fn stream_across_a_restart(backend: KafkaBackend, restart: impl std::futur
         let mut retries = 0;
         for chunk in 0..(total / 100) {
             let batch: Vec<_> = (0..100)
-                .map(|i| Envelope::new(LedgerPosted { account: format!("acc-{}", i % 32), n: chunk * 100 + i, run: producer_run.clone() }))
+                .map(|i| {
+                    Envelope::new(LedgerPosted {
+                        account: format!("acc-{}", i % 32),
+                        n: chunk * 100 + i,
+                        run: producer_run.clone(),
+                    })
+                })
                 .collect();
             ids.extend(batch.iter().map(|e| e.id));
             // A publish failing during the restart is retried with the same envelopes.
             while let Err(error) = publisher.publish_batch(batch.clone()).await {
                 retries += 1;
-                let source = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
+                let source = std::error::Error::source(&error)
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
                 assert!(retries < 100, "publish kept failing: {error}: {source}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -68,22 +81,36 @@ async fn stream_across_a_restart(backend: KafkaBackend, restart: impl std::futur
         }
         (ids, retries)
     });
-    assert!(eventually(Duration::from_secs(60), || seen.lock().unwrap().len() >= 1500).await);
+    assert!(
+        eventually(Duration::from_secs(60), || seen.lock().unwrap().len()
+            >= 1500)
+        .await
+    );
     restart.await;
     let (ids, retries) = producer.await.unwrap();
     assert!(
-        eventually(Duration::from_secs(120), || seen.lock().unwrap().len() == total as usize).await,
+        eventually(Duration::from_secs(120), || seen.lock().unwrap().len()
+            == total as usize)
+        .await,
         "handled {} of {total}",
         seen.lock().unwrap().len()
     );
-    assert_eq!(*seen.lock().unwrap(), ids.into_iter().collect::<HashSet<_>>(), "every published event handled");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ids.into_iter().collect::<HashSet<_>>(),
+        "every published event handled"
+    );
     let stats = bus.stats();
     eprintln!(
         "publish retries during the restart: {retries}, handler calls {} for {total} events, {stats:?}, {:?}",
         effects.load(Ordering::SeqCst),
         backend.stats()
     );
-    assert_eq!(effects.load(Ordering::SeqCst), total as usize, "redeliveries were absorbed by the inbox");
+    assert_eq!(
+        effects.load(Ordering::SeqCst),
+        total as usize,
+        "redeliveries were absorbed by the inbox"
+    );
     bus.shutdown(Duration::from_secs(10)).await;
 }
 
@@ -107,10 +134,18 @@ fn config(brokers: &str) -> KafkaConfig {
 /// below. Producer retries without idempotence can duplicate records: the inbox absorbs them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tansu_restart_in_the_middle_of_a_stream_loses_nothing() {
-    let Some(_) = require_server("EVENTBUS_TANSU_BIN", "kafka_restart") else { return };
-    let tansu = Arc::new(tokio::task::spawn_blocking(Tansu::private).await.expect("start tansu"));
+    let Some(_) = require_server("EVENTBUS_TANSU_BIN", "kafka_restart") else {
+        return;
+    };
+    let tansu = Arc::new(
+        tokio::task::spawn_blocking(Tansu::private)
+            .await
+            .expect("start tansu"),
+    );
     let mut config = config(&tansu.brokers());
-    config.producer_options.insert("enable.idempotence".into(), "false".into());
+    config
+        .producer_options
+        .insert("enable.idempotence".into(), "false".into());
     let backend = KafkaBackend::connect(config).await.expect("connect");
     let plan = TopicPlan::new()
         .retry_tiers([])
@@ -118,10 +153,21 @@ async fn a_tansu_restart_in_the_middle_of_a_stream_loses_nothing() {
         .topic("rst.ledger.posted", TopicSettings::new(4));
     backend.provision(&plan).await.expect("topic");
     let broker = tansu.clone();
-    let restart = async move { tokio::task::spawn_blocking(move || broker.restart()).await.unwrap() };
+    let restart = async move {
+        tokio::task::spawn_blocking(move || broker.restart())
+            .await
+            .unwrap()
+    };
     use futures::FutureExt;
-    if let Err(panic) = std::panic::AssertUnwindSafe(stream_across_a_restart(backend, restart)).catch_unwind().await {
-        panic!("{}\n  broker: {}", panic_message(&*panic), tokio::task::block_in_place(|| tansu.diagnose()));
+    if let Err(panic) = std::panic::AssertUnwindSafe(stream_across_a_restart(backend, restart))
+        .catch_unwind()
+        .await
+    {
+        panic!(
+            "{}\n  broker: {}",
+            panic_message(&*panic),
+            tokio::task::block_in_place(|| tansu.diagnose())
+        );
     }
 }
 
@@ -131,7 +177,9 @@ async fn a_tansu_restart_in_the_middle_of_a_stream_loses_nothing() {
 async fn a_mock_broker_outage_in_the_middle_of_a_stream_loses_nothing() {
     let mock = MockCluster::new(1).expect("mock cluster");
     mock.create_topic("rst.ledger.posted", 4, 1).expect("topic");
-    let backend = KafkaBackend::connect(config(&mock.bootstrap_servers())).await.expect("connect");
+    let backend = KafkaBackend::connect(config(&mock.bootstrap_servers()))
+        .await
+        .expect("connect");
     let outage = async {
         mock.broker_down(1).expect("down");
         tokio::time::sleep(Duration::from_secs(2)).await;

@@ -47,7 +47,9 @@ fn config(url: &str, name: &str) -> RedisConfig {
 }
 
 async fn backend(url: &str, name: &str) -> RedisBackend {
-    RedisBackend::connect(config(url, name)).await.expect("connect")
+    RedisBackend::connect(config(url, name))
+        .await
+        .expect("connect")
 }
 
 fn granted(id: &str, n: u32) -> ApprovalGranted {
@@ -88,7 +90,9 @@ fn logging(log: &Log, group: &str, pattern: &str) -> Subscription {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_and_wildcard_handlers_round_trip() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else { return };
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+        return;
+    };
     let b = backend(&url, "roundtrip").await;
     let typed = Log::default();
     let t = typed.clone();
@@ -97,13 +101,21 @@ async fn typed_and_wildcard_handlers_round_trip() {
         .backend(b.clone())
         .inbox(Arc::new(b.inbox()))
         .subscribe(
-            Subscription::new("approval.granted", move |ctx: Context, env: Envelope<ApprovalGranted>| {
-                let t = t.clone();
-                async move {
-                    t.push(format!("{} {} {}", env.data.approval_id, env.data.n, ctx.group()));
-                    Ok(())
-                }
-            })
+            Subscription::new(
+                "approval.granted",
+                move |ctx: Context, env: Envelope<ApprovalGranted>| {
+                    let t = t.clone();
+                    async move {
+                        t.push(format!(
+                            "{} {} {}",
+                            env.data.approval_id,
+                            env.data.n,
+                            ctx.group()
+                        ));
+                        Ok(())
+                    }
+                },
+            )
             .group("typed"),
         )
         .subscribe(logging(&wildcard, "audit", "approval.*"))
@@ -111,24 +123,47 @@ async fn typed_and_wildcard_handlers_round_trip() {
         .await
         .unwrap();
     bus.publish(granted("a-1", 1)).await.unwrap();
-    bus.publish(ApprovalRejected { approval_id: "a-2".into() }).await.unwrap();
-    bus.publish(UserInvited { email: "x@y".into() }).await.unwrap();
-    assert!(eventually(WAIT, || typed.len() == 1 && wildcard.len() == 2).await, "{:?} {:?}", typed.all(), wildcard.all());
+    bus.publish(ApprovalRejected {
+        approval_id: "a-2".into(),
+    })
+    .await
+    .unwrap();
+    bus.publish(UserInvited {
+        email: "x@y".into(),
+    })
+    .await
+    .unwrap();
+    assert!(
+        eventually(WAIT, || typed.len() == 1 && wildcard.len() == 2).await,
+        "{:?} {:?}",
+        typed.all(),
+        wildcard.all()
+    );
     // Nothing else arrives.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(typed.all(), vec!["a-1 1 typed"]);
     // Two topics are two streams: no order between them.
-    let mut types: Vec<String> = wildcard.all().iter().map(|s| s.split(' ').next().unwrap().to_owned()).collect();
+    let mut types: Vec<String> = wildcard
+        .all()
+        .iter()
+        .map(|s| s.split(' ').next().unwrap().to_owned())
+        .collect();
     types.sort();
     assert_eq!(types, vec!["approval.granted", "approval.rejected"]);
-    assert_eq!(b.pending("approval.granted", "typed").await.unwrap(), 0, "acked");
+    assert_eq!(
+        b.pending("approval.granted", "typed").await.unwrap(),
+        0,
+        "acked"
+    );
     assert!(b.health().await.is_ok());
     bus.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_groups_each_get_everything_and_members_split_without_duplicates() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else { return };
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+        return;
+    };
     let b = backend(&url, "groups").await;
     let audit = Log::default();
     let member_a = Log::default();
@@ -149,10 +184,14 @@ async fn two_groups_each_get_everything_and_members_split_without_duplicates() {
         .start()
         .await
         .unwrap();
-    let envelopes: Vec<_> = (0..400).map(|i| Envelope::new(granted(&format!("k{}", i % 40), i))).collect();
+    let envelopes: Vec<_> = (0..400)
+        .map(|i| Envelope::new(granted(&format!("k{}", i % 40), i)))
+        .collect();
     bus_a.publisher().publish_batch(envelopes).await.unwrap();
     assert!(
-        eventually(WAIT, || member_a.len() + member_b.len() == 400 && audit.len() == 400).await,
+        eventually(WAIT, || member_a.len() + member_b.len() == 400
+            && audit.len() == 400)
+        .await,
         "a={} b={} audit={}",
         member_a.len(),
         member_b.len(),
@@ -164,14 +203,21 @@ async fn two_groups_each_get_everything_and_members_split_without_duplicates() {
     let unique: HashSet<&String> = billing.iter().collect();
     assert_eq!(billing.len(), 400, "no duplicates in the group");
     assert_eq!(unique.len(), 400);
-    assert!(member_a.len() > 0 && member_b.len() > 0, "both members got work: {} / {}", member_a.len(), member_b.len());
+    assert!(
+        member_a.len() > 0 && member_b.len() > 0,
+        "both members got work: {} / {}",
+        member_a.len(),
+        member_b.len()
+    );
     bus_a.shutdown(Duration::from_secs(5)).await;
     bus_b.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_consumer_s_entries_are_claimed_and_finished_by_another_member() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else { return };
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+        return;
+    };
     let b = backend(&url, "claim").await;
     let started = Arc::new(AtomicUsize::new(0));
     let s = started.clone();
@@ -195,7 +241,11 @@ async fn a_killed_consumer_s_entries_are_claimed_and_finished_by_another_member(
     doomed.publish(granted("x", 1)).await.unwrap();
     assert!(eventually(WAIT, || started.load(Ordering::SeqCst) == 1).await);
     doomed.abort().await;
-    assert_eq!(b.pending("approval.granted", "workers").await.unwrap(), 1, "left pending");
+    assert_eq!(
+        b.pending("approval.granted", "workers").await.unwrap(),
+        1,
+        "left pending"
+    );
 
     let attempts = Arc::new(Mutex::new(Vec::new()));
     let a = attempts.clone();
@@ -203,44 +253,61 @@ async fn a_killed_consumer_s_entries_are_claimed_and_finished_by_another_member(
         .backend(b.clone())
         .inbox(Arc::new(b.inbox()))
         .subscribe(
-            Subscription::new("approval.granted", move |ctx: Context, _: Envelope<ApprovalGranted>| {
-                a.lock().unwrap().push(ctx.attempt());
-                async { Ok(()) }
-            })
+            Subscription::new(
+                "approval.granted",
+                move |ctx: Context, _: Envelope<ApprovalGranted>| {
+                    a.lock().unwrap().push(ctx.attempt());
+                    async { Ok(()) }
+                },
+            )
             .group("workers"),
         )
         .start()
         .await
         .unwrap();
     assert!(eventually(WAIT, || attempts.lock().unwrap().len() == 1).await);
-    assert_eq!(*attempts.lock().unwrap(), vec![2], "the pending list's delivery count drives the attempt");
+    assert_eq!(
+        *attempts.lock().unwrap(),
+        vec![2],
+        "the pending list's delivery count drives the attempt"
+    );
     assert!(eventually(WAIT, || b.stats().claimed >= 1).await);
     let mut pending = 1;
-    assert!(eventually(WAIT, || {
-        pending = futures::executor::block_on(b.pending("approval.granted", "workers")).unwrap();
-        pending == 0
-    })
-    .await);
+    assert!(
+        eventually(WAIT, || {
+            pending =
+                futures::executor::block_on(b.pending("approval.granted", "workers")).unwrap();
+            pending == 0
+        })
+        .await
+    );
     survivor.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_retry_fires_after_its_delay_and_survives_a_consumer_restart() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else { return };
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+        return;
+    };
     let b = backend(&url, "delayed").await;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let make = |seen: Arc<Mutex<Vec<(u32, std::time::Instant)>>>| {
-        Subscription::new("approval.granted", move |ctx: Context, _: Envelope<ApprovalGranted>| {
-            seen.lock().unwrap().push((ctx.attempt(), std::time::Instant::now()));
-            let attempt = ctx.attempt();
-            async move {
-                if attempt == 1 {
-                    Err(HandlerError::transient("downstream is down"))
-                } else {
-                    Ok(())
+        Subscription::new(
+            "approval.granted",
+            move |ctx: Context, _: Envelope<ApprovalGranted>| {
+                seen.lock()
+                    .unwrap()
+                    .push((ctx.attempt(), std::time::Instant::now()));
+                let attempt = ctx.attempt();
+                async move {
+                    if attempt == 1 {
+                        Err(HandlerError::transient("downstream is down"))
+                    } else {
+                        Ok(())
+                    }
                 }
-            }
-        })
+            },
+        )
         .group("retrying")
         .retries(0)
         .delayed_retries([Duration::from_millis(1500)])
@@ -257,7 +324,11 @@ async fn a_delayed_retry_fires_after_its_delay_and_survives_a_consumer_restart()
     // The consuming process dies while the retry waits.
     first.abort().await;
     drop(first);
-    assert_eq!(b.pending("approval.granted", "retrying").await.unwrap(), 0, "acked into the delayed set");
+    assert_eq!(
+        b.pending("approval.granted", "retrying").await.unwrap(),
+        0,
+        "acked into the delayed set"
+    );
     let second = Bus::builder()
         .backend(b.clone())
         .inbox(Arc::new(b.inbox()))
@@ -269,14 +340,19 @@ async fn a_delayed_retry_fires_after_its_delay_and_survives_a_consumer_restart()
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen[1].0, 2, "second attempt");
     let gap = seen[1].1 - seen[0].1;
-    assert!(gap >= Duration::from_millis(1400), "fired after its delay: {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(1400),
+        "fired after its delay: {gap:?}"
+    );
     assert!(gap < Duration::from_secs(10), "{gap:?}");
     second.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_end_in_the_dlq_with_a_reason_and_redrive_works() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else { return };
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+        return;
+    };
     let b = backend(&url, "dlq").await;
     let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let handled = Log::default();
@@ -290,7 +366,9 @@ async fn poison_messages_end_in_the_dlq_with_a_reason_and_redrive_works() {
                 let h = h.clone();
                 async move {
                     if !ok {
-                        return Err(HandlerError::permanent("approval references a deleted user"));
+                        return Err(HandlerError::permanent(
+                            "approval references a deleted user",
+                        ));
                     }
                     h.push(env.data.approval_id);
                     Ok(())
@@ -313,35 +391,62 @@ async fn poison_messages_end_in_the_dlq_with_a_reason_and_redrive_works() {
     b.publish(vec![raw]).await.unwrap();
     let dlq = bus.dead_letters();
     let mut letters = Vec::new();
-    assert!(eventually(WAIT, || {
-        letters = futures::executor::block_on(dlq.list("approval.granted")).unwrap();
-        letters.len() == 2
-    })
-    .await);
-    assert_eq!(letters[0].failure.message, "approval references a deleted user");
+    assert!(
+        eventually(WAIT, || {
+            letters = futures::executor::block_on(dlq.list("approval.granted")).unwrap();
+            letters.len() == 2
+        })
+        .await
+    );
+    assert_eq!(
+        letters[0].failure.message,
+        "approval references a deleted user"
+    );
     assert_eq!(letters[0].failure.kind, ErrorKind::Permanent);
     assert_eq!(letters[0].group, "strict");
-    assert!(letters[1].failure.message.starts_with("malformed envelope"), "{}", letters[1].failure.message);
+    assert!(
+        letters[1].failure.message.starts_with("malformed envelope"),
+        "{}",
+        letters[1].failure.message
+    );
     assert_eq!(b.pending("approval.granted", "strict").await.unwrap(), 0);
 
     fixed.store(true, Ordering::SeqCst);
-    assert_eq!(dlq.redrive("approval.granted", &[letters[0].id.clone()]).await.unwrap(), 1);
+    assert_eq!(
+        dlq.redrive("approval.granted", &[letters[0].id.clone()])
+            .await
+            .unwrap(),
+        1
+    );
     assert!(eventually(WAIT, || handled.all() == vec!["bad".to_owned()]).await);
-    assert_eq!(dlq.purge("approval.granted", vec![letters[1].id.clone()]).await.unwrap(), 1);
+    assert_eq!(
+        dlq.purge("approval.granted", vec![letters[1].id.clone()])
+            .await
+            .unwrap(),
+        1
+    );
     assert!(dlq.list("approval.granted").await.unwrap().is_empty());
     bus.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_trims_old_entries_on_publish() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else { return };
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+        return;
+    };
     let mut c = config(&url, "retention");
-    c.topic_retention.insert("approval.granted".into(), Retention::max_age(Duration::from_millis(300)));
-    c.topic_retention.insert("user.invited".into(), Retention::max_len(100));
+    c.topic_retention.insert(
+        "approval.granted".into(),
+        Retention::max_age(Duration::from_millis(300)),
+    );
+    c.topic_retention
+        .insert("user.invited".into(), Retention::max_len(100));
     let b = RedisBackend::connect(c).await.unwrap();
     let publisher = eventbus::Publisher::new(
         Arc::new(b.clone()),
-        Arc::new(eventbus::clock::SystemClock::new(eventbus::runtime::default_runtime().unwrap())),
+        Arc::new(eventbus::clock::SystemClock::new(
+            eventbus::runtime::default_runtime().unwrap(),
+        )),
         "test",
     );
     for i in 0..500 {
@@ -356,7 +461,12 @@ async fn retention_trims_old_entries_on_publish() {
     // MINID ~ trims whole macro nodes (100 entries each by default): the 500 old ones go.
     assert!(by_age <= 400, "age retention kept {by_age} of 800");
     for i in 0..3000 {
-        publisher.publish(UserInvited { email: format!("{i}@x") }).await.unwrap();
+        publisher
+            .publish(UserInvited {
+                email: format!("{i}@x"),
+            })
+            .await
+            .unwrap();
     }
     let by_len = b.stream_len("user.invited").await.unwrap();
     assert!(by_len < 600, "length retention kept {by_len} of 3000");
@@ -364,7 +474,9 @@ async fn retention_trims_old_entries_on_publish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_inbox_dedupes_across_processes() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else { return };
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+        return;
+    };
     let b = backend(&url, "inbox").await;
     let effects = Arc::new(AtomicUsize::new(0));
     let make = |e: Arc<AtomicUsize>| {
@@ -374,14 +486,36 @@ async fn the_redis_inbox_dedupes_across_processes() {
         })
         .group("once")
     };
-    let one = Bus::builder().backend(b.clone()).inbox(Arc::new(b.inbox())).subscribe(make(effects.clone())).start().await.unwrap();
-    let two = Bus::builder().backend(b.clone()).inbox(Arc::new(b.inbox())).subscribe(make(effects.clone())).start().await.unwrap();
+    let one = Bus::builder()
+        .backend(b.clone())
+        .inbox(Arc::new(b.inbox()))
+        .subscribe(make(effects.clone()))
+        .start()
+        .await
+        .unwrap();
+    let two = Bus::builder()
+        .backend(b.clone())
+        .inbox(Arc::new(b.inbox()))
+        .subscribe(make(effects.clone()))
+        .start()
+        .await
+        .unwrap();
     // The same event published five times (a producer retrying after timeouts).
     let envelope = Envelope::new(granted("dup", 1));
     for _ in 0..5 {
-        one.publisher().publish_envelope(envelope.clone()).await.unwrap();
+        one.publisher()
+            .publish_envelope(envelope.clone())
+            .await
+            .unwrap();
     }
-    assert!(eventually(WAIT, || one.stats().handled + two.stats().handled + one.stats().duplicates + two.stats().duplicates == 5).await);
+    assert!(
+        eventually(WAIT, || one.stats().handled
+            + two.stats().handled
+            + one.stats().duplicates
+            + two.stats().duplicates
+            == 5)
+        .await
+    );
     assert_eq!(effects.load(Ordering::SeqCst), 1);
     one.shutdown(Duration::from_secs(5)).await;
     two.shutdown(Duration::from_secs(5)).await;
@@ -389,7 +523,9 @@ async fn the_redis_inbox_dedupes_across_processes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_streams_are_discovered_by_wildcard_subscribers() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else { return };
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+        return;
+    };
     let b = backend(&url, "discovery").await;
     let log = Log::default();
     let bus = Bus::builder()
@@ -399,22 +535,41 @@ async fn new_streams_are_discovered_by_wildcard_subscribers() {
         .await
         .unwrap();
     // No user.* stream existed when the subscriber started.
-    bus.publish(UserInvited { email: "first@x".into() }).await.unwrap();
-    assert!(eventually(WAIT, || log.len() == 1).await, "discovered within the interval");
+    bus.publish(UserInvited {
+        email: "first@x".into(),
+    })
+    .await
+    .unwrap();
+    assert!(
+        eventually(WAIT, || log.len() == 1).await,
+        "discovered within the interval"
+    );
     bus.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_notifications_reach_current_subscribers_only() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else { return };
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+        return;
+    };
     let b = backend(&url, "pubsub").await;
     let live = b.pubsub();
-    let before = live.notify(&Envelope::new(granted("early", 0))).await.unwrap();
+    let before = live
+        .notify(&Envelope::new(granted("early", 0)))
+        .await
+        .unwrap();
     assert_eq!(before, 0, "nobody listening: the notification is gone");
     let mut stream = live.subscribe("approval.*").await.unwrap();
-    live.notify(&Envelope::new(UserInvited { email: "no".into() })).await.unwrap();
-    live.notify(&Envelope::new(granted("live", 1))).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap();
+    live.notify(&Envelope::new(UserInvited { email: "no".into() }))
+        .await
+        .unwrap();
+    live.notify(&Envelope::new(granted("live", 1)))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.event_type, "approval.granted");
     assert!(got.data.get().contains("live"));
 }
@@ -422,14 +577,18 @@ async fn pubsub_notifications_reach_current_subscribers_only() {
 #[tokio::test]
 async fn bad_urls_fail_at_startup_naming_the_setting() {
     for url in ["http://localhost", "redis://[::1", ""] {
-        let err = RedisBackend::connect(RedisConfig::new(url)).await.expect_err(url);
+        let err = RedisBackend::connect(RedisConfig::new(url))
+            .await
+            .expect_err(url);
         assert!(err.to_string().contains("redis.url"), "{err}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_by_time_range_and_type_reaches_only_the_target_group() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else { return };
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+        return;
+    };
     let b = backend(&url, "replay").await;
     let target = Log::default();
     let other = Log::default();
@@ -450,7 +609,9 @@ async fn replay_by_time_range_and_type_reaches_only_the_target_group() {
             env.time = time;
             publisher.publish_envelope(env).await.unwrap();
         } else {
-            let mut env = Envelope::new(ApprovalRejected { approval_id: format!("r{n}") });
+            let mut env = Envelope::new(ApprovalRejected {
+                approval_id: format!("r{n}"),
+            });
             env.time = time;
             publisher.publish_envelope(env).await.unwrap();
         }
@@ -467,11 +628,19 @@ async fn replay_by_time_range_and_type_reaches_only_the_target_group() {
         .unwrap();
     assert!(eventually(WAIT, || progress.status().done).await);
     assert_eq!(progress.status().replayed, 2, "{:?}", progress.status());
-    assert!(eventually(WAIT, || target.len() == 8).await, "{:?}", target.all());
+    assert!(
+        eventually(WAIT, || target.len() == 8).await,
+        "{:?}",
+        target.all()
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(target.len(), 8);
     assert_eq!(other.len(), 6, "the other group saw nothing again");
     let lag = b.group_lag().await.unwrap();
-    assert!(lag.iter().any(|l| l.group == "projection" && l.pending == 0), "{lag:?}");
+    assert!(
+        lag.iter()
+            .any(|l| l.group == "projection" && l.pending == 0),
+        "{lag:?}"
+    );
     bus.shutdown(Duration::from_secs(5)).await;
 }

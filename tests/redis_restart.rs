@@ -33,9 +33,13 @@ fn config(url: &str, name: &str) -> RedisConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_in_the_middle_of_10000_events_loses_none() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis_restart") else { return };
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis_restart") else {
+        return;
+    };
     let _serial = SERIAL.lock().await;
-    let b = RedisBackend::connect(config(&url, "restart")).await.unwrap();
+    let b = RedisBackend::connect(config(&url, "restart"))
+        .await
+        .unwrap();
     let seen: Arc<Mutex<HashSet<Uuid>>> = Arc::default();
     let effects = Arc::new(AtomicUsize::new(0));
     let (s, e) = (seen.clone(), effects.clone());
@@ -61,7 +65,12 @@ async fn a_redis_restart_in_the_middle_of_10000_events_loses_none() {
         let mut retries = 0;
         for chunk in 0..(total / 100) {
             let batch: Vec<_> = (0..100)
-                .map(|i| Envelope::new(LedgerPosted { account: format!("acc-{}", i % 32), n: chunk * 100 + i }))
+                .map(|i| {
+                    Envelope::new(LedgerPosted {
+                        account: format!("acc-{}", i % 32),
+                        n: chunk * 100 + i,
+                    })
+                })
                 .collect();
             ids.extend(batch.iter().map(|e| e.id));
             // Publishing during the restart fails: retry the same envelopes (same ids).
@@ -74,31 +83,50 @@ async fn a_redis_restart_in_the_middle_of_10000_events_loses_none() {
         }
         (ids, retries)
     });
-    assert!(eventually(Duration::from_secs(60), || seen.lock().unwrap().len() >= 3000).await);
+    assert!(
+        eventually(Duration::from_secs(60), || seen.lock().unwrap().len()
+            >= 3000)
+        .await
+    );
     let url2 = url.clone();
-    tokio::task::spawn_blocking(move || eventbus_integration::restart_redis_at(&url2)).await.unwrap();
+    tokio::task::spawn_blocking(move || eventbus_integration::restart_redis_at(&url2))
+        .await
+        .unwrap();
     let (ids, retries) = producer.await.unwrap();
     assert!(
-        eventually(Duration::from_secs(90), || seen.lock().unwrap().len() == total as usize).await,
+        eventually(Duration::from_secs(90), || seen.lock().unwrap().len()
+            == total as usize)
+        .await,
         "handled {} of {total}",
         seen.lock().unwrap().len()
     );
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen, ids.into_iter().collect::<HashSet<_>>(), "every published event handled");
+    assert_eq!(
+        seen,
+        ids.into_iter().collect::<HashSet<_>>(),
+        "every published event handled"
+    );
     // A handler's side effect outside Redis can repeat only when recording its inbox entry
     // failed while the server was down (the delivery is then left unsettled and redelivered):
     // every extra handling is accounted for by one unsettled delivery. Exactly-once effects
     // need the inbox in the handler's own transaction (SQL inbox).
     let stats = bus.stats();
     let extra = effects.load(Ordering::SeqCst) - total as usize;
-    assert!(extra as u64 <= stats.unsettled, "{extra} extra handlings, stats {stats:?}");
-    eprintln!("publish retries during the restart: {retries}, extra handlings {extra}, stats {stats:?}");
+    assert!(
+        extra as u64 <= stats.unsettled,
+        "{extra} extra handlings, stats {stats:?}"
+    );
+    eprintln!(
+        "publish retries during the restart: {retries}, extra handlings {extra}, stats {stats:?}"
+    );
     bus.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flushall_recreates_streams_and_groups_and_consumption_continues() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis_restart") else { return };
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis_restart") else {
+        return;
+    };
     let _serial = SERIAL.lock().await;
     let b = RedisBackend::connect(config(&url, "flush")).await.unwrap();
     let count = Arc::new(AtomicUsize::new(0));
@@ -115,17 +143,33 @@ async fn a_flushall_recreates_streams_and_groups_and_consumption_continues() {
         .start()
         .await
         .unwrap();
-    bus.publish(LedgerPosted { account: "a".into(), n: 1 }).await.unwrap();
-    assert!(eventually(Duration::from_secs(10), || count.load(Ordering::SeqCst) == 1).await);
+    bus.publish(LedgerPosted {
+        account: "a".into(),
+        n: 1,
+    })
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || count.load(Ordering::SeqCst)
+            == 1)
+        .await
+    );
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await.unwrap();
+    redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
     let mut sent = 1;
     // Keep publishing: the consumer notices NOGROUP, re-creates the group and carries on.
     assert!(
         eventually(Duration::from_secs(20), || {
             sent += 1;
-            futures::executor::block_on(bus.publish(LedgerPosted { account: "a".into(), n: sent })).unwrap();
+            futures::executor::block_on(bus.publish(LedgerPosted {
+                account: "a".into(),
+                n: sent,
+            }))
+            .unwrap();
             count.load(Ordering::SeqCst) >= 3
         })
         .await,

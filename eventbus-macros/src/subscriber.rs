@@ -207,7 +207,8 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Option<SubscriberArgs> {
                 };
             }
             "delayed" => {
-                out.delayed = duration_list(cx, meta, "delayed", "delayed = [\"1m\", \"5m\", \"30m\"]");
+                out.delayed =
+                    duration_list(cx, meta, "delayed", "delayed = [\"1m\", \"5m\", \"30m\"]");
             }
             _ => out.krate = attr::crate_path(cx, meta),
         }

@@ -106,7 +106,8 @@ fn bench(c: &mut Criterion) {
                         n
                     });
                     for env in batch {
-                        tx.unbounded_send(env.encode().expect("encode")).expect("send");
+                        tx.unbounded_send(env.encode().expect("encode"))
+                            .expect("send");
                     }
                     drop(tx);
                     assert_eq!(consumer.await.expect("join"), BATCH);

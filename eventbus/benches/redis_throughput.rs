@@ -29,11 +29,18 @@ const EVENTS: u64 = 50_000;
 const BATCH: usize = 100;
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 fn tick(n: u64) -> Tick {
-    Tick { n, sent_us: now_us(), note: "order o-123 for customer c-42".into() }
+    Tick {
+        n,
+        sent_us: now_us(),
+        note: "order o-123 for customer c-42".into(),
+    }
 }
 
 fn rate(n: u64, d: Duration) -> f64 {
@@ -48,7 +55,14 @@ async fn raw_xadd(conn: &mut redis::aio::MultiplexedConnection, stream: &str) ->
         let mut pipe = redis::pipe();
         for i in n..n + BATCH as u64 {
             let payload = Envelope::new(tick(i)).encode().unwrap();
-            pipe.cmd("XADD").arg(stream).arg("*").arg("type").arg("bench.tick").arg("payload").arg(payload).ignore();
+            pipe.cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg("type")
+                .arg("bench.tick")
+                .arg("payload")
+                .arg(payload)
+                .ignore();
         }
         pipe.query_async::<()>(conn).await.unwrap();
         n += BATCH as u64;
@@ -61,7 +75,9 @@ async fn bus_publish(bus: &Bus) -> Duration {
     let start = Instant::now();
     let mut n = 0;
     while n < EVENTS {
-        let batch: Vec<_> = (n..n + BATCH as u64).map(|i| Envelope::new(tick(i))).collect();
+        let batch: Vec<_> = (n..n + BATCH as u64)
+            .map(|i| Envelope::new(tick(i)))
+            .collect();
         publisher.publish_batch(batch).await.unwrap();
         n += BATCH as u64;
     }
@@ -69,18 +85,35 @@ async fn bus_publish(bus: &Bus) -> Duration {
 }
 
 async fn raw_consume(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> Duration {
-    let _: redis::RedisResult<()> =
-        redis::cmd("XGROUP").arg("CREATE").arg(stream).arg("raw").arg("0").query_async(conn).await;
+    let _: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg("raw")
+        .arg("0")
+        .query_async(conn)
+        .await;
     let start = Instant::now();
     let mut done = 0u64;
     while done < EVENTS {
         let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-            .arg("GROUP").arg("raw").arg("c1").arg("COUNT").arg(128).arg("BLOCK").arg(1000)
-            .arg("STREAMS").arg(stream).arg(">")
+            .arg("GROUP")
+            .arg("raw")
+            .arg("c1")
+            .arg("COUNT")
+            .arg(128)
+            .arg("BLOCK")
+            .arg(1000)
+            .arg("STREAMS")
+            .arg(stream)
+            .arg(">")
             .query_async(conn)
             .await
             .unwrap();
-        let ids: Vec<String> = reply.keys.iter().flat_map(|k| k.ids.iter().map(|e| e.id.clone())).collect();
+        let ids: Vec<String> = reply
+            .keys
+            .iter()
+            .flat_map(|k| k.ids.iter().map(|e| e.id.clone()))
+            .collect();
         if ids.is_empty() {
             continue;
         }
@@ -92,17 +125,29 @@ async fn raw_consume(conn: &mut redis::aio::MultiplexedConnection, stream: &str)
                 }
             }
         }
-        redis::cmd("XACK").arg(stream).arg("raw").arg(&ids).query_async::<()>(conn).await.unwrap();
+        redis::cmd("XACK")
+            .arg(stream)
+            .arg("raw")
+            .arg(&ids)
+            .query_async::<()>(conn)
+            .await
+            .unwrap();
         done += ids.len() as u64;
     }
     start.elapsed()
 }
 
-async fn pipeline_consume(backend: &RedisBackend, concurrency: usize, redis_inbox: bool) -> Duration {
+async fn pipeline_consume(
+    backend: &RedisBackend,
+    concurrency: usize,
+    redis_inbox: bool,
+) -> Duration {
     let handled = Arc::new(AtomicU64::new(0));
     let h = handled.clone();
     let start = Instant::now();
-    let mut builder = Bus::builder().backend(backend.clone()).catalog(&[CatalogEntry::of::<Tick>()]);
+    let mut builder = Bus::builder()
+        .backend(backend.clone())
+        .catalog(&[CatalogEntry::of::<Tick>()]);
     if redis_inbox {
         builder = builder.inbox(Arc::new(backend.inbox()));
     }
@@ -136,7 +181,9 @@ async fn latency(backend: &RedisBackend, per_second: u64, seconds: u64) -> Vec<u
         .inbox(Arc::new(backend.inbox()))
         .subscribe(
             Subscription::new("bench.tick", move |env: Envelope<Tick>| {
-                s.lock().unwrap().push(now_us().saturating_sub(env.data.sent_us));
+                s.lock()
+                    .unwrap()
+                    .push(now_us().saturating_sub(env.data.sent_us));
                 async { Ok(()) }
             })
             .group("latency")
@@ -179,7 +226,11 @@ fn main() {
         eprintln!("EVENTBUS_REDIS_URL is not set; start a redis-server and point it there");
         std::process::exit(2);
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let prefix = format!("bench-{}", eventbus::Uuid::now_v7().simple());
         let mut config = RedisConfig::new(&url);

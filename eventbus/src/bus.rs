@@ -13,13 +13,13 @@ use std::collections::HashMap;
 
 use crate::backend::{Backend, SubscribeRequest};
 use crate::circuit::{CircuitConfig, Circuits};
-use crate::observability::Metrics;
 use crate::clock::{Clock, SystemClock};
 use crate::consumer::{ConsumerLoop, Shared};
 use crate::dead_letter::DeadLetters;
 use crate::error::Error;
 use crate::event::{CatalogEntry, Event};
 use crate::inbox::{InboxStore, MemoryInbox};
+use crate::observability::Metrics;
 use crate::pattern::{validate_name, Pattern};
 use crate::pipeline::{DecodeLayer, Layer, Pipeline};
 use crate::publisher::Publisher;
@@ -70,7 +70,8 @@ impl BusBuilder {
 
     /// Overrides the circuit breaker settings of one channel (e.g. [`CircuitConfig::critical`]).
     pub fn channel_circuit(mut self, channel: impl Into<String>, config: CircuitConfig) -> Self {
-        self.circuit_default.get_or_insert_with(CircuitConfig::default);
+        self.circuit_default
+            .get_or_insert_with(CircuitConfig::default);
         self.circuit_channels.insert(channel.into(), config);
         self
     }
@@ -153,10 +154,16 @@ impl BusBuilder {
         })?;
         let options = subscription.options();
         if options.concurrency == 0 {
-            return Err(Error::config(format!("{name}.concurrency"), "must be at least 1"));
+            return Err(Error::config(
+                format!("{name}.concurrency"),
+                "must be at least 1",
+            ));
         }
         if options.retry.max_attempts == 0 {
-            return Err(Error::config(format!("{name}.retries"), "max attempts must be at least 1"));
+            return Err(Error::config(
+                format!("{name}.retries"),
+                "max attempts must be at least 1",
+            ));
         }
         if subscription.group_name().trim().is_empty() {
             return Err(Error::config(format!("{name}.group"), "is empty"));
@@ -189,7 +196,10 @@ impl BusBuilder {
             .clock
             .unwrap_or_else(|| Arc::new(SystemClock::new(runtime.clone())));
         let backend = self.backend.ok_or_else(|| {
-            Error::config("backend", "no backend configured; call `BusBuilder::backend`")
+            Error::config(
+                "backend",
+                "no backend configured; call `BusBuilder::backend`",
+            )
         })?;
         let inbox = self.inbox.unwrap_or_else(|| Arc::new(MemoryInbox::new()));
         let source = self.source.unwrap_or_else(|| "eventbus".to_owned());
@@ -275,7 +285,11 @@ impl BusBuilder {
                 topics: topics.into_iter().collect(),
                 prefetch: (options.concurrency * 4).max(16),
             };
-            let pipeline = Arc::new(Pipeline::for_subscription(&subscription, pattern, &pipeline_shared));
+            let pipeline = Arc::new(Pipeline::for_subscription(
+                &subscription,
+                pattern,
+                &pipeline_shared,
+            ));
             let stream = backend.subscribe(request).await?;
             let consumer = ConsumerLoop {
                 group: subscription.group_name().to_owned(),
@@ -431,7 +445,11 @@ impl Bus {
             Either::Left(_) => true,
             Either::Right(_) => false,
         };
-        let aborted = if drained { 0 } else { self.shared.abort_tasks() };
+        let aborted = if drained {
+            0
+        } else {
+            self.shared.abort_tasks()
+        };
         if !drained {
             self.shared.loops_finished().await;
         }

@@ -45,13 +45,22 @@ impl CircuitConfig {
 
     pub(crate) fn validate(&self, channel: &str) -> Result<(), crate::Error> {
         if self.failure_threshold == 0 {
-            return Err(crate::Error::config(format!("circuit[{channel}].failure_threshold"), "must be at least 1"));
+            return Err(crate::Error::config(
+                format!("circuit[{channel}].failure_threshold"),
+                "must be at least 1",
+            ));
         }
         if self.half_open_probes == 0 {
-            return Err(crate::Error::config(format!("circuit[{channel}].half_open_probes"), "must be at least 1"));
+            return Err(crate::Error::config(
+                format!("circuit[{channel}].half_open_probes"),
+                "must be at least 1",
+            ));
         }
         if self.reset.is_zero() {
-            return Err(crate::Error::config(format!("circuit[{channel}].reset"), "must be positive"));
+            return Err(crate::Error::config(
+                format!("circuit[{channel}].reset"),
+                "must be positive",
+            ));
         }
         Ok(())
     }
@@ -101,7 +110,9 @@ pub struct Circuits {
 
 impl std::fmt::Debug for Circuits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Circuits").field("default", &self.default).finish_non_exhaustive()
+        f.debug_struct("Circuits")
+            .field("default", &self.default)
+            .finish_non_exhaustive()
     }
 }
 
@@ -158,11 +169,28 @@ impl Circuits {
                 until,
             }),
             CircuitState::Open { .. } => {
-                self.set(&mut states, channel, CircuitState::HalfOpen { in_flight: 1, successes: 0 });
+                self.set(
+                    &mut states,
+                    channel,
+                    CircuitState::HalfOpen {
+                        in_flight: 1,
+                        successes: 0,
+                    },
+                );
                 Ok(())
             }
-            CircuitState::HalfOpen { in_flight, successes } if in_flight < config.half_open_probes => {
-                self.set(&mut states, channel, CircuitState::HalfOpen { in_flight: in_flight + 1, successes });
+            CircuitState::HalfOpen {
+                in_flight,
+                successes,
+            } if in_flight < config.half_open_probes => {
+                self.set(
+                    &mut states,
+                    channel,
+                    CircuitState::HalfOpen {
+                        in_flight: in_flight + 1,
+                        successes,
+                    },
+                );
                 Ok(())
             }
             CircuitState::HalfOpen { .. } => Err(crate::Error::CircuitOpen {
@@ -175,8 +203,19 @@ impl Circuits {
     /// Gives back a probe slot taken by [`Circuits::acquire`] without a result.
     pub fn release(&self, channel: &str) {
         let mut states = self.lock();
-        if let Some(CircuitState::HalfOpen { in_flight, successes }) = states.get(channel).copied() {
-            self.set(&mut states, channel, CircuitState::HalfOpen { in_flight: in_flight.saturating_sub(1), successes });
+        if let Some(CircuitState::HalfOpen {
+            in_flight,
+            successes,
+        }) = states.get(channel).copied()
+        {
+            self.set(
+                &mut states,
+                channel,
+                CircuitState::HalfOpen {
+                    in_flight: in_flight.saturating_sub(1),
+                    successes,
+                },
+            );
         }
     }
 
@@ -194,16 +233,28 @@ impl Circuits {
             .unwrap_or(CircuitState::Closed { failures: 0 });
         let next = match (state, ok) {
             (CircuitState::Closed { .. }, true) => CircuitState::Closed { failures: 0 },
-            (CircuitState::Closed { failures }, false) if failures + 1 >= config.failure_threshold => {
+            (CircuitState::Closed { failures }, false)
+                if failures + 1 >= config.failure_threshold =>
+            {
                 tracing::warn!(%channel, "publish circuit opened");
                 open
             }
-            (CircuitState::Closed { failures }, false) => CircuitState::Closed { failures: failures + 1 },
-            (CircuitState::HalfOpen { successes, .. }, true) if successes + 1 >= config.half_open_probes => {
+            (CircuitState::Closed { failures }, false) => CircuitState::Closed {
+                failures: failures + 1,
+            },
+            (CircuitState::HalfOpen { successes, .. }, true)
+                if successes + 1 >= config.half_open_probes =>
+            {
                 tracing::info!(%channel, "publish circuit closed");
                 CircuitState::Closed { failures: 0 }
             }
-            (CircuitState::HalfOpen { in_flight, successes }, true) => CircuitState::HalfOpen {
+            (
+                CircuitState::HalfOpen {
+                    in_flight,
+                    successes,
+                },
+                true,
+            ) => CircuitState::HalfOpen {
                 in_flight: in_flight.saturating_sub(1),
                 successes: successes + 1,
             },
@@ -229,12 +280,21 @@ mod tests {
     #[test]
     fn opens_fails_fast_half_opens_and_closes() {
         let clock = Arc::new(VirtualClock::new());
-        let c = Circuits::new(CircuitConfig::default(), HashMap::new(), clock.clone(), None).unwrap();
+        let c = Circuits::new(
+            CircuitConfig::default(),
+            HashMap::new(),
+            clock.clone(),
+            None,
+        )
+        .unwrap();
         for _ in 0..4 {
             c.acquire("orders").unwrap();
             c.record("orders", false);
         }
-        assert!(matches!(c.states()[0].1, CircuitState::Closed { failures: 4 }));
+        assert!(matches!(
+            c.states()[0].1,
+            CircuitState::Closed { failures: 4 }
+        ));
         c.acquire("orders").unwrap();
         c.record("orders", false);
         let err = c.acquire("orders").expect_err("open");
@@ -266,8 +326,14 @@ mod tests {
         c.acquire("payments").unwrap();
         c.record("payments", false);
         assert!(c.acquire("payments").is_err(), "failed probe reopens");
-        let bad = CircuitConfig { failure_threshold: 0, ..CircuitConfig::default() };
+        let bad = CircuitConfig {
+            failure_threshold: 0,
+            ..CircuitConfig::default()
+        };
         let err = Circuits::new(bad, HashMap::new(), clock, None).expect_err("invalid");
-        assert!(err.to_string().contains("circuit[*].failure_threshold"), "{err}");
+        assert!(
+            err.to_string().contains("circuit[*].failure_threshold"),
+            "{err}"
+        );
     }
 }

@@ -156,12 +156,15 @@ impl ConsumerLoop {
         let mut errors = 0u32;
         loop {
             while running.len() < concurrency {
-                let Some(index) = pending.iter().position(|d| {
-                    d.message.key.as_ref().is_none_or(|k| !busy.contains(k))
-                }) else {
+                let Some(index) = pending
+                    .iter()
+                    .position(|d| d.message.key.as_ref().is_none_or(|k| !busy.contains(k)))
+                else {
                     break;
                 };
-                let Some(delivery) = pending.remove(index) else { break };
+                let Some(delivery) = pending.remove(index) else {
+                    break;
+                };
                 if let Some(key) = &delivery.message.key {
                     busy.insert(key.clone());
                 }

@@ -133,7 +133,10 @@ impl Context {
 
     /// Publishes a follow-on envelope, filling the causal metadata it leaves empty.
     pub async fn publish_envelope<E: Event>(&self, envelope: Envelope<E>) -> Result<Uuid, Error> {
-        self.inner.publisher.publish_envelope(self.follow_on(envelope)).await
+        self.inner
+            .publisher
+            .publish_envelope(self.follow_on(envelope))
+            .await
     }
 
     /// Fills the causal metadata of a follow-on envelope.
@@ -152,7 +155,11 @@ impl Context {
         // With OpenTelemetry, the handler's exported span is the follow-on's parent.
         #[cfg(feature = "opentelemetry")]
         crate::observability::otel::inject_current(&mut envelope.headers);
-        if let Some(parent) = inner.headers.get(TRACEPARENT).and_then(|v| TraceParent::parse(v)) {
+        if let Some(parent) = inner
+            .headers
+            .get(TRACEPARENT)
+            .and_then(|v| TraceParent::parse(v))
+        {
             envelope
                 .headers
                 .entry(TRACEPARENT.to_owned())

@@ -63,8 +63,13 @@ pub fn dead_letter_message(original: &Message, group: &str, failure: &Failure) -
         .iter()
         .filter(|(k, _)| {
             !k.starts_with("dlq-")
-                && ![ATTEMPT_HEADER, ROUND_HEADER, FIRST_FAILURE_HEADER, REDRIVE_HEADER]
-                    .contains(&k.as_str())
+                && ![
+                    ATTEMPT_HEADER,
+                    ROUND_HEADER,
+                    FIRST_FAILURE_HEADER,
+                    REDRIVE_HEADER,
+                ]
+                .contains(&k.as_str())
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
@@ -204,12 +209,14 @@ impl DeadLetters {
         let letters = self.list(topic).await?;
         let mut chosen = Vec::new();
         for id in ids {
-            let letter = letters.iter().find(|d| &d.id == id).ok_or_else(|| {
-                Error::DeadLetterNotFound {
-                    topic: dlq_topic(topic),
-                    id: id.clone(),
-                }
-            })?;
+            let letter =
+                letters
+                    .iter()
+                    .find(|d| &d.id == id)
+                    .ok_or_else(|| Error::DeadLetterNotFound {
+                        topic: dlq_topic(topic),
+                        id: id.clone(),
+                    })?;
             chosen.push(letter);
         }
         chosen.sort_by_key(|d| letters.iter().position(|x| x.id == d.id));

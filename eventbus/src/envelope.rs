@@ -209,7 +209,14 @@ mod tests {
 
     #[test]
     fn missing_required_field_is_an_error() {
-        for field in ["\"id\"", "\"type\"", "\"source\"", "\"time\"", "\"version\"", "\"data\""] {
+        for field in [
+            "\"id\"",
+            "\"type\"",
+            "\"source\"",
+            "\"time\"",
+            "\"version\"",
+            "\"data\"",
+        ] {
             let broken = FULL.replacen(field, "\"renamed\"", 1);
             let err = RawEnvelope::decode(broken.as_bytes()).expect_err(field);
             assert!(matches!(err, DecodeError::Envelope(_)), "{field}: {err}");

@@ -155,8 +155,8 @@ fn rust_type_schema(ty: &str) -> (serde_json::Value, bool) {
         "String" | "&str" | "str" | "Uuid" | "uuid::Uuid" | "char" => json!({"type": "string"}),
         "bool" => json!({"type": "boolean"}),
         "f32" | "f64" => json!({"type": "number"}),
-        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" | "i8" | "i16" | "i32" | "i64"
-        | "i128" | "isize" => json!({"type": "integer"}),
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" | "i8" | "i16" | "i32" | "i64" | "i128"
+        | "isize" => json!({"type": "integer"}),
         t if t.starts_with("Vec<") => json!({"type": "array"}),
         t if t.contains("DateTime") => json!({"type": "string", "format": "date-time"}),
         _ => json!({}),

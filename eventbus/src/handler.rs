@@ -130,7 +130,11 @@ pub trait Handler<Args>: Clone + Send + Sync + 'static {
     type Payload: Payload;
 
     /// Runs the handler.
-    fn call(&self, ctx: Context, envelope: Envelope<Self::Payload>) -> BoxFuture<'static, HandlerResult>;
+    fn call(
+        &self,
+        ctx: Context,
+        envelope: Envelope<Self::Payload>,
+    ) -> BoxFuture<'static, HandlerResult>;
 }
 
 impl<F, Fut, T> Handler<(Envelope<T>,)> for F

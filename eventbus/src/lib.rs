@@ -81,8 +81,8 @@ pub use context::Context;
 pub use envelope::{Envelope, Headers, RawEnvelope};
 pub use error::{DecodeError, Error};
 pub use event::{CatalogEntry, Event, EventGroup, FieldInfo, Payload};
-pub use extensions::Extensions;
 pub use eventbus_macros::{catalog, event, subscriber, EventGroup};
+pub use extensions::Extensions;
 pub use handler::{ErrorKind, Handler, HandlerError, HandlerResult};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use outbox::{Outbox, SqlInbox};

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::backend::{Backend, Message, MessageHeaders, TENANT_HEADER};
+use crate::circuit::Circuits;
 use crate::clock::Clock;
 use crate::envelope::Envelope;
 use crate::error::Error;
-use crate::circuit::Circuits;
 use crate::event::Event;
 use crate::observability::{Metrics, TraceParent, TRACEPARENT};
 use tracing::Instrument;
@@ -35,7 +35,11 @@ impl std::fmt::Debug for Publisher {
 
 impl Publisher {
     /// A publisher over `backend`, stamping `source` on every envelope.
-    pub fn new(backend: Arc<dyn Backend>, clock: Arc<dyn Clock>, source: impl Into<Arc<str>>) -> Self {
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        clock: Arc<dyn Clock>,
+        source: impl Into<Arc<str>>,
+    ) -> Self {
         Publisher {
             backend,
             clock,

@@ -39,16 +39,20 @@ impl ReplayRequest {
             return Err(Error::config("topic", "is empty"));
         }
         if is_dlq_topic(&self.topic) {
-            return Err(Error::config("topic", "dead-letter topics are redriven, not replayed"));
+            return Err(Error::config(
+                "topic",
+                "dead-letter topics are redriven, not replayed",
+            ));
         }
         if self.from > self.to {
-            return Err(Error::config("from", format!("{} is after `to` {}", self.from, self.to)));
+            return Err(Error::config(
+                "from",
+                format!("{} is after `to` {}", self.from, self.to),
+            ));
         }
         self.event_type
             .as_deref()
-            .map(|p| {
-                Pattern::parse(p).map_err(|e| Error::config("type", format!("`{p}`: {e}")))
-            })
+            .map(|p| Pattern::parse(p).map_err(|e| Error::config("type", format!("`{p}`: {e}"))))
             .transpose()
     }
 }
@@ -109,27 +113,45 @@ pub async fn replay(
     result.map(|()| progress.status())
 }
 
-async fn run(backend: &Arc<dyn Backend>, request: &ReplayRequest, progress: &ReplayProgress) -> Result<(), Error> {
+async fn run(
+    backend: &Arc<dyn Backend>,
+    request: &ReplayRequest,
+    progress: &ReplayProgress,
+) -> Result<(), Error> {
     let filter = request.validate()?;
     tracing::info!(?request, "replay started");
-    let stored = backend.read_range(&request.topic, request.from, request.to).await?;
-    progress.scanned.store(stored.len() as u64, Ordering::SeqCst);
+    let stored = backend
+        .read_range(&request.topic, request.from, request.to)
+        .await?;
+    progress
+        .scanned
+        .store(stored.len() as u64, Ordering::SeqCst);
     let selected: Vec<_> = stored
         .into_iter()
-        .filter(|m| filter.as_ref().is_none_or(|p| p.matches(&m.message.event_type)))
+        .filter(|m| {
+            filter
+                .as_ref()
+                .is_none_or(|p| p.matches(&m.message.event_type))
+        })
         .map(|m| {
             let mut message = m.message;
-            message.headers.insert(REPLAY_HEADER.to_owned(), "true".to_owned());
+            message
+                .headers
+                .insert(REPLAY_HEADER.to_owned(), "true".to_owned());
             message
         })
         .collect();
-    progress.matched.store(selected.len() as u64, Ordering::SeqCst);
+    progress
+        .matched
+        .store(selected.len() as u64, Ordering::SeqCst);
     for chunk in selected.chunks(CHUNK) {
         match &request.group {
             Some(group) => backend.deliver_to_group(group, chunk.to_vec()).await?,
             None => backend.publish(chunk.to_vec()).await?,
         }
-        progress.replayed.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+        progress
+            .replayed
+            .fetch_add(chunk.len() as u64, Ordering::SeqCst);
     }
     Ok(())
 }

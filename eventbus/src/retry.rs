@@ -161,7 +161,9 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// The most attempts a delivery can get over all rounds.
     pub fn attempt_cap(&self) -> u32 {
-        let rounds = u32::try_from(self.delayed.len()).unwrap_or(u32::MAX).saturating_add(1);
+        let rounds = u32::try_from(self.delayed.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
         self.max_attempts.max(1).saturating_mul(rounds)
     }
 }
@@ -197,7 +199,10 @@ mod tests {
             let ceiling = b.clone().with_jitter(false).delay(retry);
             for _ in 0..200 {
                 let d = b.delay(retry);
-                assert!(d >= ceiling / 2 && d <= ceiling, "retry {retry}: {d:?} vs {ceiling:?}");
+                assert!(
+                    d >= ceiling / 2 && d <= ceiling,
+                    "retry {retry}: {d:?} vs {ceiling:?}"
+                );
             }
         }
     }

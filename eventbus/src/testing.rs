@@ -258,7 +258,10 @@ impl TestHarness {
             }
             if started.elapsed() > self.settle_limit {
                 return Err(Error::Timeout {
-                    what: format!("{} outstanding deliveries to settle", self.backend.outstanding()),
+                    what: format!(
+                        "{} outstanding deliveries to settle",
+                        self.backend.outstanding()
+                    ),
                     after: self.settle_limit,
                 });
             }

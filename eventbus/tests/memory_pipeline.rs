@@ -49,8 +49,9 @@ fn run<F: Future<Output = ()>>(test: impl FnOnce(Arc<dyn Runtime>) -> F) {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let runtime: Arc<dyn Runtime> =
-        Arc::new(eventbus::runtime::TokioRuntime::from_handle(rt.handle().clone()));
+    let runtime: Arc<dyn Runtime> = Arc::new(eventbus::runtime::TokioRuntime::from_handle(
+        rt.handle().clone(),
+    ));
     rt.block_on(test(runtime));
 }
 
@@ -93,13 +94,16 @@ fn runs_under_the_selected_executor() {
         let s = seen.clone();
         let h = TestHarness::start_on(rt, move |bus| {
             let s = s.clone();
-            bus.subscribe(Subscription::new("order.created", move |env: Envelope<OrderCreated>| {
-                let s = s.clone();
-                async move {
-                    s.push(&env.data.order_id, env.data.seq);
-                    Ok(())
-                }
-            }))
+            bus.subscribe(Subscription::new(
+                "order.created",
+                move |env: Envelope<OrderCreated>| {
+                    let s = s.clone();
+                    async move {
+                        s.push(&env.data.order_id, env.data.seq);
+                        Ok(())
+                    }
+                },
+            ))
         })
         .await
         .unwrap();
@@ -138,8 +142,14 @@ fn transient_failures_retry_on_schedule_then_dead_letter_with_metadata() {
 
         assert_eq!(*calls.lock().unwrap(), vec![1, 2, 3, 4]);
         let elapsed = h.clock().elapsed();
-        assert!(elapsed >= Duration::from_secs(60 + 300 + 1800), "{elapsed:?}");
-        assert!(elapsed < Duration::from_secs(60 + 300 + 1800 + 60), "{elapsed:?}");
+        assert!(
+            elapsed >= Duration::from_secs(60 + 300 + 1800),
+            "{elapsed:?}"
+        );
+        assert!(
+            elapsed < Duration::from_secs(60 + 300 + 1800 + 60),
+            "{elapsed:?}"
+        );
 
         let dead = h.dead_letters("order.created").await.unwrap();
         assert_eq!(dead.len(), 1);
@@ -166,15 +176,23 @@ fn exponential_backoff_waits_stay_within_bounds() {
         let h = TestHarness::start_on(rt, move |bus| {
             let t = t.clone();
             bus.subscribe(
-                Subscription::new("order.created", move |ctx: Context, _: Envelope<OrderCreated>| {
-                    let t = t.clone();
-                    async move {
-                        t.lock().unwrap().push((ctx.attempt(), std::time::Instant::now()));
-                        Err::<(), _>(HandlerError::transient("nope"))
-                    }
-                })
+                Subscription::new(
+                    "order.created",
+                    move |ctx: Context, _: Envelope<OrderCreated>| {
+                        let t = t.clone();
+                        async move {
+                            t.lock()
+                                .unwrap()
+                                .push((ctx.attempt(), std::time::Instant::now()));
+                            Err::<(), _>(HandlerError::transient("nope"))
+                        }
+                    },
+                )
                 .retries(5)
-                .backoff(Backoff::exponential(Duration::from_secs(1), Duration::from_secs(8))),
+                .backoff(Backoff::exponential(
+                    Duration::from_secs(1),
+                    Duration::from_secs(8),
+                )),
             )
         })
         .await
@@ -196,10 +214,13 @@ fn permanent_failure_goes_to_the_dlq_at_once() {
         let c = calls.clone();
         let h = TestHarness::start_on(rt, move |bus| {
             let c = c.clone();
-            bus.subscribe(Subscription::new("order.created", move |_: Envelope<OrderCreated>| {
-                c.fetch_add(1, Ordering::SeqCst);
-                async { Err::<(), _>(HandlerError::permanent("order total is negative")) }
-            }))
+            bus.subscribe(Subscription::new(
+                "order.created",
+                move |_: Envelope<OrderCreated>| {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    async { Err::<(), _>(HandlerError::permanent("order total is negative")) }
+                },
+            ))
         })
         .await
         .unwrap();
@@ -253,7 +274,11 @@ fn malformed_and_mistyped_messages_are_dead_lettered_with_the_reason() {
             .unwrap();
         h.publish(order("ok", 1)).await.unwrap();
         h.settle().await.unwrap();
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "only the valid event reaches the handler");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "only the valid event reaches the handler"
+        );
         let reasons: Vec<String> = h
             .dead_letters("order.created")
             .await
@@ -265,11 +290,23 @@ fn malformed_and_mistyped_messages_are_dead_lettered_with_the_reason() {
             })
             .collect();
         assert_eq!(reasons.len(), 5, "{reasons:?}");
-        assert!(reasons[0].starts_with("malformed envelope"), "{}", reasons[0]);
+        assert!(
+            reasons[0].starts_with("malformed envelope"),
+            "{}",
+            reasons[0]
+        );
         assert!(reasons[1].contains("not valid utf-8"), "{}", reasons[1]);
         assert!(reasons[2].contains("missing field"), "{}", reasons[2]);
-        assert!(reasons[3].starts_with("invalid data for `order.created`"), "{}", reasons[3]);
-        assert!(reasons[4].contains("unsupported version 9"), "{}", reasons[4]);
+        assert!(
+            reasons[3].starts_with("invalid data for `order.created`"),
+            "{}",
+            reasons[3]
+        );
+        assert!(
+            reasons[4].contains("unsupported version 9"),
+            "{}",
+            reasons[4]
+        );
     });
 }
 
@@ -340,10 +377,13 @@ fn a_lost_ack_redelivers_and_the_inbox_absorbs_the_duplicate() {
         let e = effects.clone();
         let h = TestHarness::start_on(rt, move |bus| {
             let e = e.clone();
-            bus.subscribe(Subscription::new("order.created", move |_: Envelope<OrderCreated>| {
-                e.fetch_add(1, Ordering::SeqCst);
-                async { Ok(()) }
-            }))
+            bus.subscribe(Subscription::new(
+                "order.created",
+                move |_: Envelope<OrderCreated>| {
+                    e.fetch_add(1, Ordering::SeqCst);
+                    async { Ok(()) }
+                },
+            ))
         })
         .await
         .unwrap();
@@ -368,10 +408,13 @@ fn duplicate_deliveries_are_handled_once() {
         let e = effects.clone();
         let h = TestHarness::start_on(rt, move |bus| {
             let e = e.clone();
-            bus.subscribe(Subscription::new("order.created", move |_: Envelope<OrderCreated>| {
-                e.fetch_add(1, Ordering::SeqCst);
-                async { Ok(()) }
-            }))
+            bus.subscribe(Subscription::new(
+                "order.created",
+                move |_: Envelope<OrderCreated>| {
+                    e.fetch_add(1, Ordering::SeqCst);
+                    async { Ok(()) }
+                },
+            ))
         })
         .await
         .unwrap();
@@ -397,18 +440,21 @@ fn a_restart_mid_handler_redelivers_unacked_events() {
         let mut h = TestHarness::start_on(rt, move |bus| {
             let (s, f) = (s.clone(), f.clone());
             bus.subscribe(
-                Subscription::new("order.created", move |ctx: Context, _: Envelope<OrderCreated>| {
-                    let (s, f) = (s.clone(), f.clone());
-                    async move {
-                        s.fetch_add(1, Ordering::SeqCst);
-                        // The first delivery hangs until the process "crashes".
-                        if ctx.attempt() == 1 {
-                            futures::future::pending::<()>().await;
+                Subscription::new(
+                    "order.created",
+                    move |ctx: Context, _: Envelope<OrderCreated>| {
+                        let (s, f) = (s.clone(), f.clone());
+                        async move {
+                            s.fetch_add(1, Ordering::SeqCst);
+                            // The first delivery hangs until the process "crashes".
+                            if ctx.attempt() == 1 {
+                                futures::future::pending::<()>().await;
+                            }
+                            f.fetch_add(1, Ordering::SeqCst);
+                            Ok(())
                         }
-                        f.fetch_add(1, Ordering::SeqCst);
-                        Ok(())
-                    }
-                })
+                    },
+                )
                 .concurrency(4),
             )
         })
@@ -437,7 +483,12 @@ fn same_key_stays_in_order_while_keys_run_concurrently_within_the_limit() {
         let active = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         let per_key_active: Arc<Mutex<HashMap<String, usize>>> = Default::default();
-        let (s, a, p, k) = (seen.clone(), active.clone(), peak.clone(), per_key_active.clone());
+        let (s, a, p, k) = (
+            seen.clone(),
+            active.clone(),
+            peak.clone(),
+            per_key_active.clone(),
+        );
         let h = TestHarness::start_on(rt, move |bus| {
             let (s, a, p, k) = (s.clone(), a.clone(), p.clone(), k.clone());
             bus.subscribe(
@@ -476,8 +527,15 @@ fn same_key_stays_in_order_while_keys_run_concurrently_within_the_limit() {
         let all = seen.all();
         assert_eq!(all.len(), 400);
         for key in keys {
-            let seqs: Vec<u32> = all.iter().filter(|(k, _)| k == key).map(|(_, s)| *s).collect();
-            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "key {key} out of order: {seqs:?}");
+            let seqs: Vec<u32> = all
+                .iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, s)| *s)
+                .collect();
+            assert!(
+                seqs.windows(2).all(|w| w[0] < w[1]),
+                "key {key} out of order: {seqs:?}"
+            );
             assert_eq!(seqs.len(), 50);
         }
         let peak = peak.load(Ordering::SeqCst);
@@ -501,9 +559,17 @@ fn each_group_gets_every_event_and_members_split_the_work() {
             }
         };
         let h = TestHarness::start_on(rt, move |bus| {
-            bus.subscribe(Subscription::new("order.created", handler(a2.clone(), 1)).group("shipping").with_name("ship-1"))
-                .subscribe(Subscription::new("order.created", handler(a2.clone(), 2)).group("shipping").with_name("ship-2"))
-                .subscribe(Subscription::new("order.*", handler(b2.clone(), 0)).group("audit"))
+            bus.subscribe(
+                Subscription::new("order.created", handler(a2.clone(), 1))
+                    .group("shipping")
+                    .with_name("ship-1"),
+            )
+            .subscribe(
+                Subscription::new("order.created", handler(a2.clone(), 2))
+                    .group("shipping")
+                    .with_name("ship-2"),
+            )
+            .subscribe(Subscription::new("order.*", handler(b2.clone(), 0)).group("audit"))
         })
         .await
         .unwrap();
@@ -542,14 +608,25 @@ fn a_typed_handler_on_a_wider_pattern_skips_the_other_types() {
         .await
         .unwrap();
         h.publish(order("1", 1)).await.unwrap();
-        h.publish(OrderCancelled { order_id: "1".into() }).await.unwrap();
+        h.publish(OrderCancelled {
+            order_id: "1".into(),
+        })
+        .await
+        .unwrap();
         h.publish(order("2", 2)).await.unwrap();
         h.settle().await.unwrap();
         assert_eq!(seen.all(), vec![("1".to_owned(), 1), ("2".to_owned(), 2)]);
         let stats = h.bus().stats();
-        assert_eq!((stats.handled, stats.skipped, stats.dead_lettered), (2, 1, 0), "{stats:?}");
+        assert_eq!(
+            (stats.handled, stats.skipped, stats.dead_lettered),
+            (2, 1, 0),
+            "{stats:?}"
+        );
         let letters = h.dead_letters("order.cancelled").await.unwrap();
-        assert!(letters.is_empty(), "order.cancelled was dead-lettered: {letters:?}");
+        assert!(
+            letters.is_empty(),
+            "order.cancelled was dead-lettered: {letters:?}"
+        );
     });
 }
 
@@ -588,8 +665,16 @@ fn group_enum_and_dynamic_handlers_receive_matching_types_only() {
         .await
         .unwrap();
         h.publish(order("1", 1)).await.unwrap();
-        h.publish(OrderCancelled { order_id: "1".into() }).await.unwrap();
-        h.publish(UserInvited { email: "x@y".into() }).await.unwrap();
+        h.publish(OrderCancelled {
+            order_id: "1".into(),
+        })
+        .await
+        .unwrap();
+        h.publish(UserInvited {
+            email: "x@y".into(),
+        })
+        .await
+        .unwrap();
         h.settle().await.unwrap();
         assert_eq!(*typed.lock().unwrap(), vec!["created 1", "cancelled 1"]);
         assert_eq!(
@@ -607,10 +692,16 @@ fn follow_on_events_carry_causation_and_correlation() {
         let h = TestHarness::start_on(rt, move |bus| {
             let r = r.clone();
             bus.subscribe(
-                Subscription::new("order.created", |ctx: Context, env: Envelope<OrderCreated>| async move {
-                    ctx.publish(OrderCancelled { order_id: env.data.order_id }).await?;
-                    Ok(())
-                })
+                Subscription::new(
+                    "order.created",
+                    |ctx: Context, env: Envelope<OrderCreated>| async move {
+                        ctx.publish(OrderCancelled {
+                            order_id: env.data.order_id,
+                        })
+                        .await?;
+                        Ok(())
+                    },
+                )
                 .group("canceller"),
             )
             .subscribe(
@@ -636,7 +727,10 @@ fn follow_on_events_carry_causation_and_correlation() {
         let got = received.lock().unwrap();
         assert_eq!(got.len(), 1);
         let follow = &got[0];
-        assert_eq!(follow.causation_id.as_deref(), Some(root_id.to_string().as_str()));
+        assert_eq!(
+            follow.causation_id.as_deref(),
+            Some(root_id.to_string().as_str())
+        );
         assert_eq!(follow.correlation_id.as_deref(), Some("flow-1"));
         assert_eq!(follow.tenant_id.as_deref(), Some("acme"));
         assert_eq!(follow.user_id.as_deref(), Some("u-1"));
@@ -652,14 +746,22 @@ fn publishing_fills_source_and_correlation_id() {
         let g = got.clone();
         let h = TestHarness::start_on(rt, move |bus| {
             let g = g.clone();
-            bus.subscribe(Subscription::new("user.invited", move |env: Envelope<UserInvited>| {
-                *g.lock().unwrap() = Some(env);
-                async { Ok(()) }
-            }))
+            bus.subscribe(Subscription::new(
+                "user.invited",
+                move |env: Envelope<UserInvited>| {
+                    *g.lock().unwrap() = Some(env);
+                    async { Ok(()) }
+                },
+            ))
         })
         .await
         .unwrap();
-        let id = h.publish(UserInvited { email: "a@b".into() }).await.unwrap();
+        let id = h
+            .publish(UserInvited {
+                email: "a@b".into(),
+            })
+            .await
+            .unwrap();
         h.settle().await.unwrap();
         let env = got.lock().unwrap().take().expect("delivered");
         assert_eq!(env.id, id);
@@ -723,13 +825,29 @@ fn redrive_republishes_and_the_fixed_handler_succeeds() {
         let dead = dlq.list("order.created").await.unwrap();
         assert_eq!(dead.len(), 2);
         broken.store(false, Ordering::SeqCst);
-        assert_eq!(dlq.redrive("order.created", &[dead[1].id.clone()]).await.unwrap(), 1);
+        assert_eq!(
+            dlq.redrive("order.created", &[dead[1].id.clone()])
+                .await
+                .unwrap(),
+            1
+        );
         h.settle().await.unwrap();
         assert_eq!(handled.all(), vec![("b".to_owned(), 2)]);
-        assert_eq!(dlq.purge("order.created", vec![dead[0].id.clone()]).await.unwrap(), 1);
+        assert_eq!(
+            dlq.purge("order.created", vec![dead[0].id.clone()])
+                .await
+                .unwrap(),
+            1
+        );
         assert!(dlq.list("order.created").await.unwrap().is_empty());
-        let missing = dlq.redrive("order.created", &["nope".into()]).await.unwrap_err();
-        assert!(matches!(missing, eventbus::Error::DeadLetterNotFound { .. }), "{missing}");
+        let missing = dlq
+            .redrive("order.created", &["nope".into()])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(missing, eventbus::Error::DeadLetterNotFound { .. }),
+            "{missing}"
+        );
     });
 }
 
@@ -762,15 +880,27 @@ fn parked_keys_wait_beside_their_dead_letter_until_redriven() {
             h.publish(order(key, seq)).await.unwrap();
         }
         h.settle().await.unwrap();
-        assert_eq!(handled.all(), vec![("other".into(), 10), ("other".into(), 11)]);
+        assert_eq!(
+            handled.all(),
+            vec![("other".into(), 10), ("other".into(), 11)]
+        );
         let dlq = h.bus().dead_letters();
         let dead = dlq.list("order.created").await.unwrap();
         assert_eq!(dead.len(), 3);
-        assert!(dead[1].failure.message.starts_with("parked: key `k`"), "{}", dead[1].failure.message);
+        assert!(
+            dead[1].failure.message.starts_with("parked: key `k`"),
+            "{}",
+            dead[1].failure.message
+        );
         broken.store(false, Ordering::SeqCst);
         assert_eq!(dlq.redrive_all("order.created").await.unwrap(), 3);
         h.settle().await.unwrap();
-        let after: Vec<u32> = handled.all().iter().filter(|(k, _)| k == "k").map(|(_, s)| *s).collect();
+        let after: Vec<u32> = handled
+            .all()
+            .iter()
+            .filter(|(k, _)| k == "k")
+            .map(|(_, s)| *s)
+            .collect();
         assert_eq!(after, vec![1, 2, 3]);
     });
 }
@@ -805,7 +935,11 @@ fn shutdown_drains_in_flight_handlers_and_refuses_new_work() {
         while started.load(Ordering::SeqCst) < 4 {
             std::thread::sleep(Duration::from_millis(1));
         }
-        assert_eq!(finished.load(Ordering::SeqCst), 0, "handlers still in flight");
+        assert_eq!(
+            finished.load(Ordering::SeqCst),
+            0,
+            "handlers still in flight"
+        );
         let report = h.bus().shutdown(Duration::from_secs(5)).await;
         assert!(report.drained, "{report:?}");
         assert_eq!(report.aborted, 0);
@@ -823,13 +957,16 @@ fn shutdown_timeout_aborts_and_leaves_deliveries_for_redelivery() {
         let s = started.clone();
         let h = TestHarness::start_on(rt.clone(), move |bus| {
             let s = s.clone();
-            bus.subscribe(Subscription::new("order.created", move |_: Envelope<OrderCreated>| {
-                s.fetch_add(1, Ordering::SeqCst);
-                async {
-                    futures::future::pending::<()>().await;
-                    Ok(())
-                }
-            }))
+            bus.subscribe(Subscription::new(
+                "order.created",
+                move |_: Envelope<OrderCreated>| {
+                    s.fetch_add(1, Ordering::SeqCst);
+                    async {
+                        futures::future::pending::<()>().await;
+                        Ok(())
+                    }
+                },
+            ))
         })
         .await
         .unwrap();
@@ -851,7 +988,11 @@ fn shutdown_timeout_aborts_and_leaves_deliveries_for_redelivery() {
         };
         assert!(!report.drained);
         assert_eq!(report.aborted, 1);
-        assert_eq!(h.backend().outstanding(), 1, "the stuck delivery is back in the queue");
+        assert_eq!(
+            h.backend().outstanding(),
+            1,
+            "the stuck delivery is back in the queue"
+        );
     });
 }
 
@@ -862,25 +1003,48 @@ fn bad_configuration_fails_at_start_naming_the_setting() {
             Ok(())
         }
         let cases: Vec<(Subscription, &str)> = vec![
-            (Subscription::new("order..created", ok), "invalid pattern `order..created`"),
-            (Subscription::new("user.*", ok), "pattern`: `user.*` does not match the handler's event type `order.created`"),
-            (Subscription::new("order.*", ok).concurrency(0), ".concurrency`"),
             (
-                Subscription::new("order.*", ok)
-                    .backoff(Backoff::exponential(Duration::from_secs(9), Duration::from_secs(1))),
+                Subscription::new("order..created", ok),
+                "invalid pattern `order..created`",
+            ),
+            (
+                Subscription::new("user.*", ok),
+                "pattern`: `user.*` does not match the handler's event type `order.created`",
+            ),
+            (
+                Subscription::new("order.*", ok).concurrency(0),
+                ".concurrency`",
+            ),
+            (
+                Subscription::new("order.*", ok).backoff(Backoff::exponential(
+                    Duration::from_secs(9),
+                    Duration::from_secs(1),
+                )),
                 ".backoff.initial`",
             ),
-            (Subscription::new("order.*", ok).group(" "), ".group`: is empty"),
-            (Subscription::new("order.*", ok).timeout(Duration::ZERO), ".timeout`"),
+            (
+                Subscription::new("order.*", ok).group(" "),
+                ".group`: is empty",
+            ),
+            (
+                Subscription::new("order.*", ok).timeout(Duration::ZERO),
+                ".timeout`",
+            ),
         ];
         for (subscription, expected) in cases {
-            let err = TestHarness::start_on(rt.clone(), move |bus| bus.subscribe(subscription.clone()))
-                .await
-                .err()
-                .expect("bad config must fail");
+            let err =
+                TestHarness::start_on(rt.clone(), move |bus| bus.subscribe(subscription.clone()))
+                    .await
+                    .err()
+                    .expect("bad config must fail");
             assert!(err.to_string().contains(expected), "{err} lacks {expected}");
         }
-        let err = eventbus::Bus::builder().runtime(rt.clone()).start().await.err().expect("no backend");
+        let err = eventbus::Bus::builder()
+            .runtime(rt.clone())
+            .start()
+            .await
+            .err()
+            .expect("no backend");
         assert!(err.to_string().contains("`backend`"), "{err}");
     });
 }
@@ -894,17 +1058,20 @@ fn delayed_retry_rounds_do_not_block_later_events_and_end_in_the_dlq() {
         let h = TestHarness::start_on(rt, move |bus| {
             let (a, s) = (a.clone(), s.clone());
             bus.subscribe(
-                Subscription::new("order.created", move |ctx: Context, env: Envelope<OrderCreated>| {
-                    let (a, s) = (a.clone(), s.clone());
-                    async move {
-                        if env.data.order_id == "poison" {
-                            a.lock().unwrap().push(ctx.attempt());
-                            return Err(HandlerError::transient("downstream down"));
+                Subscription::new(
+                    "order.created",
+                    move |ctx: Context, env: Envelope<OrderCreated>| {
+                        let (a, s) = (a.clone(), s.clone());
+                        async move {
+                            if env.data.order_id == "poison" {
+                                a.lock().unwrap().push(ctx.attempt());
+                                return Err(HandlerError::transient("downstream down"));
+                            }
+                            s.push(&env.data.order_id, env.data.seq);
+                            Ok(())
                         }
-                        s.push(&env.data.order_id, env.data.seq);
-                        Ok(())
-                    }
-                })
+                    },
+                )
                 .retries(0)
                 .delayed_retries([60, 300, 1800].map(Duration::from_secs)),
             )

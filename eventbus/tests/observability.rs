@@ -27,7 +27,9 @@ struct OrderShipped {
 }
 
 fn created(id: &str) -> OrderCreated {
-    OrderCreated { order_id: id.to_owned() }
+    OrderCreated {
+        order_id: id.to_owned(),
+    }
 }
 
 fn value_of(metrics: &str, series: &str) -> f64 {
@@ -43,15 +45,18 @@ fn value_of(metrics: &str, series: &str) -> f64 {
 async fn metrics_count_what_happened() {
     let h = TestHarness::start(|bus| {
         bus.subscribe(
-            Subscription::new("order.created", |ctx: Context, env: Envelope<OrderCreated>| async move {
-                if env.data.order_id == "bad" {
-                    return Err(HandlerError::permanent("bad order"));
-                }
-                if env.data.order_id == "flaky" && ctx.attempt() == 1 {
-                    return Err(HandlerError::transient("flaky"));
-                }
-                Ok(())
-            })
+            Subscription::new(
+                "order.created",
+                |ctx: Context, env: Envelope<OrderCreated>| async move {
+                    if env.data.order_id == "bad" {
+                        return Err(HandlerError::permanent("bad order"));
+                    }
+                    if env.data.order_id == "flaky" && ctx.attempt() == 1 {
+                        return Err(HandlerError::transient("flaky"));
+                    }
+                    Ok(())
+                },
+            )
             .group("billing"),
         )
     })
@@ -63,19 +68,66 @@ async fn metrics_count_what_happened() {
     h.settle().await.unwrap();
     let text = h.bus().metrics().encode();
     let labels = r#"{service="test-harness",topic="order.created",group="billing""#;
-    assert_eq!(value_of(&text, r#"event_published_total{service="test-harness",topic="order.created"}"#), 4.0);
-    assert_eq!(value_of(&text, &format!(r#"event_handled_total{labels},outcome="handled"}}"#)), 3.0);
-    assert_eq!(value_of(&text, &format!(r#"event_handled_total{labels},outcome="dead_lettered"}}"#)), 1.0);
-    assert_eq!(value_of(&text, &format!("event_dead_lettered_total{labels}}}")), 1.0);
-    assert_eq!(value_of(&text, &format!("event_retried_total{labels}}}")), 1.0);
-    assert_eq!(value_of(&text, &format!("event_failed_total{labels}}}")), 2.0);
-    assert_eq!(value_of(&text, &format!("event_handler_duration_seconds_count{labels}}}")), 5.0);
-    assert!(text.contains(r#"event_consumer_lag_seconds{service="test-harness",topic="order.created"}"#), "{text}");
+    assert_eq!(
+        value_of(
+            &text,
+            r#"event_published_total{service="test-harness",topic="order.created"}"#
+        ),
+        4.0
+    );
+    assert_eq!(
+        value_of(
+            &text,
+            &format!(r#"event_handled_total{labels},outcome="handled"}}"#)
+        ),
+        3.0
+    );
+    assert_eq!(
+        value_of(
+            &text,
+            &format!(r#"event_handled_total{labels},outcome="dead_lettered"}}"#)
+        ),
+        1.0
+    );
+    assert_eq!(
+        value_of(&text, &format!("event_dead_lettered_total{labels}}}")),
+        1.0
+    );
+    assert_eq!(
+        value_of(&text, &format!("event_retried_total{labels}}}")),
+        1.0
+    );
+    assert_eq!(
+        value_of(&text, &format!("event_failed_total{labels}}}")),
+        2.0
+    );
+    assert_eq!(
+        value_of(
+            &text,
+            &format!("event_handler_duration_seconds_count{labels}}}")
+        ),
+        5.0
+    );
+    assert!(
+        text.contains(
+            r#"event_consumer_lag_seconds{service="test-harness",topic="order.created"}"#
+        ),
+        "{text}"
+    );
     let m = h.bus().metrics();
     m.outbox(42, Some(Duration::from_secs(3)));
     let text = m.encode();
-    assert_eq!(value_of(&text, r#"event_outbox_backlog{service="test-harness"}"#), 42.0);
-    assert_eq!(value_of(&text, r#"event_publish_lag_seconds{service="test-harness"}"#), 3.0);
+    assert_eq!(
+        value_of(&text, r#"event_outbox_backlog{service="test-harness"}"#),
+        42.0
+    );
+    assert_eq!(
+        value_of(
+            &text,
+            r#"event_publish_lag_seconds{service="test-harness"}"#
+        ),
+        3.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,10 +137,16 @@ async fn traceparent_continues_across_a_publish_consume_hop() {
     let h = TestHarness::start(move |bus| {
         let g = g.clone();
         bus.subscribe(
-            Subscription::new("order.created", |ctx: Context, env: Envelope<OrderCreated>| async move {
-                ctx.publish(OrderShipped { order_id: env.data.order_id }).await?;
-                Ok(())
-            })
+            Subscription::new(
+                "order.created",
+                |ctx: Context, env: Envelope<OrderCreated>| async move {
+                    ctx.publish(OrderShipped {
+                        order_id: env.data.order_id,
+                    })
+                    .await?;
+                    Ok(())
+                },
+            )
             .group("shipper"),
         )
         .subscribe(
@@ -101,19 +159,36 @@ async fn traceparent_continues_across_a_publish_consume_hop() {
     })
     .await
     .unwrap();
-    let root = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+    let root =
+        TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
     let envelope = Envelope::new(created("o-1")).with_header(TRACEPARENT, root.to_header());
-    h.bus().publisher().publish_envelope(envelope).await.unwrap();
+    h.bus()
+        .publisher()
+        .publish_envelope(envelope)
+        .await
+        .unwrap();
     h.publish(created("o-2")).await.unwrap();
     h.settle().await.unwrap();
     let got = got.lock().unwrap();
     let by_order: HashMap<&str, TraceParent> = got
         .iter()
-        .map(|e| (e.data.order_id.as_str(), TraceParent::parse(&e.headers[TRACEPARENT]).expect("valid traceparent")))
+        .map(|e| {
+            (
+                e.data.order_id.as_str(),
+                TraceParent::parse(&e.headers[TRACEPARENT]).expect("valid traceparent"),
+            )
+        })
         .collect();
-    assert_eq!(by_order["o-1"].trace_id, root.trace_id, "same trace across the hop");
+    assert_eq!(
+        by_order["o-1"].trace_id, root.trace_id,
+        "same trace across the hop"
+    );
     assert_ne!(by_order["o-1"].parent_id, root.parent_id, "a child span");
-    assert_eq!(by_order["o-2"].trace_id.len(), 32, "a root trace was started for o-2");
+    assert_eq!(
+        by_order["o-2"].trace_id.len(),
+        32,
+        "a root trace was started for o-2"
+    );
     assert_ne!(by_order["o-2"].trace_id, root.trace_id);
 }
 
@@ -134,7 +209,12 @@ impl Visit for Fields<'_> {
 }
 
 impl<S: tracing::Subscriber> Layer<S> for Spans {
-    fn on_new_span(&self, attrs: &tracing::span::Attributes<'_>, _: &tracing::span::Id, _: LayerContext<'_, S>) {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: LayerContext<'_, S>,
+    ) {
         let name = attrs.metadata().name();
         if name.starts_with("eventbus.") {
             let mut fields = HashMap::new();
@@ -152,14 +232,23 @@ async fn publish_and_handle_spans_carry_the_event_fields() {
         .expect("no other global subscriber in this test binary");
     let h = TestHarness::start(|bus| {
         bus.subscribe(
-            Subscription::new("order.created", |_: Envelope<OrderCreated>| async { Ok(()) }).group("g1"),
+            Subscription::new("order.created", |_: Envelope<OrderCreated>| async {
+                Ok(())
+            })
+            .group("g1"),
         )
     })
     .await
     .unwrap();
-    let envelope = Envelope::new(created("o-7")).with_tenant("acme").with_correlation_id("flow-7");
+    let envelope = Envelope::new(created("o-7"))
+        .with_tenant("acme")
+        .with_correlation_id("flow-7");
     let id = envelope.id;
-    h.bus().publisher().publish_envelope(envelope).await.unwrap();
+    h.bus()
+        .publisher()
+        .publish_envelope(envelope)
+        .await
+        .unwrap();
     h.settle().await.unwrap();
     let spans: Vec<_> = spans
         .0
@@ -169,11 +258,19 @@ async fn publish_and_handle_spans_carry_the_event_fields() {
         .filter(|(_, f)| f.get("event.id") == Some(&id.to_string()))
         .cloned()
         .collect();
-    let publish = &spans.iter().find(|(n, _)| n == "eventbus.publish").expect("publish span").1;
+    let publish = &spans
+        .iter()
+        .find(|(n, _)| n == "eventbus.publish")
+        .expect("publish span")
+        .1;
     assert_eq!(publish["event.id"], id.to_string());
     assert_eq!(publish["event.type"], "order.created");
     assert_eq!(publish["tenant"], "acme");
-    let handle = &spans.iter().find(|(n, _)| n == "eventbus.handle").expect("handle span").1;
+    let handle = &spans
+        .iter()
+        .find(|(n, _)| n == "eventbus.handle")
+        .expect("handle span")
+        .1;
     assert_eq!(handle["event.id"], id.to_string());
     assert_eq!(handle["event.type"], "order.created");
     assert_eq!(handle["topic"], "order.created");
@@ -186,26 +283,52 @@ async fn publish_and_handle_spans_carry_the_event_fields() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_circuit_opens_fails_fast_half_opens_and_closes() {
-    let h = TestHarness::start(|bus| bus.channel_circuit("order.created", CircuitConfig::critical()))
-        .await
-        .unwrap();
-    h.inject(Faults { fail_publishes: 3, ..Faults::default() });
+    let h =
+        TestHarness::start(|bus| bus.channel_circuit("order.created", CircuitConfig::critical()))
+            .await
+            .unwrap();
+    h.inject(Faults {
+        fail_publishes: 3,
+        ..Faults::default()
+    });
     for _ in 0..3 {
         let err = h.publish(created("x")).await.unwrap_err();
         assert!(matches!(err, eventbus::Error::Backend { .. }), "{err}");
     }
     let err = h.publish(created("x")).await.unwrap_err();
-    assert!(matches!(err, eventbus::Error::CircuitOpen { .. }), "fails fast: {err}");
-    assert_eq!(h.backend().pending_faults(), Faults::default(), "the backend was not called");
+    assert!(
+        matches!(err, eventbus::Error::CircuitOpen { .. }),
+        "fails fast: {err}"
+    );
+    assert_eq!(
+        h.backend().pending_faults(),
+        Faults::default(),
+        "the backend was not called"
+    );
     let text = h.bus().metrics().encode();
-    assert_eq!(value_of(&text, r#"event_circuit_state{service="test-harness",channel="order.created"}"#), 2.0);
+    assert_eq!(
+        value_of(
+            &text,
+            r#"event_circuit_state{service="test-harness",channel="order.created"}"#
+        ),
+        2.0
+    );
     // Other channels are unaffected.
-    h.publish(OrderShipped { order_id: "y".into() }).await.unwrap();
+    h.publish(OrderShipped {
+        order_id: "y".into(),
+    })
+    .await
+    .unwrap();
     h.clock().advance(Duration::from_secs(15));
     for _ in 0..3 {
         h.publish(created("probe")).await.unwrap();
     }
     let circuits = h.bus().publisher().circuits().cloned().unwrap();
-    let state = circuits.states().into_iter().find(|(c, _)| c == "order.created").unwrap().1;
+    let state = circuits
+        .states()
+        .into_iter()
+        .find(|(c, _)| c == "order.created")
+        .unwrap()
+        .1;
     assert_eq!(state, CircuitState::Closed { failures: 0 });
 }

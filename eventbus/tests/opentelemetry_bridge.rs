@@ -41,7 +41,9 @@ fn placed(id: &str) -> OrderPlaced {
 ///
 /// The subscriber is this thread's default only, and the runtime runs every task on this
 /// thread, so the bus's tasks are traced without touching other tests.
-fn traced_run<F>(publish: impl FnOnce(Arc<TestHarness>) -> F) -> (Vec<String>, Vec<String>, Vec<SpanData>)
+fn traced_run<F>(
+    publish: impl FnOnce(Arc<TestHarness>) -> F,
+) -> (Vec<String>, Vec<String>, Vec<SpanData>)
 where
     F: std::future::Future<Output = ()>,
 {
@@ -63,16 +65,22 @@ where
             let h = TestHarness::start(move |bus| {
                 let (seen, seen_shipped) = (seen.clone(), seen_shipped.clone());
                 bus.subscribe(
-                    Subscription::new("order.placed", move |ctx: Context, env: Envelope<OrderPlaced>| {
-                        let header = env.headers.get(TRACEPARENT).cloned().unwrap_or_default();
-                        seen.lock().unwrap().push(header);
-                        async move {
-                            if env.data.order_id == FOLLOW_ON {
-                                ctx.publish(OrderShipped { order_id: env.data.order_id }).await?;
+                    Subscription::new(
+                        "order.placed",
+                        move |ctx: Context, env: Envelope<OrderPlaced>| {
+                            let header = env.headers.get(TRACEPARENT).cloned().unwrap_or_default();
+                            seen.lock().unwrap().push(header);
+                            async move {
+                                if env.data.order_id == FOLLOW_ON {
+                                    ctx.publish(OrderShipped {
+                                        order_id: env.data.order_id,
+                                    })
+                                    .await?;
+                                }
+                                Ok(())
                             }
-                            Ok(())
-                        }
-                    })
+                        },
+                    )
                     .group("fulfilment"),
                 )
                 .subscribe(
@@ -211,15 +219,33 @@ fn a_follow_on_event_names_the_handler_span_as_its_parent() {
             .instrument(tracing::info_span!("http.request"))
             .await;
     });
-    assert_eq!(received.len(), 1, "the order.placed handler ran once: {received:?}");
-    assert_eq!(shipped.len(), 1, "the follow-on was handled once: {shipped:?}");
+    assert_eq!(
+        received.len(),
+        1,
+        "the order.placed handler ran once: {received:?}"
+    );
+    assert_eq!(
+        shipped.len(),
+        1,
+        "the follow-on was handled once: {shipped:?}"
+    );
     let follow_on = TraceParent::parse(&shipped[0]).expect("a valid traceparent on the follow-on");
     let request = one(&spans, "http.request");
     let first_handler = spans
         .iter()
-        .find(|s| s.name == "eventbus.handle" && s.parent_span_id.to_string() == TraceParent::parse(&received[0]).expect("traceparent").parent_id)
+        .find(|s| {
+            s.name == "eventbus.handle"
+                && s.parent_span_id.to_string()
+                    == TraceParent::parse(&received[0])
+                        .expect("traceparent")
+                        .parent_id
+        })
         .expect("the order.placed handler span");
-    assert_eq!(follow_on.trace_id, request.span_context.trace_id().to_string(), "the follow-on stays in the request's trace");
+    assert_eq!(
+        follow_on.trace_id,
+        request.span_context.trace_id().to_string(),
+        "the follow-on stays in the request's trace"
+    );
     assert_eq!(
         follow_on.parent_id,
         first_handler.span_context.span_id().to_string(),

@@ -26,11 +26,16 @@ type Seen = Arc<Mutex<Vec<(String, u32, bool)>>>;
 
 fn recorder(seen: &Seen, group: &str) -> Subscription {
     let seen = seen.clone();
-    Subscription::new("order.*", move |ctx: Context, env: Envelope<serde_json::Value>| {
-        let n = env.data["n"].as_u64().unwrap_or(0) as u32;
-        seen.lock().unwrap().push((env.event_type.clone(), n, ctx.is_replay()));
-        async { Ok(()) }
-    })
+    Subscription::new(
+        "order.*",
+        move |ctx: Context, env: Envelope<serde_json::Value>| {
+            let n = env.data["n"].as_u64().unwrap_or(0) as u32;
+            seen.lock()
+                .unwrap()
+                .push((env.event_type.clone(), n, ctx.is_replay()));
+            async { Ok(()) }
+        },
+    )
     .group(group)
     .with_name(group.to_owned())
 }
@@ -40,19 +45,28 @@ async fn replay_redelivers_exactly_the_window_filtered_by_type_to_one_group() {
     let projections: Seen = Arc::default();
     let audit: Seen = Arc::default();
     let (p, a) = (projections.clone(), audit.clone());
-    let h = TestHarness::start(move |bus| bus.subscribe(recorder(&p, "projection")).subscribe(recorder(&a, "audit")))
-        .await
-        .unwrap();
+    let h = TestHarness::start(move |bus| {
+        bus.subscribe(recorder(&p, "projection"))
+            .subscribe(recorder(&a, "audit"))
+    })
+    .await
+    .unwrap();
     let t0 = Utc.with_ymd_and_hms(2026, 11, 1, 12, 0, 0).unwrap();
     let publisher = h.bus().publisher();
     for n in 0..10u32 {
         let time = t0 + Minutes::minutes(i64::from(n));
         if n % 2 == 0 {
-            let mut env = Envelope::new(OrderCreated { order_id: format!("o{n}"), n });
+            let mut env = Envelope::new(OrderCreated {
+                order_id: format!("o{n}"),
+                n,
+            });
             env.time = time;
             publisher.publish_envelope(env).await.unwrap();
         } else {
-            let mut env = Envelope::new(OrderCancelled { order_id: format!("o{n}"), n });
+            let mut env = Envelope::new(OrderCancelled {
+                order_id: format!("o{n}"),
+                n,
+            });
             env.time = time;
             publisher.publish_envelope(env).await.unwrap();
         }
@@ -75,7 +89,11 @@ async fn replay_redelivers_exactly_the_window_filtered_by_type_to_one_group() {
     }
     h.settle().await.unwrap();
     let status = progress.status();
-    assert_eq!((status.scanned, status.matched, status.replayed), (6, 3, 3), "{status:?}");
+    assert_eq!(
+        (status.scanned, status.matched, status.replayed),
+        (6, 3, 3),
+        "{status:?}"
+    );
     assert_eq!(status.error, None);
     let mut got = projections.lock().unwrap().clone();
     got.sort();
@@ -88,23 +106,59 @@ async fn replay_redelivers_exactly_the_window_filtered_by_type_to_one_group() {
         ],
         "replayed past the inbox, flagged as replay"
     );
-    assert!(audit.lock().unwrap().is_empty(), "other groups do not see a targeted replay");
+    assert!(
+        audit.lock().unwrap().is_empty(),
+        "other groups do not see a targeted replay"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_replay_requests_name_the_field() {
     let h = TestHarness::start(|bus| bus).await.unwrap();
     let t0 = Utc::now();
-    let base = ReplayRequest { topic: "orders".into(), from: t0, to: t0, event_type: None, group: None };
+    let base = ReplayRequest {
+        topic: "orders".into(),
+        from: t0,
+        to: t0,
+        event_type: None,
+        group: None,
+    };
     let cases = [
-        (ReplayRequest { topic: " ".into(), ..base.clone() }, "`topic`"),
-        (ReplayRequest { topic: "orders.dlq".into(), ..base.clone() }, "`topic`"),
-        (ReplayRequest { from: t0 + Minutes::minutes(1), ..base.clone() }, "`from`"),
-        (ReplayRequest { event_type: Some("order..x".into()), ..base.clone() }, "`type`"),
+        (
+            ReplayRequest {
+                topic: " ".into(),
+                ..base.clone()
+            },
+            "`topic`",
+        ),
+        (
+            ReplayRequest {
+                topic: "orders.dlq".into(),
+                ..base.clone()
+            },
+            "`topic`",
+        ),
+        (
+            ReplayRequest {
+                from: t0 + Minutes::minutes(1),
+                ..base.clone()
+            },
+            "`from`",
+        ),
+        (
+            ReplayRequest {
+                event_type: Some("order..x".into()),
+                ..base.clone()
+            },
+            "`type`",
+        ),
     ];
     for (request, field) in cases {
         let err = h.bus().replay(request).unwrap_err();
-        assert!(err.to_string().contains(field), "{err} does not name {field}");
+        assert!(
+            err.to_string().contains(field),
+            "{err} does not name {field}"
+        );
     }
 }
 
@@ -122,7 +176,12 @@ async fn group_lag_counts_what_a_stuck_group_has_not_settled() {
     .await
     .unwrap();
     for n in 0..5 {
-        h.publish(OrderCreated { order_id: "same-key".into(), n }).await.unwrap();
+        h.publish(OrderCreated {
+            order_id: "same-key".into(),
+            n,
+        })
+        .await
+        .unwrap();
     }
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     let lag = h.bus().backend().group_lag().await.unwrap();

@@ -37,7 +37,10 @@ use eventbus::backend::redis::{RedisBackend, RedisConfig, StartFrom};
 use eventbus::backend::Backend;
 use eventbus::outbox::sqlx::{self, PgPool, Postgres};
 use eventbus::outbox::{postgres, ContextExt, Outbox, SqlInbox};
-use eventbus::{event, Bus, CatalogEntry, Context, Envelope, Event, HandlerError, HandlerResult, Subscription, Uuid};
+use eventbus::{
+    event, Bus, CatalogEntry, Context, Envelope, Event, HandlerError, HandlerResult, Subscription,
+    Uuid,
+};
 use eventbus_integration::Tansu;
 use serde::{Deserialize, Serialize};
 
@@ -74,7 +77,9 @@ impl Broker {
             "redis" => Ok(Broker::Redis),
             "kafka" => Ok(Broker::Kafka),
             "tansu" => Ok(Broker::Tansu),
-            other => Err(format!("--backend: `{other}` is not a backend; expected redis, kafka or tansu")),
+            other => Err(format!(
+                "--backend: `{other}` is not a backend; expected redis, kafka or tansu"
+            )),
         }
     }
 
@@ -116,7 +121,9 @@ fn kafka_config() -> KafkaConfig {
         // tansu 0.6's sqlite storage fails an idempotent producer that outlived a broker
         // restart (see tests/kafka_restart.rs); without idempotence a retried send may be
         // duplicated, and the inbox absorbs it.
-        config.producer_options.insert("enable.idempotence".into(), "false".into());
+        config
+            .producer_options
+            .insert("enable.idempotence".into(), "false".into());
     }
     if let Ok(debug) = std::env::var("CHAOS_KAFKA_DEBUG") {
         config.consumer_options.insert("debug".into(), debug);
@@ -128,8 +135,12 @@ fn kafka_config() -> KafkaConfig {
 async fn connect(broker: Broker) -> Arc<dyn Backend> {
     loop {
         let backend: Result<Arc<dyn Backend>, eventbus::Error> = match broker {
-            Broker::Redis => RedisBackend::connect(redis_config()).await.map(|b| Arc::new(b) as Arc<dyn Backend>),
-            Broker::Kafka | Broker::Tansu => KafkaBackend::connect(kafka_config()).await.map(|b| Arc::new(b) as Arc<dyn Backend>),
+            Broker::Redis => RedisBackend::connect(redis_config())
+                .await
+                .map(|b| Arc::new(b) as Arc<dyn Backend>),
+            Broker::Kafka | Broker::Tansu => KafkaBackend::connect(kafka_config())
+                .await
+                .map(|b| Arc::new(b) as Arc<dyn Backend>),
         };
         match backend {
             Ok(backend) => return backend,
@@ -139,7 +150,9 @@ async fn connect(broker: Broker) -> Arc<dyn Backend> {
 }
 
 async fn pool() -> PgPool {
-    PgPool::connect(&env("CHAOS_DATABASE_URL")).await.expect("connect to the chaos database")
+    PgPool::connect(&env("CHAOS_DATABASE_URL"))
+        .await
+        .expect("connect to the chaos database")
 }
 
 /// Commits orders with their events, in transactions of 20, resuming after the last committed.
@@ -154,7 +167,11 @@ async fn producer(events: i64) {
     while n < events {
         let mut tx = pool.begin().await.expect("begin");
         for _ in 0..20.min(events - n) {
-            let event = OrderPlaced { n, customer: format!("c{}", n % 50), poison: n % POISON_EVERY == 13 };
+            let event = OrderPlaced {
+                n,
+                customer: format!("c{}", n % 50),
+                poison: n % POISON_EVERY == 13,
+            };
             let id = outbox.enqueue(&mut tx, &event).await.expect("enqueue");
             sqlx::query("INSERT INTO chaos_orders (n, event_id, poison) VALUES ($1, $2, $3)")
                 .bind(n)
@@ -172,16 +189,24 @@ async fn producer(events: i64) {
 async fn dispatcher() -> ExitCode {
     let pool = pool().await;
     let backend = connect(Broker::of_run()).await;
-    let outbox = Outbox::builder(pool).batch_size(200).build().expect("outbox");
+    let outbox = Outbox::builder(pool)
+        .batch_size(200)
+        .build()
+        .expect("outbox");
     let _running = outbox.dispatcher(backend).start().expect("dispatcher");
     futures::future::pending::<ExitCode>().await
 }
 
 async fn apply(ctx: Context, env: Envelope<OrderPlaced>) -> HandlerResult {
     if env.data.poison {
-        return Err(HandlerError::permanent(format!("order {} is poison", env.data.n)));
+        return Err(HandlerError::permanent(format!(
+            "order {} is poison",
+            env.data.n
+        )));
     }
-    let Some(mut tx) = ctx.transaction::<Postgres>().await? else { return Ok(()) };
+    let Some(mut tx) = ctx.transaction::<Postgres>().await? else {
+        return Ok(());
+    };
     sqlx::query("INSERT INTO chaos_ledger (event_id, n) VALUES ($1, $2)")
         .bind(env.id)
         .bind(env.data.n)
@@ -205,7 +230,10 @@ async fn consumer() -> ExitCode {
                 .group(GROUP)
                 .concurrency(8)
                 .retries(3)
-                .backoff(eventbus::Backoff::exponential(Duration::from_millis(50), Duration::from_millis(500))),
+                .backoff(eventbus::Backoff::exponential(
+                    Duration::from_millis(50),
+                    Duration::from_millis(500),
+                )),
         )
         .start()
         .await
@@ -222,11 +250,20 @@ struct Options {
 }
 
 fn parse_options(args: &[String]) -> Result<Options, String> {
-    let mut o = Options { backend: Broker::Redis, events: 3000, kills: 12, broker_restarts: 2, timeout: Duration::from_secs(600) };
+    let mut o = Options {
+        backend: Broker::Redis,
+        events: 3000,
+        kills: 12,
+        broker_restarts: 2,
+        timeout: Duration::from_secs(600),
+    };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let number = |v: &str| v.parse::<u64>().map_err(|_| format!("{flag}: `{v}` is not a whole number"));
+        let number = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{flag}: `{v}` is not a whole number"))
+        };
         match flag.as_str() {
             "--backend" => o.backend = Broker::parse(value)?,
             "--events" => o.events = number(value)? as i64,
@@ -253,7 +290,9 @@ enum BrokerServer {
 impl BrokerServer {
     async fn restart(&self) {
         match self {
-            BrokerServer::Redis => tokio::task::spawn_blocking(eventbus_integration::restart_redis).await.expect("restart redis"),
+            BrokerServer::Redis => tokio::task::spawn_blocking(eventbus_integration::restart_redis)
+                .await
+                .expect("restart redis"),
             BrokerServer::Mock(mock) => {
                 mock.broker_down(1).expect("broker down");
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -261,7 +300,9 @@ impl BrokerServer {
             }
             BrokerServer::Tansu(tansu) => {
                 let tansu = tansu.clone();
-                tokio::task::spawn_blocking(move || tansu.restart()).await.expect("restart tansu")
+                tokio::task::spawn_blocking(move || tansu.restart())
+                    .await
+                    .expect("restart tansu")
             }
         }
     }
@@ -279,7 +320,11 @@ fn spawn(role: &str, vars: &[(&str, String)], events: i64) -> Child {
     // `chaos-{role}.log` in the temporary directory.
     if std::env::var_os("CHAOS_LOG").is_some() {
         let path = std::env::temp_dir().join(format!("chaos-{role}.log"));
-        match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+        {
             Ok(file) => {
                 cmd.stderr(file);
             }
@@ -292,9 +337,14 @@ fn spawn(role: &str, vars: &[(&str, String)], events: i64) -> Child {
 async fn driver(options: Options) -> ExitCode {
     let started = Instant::now();
     // A fresh database and key prefix for this run.
-    let admin = PgPool::connect(&env("DATABASE_URL")).await.expect("connect to postgres");
+    let admin = PgPool::connect(&env("DATABASE_URL"))
+        .await
+        .expect("connect to postgres");
     let db = format!("chaos_{}", Uuid::now_v7().simple());
-    sqlx::query(&format!("CREATE DATABASE {db}")).execute(&admin).await.expect("create database");
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&admin)
+        .await
+        .expect("create database");
     let base = env("DATABASE_URL");
     let db_url = match base.rsplit_once('/') {
         Some((server, _)) => format!("{server}/{db}"),
@@ -328,26 +378,37 @@ async fn driver(options: Options) -> ExitCode {
         Broker::Kafka => {
             let mock = MockCluster::new(1).expect("mock cluster");
             mock.create_topic(OrderPlaced::NAME, 4, 1).expect("topic");
-            mock.create_topic(&format!("{}.dlq", OrderPlaced::NAME), 1, 1).expect("dead-letter topic");
+            mock.create_topic(&format!("{}.dlq", OrderPlaced::NAME), 1, 1)
+                .expect("dead-letter topic");
             std::env::set_var("CHAOS_KAFKA_BROKERS", mock.bootstrap_servers());
             vars.push(("CHAOS_KAFKA_BROKERS", mock.bootstrap_servers()));
             BrokerServer::Mock(mock)
         }
         Broker::Tansu => {
-            let tansu = tokio::task::spawn_blocking(Tansu::private).await.expect("start tansu");
+            let tansu = tokio::task::spawn_blocking(Tansu::private)
+                .await
+                .expect("start tansu");
             std::env::set_var("CHAOS_KAFKA_BROKERS", tansu.brokers());
             vars.push(("CHAOS_KAFKA_BROKERS", tansu.brokers()));
             let plan = TopicPlan::new()
                 .retry_tiers([])
                 .on_difference(OnDifference::Fail)
                 .topic(OrderPlaced::NAME, TopicSettings::new(4));
-            let admin = KafkaBackend::connect(kafka_config()).await.expect("connect to tansu");
-            admin.provision(&plan).await.expect("provision the chaos topics");
+            let admin = KafkaBackend::connect(kafka_config())
+                .await
+                .expect("connect to tansu");
+            admin
+                .provision(&plan)
+                .await
+                .expect("provision the chaos topics");
             BrokerServer::Tansu(Arc::new(tansu))
         }
     };
     let roles = ["producer", "dispatcher", "consumer"];
-    let mut children: Vec<Option<Child>> = roles.iter().map(|r| Some(spawn(r, &vars, options.events))).collect();
+    let mut children: Vec<Option<Child>> = roles
+        .iter()
+        .map(|r| Some(spawn(r, &vars, options.events)))
+        .collect();
     let mut producer_done = false;
     let (mut kills, mut restarts) = (0u32, 0u32);
     let mut rng = fastrand::Rng::with_seed(42);
@@ -375,7 +436,9 @@ async fn driver(options: Options) -> ExitCode {
             }
         }
         if !chaos_done {
-            if restarts < options.broker_restarts && restart_at.get(restarts as usize) == Some(&kills) {
+            if restarts < options.broker_restarts
+                && restart_at.get(restarts as usize) == Some(&kills)
+            {
                 restarts += 1;
                 server.restart().await;
             }
@@ -392,9 +455,21 @@ async fn driver(options: Options) -> ExitCode {
             chaos_done = kills >= options.kills && restarts >= options.broker_restarts;
         }
         if producer_done && chaos_done {
-            let committed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chaos_orders WHERE NOT poison").fetch_one(&pool).await.unwrap_or(0);
-            let applied: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT event_id) FROM chaos_ledger").fetch_one(&pool).await.unwrap_or(0);
-            let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE state = 'PENDING'").fetch_one(&pool).await.unwrap_or(-1);
+            let committed: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM chaos_orders WHERE NOT poison")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or(0);
+            let applied: i64 =
+                sqlx::query_scalar("SELECT COUNT(DISTINCT event_id) FROM chaos_ledger")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or(0);
+            let pending: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE state = 'PENDING'")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or(-1);
             if applied >= committed && pending == 0 {
                 // Give stragglers (redeliveries, dead letters) a moment, then check.
                 tokio::time::sleep(Duration::from_secs(3)).await;
@@ -414,15 +489,28 @@ async fn driver(options: Options) -> ExitCode {
     }
 
     // The invariants.
-    let orders: Vec<(i64, Uuid, bool)> = sqlx::query_as("SELECT n, event_id, poison FROM chaos_orders").fetch_all(&pool).await.expect("orders");
-    let ledger: Vec<(Uuid,)> = sqlx::query_as("SELECT event_id FROM chaos_ledger").fetch_all(&pool).await.expect("ledger");
+    let orders: Vec<(i64, Uuid, bool)> =
+        sqlx::query_as("SELECT n, event_id, poison FROM chaos_orders")
+            .fetch_all(&pool)
+            .await
+            .expect("orders");
+    let ledger: Vec<(Uuid,)> = sqlx::query_as("SELECT event_id FROM chaos_ledger")
+        .fetch_all(&pool)
+        .await
+        .expect("ledger");
     let committed: HashSet<Uuid> = orders.iter().filter(|o| !o.2).map(|o| o.1).collect();
     let poison: HashSet<Uuid> = orders.iter().filter(|o| o.2).map(|o| o.1).collect();
     let all_orders: HashSet<Uuid> = orders.iter().map(|o| o.1).collect();
     let applied: HashSet<Uuid> = ledger.iter().map(|l| l.0).collect();
     let backend = connect(options.backend).await;
-    let dead = eventbus::dead_letter::DeadLetters::new(backend).list("chaos.order.placed").await.expect("dlq");
-    let dead_ids: HashSet<Uuid> = dead.iter().filter_map(|d| d.envelope().ok().map(|e| e.id)).collect();
+    let dead = eventbus::dead_letter::DeadLetters::new(backend)
+        .list("chaos.order.placed")
+        .await
+        .expect("dlq");
+    let dead_ids: HashSet<Uuid> = dead
+        .iter()
+        .filter_map(|d| d.envelope().ok().map(|e| e.id))
+        .collect();
     let reasons_ok = dead.iter().all(|d| d.failure.message.contains("is poison"));
     let lost = committed.difference(&applied).count();
     let duplicated = ledger.len() - applied.len();
@@ -439,13 +527,27 @@ async fn driver(options: Options) -> ExitCode {
         started.elapsed().as_secs_f64()
     );
     pool.close().await;
-    let _ = sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)")).execute(&admin).await;
+    let _ = sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .execute(&admin)
+        .await;
     let complete = orders.len() as i64 == options.events;
-    if lost == 0 && duplicated == 0 && orphans == 0 && poison_applied == 0 && poison_missing == 0 && misplaced == 0 && reasons_ok && complete {
+    if lost == 0
+        && duplicated == 0
+        && orphans == 0
+        && poison_applied == 0
+        && poison_missing == 0
+        && misplaced == 0
+        && reasons_ok
+        && complete
+    {
         ExitCode::SUCCESS
     } else {
         if !complete {
-            eprintln!("chaos: the producer committed {} of {} orders", orders.len(), options.events);
+            eprintln!(
+                "chaos: the producer committed {} of {} orders",
+                orders.len(),
+                options.events
+            );
         }
         ExitCode::FAILURE
     }
@@ -453,10 +555,18 @@ async fn driver(options: Options) -> ExitCode {
 
 fn main() -> ExitCode {
     if let Ok(filter) = std::env::var("CHAOS_LOG") {
-        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .init();
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     match args.first().map(String::as_str) {
         Some("producer") => {
             let events = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -466,7 +576,11 @@ fn main() -> ExitCode {
         Some("dispatcher") => rt.block_on(dispatcher()),
         Some("consumer") => rt.block_on(consumer()),
         _ => {
-            let rest = if args.first().map(String::as_str) == Some("driver") { &args[1..] } else { &args[..] };
+            let rest = if args.first().map(String::as_str) == Some("driver") {
+                &args[1..]
+            } else {
+                &args[..]
+            };
             match parse_options(rest) {
                 Ok(options) => rt.block_on(driver(options)),
                 Err(message) => {

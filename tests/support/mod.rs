@@ -86,9 +86,30 @@ pub fn restart_redis_at(url: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let status = std::process::Command::new(server)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-        .args(["--appendfsync", "everysec", "--dir", &dir, "--daemonize", "yes"])
-        .args(["--pidfile", &format!("{dir}/redis.pid"), "--logfile", &format!("{dir}/redis.log")])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+        ])
+        .args([
+            "--appendfsync",
+            "everysec",
+            "--dir",
+            &dir,
+            "--daemonize",
+            "yes",
+        ])
+        .args([
+            "--pidfile",
+            &format!("{dir}/redis.pid"),
+            "--logfile",
+            &format!("{dir}/redis.log"),
+        ])
         .status()
         .expect("start redis-server");
     assert!(status.success(), "redis-server did not start");

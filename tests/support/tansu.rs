@@ -50,21 +50,38 @@ impl Tansu {
     /// `EVENTBUS_TANSU_BIN`); it outlives this value.
     pub fn shared() -> Tansu {
         let brokers = std::env::var("EVENTBUS_KAFKA_BROKERS").expect("EVENTBUS_KAFKA_BROKERS");
-        let port = brokers.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port in EVENTBUS_KAFKA_BROKERS");
+        let port = brokers
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port in EVENTBUS_KAFKA_BROKERS");
         let dir = std::env::var("EVENTBUS_TANSU_DIR").expect("EVENTBUS_TANSU_DIR");
-        Tansu { bin: bin(), dir: dir.into(), port, storage: storage(), private: false }
+        Tansu {
+            bin: bin(),
+            dir: dir.into(),
+            port,
+            storage: storage(),
+            private: false,
+        }
     }
 
     /// Starts a broker of its own on a free port with an empty sqlite database in a fresh
     /// directory; it is killed and its directory removed on drop (`KEEP_TANSU=1` keeps both).
     pub fn private() -> Tansu {
-        let dir = std::env::temp_dir().join(format!("eventbus-tansu-{}", uuid::Uuid::now_v7().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("eventbus-tansu-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).expect("tansu directory");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
-        let tansu = Tansu { bin: bin(), dir, port, storage: "sqlite://tansu.db".into(), private: true };
+        let tansu = Tansu {
+            bin: bin(),
+            dir,
+            port,
+            storage: "sqlite://tansu.db".into(),
+            private: true,
+        };
         tansu.launch();
         tansu
     }
@@ -84,7 +101,10 @@ impl Tansu {
     /// Stops the broker (SIGTERM) and waits until its port is closed.
     pub fn stop(&self) {
         let pid = self.pid().expect("tansu.pid");
-        let status = Command::new("kill").arg(pid.to_string()).status().expect("kill");
+        let status = Command::new("kill")
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
         assert!(status.success(), "kill tansu {pid}");
         self.wait_port(false);
     }
@@ -92,10 +112,16 @@ impl Tansu {
     /// The broker's own fault, if it shows one now: a panic in its log, its process gone, or
     /// more than 80 % of a core used over a one-second sample.
     pub fn fault(&self) -> Option<BrokerFault> {
-        if let Some(line) = self.log_lines().into_iter().find(|l| l.contains("panicked at")) {
+        if let Some(line) = self
+            .log_lines()
+            .into_iter()
+            .find(|l| l.contains("panicked at"))
+        {
             return Some(BrokerFault::Panicked(line));
         }
-        let Some(pid) = self.pid() else { return Some(BrokerFault::Exited) };
+        let Some(pid) = self.pid() else {
+            return Some(BrokerFault::Exited);
+        };
         match cpu_percent(pid) {
             None => Some(BrokerFault::Exited),
             Some(cpu_percent) if cpu_percent > 80.0 => Some(BrokerFault::Saturated { cpu_percent }),
@@ -110,7 +136,11 @@ impl Tansu {
         let cpu = pid.and_then(cpu_percent);
         let rss = pid
             .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_owned()))
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_owned())
+            })
             .unwrap_or_else(|| "?".into());
         let db: u64 = ["tansu.db", "tansu.db-wal"]
             .iter()
@@ -134,7 +164,11 @@ impl Tansu {
     }
 
     fn pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.dir.join("tansu.pid")).ok()?.trim().parse().ok()
+        std::fs::read_to_string(self.dir.join("tansu.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     fn log_lines(&self) -> Vec<String> {
@@ -148,10 +182,20 @@ impl Tansu {
     }
 
     fn launch(&self) {
-        let log = OpenOptions::new().create(true).append(true).open(self.dir.join("tansu.log")).expect("log");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tansu.log"))
+            .expect("log");
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(&self.bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", &self.storage])
             .current_dir(&self.dir)
             .stdin(Stdio::null())

@@ -93,7 +93,13 @@ pub async fn wait_for_progress(
             None
         };
         if let Some(reason) = reason {
-            return Err(Progress { what: what.to_owned(), target, reached: now, reason, samples });
+            return Err(Progress {
+                what: what.to_owned(),
+                target,
+                reached: now,
+                reason,
+                samples,
+            });
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

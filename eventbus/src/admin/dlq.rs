@@ -329,7 +329,12 @@ impl Bulk {
 
 /// Selects dead letters by the request body and redrives or purges them; replies with
 /// `{"topic", "requested", "redriven"|"purged"}`.
-async fn bulk(state: &AdminState, topic: &str, body: &[u8], action: Bulk) -> Result<Json<Value>, ApiError> {
+async fn bulk(
+    state: &AdminState,
+    topic: &str,
+    body: &[u8],
+    action: Bulk,
+) -> Result<Json<Value>, ApiError> {
     let topic = topic_name(topic, "topic")?;
     let ids = select(state, &topic, body).await?;
     let requested = ids.len();

@@ -150,7 +150,10 @@ impl MemoryBackend {
         }
         let index = g.queue.iter().position(|q| match &q.message.key {
             None => true,
-            Some(key) => g.key_owner.get(key).is_none_or(|(owner, _)| *owner == member),
+            Some(key) => g
+                .key_owner
+                .get(key)
+                .is_none_or(|(owner, _)| *owner == member),
         })?;
         let queued = g.queue.remove(index)?;
         if let Some(key) = &queued.message.key {
@@ -183,8 +186,12 @@ impl MemoryBackend {
             }
             other => other,
         };
-        let Some(g) = state.groups.get_mut(group) else { return };
-        let Some((member, mut queued)) = g.unacked.remove(&tag) else { return };
+        let Some(g) = state.groups.get_mut(group) else {
+            return;
+        };
+        let Some((member, mut queued)) = g.unacked.remove(&tag) else {
+            return;
+        };
         if let Some(key) = &queued.message.key {
             if let Some(owner) = g.key_owner.get_mut(key) {
                 owner.1 -= 1;
@@ -361,7 +368,11 @@ impl Backend for MemoryBackend {
         Box::pin(async move { Ok(lags) })
     }
 
-    fn deliver_to_group(&self, group: &str, messages: Vec<Message>) -> BoxFuture<'_, Result<(), Error>> {
+    fn deliver_to_group(
+        &self,
+        group: &str,
+        messages: Vec<Message>,
+    ) -> BoxFuture<'_, Result<(), Error>> {
         let found = {
             let mut state = self.lock();
             let targets: Vec<usize> = state
@@ -389,7 +400,10 @@ impl Backend for MemoryBackend {
             if found {
                 Ok(())
             } else {
-                Err(Error::config("group", format!("no consumer group `{group}` on this backend")))
+                Err(Error::config(
+                    "group",
+                    format!("no consumer group `{group}` on this backend"),
+                ))
             }
         })
     }

@@ -205,7 +205,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Delivers messages to one consumer group only (replay to a group, without the other
     /// groups of the topic seeing them again).
-    fn deliver_to_group(&self, group: &str, messages: Vec<Message>) -> BoxFuture<'_, Result<(), Error>> {
+    fn deliver_to_group(
+        &self,
+        group: &str,
+        messages: Vec<Message>,
+    ) -> BoxFuture<'_, Result<(), Error>> {
         let _ = (group, messages);
         let name = self.name();
         Box::pin(async move {

@@ -95,7 +95,9 @@ pub struct Metrics {
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics").field("service", &self.service).finish_non_exhaustive()
+        f.debug_struct("Metrics")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
     }
 }
 
@@ -122,20 +124,72 @@ impl Metrics {
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
-            r.register("event_published", "Events accepted by the backend", m.published.clone());
-            r.register("event_publish_failures", "Publish calls that failed", m.publish_failures.clone());
-            r.register("event_handled", "Deliveries by final outcome", m.handled.clone());
+            r.register(
+                "event_published",
+                "Events accepted by the backend",
+                m.published.clone(),
+            );
+            r.register(
+                "event_publish_failures",
+                "Publish calls that failed",
+                m.publish_failures.clone(),
+            );
+            r.register(
+                "event_handled",
+                "Deliveries by final outcome",
+                m.handled.clone(),
+            );
             r.register("event_failed", "Failed handler calls", m.failed.clone());
-            r.register("event_retried", "Retries after a failed handler call", m.retried.clone());
-            r.register("event_dead_lettered", "Events sent to the dead-letter queue", m.dead_lettered.clone());
-            r.register("event_handler_duration_seconds", "Duration of one handler call", m.handler_duration.clone());
-            r.register("event_consumer_lag_seconds", "Age of the last handled event at handling time", m.consumer_lag_seconds.clone());
-            r.register("event_consumer_lag_messages", "Messages not yet delivered to a group", m.consumer_lag_messages.clone());
-            r.register("event_outbox_backlog", "Outbox rows waiting to be published", m.outbox_backlog.clone());
-            r.register("event_publish_lag_seconds", "Age of the oldest unpublished outbox row", m.publish_lag_seconds.clone());
-            r.register("event_dlq_size", "Messages in a dead-letter topic", m.dlq_size.clone());
-            r.register("event_circuit_state", "Publish circuit: 0 closed, 1 half-open, 2 open", m.circuit_state.clone());
-            r.register("eventbus_groups_recreated", "Consumer groups re-created after they vanished", m.groups_recreated.clone());
+            r.register(
+                "event_retried",
+                "Retries after a failed handler call",
+                m.retried.clone(),
+            );
+            r.register(
+                "event_dead_lettered",
+                "Events sent to the dead-letter queue",
+                m.dead_lettered.clone(),
+            );
+            r.register(
+                "event_handler_duration_seconds",
+                "Duration of one handler call",
+                m.handler_duration.clone(),
+            );
+            r.register(
+                "event_consumer_lag_seconds",
+                "Age of the last handled event at handling time",
+                m.consumer_lag_seconds.clone(),
+            );
+            r.register(
+                "event_consumer_lag_messages",
+                "Messages not yet delivered to a group",
+                m.consumer_lag_messages.clone(),
+            );
+            r.register(
+                "event_outbox_backlog",
+                "Outbox rows waiting to be published",
+                m.outbox_backlog.clone(),
+            );
+            r.register(
+                "event_publish_lag_seconds",
+                "Age of the oldest unpublished outbox row",
+                m.publish_lag_seconds.clone(),
+            );
+            r.register(
+                "event_dlq_size",
+                "Messages in a dead-letter topic",
+                m.dlq_size.clone(),
+            );
+            r.register(
+                "event_circuit_state",
+                "Publish circuit: 0 closed, 1 half-open, 2 open",
+                m.circuit_state.clone(),
+            );
+            r.register(
+                "eventbus_groups_recreated",
+                "Consumer groups re-created after they vanished",
+                m.groups_recreated.clone(),
+            );
         }
         m
     }
@@ -177,7 +231,9 @@ impl Metrics {
 
     /// Counts a failed publish call to `topic`.
     pub fn publish_failed(&self, topic: &str) {
-        self.publish_failures.get_or_create(&self.topic(topic)).inc();
+        self.publish_failures
+            .get_or_create(&self.topic(topic))
+            .inc();
     }
 
     /// Counts a delivery's final outcome.
@@ -191,7 +247,9 @@ impl Metrics {
             })
             .inc();
         if outcome == "dead_lettered" {
-            self.dead_lettered.get_or_create(&self.group(topic, group)).inc();
+            self.dead_lettered
+                .get_or_create(&self.group(topic, group))
+                .inc();
         }
     }
 

@@ -19,14 +19,19 @@ pub struct TraceParent {
 /// `bytes` random bytes (at most 16) as lowercase hex, never all zeros.
 fn hex(bytes: usize) -> String {
     let bits = bytes.min(16) * 8;
-    let mask = if bits == 128 { u128::MAX } else { (1u128 << bits) - 1 };
+    let mask = if bits == 128 {
+        u128::MAX
+    } else {
+        (1u128 << bits) - 1
+    };
     let value = (fastrand::u128(..) & mask).max(1);
     format!("{value:0width$x}", width = bytes.min(16) * 2)
 }
 
 fn is_hex_id(s: &str, len: usize) -> bool {
     s.len() == len
-        && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         && s.bytes().any(|b| b != b'0')
 }
 
@@ -43,8 +48,13 @@ impl TraceParent {
     /// Parses a `traceparent` header value; `None` when it is malformed.
     pub fn parse(value: &str) -> Option<Self> {
         let mut parts = value.trim().split('-');
-        let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if version != "00" || parts.next().is_some() || !is_hex_id(trace, 32) || !is_hex_id(parent, 16) {
+        let (version, trace, parent, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if version != "00"
+            || parts.next().is_some()
+            || !is_hex_id(trace, 32)
+            || !is_hex_id(parent, 16)
+        {
             return None;
         }
         Some(TraceParent {
@@ -80,8 +90,13 @@ mod tests {
         let child = root.child();
         assert_eq!(child.trace_id, root.trace_id);
         assert_ne!(child.parent_id, root.parent_id);
-        for bad in ["", "00-xyz-abc-01", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-                    "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"] {
+        for bad in [
+            "",
+            "00-xyz-abc-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+        ] {
             assert_eq!(TraceParent::parse(bad), None, "{bad}");
         }
     }

@@ -60,7 +60,11 @@ impl Layer for DecodeLayer {
                     size,
                     limit: self.max_payload,
                 };
-                return Outcome::Failed(cx.failure(ErrorKind::Permanent, error.to_string(), self.clock.now()));
+                return Outcome::Failed(cx.failure(
+                    ErrorKind::Permanent,
+                    error.to_string(),
+                    self.clock.now(),
+                ));
             }
             match RawEnvelope::decode(&cx.message.payload) {
                 Ok(envelope) => {

@@ -72,18 +72,25 @@ impl Layer for GuardLayer {
             #[cfg(feature = "opentelemetry")]
             crate::observability::otel::set_remote_parent(
                 &span,
-                cx.envelope.as_ref().and_then(|e| e.headers.get(TRACEPARENT)).map(String::as_str),
+                cx.envelope
+                    .as_ref()
+                    .and_then(|e| e.headers.get(TRACEPARENT))
+                    .map(String::as_str),
             );
             let started = std::time::Instant::now();
             let attempt = cx.attempt;
             let first_failure = cx.first_failure;
-            let call = AssertUnwindSafe(next.run(&mut *cx)).catch_unwind().instrument(span);
+            let call = AssertUnwindSafe(next.run(&mut *cx))
+                .catch_unwind()
+                .instrument(span);
             let result = match self.timeout {
                 None => Some(call.await),
-                Some(limit) => match future::select(Box::pin(call), self.clock.sleep(limit)).await {
-                    Either::Left((result, _)) => Some(result),
-                    Either::Right(_) => None,
-                },
+                Some(limit) => {
+                    match future::select(Box::pin(call), self.clock.sleep(limit)).await {
+                        Either::Left((result, _)) => Some(result),
+                        Either::Right(_) => None,
+                    }
+                }
             };
             let now = self.clock.now();
             if let Some(metrics) = &self.metrics {

@@ -196,7 +196,11 @@ impl Endpoint {
     async fn call(&self, cx: &mut DeliveryCx) -> Outcome {
         let now = || self.clock.now();
         let Some(raw) = cx.envelope.as_ref() else {
-            let failure = cx.failure(ErrorKind::Permanent, "envelope was not decoded".into(), now());
+            let failure = cx.failure(
+                ErrorKind::Permanent,
+                "envelope was not decoded".into(),
+                now(),
+            );
             return Outcome::Failed(failure);
         };
         let ctx = crate::Context::new(

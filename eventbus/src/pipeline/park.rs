@@ -48,12 +48,21 @@ impl Layer for ParkKeyLayer {
             }
             let blocker = self.lot().get(&key).cloned();
             if let Some(blocker) = blocker {
-                let message = format!("parked: key `{key}` is blocked by dead-lettered event {blocker}");
-                return Outcome::Failed(cx.failure(ErrorKind::Permanent, message, self.clock.now()));
+                let message =
+                    format!("parked: key `{key}` is blocked by dead-lettered event {blocker}");
+                return Outcome::Failed(cx.failure(
+                    ErrorKind::Permanent,
+                    message,
+                    self.clock.now(),
+                ));
             }
             let outcome = next.run(cx).await;
             if let Outcome::Failed(_) = outcome {
-                let id = cx.envelope.as_ref().map(|e| e.id.to_string()).unwrap_or_default();
+                let id = cx
+                    .envelope
+                    .as_ref()
+                    .map(|e| e.id.to_string())
+                    .unwrap_or_default();
                 self.lot().insert(key, id);
             }
             outcome

@@ -46,7 +46,11 @@ impl Layer for RetryLayer {
                     cx.attempt - 1
                 );
                 cx.attempt -= 1;
-                return Outcome::Failed(cx.failure(ErrorKind::Transient, message, self.clock.now()));
+                return Outcome::Failed(cx.failure(
+                    ErrorKind::Transient,
+                    message,
+                    self.clock.now(),
+                ));
             }
             let round_start = cx.attempt;
             let round_end = (round_start - 1)

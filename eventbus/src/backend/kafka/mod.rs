@@ -360,7 +360,11 @@ impl Backend for KafkaBackend {
     /// Delivers `messages` to `group` only, through its retry-tier topic of delay zero
     /// (`{topic}.retry.0ms`, due at once): only that group's consumers read it, and they restore
     /// the original topic.
-    fn deliver_to_group(&self, group: &str, messages: Vec<Message>) -> BoxFuture<'_, Result<(), Error>> {
+    fn deliver_to_group(
+        &self,
+        group: &str,
+        messages: Vec<Message>,
+    ) -> BoxFuture<'_, Result<(), Error>> {
         let group = group.to_owned();
         Box::pin(async move {
             let records: Vec<Message> = messages
@@ -380,8 +384,10 @@ impl Backend for KafkaBackend {
     /// watermark minus committed offset, summed over the topic's partitions).
     fn group_lag(&self) -> BoxFuture<'_, Result<Vec<GroupLag>, Error>> {
         Box::pin(async move {
-            let mut groups: std::collections::BTreeMap<String, (u64, std::collections::BTreeSet<String>)> =
-                std::collections::BTreeMap::new();
+            let mut groups: std::collections::BTreeMap<
+                String,
+                (u64, std::collections::BTreeSet<String>),
+            > = std::collections::BTreeMap::new();
             for c in self.inner.consumers().iter().filter(|c| !c.is_stopping()) {
                 let entry = groups.entry(c.group.clone()).or_default();
                 entry.0 += c.outstanding() as u64;
@@ -392,17 +398,28 @@ impl Backend for KafkaBackend {
                 for topic in topics {
                     let committed = self.committed_offsets(&group, &topic).await?;
                     let inner = self.inner.clone();
-                    let (t, parts): (String, Vec<i32>) = (topic.clone(), committed.iter().map(|(p, _)| *p).collect());
+                    let (t, parts): (String, Vec<i32>) =
+                        (topic.clone(), committed.iter().map(|(p, _)| *p).collect());
                     let highs = tokio::task::spawn_blocking(move || {
                         parts
                             .iter()
-                            .map(|p| inner.admin.inner().fetch_watermarks(&t, *p, inner.config.operation_timeout).map(|(_, h)| h))
+                            .map(|p| {
+                                inner
+                                    .admin
+                                    .inner()
+                                    .fetch_watermarks(&t, *p, inner.config.operation_timeout)
+                                    .map(|(_, h)| h)
+                            })
                             .collect::<Result<Vec<i64>, _>>()
                     })
                     .await
                     .map_err(|e| Error::backend("kafka", "fetch watermarks", e))?
                     .map_err(|e| Error::backend("kafka", "fetch watermarks", e))?;
-                    let lag: i64 = committed.iter().zip(highs).map(|((_, c), h)| (h - c.unwrap_or(0)).max(0)).sum();
+                    let lag: i64 = committed
+                        .iter()
+                        .zip(highs)
+                        .map(|((_, c), h)| (h - c.unwrap_or(0)).max(0))
+                        .sum();
                     out.push(GroupLag {
                         group: group.clone(),
                         stream: topic,

@@ -74,7 +74,10 @@ fn scan_meta(bytes: &[u8]) -> Option<Meta<'_>> {
     let string = |i: &mut usize| -> Option<&str> {
         // At an opening quote; no escapes allowed.
         let start = *i + 1;
-        let len = b.get(start..)?.iter().position(|&c| c == b'"' || c == b'\\')?;
+        let len = b
+            .get(start..)?
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\')?;
         if b[start + len] == b'\\' {
             return None;
         }
@@ -137,7 +140,8 @@ pub(crate) fn headers(message: &Message) -> OwnedHeaders {
     }
     // Only the envelope's own top-level string fields; a payload that is not an envelope
     // (raw bytes published by hand) simply gets none.
-    let meta = scan_meta(&message.payload).or_else(|| serde_json::from_slice::<Meta<'_>>(&message.payload).ok());
+    let meta = scan_meta(&message.payload)
+        .or_else(|| serde_json::from_slice::<Meta<'_>>(&message.payload).ok());
     if let Some(meta) = meta {
         for (key, value) in [
             (EVENT_ID_HEADER, meta.id),
@@ -274,7 +278,9 @@ mod tests {
             let parsed = serde_json::from_slice::<Meta<'_>>(bytes).ok();
             let scanned = scan_meta(bytes);
             if let Some(scanned) = &scanned {
-                let parsed = parsed.as_ref().expect("scan accepted what the parser rejects");
+                let parsed = parsed
+                    .as_ref()
+                    .expect("scan accepted what the parser rejects");
                 assert_eq!(scanned.id, parsed.id);
                 assert_eq!(scanned.source, parsed.source);
                 assert_eq!(scanned.correlation_id, parsed.correlation_id);
@@ -284,7 +290,10 @@ mod tests {
             }
         }
         assert!(scan_meta(cases[0]).is_some());
-        assert!(scan_meta(cases[2]).is_none(), "escapes fall back to the parser");
+        assert!(
+            scan_meta(cases[2]).is_none(),
+            "escapes fall back to the parser"
+        );
     }
 
     #[test]

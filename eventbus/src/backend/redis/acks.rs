@@ -37,7 +37,12 @@ impl AckQueue {
         let (tx, rx) = mpsc::unbounded();
         let queued = Arc::new(AtomicUsize::new(0));
         let sent = Arc::new(Signal::new());
-        runtime.spawn(Box::pin(send_batches(rx, backend, queued.clone(), sent.clone())));
+        runtime.spawn(Box::pin(send_batches(
+            rx,
+            backend,
+            queued.clone(),
+            sent.clone(),
+        )));
         AckQueue { tx, queued, sent }
     }
 
@@ -80,7 +85,10 @@ async fn send_batches(
         if let Some(inner) = backend.upgrade() {
             let mut by_group: HashMap<(String, String), Vec<String>> = HashMap::new();
             for ack in batch {
-                by_group.entry((ack.stream, ack.group)).or_default().push(ack.id);
+                by_group
+                    .entry((ack.stream, ack.group))
+                    .or_default()
+                    .push(ack.id);
             }
             let mut pipe = redis::pipe();
             for ((stream, group), ids) in &by_group {

@@ -187,8 +187,10 @@ impl RedisConfig {
     /// Checks every setting, naming the first bad one.
     pub fn validate(&self) -> Result<(), Error> {
         let url = self.url.trim();
-        let scheme_ok = url.starts_with("redis://") || url.starts_with("rediss://")
-            || url.starts_with("redis+unix://") || url.starts_with("unix://");
+        let scheme_ok = url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("redis+unix://")
+            || url.starts_with("unix://");
         if !scheme_ok {
             return Err(Error::config(
                 "redis.url",
@@ -202,7 +204,10 @@ impl RedisConfig {
             ));
         }
         redis::Client::open(url).map_err(|e| {
-            Error::config("redis.url", format!("`{}` is not a valid Redis URL: {e}", redact(url)))
+            Error::config(
+                "redis.url",
+                format!("`{}` is not a valid Redis URL: {e}", redact(url)),
+            )
         })?;
         let positive = |name: &str, d: Duration| {
             if d.is_zero() {
@@ -212,10 +217,16 @@ impl RedisConfig {
             }
         };
         if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
-            return Err(Error::config("redis.prefix", "must be non-empty without spaces"));
+            return Err(Error::config(
+                "redis.prefix",
+                "must be non-empty without spaces",
+            ));
         }
         if !(1..=64).contains(&self.pool_size) {
-            return Err(Error::config("redis.pool_size", format!("{} is not in 1..=64", self.pool_size)));
+            return Err(Error::config(
+                "redis.pool_size",
+                format!("{} is not in 1..=64", self.pool_size),
+            ));
         }
         if !(1..=10_000).contains(&self.batch_size) {
             return Err(Error::config(
@@ -244,7 +255,10 @@ impl RedisConfig {
                 ));
             }
             if retention.max_age == Some(Duration::ZERO) || retention.max_len == Some(0) {
-                return Err(Error::config(format!("redis.retention[{topic}]"), "must be positive"));
+                return Err(Error::config(
+                    format!("redis.retention[{topic}]"),
+                    "must be positive",
+                ));
             }
         }
         Ok(())
@@ -305,15 +319,48 @@ mod tests {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[], "EVENTBUS_REDIS_URL"),
             (&[("EVENTBUS_REDIS_URL", "http://x")], "redis.url"),
-            (&[("EVENTBUS_REDIS_URL", "redis://h"), ("EVENTBUS_REDIS_BATCH_SIZE", "-3")], "EVENTBUS_REDIS_BATCH_SIZE"),
-            (&[("EVENTBUS_REDIS_URL", "redis://h"), ("EVENTBUS_REDIS_BATCH_SIZE", "0")], "redis.batch_size"),
-            (&[("EVENTBUS_REDIS_URL", "redis://h"), ("EVENTBUS_REDIS_POOL_SIZE", "0")], "redis.pool_size"),
-            (&[("EVENTBUS_REDIS_URL", "redis://h"), ("EVENTBUS_REDIS_CLAIM_IDLE_MS", "0")], "redis.claim_idle"),
-            (&[("EVENTBUS_REDIS_URL", "redis://h"), ("EVENTBUS_REDIS_PER_TENANT_STREAMS", "yes")], "PER_TENANT_STREAMS"),
+            (
+                &[
+                    ("EVENTBUS_REDIS_URL", "redis://h"),
+                    ("EVENTBUS_REDIS_BATCH_SIZE", "-3"),
+                ],
+                "EVENTBUS_REDIS_BATCH_SIZE",
+            ),
+            (
+                &[
+                    ("EVENTBUS_REDIS_URL", "redis://h"),
+                    ("EVENTBUS_REDIS_BATCH_SIZE", "0"),
+                ],
+                "redis.batch_size",
+            ),
+            (
+                &[
+                    ("EVENTBUS_REDIS_URL", "redis://h"),
+                    ("EVENTBUS_REDIS_POOL_SIZE", "0"),
+                ],
+                "redis.pool_size",
+            ),
+            (
+                &[
+                    ("EVENTBUS_REDIS_URL", "redis://h"),
+                    ("EVENTBUS_REDIS_CLAIM_IDLE_MS", "0"),
+                ],
+                "redis.claim_idle",
+            ),
+            (
+                &[
+                    ("EVENTBUS_REDIS_URL", "redis://h"),
+                    ("EVENTBUS_REDIS_PER_TENANT_STREAMS", "yes"),
+                ],
+                "PER_TENANT_STREAMS",
+            ),
         ];
         for (vars, setting) in cases {
             let err = RedisConfig::from_lookup(env(vars)).expect_err(setting);
-            assert!(err.to_string().contains(setting), "{err} does not name {setting}");
+            assert!(
+                err.to_string().contains(setting),
+                "{err} does not name {setting}"
+            );
         }
     }
 
@@ -328,7 +375,13 @@ mod tests {
     #[test]
     fn unbounded_retention_is_refused() {
         let mut c = RedisConfig::new("redis://h");
-        c.topic_retention.insert("orders".into(), Retention { max_age: None, max_len: None });
+        c.topic_retention.insert(
+            "orders".into(),
+            Retention {
+                max_age: None,
+                max_len: None,
+            },
+        );
         let err = c.validate().expect_err("unbounded").to_string();
         assert!(err.contains("redis.retention[orders]"), "{err}");
     }

@@ -60,10 +60,16 @@ impl StreamReader {
         initial.dedup();
         let mut conn = reader.inner.conn();
         for stream in &initial {
-            reader.inner.ensure_group(&mut conn, stream, &reader.group, start).await?;
+            reader
+                .inner
+                .ensure_group(&mut conn, stream, &reader.group, start)
+                .await?;
         }
         let retry = reader.inner.keys.retry_stream(&reader.group);
-        reader.inner.ensure_group(&mut conn, &retry, &reader.group, "0").await?;
+        reader
+            .inner
+            .ensure_group(&mut conn, &retry, &reader.group, "0")
+            .await?;
         reader.streams = initial;
         reader.streams.push(retry);
         Ok(reader)
@@ -118,7 +124,9 @@ impl StreamReader {
         for stream in found {
             if !self.streams.contains(&stream) {
                 // Created after we started: read it from the beginning.
-                self.inner.ensure_group(&mut conn, &stream, &self.group, "0").await?;
+                self.inner
+                    .ensure_group(&mut conn, &stream, &self.group, "0")
+                    .await?;
                 tracing::info!(%stream, group = %self.group, "discovered stream");
                 self.streams.push(stream);
             }
@@ -127,11 +135,16 @@ impl StreamReader {
     }
 
     async fn recreate_groups(&mut self) -> Result<(), Error> {
-        self.inner.counters.groups_recreated.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .counters
+            .groups_recreated
+            .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(group = %self.group, "consumer group or stream vanished (NOGROUP); re-creating");
         let mut conn = self.inner.conn();
         for stream in &self.streams {
-            self.inner.ensure_group(&mut conn, stream, &self.group, "0").await?;
+            self.inner
+                .ensure_group(&mut conn, stream, &self.group, "0")
+                .await?;
         }
         Ok(())
     }
@@ -159,7 +172,8 @@ impl StreamReader {
             Ok(Some(reply)) => {
                 for key in reply.keys {
                     for entry in key.ids {
-                        self.buffer.push_back(self.delivery(&key.key, &entry.id, &entry.map, 0));
+                        self.buffer
+                            .push_back(self.delivery(&key.key, &entry.id, &entry.map, 0));
                     }
                 }
                 Ok(())
@@ -200,7 +214,8 @@ impl StreamReader {
                 Err(e) if e.code() == Some("NOGROUP") => return self.recreate_groups().await,
                 Err(e) => return Err(Error::backend("redis", "XAUTOCLAIM", e)),
             };
-            self.claim_cursors.insert(stream.clone(), reply.next_stream_id.clone());
+            self.claim_cursors
+                .insert(stream.clone(), reply.next_stream_id.clone());
             if !reply.deleted_ids.is_empty() {
                 // Trimmed while pending: nothing left to deliver.
                 redis::cmd("XACK")
@@ -293,7 +308,11 @@ impl Acknowledger for RedisAcker {
         true
     }
 
-    fn defer(self: Box<Self>, delay: Duration, state: RetryState) -> BoxFuture<'static, Result<(), Error>> {
+    fn defer(
+        self: Box<Self>,
+        delay: Duration,
+        state: RetryState,
+    ) -> BoxFuture<'static, Result<(), Error>> {
         Box::pin(async move {
             let mut conn = self.inner.conn();
             let read: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
@@ -307,7 +326,12 @@ impl Acknowledger for RedisAcker {
                 // Trimmed meanwhile: nothing to retry.
                 return Box::new(RedisAcker { ..*self }).ack().await;
             };
-            let fallback_topic = self.stream.rsplit(':').next().unwrap_or(&self.stream).to_owned();
+            let fallback_topic = self
+                .stream
+                .rsplit(':')
+                .next()
+                .unwrap_or(&self.stream)
+                .to_owned();
             let mut message = entry::from_fields(&fallback_topic, &entry.map);
             message.set_retry_state(&state);
             let due = now_ms().saturating_add(delay.as_millis() as u64);

@@ -35,12 +35,10 @@ pub(super) fn member(stream: &str, id: &str, group: &str, message: &Message) -> 
 pub(super) async fn move_due(inner: Weak<Inner>) {
     let script = redis::Script::new(MOVE_DUE);
     loop {
-        let Some(backend) = inner.upgrade() else { return };
-        let max_len = backend
-            .config
-            .dlq_retention
-            .max_len
-            .unwrap_or(1_000_000);
+        let Some(backend) = inner.upgrade() else {
+            return;
+        };
+        let max_len = backend.config.dlq_retention.max_len.unwrap_or(1_000_000);
         let result: redis::RedisResult<usize> = script
             .key(backend.keys.delayed())
             .arg(now_ms())

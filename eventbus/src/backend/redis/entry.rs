@@ -15,7 +15,10 @@ const HEADER_PREFIX: &str = "h:";
 
 /// Appends the entry fields of a message to an `XADD` command, without copying the payload.
 pub(crate) fn add_fields(cmd: &mut redis::Cmd, message: &Message) {
-    cmd.arg(TOPIC).arg(&message.topic).arg(TYPE).arg(&message.event_type);
+    cmd.arg(TOPIC)
+        .arg(&message.topic)
+        .arg(TYPE)
+        .arg(&message.event_type);
     if let Some(key) = &message.key {
         cmd.arg(KEY).arg(key);
     }

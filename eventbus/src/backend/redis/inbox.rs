@@ -20,7 +20,10 @@ use crate::inbox::InboxStore;
 use crate::runtime::Runtime;
 
 enum Request {
-    Contains(String, oneshot::Sender<Result<bool, Arc<redis::RedisError>>>),
+    Contains(
+        String,
+        oneshot::Sender<Result<bool, Arc<redis::RedisError>>>,
+    ),
     Record(String, oneshot::Sender<Result<(), Arc<redis::RedisError>>>),
 }
 
@@ -36,13 +39,21 @@ pub struct RedisInbox {
 }
 
 impl RedisInbox {
-    pub(super) fn new(conn: ConnectionManager, keys: Keys, ttl: Duration, runtime: &Arc<dyn Runtime>) -> Self {
+    pub(super) fn new(
+        conn: ConnectionManager,
+        keys: Keys,
+        ttl: Duration,
+        runtime: &Arc<dyn Runtime>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded();
         runtime.spawn(Box::pin(serve(rx, conn, ttl.as_secs().max(1))));
         RedisInbox { tx, keys, ttl }
     }
 
-    fn failure(operation: &'static str, error: impl std::error::Error + Send + Sync + 'static) -> Error {
+    fn failure(
+        operation: &'static str,
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
         Error::Inbox {
             operation,
             source: Box::new(error),
@@ -72,7 +83,13 @@ async fn serve(mut rx: mpsc::UnboundedReceiver<Request>, mut conn: ConnectionMan
         }
         for request in &batch {
             if let Request::Record(key, _) = request {
-                pipe.cmd("SET").arg(key).arg(1).arg("NX").arg("EX").arg(ttl).ignore();
+                pipe.cmd("SET")
+                    .arg(key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(ttl)
+                    .ignore();
             }
         }
         let reply: redis::RedisResult<Vec<Vec<Option<String>>>> = pipe.query_async(&mut conn).await;
@@ -117,14 +134,18 @@ impl std::error::Error for Shared {}
 
 impl std::fmt::Debug for RedisInbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisInbox").field("ttl", &self.ttl).finish()
+        f.debug_struct("RedisInbox")
+            .field("ttl", &self.ttl)
+            .finish()
     }
 }
 
 impl InboxStore for RedisInbox {
     fn contains<'a>(&'a self, group: &'a str, id: Uuid) -> BoxFuture<'a, Result<bool, Error>> {
         let (reply, answer) = oneshot::channel();
-        let sent = self.tx.unbounded_send(Request::Contains(self.keys.inbox(group, &id), reply));
+        let sent = self
+            .tx
+            .unbounded_send(Request::Contains(self.keys.inbox(group, &id), reply));
         Box::pin(async move {
             sent.map_err(|e| Self::failure("MGET", e.into_send_error()))?;
             match answer.await {
@@ -136,7 +157,9 @@ impl InboxStore for RedisInbox {
 
     fn record<'a>(&'a self, group: &'a str, id: Uuid) -> BoxFuture<'a, Result<(), Error>> {
         let (reply, answer) = oneshot::channel();
-        let sent = self.tx.unbounded_send(Request::Record(self.keys.inbox(group, &id), reply));
+        let sent = self
+            .tx
+            .unbounded_send(Request::Record(self.keys.inbox(group, &id), reply));
         Box::pin(async move {
             sent.map_err(|e| Self::failure("SET NX", e.into_send_error()))?;
             match answer.await {

@@ -86,12 +86,24 @@ mod tests {
     #[test]
     fn names() {
         let k = Keys::new("hyvve", true);
-        assert_eq!(k.stream("approval.granted", None), "hyvve:events:approval.granted");
-        assert_eq!(k.stream("approval.granted", Some("t1")), "hyvve:events:t1:approval.granted");
-        assert_eq!(k.stream("approval.granted.dlq", Some("t1")), "hyvve:dlq:approval.granted");
+        assert_eq!(
+            k.stream("approval.granted", None),
+            "hyvve:events:approval.granted"
+        );
+        assert_eq!(
+            k.stream("approval.granted", Some("t1")),
+            "hyvve:events:t1:approval.granted"
+        );
+        assert_eq!(
+            k.stream("approval.granted.dlq", Some("t1")),
+            "hyvve:dlq:approval.granted"
+        );
         assert!(k.is_dlq_stream("hyvve:dlq:x"));
         let m = Keys::registry_member("hyvve:events:x", "a.b");
-        assert_eq!(Keys::parse_registry_member(&m), Some(("hyvve:events:x", "a.b")));
+        assert_eq!(
+            Keys::parse_registry_member(&m),
+            Some(("hyvve:events:x", "a.b"))
+        );
         assert_eq!(Keys::new("p", false).stream("x", Some("t")), "p:events:x");
     }
 }

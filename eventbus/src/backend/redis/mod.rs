@@ -237,7 +237,12 @@ impl Inner {
     /// Appends one `XADD` for `message` to `pipe`, and every [`TRIM_EVERY`] appends to a
     /// stream an `XTRIM` by age (`MINID ~`) and by length (`MAXLEN ~`): retention is applied on
     /// publish, amortized, never by scanning.
-    fn add_append(&self, pipe: &mut redis::Pipeline, message: &Message, now: u64) -> (String, bool) {
+    fn add_append(
+        &self,
+        pipe: &mut redis::Pipeline,
+        message: &Message,
+        now: u64,
+    ) -> (String, bool) {
         let tenant = message.headers.get(TENANT_HEADER).map(String::as_str);
         let key = self.keys.stream(&message.topic, tenant);
         let dlq = self.keys.is_dlq_stream(&key);
@@ -264,17 +269,32 @@ impl Inner {
             };
             if let Some(age) = retention.max_age {
                 let cutoff = now.saturating_sub(age.as_millis() as u64);
-                pipe.cmd("XTRIM").arg(&key).arg("MINID").arg("~").arg(format!("{cutoff}-0")).ignore();
+                pipe.cmd("XTRIM")
+                    .arg(&key)
+                    .arg("MINID")
+                    .arg("~")
+                    .arg(format!("{cutoff}-0"))
+                    .ignore();
             }
             if let Some(len) = retention.max_len {
-                pipe.cmd("XTRIM").arg(&key).arg("MAXLEN").arg("~").arg(len).ignore();
+                pipe.cmd("XTRIM")
+                    .arg(&key)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(len)
+                    .ignore();
             }
         }
         (key, dlq)
     }
 
     /// Up to `count` entries of `topic`'s stream from entry id `start` on, as messages.
-    async fn xrange(&self, topic: &str, start: &str, count: usize) -> Result<Vec<StoredMessage>, Error> {
+    async fn xrange(
+        &self,
+        topic: &str,
+        start: &str,
+        count: usize,
+    ) -> Result<Vec<StoredMessage>, Error> {
         let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
             .arg(self.keys.stream(topic, None))
             .arg(start)
@@ -346,7 +366,10 @@ impl Backend for RedisBackend {
                     if !dlq {
                         let member = Keys::registry_member(&key, &message.event_type);
                         if !registered.contains(&member) && !new_members.contains(&member) {
-                            pipe.cmd("SADD").arg(inner.keys.registry()).arg(&member).ignore();
+                            pipe.cmd("SADD")
+                                .arg(inner.keys.registry())
+                                .arg(&member)
+                                .ignore();
                             new_members.push(member);
                         }
                     }
@@ -416,7 +439,11 @@ impl Backend for RedisBackend {
             let mut lags = Vec::new();
             for stream in streams {
                 let info: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
-                    redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(&mut conn).await;
+                    redis::cmd("XINFO")
+                        .arg("GROUPS")
+                        .arg(stream)
+                        .query_async(&mut conn)
+                        .await;
                 let Ok(info) = info else { continue };
                 for group in info.groups {
                     lags.push(GroupLag {
@@ -431,7 +458,11 @@ impl Backend for RedisBackend {
         })
     }
 
-    fn deliver_to_group(&self, group: &str, messages: Vec<Message>) -> BoxFuture<'_, Result<(), Error>> {
+    fn deliver_to_group(
+        &self,
+        group: &str,
+        messages: Vec<Message>,
+    ) -> BoxFuture<'_, Result<(), Error>> {
         let stream = self.inner.keys.retry_stream(group);
         Box::pin(async move {
             let mut pipe = redis::pipe();
@@ -478,7 +509,11 @@ impl Backend for RedisBackend {
             if pong == "PONG" {
                 Ok(())
             } else {
-                Err(Error::backend("redis", "PING", format!("unexpected reply {pong:?}")))
+                Err(Error::backend(
+                    "redis",
+                    "PING",
+                    format!("unexpected reply {pong:?}"),
+                ))
             }
         })
     }

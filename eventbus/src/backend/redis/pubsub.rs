@@ -75,7 +75,10 @@ impl RedisPubSub {
         Ok(pubsub
             .into_on_message()
             .filter_map(move |msg| {
-                let event_type = msg.get_channel_name().strip_prefix(prefix.as_str()).unwrap_or("");
+                let event_type = msg
+                    .get_channel_name()
+                    .strip_prefix(prefix.as_str())
+                    .unwrap_or("");
                 let keep = pattern.matches(event_type);
                 let decoded = keep.then(|| RawEnvelope::decode(msg.get_payload_bytes()));
                 futures::future::ready(match decoded {
