@@ -436,25 +436,58 @@ impl Bus {
         }
     }
 
-    /// Stops taking new deliveries, waits up to `timeout` for in-flight handlers to finish and
-    /// settle, then aborts the rest (left unacknowledged, so they are redelivered).
+    /// Stops taking new deliveries, waits for in-flight handlers to finish and settle, then
+    /// aborts the rest (left unacknowledged, so they are redelivered) and flushes the backend's
+    /// batched acknowledgements.
+    ///
+    /// Always returns within `timeout`: draining gets all of it but a reserve (a tenth, at
+    /// most 2 s) kept for aborting and flushing; a consumer or flush that does not finish in
+    /// the reserve is left behind with a warning, its deliveries unacknowledged.
     pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
         self.shared.stop();
-        let finished = self.shared.loops_finished();
-        let drained = match future::select(Box::pin(finished), self.clock.sleep(timeout)).await {
-            Either::Left(_) => true,
-            Either::Right(_) => false,
+        let reserve = (timeout / 10).min(Duration::from_secs(2));
+        let within = |limit: Duration, work: future::BoxFuture<'static, ()>| {
+            let sleep = self.clock.sleep(limit);
+            async move { matches!(future::select(work, sleep).await, Either::Left(_)) }
         };
+        let shared = self.shared.clone();
+        let drained = within(
+            timeout.saturating_sub(reserve),
+            Box::pin(async move { shared.loops_finished().await }),
+        )
+        .await;
+        let mut flush_budget = reserve;
         let aborted = if drained {
             0
         } else {
-            self.shared.abort_tasks()
+            let aborted = self.shared.abort_tasks();
+            let shared = self.shared.clone();
+            flush_budget = reserve / 2;
+            let stopped = within(
+                reserve / 2,
+                Box::pin(async move { shared.loops_finished().await }),
+            )
+            .await;
+            if !stopped {
+                tracing::warn!(
+                    loops = self.shared.running_loops(),
+                    "consumer loops still running after abort; leaving them behind"
+                );
+            }
+            aborted
         };
-        if !drained {
-            self.shared.loops_finished().await;
-        }
-        if let Err(error) = self.backend.flush().await {
-            tracing::warn!(%error, "flushing acknowledgements at shutdown failed; those deliveries will be redelivered");
+        let backend = self.backend.clone();
+        let flushed = within(
+            flush_budget,
+            Box::pin(async move {
+                if let Err(error) = backend.flush().await {
+                    tracing::warn!(%error, "flushing acknowledgements at shutdown failed; those deliveries will be redelivered");
+                }
+            }),
+        )
+        .await;
+        if !flushed {
+            tracing::warn!(?flush_budget, "flushing acknowledgements did not finish in time; those deliveries will be redelivered");
         }
         tracing::info!(drained, aborted, "event bus stopped");
         ShutdownReport { drained, aborted }

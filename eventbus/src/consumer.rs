@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
 use event_listener::Event as Signal;
+use std::panic::AssertUnwindSafe;
+
 use futures::future::{AbortHandle, Abortable, BoxFuture};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
@@ -119,6 +121,16 @@ impl Shared {
     }
 }
 
+/// Marks a consumer loop finished when dropped: on return, on abort and on panic.
+struct LoopGuard(Arc<Shared>);
+
+impl Drop for LoopGuard {
+    fn drop(&mut self) {
+        self.0.loops.fetch_sub(1, Ordering::SeqCst);
+        self.0.loops_signal.notify(usize::MAX);
+    }
+}
+
 /// Everything one consumer loop needs.
 pub(crate) struct ConsumerLoop {
     pub(crate) group: String,
@@ -144,6 +156,9 @@ impl ConsumerLoop {
     }
 
     pub(crate) async fn run(self, stream: DeliveryStream) {
+        // Counts the loop as finished however it ends, a panic included, so that shutdown
+        // never waits for a loop that is gone.
+        let _running = LoopGuard(self.shared.clone());
         let mut stream = stream.fuse();
         let concurrency = self.concurrency.max(1);
         let buffer = (concurrency * 4).max(16);
@@ -226,8 +241,6 @@ impl ConsumerLoop {
             }
         }
         drop(stream);
-        self.shared.loops.fetch_sub(1, Ordering::SeqCst);
-        self.shared.loops_signal.notify(usize::MAX);
     }
 
     /// Spawns the pipeline for one delivery; the returned future completes with the
@@ -253,7 +266,21 @@ impl ConsumerLoop {
                 acker,
             } = delivery;
             let mut cx = DeliveryCx::new(message, group, redeliveries);
-            let outcome = pipeline.run(&mut cx).await;
+            // The handler's own panics are failures the guard layer retries; a panic in any
+            // other layer (a user layer, an inbox store) ends only this delivery, unsettled.
+            let outcome = match AssertUnwindSafe(pipeline.run(&mut cx)).catch_unwind().await {
+                Ok(outcome) => outcome,
+                Err(payload) => {
+                    let message = crate::pipeline::panic_message(&*payload);
+                    tracing::error!(
+                        topic = %cx.message.topic,
+                        group = %cx.group,
+                        %message,
+                        "delivery pipeline panicked outside the handler; redelivering"
+                    );
+                    Outcome::Unsettled(crate::Error::Panicked { message })
+                }
+            };
             shared.count(&outcome);
             metrics.outcome(&cx.message.topic, &cx.group, outcome.label());
             if let (Outcome::Handled, Some(envelope)) = (&outcome, &cx.envelope) {

@@ -95,6 +95,13 @@ pub enum Error {
     /// The bus has been shut down and takes no more work.
     #[error("the bus is shut down")]
     Closed,
+    /// Code running a delivery outside the handler's guard (a user layer, an inbox store)
+    /// panicked; the delivery is left for redelivery and the consumer goes on.
+    #[error("delivery pipeline panicked: {message}")]
+    Panicked {
+        /// The panic's message.
+        message: String,
+    },
 }
 
 impl Error {

@@ -630,6 +630,81 @@ fn a_typed_handler_on_a_wider_pattern_skips_the_other_types() {
     });
 }
 
+/// A user layer that panics on one event, outside the handler guard.
+struct PanicsOnSeq(u32);
+
+impl eventbus::pipeline::Layer for PanicsOnSeq {
+    fn handle<'a>(
+        &'a self,
+        cx: &'a mut eventbus::pipeline::DeliveryCx,
+        next: eventbus::pipeline::Next<'a>,
+    ) -> futures::future::BoxFuture<'a, eventbus::pipeline::Outcome> {
+        Box::pin(async move {
+            let seq = cx.envelope.as_ref().and_then(|e| {
+                e.data
+                    .get()
+                    .contains(&format!("\"seq\":{}", self.0))
+                    .then_some(())
+            });
+            assert!(seq.is_none(), "layer bug on seq {}", self.0);
+            next.run(cx).await
+        })
+    }
+}
+
+/// A panic outside the handler guard (here a user layer) is contained to its delivery: the
+/// consumer keeps handling other events, the delivery is counted as unsettled and left for
+/// redelivery, and `shutdown` returns within its timeout.
+#[test]
+fn a_panic_outside_the_handler_is_contained_and_shutdown_returns_in_time() {
+    run(|rt| async move {
+        let seen = Seen::default();
+        let s = seen.clone();
+        let bus = eventbus::Bus::builder()
+            .runtime(rt.clone())
+            .backend(eventbus::backend::memory::MemoryBackend::new())
+            .layer(PanicsOnSeq(1))
+            .subscribe(
+                Subscription::new("order.created", move |env: Envelope<OrderCreated>| {
+                    s.push(&env.data.order_id, env.data.seq);
+                    async { Ok(()) }
+                })
+                .group("g")
+                .backoff(Backoff::schedule([Duration::from_millis(50)])),
+            )
+            .start()
+            .await
+            .unwrap();
+        for (key, seq) in [("a", 1), ("b", 2), ("c", 3)] {
+            bus.publish(order(key, seq)).await.unwrap();
+        }
+        let started = std::time::Instant::now();
+        while seen.all().len() < 2 || bus.stats().unsettled == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "after the panic: handled {:?}, {:?}",
+                seen.all(),
+                bus.stats()
+            );
+            rt.sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(seen.all(), vec![("b".to_owned(), 2), ("c".to_owned(), 3)]);
+        let started = std::time::Instant::now();
+        let shutdown = bus.shutdown(Duration::from_millis(500));
+        let limit = rt.sleep(Duration::from_secs(5));
+        let report = match futures::future::select(Box::pin(shutdown), limit).await {
+            futures::future::Either::Left((report, _)) => report,
+            futures::future::Either::Right(_) => panic!("shutdown(500ms) still running after 5 s"),
+        };
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            started.elapsed()
+        );
+        eprintln!("{report:?}");
+    });
+}
+
 #[test]
 fn group_enum_and_dynamic_handlers_receive_matching_types_only() {
     run(|rt| async move {

@@ -32,6 +32,7 @@ mod retry;
 
 pub use decode::DecodeLayer;
 pub use dlq::DeadLetterLayer;
+pub(crate) use guard::panic_message;
 pub use guard::GuardLayer;
 pub use inbox::InboxLayer;
 pub use park::{ParkKeyLayer, REDRIVE_HEADER};
