@@ -876,6 +876,8 @@ async fn dead_letters_are_listed_redriven_with_their_key_and_purged(b: &Broker) 
     let fixed = Arc::new(AtomicBool::new(false));
     let handled: Arc<Mutex<Vec<String>>> = Arc::default();
     let (f, h, r) = (fixed.clone(), handled.clone(), run.clone());
+    let ledger: Arc<Mutex<Vec<Uuid>>> = Arc::default();
+    let (l, r2) = (ledger.clone(), run.clone());
     let bus = Bus::builder()
         .backend(backend.clone())
         .subscribe(
@@ -893,6 +895,15 @@ async fn dead_letters_are_listed_redriven_with_their_key_and_purged(b: &Broker) 
                 }
             })
             .group(group("invoicing")),
+        )
+        .subscribe(
+            Subscription::new("rdv.invoice.sent", move |env: Envelope<InvoiceSent>| {
+                if env.data.run == r2 {
+                    l.lock().unwrap().push(env.id);
+                }
+                async { Ok(()) }
+            })
+            .group(group("ledger")),
         )
         .start()
         .await
@@ -950,6 +961,7 @@ async fn dead_letters_are_listed_redriven_with_their_key_and_purged(b: &Broker) 
         .insert("dlq-original-topic".into(), "rdv.invoice.sent".into());
     assert!(backend.publish(vec![stray]).await.is_err());
 
+    assert!(eventually(WAIT, || ledger.lock().unwrap().len() == 2).await);
     fixed.store(true, Ordering::SeqCst);
     assert_eq!(
         dlq.redrive("rdv.invoice.sent", std::slice::from_ref(&i1.id))
@@ -962,8 +974,32 @@ async fn dead_letters_are_listed_redriven_with_their_key_and_purged(b: &Broker) 
             == vec!["i-1".to_owned()])
         .await
     );
-    let source = backend.read_topic("rdv.invoice.sent").await.unwrap();
-    let redriven = source.last().expect("redriven record");
+    // A later event of the same key (same partition) reaches the ledger group after anything
+    // published before it: once the ledger has it, a redrive to the topic would show too.
+    let later = bus
+        .publish(InvoiceSent {
+            invoice: "i-1".into(),
+            run: run.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(eventually(WAIT, || ledger.lock().unwrap().contains(&later)).await);
+    assert_eq!(
+        ledger.lock().unwrap().len(),
+        3,
+        "the ledger group saw no redrive"
+    );
+    // Its inbox would have absorbed one: it must not have had to.
+    assert_eq!(bus.stats().duplicates, 0, "{:?}", bus.stats());
+    // The redrive went to the failing group only, through its zero-delay retry tier, with its
+    // key; the ledger group, which handled both events, did not see i-1 again.
+    let tier = eventbus::backend::kafka::tier_topic("rdv.invoice.sent", Duration::ZERO);
+    let redriven = backend.read_topic(&tier).await.unwrap();
+    let redriven = redriven
+        .iter()
+        .rev()
+        .find(|m| String::from_utf8_lossy(&m.message.payload).contains(&run))
+        .expect("redriven record on the retry tier");
     assert_eq!(
         redriven.message.key.as_deref(),
         Some("i-1"),

@@ -12,8 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::backend::{
-    Backend, Message, MessageHeaders, StoredMessage, ATTEMPT_HEADER, FIRST_FAILURE_HEADER,
-    ROUND_HEADER, TENANT_HEADER,
+    is_internal_header, Backend, Message, MessageHeaders, StoredMessage, TENANT_HEADER,
 };
 use crate::envelope::RawEnvelope;
 use crate::error::{DecodeError, Error};
@@ -30,6 +29,22 @@ const ERROR: &str = "dlq-error";
 const ATTEMPTS: &str = "dlq-attempts";
 const FIRST_FAILURE: &str = "dlq-first-failure";
 const LAST_FAILURE: &str = "dlq-last-failure";
+
+/// The longest error text a dead letter stores, in bytes (`dlq-error`); a longer one is cut at
+/// a character boundary and says how long it was.
+pub const MAX_ERROR_TEXT: usize = 4096;
+
+/// `text` cut to [`MAX_ERROR_TEXT`] bytes, with a note of the original length when cut.
+pub fn capped_error_text(text: &str) -> String {
+    if text.len() <= MAX_ERROR_TEXT {
+        return text.to_owned();
+    }
+    let mut end = MAX_ERROR_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (truncated from {} bytes)", &text[..end], text.len())
+}
 
 /// The dead-letter topic of `topic`.
 pub fn dlq_topic(topic: &str) -> String {
@@ -61,22 +76,13 @@ pub fn dead_letter_message(original: &Message, group: &str, failure: &Failure) -
     let mut headers: MessageHeaders = original
         .headers
         .iter()
-        .filter(|(k, _)| {
-            !k.starts_with("dlq-")
-                && ![
-                    ATTEMPT_HEADER,
-                    ROUND_HEADER,
-                    FIRST_FAILURE_HEADER,
-                    REDRIVE_HEADER,
-                ]
-                .contains(&k.as_str())
-        })
+        .filter(|(k, _)| !k.starts_with("dlq-") && !is_internal_header(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     headers.insert(ORIGINAL_TOPIC.into(), original.topic.clone());
     headers.insert(GROUP.into(), group.into());
     headers.insert(ERROR_KIND.into(), failure.kind.to_string());
-    headers.insert(ERROR.into(), failure.message.clone());
+    headers.insert(ERROR.into(), capped_error_text(&failure.message));
     headers.insert(ATTEMPTS.into(), failure.attempts.to_string());
     headers.insert(FIRST_FAILURE.into(), failure.first_failure.to_rfc3339());
     headers.insert(LAST_FAILURE.into(), failure.last_failure.to_rfc3339());
@@ -203,8 +209,11 @@ impl DeadLetters {
             })
     }
 
-    /// Re-publishes dead letters to their original topic (in their order) and removes them from
-    /// the dead-letter topic. Returns how many were redriven.
+    /// Delivers dead letters again to the consumer group that gave up on them (in their order,
+    /// through [`Backend::deliver_to_group`], so the topic's other groups do not see them twice)
+    /// and removes them from the dead-letter topic. A dead letter without a group (written by
+    /// another tool) is published to its original topic instead. Returns how many were
+    /// redriven.
     pub async fn redrive(&self, topic: &str, ids: &[String]) -> Result<usize, Error> {
         let letters = self.list(topic).await?;
         let mut chosen = Vec::new();
@@ -220,9 +229,21 @@ impl DeadLetters {
             chosen.push(letter);
         }
         chosen.sort_by_key(|d| letters.iter().position(|x| x.id == d.id));
-        self.backend
-            .publish(chosen.iter().map(|d| d.redrive_message()).collect())
-            .await?;
+        let mut by_group: Vec<(&str, Vec<Message>)> = Vec::new();
+        for letter in &chosen {
+            let message = letter.redrive_message();
+            match by_group.iter_mut().find(|(g, _)| *g == letter.group) {
+                Some((_, messages)) => messages.push(message),
+                None => by_group.push((&letter.group, vec![message])),
+            }
+        }
+        for (group, messages) in by_group {
+            if group.is_empty() {
+                self.backend.publish(messages).await?;
+            } else {
+                self.backend.deliver_to_group(group, messages).await?;
+            }
+        }
         let ids: Vec<String> = chosen.iter().map(|d| d.id.clone()).collect();
         self.backend.delete(&dlq_topic(topic), ids).await
     }

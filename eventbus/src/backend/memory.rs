@@ -277,7 +277,12 @@ impl Backend for MemoryBackend {
                     faults,
                     ..
                 } = &mut *state;
-                for message in messages {
+                for mut message in messages {
+                    if !is_dlq_topic(&message.topic) {
+                        // Publishing is the live path: internal headers come only through
+                        // nack, defer and `deliver_to_group`, never with a published message.
+                        message.strip_internal_headers();
+                    }
                     let log = topics.entry(message.topic.clone()).or_default();
                     let id = log.next_offset.to_string();
                     log.next_offset += 1;

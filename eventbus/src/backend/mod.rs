@@ -32,6 +32,18 @@ pub const FIRST_FAILURE_HEADER: &str = "eventbus-first-failure";
 /// Header carrying the envelope's tenant, for backends that route per tenant.
 pub const TENANT_HEADER: &str = "eventbus-tenant";
 
+/// Whether `name` is a header only the framework itself writes, on its own channels (retry
+/// tiers, retry streams, deliveries to one group): attempt counts, retry rounds and due times,
+/// origin topics, replay and redrive markers. Every `eventbus-` header but
+/// [`TENANT_HEADER`] (routing data the publisher copies from the envelope).
+///
+/// Such a header on a live topic was forged (or copied by a foreign producer): backends drop
+/// it with [`Message::strip_internal_headers`] so it can neither dead-letter an event early,
+/// hide it from a group, nor unpark a key.
+pub fn is_internal_header(name: &str) -> bool {
+    name.starts_with("eventbus-") && name != TENANT_HEADER
+}
+
 /// A message as a backend stores it: the encoded envelope plus routing data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
@@ -71,6 +83,24 @@ impl Message {
                 .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok())
                 .map(|t| t.with_timezone(&chrono::Utc)),
         }
+    }
+
+    /// Drops every [internal header](is_internal_header): backends call it on records read
+    /// from a live topic, where only producers (never the framework's retry channels) write.
+    /// Returns how many were dropped; a non-zero count is logged.
+    pub fn strip_internal_headers(&mut self) -> usize {
+        let before = self.headers.len();
+        self.headers.retain(|name, _| !is_internal_header(name));
+        let dropped = before - self.headers.len();
+        if dropped > 0 {
+            tracing::warn!(
+                topic = %self.topic,
+                event_type = %self.event_type,
+                dropped,
+                "ignored internal eventbus headers on a live topic (forged or copied by another producer)"
+            );
+        }
+        dropped
     }
 
     /// Writes a retry state into the headers.

@@ -464,7 +464,17 @@ fn poll_loop(consumer: BaseConsumer<Callbacks>, shared: Arc<Shared>) {
             first = false;
             match polled {
                 Some(Ok(record)) => {
-                    let (message, meta) = record::from_record(&record);
+                    let (mut message, mut meta) = record::from_record(&record);
+                    let topic = rdkafka::Message::topic(&record);
+                    if !is_tier_topic(topic) {
+                        // A live topic: retry-tier headers there were forged (or copied by a
+                        // foreign producer) and count for nothing.
+                        if message.strip_internal_headers() > 0 || meta.retry_group.is_some() {
+                            meta.retry_group = None;
+                            meta.due_ms = None;
+                            message.topic = topic.to_owned();
+                        }
+                    }
                     let tp = (
                         names.intern(rdkafka::Message::topic(&record)),
                         rdkafka::Message::partition(&record),

@@ -24,6 +24,8 @@ pub(crate) struct StreamReader {
     consumer: String,
     pattern: Pattern,
     streams: Vec<String>,
+    /// The group's retry stream: the one stream whose internal headers are trusted.
+    retry_stream: String,
     conn: Option<MultiplexedConnection>,
     buffer: VecDeque<Delivery>,
     last_discovery: Instant,
@@ -39,6 +41,7 @@ impl StreamReader {
             consumer,
             pattern: request.pattern.clone(),
             streams: Vec::new(),
+            retry_stream: String::new(),
             conn: None,
             buffer: VecDeque::new(),
             last_discovery: Instant::now(),
@@ -71,7 +74,8 @@ impl StreamReader {
             .ensure_group(&mut conn, &retry, &reader.group, "0")
             .await?;
         reader.streams = initial;
-        reader.streams.push(retry);
+        reader.streams.push(retry.clone());
+        reader.retry_stream = retry;
         Ok(reader)
     }
 
@@ -265,8 +269,15 @@ impl StreamReader {
         redeliveries: u32,
     ) -> Delivery {
         let fallback_topic = stream.rsplit(':').next().unwrap_or(stream);
+        let mut message = entry::from_fields(fallback_topic, map);
+        if stream != self.retry_stream {
+            // A live stream: internal headers and a `topic` field there were forged (or copied
+            // by a foreign producer); only the group's retry stream carries trusted ones.
+            message.strip_internal_headers();
+            message.topic = fallback_topic.to_owned();
+        }
         Delivery {
-            message: entry::from_fields(fallback_topic, map),
+            message,
             redeliveries,
             acker: Box::new(RedisAcker {
                 inner: self.inner.clone(),
