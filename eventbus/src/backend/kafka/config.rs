@@ -612,17 +612,23 @@ impl KafkaConfig {
         c
     }
 
-    /// A group-less client's properties (reading topics, replay, admin).
+    /// A group-less client's properties (reading topics, replay, admin). It takes the
+    /// consumer's options too, and the session timeout they may be checked against (a
+    /// `max.poll.interval.ms` below librdkafka's default session timeout is refused otherwise).
     pub(crate) fn reader_client_config(&self) -> ClientConfig {
         let mut c = self.common();
-        c.set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set(
-                "queued.max.messages.kbytes",
-                self.consumer.fetch_queue_kbytes.to_string(),
-            )
-            .set("allow.auto.create.topics", "false");
+        c.set(
+            "session.timeout.ms",
+            self.consumer.session_timeout.as_millis().to_string(),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set(
+            "queued.max.messages.kbytes",
+            self.consumer.fetch_queue_kbytes.to_string(),
+        )
+        .set("allow.auto.create.topics", "false");
         for (k, v) in self.options.iter().chain(&self.consumer_options) {
             c.set(k, v);
         }

@@ -13,6 +13,7 @@ use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 
 use super::config::StartFrom;
 use super::keys::Keys;
+use super::lease::InFlight;
 use super::{entry, now_ms, redis_error, Inner};
 use crate::backend::{Acknowledger, Delivery, RetryState, SubscribeRequest};
 use crate::error::Error;
@@ -26,6 +27,8 @@ pub(crate) struct StreamReader {
     streams: Vec<String>,
     /// The group's retry stream: the one stream whose internal headers are trusted.
     retry_stream: String,
+    /// Entries handed out and not settled yet, kept from other members' claims.
+    in_flight: Arc<InFlight>,
     conn: Option<MultiplexedConnection>,
     buffer: VecDeque<Delivery>,
     last_discovery: Instant,
@@ -36,7 +39,9 @@ pub(crate) struct StreamReader {
 impl StreamReader {
     pub(crate) async fn start(inner: Arc<Inner>, request: SubscribeRequest) -> Result<Self, Error> {
         let consumer = format!("{}-{}", request.group, uuid::Uuid::now_v7().simple());
+        let in_flight = InFlight::start(&inner, request.group.clone(), consumer.clone());
         let mut reader = StreamReader {
+            in_flight,
             group: request.group.clone(),
             consumer,
             pattern: request.pattern.clone(),
@@ -221,7 +226,17 @@ impl StreamReader {
             self.claim_cursors
                 .insert(stream.clone(), reply.next_stream_id.clone());
             if !reply.deleted_ids.is_empty() {
-                // Trimmed while pending: nothing left to deliver.
+                // Trimmed by retention while pending: nothing left to deliver. Never silent.
+                self.inner
+                    .counters
+                    .retention_dropped
+                    .fetch_add(reply.deleted_ids.len() as u64, Ordering::Relaxed);
+                tracing::error!(
+                    %stream,
+                    group = %self.group,
+                    ids = ?reply.deleted_ids,
+                    "retention trimmed entries this group had not finished handling; they are lost to it"
+                );
                 redis::cmd("XACK")
                     .arg(&stream)
                     .arg(&self.group)
@@ -279,12 +294,16 @@ impl StreamReader {
         Delivery {
             message,
             redeliveries,
-            acker: Box::new(RedisAcker {
-                inner: self.inner.clone(),
-                stream: stream.to_owned(),
-                group: self.group.clone(),
-                id: id.to_owned(),
-            }),
+            acker: {
+                self.in_flight.insert(stream, id);
+                Box::new(RedisAcker {
+                    inner: self.inner.clone(),
+                    stream: stream.to_owned(),
+                    group: self.group.clone(),
+                    id: id.to_owned(),
+                    in_flight: self.in_flight.clone(),
+                })
+            },
         }
     }
 }
@@ -295,16 +314,24 @@ struct RedisAcker {
     stream: String,
     group: String,
     id: String,
+    in_flight: Arc<InFlight>,
+}
+
+impl Drop for RedisAcker {
+    /// Settled or abandoned: either way the entry is no longer being handled here, and after
+    /// `claim_idle` it may be claimed (redelivered) if it was not acknowledged.
+    fn drop(&mut self) {
+        self.in_flight.remove(&self.stream, &self.id);
+    }
 }
 
 impl Acknowledger for RedisAcker {
     /// Queues the `XACK` for the next batch (see the `acks` module).
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
-        let this = *self;
-        let result = this.inner.acks.push(super::acks::Ack {
-            stream: this.stream,
-            group: this.group,
-            id: this.id,
+        let result = self.inner.acks.push(super::acks::Ack {
+            stream: self.stream.clone(),
+            group: self.group.clone(),
+            id: self.id.clone(),
         });
         Box::pin(async move { result })
     }
@@ -335,7 +362,7 @@ impl Acknowledger for RedisAcker {
                 .map_err(redis_error("XRANGE"))?;
             let Some(entry) = read.ids.first() else {
                 // Trimmed meanwhile: nothing to retry.
-                return Box::new(RedisAcker { ..*self }).ack().await;
+                return Acknowledger::ack(self).await;
             };
             let fallback_topic = self
                 .stream

@@ -29,6 +29,7 @@ mod delayed;
 mod entry;
 mod inbox;
 mod keys;
+mod lease;
 mod pubsub;
 
 use std::collections::HashSet;
@@ -63,6 +64,9 @@ pub struct RedisStats {
     pub deferred: u64,
     /// Delayed retries moved back to their group.
     pub delayed_moved: u64,
+    /// Entries trimmed by retention while still pending for a group (delivered, not yet
+    /// acknowledged): lost to that group, each logged as an error.
+    pub retention_dropped: u64,
 }
 
 #[derive(Default)]
@@ -71,6 +75,7 @@ struct Counters {
     claimed: AtomicU64,
     deferred: AtomicU64,
     delayed_moved: AtomicU64,
+    retention_dropped: AtomicU64,
 }
 
 /// The Redis Streams backend. Cheap to clone.
@@ -162,6 +167,7 @@ impl RedisBackend {
             claimed: c.claimed.load(Ordering::Relaxed),
             deferred: c.deferred.load(Ordering::Relaxed),
             delayed_moved: c.delayed_moved.load(Ordering::Relaxed),
+            retention_dropped: c.retention_dropped.load(Ordering::Relaxed),
         }
     }
 

@@ -1,0 +1,829 @@
+//! The delivery contract (`docs/contract.md`), proved by one suite on every backend: the
+//! in-memory backend, Redis (`EVENTBUS_REDIS_URL`), librdkafka's mock cluster and tansu (a
+//! broker per case, `EVENTBUS_TANSU_BIN`). Each case is one `async fn case(b: &Under)`; the
+//! `conformance!` macro runs it on each backend. A backend that cannot hold a guarantee says
+//! so in its [`Features`], and the case asserts the declared weaker behaviour instead.
+//!
+//! Events are written by the framework's publisher or, for hostile cases, by a foreign
+//! producer: the raw client of each backend (`XADD`, an rdkafka producer), as another service
+//! or a tool would.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eventbus::backend::kafka::rdkafka::mocking::MockCluster;
+use eventbus::backend::kafka::rdkafka::producer::DefaultProducerContext;
+use eventbus::backend::kafka::{KafkaBackend, KafkaConfig, StartFrom as KafkaStart};
+use eventbus::backend::memory::MemoryBackend;
+use eventbus::backend::redis::{RedisBackend, RedisConfig, StartFrom as RedisStart};
+use eventbus::backend::{Backend, Message};
+use eventbus::inbox::MemoryInbox;
+use eventbus::{event, Backoff, Bus, Context, Envelope, HandlerError, Subscription, Uuid};
+use eventbus_integration::{eventually, panic_message, require_server, unique_prefix, Tansu};
+use serde::{Deserialize, Serialize};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// What a backend declares it cannot hold; the suite asserts the weaker behaviour instead.
+#[derive(Debug, Clone, Copy)]
+struct Features {
+    /// Events of one key are handled in order across the members of a group. Without it, each
+    /// event is still handled, but two members may handle events of one key out of order.
+    order_across_members: bool,
+}
+
+enum Kind {
+    Memory(MemoryBackend),
+    Redis {
+        url: String,
+        prefix: String,
+    },
+    Kafka {
+        brokers: String,
+        mock: Option<MockCluster<'static, DefaultProducerContext>>,
+        tansu: Option<Tansu>,
+    },
+}
+
+/// A backend under test: a way to connect members, create topics and write as a foreign
+/// producer.
+struct Under {
+    kind: Kind,
+    features: Features,
+}
+
+impl Under {
+    fn memory() -> Under {
+        Under {
+            kind: Kind::Memory(MemoryBackend::new()),
+            features: Features {
+                order_across_members: false,
+            },
+        }
+    }
+
+    fn redis() -> Option<Under> {
+        let url = require_server("EVENTBUS_REDIS_URL", "conformance_redis")?;
+        // Redis streams hand entries of one stream to any member of a group: no order per key
+        // across members until topics are partitioned (docs/contract.md).
+        Some(Under {
+            kind: Kind::Redis {
+                url,
+                prefix: unique_prefix("conf"),
+            },
+            features: Features {
+                order_across_members: false,
+            },
+        })
+    }
+
+    fn kafka_mock() -> Under {
+        if let Ok(dir) = std::env::var("EVENTBUS_TEST_MARKERS") {
+            std::fs::write(
+                std::path::Path::new(&dir).join("conformance_kafka_mock"),
+                b"ran",
+            )
+            .expect("write marker");
+        }
+        let mock = MockCluster::new(1).expect("mock cluster");
+        Under {
+            kind: Kind::Kafka {
+                brokers: mock.bootstrap_servers(),
+                mock: Some(mock),
+                tansu: None,
+            },
+            features: Features {
+                order_across_members: true,
+            },
+        }
+    }
+
+    async fn tansu() -> Option<Under> {
+        require_server("EVENTBUS_TANSU_BIN", "conformance_tansu")?;
+        let tansu = tokio::task::spawn_blocking(Tansu::private)
+            .await
+            .expect("start tansu");
+        Some(Under {
+            kind: Kind::Kafka {
+                brokers: tansu.brokers(),
+                mock: None,
+                tansu: Some(tansu),
+            },
+            features: Features {
+                order_across_members: true,
+            },
+        })
+    }
+
+    /// The longest a delivery may stay unacknowledged before the backend would hand it to
+    /// another member, as this suite configures it (Redis `claim_idle`, Kafka
+    /// `max.poll.interval.ms`); the in-memory backend has none.
+    fn claim_time(&self) -> Duration {
+        match &self.kind {
+            Kind::Memory(_) => Duration::from_secs(1),
+            Kind::Redis { .. } => Duration::from_secs(1),
+            Kind::Kafka { .. } => Duration::from_secs(6),
+        }
+    }
+
+    /// A new member: a backend connection of its own (the in-memory backend shares its state).
+    async fn member(&self) -> Arc<dyn Backend> {
+        match &self.kind {
+            Kind::Memory(backend) => Arc::new(backend.clone()),
+            Kind::Redis { url, prefix } => {
+                let mut c = RedisConfig::new(url);
+                c.prefix = prefix.clone();
+                c.block = Duration::from_millis(200);
+                c.claim_idle = self.claim_time();
+                c.claim_interval = Duration::from_millis(200);
+                c.discovery_interval = Duration::from_millis(200);
+                c.start_from = RedisStart::Earliest;
+                Arc::new(RedisBackend::connect(c).await.expect("connect to redis"))
+            }
+            Kind::Kafka { brokers, mock, .. } => {
+                let mut c = KafkaConfig::new(brokers);
+                c.consumer.start_from = KafkaStart::Earliest;
+                c.consumer.session_timeout = Duration::from_secs(6);
+                c.consumer.heartbeat_interval = Duration::from_millis(500);
+                c.consumer.topic_refresh_interval = Duration::from_millis(500);
+                c.consumer.commit_interval = Duration::from_millis(200);
+                c.consumer_options.insert(
+                    "max.poll.interval.ms".into(),
+                    self.claim_time().as_millis().to_string(),
+                );
+                c.operation_timeout = Duration::from_secs(10);
+                c.auto_create_topics = mock.is_none();
+                Arc::new(KafkaBackend::connect(c).await.expect("connect to kafka"))
+            }
+        }
+    }
+
+    /// Creates `topic` (and its dead-letter and zero-delay retry topics) where the broker needs
+    /// topics created first.
+    async fn topic(&self, topic: &str, partitions: i32) {
+        if let Kind::Kafka {
+            mock: Some(mock), ..
+        } = &self.kind
+        {
+            for name in [
+                topic.to_owned(),
+                format!("{topic}.dlq"),
+                eventbus::backend::kafka::tier_topic(topic, Duration::ZERO),
+            ] {
+                mock.create_topic(&name, partitions, 1)
+                    .expect("mock create topic");
+            }
+        }
+    }
+
+    /// Writes one record as another producer would: the raw client, our field and header
+    /// names, whatever headers and bytes it likes.
+    async fn publish_foreign(
+        &self,
+        topic: &str,
+        key: &str,
+        event_type: &str,
+        headers: &[(&str, &str)],
+        payload: &[u8],
+    ) {
+        match &self.kind {
+            Kind::Memory(backend) => {
+                let message = Message {
+                    topic: topic.to_owned(),
+                    key: Some(key.to_owned()),
+                    event_type: event_type.to_owned(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                    payload: payload.into(),
+                };
+                backend.publish(vec![message]).await.expect("publish");
+            }
+            Kind::Redis { url, prefix } => {
+                let client = ::redis::Client::open(url.as_str()).expect("redis url");
+                let mut conn = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("connect");
+                let mut xadd = ::redis::cmd("XADD");
+                xadd.arg(format!("{prefix}:events:{topic}")).arg("*");
+                xadd.arg("topic")
+                    .arg(topic)
+                    .arg("type")
+                    .arg(event_type)
+                    .arg("key")
+                    .arg(key);
+                for (name, value) in headers {
+                    xadd.arg(format!("h:{name}")).arg(*value);
+                }
+                xadd.arg("payload").arg(payload);
+                let _: String = xadd.query_async(&mut conn).await.expect("XADD");
+                // The stream registry is how consumers discover streams; a foreign producer
+                // writing to a stream the group already reads needs no registration.
+            }
+            Kind::Kafka { brokers, .. } => {
+                use eventbus::backend::kafka::rdkafka::message::{Header, OwnedHeaders};
+                use eventbus::backend::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
+                use eventbus::backend::kafka::rdkafka::ClientConfig;
+                let producer: FutureProducer = ClientConfig::new()
+                    .set("bootstrap.servers", brokers)
+                    .set("message.timeout.ms", "10000")
+                    .create()
+                    .expect("producer");
+                let mut record_headers = OwnedHeaders::new().insert(Header {
+                    key: "type",
+                    value: Some(event_type),
+                });
+                for (name, value) in headers {
+                    record_headers = record_headers.insert(Header {
+                        key: name,
+                        value: Some(*value),
+                    });
+                }
+                let record = FutureRecord::to(topic)
+                    .key(key)
+                    .payload(payload)
+                    .headers(record_headers);
+                producer
+                    .send(record, Duration::from_secs(10))
+                    .await
+                    .map_err(|(e, _)| e)
+                    .expect("produce");
+            }
+        }
+    }
+
+    /// What the broker was doing, for a failure message.
+    fn diagnose(&self) -> String {
+        match &self.kind {
+            Kind::Kafka {
+                tansu: Some(tansu), ..
+            } => tokio::task::block_in_place(|| tansu.diagnose()),
+            Kind::Kafka { brokers, .. } => format!("librdkafka mock cluster on {brokers}"),
+            Kind::Redis { url, prefix } => format!("redis at {url}, prefix {prefix}"),
+            Kind::Memory(_) => "in-memory backend".into(),
+        }
+    }
+
+    /// Runs `case`; when it panics, panics again with the backend's state added.
+    async fn run<F: std::future::Future<Output = ()>>(&self, case: F) {
+        use futures::FutureExt;
+        if let Err(panic) = std::panic::AssertUnwindSafe(case).catch_unwind().await {
+            panic!("{}\n  backend: {}", panic_message(&*panic), self.diagnose());
+        }
+    }
+}
+
+fn group(name: &str) -> String {
+    format!("{name}-{}", Uuid::now_v7().simple())
+}
+
+// --- 1. typed handler, wider pattern --------------------------------------------------------
+
+#[event(name = "approval.granted", version = 1, topic = "approvals", key = approval_id)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct ApprovalGranted {
+    approval_id: String,
+}
+
+#[event(name = "approval.denied", version = 1, topic = "approvals", key = approval_id)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct ApprovalDenied {
+    approval_id: String,
+}
+
+/// A handler of `Envelope<ApprovalGranted>` on `approval.*` receives only `approval.granted`;
+/// the other `approval.*` events are skipped, not dead-lettered.
+async fn typed_handler_on_a_wider_pattern_gets_only_its_type(b: &Under) {
+    b.topic("approvals", 2).await;
+    let backend = b.member().await;
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let s = seen.clone();
+    let run = Uuid::now_v7().simple().to_string();
+    let bus = Bus::builder()
+        .backend_arc(backend.clone())
+        .catalog(&[
+            eventbus::CatalogEntry::of::<ApprovalGranted>(),
+            eventbus::CatalogEntry::of::<ApprovalDenied>(),
+        ])
+        .subscribe(
+            Subscription::new("approval.*", move |env: Envelope<ApprovalGranted>| {
+                s.lock().unwrap().push(env.data.approval_id.clone());
+                async { Ok(()) }
+            })
+            .group(group("granted")),
+        )
+        .start()
+        .await
+        .expect("start");
+    bus.publish(ApprovalGranted {
+        approval_id: format!("{run}-1"),
+    })
+    .await
+    .unwrap();
+    bus.publish(ApprovalDenied {
+        approval_id: format!("{run}-2"),
+    })
+    .await
+    .unwrap();
+    bus.publish(ApprovalGranted {
+        approval_id: format!("{run}-3"),
+    })
+    .await
+    .unwrap();
+    let mine = || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|id| id.starts_with(&run))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(WAIT, || mine().len() == 2 && bus.stats().skipped >= 1).await,
+        "{:?} {:?}",
+        mine(),
+        bus.stats()
+    );
+    assert_eq!(mine(), vec![format!("{run}-1"), format!("{run}-3")]);
+    assert_eq!(bus.stats().dead_lettered, 0, "{:?}", bus.stats());
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
+// --- 3. slow handler -------------------------------------------------------------------------
+
+#[event(name = "report.requested", version = 1, key = report)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct ReportRequested {
+    report: String,
+}
+
+/// A handler that runs three times longer than the claim/visibility time is never started a
+/// second time while it runs, with two members in the group.
+async fn a_slow_handler_is_never_run_twice_at_once(b: &Under) {
+    let t = "report.requested";
+    b.topic(t, 2).await;
+    let g = group("reports");
+    let starts: Arc<Mutex<HashMap<Uuid, usize>>> = Arc::default();
+    let running = Arc::new(AtomicUsize::new(0));
+    let overlap = Arc::new(AtomicUsize::new(0));
+    let slow = b.claim_time() * 3;
+    let make = |starts: Arc<Mutex<HashMap<Uuid, usize>>>,
+                running: Arc<AtomicUsize>,
+                overlap: Arc<AtomicUsize>| {
+        Subscription::new("report.requested", move |env: Envelope<ReportRequested>| {
+            let (starts, running, overlap) = (starts.clone(), running.clone(), overlap.clone());
+            async move {
+                *starts.lock().unwrap().entry(env.id).or_default() += 1;
+                if running.fetch_add(1, Ordering::SeqCst) > 0 {
+                    overlap.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::time::sleep(slow).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .group(g.clone())
+    };
+    let inbox = Arc::new(MemoryInbox::new());
+    let catalog = [eventbus::CatalogEntry::of::<ReportRequested>()];
+    let a = Bus::builder()
+        .backend_arc(b.member().await)
+        .inbox(inbox.clone())
+        .catalog(&catalog)
+        .subscribe(make(starts.clone(), running.clone(), overlap.clone()))
+        .start()
+        .await
+        .expect("start a");
+    let c = Bus::builder()
+        .backend_arc(b.member().await)
+        .inbox(inbox.clone())
+        .catalog(&catalog)
+        .subscribe(make(starts.clone(), running.clone(), overlap.clone()))
+        .start()
+        .await
+        .expect("start b");
+    // One event: whichever member takes it, nobody else may start it while it runs.
+    let id = a
+        .publish(ReportRequested {
+            report: "r-1".into(),
+        })
+        .await
+        .expect("publish");
+    assert!(
+        eventually(WAIT + slow * 2, || a.stats().handled + c.stats().handled
+            == 1)
+        .await,
+        "{:?} {:?}",
+        a.stats(),
+        c.stats()
+    );
+    // Two more claim periods after it finished: a stolen copy would have started by now.
+    tokio::time::sleep(b.claim_time() * 2).await;
+    assert_eq!(
+        starts.lock().unwrap().get(&id).copied(),
+        Some(1),
+        "handler starts for the event"
+    );
+    assert_eq!(overlap.load(Ordering::SeqCst), 0, "two runs at once");
+    a.shutdown(Duration::from_secs(10)).await;
+    c.shutdown(Duration::from_secs(10)).await;
+}
+
+// --- 4. per-key order across members --------------------------------------------------------
+
+#[event(name = "ledger.posted", version = 1, key = account)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct Posted {
+    account: String,
+    n: u32,
+}
+
+/// Two members, concurrency 4 each, a transient failure on every 7th event: every event is
+/// handled once, and (where the backend declares it) no event of a key overtakes an earlier one.
+async fn per_key_order_across_two_members(b: &Under) {
+    b.topic("ledger.posted", 4).await;
+    let g = group("ledger");
+    let seen: Arc<Mutex<HashMap<String, Vec<u32>>>> = Arc::default();
+    let failed: Arc<Mutex<HashSet<u32>>> = Arc::default();
+    let make = |seen: Arc<Mutex<HashMap<String, Vec<u32>>>>, failed: Arc<Mutex<HashSet<u32>>>| {
+        Subscription::new("ledger.posted", move |env: Envelope<Posted>| {
+            let (seen, failed) = (seen.clone(), failed.clone());
+            async move {
+                if env.data.n % 7 == 0 && failed.lock().unwrap().insert(env.data.n) {
+                    return Err(HandlerError::transient("first try fails"));
+                }
+                tokio::task::yield_now().await;
+                seen.lock()
+                    .unwrap()
+                    .entry(env.data.account.clone())
+                    .or_default()
+                    .push(env.data.n);
+                Ok(())
+            }
+        })
+        .group(g.clone())
+        .concurrency(4)
+        .backoff(Backoff::schedule([Duration::from_millis(20)]))
+    };
+    let inbox = Arc::new(MemoryInbox::new());
+    let catalog = [eventbus::CatalogEntry::of::<Posted>()];
+    let a = Bus::builder()
+        .backend_arc(b.member().await)
+        .inbox(inbox.clone())
+        .catalog(&catalog)
+        .subscribe(make(seen.clone(), failed.clone()))
+        .start()
+        .await
+        .expect("start a");
+    let c = Bus::builder()
+        .backend_arc(b.member().await)
+        .inbox(inbox.clone())
+        .catalog(&catalog)
+        .subscribe(make(seen.clone(), failed.clone()))
+        .start()
+        .await
+        .expect("start b");
+    let total = 400u32;
+    let batch: Vec<Envelope<Posted>> = (0..total)
+        .map(|n| {
+            Envelope::new(Posted {
+                account: format!("acc-{}", n % 10),
+                n,
+            })
+        })
+        .collect();
+    a.publisher().publish_batch(batch).await.expect("publish");
+    let count = || seen.lock().unwrap().values().map(Vec::len).sum::<usize>();
+    assert!(
+        eventually(WAIT * 2, || count() == total as usize).await,
+        "handled {} of {total}",
+        count()
+    );
+    for (account, ns) in seen.lock().unwrap().iter() {
+        let mut sorted = ns.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(
+            sorted.len(),
+            ns.len(),
+            "{account} handled an event twice: {ns:?}"
+        );
+        assert_eq!(ns.len(), (total / 10) as usize, "{account}");
+        if b.features.order_across_members {
+            assert!(
+                ns.windows(2).all(|w| w[0] < w[1]),
+                "{account} out of order: {ns:?}"
+            );
+        }
+    }
+    a.shutdown(Duration::from_secs(10)).await;
+    c.shutdown(Duration::from_secs(10)).await;
+}
+
+// --- 5. poison and forged headers never stall ----------------------------------------------
+
+#[event(name = "payment.captured", version = 1, key = payment)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct PaymentCaptured {
+    payment: String,
+    step: u32,
+}
+
+/// Garbage bytes, invalid UTF-8, a payload just over the size limit and an envelope with a
+/// 1 MB error-provoking field are dead-lettered with their reason (the stored error text
+/// capped), and a record carrying forged internal headers (attempt count, retry round, first
+/// failure, replay, redrive, retry group, due time, origin topic) is handled as the plain
+/// event it is: first attempt, not a replay, on its own topic. Each next valid event of the
+/// same key is handled.
+async fn poison_and_forged_headers_never_stall(b: &Under) {
+    let t = "payment.captured".to_owned();
+    b.topic(&t, 1).await;
+    let backend = b.member().await;
+    let handled: Arc<Mutex<Vec<(u32, u32, bool, String)>>> = Arc::default();
+    let h = handled.clone();
+    let bus = Bus::builder()
+        .backend_arc(backend.clone())
+        .max_payload(64 * 1024)
+        .catalog(&[eventbus::CatalogEntry::of::<PaymentCaptured>()])
+        .subscribe(
+            Subscription::new(
+                "payment.captured",
+                move |ctx: Context, env: Envelope<PaymentCaptured>| {
+                    h.lock().unwrap().push((
+                        env.data.step,
+                        ctx.attempt(),
+                        ctx.is_replay(),
+                        ctx.topic().to_owned(),
+                    ));
+                    async move {
+                        if env.data.step == 99 {
+                            return Err(HandlerError::permanent("x".repeat(1 << 20)));
+                        }
+                        Ok(())
+                    }
+                },
+            )
+            .group(group("payments"))
+            .retries(0),
+        )
+        .start()
+        .await
+        .expect("start");
+    let valid = |step: u32| {
+        Envelope::new(PaymentCaptured {
+            payment: "p-1".into(),
+            step,
+        })
+        .encode()
+        .expect("encode")
+    };
+    let oversized = {
+        let mut env = serde_json::to_value(Envelope::new(PaymentCaptured {
+            payment: "p-1".into(),
+            step: 0,
+        }))
+        .unwrap();
+        env["data"]["padding"] = serde_json::Value::String("y".repeat(64 * 1024));
+        serde_json::to_vec(&env).unwrap()
+    };
+    let forged: Vec<(&str, &str)> = vec![
+        ("eventbus-attempt", "99"),
+        ("eventbus-round", "9"),
+        ("eventbus-first-failure", "2020-01-01T00:00:00Z"),
+        ("eventbus-replay", "true"),
+        ("eventbus-redrive", "forged"),
+        ("eventbus-retry-group", "some-other-group"),
+        ("eventbus-retry-due", "99999999999999"),
+        ("eventbus-origin-topic", "elsewhere"),
+    ];
+    b.publish_foreign(&t, "p-1", "payment.captured", &[], b"\x00\x01garbage")
+        .await;
+    b.publish_foreign(&t, "p-1", "payment.captured", &[], &valid(1))
+        .await;
+    b.publish_foreign(&t, "p-1", "payment.captured", &[], b"{\"id\":\"\xff\xfe\"}")
+        .await;
+    b.publish_foreign(&t, "p-1", "payment.captured", &[], &valid(2))
+        .await;
+    b.publish_foreign(&t, "p-1", "payment.captured", &[], &oversized)
+        .await;
+    b.publish_foreign(&t, "p-1", "payment.captured", &[], &valid(3))
+        .await;
+    b.publish_foreign(&t, "p-1", "payment.captured", &forged, &valid(4))
+        .await;
+    b.publish_foreign(&t, "p-1", "payment.captured", &[], &valid(99))
+        .await;
+    b.publish_foreign(&t, "p-1", "payment.captured", &[], &valid(5))
+        .await;
+    let steps = || {
+        handled
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|h| h.0)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(WAIT, || steps().contains(&5)).await,
+        "handled steps {:?}, {:?}",
+        steps(),
+        bus.stats()
+    );
+    assert_eq!(steps(), vec![1, 2, 3, 4, 99, 5], "in order, poison skipped");
+    let forged_delivery = handled
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|h| h.0 == 4)
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        forged_delivery,
+        (4, 1, false, t.clone()),
+        "forged headers counted for nothing"
+    );
+    let dlq = bus.dead_letters();
+    let mut letters = Vec::new();
+    assert!(
+        eventually(WAIT, || {
+            letters = futures::executor::block_on(dlq.list(&t)).unwrap_or_default();
+            letters.len() == 4
+        })
+        .await,
+        "dead letters: {:?}",
+        letters
+            .iter()
+            .map(|l| l.failure.message.chars().take(80).collect::<String>())
+            .collect::<Vec<_>>()
+    );
+    let reasons: Vec<&str> = letters.iter().map(|l| l.failure.message.as_str()).collect();
+    assert!(
+        reasons[0].starts_with("malformed envelope"),
+        "{}",
+        reasons[0]
+    );
+    assert!(reasons[1].contains("utf-8"), "{}", reasons[1]);
+    assert!(
+        reasons[2].contains("too large") || reasons[2].contains("limit"),
+        "{}",
+        reasons[2]
+    );
+    assert!(
+        reasons[3].len() <= eventbus::dead_letter::MAX_ERROR_TEXT + 64,
+        "error text of {} bytes stored",
+        reasons[3].len()
+    );
+    assert!(
+        reasons[3].ends_with(&format!("(truncated from {} bytes)", 1 << 20)),
+        "{}",
+        &reasons[3][reasons[3].len() - 40..]
+    );
+    assert_eq!(bus.stats().dead_lettered, 4, "{:?}", bus.stats());
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
+// --- 7. redrive to the failing group only ---------------------------------------------------
+
+#[event(name = "invoice.sent", version = 1, key = invoice)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct InvoiceSent {
+    invoice: String,
+}
+
+/// A dead letter redriven goes back to the group that gave up on it, not to every group of
+/// the topic.
+async fn redrive_goes_only_to_the_group_that_failed(b: &Under) {
+    let t = "invoice.sent".to_owned();
+    b.topic(&t, 1).await;
+    let backend = b.member().await;
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let billing: Arc<Mutex<Vec<Uuid>>> = Arc::default();
+    let ledger: Arc<Mutex<Vec<Uuid>>> = Arc::default();
+    let (f, bl, lg) = (fixed.clone(), billing.clone(), ledger.clone());
+    let bus = Bus::builder()
+        .backend_arc(backend.clone())
+        .catalog(&[eventbus::CatalogEntry::of::<InvoiceSent>()])
+        .subscribe(
+            Subscription::new("invoice.sent", move |env: Envelope<InvoiceSent>| {
+                let ok = f.load(Ordering::SeqCst);
+                if ok {
+                    bl.lock().unwrap().push(env.id);
+                }
+                async move {
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err(HandlerError::permanent("closed account"))
+                    }
+                }
+            })
+            .group(group("billing")),
+        )
+        .subscribe(
+            Subscription::new("invoice.sent", move |env: Envelope<InvoiceSent>| {
+                lg.lock().unwrap().push(env.id);
+                async { Ok(()) }
+            })
+            .group(group("ledger")),
+        )
+        .start()
+        .await
+        .expect("start");
+    let first = bus
+        .publish(InvoiceSent {
+            invoice: "i-1".into(),
+        })
+        .await
+        .unwrap();
+    let dlq = bus.dead_letters();
+    let mut letters = Vec::new();
+    assert!(
+        eventually(WAIT, || {
+            letters = futures::executor::block_on(dlq.list(&t)).unwrap_or_default();
+            letters.len() == 1 && ledger.lock().unwrap().len() == 1
+        })
+        .await,
+        "dead letters {letters:?}, ledger {:?}, {:?}, listing: {:?}",
+        ledger.lock().unwrap(),
+        bus.stats(),
+        dlq.list(&t).await.map(|l| l.len())
+    );
+    fixed.store(true, Ordering::SeqCst);
+    assert_eq!(
+        dlq.redrive(&t, &[letters[0].id.clone()])
+            .await
+            .expect("redrive"),
+        1
+    );
+    assert!(
+        eventually(WAIT, || billing.lock().unwrap().contains(&first)).await,
+        "billing never got the redrive"
+    );
+    // A later event of the same key reaches the ledger after anything written before it.
+    let later = bus
+        .publish(InvoiceSent {
+            invoice: "i-1".into(),
+        })
+        .await
+        .unwrap();
+    assert!(eventually(WAIT, || ledger.lock().unwrap().contains(&later)).await);
+    assert_eq!(
+        *ledger.lock().unwrap(),
+        vec![first, later],
+        "the ledger group saw the redrive"
+    );
+    assert_eq!(bus.stats().duplicates, 0, "{:?}", bus.stats());
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let under = super::Under::memory();
+                    under.run(super::$case(&under)).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let Some(under) = super::Under::redis() else { return };
+                    under.run(super::$case(&under)).await;
+                }
+            )*
+        }
+        mod kafka_mock {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let under = super::Under::kafka_mock();
+                    under.run(super::$case(&under)).await;
+                }
+            )*
+        }
+        mod tansu {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let Some(under) = super::Under::tansu().await else { return };
+                    under.run(super::$case(&under)).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    typed_handler_on_a_wider_pattern_gets_only_its_type,
+    a_slow_handler_is_never_run_twice_at_once,
+    per_key_order_across_two_members,
+    poison_and_forged_headers_never_stall,
+    redrive_goes_only_to_the_group_that_failed,
+);
