@@ -59,7 +59,7 @@ impl Under {
         Under {
             kind: Kind::Memory(MemoryBackend::new()),
             features: Features {
-                order_across_members: false,
+                order_across_members: true,
             },
         }
     }
@@ -139,6 +139,7 @@ impl Under {
                 c.claim_idle = self.claim_time();
                 c.claim_interval = Duration::from_millis(200);
                 c.discovery_interval = Duration::from_millis(200);
+                c.batch_size = 4;
                 c.start_from = RedisStart::Earliest;
                 Arc::new(RedisBackend::connect(c).await.expect("connect to redis"))
             }
@@ -456,7 +457,8 @@ async fn per_key_order_across_two_members(b: &Under) {
                 if env.data.n % 7 == 0 && failed.lock().unwrap().insert(env.data.n) {
                     return Err(HandlerError::transient("first try fails"));
                 }
-                tokio::task::yield_now().await;
+                // Long enough that both members hold events of a key at once.
+                tokio::time::sleep(Duration::from_millis(2)).await;
                 seen.lock()
                     .unwrap()
                     .entry(env.data.account.clone())
@@ -487,21 +489,43 @@ async fn per_key_order_across_two_members(b: &Under) {
         .start()
         .await
         .expect("start b");
-    let total = 400u32;
-    let batch: Vec<Envelope<Posted>> = (0..total)
-        .map(|n| {
-            Envelope::new(Posted {
-                account: format!("acc-{}", n % 10),
-                n,
+    // Small batches over time, so that both members are handed events of every key: at least
+    // 400 events, and on until both members have handled some (a Kafka group needs a
+    // rebalance before the second member gets partitions).
+    let mut total = 0u32;
+    let started = std::time::Instant::now();
+    for chunk in 0.. {
+        if total >= 400 && a.stats().handled > 0 && c.stats().handled > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < eventbus_integration::scaled(WAIT),
+            "one member never got events: {:?} {:?}",
+            a.stats(),
+            c.stats()
+        );
+        total += 10;
+        let batch: Vec<Envelope<Posted>> = (chunk * 10..chunk * 10 + 10)
+            .map(|n| {
+                Envelope::new(Posted {
+                    account: format!("acc-{}", n % 10),
+                    n,
+                })
             })
-        })
-        .collect();
-    a.publisher().publish_batch(batch).await.expect("publish");
+            .collect();
+        a.publisher().publish_batch(batch).await.expect("publish");
+        tokio::time::sleep(Duration::from_millis(if total < 400 { 5 } else { 50 })).await;
+    }
     let count = || seen.lock().unwrap().values().map(Vec::len).sum::<usize>();
     assert!(
         eventually(WAIT * 2, || count() == total as usize).await,
         "handled {} of {total}",
         count()
+    );
+    let (by_a, by_b) = (a.stats().handled, c.stats().handled);
+    assert!(
+        by_a > 0 && by_b > 0,
+        "both members handled events: {by_a} and {by_b}"
     );
     for (account, ns) in seen.lock().unwrap().iter() {
         let mut sorted = ns.clone();
