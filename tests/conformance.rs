@@ -354,6 +354,48 @@ async fn typed_handler_on_a_wider_pattern_gets_only_its_type(b: &Under) {
     bus.shutdown(Duration::from_secs(10)).await;
 }
 
+// --- 2. topics come from what is subscribed -------------------------------------------------
+
+#[event(name = "shipment.dispatched", version = 1, topic = "shipping", key = shipment)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct ShipmentDispatched {
+    shipment: String,
+}
+
+/// A handler of an event whose topic differs from its name reads that topic with no catalog
+/// given to the bus.
+async fn a_typed_handler_reads_its_event_topic_without_a_catalog(b: &Under) {
+    b.topic("shipping", 1).await;
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = seen.clone();
+    let bus = Bus::builder()
+        .backend_arc(b.member().await)
+        .subscribe(
+            Subscription::new(
+                "shipment.dispatched",
+                move |_: Envelope<ShipmentDispatched>| {
+                    s.fetch_add(1, Ordering::SeqCst);
+                    async { Ok(()) }
+                },
+            )
+            .group(group("shipping")),
+        )
+        .start()
+        .await
+        .expect("start");
+    bus.publish(ShipmentDispatched {
+        shipment: "s-1".into(),
+    })
+    .await
+    .expect("publish");
+    assert!(
+        eventually(WAIT, || seen.load(Ordering::SeqCst) == 1).await,
+        "{:?}",
+        bus.stats()
+    );
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
 // --- 3. slow handler -------------------------------------------------------------------------
 
 #[event(name = "report.requested", version = 1, key = report)]
@@ -846,6 +888,7 @@ macro_rules! conformance {
 
 conformance!(
     typed_handler_on_a_wider_pattern_gets_only_its_type,
+    a_typed_handler_reads_its_event_topic_without_a_catalog,
     a_slow_handler_is_never_run_twice_at_once,
     per_key_order_across_two_members,
     poison_and_forged_headers_never_stall,

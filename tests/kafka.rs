@@ -29,7 +29,7 @@ use eventbus::backend::kafka::rdkafka::producer::DefaultProducerContext;
 use eventbus::backend::kafka::{
     KafkaBackend, KafkaConfig, OnDifference, ReplayWindow, StartFrom, TopicPlan, TopicSettings,
 };
-use eventbus::backend::{Backend, Message};
+use eventbus::backend::{Backend, BackendAdmin, Message};
 use eventbus::inbox::MemoryInbox;
 use eventbus::{
     event, Backoff, Bus, CatalogEntry, Context, Envelope, ErrorKind, HandlerError, Subscription,

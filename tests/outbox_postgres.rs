@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventbus::backend::memory::MemoryBackend;
-use eventbus::backend::{Backend, DeliveryStream, Message, SubscribeRequest};
+use eventbus::backend::{Backend, BackendAdmin, DeliveryStream, Message, SubscribeRequest};
 use eventbus::outbox::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use eventbus::outbox::sqlx::{self, Connection, PgConnection, PgPool, Postgres};
 use eventbus::outbox::{postgres, Outbox};
@@ -129,6 +129,18 @@ impl Backend for Recording {
 
     fn subscribe(&self, request: SubscribeRequest) -> BoxFuture<'_, Result<DeliveryStream, Error>> {
         self.inner.subscribe(request)
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn admin(&self) -> Option<&dyn BackendAdmin> {
+        None
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventbus::backend::redis::{RedisBackend, RedisConfig, Retention, StartFrom};
-use eventbus::backend::Backend;
+use eventbus::backend::{Backend, BackendAdmin};
 use eventbus::{event, Bus, Context, Envelope, ErrorKind, HandlerError, Subscription};
 use eventbus_integration::{eventually, require_server, unique_prefix};
 use futures::StreamExt;

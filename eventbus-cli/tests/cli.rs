@@ -424,6 +424,8 @@ fn replay_follows_progress_until_done() {
         "orders",
         "--from",
         "1h",
+        "--group",
+        "audit",
         "--no-wait",
     ]));
     let started: Value = serde_json::from_str(&out).expect("json");

@@ -330,6 +330,7 @@ fn codegen(args: &EventArgs, model: &Model) -> TokenStream {
             #[automatically_derived]
             impl #krate::Payload for #ident {
                 const TYPES: &'static [&'static str] = &[#name];
+                const TOPICS: &'static [&'static str] = &[#topic];
 
                 fn decode(
                     __eventbus_event_type: &str,

@@ -150,6 +150,10 @@ fn codegen(ident: &Ident, krate: &TokenStream, variants: &[Variant]) -> TokenStr
         let ty = &v.ty;
         quote_spanned!(ty.span()=> <#ty as #krate::Event>::NAME)
     });
+    let topics = variants.iter().map(|v| {
+        let ty = &v.ty;
+        quote_spanned!(ty.span()=> <#ty as #krate::Event>::TOPIC)
+    });
     let arms = variants.iter().map(|v| {
         let (name, ty) = (&v.ident, &v.ty);
         quote! {
@@ -186,6 +190,7 @@ fn codegen(ident: &Ident, krate: &TokenStream, variants: &[Variant]) -> TokenStr
             #[automatically_derived]
             impl #krate::Payload for #ident {
                 const TYPES: &'static [&'static str] = &[#(#names),*];
+                const TOPICS: &'static [&'static str] = &[#(#topics),*];
 
                 fn decode(
                     __eventbus_event_type: &str,

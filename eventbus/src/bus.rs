@@ -272,12 +272,31 @@ impl BusBuilder {
         }
         let mut names = Vec::new();
         for (subscription, pattern) in planned {
+            // The catalog's topics of matching events, and the topics of the handler's own
+            // event types, so that a typed handler reads its topic without a catalog.
+            let accepted = subscription.payload_types();
             let topics: BTreeSet<String> = self
                 .catalog
                 .iter()
-                .filter(|e| pattern.matches(e.name))
+                .filter(|e| {
+                    pattern.matches(e.name) && (accepted.is_empty() || accepted.contains(&e.name))
+                })
                 .map(|e| e.topic.to_owned())
+                .chain(
+                    subscription
+                        .payload_topics()
+                        .iter()
+                        .map(|t| (*t).to_owned()),
+                )
                 .collect();
+            if topics.is_empty() {
+                tracing::warn!(
+                    subscription = subscription.name(),
+                    pattern = %pattern,
+                    "no known topic for this subscription (no catalog entry matches and its payload \
+                     accepts any type): it reads only the topics the backend discovers by pattern"
+                );
+            }
             let options = subscription.options().clone();
             let request = SubscribeRequest {
                 group: subscription.group_name().to_owned(),

@@ -191,9 +191,16 @@ impl DeadLetters {
         DeadLetters { backend }
     }
 
+    fn admin(&self, operation: &'static str) -> Result<&dyn crate::backend::BackendAdmin, Error> {
+        crate::backend::admin_of(self.backend.as_ref(), operation)
+    }
+
     /// Every dead letter of `topic` (the original topic, not the `.dlq` one), oldest first.
     pub async fn list(&self, topic: &str) -> Result<Vec<DeadLetter>, Error> {
-        let stored = self.backend.read_topic(&dlq_topic(topic)).await?;
+        let stored = self
+            .admin("reading dead letters")?
+            .read_topic(&dlq_topic(topic))
+            .await?;
         Ok(stored.iter().map(DeadLetter::from_stored).collect())
     }
 
@@ -241,11 +248,15 @@ impl DeadLetters {
             if group.is_empty() {
                 self.backend.publish(messages).await?;
             } else {
-                self.backend.deliver_to_group(group, messages).await?;
+                self.admin("redriving to one group")?
+                    .deliver_to_group(group, messages)
+                    .await?;
             }
         }
         let ids: Vec<String> = chosen.iter().map(|d| d.id.clone()).collect();
-        self.backend.delete(&dlq_topic(topic), ids).await
+        self.admin("deleting dead letters")?
+            .delete(&dlq_topic(topic), ids)
+            .await
     }
 
     /// Redrives every dead letter of `topic`.
@@ -256,6 +267,8 @@ impl DeadLetters {
 
     /// Deletes dead letters without redriving them; returns how many were removed.
     pub async fn purge(&self, topic: &str, ids: Vec<String>) -> Result<usize, Error> {
-        self.backend.delete(&dlq_topic(topic), ids).await
+        self.admin("deleting dead letters")?
+            .delete(&dlq_topic(topic), ids)
+            .await
     }
 }

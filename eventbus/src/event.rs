@@ -40,6 +40,9 @@ pub trait Event: Payload + Serialize + Send + Sync + 'static {
 pub trait Payload: Sized + Send + 'static {
     /// The event names this payload accepts; empty means any.
     const TYPES: &'static [&'static str];
+    /// The topics those events are published to (one per type, in the same order; empty when
+    /// any type is accepted). A subscription reads them even without a catalog.
+    const TOPICS: &'static [&'static str];
 
     /// Decodes `data` of an envelope whose type is `event_type` and version `version`.
     fn decode(event_type: &str, version: u32, data: &RawValue) -> Result<Self, DecodeError>;
@@ -51,6 +54,7 @@ pub trait EventGroup: Payload {}
 
 impl Payload for serde_json::Value {
     const TYPES: &'static [&'static str] = &[];
+    const TOPICS: &'static [&'static str] = &[];
 
     fn decode(event_type: &str, _version: u32, data: &RawValue) -> Result<Self, DecodeError> {
         serde_json::from_str(data.get()).map_err(|source| DecodeError::Data {

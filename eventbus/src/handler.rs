@@ -168,6 +168,9 @@ pub(crate) trait ErasedHandler: Send + Sync + 'static {
     /// The event names the payload accepts; empty means any.
     fn types(&self) -> &'static [&'static str];
 
+    /// The topics of those event types; empty means any.
+    fn topics(&self) -> &'static [&'static str];
+
     /// Decodes and calls.
     fn call(
         &self,
@@ -188,6 +191,10 @@ where
 {
     fn types(&self) -> &'static [&'static str] {
         <H::Payload as Payload>::TYPES
+    }
+
+    fn topics(&self) -> &'static [&'static str] {
+        <H::Payload as Payload>::TOPICS
     }
 
     fn call(

@@ -1,7 +1,12 @@
-//! Replay: re-deliver the events of a topic from a time window, filtered by type, either to
-//! one consumer group or to every group of the topic, marked with the `eventbus-replay`
-//! header (handlers see [`Context::is_replay`](crate::Context::is_replay); the inbox lets
-//! replays through). Progress is readable while it runs.
+//! Replay: re-deliver the events of a topic from a time window, filtered by type, to one
+//! consumer group, marked with the `eventbus-replay` header (handlers see
+//! [`Context::is_replay`](crate::Context::is_replay); the inbox lets replays through).
+//! Progress is readable while it runs.
+//!
+//! A replay always names its group and travels on that group's own channel
+//! ([`BackendAdmin::deliver_to_group`](crate::backend::BackendAdmin::deliver_to_group)): the
+//! replay marker, like every internal header, counts for nothing on a live topic, where anyone
+//! could write it to slip past the inbox.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,7 +32,7 @@ pub struct ReplayRequest {
     /// Event-type pattern (wildcards allowed); all types when absent.
     #[serde(default, rename = "type")]
     pub event_type: Option<String>,
-    /// Deliver to this consumer group only; to every group of the topic when absent.
+    /// The consumer group to deliver to (required: see the module documentation).
     #[serde(default)]
     pub group: Option<String>,
 }
@@ -48,6 +53,12 @@ impl ReplayRequest {
             return Err(Error::config(
                 "from",
                 format!("{} is after `to` {}", self.from, self.to),
+            ));
+        }
+        if self.group.as_deref().is_none_or(|g| g.trim().is_empty()) {
+            return Err(Error::config(
+                "group",
+                "name the consumer group to replay to (a replay is delivered to one group)",
             ));
         }
         self.event_type
@@ -120,7 +131,8 @@ async fn run(
 ) -> Result<(), Error> {
     let filter = request.validate()?;
     tracing::info!(?request, "replay started");
-    let stored = backend
+    let admin = crate::backend::admin_of(backend.as_ref(), "replay")?;
+    let stored = admin
         .read_range(&request.topic, request.from, request.to)
         .await?;
     progress
@@ -145,10 +157,8 @@ async fn run(
         .matched
         .store(selected.len() as u64, Ordering::SeqCst);
     for chunk in selected.chunks(CHUNK) {
-        match &request.group {
-            Some(group) => backend.deliver_to_group(group, chunk.to_vec()).await?,
-            None => backend.publish(chunk.to_vec()).await?,
-        }
+        let group = request.group.as_deref().unwrap_or_default();
+        admin.deliver_to_group(group, chunk.to_vec()).await?;
         progress
             .replayed
             .fetch_add(chunk.len() as u64, Ordering::SeqCst);

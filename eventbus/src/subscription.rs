@@ -102,6 +102,11 @@ impl Subscription {
         self.handler.types()
     }
 
+    /// The topics of the handler's payload types (empty = any): read even without a catalog.
+    pub fn payload_topics(&self) -> &'static [&'static str] {
+        self.handler.topics()
+    }
+
     /// Renames the subscription.
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();

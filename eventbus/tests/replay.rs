@@ -121,9 +121,16 @@ async fn bad_replay_requests_name_the_field() {
         from: t0,
         to: t0,
         event_type: None,
-        group: None,
+        group: Some("projection".into()),
     };
     let cases = [
+        (
+            ReplayRequest {
+                group: None,
+                ..base.clone()
+            },
+            "`group`",
+        ),
         (
             ReplayRequest {
                 topic: " ".into(),
@@ -184,7 +191,14 @@ async fn group_lag_counts_what_a_stuck_group_has_not_settled() {
         .unwrap();
     }
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let lag = h.bus().backend().group_lag().await.unwrap();
+    let lag = h
+        .bus()
+        .backend()
+        .admin()
+        .expect("admin tools")
+        .group_lag()
+        .await
+        .unwrap();
     assert_eq!(lag.len(), 1);
     assert_eq!(lag[0].group, "stuck");
     assert_eq!(lag[0].pending + lag[0].lag.unwrap_or(0), 5, "{lag:?}");

@@ -9,7 +9,9 @@ use crate::backend::GroupLag;
 
 /// Reads the lag from the backend and updates the `event_consumer_lag_messages` gauge.
 pub(crate) async fn read(state: &AdminState) -> Result<Vec<GroupLag>, crate::Error> {
-    let lags = state.bus.backend().group_lag().await?;
+    let lags = crate::backend::admin_of(state.bus.backend().as_ref(), "consumer lag")?
+        .group_lag()
+        .await?;
     for lag in &lags {
         if let Some(n) = lag.lag {
             state

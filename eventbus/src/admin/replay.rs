@@ -76,7 +76,13 @@ pub(crate) async fn start(
     request.validate()?;
     if let Some(group) = &request.group {
         // Catch a typo before the replay runs, when the backend can list its groups.
-        if let Ok(lags) = state.bus.backend().group_lag().await {
+        if let Ok(lags) = async {
+            crate::backend::admin_of(state.bus.backend().as_ref(), "consumer lag")?
+                .group_lag()
+                .await
+        }
+        .await
+        {
             if !lags.is_empty() && lags.iter().all(|l| &l.group != group) {
                 let mut known: Vec<&str> = lags.iter().map(|l| l.group.as_str()).collect();
                 known.sort_unstable();

@@ -21,8 +21,8 @@ use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 
 use super::{
-    Acknowledger, Backend, Delivery, DeliveryStream, GroupLag, Message, RetryState, StoredMessage,
-    SubscribeRequest,
+    Acknowledger, Backend, BackendAdmin, Delivery, DeliveryStream, GroupLag, Message, RetryState,
+    StoredMessage, SubscribeRequest,
 };
 use crate::dead_letter::is_dlq_topic;
 use crate::error::Error;
@@ -254,6 +254,14 @@ impl Drop for MemoryAcker {
 }
 
 impl Backend for MemoryBackend {
+    fn flush(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+
     fn name(&self) -> &'static str {
         "memory"
     }
@@ -354,6 +362,12 @@ impl Backend for MemoryBackend {
         Box::pin(async move { Ok(deliveries.boxed()) })
     }
 
+    fn admin(&self) -> Option<&dyn BackendAdmin> {
+        Some(self)
+    }
+}
+
+impl BackendAdmin for MemoryBackend {
     fn group_lag(&self) -> BoxFuture<'_, Result<Vec<GroupLag>, Error>> {
         let lags = {
             let state = self.lock();

@@ -187,28 +187,56 @@ pub trait Acknowledger: Send + Sync + 'static {
 /// A stream of deliveries for one subscription; dropping it leaves the group.
 pub type DeliveryStream = BoxStream<'static, Result<Delivery, Error>>;
 
-/// A transport: in-memory, Redis Streams, Kafka.
+/// A transport: in-memory, Redis Streams, Kafka. The core every bus needs: publish,
+/// subscribe, flush, health. Operations tools (reading topics back, dead-letter tools,
+/// deliveries to one group, lag) are the optional [`BackendAdmin`], reached through
+/// [`Backend::admin`].
 pub trait Backend: Send + Sync + 'static {
     /// Short name for logs and errors.
     fn name(&self) -> &'static str;
 
-    /// Publishes messages, in order; returns once the backend has accepted all of them.
+    /// Publishes messages, in order; returns once the backend has accepted all of them
+    /// (durably, as far as the transport offers: Redis `XADD` replied, Kafka `acks=all`).
     fn publish(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<(), Error>>;
 
     /// Joins the request's consumer group and streams its deliveries.
+    ///
+    /// # The contract
+    ///
+    /// Every backend guarantees, for the deliveries of one stream (`docs/contract.md` lists
+    /// what each backend holds and the conformance case proving it):
+    ///
+    /// - **Acknowledgement**: a delivery is done with only when its [`Acknowledger`] settles
+    ///   it. Until then the message stays owed to the group; dropping the acknowledger
+    ///   unsettled means the consumer died, and the backend delivers the message again.
+    /// - **Redelivery**: a nacked or abandoned delivery comes back to the group (to this member
+    ///   or another) carrying its [`RetryState`], which the backend writes and reads only on its
+    ///   own channels (a retry stream, a retry-tier topic, in process).
+    /// - **In-flight exclusivity**: while one member holds a delivery, no other member of the
+    ///   group is handed the same message, however long its handler runs.
+    /// - **Order per key**: deliveries of one partition key reach a member in publish order;
+    ///   across members, a backend keeps a key on one member while a delivery of it is in
+    ///   flight, or declares that it cannot (Redis without partitions).
+    /// - **Trust**: [internal headers](is_internal_header) read from a live topic are dropped
+    ///   ([`Message::strip_internal_headers`]); they count only on the backend's own channels.
     fn subscribe(&self, request: SubscribeRequest) -> BoxFuture<'_, Result<DeliveryStream, Error>>;
 
+    /// Waits until acknowledgements the backend batches in the background are sent. Called by
+    /// [`Bus::shutdown`](crate::Bus::shutdown) after the consumers stopped.
+    fn flush(&self) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Checks the backend is reachable.
+    fn health(&self) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// The operations tools of this backend, when it has them.
+    fn admin(&self) -> Option<&dyn BackendAdmin>;
+}
+
+/// Operations tools over a backend: reading topics back (dead letters, replay), deleting,
+/// delivering to one group (redrive, replay to a group) and consumer lag.
+pub trait BackendAdmin: Send + Sync {
     /// Reads the messages of a topic, oldest first, for dead-letter tools and replay.
-    fn read_topic(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
-        let _ = topic;
-        let name = self.name();
-        Box::pin(async move {
-            Err(Error::Unsupported {
-                backend: name,
-                operation: "reading a topic",
-            })
-        })
-    }
+    fn read_topic(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>>;
 
     /// Reads the messages of a topic appended between `from` and `to` (inclusive), oldest
     /// first. The default reads the whole topic and keeps the messages whose envelope `time`
@@ -233,50 +261,31 @@ pub trait Backend: Send + Sync + 'static {
         })
     }
 
-    /// Delivers messages to one consumer group only (replay to a group, without the other
-    /// groups of the topic seeing them again).
+    /// Delivers messages to one consumer group only (redrive, replay to a group), without
+    /// the other groups of the topic seeing them again. The messages may carry internal
+    /// headers (retry state, replay and redrive markers): this is a trusted channel.
     fn deliver_to_group(
         &self,
         group: &str,
         messages: Vec<Message>,
-    ) -> BoxFuture<'_, Result<(), Error>> {
-        let _ = (group, messages);
-        let name = self.name();
-        Box::pin(async move {
-            Err(Error::Unsupported {
-                backend: name,
-                operation: "delivering to one group",
-            })
-        })
-    }
+    ) -> BoxFuture<'_, Result<(), Error>>;
 
     /// Deletes messages from a topic by id (dead-letter purge).
-    fn delete(&self, topic: &str, ids: Vec<String>) -> BoxFuture<'_, Result<usize, Error>> {
-        let _ = (topic, ids);
-        let name = self.name();
-        Box::pin(async move {
-            Err(Error::Unsupported {
-                backend: name,
-                operation: "deleting messages",
-            })
-        })
-    }
-
-    /// Checks the backend is reachable.
-    fn health(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
+    fn delete(&self, topic: &str, ids: Vec<String>) -> BoxFuture<'_, Result<usize, Error>>;
 
     /// Lag of every consumer group the backend knows.
-    fn group_lag(&self) -> BoxFuture<'_, Result<Vec<GroupLag>, Error>> {
-        Box::pin(async { Ok(Vec::new()) })
-    }
+    fn group_lag(&self) -> BoxFuture<'_, Result<Vec<GroupLag>, Error>>;
+}
 
-    /// Waits until acknowledgements the backend batches in the background are sent. Called by
-    /// [`Bus::shutdown`](crate::Bus::shutdown) after the consumers stopped.
-    fn flush(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
+/// The admin tools of `backend`, or an error naming the operation it lacks.
+pub fn admin_of<'a>(
+    backend: &'a dyn Backend,
+    operation: &'static str,
+) -> Result<&'a dyn BackendAdmin, Error> {
+    backend.admin().ok_or(Error::Unsupported {
+        backend: backend.name(),
+        operation,
+    })
 }
 
 /// How far behind a consumer group is on one stream (topic, partition set).

@@ -107,7 +107,9 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::Pool;
 use uuid::Uuid;
 
-use crate::backend::{Backend, DeliveryStream, Message, MessageHeaders, SubscribeRequest};
+use crate::backend::{
+    Backend, BackendAdmin, DeliveryStream, Message, MessageHeaders, SubscribeRequest,
+};
 use crate::clock::Clock;
 use crate::envelope::{Envelope, RawEnvelope};
 use crate::error::Error;
@@ -667,6 +669,14 @@ pub(crate) fn millis(d: Duration) -> i64 {
 struct EncodeOnly;
 
 impl Backend for EncodeOnly {
+    fn flush(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+
     fn name(&self) -> &'static str {
         "outbox"
     }
@@ -687,6 +697,10 @@ impl Backend for EncodeOnly {
                 operation: "subscribing",
             })
         })
+    }
+
+    fn admin(&self) -> Option<&dyn BackendAdmin> {
+        None
     }
 }
 

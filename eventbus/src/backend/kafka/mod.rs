@@ -80,7 +80,9 @@ pub use record::{
 pub use replay::{ReplayBackend, ReplaySeek, ReplayWindow};
 pub use retry_tiers::{is_tier_topic, tier_name, tier_topic, RETRY_INFIX};
 
-use super::{Backend, DeliveryStream, GroupLag, Message, StoredMessage, SubscribeRequest};
+use super::{
+    Backend, BackendAdmin, DeliveryStream, GroupLag, Message, StoredMessage, SubscribeRequest,
+};
 use crate::dead_letter::is_dlq_topic;
 use crate::error::Error;
 
@@ -347,6 +349,68 @@ impl Backend for KafkaBackend {
         })
     }
 
+    /// A metadata request answered within [`KafkaConfig::operation_timeout`].
+    fn health(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            let inner = self.inner.clone();
+            tokio::task::spawn_blocking(move || {
+                let metadata = inner
+                    .admin
+                    .inner()
+                    .fetch_metadata(None, inner.config.operation_timeout)
+                    .map_err(|e| Error::backend("kafka", "fetch metadata", e))?;
+                if metadata.brokers().is_empty() {
+                    return Err(Error::backend(
+                        "kafka",
+                        "fetch metadata",
+                        "the cluster reported no brokers",
+                    ));
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| Error::backend("kafka", "fetch metadata", e))?
+        })
+    }
+
+    /// Waits until stopped consumers committed and left their groups, and the producer
+    /// delivered everything enqueued.
+    fn flush(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            let limit = self.inner.config.consumer.rebalance_drain_timeout
+                + self.inner.config.operation_timeout;
+            for consumer in self
+                .inner
+                .consumers()
+                .into_iter()
+                .filter(|c| c.is_stopping())
+            {
+                if tokio::time::timeout(limit, consumer.closed())
+                    .await
+                    .is_err()
+                {
+                    return Err(Error::Timeout {
+                        what: format!(
+                            "the consumer of group `{}` to commit and leave",
+                            consumer.group
+                        ),
+                        after: limit,
+                    });
+                }
+            }
+            let inner = self.inner.clone();
+            tokio::task::spawn_blocking(move || inner.producer.flush(Duration::from_secs(10)))
+                .await
+                .map_err(|e| Error::backend("kafka", "flush", e))?
+        })
+    }
+
+    fn admin(&self) -> Option<&dyn BackendAdmin> {
+        Some(self)
+    }
+}
+
+impl BackendAdmin for KafkaBackend {
     fn read_topic(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
         let topic = topic.to_owned();
         Box::pin(async move { reader::read_topic(&self.inner, &topic).await })
@@ -429,62 +493,6 @@ impl Backend for KafkaBackend {
                 }
             }
             Ok(out)
-        })
-    }
-
-    /// A metadata request answered within [`KafkaConfig::operation_timeout`].
-    fn health(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async move {
-            let inner = self.inner.clone();
-            tokio::task::spawn_blocking(move || {
-                let metadata = inner
-                    .admin
-                    .inner()
-                    .fetch_metadata(None, inner.config.operation_timeout)
-                    .map_err(|e| Error::backend("kafka", "fetch metadata", e))?;
-                if metadata.brokers().is_empty() {
-                    return Err(Error::backend(
-                        "kafka",
-                        "fetch metadata",
-                        "the cluster reported no brokers",
-                    ));
-                }
-                Ok(())
-            })
-            .await
-            .map_err(|e| Error::backend("kafka", "fetch metadata", e))?
-        })
-    }
-
-    /// Waits until stopped consumers committed and left their groups, and the producer
-    /// delivered everything enqueued.
-    fn flush(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async move {
-            let limit = self.inner.config.consumer.rebalance_drain_timeout
-                + self.inner.config.operation_timeout;
-            for consumer in self
-                .inner
-                .consumers()
-                .into_iter()
-                .filter(|c| c.is_stopping())
-            {
-                if tokio::time::timeout(limit, consumer.closed())
-                    .await
-                    .is_err()
-                {
-                    return Err(Error::Timeout {
-                        what: format!(
-                            "the consumer of group `{}` to commit and leave",
-                            consumer.group
-                        ),
-                        after: limit,
-                    });
-                }
-            }
-            let inner = self.inner.clone();
-            tokio::task::spawn_blocking(move || inner.producer.flush(Duration::from_secs(10)))
-                .await
-                .map_err(|e| Error::backend("kafka", "flush", e))?
         })
     }
 }

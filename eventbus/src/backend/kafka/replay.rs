@@ -50,7 +50,9 @@ use super::retry_tiers::is_tier_topic;
 use super::topics::describe;
 use super::tracker::{Limits, Pending, Tp};
 use super::KafkaBackend;
-use crate::backend::{Backend, DeliveryStream, Message, StoredMessage, SubscribeRequest};
+use crate::backend::{
+    Backend, BackendAdmin, DeliveryStream, Message, StoredMessage, SubscribeRequest,
+};
 use crate::context::REPLAY_HEADER;
 use crate::dead_letter::is_dlq_topic;
 use crate::error::Error;
@@ -427,19 +429,37 @@ impl Backend for ReplayBackend {
         })
     }
 
-    fn read_topic(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
-        self.kafka.read_topic(topic)
-    }
-
-    fn delete(&self, topic: &str, ids: Vec<String>) -> BoxFuture<'_, Result<usize, Error>> {
-        self.kafka.delete(topic, ids)
-    }
-
     fn health(&self) -> BoxFuture<'_, Result<(), Error>> {
         self.kafka.health()
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), Error>> {
         self.kafka.flush()
+    }
+
+    fn admin(&self) -> Option<&dyn BackendAdmin> {
+        Some(self)
+    }
+}
+
+impl BackendAdmin for ReplayBackend {
+    fn deliver_to_group(
+        &self,
+        group: &str,
+        messages: Vec<Message>,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        self.kafka.deliver_to_group(group, messages)
+    }
+
+    fn group_lag(&self) -> BoxFuture<'_, Result<Vec<crate::backend::GroupLag>, Error>> {
+        self.kafka.group_lag()
+    }
+
+    fn read_topic(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
+        self.kafka.read_topic(topic)
+    }
+
+    fn delete(&self, topic: &str, ids: Vec<String>) -> BoxFuture<'_, Result<usize, Error>> {
+        self.kafka.delete(topic, ids)
     }
 }

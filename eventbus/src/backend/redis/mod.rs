@@ -48,7 +48,8 @@ pub use pubsub::RedisPubSub;
 
 use self::keys::Keys;
 use super::{
-    Backend, DeliveryStream, GroupLag, Message, StoredMessage, SubscribeRequest, TENANT_HEADER,
+    Backend, BackendAdmin, DeliveryStream, GroupLag, Message, StoredMessage, SubscribeRequest,
+    TENANT_HEADER,
 };
 use crate::error::Error;
 use crate::runtime::{default_runtime, Runtime};
@@ -400,6 +401,37 @@ impl Backend for RedisBackend {
         })
     }
 
+    fn flush(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            self.inner.acks.flush().await;
+            Ok(())
+        })
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            let pong: String = redis::cmd("PING")
+                .query_async(&mut self.inner.conn())
+                .await
+                .map_err(redis_error("PING"))?;
+            if pong == "PONG" {
+                Ok(())
+            } else {
+                Err(Error::backend(
+                    "redis",
+                    "PING",
+                    format!("unexpected reply {pong:?}"),
+                ))
+            }
+        })
+    }
+
+    fn admin(&self) -> Option<&dyn BackendAdmin> {
+        Some(self)
+    }
+}
+
+impl BackendAdmin for RedisBackend {
     fn read_topic(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
         let topic = topic.to_owned();
         Box::pin(async move { self.inner.xrange(&topic, "-", 100_000).await })
@@ -496,31 +528,6 @@ impl Backend for RedisBackend {
                 .query_async(&mut self.inner.conn())
                 .await
                 .map_err(redis_error("XDEL"))
-        })
-    }
-
-    fn flush(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async move {
-            self.inner.acks.flush().await;
-            Ok(())
-        })
-    }
-
-    fn health(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async move {
-            let pong: String = redis::cmd("PING")
-                .query_async(&mut self.inner.conn())
-                .await
-                .map_err(redis_error("PING"))?;
-            if pong == "PONG" {
-                Ok(())
-            } else {
-                Err(Error::backend(
-                    "redis",
-                    "PING",
-                    format!("unexpected reply {pong:?}"),
-                ))
-            }
         })
     }
 }
