@@ -515,15 +515,16 @@ fn mutating_endpoints_need_the_token() {
         }
     }
     assert_eq!(f.get("/dlq").1["total"], 1, "nothing changed");
-    // Reads stay open by default.
-    for path in [
-        "/dlq",
-        "/lag",
-        "/metrics",
-        "/catalog",
-        "/api/stats",
-        "/replay",
-    ] {
+    // Dead letters hold user data: with a token configured, reading them needs it too.
+    for path in ["/dlq", "/dlq/orders", "/dlq/orders/0"] {
+        assert_error(
+            f.request("GET", path, None, None),
+            401,
+            Some("authorization"),
+        );
+    }
+    // Other reads stay open by default.
+    for path in ["/lag", "/metrics", "/catalog", "/api/stats", "/replay"] {
         assert_eq!(f.raw("GET", path, None, None).0, 200, "{path}");
     }
 }
@@ -562,7 +563,11 @@ fn protected_reads_need_the_token_but_probes_do_not() {
         "/replay",
         "/replay/x",
     ] {
-        assert_error(f.get(path), 401, Some("authorization"));
+        assert_error(
+            f.request("GET", path, None, None),
+            401,
+            Some("authorization"),
+        );
     }
     assert_eq!(f.request("GET", "/dlq", Some(TOKEN), None).0, 200);
     for path in ["/live", "/ready", "/version", "/", "/dashboard"] {
@@ -700,9 +705,16 @@ fn replay_redelivers_exactly_the_window_filtered_by_type_to_one_group() {
     assert_eq!(status, 200);
     assert_eq!(list["replays"][0]["id"], id.as_str());
 
-    // Wildcards: every order event of the window, to every group.
-    request["type"] = json!("order.*");
+    // A replay names its group.
     request.as_object_mut().expect("object").remove("group");
+    assert_error(
+        f.request("POST", "/replay", Some(TOKEN), Some(request.clone())),
+        400,
+        Some("group"),
+    );
+    // Wildcards: every order event of the window, to the billing group.
+    request["type"] = json!("order.*");
+    request["group"] = json!("billing");
     let (status, started) = f.request("POST", "/replay", Some(TOKEN), Some(request));
     assert_eq!(status, 202, "{started}");
     let done = wait_replay(&f, started["id"].as_str().expect("id"));
@@ -775,6 +787,14 @@ fn replay_requests_are_checked() {
         400,
         Some("groups"),
     );
+    // Only the catalog's topics: a request never makes the server read a made-up topic.
+    assert_error(
+        post(json!({ "topic": "made-up", "from": earlier, "to": now, "group": "audit" })),
+        400,
+        Some("topic"),
+    );
+    assert_error(f.get("/dlq/made-up"), 400, Some("topic"));
+    assert_error(f.get("/dlq?topic=made-up"), 400, Some("topic"));
     assert_error(
         f.get("/replay/0190b5a4-6c1e-7cc2-9d4e-3f1a2b3c4d5e"),
         404,
@@ -961,4 +981,39 @@ fn ready_pings_the_database() {
             .contains("closed"),
         "{ready}"
     );
+}
+
+/// While reads are open, a request addressed to a foreign host name (DNS rebinding: another
+/// site's name pointed at this server) is refused; IP addresses, `localhost` and configured
+/// names are served.
+#[test]
+fn foreign_host_names_are_refused_while_reads_are_open() {
+    let f = Fixture::start_with(|c| c.token(Some(TOKEN)).allow_host("events.internal"));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let status = |host: &str| {
+        agent
+            .get(&format!("{}/lag", f.base))
+            .header("Host", host)
+            .call()
+            .expect("request")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(status("attacker.example"), 421);
+    assert_eq!(status("attacker.example:9090"), 421);
+    assert_eq!(status("localhost:9090"), 200);
+    assert_eq!(status("events.internal"), 200);
+    assert_eq!(status("127.0.0.1"), 200);
+    // With reads protected, the token is the guard and any name is served.
+    let protected = Fixture::start_with(|c| c.token(Some(TOKEN)).protect_reads(true));
+    let response = agent
+        .get(&format!("{}/lag", protected.base))
+        .header("Host", "attacker.example")
+        .header("Authorization", &format!("Bearer {TOKEN}"))
+        .call()
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 200);
 }

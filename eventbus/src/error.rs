@@ -162,7 +162,7 @@ pub enum DecodeError {
         known: u32,
     },
     /// The `data` field does not match the event's schema.
-    #[error("invalid data for `{event_type}`: {source}")]
+    #[error("invalid data for `{event_type}`: {}", without_values(source))]
     Data {
         /// The event type.
         event_type: String,
@@ -178,4 +178,94 @@ pub enum DecodeError {
         /// The configured limit.
         limit: usize,
     },
+}
+
+/// The deserializer's message without the offending value: `invalid type: string "4111 1111",
+/// expected u32` becomes `invalid type: string, expected u32`. Dead-letter metadata and logs
+/// carry the message; the value may be personal data. Field and variant names of the schema
+/// (`missing field `order_id``, the `expected` part) stay.
+pub fn without_values(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    for marker in ["invalid type: ", "invalid value: ", "unknown variant "] {
+        if let Some(at) = rest.find(marker) {
+            let start = at + marker.len();
+            out.push_str(rest[..start].trim_end());
+            let end = rest[start..]
+                .find(", expected")
+                .map_or(rest.len(), |e| start + e);
+            let kept = drop_quoted(&rest[start..end]);
+            if !kept.trim().is_empty() {
+                out.push(' ');
+                out.push_str(kept.trim());
+            }
+            rest = &rest[end..];
+            break;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `segment` without its `"..."` and `` `...` `` parts.
+fn drop_quoted(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    let mut chars = segment.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                let mut escaped = false;
+                for c in chars.by_ref() {
+                    match c {
+                        '\\' if !escaped => escaped = true,
+                        '"' if !escaped => break,
+                        _ => escaped = false,
+                    }
+                }
+            }
+            '`' => {
+                for c in chars.by_ref() {
+                    if c == '`' {
+                        break;
+                    }
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod value_redaction_tests {
+    use super::without_values;
+
+    fn error_of<T: serde::de::DeserializeOwned + std::fmt::Debug>(json: &str) -> String {
+        without_values(&serde_json::from_str::<T>(json).expect_err("must fail"))
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Card {
+        number: u64,
+        kind: Kind,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    enum Kind {
+        Visa,
+    }
+
+    #[test]
+    fn values_are_dropped_and_names_kept() {
+        let e = error_of::<Card>(r#"{"number":"4111 1111 \"x\"","kind":"Visa"}"#);
+        assert!(e.starts_with("invalid type: string, expected u64"), "{e}");
+        assert!(!e.contains("4111"), "{e}");
+        let e = error_of::<Card>(r#"{"number":1,"kind":"Amex-secret"}"#);
+        assert!(e.starts_with("unknown variant, expected `Visa`"), "{e}");
+        assert!(!e.contains("secret"), "{e}");
+        let e = error_of::<Card>(r#"{"number":1}"#);
+        assert!(e.contains("missing field `kind`"), "{e}");
+    }
 }

@@ -75,6 +75,8 @@ pub mod subscription;
 pub mod testing;
 
 mod consumer;
+#[cfg(any(feature = "redis", feature = "kafka"))]
+mod redact;
 
 pub use bus::{Bus, BusBuilder, ShutdownReport};
 pub use context::Context;

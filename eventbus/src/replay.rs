@@ -55,16 +55,18 @@ impl ReplayRequest {
                 format!("{} is after `to` {}", self.from, self.to),
             ));
         }
+        let pattern = self
+            .event_type
+            .as_deref()
+            .map(|p| Pattern::parse(p).map_err(|e| Error::config("type", format!("`{p}`: {e}"))))
+            .transpose()?;
         if self.group.as_deref().is_none_or(|g| g.trim().is_empty()) {
             return Err(Error::config(
                 "group",
                 "name the consumer group to replay to (a replay is delivered to one group)",
             ));
         }
-        self.event_type
-            .as_deref()
-            .map(|p| Pattern::parse(p).map_err(|e| Error::config("type", format!("`{p}`: {e}"))))
-            .transpose()
+        Ok(pattern)
     }
 }
 

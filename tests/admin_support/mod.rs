@@ -63,6 +63,9 @@ pub struct Fixture {
     pub audit: Seen,
     pub billing: Seen,
     agent: ureq::Agent,
+    /// Sent with every [`Fixture::get`] when the server has a token (dead-letter reads need
+    /// it whenever one is configured).
+    read_token: Option<&'static str>,
 }
 
 impl Fixture {
@@ -140,6 +143,7 @@ impl Fixture {
         let config = configure(
             AdminConfig::new("127.0.0.1:0".parse().expect("address")).version("9.9.9-test"),
         );
+        let read_token = config.has_token().then_some(TOKEN);
         let server = rt
             .block_on(eventbus::admin::serve(bus.clone(), config))
             .expect("admin server starts");
@@ -158,6 +162,7 @@ impl Fixture {
             broken,
             audit,
             billing,
+            read_token,
             agent,
         }
     }
@@ -198,7 +203,7 @@ impl Fixture {
 
     /// `GET path` without a token: (status, JSON body or the text as a JSON string).
     pub fn get(&self, path: &str) -> (u16, Value) {
-        self.request("GET", path, None, None)
+        self.request("GET", path, self.read_token, None)
     }
 
     /// A request with an optional bearer token and JSON body.

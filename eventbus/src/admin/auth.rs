@@ -24,6 +24,19 @@ pub(crate) async fn require_token(
     }
 }
 
+/// Reads of user data (dead-letter payloads and metadata): the token is needed whenever one is
+/// configured, whether or not other reads are protected; open only on a server with no token.
+pub(crate) async fn require_token_if_set(
+    State(state): State<AdminState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.config.token.is_none() {
+        return next.run(request).await;
+    }
+    require_token(State(state), request, next).await
+}
+
 /// Like [`require_token`] when reads are protected; lets every read through otherwise.
 pub(crate) async fn require_read(
     State(state): State<AdminState>,

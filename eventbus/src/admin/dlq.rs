@@ -67,7 +67,9 @@ impl Filter {
 }
 
 /// The original topic named by a path or parameter (a `.dlq` suffix is accepted and dropped).
-fn topic_name(raw: &str, field: &str) -> Result<String, ApiError> {
+/// It must be a topic of the bus's catalog: a request never makes the server read, or create
+/// metrics for, a topic name it made up.
+fn topic_name(state: &AdminState, raw: &str, field: &str) -> Result<String, ApiError> {
     let topic = raw.strip_suffix(DLQ_SUFFIX).unwrap_or(raw).trim();
     if topic.is_empty() {
         return Err(ApiError::bad_request(field, format!("`{field}` is empty")));
@@ -76,6 +78,12 @@ fn topic_name(raw: &str, field: &str) -> Result<String, ApiError> {
         return Err(ApiError::bad_request(
             field,
             format!("`{field}` holds control characters"),
+        ));
+    }
+    if !super::catalog::topics(state).iter().any(|t| t == topic) {
+        return Err(ApiError::bad_request(
+            field,
+            format!("`{topic}` is not a topic of this service's catalog (`BusBuilder::catalog`)"),
         ));
     }
     Ok(topic.to_owned())
@@ -172,7 +180,7 @@ pub(crate) async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let params = Params::parse(query.as_deref(), LIST_PARAMS)?;
     let topics = match params.text("topic") {
-        Some(topic) => vec![topic_name(topic, "topic")?],
+        Some(topic) => vec![topic_name(&state, topic, "topic")?],
         None => super::catalog::topics(&state),
     };
     list_topics(&state, topics, &params).await
@@ -185,7 +193,7 @@ pub(crate) async fn list_topic(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let params = Params::parse(query.as_deref(), TOPIC_PARAMS)?;
-    list_topics(&state, vec![topic_name(&topic, "topic")?], &params).await
+    list_topics(&state, vec![topic_name(&state, &topic, "topic")?], &params).await
 }
 
 /// `GET /dlq/{topic}/{id}`: the metadata and the original envelope.
@@ -193,7 +201,7 @@ pub(crate) async fn inspect(
     State(state): State<AdminState>,
     Path((topic, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let topic = topic_name(&topic, "topic")?;
+    let topic = topic_name(&state, &topic, "topic")?;
     let letter = state.bus.dead_letters().get(&topic, &id).await?;
     let mut value = summary(&letter);
     let (envelope, text) = match serde_json::from_slice::<Value>(&letter.payload) {
@@ -265,7 +273,7 @@ pub(crate) async fn redrive_one(
     State(state): State<AdminState>,
     Path((topic, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let topic = topic_name(&topic, "topic")?;
+    let topic = topic_name(&state, &topic, "topic")?;
     let redriven = state
         .bus
         .dead_letters()
@@ -291,7 +299,7 @@ pub(crate) async fn purge_one(
     State(state): State<AdminState>,
     Path((topic, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let topic = topic_name(&topic, "topic")?;
+    let topic = topic_name(&state, &topic, "topic")?;
     let dead_letters = state.bus.dead_letters();
     dead_letters.get(&topic, &id).await?;
     let purged = dead_letters.purge(&topic, vec![id.clone()]).await?;
@@ -335,7 +343,7 @@ async fn bulk(
     body: &[u8],
     action: Bulk,
 ) -> Result<Json<Value>, ApiError> {
-    let topic = topic_name(topic, "topic")?;
+    let topic = topic_name(state, topic, "topic")?;
     let ids = select(state, &topic, body).await?;
     let requested = ids.len();
     let done = if ids.is_empty() {

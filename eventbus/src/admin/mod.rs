@@ -58,6 +58,7 @@ mod dashboard;
 mod dlq;
 mod error;
 mod health;
+mod host;
 mod lag;
 mod provision;
 mod replay;
@@ -108,6 +109,7 @@ pub struct AdminConfig {
     dlq_gauge_interval: Duration,
     checks: Vec<(String, ReadinessCheck)>,
     provisioner: Option<Arc<dyn Provisioner>>,
+    allowed_hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -123,6 +125,7 @@ impl std::fmt::Debug for AdminConfig {
                 &self.checks.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             )
             .field("provisioner", &self.provisioner.is_some())
+            .field("allowed_hosts", &self.allowed_hosts)
             .finish()
     }
 }
@@ -139,6 +142,7 @@ impl AdminConfig {
             dlq_gauge_interval: Duration::from_secs(15),
             checks: Vec::new(),
             provisioner: None,
+            allowed_hosts: Vec::new(),
         }
     }
 
@@ -188,6 +192,14 @@ impl AdminConfig {
         self
     }
 
+    /// A host name clients use to reach this server (`events.internal`): while reads are
+    /// open, requests addressed by a name are served only for `localhost` and the names given
+    /// here (IP addresses always), against DNS rebinding.
+    pub fn allow_host(mut self, name: impl Into<String>) -> Self {
+        self.allowed_hosts.push(name.into());
+        self
+    }
+
     /// How long `/ready` waits for each check (2 s by default).
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = timeout;
@@ -230,6 +242,11 @@ impl AdminConfig {
     pub fn provisioner(mut self, provisioner: impl Provisioner) -> Self {
         self.provisioner = Some(Arc::new(provisioner));
         self
+    }
+
+    /// Whether a bearer token is configured.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
     }
 
     /// The listen address.
@@ -318,15 +335,22 @@ pub fn router(bus: Arc<Bus>, config: AdminConfig) -> Result<Router, Error> {
         .route("/catalog", get(catalog::catalog))
         .route("/catalog/asyncapi", get(catalog::asyncapi))
         .route("/api/stats", get(stats::stats))
-        .route("/dlq", get(dlq::list))
-        .route("/dlq/{topic}", get(dlq::list_topic))
-        .route("/dlq/{topic}/{id}", get(dlq::inspect))
         .route("/replay", get(replay::list))
         .route("/replay/{id}", get(replay::get))
         .route("/lag", get(lag::lag))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_read,
+        ));
+
+    // Dead letters hold user data: the token is needed whenever one is configured.
+    let user_data = Router::new()
+        .route("/dlq", get(dlq::list))
+        .route("/dlq/{topic}", get(dlq::list_topic))
+        .route("/dlq/{topic}/{id}", get(dlq::inspect))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token_if_set,
         ));
 
     let open = Router::new()
@@ -338,9 +362,14 @@ pub fn router(bus: Arc<Bus>, config: AdminConfig) -> Result<Router, Error> {
 
     Ok(open
         .merge(reads)
+        .merge(user_data)
         .merge(mutating)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            host::check_host,
+        ))
         .with_state(state))
 }
 

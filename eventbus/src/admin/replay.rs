@@ -74,6 +74,15 @@ pub(crate) async fn start(
         group: fields.get("group", "a consumer group name")?,
     };
     request.validate()?;
+    if !super::catalog::topics(&state).contains(&request.topic) {
+        return Err(ApiError::bad_request(
+            "topic",
+            format!(
+                "`{}` is not a topic of this service's catalog (`BusBuilder::catalog`)",
+                request.topic
+            ),
+        ));
+    }
     if let Some(group) = &request.group {
         // Catch a typo before the replay runs, when the backend can list its groups.
         if let Ok(lags) = async {

@@ -205,7 +205,7 @@ impl Default for TopicDefaults {
 /// config.options.insert("security.protocol".into(), "plaintext".into());
 /// config.validate().unwrap();
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, `host:port` separated by commas (`bootstrap.servers`).
     pub brokers: String,
@@ -230,6 +230,25 @@ pub struct KafkaConfig {
     pub producer_options: BTreeMap<String, String>,
     /// Raw librdkafka properties for consumers only.
     pub consumer_options: BTreeMap<String, String>,
+}
+
+/// Shows secret-looking properties (`sasl.password`, `ssl.key.password`, ...) as `<redacted>`.
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::redact::Settings;
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("client_id", &self.client_id)
+            .field("producer", &self.producer)
+            .field("consumer", &self.consumer)
+            .field("topics", &self.topics)
+            .field("auto_create_topics", &self.auto_create_topics)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("options", &Settings(&self.options))
+            .field("producer_options", &Settings(&self.producer_options))
+            .field("consumer_options", &Settings(&self.consumer_options))
+            .finish()
+    }
 }
 
 /// Properties the backend manages itself; setting them through the escape hatch is an error.
@@ -667,6 +686,21 @@ fn typed_setting(key: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_hides_sasl_and_key_passwords() {
+        let mut config = KafkaConfig::new("b:9092");
+        config
+            .options
+            .insert("sasl.password".into(), "hunter2".into());
+        config
+            .producer_options
+            .insert("ssl.key.password".into(), "hunter3".into());
+        config.options.insert("sasl.username".into(), "app".into());
+        let text = format!("{config:?}");
+        assert!(!text.contains("hunter"), "{text}");
+        assert!(text.contains("\"app\""), "{text}");
+    }
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

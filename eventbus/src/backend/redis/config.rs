@@ -59,7 +59,7 @@ pub enum StartFrom {
 /// entries claimed after 30 s idle (checked every 5 s), new streams discovered every 2 s,
 /// retention 30 days / 10 M entries per stream, inbox keys kept 7 days, delayed retries moved
 /// every 250 ms, new groups start from the latest entry.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]` or `rediss://` (feature `redis-tls`).
     pub url: String,
@@ -94,6 +94,30 @@ pub struct RedisConfig {
     pub start_from: StartFrom,
     /// Timeout of connecting and of each command.
     pub command_timeout: Duration,
+}
+
+/// Shows the URL without its password.
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &crate::redact::url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("per_tenant_streams", &self.per_tenant_streams)
+            .field("pool_size", &self.pool_size)
+            .field("block", &self.block)
+            .field("batch_size", &self.batch_size)
+            .field("claim_idle", &self.claim_idle)
+            .field("claim_interval", &self.claim_interval)
+            .field("discovery_interval", &self.discovery_interval)
+            .field("retention", &self.retention)
+            .field("topic_retention", &self.topic_retention)
+            .field("dlq_retention", &self.dlq_retention)
+            .field("inbox_ttl", &self.inbox_ttl)
+            .field("delayed_poll", &self.delayed_poll)
+            .field("start_from", &self.start_from)
+            .field("command_timeout", &self.command_timeout)
+            .finish()
+    }
 }
 
 impl RedisConfig {
@@ -290,6 +314,13 @@ fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_hides_the_password() {
+        let text = format!("{:?}", RedisConfig::new("redis://app:hunter2@cache:6379"));
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("redis://app:<redacted>@cache:6379"), "{text}");
+    }
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| {
