@@ -106,6 +106,8 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Option<SubscriberArgs> {
     };
     // The first of `backoff(...)` / `schedule = [...]`, to report combining them.
     let mut waits_key: Option<&'static str> = None;
+    // Where `park_keys = true` was written, to report it beside `dlq = false`.
+    let mut park_keys_at: Option<Expr> = None;
     for arg in &args {
         let meta = match arg {
             Arg::Pattern(lit) => {
@@ -171,6 +173,7 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Option<SubscriberArgs> {
                     out.dlq = flag;
                 } else {
                     out.park_keys = flag;
+                    park_keys_at = Some(expr.clone());
                 }
             }
             "timeout" => {
@@ -217,6 +220,13 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Option<SubscriberArgs> {
         cx.error_at(
             Span::call_site(),
             "missing pattern: pass it first, such as `#[subscriber(\"approval.*\")]`",
+        );
+    }
+    if let (Some(false), Some(true), Some(at)) = (out.dlq, out.park_keys, &park_keys_at) {
+        cx.error_spanned_by(
+            at,
+            "`park_keys = true` needs dead letters, but `dlq = false` discards failed events: \
+             a parked key waits beside its dead letter until that is redriven",
         );
     }
     out.pattern = pattern?;
@@ -724,7 +734,7 @@ mod tests {
                     jitter = false
                 ),
                 concurrency = 4,
-                dlq = false,
+                dlq = true,
                 timeout = "30s",
                 park_keys = true,
                 crate = "::x"
@@ -745,7 +755,7 @@ mod tests {
             })
         );
         assert_eq!(args.concurrency, Some(4));
-        assert_eq!(args.dlq, Some(false));
+        assert_eq!(args.dlq, Some(true));
         assert_eq!(args.timeout, Some(30_000));
         assert_eq!(args.park_keys, Some(true));
         assert!(args.krate.is_some());

@@ -168,6 +168,13 @@ impl BusBuilder {
         if subscription.group_name().trim().is_empty() {
             return Err(Error::config(format!("{name}.group"), "is empty"));
         }
+        if options.park_keys && options.retry.terminal == crate::retry::Terminal::Discard {
+            return Err(Error::config(
+                format!("{name}.park_keys"),
+                "needs dead letters: a parked key waits beside its dead letter, and `dlq(false)` \
+                 discards failed events",
+            ));
+        }
         if options.timeout == Some(Duration::ZERO) {
             return Err(Error::config(format!("{name}.timeout"), "must be positive"));
         }

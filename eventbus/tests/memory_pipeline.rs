@@ -967,9 +967,23 @@ fn parked_keys_wait_beside_their_dead_letter_until_redriven() {
             "{}",
             dead[1].failure.message
         );
+        let parked_gauge = |metrics: String| {
+            metrics
+                .lines()
+                .find(|l| l.starts_with("event_parked_keys{"))
+                .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+        };
+        assert_eq!(
+            parked_gauge(h.bus().metrics().encode()).as_deref(),
+            Some("1")
+        );
         broken.store(false, Ordering::SeqCst);
         assert_eq!(dlq.redrive_all("order.created").await.unwrap(), 3);
         h.settle().await.unwrap();
+        assert_eq!(
+            parked_gauge(h.bus().metrics().encode()).as_deref(),
+            Some("0")
+        );
         let after: Vec<u32> = handled
             .all()
             .iter()
@@ -1100,6 +1114,10 @@ fn bad_configuration_fails_at_start_naming_the_setting() {
             (
                 Subscription::new("order.*", ok).group(" "),
                 ".group`: is empty",
+            ),
+            (
+                Subscription::new("order.*", ok).dlq(false).park_keys(true),
+                ".park_keys`: needs dead letters",
             ),
             (
                 Subscription::new("order.*", ok).timeout(Duration::ZERO),

@@ -16,6 +16,8 @@
 //! | `event_dlq_size` | gauge | `service`, `topic` |
 //! | `event_circuit_state` | gauge | `service`, `channel` (0 closed, 1 half-open, 2 open) |
 //! | `eventbus_groups_recreated_total` | counter | `service` |
+//! | `event_parked_keys` | gauge | `service`, `topic`, `group` (keys parked by `park_keys`) |
+//! | `event_park_overflow_total` | counter | `service`, `topic`, `group` (keys not parked: the cap was reached) |
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -91,6 +93,8 @@ pub struct Metrics {
     dlq_size: Family<TopicLabels, Gauge>,
     circuit_state: Family<ChannelLabels, Gauge>,
     groups_recreated: Family<ServiceLabel, Counter>,
+    parked_keys: Family<GroupLabels, Gauge>,
+    park_overflow: Family<GroupLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -121,6 +125,8 @@ impl Metrics {
             dlq_size: Family::default(),
             circuit_state: Family::default(),
             groups_recreated: Family::default(),
+            parked_keys: Family::default(),
+            park_overflow: Family::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -184,6 +190,16 @@ impl Metrics {
                 "event_circuit_state",
                 "Publish circuit: 0 closed, 1 half-open, 2 open",
                 m.circuit_state.clone(),
+            );
+            r.register(
+                "event_parked_keys",
+                "Keys parked beside a dead letter (park_keys)",
+                m.parked_keys.clone(),
+            );
+            r.register(
+                "event_park_overflow",
+                "Keys not parked because the parking lot was full",
+                m.park_overflow.clone(),
             );
             r.register(
                 "eventbus_groups_recreated",
@@ -315,6 +331,28 @@ impl Metrics {
                 channel: channel.to_owned(),
             })
             .set(state);
+    }
+
+    /// Sets how many keys a subscription has parked.
+    pub fn parked_keys(&self, topic: &str, group: &str, keys: usize) {
+        self.parked_keys
+            .get_or_create(&self.group_labels(topic, group))
+            .set(i64::try_from(keys).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a key that could not be parked because the parking lot was full.
+    pub fn park_overflow(&self, topic: &str, group: &str) {
+        self.park_overflow
+            .get_or_create(&self.group_labels(topic, group))
+            .inc();
+    }
+
+    fn group_labels(&self, topic: &str, group: &str) -> GroupLabels {
+        GroupLabels {
+            service: self.service.clone(),
+            topic: topic.to_owned(),
+            group: group.to_owned(),
+        }
     }
 
     /// Counts consumer groups re-created after they vanished.

@@ -278,7 +278,9 @@ impl Pipeline {
             ),
         ];
         if options.park_keys {
-            layers.push(Arc::new(ParkKeyLayer::new(clock.clone())));
+            layers.push(Arc::new(
+                ParkKeyLayer::new(clock.clone()).with_metrics(metrics.clone()),
+            ));
         }
         layers.push(Arc::new(InboxLayer::new(inbox)));
         layers.push(Arc::new(

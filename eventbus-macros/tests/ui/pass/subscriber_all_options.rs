@@ -29,7 +29,7 @@ pub enum ApprovalEvents {
     retries = 5,
     backoff(initial = "250ms", max = "1m", multiplier = 3.0, jitter = false),
     concurrency = 4,
-    dlq = false,
+    dlq = true,
     timeout = "30s",
     park_keys = true,
     crate = "::eventbus"
