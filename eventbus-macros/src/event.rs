@@ -331,6 +331,7 @@ fn codegen(args: &EventArgs, model: &Model) -> TokenStream {
             impl #krate::Payload for #ident {
                 const TYPES: &'static [&'static str] = &[#name];
                 const TOPICS: &'static [&'static str] = &[#topic];
+                const VERSIONS: &'static [u32] = &[#version];
 
                 fn decode(
                     __eventbus_event_type: &str,

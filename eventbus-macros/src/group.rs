@@ -154,6 +154,10 @@ fn codegen(ident: &Ident, krate: &TokenStream, variants: &[Variant]) -> TokenStr
         let ty = &v.ty;
         quote_spanned!(ty.span()=> <#ty as #krate::Event>::TOPIC)
     });
+    let versions = variants.iter().map(|v| {
+        let ty = &v.ty;
+        quote_spanned!(ty.span()=> <#ty as #krate::Event>::VERSION)
+    });
     let arms = variants.iter().map(|v| {
         let (name, ty) = (&v.ident, &v.ty);
         quote! {
@@ -191,6 +195,7 @@ fn codegen(ident: &Ident, krate: &TokenStream, variants: &[Variant]) -> TokenStr
             impl #krate::Payload for #ident {
                 const TYPES: &'static [&'static str] = &[#(#names),*];
                 const TOPICS: &'static [&'static str] = &[#(#topics),*];
+                const VERSIONS: &'static [u32] = &[#(#versions),*];
 
                 fn decode(
                     __eventbus_event_type: &str,

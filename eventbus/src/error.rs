@@ -152,6 +152,8 @@ pub enum DecodeError {
         found: String,
     },
     /// The envelope's `version` is newer than the code knows.
+    /// An envelope of a newer version than this build knows, refused by a subscriber with
+    /// [`NewerVersions::DeadLetter`](crate::NewerVersions::DeadLetter).
     #[error("unsupported version {found} of `{event_type}`, this build knows up to {known}")]
     UnsupportedVersion {
         /// The event type.
@@ -160,6 +162,19 @@ pub enum DecodeError {
         found: u32,
         /// The version the code was built with.
         known: u32,
+    },
+    /// An envelope of a newer version than this build knows whose data does not decode as the
+    /// known version (a change that is not additive).
+    #[error("version {found} of `{event_type}` does not decode as version {known}: {reason}")]
+    NewerVersion {
+        /// The event type.
+        event_type: String,
+        /// The version received.
+        found: u32,
+        /// The newest version this build knows.
+        known: u32,
+        /// Why it did not decode (without field values).
+        reason: String,
     },
     /// The `data` field does not match the event's schema.
     #[error("invalid data for `{event_type}`: {}", without_values(source))]

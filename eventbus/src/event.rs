@@ -43,6 +43,8 @@ pub trait Payload: Sized + Send + 'static {
     /// The topics those events are published to (one per type, in the same order; empty when
     /// any type is accepted). A subscription reads them even without a catalog.
     const TOPICS: &'static [&'static str];
+    /// The schema version this build knows of each type (same order as `TYPES`).
+    const VERSIONS: &'static [u32];
 
     /// Decodes `data` of an envelope whose type is `event_type` and version `version`.
     fn decode(event_type: &str, version: u32, data: &RawValue) -> Result<Self, DecodeError>;
@@ -55,6 +57,7 @@ pub trait EventGroup: Payload {}
 impl Payload for serde_json::Value {
     const TYPES: &'static [&'static str] = &[];
     const TOPICS: &'static [&'static str] = &[];
+    const VERSIONS: &'static [u32] = &[];
 
     fn decode(event_type: &str, _version: u32, data: &RawValue) -> Result<Self, DecodeError> {
         serde_json::from_str(data.get()).map_err(|source| DecodeError::Data {
@@ -64,8 +67,13 @@ impl Payload for serde_json::Value {
     }
 }
 
-/// Decodes the data of one event type, checking the type name and version. Called by the code
-/// `#[event]` generates.
+/// Decodes the data of one event type, checking the type name. Called by the code `#[event]`
+/// generates.
+///
+/// An envelope of a newer `version` than this build knows is decoded like any other: an
+/// additive change (new fields) decodes, since unknown fields are ignored; one that does not
+/// fit fails with the version named. Subscribers that must not see newer versions at all say
+/// so with [`NewerVersions::DeadLetter`](crate::NewerVersions::DeadLetter).
 pub fn decode_event<E: Event + serde::de::DeserializeOwned>(
     event_type: &str,
     version: u32,
@@ -77,16 +85,20 @@ pub fn decode_event<E: Event + serde::de::DeserializeOwned>(
             found: event_type.to_owned(),
         });
     }
-    if version > E::VERSION {
-        return Err(DecodeError::UnsupportedVersion {
-            event_type: event_type.to_owned(),
-            found: version,
-            known: E::VERSION,
-        });
-    }
-    serde_json::from_str(data.get()).map_err(|source| DecodeError::Data {
-        event_type: event_type.to_owned(),
-        source,
+    serde_json::from_str(data.get()).map_err(|source| {
+        if version > E::VERSION {
+            DecodeError::NewerVersion {
+                event_type: event_type.to_owned(),
+                found: version,
+                known: E::VERSION,
+                reason: crate::error::without_values(&source),
+            }
+        } else {
+            DecodeError::Data {
+                event_type: event_type.to_owned(),
+                source,
+            }
+        }
     })
 }
 

@@ -171,6 +171,9 @@ pub(crate) trait ErasedHandler: Send + Sync + 'static {
     /// The topics of those event types; empty means any.
     fn topics(&self) -> &'static [&'static str];
 
+    /// The schema version this build knows of `event_type`, when the payload names it.
+    fn known_version(&self, event_type: &str) -> Option<u32>;
+
     /// Decodes and calls.
     fn call(
         &self,
@@ -195,6 +198,12 @@ where
 
     fn topics(&self) -> &'static [&'static str] {
         <H::Payload as Payload>::TOPICS
+    }
+
+    fn known_version(&self, event_type: &str) -> Option<u32> {
+        let types = <H::Payload as Payload>::TYPES;
+        let at = types.iter().position(|t| *t == event_type)?;
+        <H::Payload as Payload>::VERSIONS.get(at).copied()
     }
 
     fn call(

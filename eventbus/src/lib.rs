@@ -90,7 +90,7 @@ pub use handler::{ErrorKind, Handler, HandlerError, HandlerResult};
 pub use outbox::{Outbox, SqlInbox};
 pub use publisher::Publisher;
 pub use retry::{Backoff, RetryPolicy, Terminal};
-pub use subscription::{IntoSubscription, SubscriberOptions, Subscription};
+pub use subscription::{IntoSubscription, NewerVersions, SubscriberOptions, Subscription};
 pub use uuid::Uuid;
 
 /// Items the macros' generated code refers to. Not public API: may change in any release.

@@ -46,6 +46,21 @@ pub struct SubscriberOptions {
     /// When an event with key K is dead-lettered, park later events with key K beside it
     /// instead of handling them out of order.
     pub park_keys: bool,
+    /// What to do with an envelope whose `version` is newer than the handler's type.
+    pub newer_versions: NewerVersions,
+}
+
+/// What a subscriber does with an event whose schema `version` is newer than the one its
+/// build knows, as happens during a rolling deploy when producers are upgraded first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NewerVersions {
+    /// Decode it as the known version (the default): an additive change decodes, unknown
+    /// fields ignored; data that does not fit is dead-lettered with both versions named.
+    #[default]
+    Decode,
+    /// Dead-letter every newer version unread (`unsupported version N`), for consumers whose
+    /// correctness depends on seeing every field.
+    DeadLetter,
 }
 
 impl Default for SubscriberOptions {
@@ -56,6 +71,7 @@ impl Default for SubscriberOptions {
             concurrency: 1,
             timeout: None,
             park_keys: false,
+            newer_versions: NewerVersions::Decode,
         }
     }
 }
@@ -163,6 +179,13 @@ impl Subscription {
     /// Parks later events of a dead-lettered key beside it.
     pub fn park_keys(mut self, on: bool) -> Self {
         self.options.park_keys = on;
+        self
+    }
+
+    /// What to do with events of a newer schema version than the handler's type (default:
+    /// decode them when the change is additive).
+    pub fn newer_versions(mut self, policy: NewerVersions) -> Self {
+        self.options.newer_versions = policy;
         self
     }
 }

@@ -260,7 +260,8 @@ fn malformed_and_mistyped_messages_are_dead_lettered_with_the_reason() {
             payload: payload.into(),
         };
         let valid_but_wrong_data = br#"{"id":"0190b5a4-6c1e-7cc2-9d4e-3f1a2b3c4d5e","type":"order.created","source":"s","time":"2026-01-01T00:00:00Z","version":1,"data":{"order_id":5}}"#;
-        let newer_version = br#"{"id":"0190b5a4-6c1e-7cc2-9d4e-3f1a2b3c4d5f","type":"order.created","source":"s","time":"2026-01-01T00:00:00Z","version":9,"data":{"order_id":"a","seq":1}}"#;
+        // A newer version whose change is not additive (a field changed type).
+        let newer_version = br#"{"id":"0190b5a4-6c1e-7cc2-9d4e-3f1a2b3c4d5f","type":"order.created","source":"s","time":"2026-01-01T00:00:00Z","version":9,"data":{"order_id":"a","seq":"one"}}"#;
         h.bus()
             .publisher()
             .publish_messages(vec![
@@ -303,9 +304,64 @@ fn malformed_and_mistyped_messages_are_dead_lettered_with_the_reason() {
             reasons[3]
         );
         assert!(
-            reasons[4].contains("unsupported version 9"),
+            reasons[4].starts_with("version 9 of `order.created` does not decode as version 1: invalid type: string, expected u32"),
             "{}",
             reasons[4]
+        );
+    });
+}
+
+/// Rolling deploys: producers upgraded first send `version` 2 with a field added. By default a
+/// subscriber decodes it (unknown fields ignored); one with `NewerVersions::DeadLetter`
+/// dead-letters it unread.
+#[test]
+fn a_newer_additive_version_decodes_unless_the_subscriber_refuses_it() {
+    run(|rt| async move {
+        let tolerant = Seen::default();
+        let strict = Seen::default();
+        let (t, s) = (tolerant.clone(), strict.clone());
+        let h = TestHarness::start_on(rt, move |bus| {
+            let (t, s) = (t.clone(), s.clone());
+            bus.subscribe(
+                Subscription::new("order.created", move |env: Envelope<OrderCreated>| {
+                    t.push(&env.data.order_id, env.data.seq);
+                    async { Ok(()) }
+                })
+                .group("tolerant"),
+            )
+            .subscribe(
+                Subscription::new("order.created", move |env: Envelope<OrderCreated>| {
+                    s.push(&env.data.order_id, env.data.seq);
+                    async { Ok(()) }
+                })
+                .group("strict")
+                .newer_versions(eventbus::NewerVersions::DeadLetter),
+            )
+        })
+        .await
+        .unwrap();
+        let v2 = br#"{"id":"0190b5a4-6c1e-7cc2-9d4e-3f1a2b3c4d60","type":"order.created","source":"s","time":"2026-01-01T00:00:00Z","version":2,"data":{"order_id":"a","seq":7,"coupon":"SPRING"}}"#;
+        h.bus()
+            .publisher()
+            .publish_messages(vec![eventbus::backend::Message {
+                topic: "order.created".into(),
+                key: Some("a".into()),
+                event_type: "order.created".into(),
+                headers: Default::default(),
+                payload: v2.as_slice().into(),
+            }])
+            .await
+            .unwrap();
+        h.settle().await.unwrap();
+        assert_eq!(tolerant.all(), vec![("a".to_owned(), 7)]);
+        assert!(strict.all().is_empty());
+        let letters = h.dead_letters("order.created").await.unwrap();
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        assert_eq!(letters[0].group, "strict");
+        assert!(
+            letters[0].failure.message.contains("unsupported version 2"),
+            "{}",
+            letters[0].failure.message
         );
     });
 }

@@ -188,6 +188,7 @@ impl<'a> Next<'a> {
 /// and calls the handler.
 pub(crate) struct Endpoint {
     handler: Arc<dyn ErasedHandler>,
+    newer_versions: crate::subscription::NewerVersions,
     publisher: Publisher,
     extensions: Arc<crate::Extensions>,
     clock: Arc<dyn Clock>,
@@ -204,6 +205,22 @@ impl Endpoint {
             );
             return Outcome::Failed(failure);
         };
+        if self.newer_versions == crate::subscription::NewerVersions::DeadLetter {
+            if let Some(known) = self.handler.known_version(&raw.event_type) {
+                if raw.version > known {
+                    let error = crate::DecodeError::UnsupportedVersion {
+                        event_type: raw.event_type.clone(),
+                        found: raw.version,
+                        known,
+                    };
+                    return Outcome::Failed(cx.failure(
+                        ErrorKind::Permanent,
+                        error.to_string(),
+                        now(),
+                    ));
+                }
+            }
+        }
         let ctx = crate::Context::new(
             raw,
             &cx.message.topic,
@@ -294,6 +311,7 @@ impl Pipeline {
             layers,
             endpoint: Endpoint {
                 handler: subscription.handler.clone(),
+                newer_versions: options.newer_versions,
                 publisher,
                 extensions,
                 clock,
