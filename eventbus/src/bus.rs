@@ -327,8 +327,7 @@ impl BusBuilder {
                 retry_backoff: options.retry.backoff.clone(),
                 metrics: metrics.clone(),
             };
-            ConsumerLoop::register(&shared);
-            runtime.spawn(Box::pin(consumer.run(stream)));
+            shared.tasks.spawn(&runtime, consumer.run(stream));
             names.push(subscription.name().to_owned());
         }
         tracing::info!(backend = backend.name(), subscriptions = ?names, "event bus started");
@@ -470,66 +469,48 @@ impl Bus {
     /// most 2 s) kept for aborting and flushing; a consumer or flush that does not finish in
     /// the reserve is left behind with a warning, its deliveries unacknowledged.
     pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
-        self.shared.stop();
-        let reserve = (timeout / 10).min(Duration::from_secs(2));
-        let within = |limit: Duration, work: future::BoxFuture<'static, ()>| {
-            let sleep = self.clock.sleep(limit);
-            async move { matches!(future::select(work, sleep).await, Either::Left(_)) }
-        };
-        let shared = self.shared.clone();
-        let drained = within(
-            timeout.saturating_sub(reserve),
-            Box::pin(async move { shared.loops_finished().await }),
-        )
-        .await;
-        let mut flush_budget = reserve;
-        let aborted = if drained {
-            0
+        let stopped = self.shared.tasks.shutdown(&*self.clock, timeout).await;
+        let reserve = crate::runtime::task_group::TaskGroup::reserve(timeout);
+        let flush_budget = if stopped.drained {
+            reserve
         } else {
-            let aborted = self.shared.abort_tasks();
-            let shared = self.shared.clone();
-            flush_budget = reserve / 2;
-            let stopped = within(
-                reserve / 2,
-                Box::pin(async move { shared.loops_finished().await }),
-            )
-            .await;
-            if !stopped {
-                tracing::warn!(
-                    loops = self.shared.running_loops(),
-                    "consumer loops still running after abort; leaving them behind"
-                );
-            }
-            aborted
+            reserve / 2
         };
-        let backend = self.backend.clone();
-        let flushed = within(
-            flush_budget,
-            Box::pin(async move {
-                if let Err(error) = backend.flush().await {
-                    tracing::warn!(%error, "flushing acknowledgements at shutdown failed; those deliveries will be redelivered");
-                }
-            }),
-        )
-        .await;
-        if !flushed {
-            tracing::warn!(?flush_budget, "flushing acknowledgements did not finish in time; those deliveries will be redelivered");
+        let flush = self.backend.flush();
+        match future::select(flush, self.clock.sleep(flush_budget)).await {
+            Either::Left((Ok(()), _)) => {}
+            Either::Left((Err(error), _)) => tracing::warn!(
+                %error,
+                "flushing acknowledgements at shutdown failed; those deliveries will be redelivered"
+            ),
+            Either::Right(_) => tracing::warn!(
+                ?flush_budget,
+                "flushing acknowledgements did not finish in time; those deliveries will be redelivered"
+            ),
         }
-        tracing::info!(drained, aborted, "event bus stopped");
-        ShutdownReport { drained, aborted }
+        tracing::info!(
+            drained = stopped.drained,
+            aborted = stopped.aborted,
+            left_behind = stopped.left_behind,
+            "event bus stopped"
+        );
+        ShutdownReport {
+            drained: stopped.drained,
+            aborted: stopped.aborted,
+        }
     }
 
     /// Stops at once, as a crash would: in-flight handlers are aborted and their deliveries
     /// stay unacknowledged.
     pub async fn abort(&self) {
-        self.shared.stop();
-        self.shared.abort_tasks();
-        self.shared.loops_finished().await;
+        self.shared.tasks.stop();
+        self.shared.tasks.abort_all();
+        self.shared.tasks.finished().await;
     }
 }
 
 impl Drop for Bus {
     fn drop(&mut self) {
-        self.shared.stop();
+        self.shared.tasks.stop();
     }
 }

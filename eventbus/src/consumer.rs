@@ -2,21 +2,20 @@
 //! once while keeping each partition key strictly sequential, and settles each with the
 //! backend once the pipeline is done with it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::Poll;
 
-use event_listener::Event as Signal;
-use std::panic::AssertUnwindSafe;
-
-use futures::future::{AbortHandle, Abortable, BoxFuture};
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 
 use crate::backend::{Delivery, DeliveryStream};
 use crate::clock::Clock;
 use crate::pipeline::{DeliveryCx, Outcome, Pipeline};
+use crate::runtime::task_group::TaskGroup;
 use crate::runtime::Runtime;
 
 /// Counters of what the bus's consumers did.
@@ -31,79 +30,25 @@ pub(crate) struct Counters {
     pub(crate) deferred: AtomicU64,
 }
 
-/// State shared by the bus and its consumer loops.
-#[derive(Default)]
+/// State shared by the bus and its consumer loops: the task group running the loops and
+/// deferred redeliveries, and the outcome counters.
 pub(crate) struct Shared {
-    stopping: AtomicBool,
-    stop_signal: Signal,
-    loops: AtomicUsize,
-    loops_signal: Signal,
-    tasks: Mutex<HashMap<u64, AbortHandle>>,
-    next_task: AtomicU64,
+    pub(crate) tasks: Arc<TaskGroup>,
     pub(crate) counters: Counters,
 }
 
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            tasks: TaskGroup::new(),
+            counters: Counters::default(),
+        }
+    }
+}
+
 impl Shared {
-    pub(crate) fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        self.stop_signal.notify(usize::MAX);
-    }
-
     pub(crate) fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
-
-    pub(crate) fn running_loops(&self) -> usize {
-        self.loops.load(Ordering::SeqCst)
-    }
-
-    /// Completes when every consumer loop has exited.
-    pub(crate) async fn loops_finished(&self) {
-        loop {
-            let listener = self.loops_signal.listen();
-            if self.running_loops() == 0 {
-                return;
-            }
-            listener.await;
-        }
-    }
-
-    /// Aborts every running delivery task; their deliveries stay unacknowledged.
-    pub(crate) fn abort_tasks(&self) -> usize {
-        let tasks: Vec<AbortHandle> = self
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .map(|(_, h)| h)
-            .collect();
-        for task in &tasks {
-            task.abort();
-        }
-        tasks.len()
-    }
-
-    /// Wraps `task` so that [`Shared::abort_tasks`] can abort it; the future completes when
-    /// the task finished or was aborted.
-    fn tracked(
-        self: &Arc<Self>,
-        task: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let (abort, registration) = AbortHandle::new_pair();
-        let id = self.next_task.fetch_add(1, Ordering::Relaxed);
-        self.tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, abort);
-        let owner = self.clone();
-        async move {
-            let _ = Abortable::new(task, registration).await;
-            owner
-                .tasks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
-        }
+        self.tasks.is_stopping()
     }
 
     fn count(&self, outcome: &Outcome) {
@@ -118,16 +63,6 @@ impl Shared {
             _ => &c.unsettled,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Marks a consumer loop finished when dropped: on return, on abort and on panic.
-struct LoopGuard(Arc<Shared>);
-
-impl Drop for LoopGuard {
-    fn drop(&mut self) {
-        self.0.loops.fetch_sub(1, Ordering::SeqCst);
-        self.0.loops_signal.notify(usize::MAX);
     }
 }
 
@@ -150,15 +85,9 @@ enum Step {
 }
 
 impl ConsumerLoop {
-    /// Registers the loop as running; call before spawning [`ConsumerLoop::run`].
-    pub(crate) fn register(shared: &Shared) {
-        shared.loops.fetch_add(1, Ordering::SeqCst);
-    }
-
+    /// Runs the loop in the bus's task group: counted out however it ends (a panic included),
+    /// stopped by the group's stop signal, aborted at the end of a shutdown's drain time.
     pub(crate) async fn run(self, stream: DeliveryStream) {
-        // Counts the loop as finished however it ends, a panic included, so that shutdown
-        // never waits for a loop that is gone.
-        let _running = LoopGuard(self.shared.clone());
         let mut stream = stream.fuse();
         let concurrency = self.concurrency.max(1);
         let buffer = (concurrency * 4).max(16);
@@ -166,7 +95,7 @@ impl ConsumerLoop {
         let mut busy: HashSet<String> = HashSet::new();
         let mut running: FuturesUnordered<BoxFuture<'static, Option<String>>> =
             FuturesUnordered::new();
-        let mut stop_listener = self.shared.stop_signal.listen();
+        let mut stop_listener = self.shared.tasks.stop_listener();
         let mut stopping = false;
         let mut errors = 0u32;
         loop {
@@ -195,7 +124,7 @@ impl ConsumerLoop {
                         return Poll::Ready(Step::Stop);
                     }
                     while stop_listener.poll_unpin(cx).is_ready() {
-                        stop_listener = self.shared.stop_signal.listen();
+                        stop_listener = self.shared.tasks.stop_listener();
                         if self.shared.is_stopping() {
                             return Poll::Ready(Step::Stop);
                         }
@@ -293,16 +222,19 @@ impl ConsumerLoop {
                     acker.defer(delay, cx.retry_state(true)).await
                 }
                 Outcome::Deferred { delay, .. } => {
-                    // The backend cannot park it durably: wait beside the consumer, not in it.
+                    // The backend cannot park it durably: wait beside the consumer, not in it. A
+                    // stop cuts the wait short: the redelivery is handed back at once.
                     let state = cx.retry_state(true);
                     let wait = clock.sleep(delay);
+                    let tasks = shared.tasks.clone();
                     let later = async move {
-                        wait.await;
+                        let stopped = Box::pin(tasks.stopped());
+                        let _ = futures::future::select(wait, stopped).await;
                         if let Err(error) = acker.nack(state).await {
                             tracing::error!(%error, "failed to redeliver a deferred delivery");
                         }
                     };
-                    runtime.spawn(Box::pin(shared.tracked(later)));
+                    shared.tasks.spawn(&runtime, later);
                     Ok(())
                 }
                 other => {
@@ -317,11 +249,10 @@ impl ConsumerLoop {
                 tracing::error!(%error, "failed to settle a delivery with the backend");
             }
         };
-        // Runs inside the consumer loop's task (no hand-off to another thread per delivery),
-        // abortable like a spawned task.
-        let tracked = self.shared.tracked(task);
+        // Runs inside the consumer loop's task (no hand-off to another thread per delivery):
+        // aborting the loop drops it unsettled, and the backend redelivers.
         Box::pin(async move {
-            tracked.await;
+            task.await;
             key
         })
     }

@@ -15,14 +15,12 @@
 //! never written on SQLite): the next pass publishes them again, at least once.
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use event_listener::Event as Signal;
-use futures::future::{self, AbortHandle, Abortable, Either};
+use futures::future::{self, Either};
 use futures::FutureExt;
 
 use super::driver::{FailedRow, RetryRow, Settlement};
@@ -33,6 +31,7 @@ use crate::dead_letter::{dead_letter_message, Failure};
 use crate::error::Error;
 use crate::handler::ErrorKind;
 use crate::retry::Backoff;
+use crate::runtime::task_group::TaskGroup;
 use crate::runtime::{default_runtime, Runtime};
 
 /// Configures and starts a dispatcher relaying an [`Outbox`] to a backend. Made by
@@ -82,7 +81,8 @@ impl<DB: SqlDatabase> Dispatcher<DB> {
         let config = outbox.config().clone();
         let shared = Arc::new(Shared {
             clock: clock.clone(),
-            ..Shared::default()
+            tasks: TaskGroup::new(),
+            counters: Counters::default(),
         });
         let relay = Arc::new(Relay {
             backend: self.backend,
@@ -92,7 +92,7 @@ impl<DB: SqlDatabase> Dispatcher<DB> {
         });
         for _ in 0..config.concurrency {
             let task = worker(outbox.clone(), relay.clone(), shared.clone());
-            shared.spawn(&runtime, task);
+            shared.tasks.spawn(&runtime, task);
         }
         if let Some(listen) = DB::outbox_listen(
             outbox.pool().clone(),
@@ -100,13 +100,13 @@ impl<DB: SqlDatabase> Dispatcher<DB> {
             clock.clone(),
         ) {
             let stopped = shared.clone();
-            shared.spawn(&runtime, async move {
-                let _ = future::select(listen, Box::pin(stopped.stopped())).await;
+            shared.tasks.spawn(&runtime, async move {
+                let _ = future::select(listen, Box::pin(stopped.tasks.stopped())).await;
             });
         }
         if config.retention.sent.is_some() {
             let task = cleanup_loop(outbox.clone(), shared.clone());
-            shared.spawn(&runtime, task);
+            shared.tasks.spawn(&runtime, task);
         }
         tracing::info!(
             database = DB::LABEL,
@@ -158,38 +158,39 @@ impl DispatcherHandle {
 
     /// Whether any of its tasks still runs.
     pub fn is_running(&self) -> bool {
-        self.shared.running.load(Ordering::SeqCst) > 0
+        self.shared.tasks.running() > 0
     }
 
-    /// Stops starting passes, waits up to `timeout` for the current ones to finish, then
-    /// aborts the rest (their rows stay `PENDING`). True if everything finished in time.
+    /// Stops starting passes, waits for the current ones to finish, then aborts the rest
+    /// (their rows stay `PENDING`). Returns within `timeout`; true if everything finished on
+    /// its own.
     pub async fn shutdown(&self, timeout: Duration) -> bool {
-        self.shared.stop();
-        let finished = Box::pin(self.shared.finished());
-        let drained = match future::select(finished, self.shared.clock.sleep(timeout)).await {
-            Either::Left(_) => true,
-            Either::Right(_) => false,
-        };
-        if !drained {
-            self.shared.abort_all();
-            self.shared.finished().await;
-        }
-        tracing::info!(drained, "outbox dispatcher stopped");
-        drained
+        let stopped = self
+            .shared
+            .tasks
+            .shutdown(&*self.shared.clock, timeout)
+            .await;
+        tracing::info!(
+            drained = stopped.drained,
+            aborted = stopped.aborted,
+            left_behind = stopped.left_behind,
+            "outbox dispatcher stopped"
+        );
+        stopped.drained
     }
 
     /// Stops at once, as a crash would: passes in flight are dropped mid-way, their claims
     /// rolled back, and rows published but not yet marked `SENT` will be published again.
     pub async fn abort(&self) {
-        self.shared.stop();
-        self.shared.abort_all();
-        self.shared.finished().await;
+        self.shared.tasks.stop();
+        self.shared.tasks.abort_all();
+        self.shared.tasks.finished().await;
     }
 }
 
 impl Drop for DispatcherHandle {
     fn drop(&mut self) {
-        self.shared.stop();
+        self.shared.tasks.stop();
     }
 }
 
@@ -205,101 +206,22 @@ struct Counters {
 
 struct Shared {
     clock: Arc<dyn Clock>,
-    stopping: AtomicBool,
-    stop_signal: Signal,
-    running: AtomicUsize,
-    done: Signal,
-    aborts: Mutex<Vec<AbortHandle>>,
+    tasks: Arc<TaskGroup>,
     counters: Counters,
-}
-
-impl Default for Shared {
-    fn default() -> Self {
-        Shared {
-            clock: Arc::new(super::WallClock),
-            stopping: AtomicBool::new(false),
-            stop_signal: Signal::new(),
-            running: AtomicUsize::new(0),
-            done: Signal::new(),
-            aborts: Mutex::new(Vec::new()),
-            counters: Counters::default(),
-        }
-    }
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dispatcher")
-            .field("running", &self.running.load(Ordering::SeqCst))
-            .field("stopping", &self.is_stopping())
+            .field("running", &self.tasks.running())
+            .field("stopping", &self.tasks.is_stopping())
             .finish_non_exhaustive()
     }
 }
 
-/// Decrements the running count when a task ends, finished or aborted.
-struct Running(Arc<Shared>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::SeqCst);
-        self.0.done.notify(usize::MAX);
-    }
-}
-
 impl Shared {
-    fn spawn(
-        self: &Arc<Self>,
-        runtime: &Arc<dyn Runtime>,
-        task: impl Future<Output = ()> + Send + 'static,
-    ) {
-        let (handle, registration) = AbortHandle::new_pair();
-        self.aborts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(handle);
-        self.running.fetch_add(1, Ordering::SeqCst);
-        let guard = Running(self.clone());
-        runtime.spawn(Box::pin(async move {
-            let _guard = guard;
-            let _ = Abortable::new(task, registration).await;
-        }));
-    }
-
-    fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        self.stop_signal.notify(usize::MAX);
-    }
-
     fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
-
-    fn abort_all(&self) {
-        for handle in self.aborts.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            handle.abort();
-        }
-    }
-
-    /// Completes once stop was asked for.
-    async fn stopped(&self) {
-        loop {
-            let listener = self.stop_signal.listen();
-            if self.is_stopping() {
-                return;
-            }
-            listener.await;
-        }
-    }
-
-    /// Completes once every task ended.
-    async fn finished(&self) {
-        loop {
-            let listener = self.done.listen();
-            if self.running.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            listener.await;
-        }
+        self.tasks.is_stopping()
     }
 }
 
@@ -322,7 +244,7 @@ async fn worker<DB: SqlDatabase>(outbox: Outbox<DB>, relay: Arc<Relay>, shared: 
     let mut blocked = 0u32;
     let mut floor = Floor::default();
     loop {
-        let stopped = shared.stop_signal.listen();
+        let stopped = shared.tasks.stop_listener();
         if shared.is_stopping() {
             return;
         }
@@ -465,7 +387,7 @@ async fn pass<DB: SqlDatabase>(
 async fn cleanup_loop<DB: SqlDatabase>(outbox: Outbox<DB>, shared: Arc<Shared>) {
     let every = outbox.config().retention.interval;
     loop {
-        let stopped = shared.stop_signal.listen();
+        let stopped = shared.tasks.stop_listener();
         if shared.is_stopping() {
             return;
         }

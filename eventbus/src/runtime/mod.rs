@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 
 #[cfg(feature = "smol")]
 mod smol;
+pub(crate) mod task_group;
 #[cfg(feature = "tokio")]
 mod tokio;
 
