@@ -29,6 +29,8 @@ const ERROR: &str = "dlq-error";
 const ATTEMPTS: &str = "dlq-attempts";
 const FIRST_FAILURE: &str = "dlq-first-failure";
 const LAST_FAILURE: &str = "dlq-last-failure";
+/// Header of a metadata-only dead letter: the payload's size and why it could not be stored.
+pub const PAYLOAD_OMITTED: &str = "dlq-payload-omitted";
 
 /// The longest error text a dead letter stores, in bytes (`dlq-error`); a longer one is cut at
 /// a character boundary and says how long it was.
@@ -115,8 +117,11 @@ pub struct DeadLetter {
     /// Why and when.
     pub failure: Failure,
     /// The original envelope bytes, as received (may be malformed: that can be the reason).
+    /// Empty when the payload could not be stored ([`DeadLetter::payload_omitted`]).
     #[serde(skip)]
     pub payload: Arc<[u8]>,
+    /// Set on a metadata-only dead letter: the payload's size and why it is missing.
+    pub payload_omitted: Option<String>,
 }
 
 impl DeadLetter {
@@ -153,6 +158,7 @@ impl DeadLetter {
                 last_failure: time(LAST_FAILURE),
             },
             payload: stored.message.payload.clone(),
+            payload_omitted: h.get(PAYLOAD_OMITTED).cloned(),
         }
     }
 

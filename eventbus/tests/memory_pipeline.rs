@@ -686,6 +686,74 @@ fn a_typed_handler_on_a_wider_pattern_skips_the_other_types() {
     });
 }
 
+/// A dead letter that cannot be published (the broker refuses it, as it refuses a record over
+/// its own size limit) is tried a bounded number of times, then stored without its payload,
+/// saying why, and counted; the consumer moves on.
+#[test]
+fn a_dead_letter_that_cannot_be_published_is_kept_as_metadata_only() {
+    run(|rt| async move {
+        // The harness's backend, known once it started.
+        let backend: Arc<Mutex<Option<eventbus::backend::memory::MemoryBackend>>> = Arc::default();
+        let b = backend.clone();
+        let seen = Seen::default();
+        let s = seen.clone();
+        let h = TestHarness::start_on(rt, move |bus| {
+            let (b, s) = (b.clone(), s.clone());
+            bus.subscribe(
+                Subscription::new("order.created", move |env: Envelope<OrderCreated>| {
+                    s.push(&env.data.order_id, env.data.seq);
+                    if env.data.seq == 1 {
+                        // Every full dead-letter publish of this event fails.
+                        let faults = Faults {
+                            fail_publishes: 3,
+                            ..Faults::default()
+                        };
+                        b.lock().unwrap().as_ref().expect("backend").inject(faults);
+                    }
+                    async move {
+                        if env.data.seq == 1 {
+                            Err(HandlerError::permanent("rejected"))
+                        } else {
+                            Ok(())
+                        }
+                    }
+                })
+                .group("g"),
+            )
+        })
+        .await
+        .unwrap();
+        *backend.lock().unwrap() = Some(h.backend().clone());
+        h.publish(order("a", 1)).await.unwrap();
+        h.publish(order("a", 2)).await.unwrap();
+        h.settle().await.unwrap();
+        assert_eq!(
+            seen.all(),
+            vec![("a".to_owned(), 1), ("a".to_owned(), 2)],
+            "the key moved on"
+        );
+        let letters = h.bus().dead_letters().list("order.created").await.unwrap();
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        assert!(letters[0].payload.is_empty());
+        let omitted = letters[0]
+            .payload_omitted
+            .clone()
+            .expect("says the payload is missing");
+        assert!(
+            omitted.contains("bytes: dead-letter publish failed"),
+            "{omitted}"
+        );
+        assert_eq!(letters[0].failure.message, "rejected");
+        assert!(
+            h.bus().metrics().encode().lines().any(|l| l
+                .starts_with("event_dead_letter_payload_omitted_total{")
+                && l.ends_with(" 1")),
+            "{}",
+            h.bus().metrics().encode()
+        );
+    });
+}
+
 /// A user layer that panics on one event, outside the handler guard.
 struct PanicsOnSeq(u32);
 

@@ -16,6 +16,7 @@
 //! | `event_dlq_size` | gauge | `service`, `topic` |
 //! | `event_circuit_state` | gauge | `service`, `channel` (0 closed, 1 half-open, 2 open) |
 //! | `eventbus_groups_recreated_total` | counter | `service` |
+//! | `event_dead_letter_payload_omitted_total` | counter | `service`, `topic`, `group` (dead letters stored without their payload) |
 //! | `event_parked_keys` | gauge | `service`, `topic`, `group` (keys parked by `park_keys`) |
 //! | `event_park_overflow_total` | counter | `service`, `topic`, `group` (keys not parked: the cap was reached) |
 
@@ -94,6 +95,7 @@ pub struct Metrics {
     circuit_state: Family<ChannelLabels, Gauge>,
     groups_recreated: Family<ServiceLabel, Counter>,
     parked_keys: Family<GroupLabels, Gauge>,
+    payload_omitted: Family<GroupLabels, Counter>,
     park_overflow: Family<GroupLabels, Counter>,
 }
 
@@ -126,6 +128,7 @@ impl Metrics {
             circuit_state: Family::default(),
             groups_recreated: Family::default(),
             parked_keys: Family::default(),
+            payload_omitted: Family::default(),
             park_overflow: Family::default(),
         };
         {
@@ -190,6 +193,11 @@ impl Metrics {
                 "event_circuit_state",
                 "Publish circuit: 0 closed, 1 half-open, 2 open",
                 m.circuit_state.clone(),
+            );
+            r.register(
+                "event_dead_letter_payload_omitted",
+                "Dead letters stored without their payload (publishing it failed)",
+                m.payload_omitted.clone(),
             );
             r.register(
                 "event_parked_keys",
@@ -338,6 +346,13 @@ impl Metrics {
         self.parked_keys
             .get_or_create(&self.group_labels(topic, group))
             .set(i64::try_from(keys).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a dead letter stored without its payload.
+    pub fn dead_letter_payload_omitted(&self, topic: &str, group: &str) {
+        self.payload_omitted
+            .get_or_create(&self.group_labels(topic, group))
+            .inc();
     }
 
     /// Counts a key that could not be parked because the parking lot was full.

@@ -1,26 +1,75 @@
 //! The outermost layer: turns a final failure into a dead letter (or a discard).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 
 use super::{DeliveryCx, Layer, Next, Outcome};
-use crate::backend::Backend;
-use crate::dead_letter::dead_letter_message;
+use crate::backend::{Backend, Message};
+use crate::clock::Clock;
+use crate::dead_letter::{capped_error_text, dead_letter_message, PAYLOAD_OMITTED};
 use crate::retry::Terminal;
 
 /// Publishes failed deliveries to `{topic}.dlq` with their failure metadata, or discards them
-/// when the subscription's terminal state is [`Terminal::Discard`]. If the dead-letter publish
-/// fails the delivery stays unsettled, so it is redelivered rather than lost.
+/// when the subscription's terminal state is [`Terminal::Discard`].
+///
+/// A dead-letter publish that fails is tried [`DeadLetterLayer::PUBLISH_ATTEMPTS`] times; then
+/// a metadata-only dead letter is published instead (no payload, the header
+/// `dlq-payload-omitted` saying how large it was and why it is missing: a payload over the
+/// broker's own size limit can never be stored), logged as an error and counted in
+/// `event_dead_letter_payload_omitted_total`. Only when that fails too (the broker is
+/// unreachable) is the delivery left unsettled, to be redelivered rather than lost.
 pub struct DeadLetterLayer {
     backend: Arc<dyn Backend>,
     terminal: Terminal,
+    clock: Option<Arc<dyn Clock>>,
+    metrics: Option<Arc<crate::observability::Metrics>>,
 }
 
 impl DeadLetterLayer {
+    /// Attempts to publish a full dead letter before falling back to a metadata-only one.
+    pub const PUBLISH_ATTEMPTS: u32 = 3;
+
     /// A layer publishing dead letters through `backend`.
     pub fn new(backend: Arc<dyn Backend>, terminal: Terminal) -> Self {
-        DeadLetterLayer { backend, terminal }
+        DeadLetterLayer {
+            backend,
+            terminal,
+            clock: None,
+            metrics: None,
+        }
+    }
+
+    /// Waits between dead-letter publish attempts on `clock` (100 ms, 200 ms, ...); without
+    /// one, attempts follow each other at once.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Counts metadata-only dead letters in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::observability::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Publishes `letter`, trying a few times; the last error when every attempt failed.
+    async fn publish(&self, letter: Message) -> Result<(), crate::Error> {
+        let mut attempt = 1;
+        loop {
+            match self.backend.publish(vec![letter.clone()]).await {
+                Ok(()) => return Ok(()),
+                Err(error) if attempt >= Self::PUBLISH_ATTEMPTS => return Err(error),
+                Err(error) => {
+                    tracing::warn!(%error, attempt, "dead-letter publish failed; trying again");
+                    if let Some(clock) = &self.clock {
+                        clock.sleep(Duration::from_millis(100) * attempt).await;
+                    }
+                    attempt += 1;
+                }
+            }
+        }
     }
 }
 
@@ -42,13 +91,36 @@ impl Layer for DeadLetterLayer {
                 }
                 Terminal::DeadLetter => {
                     let letter = dead_letter_message(&cx.message, &cx.group, &failure);
-                    match self.backend.publish(vec![letter]).await {
+                    let error = match self.publish(letter.clone()).await {
                         Ok(()) => {
                             tracing::warn!(
                                 topic = %cx.message.topic, group = %cx.group,
                                 error = %failure.message, attempts = failure.attempts,
                                 "event dead-lettered"
                             );
+                            return Outcome::DeadLettered(failure);
+                        }
+                        Err(error) => error,
+                    };
+                    // The full letter cannot be stored: keep the metadata, say what is missing.
+                    let mut bare = letter;
+                    let size = bare.payload.len();
+                    bare.payload = Arc::from(&[][..]);
+                    bare.headers.insert(
+                        PAYLOAD_OMITTED.to_owned(),
+                        capped_error_text(&format!(
+                            "{size} bytes: dead-letter publish failed: {error}"
+                        )),
+                    );
+                    match self.backend.publish(vec![bare]).await {
+                        Ok(()) => {
+                            tracing::error!(
+                                topic = %cx.message.topic, group = %cx.group, %error, size,
+                                "dead letter stored without its payload (publishing it failed)"
+                            );
+                            if let Some(metrics) = &self.metrics {
+                                metrics.dead_letter_payload_omitted(&cx.message.topic, &cx.group);
+                            }
                             Outcome::DeadLettered(failure)
                         }
                         Err(error) => {

@@ -284,10 +284,11 @@ impl Pipeline {
         );
         let options = &subscription.options;
         let mut layers: Vec<Arc<dyn Layer>> = vec![
-            Arc::new(DeadLetterLayer::new(
-                publisher.backend().clone(),
-                options.retry.terminal,
-            )),
+            Arc::new(
+                DeadLetterLayer::new(publisher.backend().clone(), options.retry.terminal)
+                    .with_clock(clock.clone())
+                    .with_metrics(metrics.clone()),
+            ),
             Arc::new(
                 DecodeLayer::new(pattern, clock.clone())
                     .accepting(subscription.payload_types())
