@@ -21,7 +21,7 @@ use eventbus::backend::redis::{RedisBackend, RedisConfig, StartFrom as RedisStar
 use eventbus::backend::{Backend, Message};
 use eventbus::inbox::MemoryInbox;
 use eventbus::{event, Backoff, Bus, Context, Envelope, HandlerError, Subscription, Uuid};
-use eventbus_integration::{eventually, panic_message, require_server, unique_prefix, Tansu};
+use eventbus_integration::{eventually, require_server, unique_prefix, with_diagnosis, Tansu};
 use serde::{Deserialize, Serialize};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -271,10 +271,7 @@ impl Under {
 
     /// Runs `case`; when it panics, panics again with the backend's state added.
     async fn run<F: std::future::Future<Output = ()>>(&self, case: F) {
-        use futures::FutureExt;
-        if let Err(panic) = std::panic::AssertUnwindSafe(case).catch_unwind().await {
-            panic!("{}\n  backend: {}", panic_message(&*panic), self.diagnose());
-        }
+        with_diagnosis(case, || self.diagnose()).await;
     }
 }
 

@@ -36,7 +36,7 @@ use eventbus::{
     Uuid,
 };
 use eventbus_integration::{
-    eventually, panic_message, require_server, scaled, wait_for_progress, Tansu,
+    eventually, require_server, scaled, wait_for_progress, with_diagnosis, Tansu,
 };
 use serde::{Deserialize, Serialize};
 
@@ -81,7 +81,7 @@ impl Broker {
     }
 
     /// What the broker was doing, for a failure message.
-    async fn diagnose(&self) -> String {
+    fn diagnose(&self) -> String {
         match &self.tansu {
             // Samples the broker's CPU for a second: off the runtime's worker.
             Some(tansu) => tokio::task::block_in_place(|| tansu.diagnose()),
@@ -91,14 +91,7 @@ impl Broker {
 
     /// Runs `case`; when it panics, panics again with the broker's state added.
     async fn run<F: std::future::Future<Output = ()>>(&self, case: F) {
-        use futures::FutureExt;
-        if let Err(panic) = std::panic::AssertUnwindSafe(case).catch_unwind().await {
-            panic!(
-                "{}\n  broker: {}",
-                panic_message(&*panic),
-                self.diagnose().await
-            );
-        }
+        with_diagnosis(case, || self.diagnose()).await;
     }
 
     fn is_mock(&self) -> bool {

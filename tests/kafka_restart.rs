@@ -13,7 +13,7 @@ use eventbus::backend::kafka::{
 };
 use eventbus::inbox::MemoryInbox;
 use eventbus::{event, Bus, Envelope, Subscription, Uuid};
-use eventbus_integration::{eventually, panic_message, require_server, Tansu};
+use eventbus_integration::{eventually, require_server, with_diagnosis, Tansu};
 use serde::{Deserialize, Serialize};
 
 #[event(name = "rst.ledger.posted", version = 1, key = account)]
@@ -158,17 +158,10 @@ async fn a_tansu_restart_in_the_middle_of_a_stream_loses_nothing() {
             .await
             .unwrap()
     };
-    use futures::FutureExt;
-    if let Err(panic) = std::panic::AssertUnwindSafe(stream_across_a_restart(backend, restart))
-        .catch_unwind()
-        .await
-    {
-        panic!(
-            "{}\n  broker: {}",
-            panic_message(&*panic),
-            tokio::task::block_in_place(|| tansu.diagnose())
-        );
-    }
+    with_diagnosis(stream_across_a_restart(backend, restart), || {
+        tokio::task::block_in_place(|| tansu.diagnose())
+    })
+    .await;
 }
 
 /// The mock cluster's broker goes down for two seconds and comes back (connections refused,

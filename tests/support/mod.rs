@@ -133,3 +133,15 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
         .unwrap_or_else(|| "a panic without a message".into())
 }
+
+/// Runs `case`; when it panics, panics again with `diagnose()` (what the server was doing)
+/// added to its message.
+pub async fn with_diagnosis<F: std::future::Future<Output = ()>>(
+    case: F,
+    diagnose: impl FnOnce() -> String,
+) {
+    use futures::FutureExt;
+    if let Err(panic) = std::panic::AssertUnwindSafe(case).catch_unwind().await {
+        panic!("{}\n  server: {}", panic_message(&*panic), diagnose());
+    }
+}
