@@ -54,6 +54,7 @@ shared_tests! {
     dispatcher_runs_the_cleanup,
     backlog_reports_size_and_age,
     inbox_transaction_claims_an_event_once,
+    replay_reaches_a_handler_that_uses_the_inbox_transaction,
     config_errors_name_the_setting,
 }
 

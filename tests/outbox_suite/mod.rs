@@ -1001,6 +1001,52 @@ pub async fn inbox_transaction_claims_an_event_once<DB: TestDb>(db: &Fresh<DB>) 
     );
 }
 
+/// A replay reaches a handler that does its work in the inbox transaction: the event is
+/// handled already, but a replay is meant to run again, so the transaction is begun anyway.
+pub async fn replay_reaches_a_handler_that_uses_the_inbox_transaction<DB: TestDb>(db: &Fresh<DB>) {
+    let pool = &db.pool;
+    let backend = MemoryBackend::new();
+    let (bus, seen) = downstream(pool, &backend, 1).await;
+    let from = chrono::Utc::now() - chrono::Duration::seconds(1);
+    bus.publish(Credited {
+        account: "a".into(),
+        seq: 1,
+        note: String::new(),
+    })
+    .await
+    .expect("publish");
+    eventually("first delivery handled", Duration::from_secs(10), || {
+        let n = seen.all().len();
+        async move { n == 1 }
+    })
+    .await;
+    let progress = bus
+        .replay(eventbus::replay::ReplayRequest {
+            topic: "ledger.credited".into(),
+            from,
+            to: chrono::Utc::now(),
+            event_type: None,
+            group: Some("ledger".into()),
+        })
+        .expect("replay");
+    eventually(
+        "the replay handled in its transaction",
+        Duration::from_secs(10),
+        || {
+            let n = seen.all().len();
+            async move { n == 2 }
+        },
+    )
+    .await;
+    assert_eq!(progress.status().replayed, 1, "{:?}", progress.status());
+    assert_eq!(
+        DB::effects(pool).await.len(),
+        2,
+        "the replay's effect committed"
+    );
+    bus.shutdown(Duration::from_secs(5)).await;
+}
+
 /// Settings are checked and errors name them.
 pub async fn config_errors_name_the_setting<DB: TestDb>(db: &Fresh<DB>) {
     let pool = &db.pool;

@@ -85,7 +85,17 @@ impl<DB: SqlDatabase> SqlInbox<DB> {
         group: &str,
         event_id: Uuid,
     ) -> Result<Option<Transaction<'static, DB>>, Error> {
-        let work = claim(self.pool.clone(), group.to_owned(), event_id);
+        self.claim_in_task(group, event_id, false).await
+    }
+
+    /// Runs [`claim`] in a task of its own and waits for it.
+    async fn claim_in_task(
+        &self,
+        group: &str,
+        event_id: Uuid,
+        replay: bool,
+    ) -> Result<Option<Transaction<'static, DB>>, Error> {
+        let work = claim(self.pool.clone(), group.to_owned(), event_id, replay);
         // sqlx 0.8's `begin` is not cancel-safe (launchbadge/sqlx#3932, #4393): a handler
         // cancelled halfway (shutdown timeout, handler timeout) could return a connection stuck
         // in a transaction to the pool. The claim runs to completion in its own task; if
@@ -105,12 +115,34 @@ impl<DB: SqlDatabase> SqlInbox<DB> {
         })
     }
 
-    /// [`SqlInbox::begin`] for the delivery a handler is handling.
+    /// [`SqlInbox::begin`] for the delivery a handler is handling. A replay
+    /// ([`Context::is_replay`]) is meant to run again: its transaction is begun even when the
+    /// group handled the event before (the inbox row stays as it is).
     pub async fn begin_for(
         &self,
         ctx: &Context,
     ) -> Result<Option<Transaction<'static, DB>>, Error> {
+        if ctx.is_replay() {
+            return self
+                .begin_replay(ctx.group(), ctx.event_id())
+                .await
+                .map(Some);
+        }
         self.begin(ctx.group(), ctx.event_id()).await
+    }
+
+    /// Begins a transaction holding the inbox row of `(group, event_id)`, inserting it when
+    /// missing, whether or not the group handled the event before: for replays.
+    pub async fn begin_replay(
+        &self,
+        group: &str,
+        event_id: Uuid,
+    ) -> Result<Transaction<'static, DB>, Error> {
+        let claimed = self.claim_in_task(group, event_id, true).await?;
+        claimed.ok_or_else(|| Error::Inbox {
+            operation: "begin",
+            source: "a replay claim returned no transaction".into(),
+        })
     }
 
     /// Inserts the inbox row in a transaction of your own (`&mut tx`); true if inserted, false
@@ -169,6 +201,7 @@ async fn claim<DB: SqlDatabase>(
     pool: Pool<DB>,
     group: String,
     event_id: Uuid,
+    replay: bool,
 ) -> Result<Option<Transaction<'static, DB>>, Error> {
     let mut tx = DB::inbox_begin(&pool)
         .await
@@ -176,8 +209,9 @@ async fn claim<DB: SqlDatabase>(
     let inserted = DB::inbox_insert(&mut *tx, &group, event_id)
         .await
         .map_err(|e| inbox_error("insert", e))?;
-    // Not inserted: nothing was written; dropping the transaction rolls it back.
-    Ok(inserted.then_some(tx))
+    // Not inserted: handled before. Nothing was written; dropping the transaction rolls it
+    // back, unless this is a replay, which runs again.
+    Ok((inserted || replay).then_some(tx))
 }
 
 impl<DB: SqlDatabase> InboxStore for SqlInbox<DB> {
@@ -201,7 +235,8 @@ impl<DB: SqlDatabase> InboxStore for SqlInbox<DB> {
 /// Handler-side access to the SQL inbox through the [`Context`].
 pub trait ContextExt {
     /// A transaction on the bus's database that already holds this delivery's inbox row
-    /// (group, event id), or `None` when the group already handled the event.
+    /// (group, event id), or `None` when the group already handled the event. A replay
+    /// always gets its transaction: replays are meant to run again.
     ///
     /// The pool comes from the bus's extensions: a [`SqlInbox<DB>`] or a `sqlx::Pool<DB>`
     /// registered with [`BusBuilder::extension`](crate::BusBuilder::extension).
@@ -248,6 +283,6 @@ impl ContextExt for Context {
                 ),
             ))
         };
-        Box::pin(async move { inbox?.begin(self.group(), self.event_id()).await })
+        Box::pin(async move { inbox?.begin_for(self).await })
     }
 }
