@@ -57,7 +57,7 @@ pub enum StartFrom {
 ///
 /// Defaults: prefix `eventbus`, 4 pooled connections, `BLOCK` 1 s, batches of 128, pending
 /// entries claimed after 30 s idle (checked every 5 s), new streams discovered every 2 s,
-/// retention 30 days / 10 M entries per stream, inbox keys kept 7 days, delayed retries moved
+/// retention 30 days / 10 M entries per stream, inbox keys kept 30 days, delayed retries moved
 /// every 250 ms, new groups start from the latest entry.
 #[derive(Clone, PartialEq)]
 pub struct RedisConfig {
@@ -86,7 +86,10 @@ pub struct RedisConfig {
     pub topic_retention: HashMap<String, Retention>,
     /// Retention of dead-letter and retry streams.
     pub dlq_retention: Retention,
-    /// How long inbox keys live.
+    /// How long inbox keys live: at least the longest retention by age of an event stream
+    /// (checked by [`RedisConfig::validate`]), so that no event still in a stream can be
+    /// redelivered or replayed after the inbox forgot it. 30 days by default, like the
+    /// default retention.
     pub inbox_ttl: Duration,
     /// How often due delayed retries are moved back to their group.
     pub delayed_poll: Duration,
@@ -136,7 +139,7 @@ impl RedisConfig {
             retention: Retention::default(),
             topic_retention: HashMap::new(),
             dlq_retention: Retention::default(),
-            inbox_ttl: Duration::from_secs(7 * 24 * 3600),
+            inbox_ttl: Duration::from_secs(30 * 24 * 3600),
             delayed_poll: Duration::from_millis(250),
             start_from: StartFrom::Latest,
             command_timeout: Duration::from_secs(5),
@@ -265,6 +268,21 @@ impl RedisConfig {
         positive("inbox_ttl", self.inbox_ttl)?;
         positive("delayed_poll", self.delayed_poll)?;
         positive("command_timeout", self.command_timeout)?;
+        for (topic, retention) in std::iter::once(("*", &self.retention))
+            .chain(self.topic_retention.iter().map(|(t, r)| (t.as_str(), r)))
+        {
+            if let Some(age) = retention.max_age.filter(|age| *age > self.inbox_ttl) {
+                return Err(Error::config(
+                    "redis.inbox_ttl",
+                    format!(
+                        "{:?} is shorter than the retention of `{topic}` ({age:?}): an event still \
+                         in the stream could be redelivered after the inbox forgot it; make \
+                         inbox_ttl at least as long",
+                        self.inbox_ttl
+                    ),
+                ));
+            }
+        }
         if self.block >= self.command_timeout + Duration::from_secs(3600) {
             return Err(Error::config("redis.block", "is over an hour"));
         }
@@ -314,6 +332,25 @@ fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_inbox_outlives_the_retention() {
+        let mut c = RedisConfig::new("redis://127.0.0.1:6379");
+        assert!(c.validate().is_ok(), "the defaults agree");
+        c.topic_retention.insert(
+            "orders".into(),
+            Retention::max_age(Duration::from_secs(90 * 24 * 3600)),
+        );
+        let err = c
+            .validate()
+            .expect_err("inbox shorter than the orders retention");
+        assert!(
+            err.to_string().contains("redis.inbox_ttl") && err.to_string().contains("`orders`"),
+            "{err}"
+        );
+        c.inbox_ttl = Duration::from_secs(90 * 24 * 3600);
+        assert!(c.validate().is_ok());
+    }
 
     #[test]
     fn debug_hides_the_password() {
