@@ -211,7 +211,17 @@ fn fails(output: Output, code: i32, message: &str) -> String {
 fn dlq_list_and_show() {
     let s = Service::start();
     s.dead_orders(3);
-    let table = ok(s.run(&["dlq", "list"]));
+    // Dead letters hold user data: with a token configured, reading them needs it.
+    let err = fails(
+        s.run(&["dlq", "list"]),
+        1,
+        "missing `Authorization: Bearer <token>` header",
+    );
+    assert!(
+        err.contains("pass --token or set EVENTBUS_ADMIN_TOKEN"),
+        "{err}"
+    );
+    let table = ok(s.run_with_token(&["dlq", "list"]));
     let lines: Vec<&str> = table.lines().collect();
     assert!(
         lines[0].starts_with("TOPIC") && lines[0].contains("ERROR"),
@@ -231,13 +241,13 @@ fn dlq_list_and_show() {
         "{table}"
     );
 
-    let page: Value = serde_json::from_str(&ok(s.run(&[
+    let page: Value = serde_json::from_str(&ok(s.run_with_token(&[
         "--json", "dlq", "list", "--topic", "orders", "--limit", "2", "--offset", "1",
     ])))
     .expect("json");
     assert_eq!(page["total"], 3);
     assert_eq!(page["items"].as_array().map(Vec::len), Some(2));
-    let filtered: Value = serde_json::from_str(&ok(s.run(&[
+    let filtered: Value = serde_json::from_str(&ok(s.run_with_token(&[
         "--json",
         "dlq",
         "list",
@@ -246,7 +256,7 @@ fn dlq_list_and_show() {
     ])))
     .expect("json");
     assert_eq!(filtered["total"], 0);
-    let filtered: Value = serde_json::from_str(&ok(s.run(&[
+    let filtered: Value = serde_json::from_str(&ok(s.run_with_token(&[
         "--json",
         "dlq",
         "list",
@@ -259,29 +269,31 @@ fn dlq_list_and_show() {
     assert_eq!(filtered["total"], 3);
 
     let id = s.dlq_ids().remove(0);
-    let shown = ok(s.run(&["dlq", "show", "orders", &id]));
+    let shown = ok(s.run_with_token(&["dlq", "show", "orders", &id]));
     assert!(shown.contains("group:         billing"), "{shown}");
     assert!(
         shown.contains("failure:       permanent after 1 attempt(s): warehouse rejected the order"),
         "{shown}"
     );
     assert!(shown.contains("\"order_id\": \"o-0\""), "{shown}");
-    let json: Value =
-        serde_json::from_str(&ok(s.run(&["--json", "dlq", "show", "orders", &id]))).expect("json");
+    let json: Value = serde_json::from_str(&ok(
+        s.run_with_token(&["--json", "dlq", "show", "orders", &id])
+    ))
+    .expect("json");
     assert_eq!(json["envelope"]["type"], "order.created");
 
     fails(
-        s.run(&["dlq", "show", "orders", "424242"]),
+        s.run_with_token(&["dlq", "show", "orders", "424242"]),
         1,
         "no dead letter `424242` on topic `orders.dlq` (field `id`)",
     );
     fails(
-        s.run(&["dlq", "list", "--limit", "900"]),
+        s.run_with_token(&["dlq", "list", "--limit", "900"]),
         1,
         "(field `limit`)",
     );
     fails(
-        s.run(&["dlq", "list", "--type", "order..x"]),
+        s.run_with_token(&["dlq", "list", "--type", "order..x"]),
         1,
         "(field `type`)",
     );
