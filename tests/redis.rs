@@ -284,6 +284,72 @@ async fn a_killed_consumer_s_entries_are_claimed_and_finished_by_another_member(
     survivor.shutdown(Duration::from_secs(5)).await;
 }
 
+/// An entry that retention trims while it is still pending for a group (its consumer died
+/// before acknowledging it) is lost to that group: never silently, it is counted and logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_trimmed_while_pending_are_counted() {
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+        return;
+    };
+    let b = backend(&url, "trimmed").await;
+    let started = Arc::new(AtomicUsize::new(0));
+    let s = started.clone();
+    let doomed = Bus::builder()
+        .backend(b.clone())
+        .subscribe(
+            Subscription::new("approval.granted", move |_: Envelope<ApprovalGranted>| {
+                s.fetch_add(1, Ordering::SeqCst);
+                async {
+                    futures::future::pending::<()>().await;
+                    Ok(())
+                }
+            })
+            .group("workers"),
+        )
+        .start()
+        .await
+        .unwrap();
+    doomed.publish(granted("x", 1)).await.unwrap();
+    assert!(eventually(WAIT, || started.load(Ordering::SeqCst) == 1).await);
+    doomed.abort().await;
+    // Retention (here by hand) removes the entry while the group still owes it.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let stream = format!("{}:events:approval.granted", b.config().prefix);
+    let trimmed: u64 = redis::cmd("XTRIM")
+        .arg(&stream)
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(trimmed, 1);
+    assert_eq!(b.stats().retention_dropped, 0);
+
+    let handled = Arc::new(AtomicUsize::new(0));
+    let h = handled.clone();
+    let survivor = Bus::builder()
+        .backend(b.clone())
+        .subscribe(
+            Subscription::new("approval.granted", move |_: Envelope<ApprovalGranted>| {
+                h.fetch_add(1, Ordering::SeqCst);
+                async { Ok(()) }
+            })
+            .group("workers"),
+        )
+        .start()
+        .await
+        .unwrap();
+    assert!(
+        eventually(WAIT, || b.stats().retention_dropped == 1).await,
+        "{:?}",
+        b.stats()
+    );
+    assert_eq!(handled.load(Ordering::SeqCst), 0, "nothing left to handle");
+    assert_eq!(b.pending("approval.granted", "workers").await.unwrap(), 0);
+    survivor.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_retry_fires_after_its_delay_and_survives_a_consumer_restart() {
     let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
