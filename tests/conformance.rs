@@ -346,7 +346,10 @@ async fn typed_handler_on_a_wider_pattern_gets_only_its_type(b: &Under) {
         mine(),
         bus.stats()
     );
-    assert_eq!(mine(), vec![format!("{run}-1"), format!("{run}-3")]);
+    // Different keys, so possibly different partitions: any order.
+    let mut got = mine();
+    got.sort();
+    assert_eq!(got, vec![format!("{run}-1"), format!("{run}-3")]);
     assert_eq!(bus.stats().dead_lettered, 0, "{:?}", bus.stats());
     bus.shutdown(Duration::from_secs(10)).await;
 }
