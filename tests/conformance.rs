@@ -846,6 +846,138 @@ async fn redrive_goes_only_to_the_group_that_failed(b: &Under) {
     bus.shutdown(Duration::from_secs(10)).await;
 }
 
+// --- 11. dead-letter tools page through the queue -------------------------------------------
+
+#[event(name = "audit.rejected", version = 1, key = batch)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct AuditRejected {
+    batch: String,
+    n: u32,
+}
+
+/// The dead-letter tools read a queue a page at a time: pages hold at most their limit, walk
+/// the queue once in order, and stay right after purges (Kafka hides resolved records across
+/// pages); a purge and a redrive by filter walk the queue page by page too.
+async fn dead_letter_tools_page_through_the_queue(b: &Under) {
+    const N: u32 = 25;
+    let t = "audit.rejected".to_owned();
+    b.topic(&t, 1).await;
+    let backend = b.member().await;
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handled: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let (f, h) = (fixed.clone(), handled.clone());
+    let bus = Bus::builder()
+        .backend_arc(backend.clone())
+        .catalog(&[eventbus::CatalogEntry::of::<AuditRejected>()])
+        .subscribe(
+            Subscription::new("audit.rejected", move |env: Envelope<AuditRejected>| {
+                let ok = f.load(Ordering::SeqCst);
+                if ok {
+                    h.lock().unwrap().push(env.data.n);
+                }
+                async move {
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err(HandlerError::permanent("rejected"))
+                    }
+                }
+            })
+            .group(group("audit")),
+        )
+        .start()
+        .await
+        .expect("start");
+    for n in 0..N {
+        bus.publish(AuditRejected {
+            batch: "b-1".into(),
+            n,
+        })
+        .await
+        .expect("publish");
+    }
+    let dlq = bus.dead_letters();
+    let mut count = 0;
+    assert!(
+        eventually(WAIT, || {
+            count = futures::executor::block_on(dlq.count(&t)).unwrap_or(0);
+            count == u64::from(N)
+        })
+        .await,
+        "{count} dead letters of {N}, {:?}",
+        bus.stats()
+    );
+    let n_of = |d: &eventbus::dead_letter::DeadLetter| -> u32 {
+        let env: Envelope<AuditRejected> = serde_json::from_slice(&d.payload).expect("envelope");
+        env.data.n
+    };
+    // Walks the queue with pages of `limit`: the sizes of the pages and the events seen.
+    let walk = |limit: usize| {
+        let dlq = dlq.clone();
+        let t = t.clone();
+        async move {
+            let (mut sizes, mut seen, mut cursor) = (Vec::new(), Vec::new(), None);
+            loop {
+                let page = dlq.page(&t, cursor, limit).await.expect("page");
+                sizes.push(page.letters.len());
+                seen.extend(page.letters.iter().map(n_of));
+                match page.next {
+                    Some(next) => cursor = Some(next),
+                    None => return (sizes, seen, dlq.list(&t).await.expect("list")),
+                }
+            }
+        }
+    };
+    let (sizes, seen, all) = walk(10).await;
+    assert!(
+        sizes.iter().all(|&s| s <= 10),
+        "a page over its limit: {sizes:?}"
+    );
+    assert_eq!(seen, (0..N).collect::<Vec<_>>(), "pages of 10: {sizes:?}");
+    let ids: Vec<String> = all.iter().map(|d| d.id.clone()).collect();
+    let picked = dlq
+        .get_many(&t, &[ids[3].clone(), ids[7].clone()])
+        .await
+        .expect("get two");
+    assert_eq!(picked.iter().map(n_of).collect::<Vec<_>>(), vec![3, 7]);
+    let missing = dlq.get_many(&t, &[ids[3].clone(), "0-999999".into()]).await;
+    assert!(
+        matches!(missing, Err(eventbus::Error::DeadLetterNotFound { .. })),
+        "{missing:?}"
+    );
+
+    let purged = dlq
+        .purge_where(&t, |d| n_of(d) % 2 == 0)
+        .await
+        .expect("purge evens");
+    assert_eq!(purged, 13);
+    let odd: Vec<u32> = (0..N).filter(|n| n % 2 == 1).collect();
+    let (sizes, seen, _) = walk(5).await;
+    assert!(sizes.iter().all(|&s| s <= 5), "{sizes:?}");
+    assert_eq!(seen, odd, "after the purge, pages of 5: {sizes:?}");
+    assert_eq!(
+        dlq.get_many(&t, &[ids[4].clone()])
+            .await
+            .ok()
+            .map(|v| v.len()),
+        None,
+        "a purged letter is gone"
+    );
+
+    fixed.store(true, Ordering::SeqCst);
+    let redriven = dlq.redrive_where(&t, |_| true).await.expect("redrive all");
+    assert_eq!(redriven, odd.len());
+    assert!(
+        eventually(WAIT, || handled.lock().unwrap().len() == odd.len()).await,
+        "handled after the redrive: {:?}",
+        handled.lock().unwrap()
+    );
+    assert_eq!(*handled.lock().unwrap(), odd, "redriven in order");
+    let (_, seen, _) = walk(10).await;
+    assert!(seen.is_empty(), "left on the queue: {seen:?}");
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -894,4 +1026,5 @@ conformance!(
     per_key_order_across_two_members,
     poison_and_forged_headers_never_stall,
     redrive_goes_only_to_the_group_that_failed,
+    dead_letter_tools_page_through_the_queue,
 );

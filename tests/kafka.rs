@@ -293,7 +293,7 @@ async fn round_trip_typed_and_wildcard(b: &Broker) {
     assert_eq!(types, ["rt.order.cancelled", "rt.order.placed"]);
 
     // The record: key = the event's key, type and envelope metadata in headers.
-    let stored = backend.read_topic("rt.order.placed").await.unwrap();
+    let stored = eventbus_integration::read_all(&backend, "rt.order.placed").await;
     let mine = stored
         .iter()
         .rev()
@@ -987,7 +987,7 @@ async fn dead_letters_are_listed_redriven_with_their_key_and_purged(b: &Broker) 
     // The redrive went to the failing group only, through its zero-delay retry tier, with its
     // key; the ledger group, which handled both events, did not see i-1 again.
     let tier = eventbus::backend::kafka::tier_topic("rdv.invoice.sent", Duration::ZERO);
-    let redriven = backend.read_topic(&tier).await.unwrap();
+    let redriven = eventbus_integration::read_all(&backend, &tier).await;
     let redriven = redriven
         .iter()
         .rev()
@@ -1189,6 +1189,83 @@ async fn replay_by_time_range_and_event_type(b: &Broker) {
         "{got:?}"
     );
     bus.shutdown(Duration::from_secs(10)).await;
+}
+
+/// A replay whose handlers are slower than the broker buffers a bounded number of records per
+/// partition (`consumer.max_buffered_per_partition`): it pauses fetching and still replays
+/// every event, in order per key.
+async fn replay_buffers_are_bounded(b: &Broker) {
+    const N: u32 = 60;
+    let mut config = b.config();
+    config.consumer.max_buffered_per_partition = 4;
+    let backend = b.connect(config).await;
+    b.topic(&backend, "rpb.stock.counted", 1).await;
+    let run = run_id();
+    let publisher = eventbus::Publisher::new(
+        Arc::new(backend.clone()),
+        Arc::new(eventbus::clock::SystemClock::new(
+            eventbus::runtime::default_runtime().unwrap(),
+        )),
+        "test",
+    );
+    let from = chrono::Utc::now();
+    for n in 0..N {
+        publisher
+            .publish(Counted {
+                sku: "sku-1".into(),
+                n,
+                run: run.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let to = chrono::Utc::now();
+    let mut window = ReplayWindow::new(from, to);
+    if b.is_mock() {
+        window = window.scan();
+    }
+    let replay = backend.replay(window);
+    let got: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let (g, r) = (got.clone(), run.clone());
+    let bus = Bus::builder()
+        .backend(replay.clone())
+        .catalog(&[CatalogEntry::of::<Counted>()])
+        .subscribe(
+            Subscription::new("rpb.stock.counted", move |env: Envelope<Counted>| {
+                let g = g.clone();
+                let mine = env.data.run == r;
+                async move {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    if mine {
+                        g.lock().unwrap().push(env.data.n);
+                    }
+                    Ok(())
+                }
+            })
+            .group(group("recount")),
+        )
+        .start()
+        .await
+        .unwrap();
+    tokio::time::timeout(scaled(WAIT), replay.finished())
+        .await
+        .unwrap_or_else(|_| panic!("replay unfinished: {:?}", got.lock().unwrap()));
+    assert_eq!(*got.lock().unwrap(), (0..N).collect::<Vec<_>>());
+    assert!(
+        replay.stats().pauses > 0,
+        "a slow replay never paused fetching: {:?}",
+        replay.stats()
+    );
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
+#[event(name = "rpb.stock.counted", version = 1, key = sku)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct Counted {
+    sku: String,
+    n: u32,
+    run: String,
 }
 
 #[event(name = "rtg.stock.counted", version = 1, key = sku)]
@@ -1427,6 +1504,7 @@ conformance!(
     dead_letters_are_listed_redriven_with_their_key_and_purged,
     poison_messages_go_straight_to_the_dlq,
     replay_by_time_range_and_event_type,
+    replay_buffers_are_bounded,
     replay_to_one_group_and_group_lag,
 );
 

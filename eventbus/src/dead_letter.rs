@@ -12,7 +12,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::backend::{
-    is_internal_header, Backend, Message, MessageHeaders, StoredMessage, TENANT_HEADER,
+    is_internal_header, Backend, Cursor, Message, MessageHeaders, StoredMessage, MAX_PAGE,
+    TENANT_HEADER,
 };
 use crate::envelope::RawEnvelope;
 use crate::error::{DecodeError, Error};
@@ -185,6 +186,15 @@ impl DeadLetter {
     }
 }
 
+/// A page of dead letters, with where the next one starts.
+#[derive(Debug, Clone)]
+pub struct DeadLetterPage {
+    /// The dead letters, oldest first.
+    pub letters: Vec<DeadLetter>,
+    /// Where the next page starts; `None` at the queue's end.
+    pub next: Option<Cursor>,
+}
+
 /// Dead-letter tools over a backend: list, inspect, redrive, purge.
 #[derive(Clone)]
 pub struct DeadLetters {
@@ -201,49 +211,109 @@ impl DeadLetters {
         crate::backend::admin_of(self.backend.as_ref(), operation)
     }
 
-    /// Every dead letter of `topic` (the original topic, not the `.dlq` one), oldest first.
-    pub async fn list(&self, topic: &str) -> Result<Vec<DeadLetter>, Error> {
-        let stored = self
+    /// One page of the dead letters of `topic` (the original topic, not the `.dlq` one),
+    /// oldest first: up to `limit` (at most [`MAX_PAGE`]) after `cursor`. Walk a queue with
+    /// the returned [`DeadLetterPage::next`]; no call loads more than a page.
+    pub async fn page(
+        &self,
+        topic: &str,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<DeadLetterPage, Error> {
+        let page = self
             .admin("reading dead letters")?
-            .read_topic(&dlq_topic(topic))
+            .read_page(&dlq_topic(topic), cursor, limit)
             .await?;
-        Ok(stored.iter().map(DeadLetter::from_stored).collect())
+        Ok(DeadLetterPage {
+            letters: page.messages.iter().map(DeadLetter::from_stored).collect(),
+            next: page.next,
+        })
+    }
+
+    /// Every dead letter of `topic`, oldest first, read page by page. Holds the whole queue in
+    /// memory: for tests and small queues; tools walk [`page`](Self::page) instead.
+    pub async fn list(&self, topic: &str) -> Result<Vec<DeadLetter>, Error> {
+        let mut letters = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self.page(topic, cursor, MAX_PAGE).await?;
+            letters.extend(page.letters);
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(letters),
+            }
+        }
+    }
+
+    /// How many dead letters `topic` holds.
+    pub async fn count(&self, topic: &str) -> Result<u64, Error> {
+        self.admin("counting dead letters")?
+            .count(&dlq_topic(topic))
+            .await
+    }
+
+    /// The dead letters with the given ids (at most [`MAX_PAGE`] per call), oldest first, or
+    /// an error naming the first id that is not (or no longer) on the queue.
+    pub async fn get_many(&self, topic: &str, ids: &[String]) -> Result<Vec<DeadLetter>, Error> {
+        if ids.len() > MAX_PAGE {
+            return Err(Error::config(
+                "ids",
+                format!(
+                    "at most {MAX_PAGE} dead letters per call, got {}",
+                    ids.len()
+                ),
+            ));
+        }
+        let found: Vec<DeadLetter> = self
+            .admin("reading dead letters")?
+            .read_ids(&dlq_topic(topic), ids.to_vec())
+            .await?
+            .iter()
+            .map(DeadLetter::from_stored)
+            .collect();
+        if let Some(missing) = ids.iter().find(|id| found.iter().all(|d| &d.id != *id)) {
+            return Err(Error::DeadLetterNotFound {
+                topic: dlq_topic(topic),
+                id: missing.clone(),
+            });
+        }
+        Ok(found)
     }
 
     /// One dead letter by id.
     pub async fn get(&self, topic: &str, id: &str) -> Result<DeadLetter, Error> {
-        self.list(topic)
-            .await?
-            .into_iter()
-            .find(|d| d.id == id)
-            .ok_or_else(|| Error::DeadLetterNotFound {
-                topic: dlq_topic(topic),
-                id: id.to_owned(),
-            })
+        let mut found = self.get_many(topic, &[id.to_owned()]).await?;
+        found.pop().ok_or_else(|| Error::DeadLetterNotFound {
+            topic: dlq_topic(topic),
+            id: id.to_owned(),
+        })
     }
 
     /// Delivers dead letters again to the consumer group that gave up on them (in their order,
-    /// through [`Backend::deliver_to_group`], so the topic's other groups do not see them twice)
-    /// and removes them from the dead-letter topic. A dead letter without a group (written by
-    /// another tool) is published to its original topic instead. Returns how many were
-    /// redriven.
+    /// through [`BackendAdmin::deliver_to_group`](crate::backend::BackendAdmin::deliver_to_group),
+    /// so the topic's other groups do not see them twice) and removes them from the dead-letter
+    /// topic. A dead letter without a group (written by another tool) is published to its
+    /// original topic instead. Every id must be on the queue. Returns how many were redriven.
     pub async fn redrive(&self, topic: &str, ids: &[String]) -> Result<usize, Error> {
-        let letters = self.list(topic).await?;
-        let mut chosen = Vec::new();
-        for id in ids {
-            let letter =
-                letters
-                    .iter()
-                    .find(|d| &d.id == id)
-                    .ok_or_else(|| Error::DeadLetterNotFound {
-                        topic: dlq_topic(topic),
-                        id: id.clone(),
-                    })?;
-            chosen.push(letter);
+        let mut unique = ids.to_vec();
+        unique.sort();
+        unique.dedup();
+        // Every id is checked before anything changes.
+        let mut chunks = Vec::new();
+        for chunk in unique.chunks(MAX_PAGE) {
+            chunks.push(self.get_many(topic, chunk).await?);
         }
-        chosen.sort_by_key(|d| letters.iter().position(|x| x.id == d.id));
+        let mut redriven = 0;
+        for letters in chunks {
+            redriven += self.redrive_letters(topic, &letters).await?;
+        }
+        Ok(redriven)
+    }
+
+    /// Redrives `letters` (oldest first) and deletes them from the queue.
+    async fn redrive_letters(&self, topic: &str, letters: &[DeadLetter]) -> Result<usize, Error> {
         let mut by_group: Vec<(&str, Vec<Message>)> = Vec::new();
-        for letter in &chosen {
+        for letter in letters {
             let message = letter.redrive_message();
             match by_group.iter_mut().find(|(g, _)| *g == letter.group) {
                 Some((_, messages)) => messages.push(message),
@@ -259,16 +329,68 @@ impl DeadLetters {
                     .await?;
             }
         }
-        let ids: Vec<String> = chosen.iter().map(|d| d.id.clone()).collect();
+        let ids: Vec<String> = letters.iter().map(|d| d.id.clone()).collect();
         self.admin("deleting dead letters")?
             .delete(&dlq_topic(topic), ids)
             .await
     }
 
+    /// Redrives every dead letter of `topic` that `select` keeps, page by page; returns how
+    /// many were redriven.
+    pub async fn redrive_where(
+        &self,
+        topic: &str,
+        select: impl Fn(&DeadLetter) -> bool,
+    ) -> Result<usize, Error> {
+        self.walk(topic, select, |letters| async move {
+            self.redrive_letters(topic, &letters).await
+        })
+        .await
+    }
+
+    /// Deletes every dead letter of `topic` that `select` keeps, page by page; returns how
+    /// many were removed.
+    pub async fn purge_where(
+        &self,
+        topic: &str,
+        select: impl Fn(&DeadLetter) -> bool,
+    ) -> Result<usize, Error> {
+        self.walk(topic, select, |letters| async move {
+            let ids = letters.into_iter().map(|d| d.id).collect();
+            self.purge(topic, ids).await
+        })
+        .await
+    }
+
+    /// Walks the queue of `topic` page by page, handing the letters `select` keeps to `act`.
+    async fn walk<F, Fut>(
+        &self,
+        topic: &str,
+        select: impl Fn(&DeadLetter) -> bool,
+        act: F,
+    ) -> Result<usize, Error>
+    where
+        F: Fn(Vec<DeadLetter>) -> Fut,
+        Fut: std::future::Future<Output = Result<usize, Error>>,
+    {
+        let mut done = 0;
+        let mut cursor = None;
+        loop {
+            let page = self.page(topic, cursor, MAX_PAGE).await?;
+            let chosen: Vec<DeadLetter> = page.letters.into_iter().filter(&select).collect();
+            if !chosen.is_empty() {
+                done += act(chosen).await?;
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(done),
+            }
+        }
+    }
+
     /// Redrives every dead letter of `topic`.
     pub async fn redrive_all(&self, topic: &str) -> Result<usize, Error> {
-        let ids: Vec<String> = self.list(topic).await?.into_iter().map(|d| d.id).collect();
-        self.redrive(topic, &ids).await
+        self.redrive_where(topic, |_| true).await
     }
 
     /// Deletes dead letters without redriving them; returns how many were removed.

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Message};
 use crate::context::REPLAY_HEADER;
 use crate::dead_letter::is_dlq_topic;
 use crate::error::Error;
@@ -108,7 +108,7 @@ impl ReplayProgress {
     }
 }
 
-/// Messages re-delivered per backend call.
+/// Messages read, and re-delivered, per backend call: a replay holds one page at a time.
 const CHUNK: usize = 500;
 
 /// Runs `request` against `backend`, updating `progress`; returns the final status.
@@ -134,36 +134,43 @@ async fn run(
     let filter = request.validate()?;
     tracing::info!(?request, "replay started");
     let admin = crate::backend::admin_of(backend.as_ref(), "replay")?;
-    let stored = admin
-        .read_range(&request.topic, request.from, request.to)
-        .await?;
-    progress
-        .scanned
-        .store(stored.len() as u64, Ordering::SeqCst);
-    let selected: Vec<_> = stored
-        .into_iter()
-        .filter(|m| {
-            filter
-                .as_ref()
-                .is_none_or(|p| p.matches(&m.message.event_type))
-        })
-        .map(|m| {
-            let mut message = m.message;
-            message
-                .headers
-                .insert(REPLAY_HEADER.to_owned(), "true".to_owned());
-            message
-        })
-        .collect();
-    progress
-        .matched
-        .store(selected.len() as u64, Ordering::SeqCst);
-    for chunk in selected.chunks(CHUNK) {
-        let group = request.group.as_deref().unwrap_or_default();
-        admin.deliver_to_group(group, chunk.to_vec()).await?;
+    let group = request.group.as_deref().unwrap_or_default();
+    let mut cursor = None;
+    loop {
+        let page = admin
+            .read_range_page(&request.topic, request.from, request.to, cursor, CHUNK)
+            .await?;
         progress
-            .replayed
-            .fetch_add(chunk.len() as u64, Ordering::SeqCst);
+            .scanned
+            .fetch_add(page.messages.len() as u64, Ordering::SeqCst);
+        let selected: Vec<Message> = page
+            .messages
+            .into_iter()
+            .filter(|m| {
+                filter
+                    .as_ref()
+                    .is_none_or(|p| p.matches(&m.message.event_type))
+            })
+            .map(|m| {
+                let mut message = m.message;
+                message
+                    .headers
+                    .insert(REPLAY_HEADER.to_owned(), "true".to_owned());
+                message
+            })
+            .collect();
+        progress
+            .matched
+            .fetch_add(selected.len() as u64, Ordering::SeqCst);
+        if !selected.is_empty() {
+            let count = selected.len() as u64;
+            admin.deliver_to_group(group, selected).await?;
+            progress.replayed.fetch_add(count, Ordering::SeqCst);
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
     }
     Ok(())
 }

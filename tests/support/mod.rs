@@ -145,3 +145,23 @@ pub async fn with_diagnosis<F: std::future::Future<Output = ()>>(
         panic!("{}\n  server: {}", panic_message(&*panic), diagnose());
     }
 }
+
+/// Every message of `topic`, read page by page through the backend's admin tools.
+pub async fn read_all(
+    admin: &dyn eventbus::backend::BackendAdmin,
+    topic: &str,
+) -> Vec<eventbus::backend::StoredMessage> {
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = admin
+            .read_page(topic, cursor, eventbus::backend::MAX_PAGE)
+            .await
+            .unwrap_or_else(|e| panic!("reading `{topic}` back: {e}"));
+        all.extend(page.messages);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return all,
+        }
+    }
+}

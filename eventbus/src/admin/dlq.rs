@@ -15,6 +15,9 @@ use crate::pattern::Pattern;
 pub(crate) const MAX_LIMIT: usize = 500;
 /// Page size when `limit` is not given.
 pub(crate) const DEFAULT_LIMIT: usize = 50;
+/// Most dead letters one list request reads; past it, a filtered `total` counts the matches
+/// among them and `total_complete` is false.
+pub(crate) const MAX_SCAN: usize = 100_000;
 /// Most ids in one redrive or purge request.
 pub(crate) const MAX_IDS: usize = 1000;
 
@@ -89,15 +92,15 @@ fn topic_name(state: &AdminState, raw: &str, field: &str) -> Result<String, ApiE
     Ok(topic.to_owned())
 }
 
-/// The dead letters of `topic`, recording the queue's size in the metrics.
-async fn letters(state: &AdminState, topic: &str) -> Result<Vec<DeadLetter>, ApiError> {
-    let letters = state.bus.dead_letters().list(topic).await?;
-    state.bus.metrics().dlq_size(topic, letters.len() as u64);
-    Ok(letters)
+/// How many dead letters `topic` holds, recorded in the metrics.
+async fn size(state: &AdminState, topic: &str) -> Result<u64, ApiError> {
+    let size = state.bus.dead_letters().count(topic).await?;
+    state.bus.metrics().dlq_size(topic, size);
+    Ok(size)
 }
 
-/// Re-reads every catalog topic's dead-letter queue for `event_dlq_size` when the last
-/// refresh is older than the configured interval.
+/// Counts every catalog topic's dead letters for `event_dlq_size` when the last refresh is
+/// older than the configured interval.
 pub(crate) async fn refresh_sizes_if_due(state: &AdminState) {
     {
         let mut last = state
@@ -110,7 +113,7 @@ pub(crate) async fn refresh_sizes_if_due(state: &AdminState) {
         *last = Some(Instant::now());
     }
     for topic in super::catalog::topics(state) {
-        if let Err(error) = letters(state, &topic).await {
+        if let Err(error) = size(state, &topic).await {
             tracing::debug!(%topic, error = %error, "dead-letter size not refreshed");
             return;
         }
@@ -146,25 +149,61 @@ async fn list_topics(
     let offset = params.number("offset", 0, usize::MAX)?;
     let limit = params.number("limit", DEFAULT_LIMIT, MAX_LIMIT)?;
     let mut sizes = Vec::new();
-    let mut matching = Vec::new();
     for topic in &topics {
-        let all = letters(state, topic).await?;
-        sizes.push(json!({ "topic": topic, "dlq_topic": format!("{topic}{DLQ_SUFFIX}"), "size": all.len() }));
-        matching.extend(all.into_iter().filter(|d| filter.matches(d)));
+        let size = size(state, topic).await?;
+        sizes.push(
+            json!({ "topic": topic, "dlq_topic": format!("{topic}{DLQ_SUFFIX}"), "size": size }),
+        );
     }
+    // Walk the queues a page at a time, keeping only the requested window: without a filter
+    // the queue sizes give the total and the walk stops at the window's end; with one, every
+    // letter up to `MAX_SCAN` is read to count the matches.
+    let dead_letters = state.bus.dead_letters();
+    let mut items = Vec::new();
+    let mut matched = 0usize;
+    let mut scanned = 0usize;
+    let mut complete = true;
+    'topics: for topic in &topics {
+        let mut cursor = None;
+        loop {
+            if filter.is_empty() && matched >= offset.saturating_add(limit) {
+                break 'topics;
+            }
+            if scanned >= MAX_SCAN {
+                complete = false;
+                break 'topics;
+            }
+            let page = dead_letters
+                .page(topic, cursor, crate::backend::MAX_PAGE)
+                .await?;
+            scanned += page.letters.len();
+            for letter in page.letters.iter().filter(|d| filter.matches(d)) {
+                if matched >= offset && items.len() < limit {
+                    items.push(summary(letter));
+                }
+                matched += 1;
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+    }
+    let total = if filter.is_empty() {
+        sizes
+            .iter()
+            .map(|s| s["size"].as_u64().unwrap_or(0))
+            .sum::<u64>() as usize
+    } else {
+        matched
+    };
     *state
         .dlq_refreshed
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-    let total = matching.len();
-    let items: Vec<Value> = matching
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .map(summary)
-        .collect();
     Ok(Json(json!({
         "total": total,
+        "total_complete": complete,
         "offset": offset,
         "limit": limit,
         "items": items,
@@ -223,9 +262,17 @@ pub(crate) async fn inspect(
     Ok(Json(value))
 }
 
-/// The ids a redrive or purge body selects: `{"ids": [...]}` or `{"all": true}` with optional
-/// `type`/`error`/`group` filters. Every id must exist.
-async fn select(state: &AdminState, topic: &str, body: &[u8]) -> Result<Vec<String>, ApiError> {
+/// What a redrive or purge body selects.
+enum Selection {
+    /// These ids, each on the queue.
+    Ids(Vec<String>),
+    /// Every dead letter the filter keeps.
+    All(Filter),
+}
+
+/// The dead letters a redrive or purge body selects: `{"ids": [...]}` or `{"all": true}` with
+/// optional `type`/`error`/`group` filters. Every id must exist.
+async fn select(state: &AdminState, topic: &str, body: &[u8]) -> Result<Selection, ApiError> {
     let fields = BodyFields::parse(body, SELECT_FIELDS)?;
     let ids: Option<Vec<String>> = fields.get("ids", "a list of dead-letter ids")?;
     let all = fields.get::<bool>("all", "true or false")?.unwrap_or(false);
@@ -238,7 +285,6 @@ async fn select(state: &AdminState, topic: &str, body: &[u8]) -> Result<Vec<Stri
             .get::<String>("group", "a consumer group")?
             .as_deref(),
     )?;
-    let letters = letters(state, topic).await?;
     match (ids, all) {
         (Some(_), true) => Err(ApiError::bad_request("all", "give either `ids` or `all: true`, not both")),
         (None, false) => Err(ApiError::bad_request(
@@ -256,15 +302,19 @@ async fn select(state: &AdminState, topic: &str, body: &[u8]) -> Result<Vec<Stri
             if ids.len() > MAX_IDS {
                 return Err(ApiError::bad_request("ids", format!("at most {MAX_IDS} ids per request, got {}", ids.len())));
             }
-            if let Some(missing) = ids.iter().find(|id| letters.iter().all(|d| &d.id != *id)) {
-                return Err(ApiError::not_found(format!("no dead letter `{missing}` on topic `{topic}{DLQ_SUFFIX}`")).with_field("ids"));
-            }
             let mut unique = ids;
             unique.sort();
             unique.dedup();
-            Ok(unique)
+            match state.bus.dead_letters().get_many(topic, &unique).await {
+                Ok(_) => Ok(Selection::Ids(unique)),
+                Err(crate::Error::DeadLetterNotFound { id, .. }) => Err(ApiError::not_found(format!(
+                    "no dead letter `{id}` on topic `{topic}{DLQ_SUFFIX}`"
+                ))
+                .with_field("ids")),
+                Err(other) => Err(other.into()),
+            }
         }
-        (None, true) => Ok(letters.into_iter().filter(|d| filter.matches(d)).map(|d| d.id).collect()),
+        (None, true) => Ok(Selection::All(filter)),
     }
 }
 
@@ -344,15 +394,23 @@ async fn bulk(
     action: Bulk,
 ) -> Result<Json<Value>, ApiError> {
     let topic = topic_name(state, topic, "topic")?;
-    let ids = select(state, &topic, body).await?;
-    let requested = ids.len();
-    let done = if ids.is_empty() {
-        0
-    } else {
-        let dead_letters = state.bus.dead_letters();
-        match action {
-            Bulk::Redrive => dead_letters.redrive(&topic, &ids).await?,
-            Bulk::Purge => dead_letters.purge(&topic, ids).await?,
+    let dead_letters = state.bus.dead_letters();
+    let (requested, done) = match select(state, &topic, body).await? {
+        Selection::Ids(ids) => {
+            let requested = ids.len();
+            let done = match action {
+                Bulk::Redrive => dead_letters.redrive(&topic, &ids).await?,
+                Bulk::Purge => dead_letters.purge(&topic, ids).await?,
+            };
+            (requested, done)
+        }
+        Selection::All(filter) => {
+            let keep = |d: &DeadLetter| filter.matches(d);
+            let done = match action {
+                Bulk::Redrive => dead_letters.redrive_where(&topic, keep).await?,
+                Bulk::Purge => dead_letters.purge_where(&topic, keep).await?,
+            };
+            (done, done)
         }
     };
     tracing::info!(%topic, requested, done, action = action.done(), "dead letters changed through the admin API");

@@ -21,8 +21,8 @@ use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 
 use super::{
-    Acknowledger, Backend, BackendAdmin, Delivery, DeliveryStream, GroupLag, Message, RetryState,
-    StoredMessage, SubscribeRequest,
+    Acknowledger, Backend, BackendAdmin, Cursor, Delivery, DeliveryStream, GroupLag, Message, Page,
+    RetryState, StoredMessage, SubscribeRequest, MAX_PAGE,
 };
 use crate::dead_letter::is_dlq_topic;
 use crate::error::Error;
@@ -427,9 +427,71 @@ impl BackendAdmin for MemoryBackend {
         })
     }
 
-    fn read_topic(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
-        let messages = self.messages(topic);
-        Box::pin(async move { Ok(messages) })
+    /// Cursors are the offset of the last message returned.
+    fn read_page(
+        &self,
+        topic: &str,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Page, Error>> {
+        let after = cursor.map(|c| {
+            c.0.parse::<u64>()
+                .map_err(|_| Error::config("cursor", format!("`{}` is not an offset", c.0)))
+        });
+        let page = after.transpose().map(|after| {
+            let state = self.lock();
+            let Some(log) = state.topics.get(topic) else {
+                return Page::default();
+            };
+            let start = after.map_or(0, |after| {
+                log.entries
+                    .partition_point(|m| m.id.parse::<u64>().unwrap_or(0) <= after)
+            });
+            let limit = limit.clamp(1, MAX_PAGE);
+            let messages: Vec<StoredMessage> = log
+                .entries
+                .iter()
+                .skip(start)
+                .take(limit)
+                .cloned()
+                .collect();
+            let next = (start + messages.len() < log.entries.len())
+                .then(|| messages.last().map(|m| Cursor(m.id.clone())))
+                .flatten();
+            Page { messages, next }
+        });
+        Box::pin(async move { page })
+    }
+
+    fn read_ids(
+        &self,
+        topic: &str,
+        ids: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
+        let found = {
+            let state = self.lock();
+            state
+                .topics
+                .get(topic)
+                .map(|log| {
+                    log.entries
+                        .iter()
+                        .filter(|m| ids.contains(&m.id))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn count(&self, topic: &str) -> BoxFuture<'_, Result<u64, Error>> {
+        let count = self
+            .lock()
+            .topics
+            .get(topic)
+            .map_or(0, |log| log.entries.len() as u64);
+        Box::pin(async move { Ok(count) })
     }
 
     fn delete(&self, topic: &str, ids: Vec<String>) -> BoxFuture<'_, Result<usize, Error>> {

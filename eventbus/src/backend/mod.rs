@@ -232,32 +232,66 @@ pub trait Backend: Send + Sync + 'static {
     fn admin(&self) -> Option<&dyn BackendAdmin>;
 }
 
-/// Operations tools over a backend: reading topics back (dead letters, replay), deleting,
-/// delivering to one group (redrive, replay to a group) and consumer lag.
+/// Operations tools over a backend: reading topics back (dead letters, replay) a page at a
+/// time, deleting, delivering to one group (redrive, replay to a group) and consumer lag.
+///
+/// Every read is bounded: a page holds at most [`MAX_PAGE`] messages and tools walk a topic
+/// page by page, so no request loads a whole topic into memory.
 pub trait BackendAdmin: Send + Sync {
-    /// Reads the messages of a topic, oldest first, for dead-letter tools and replay.
-    fn read_topic(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>>;
+    /// Reads up to `limit` messages of `topic` (at most [`MAX_PAGE`]), oldest first, starting
+    /// after `cursor` (from the topic's start when `None`). The page's
+    /// [`next`](Page::next) continues the walk; it is `None` once the topic's end (as of this
+    /// call) was reached.
+    ///
+    /// A page may hold fewer than `limit` messages and still have a `next` (a backend that
+    /// hides records, such as Kafka's dead-letter resolution markers, stops after a bounded
+    /// scan).
+    fn read_page(
+        &self,
+        topic: &str,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Page, Error>>;
 
-    /// Reads the messages of a topic appended between `from` and `to` (inclusive), oldest
-    /// first. The default reads the whole topic and keeps the messages whose envelope `time`
-    /// falls in the range; backends with a time index override it.
-    fn read_range(
+    /// Reads a page of the messages of `topic` whose envelope `time` lies between `from` and
+    /// `to` (inclusive), walking like [`read_page`](Self::read_page). Messages outside the
+    /// window are skipped, so a page may be empty and still have a `next`. The default starts
+    /// at the topic's beginning; backends with a time index start at `from`.
+    fn read_range_page(
         &self,
         topic: &str,
         from: chrono::DateTime<chrono::Utc>,
         to: chrono::DateTime<chrono::Utc>,
-    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
-        let read = self.read_topic(topic);
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Page, Error>> {
+        let read = self.read_page(topic, cursor, limit);
+        Box::pin(async move { Ok(read.await?.within(from, to)) })
+    }
+
+    /// The messages of `topic` with the given ids that still exist, oldest first (at most
+    /// [`MAX_PAGE`] ids per call).
+    fn read_ids(
+        &self,
+        topic: &str,
+        ids: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>>;
+
+    /// How many messages `topic` holds. The default walks the topic page by page; backends
+    /// that know the length (Redis `XLEN`) override it.
+    fn count(&self, topic: &str) -> BoxFuture<'_, Result<u64, Error>> {
+        let topic = topic.to_owned();
         Box::pin(async move {
-            let all = read.await?;
-            Ok(all
-                .into_iter()
-                .filter(|m| {
-                    crate::envelope::RawEnvelope::decode(&m.message.payload)
-                        .map(|e| e.time >= from && e.time <= to)
-                        .unwrap_or(false)
-                })
-                .collect())
+            let mut count = 0u64;
+            let mut cursor = None;
+            loop {
+                let page = self.read_page(&topic, cursor, MAX_PAGE).await?;
+                count += page.messages.len() as u64;
+                match page.next {
+                    Some(next) => cursor = Some(next),
+                    None => return Ok(count),
+                }
+            }
         })
     }
 
@@ -299,6 +333,39 @@ pub struct GroupLag {
     pub pending: u64,
     /// Not yet delivered, when the backend knows.
     pub lag: Option<u64>,
+}
+
+/// Most messages in one [`Page`].
+pub const MAX_PAGE: usize = 1000;
+
+/// Where a walk through a topic stands: opaque, made by the backend that returned it (an entry
+/// id on Redis, an offset per partition on Kafka).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor(pub String);
+
+/// One page of a topic read back.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Page {
+    /// The messages, oldest first.
+    pub messages: Vec<StoredMessage>,
+    /// Where the next page starts; `None` at the topic's end.
+    pub next: Option<Cursor>,
+}
+
+impl Page {
+    /// Keeps the messages whose envelope `time` lies between `from` and `to` (inclusive).
+    pub fn within(
+        mut self,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+    ) -> Self {
+        self.messages.retain(|m| {
+            crate::envelope::RawEnvelope::decode(&m.message.payload)
+                .map(|e| e.time >= from && e.time <= to)
+                .unwrap_or(false)
+        });
+        self
+    }
 }
 
 /// A message read back from a topic, with the id the backend gave it.

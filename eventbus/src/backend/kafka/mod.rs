@@ -81,7 +81,8 @@ pub use replay::{ReplayBackend, ReplaySeek, ReplayWindow};
 pub use retry_tiers::{is_tier_topic, tier_name, tier_topic, RETRY_INFIX};
 
 use super::{
-    Backend, BackendAdmin, DeliveryStream, GroupLag, Message, StoredMessage, SubscribeRequest,
+    Backend, BackendAdmin, Cursor, DeliveryStream, GroupLag, Message, Page, StoredMessage,
+    SubscribeRequest,
 };
 use crate::dead_letter::is_dlq_topic;
 use crate::error::Error;
@@ -117,6 +118,7 @@ pub(crate) struct Inner {
     topics: topics::TopicCache,
     consumers: Mutex<Vec<Arc<consumer::Shared>>>,
     groups: Mutex<HashMap<String, String>>,
+    resolved: reader::ResolvedIndex,
 }
 
 impl Inner {
@@ -151,6 +153,7 @@ impl KafkaBackend {
                 topics: topics::TopicCache::default(),
                 consumers: Mutex::new(Vec::new()),
                 groups: Mutex::new(HashMap::new()),
+                resolved: reader::ResolvedIndex::default(),
             }),
         };
         backend.health().await.map_err(|e| match e {
@@ -411,9 +414,23 @@ impl Backend for KafkaBackend {
 }
 
 impl BackendAdmin for KafkaBackend {
-    fn read_topic(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
+    fn read_page(
+        &self,
+        topic: &str,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Page, Error>> {
         let topic = topic.to_owned();
-        Box::pin(async move { reader::read_topic(&self.inner, &topic).await })
+        Box::pin(async move { reader::read_page(&self.inner, &topic, cursor, limit).await })
+    }
+
+    fn read_ids(
+        &self,
+        topic: &str,
+        ids: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
+        let topic = topic.to_owned();
+        Box::pin(async move { reader::read_ids(&self.inner, &topic, ids).await })
     }
 
     fn delete(&self, topic: &str, ids: Vec<String>) -> BoxFuture<'_, Result<usize, Error>> {

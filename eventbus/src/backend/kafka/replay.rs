@@ -151,6 +151,23 @@ impl ReplayBackend {
         }
     }
 
+    /// What the replay's consumers did so far: `pauses` counts partitions paused because
+    /// their handlers fell behind (a replay buffers at most
+    /// `consumer.max_buffered_per_partition` records per partition, like a live consumer).
+    pub fn stats(&self) -> super::KafkaStats {
+        let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stats = super::KafkaStats {
+            consumers: runs.len() as u64,
+            ..super::KafkaStats::default()
+        };
+        for run in runs.iter() {
+            let k = &run.counters;
+            stats.skipped += k.skipped.load(std::sync::atomic::Ordering::Relaxed);
+            stats.pauses += k.pauses.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        stats
+    }
+
     /// The window being replayed.
     pub fn window(&self) -> &ReplayWindow {
         &self.window
@@ -228,8 +245,15 @@ fn plan(
                 // No offset at or after `from`: nothing of this partition is in the window.
                 ReplaySeek::ByTimestamp => lookup(&from_offsets, partition),
             };
-            let end = lookup(&to_offsets, partition).unwrap_or(high).min(high);
             let Some(first) = first else { continue };
+            // The first offset at or after `to` ends the read. An answer at or before `first`
+            // would make the window empty; some brokers (tansu 0.6) give offset 0 for a time
+            // after the last record, so such an answer is not trusted: the read then goes to
+            // the high watermark, and records outside the window are skipped by timestamp.
+            let end = lookup(&to_offsets, partition)
+                .filter(|&end| end > first)
+                .unwrap_or(high)
+                .min(high);
             if first >= end {
                 continue;
             }
@@ -327,8 +351,23 @@ fn run(
             let _ = consumer.pause(&tpl);
             paused.extend(newly.into_iter().cloned().collect::<Vec<_>>());
         }
+        // Bounded buffers: a partition far ahead of its handlers pauses until they catch up.
+        let flow = tracker.flow_changes();
         let done = reached.len() == ends.len() && tracker.is_idle();
         drop(tracker);
+        if !flow.pause.is_empty() {
+            shared.counters.pauses.fetch_add(
+                flow.pause.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        set_paused(&consumer, &flow.pause, true);
+        let resume: Vec<Tp> = flow
+            .resume
+            .into_iter()
+            .filter(|tp| !paused.contains(tp))
+            .collect();
+        set_paused(&consumer, &resume, false);
         if ready {
             shared.notify_ready();
         }
@@ -339,6 +378,25 @@ fn run(
     drop(consumer);
     shared.mark_closed();
     tracing::info!(group = %shared.group, "replay finished");
+}
+
+/// Pauses or resumes fetching `tps`.
+fn set_paused(consumer: &BaseConsumer, tps: &[Tp], pause: bool) {
+    if tps.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in tps {
+        let _ = tpl.add_partition(topic, *partition);
+    }
+    let result = if pause {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, pause, "replay flow control failed");
+    }
 }
 
 fn shared_matches(shared: &Shared, types: &[Pattern], event_type: &str) -> bool {
@@ -380,7 +438,7 @@ impl Backend for ReplayBackend {
                 topics.dedup();
             }
             let limits = Limits {
-                max_buffered: usize::MAX,
+                max_buffered: self.kafka.inner.config.consumer.max_buffered_per_partition,
                 commit_every: usize::MAX,
                 commit_interval: Duration::MAX,
                 prefetch: request.prefetch.max(1),
@@ -455,8 +513,21 @@ impl BackendAdmin for ReplayBackend {
         self.kafka.group_lag()
     }
 
-    fn read_topic(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
-        self.kafka.read_topic(topic)
+    fn read_page(
+        &self,
+        topic: &str,
+        cursor: Option<crate::backend::Cursor>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<crate::backend::Page, Error>> {
+        self.kafka.read_page(topic, cursor, limit)
+    }
+
+    fn read_ids(
+        &self,
+        topic: &str,
+        ids: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
+        self.kafka.read_ids(topic, ids)
     }
 
     fn delete(&self, topic: &str, ids: Vec<String>) -> BoxFuture<'_, Result<usize, Error>> {

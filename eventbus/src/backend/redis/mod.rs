@@ -48,8 +48,8 @@ pub use pubsub::RedisPubSub;
 
 use self::keys::Keys;
 use super::{
-    Backend, BackendAdmin, DeliveryStream, GroupLag, Message, StoredMessage, SubscribeRequest,
-    TENANT_HEADER,
+    Backend, BackendAdmin, Cursor, DeliveryStream, GroupLag, Message, Page, StoredMessage,
+    SubscribeRequest, MAX_PAGE, TENANT_HEADER,
 };
 use crate::error::Error;
 use crate::runtime::{default_runtime, Runtime};
@@ -296,16 +296,37 @@ impl Inner {
     }
 
     /// Up to `count` entries of `topic`'s stream from entry id `start` on, as messages.
+    /// Up to `limit` entries of `topic` from `start` (an `XRANGE` bound), as a page.
+    async fn xrange_page(&self, topic: &str, start: &str, limit: usize) -> Result<Page, Error> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let messages = self.xrange(topic, start, "+", limit).await?;
+        let next = (messages.len() == limit)
+            .then(|| messages.last().map(|m| Cursor(m.id.clone())))
+            .flatten();
+        Ok(Page { messages, next })
+    }
+
+    /// The entries of `topic` between two ids (inclusive).
+    async fn xrange_between(
+        &self,
+        topic: &str,
+        start: &str,
+        end: &str,
+    ) -> Result<Vec<StoredMessage>, Error> {
+        self.xrange(topic, start, end, MAX_PAGE).await
+    }
+
     async fn xrange(
         &self,
         topic: &str,
         start: &str,
+        end: &str,
         count: usize,
     ) -> Result<Vec<StoredMessage>, Error> {
         let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
             .arg(self.keys.stream(topic, None))
             .arg(start)
-            .arg("+")
+            .arg(end)
             .arg("COUNT")
             .arg(count)
             .query_async(&mut self.conn())
@@ -432,31 +453,77 @@ impl Backend for RedisBackend {
 }
 
 impl BackendAdmin for RedisBackend {
-    fn read_topic(&self, topic: &str) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
+    /// Cursors are the entry id of the last message returned.
+    fn read_page(
+        &self,
+        topic: &str,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Page, Error>> {
         let topic = topic.to_owned();
-        Box::pin(async move { self.inner.xrange(&topic, "-", 100_000).await })
+        let start = cursor.map_or_else(|| "-".to_owned(), |c| format!("({}", c.0));
+        Box::pin(async move { self.inner.xrange_page(&topic, &start, limit).await })
     }
 
-    fn read_range(
+    fn read_range_page(
         &self,
         topic: &str,
         from: chrono::DateTime<chrono::Utc>,
         to: chrono::DateTime<chrono::Utc>,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Page, Error>> {
+        // Entry ids are append times in ms: the walk starts at `from`'s id and ends at the
+        // first entry appended after `to` (plus a minute of clock skew); the envelope time
+        // decides what is in the window.
+        let topic = topic.to_owned();
+        let start = cursor.map_or_else(
+            || format!("{}-0", from.timestamp_millis().max(0)),
+            |c| format!("({}", c.0),
+        );
+        let end_ms = (to + chrono::Duration::minutes(1))
+            .timestamp_millis()
+            .max(0);
+        Box::pin(async move {
+            let mut page = self.inner.xrange_page(&topic, &start, limit).await?;
+            if page.messages.iter().any(|m| entry_ms(&m.id) > end_ms) {
+                page.next = None;
+            }
+            Ok(page.within(from, to))
+        })
+    }
+
+    fn read_ids(
+        &self,
+        topic: &str,
+        ids: Vec<String>,
     ) -> BoxFuture<'_, Result<Vec<StoredMessage>, Error>> {
-        // Entry ids are append times in ms: the id range narrows the scan, the envelope time
-        // decides.
         let topic = topic.to_owned();
         Box::pin(async move {
-            let start = format!("{}-0", from.timestamp_millis().max(0));
-            let stored = self.inner.xrange(&topic, &start, 1_000_000).await?;
-            Ok(stored
+            let mut found = Vec::new();
+            let mut ids: Vec<String> = ids
                 .into_iter()
-                .filter(|m| {
-                    crate::envelope::RawEnvelope::decode(&m.message.payload)
-                        .map(|e| e.time >= from && e.time <= to)
-                        .unwrap_or(false)
-                })
-                .collect())
+                .filter(|id| is_entry_id(id))
+                .take(MAX_PAGE)
+                .collect();
+            ids.sort_by_key(|id| entry_order(id));
+            ids.dedup();
+            for id in ids {
+                let page = self.inner.xrange_between(&topic, &id, &id).await?;
+                found.extend(page);
+            }
+            Ok(found)
+        })
+    }
+
+    fn count(&self, topic: &str) -> BoxFuture<'_, Result<u64, Error>> {
+        let key = self.inner.keys.stream(topic, None);
+        Box::pin(async move {
+            redis::cmd("XLEN")
+                .arg(&key)
+                .query_async(&mut self.inner.conn())
+                .await
+                .map_err(redis_error("XLEN"))
         })
     }
 
@@ -539,4 +606,25 @@ impl std::fmt::Debug for RedisBackend {
             .field("stats", &self.stats())
             .finish()
     }
+}
+
+/// Whether `id` has the shape of a stream entry id (`{ms}-{seq}`).
+fn is_entry_id(id: &str) -> bool {
+    id.split_once('-').is_some_and(|(ms, seq)| {
+        !ms.is_empty()
+            && !seq.is_empty()
+            && ms.bytes().all(|b| b.is_ascii_digit())
+            && seq.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// The (ms, seq) order of an entry id.
+fn entry_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// The append time (ms) of an entry id.
+fn entry_ms(id: &str) -> i64 {
+    i64::try_from(entry_order(id).0).unwrap_or(i64::MAX)
 }
