@@ -20,6 +20,7 @@ use eventbus::backend::memory::MemoryBackend;
 use eventbus::backend::redis::{RedisBackend, RedisConfig, StartFrom as RedisStart};
 use eventbus::backend::{Backend, Message};
 use eventbus::inbox::MemoryInbox;
+use eventbus::outbox::sqlx::SqlitePool;
 use eventbus::{event, Backoff, Bus, Context, Envelope, HandlerError, Subscription, Uuid};
 use eventbus_integration::{eventually, require_server, unique_prefix, with_diagnosis, Tansu};
 use serde::{Deserialize, Serialize};
@@ -978,6 +979,205 @@ async fn dead_letter_tools_page_through_the_queue(b: &Under) {
     bus.shutdown(Duration::from_secs(10)).await;
 }
 
+// --- 12. exactly-once effect under faults, with the SQL inbox -------------------------------
+
+#[event(name = "ledger.posted", version = 1, key = account)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct LedgerPosted {
+    account: String,
+    seq: u32,
+}
+
+/// A SQLite database in a temp file with the inbox schema and an `effects` table.
+async fn effects_db() -> (SqlitePool, std::path::PathBuf) {
+    use eventbus::outbox::sqlite;
+    let path = std::env::temp_dir().join(format!("eventbus-conformance-{}.db", Uuid::now_v7()));
+    let options = sqlite::connect_options(&path)
+        .synchronous(eventbus::outbox::sqlx::sqlite::SqliteSynchronous::Normal);
+    let pool = eventbus::outbox::sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .expect("sqlite");
+    sqlite::migrate(&pool).await.expect("migrate");
+    eventbus::outbox::sqlx::query(
+        "CREATE TABLE effects (n INTEGER PRIMARY KEY, event_id TEXT NOT NULL, account TEXT NOT NULL, seq INTEGER NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .expect("schema");
+    (pool, path)
+}
+
+/// Every effect row: (event id, account, seq), in commit order.
+async fn effects(pool: &SqlitePool) -> Vec<(String, String, i64)> {
+    eventbus::outbox::sqlx::query_as("SELECT event_id, account, seq FROM effects ORDER BY n")
+        .fetch_all(pool)
+        .await
+        .expect("effects")
+}
+
+/// A member of the `ledger` group whose handler writes its effect in the inbox transaction.
+/// On the first attempt of every 7th event it commits the effect and then fails (a transient
+/// error after the commit: the effect happened, the acknowledgement did not).
+async fn ledger_member(backend: Arc<dyn Backend>, pool: &SqlitePool, group: &str) -> Bus {
+    use eventbus::outbox::sqlx::Sqlite;
+    use eventbus::outbox::ContextExt as _;
+    let handler = move |ctx: Context, env: Envelope<LedgerPosted>| async move {
+        let Some(mut tx) = ctx.transaction::<Sqlite>().await? else {
+            return Ok(());
+        };
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        eventbus::outbox::sqlx::query(
+            "INSERT INTO effects (event_id, account, seq) VALUES (?, ?, ?)",
+        )
+        .bind(env.id.to_string())
+        .bind(&env.data.account)
+        .bind(i64::from(env.data.seq))
+        .execute(&mut *tx)
+        .await
+        .map_err(HandlerError::transient)?;
+        tx.commit().await.map_err(HandlerError::transient)?;
+        if env.data.seq % 7 == 3 && ctx.attempt() == 1 {
+            return Err(HandlerError::transient("lost acknowledgement"));
+        }
+        Ok(())
+    };
+    Bus::builder()
+        .backend_arc(backend)
+        .catalog(&[eventbus::CatalogEntry::of::<LedgerPosted>()])
+        .inbox(Arc::new(eventbus::SqlInbox::new(pool.clone())))
+        .extension(pool.clone())
+        .subscribe(
+            Subscription::new("ledger.posted", handler)
+                .group(group)
+                .concurrency(4)
+                .retries(20)
+                .backoff(Backoff::exponential(
+                    Duration::from_millis(5),
+                    Duration::from_millis(50),
+                )),
+        )
+        .start()
+        .await
+        .expect("start")
+}
+
+/// The effect of every event happens exactly once, with the SQL inbox, through: a transient
+/// failure after the effect committed, the same event published twice by a producer that
+/// retried, a member killed mid-stream (deliveries aborted between effect and
+/// acknowledgement), and a new member taking over. Effects of one key happen in order where the
+/// backend keeps order across members.
+async fn exactly_once_effect_under_faults_with_the_sql_inbox(b: &Under) {
+    const ACCOUNTS: u32 = 5;
+    const PER_ACCOUNT: u32 = 40;
+    let total = (ACCOUNTS * PER_ACCOUNT) as usize;
+    let t = "ledger.posted".to_owned();
+    b.topic(&t, 2).await;
+    let (pool, path) = effects_db().await;
+    let g = group("ledger");
+    let first = ledger_member(b.member().await, &pool, &g).await;
+    let mut ids = HashSet::new();
+    for seq in 0..PER_ACCOUNT {
+        for account in 0..ACCOUNTS {
+            let env = Envelope::new(LedgerPosted {
+                account: format!("acc-{account}"),
+                seq,
+            });
+            ids.insert(env.id.to_string());
+            let bytes = env.encode().expect("encode");
+            let key = format!("acc-{account}");
+            b.publish_foreign(&t, &key, "ledger.posted", &[], &bytes)
+                .await;
+            if seq % 10 == 5 {
+                // The producer's retry after a lost publish acknowledgement: the same event again.
+                b.publish_foreign(&t, &key, "ledger.posted", &[], &bytes)
+                    .await;
+            }
+        }
+    }
+    let distinct = |rows: &[(String, String, i64)]| {
+        rows.iter()
+            .map(|r| r.0.clone())
+            .collect::<HashSet<_>>()
+            .len()
+    };
+    let mut rows = Vec::new();
+    let started = std::time::Instant::now();
+    while distinct(&rows) < total / 3 {
+        assert!(
+            started.elapsed() < WAIT,
+            "the first member made {} effects of {total}: {:?}",
+            distinct(&rows),
+            first.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        rows = effects(&pool).await;
+    }
+    // Killed mid-stream: in-flight deliveries are aborted wherever they are.
+    first.shutdown(Duration::ZERO).await;
+    let second = ledger_member(b.member().await, &pool, &g).await;
+    let started = std::time::Instant::now();
+    loop {
+        rows = effects(&pool).await;
+        if distinct(&rows) == total {
+            break;
+        }
+        assert!(
+            started.elapsed() < WAIT * 2,
+            "{} effects of {total} after the restart; {:?}",
+            distinct(&rows),
+            second.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Redeliveries still on their way arrive before counting: the group has nothing pending
+    // and nothing left to read.
+    let admin_backend = second.backend().clone();
+    let admin = admin_backend.admin().expect("admin tools");
+    let mut lags = Vec::new();
+    let settled = eventually(WAIT, || {
+        lags = futures::executor::block_on(admin.group_lag()).unwrap_or_default();
+        let mine: Vec<_> = lags.iter().filter(|l| l.group == g).collect();
+        !mine.is_empty()
+            && mine
+                .iter()
+                .all(|l| l.pending == 0 && l.lag.unwrap_or(0) == 0)
+    })
+    .await;
+    rows = effects(&pool).await;
+    let mut per_event: HashMap<&str, usize> = HashMap::new();
+    for row in &rows {
+        *per_event.entry(row.0.as_str()).or_default() += 1;
+    }
+    let twice: Vec<_> = per_event.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(twice.is_empty(), "effects done twice: {twice:?}");
+    assert_eq!(
+        per_event
+            .keys()
+            .map(|k| (*k).to_owned())
+            .collect::<HashSet<_>>(),
+        ids,
+        "every event's effect"
+    );
+    if b.features.order_across_members {
+        let mut last: HashMap<&str, i64> = HashMap::new();
+        for (_, account, seq) in &rows {
+            let previous = last.insert(account.as_str(), *seq);
+            assert!(
+                previous.is_none_or(|p| p < *seq),
+                "{account}: seq {seq} after {previous:?}"
+            );
+        }
+    }
+    assert!(settled, "still in flight: {lags:?}, {:?}", second.stats());
+    second.shutdown(Duration::from_secs(10)).await;
+    pool.close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -1027,4 +1227,5 @@ conformance!(
     poison_and_forged_headers_never_stall,
     redrive_goes_only_to_the_group_that_failed,
     dead_letter_tools_page_through_the_queue,
+    exactly_once_effect_under_faults_with_the_sql_inbox,
 );

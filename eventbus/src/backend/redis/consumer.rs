@@ -80,6 +80,7 @@ impl StreamReader {
             .await?;
         reader.streams = initial;
         reader.streams.push(retry.clone());
+        reader.inner.note_read(&reader.streams);
         reader.retry_stream = retry;
         Ok(reader)
     }
@@ -137,6 +138,7 @@ impl StreamReader {
                     .ensure_group(&mut conn, &stream, &self.group, "0")
                     .await?;
                 tracing::info!(%stream, group = %self.group, "discovered stream");
+                self.inner.note_read(std::slice::from_ref(&stream));
                 self.streams.push(stream);
             }
         }

@@ -92,6 +92,9 @@ struct Inner {
     pool: Vec<ConnectionManager>,
     next: AtomicUsize,
     registered: Mutex<HashSet<String>>,
+    /// Streams this backend's consumers read (topics, retry streams), for lag: a stream written
+    /// by another producer is read without ever entering the registry.
+    read: Mutex<HashSet<String>>,
     appends: Mutex<std::collections::HashMap<String, u32>>,
     counters: Counters,
     runtime: Arc<dyn Runtime>,
@@ -141,6 +144,7 @@ impl RedisBackend {
             pool,
             next: AtomicUsize::new(0),
             registered: Mutex::new(HashSet::new()),
+            read: Mutex::new(HashSet::new()),
             appends: Mutex::new(Default::default()),
             counters: Counters::default(),
             acks: acks::AckQueue::start(&runtime, weak.clone()),
@@ -296,6 +300,14 @@ impl Inner {
     }
 
     /// Up to `count` entries of `topic`'s stream from entry id `start` on, as messages.
+    /// Remembers streams a consumer of this backend reads.
+    fn note_read(&self, streams: &[String]) {
+        self.read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(streams.iter().cloned());
+    }
+
     /// Up to `limit` entries of `topic` from `start` (an `XRANGE` bound), as a page.
     async fn xrange_page(&self, topic: &str, start: &str, limit: usize) -> Result<Page, Error> {
         let limit = limit.clamp(1, MAX_PAGE);
@@ -535,10 +547,18 @@ impl BackendAdmin for RedisBackend {
                 .query_async(&mut conn)
                 .await
                 .map_err(redis_error("SMEMBERS"))?;
-            let mut streams: Vec<&str> = members
+            let mut streams: Vec<String> = members
                 .iter()
-                .filter_map(|m| Keys::parse_registry_member(m).map(|(s, _)| s))
+                .filter_map(|m| Keys::parse_registry_member(m).map(|(s, _)| s.to_owned()))
                 .collect();
+            streams.extend(
+                self.inner
+                    .read
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .cloned(),
+            );
             streams.sort_unstable();
             streams.dedup();
             let mut lags = Vec::new();
@@ -546,14 +566,14 @@ impl BackendAdmin for RedisBackend {
                 let info: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
                     redis::cmd("XINFO")
                         .arg("GROUPS")
-                        .arg(stream)
+                        .arg(&stream)
                         .query_async(&mut conn)
                         .await;
                 let Ok(info) = info else { continue };
                 for group in info.groups {
                     lags.push(GroupLag {
                         group: group.name,
-                        stream: stream.to_owned(),
+                        stream: stream.clone(),
                         pending: group.pending as u64,
                         lag: group.lag.map(|l| l as u64),
                     });
