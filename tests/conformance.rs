@@ -847,6 +847,139 @@ async fn redrive_goes_only_to_the_group_that_failed(b: &Under) {
     bus.shutdown(Duration::from_secs(10)).await;
 }
 
+// --- 10. a parked key stays parked across a restart -----------------------------------------
+
+#[event(name = "stock.reserved", version = 1, key = sku)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct StockReserved {
+    sku: String,
+    seq: u32,
+}
+
+/// A member of the `stock` group with `park_keys`: the handler fails `seq == 1` for good while
+/// `fixed` is false, and records what it handled.
+async fn stock_member(
+    backend: Arc<dyn Backend>,
+    group: &str,
+    fixed: Arc<std::sync::atomic::AtomicBool>,
+    handled: Arc<Mutex<Vec<(String, u32)>>>,
+) -> Bus {
+    Bus::builder()
+        .backend_arc(backend)
+        .catalog(&[eventbus::CatalogEntry::of::<StockReserved>()])
+        .subscribe(
+            Subscription::new("stock.reserved", move |env: Envelope<StockReserved>| {
+                let ok = env.data.seq != 1 || fixed.load(Ordering::SeqCst);
+                if ok {
+                    handled
+                        .lock()
+                        .unwrap()
+                        .push((env.data.sku.clone(), env.data.seq));
+                }
+                async move {
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err(HandlerError::permanent("out of stock"))
+                    }
+                }
+            })
+            .group(group)
+            .retries(0)
+            .park_keys(true),
+        )
+        .start()
+        .await
+        .expect("start")
+}
+
+/// A key parked after a dead letter stays parked when its consumer restarts (the lot is read
+/// back from the dead-letter queue): its next event waits beside the others instead of being
+/// handled before them; other keys flow; redriving the key's dead letters in order handles them
+/// in order.
+async fn a_parked_key_stays_parked_across_a_restart(b: &Under) {
+    let t = "stock.reserved".to_owned();
+    b.topic(&t, 1).await;
+    let g = group("stock");
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handled: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
+    let first = stock_member(b.member().await, &g, fixed.clone(), handled.clone()).await;
+    for seq in 0..3 {
+        first
+            .publish(StockReserved {
+                sku: "sku-1".into(),
+                seq,
+            })
+            .await
+            .expect("publish");
+    }
+    let dlq = first.dead_letters();
+    let mut letters = Vec::new();
+    assert!(
+        eventually(WAIT, || {
+            letters = futures::executor::block_on(dlq.list(&t)).unwrap_or_default();
+            letters.len() == 2
+        })
+        .await,
+        "dead letters {:?}, handled {:?}",
+        letters
+            .iter()
+            .map(|l| &l.failure.message)
+            .collect::<Vec<_>>(),
+        handled.lock().unwrap()
+    );
+    first.shutdown(Duration::from_secs(10)).await;
+
+    let second = stock_member(b.member().await, &g, fixed.clone(), handled.clone()).await;
+    for (sku, seq) in [("sku-1", 3), ("sku-2", 0)] {
+        second
+            .publish(StockReserved {
+                sku: sku.into(),
+                seq,
+            })
+            .await
+            .expect("publish");
+    }
+    let dlq = second.dead_letters();
+    assert!(
+        eventually(WAIT, || {
+            letters = futures::executor::block_on(dlq.list(&t)).unwrap_or_default();
+            letters.len() == 3 && handled.lock().unwrap().contains(&("sku-2".into(), 0))
+        })
+        .await,
+        "after the restart: dead letters {:?}, handled {:?}",
+        letters
+            .iter()
+            .map(|l| &l.failure.message)
+            .collect::<Vec<_>>(),
+        handled.lock().unwrap()
+    );
+    assert!(
+        letters[2]
+            .failure
+            .message
+            .starts_with("parked: key `sku-1`"),
+        "{}",
+        letters[2].failure.message
+    );
+    fixed.store(true, Ordering::SeqCst);
+    assert_eq!(dlq.redrive_all(&t).await.expect("redrive"), 3);
+    assert!(
+        eventually(WAIT, || handled.lock().unwrap().len() == 5).await,
+        "handled {:?}",
+        handled.lock().unwrap()
+    );
+    let sku1: Vec<u32> = handled
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(sku, _)| sku == "sku-1")
+        .map(|(_, seq)| *seq)
+        .collect();
+    assert_eq!(sku1, vec![0, 1, 2, 3], "sku-1 in order");
+    second.shutdown(Duration::from_secs(10)).await;
+}
+
 // --- 11. dead-letter tools page through the queue -------------------------------------------
 
 #[event(name = "audit.rejected", version = 1, key = batch)]
@@ -1228,4 +1361,5 @@ conformance!(
     redrive_goes_only_to_the_group_that_failed,
     dead_letter_tools_page_through_the_queue,
     exactly_once_effect_under_faults_with_the_sql_inbox,
+    a_parked_key_stays_parked_across_a_restart,
 );

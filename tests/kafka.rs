@@ -1089,6 +1089,123 @@ async fn poison_messages_go_straight_to_the_dlq(b: &Broker) {
     bus.shutdown(Duration::from_secs(10)).await;
 }
 
+// --- a dead letter over the size limit ----------------------------------------------------------
+
+#[event(name = "big.document.stored", version = 1, key = doc)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct DocumentStored {
+    doc: String,
+    body: String,
+}
+
+/// A record just under the producer's maximum message size (`message.max.bytes`, here 20 000
+/// bytes, standing for the topic's own limit) fails for good: its dead letter, the same payload
+/// plus the failure headers, is over the limit. After 3 refused publishes the dead letter is
+/// stored without its payload, saying so (`dlq-payload-omitted`), and the next event of the key
+/// is handled.
+async fn a_dead_letter_over_the_size_limit_is_kept_as_metadata(b: &Broker) {
+    let mut config = b.config();
+    config
+        .producer_options
+        .insert("message.max.bytes".into(), "20000".into());
+    let backend = b.connect(config).await;
+    b.topic_with_tiers(&backend, "big.document.stored", 1, &[])
+        .await;
+    let handled: Arc<Mutex<Vec<String>>> = Arc::default();
+    let h = handled.clone();
+    let bus = Bus::builder()
+        .backend(backend.clone())
+        .catalog(&[CatalogEntry::of::<DocumentStored>()])
+        .subscribe(
+            Subscription::new(
+                "big.document.stored",
+                move |env: Envelope<DocumentStored>| {
+                    let big = env.data.body.len() > 1000;
+                    if !big {
+                        h.lock().unwrap().push(env.data.body.clone());
+                    }
+                    async move {
+                        if big {
+                            Err(HandlerError::permanent("document too long to index"))
+                        } else {
+                            Ok(())
+                        }
+                    }
+                },
+            )
+            .group(group("indexer"))
+            .retries(0),
+        )
+        .start()
+        .await
+        .unwrap();
+    let encoded = |body: String| {
+        Envelope::new(DocumentStored {
+            doc: "d-1".into(),
+            body,
+        })
+        .encode()
+        .unwrap()
+    };
+    let mut big = encoded(String::new());
+    big = encoded("x".repeat(19_700 - big.len()));
+    let producer: eventbus::backend::kafka::rdkafka::producer::FutureProducer =
+        eventbus::backend::kafka::rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &b.brokers)
+            .set("message.timeout.ms", "10000")
+            .create()
+            .expect("producer");
+    for payload in [big.clone(), encoded("next".into())] {
+        let headers = eventbus::backend::kafka::rdkafka::message::OwnedHeaders::new().insert(
+            eventbus::backend::kafka::rdkafka::message::Header {
+                key: "type",
+                value: Some("big.document.stored"),
+            },
+        );
+        producer
+            .send(
+                eventbus::backend::kafka::rdkafka::producer::FutureRecord::to(
+                    "big.document.stored",
+                )
+                .key("d-1")
+                .payload(&payload)
+                .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+    let dlq = bus.dead_letters();
+    let mut letters = Vec::new();
+    assert!(
+        eventually(scaled(WAIT), || {
+            letters =
+                futures::executor::block_on(dlq.list("big.document.stored")).unwrap_or_default();
+            letters.len() == 1 && handled.lock().unwrap().len() == 1
+        })
+        .await,
+        "dead letters {letters:?}, handled {:?}, {:?}",
+        handled.lock().unwrap(),
+        bus.stats()
+    );
+    assert_eq!(*handled.lock().unwrap(), vec!["next".to_owned()]);
+    let letter = &letters[0];
+    assert!(
+        letter.payload.is_empty(),
+        "{} payload bytes",
+        letter.payload.len()
+    );
+    let omitted = letter.payload_omitted.clone().unwrap_or_default();
+    assert!(
+        omitted.contains(&format!("{} bytes", big.len())),
+        "{omitted}"
+    );
+    assert_eq!(letter.failure.message, "document too long to index");
+    assert_eq!(letter.key.as_deref(), Some("d-1"));
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
 // --- replay ------------------------------------------------------------------------------------
 
 #[event(name = "rpl.price.changed", version = 1, topic = "rpl-prices", key = sku)]
@@ -1505,6 +1622,7 @@ conformance!(
     poison_messages_go_straight_to_the_dlq,
     replay_by_time_range_and_event_type,
     replay_buffers_are_bounded,
+    a_dead_letter_over_the_size_limit_is_kept_as_metadata,
     replay_to_one_group_and_group_lag,
 );
 

@@ -52,6 +52,13 @@ async fn backend(url: &str, name: &str) -> RedisBackend {
         .expect("connect")
 }
 
+/// A second connection to the keys of `prefix`.
+async fn backend_with_prefix(url: &str, prefix: &str) -> RedisBackend {
+    let mut c = config(url, "unused");
+    c.prefix = prefix.to_owned();
+    RedisBackend::connect(c).await.expect("connect")
+}
+
 fn granted(id: &str, n: u32) -> ApprovalGranted {
     ApprovalGranted {
         approval_id: id.to_owned(),
@@ -348,6 +355,81 @@ async fn entries_trimmed_while_pending_are_counted() {
     assert_eq!(handled.load(Ordering::SeqCst), 0, "nothing left to handle");
     assert_eq!(b.pending("approval.granted", "workers").await.unwrap(), 0);
     survivor.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Retention with a stopped consumer: entries trimmed before the group read them are counted
+/// once (also across a restart with a new connection), logged, and exported as
+/// `event_retention_dropped_total`; the entries left are handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_trimmed_before_the_group_read_them_are_counted_once() {
+    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+        return;
+    };
+    let b = backend(&url, "unread").await;
+    let handled = Arc::new(AtomicUsize::new(0));
+    let member = |b: RedisBackend, handled: Arc<AtomicUsize>| async move {
+        Bus::builder()
+            .backend(b)
+            .source("stock")
+            .subscribe(
+                Subscription::new("approval.granted", move |_: Envelope<ApprovalGranted>| {
+                    handled.fetch_add(1, Ordering::SeqCst);
+                    async { Ok(()) }
+                })
+                .group("workers"),
+            )
+            .start()
+            .await
+            .unwrap()
+    };
+    let first = member(b.clone(), handled.clone()).await;
+    first.publish(granted("a", 1)).await.unwrap();
+    assert!(eventually(WAIT, || handled.load(Ordering::SeqCst) == 1).await);
+    first.shutdown(Duration::from_secs(5)).await;
+    // The consumer is stopped: 5 more events, then retention keeps the newest 2.
+    let publisher = Bus::builder().backend(b.clone()).start().await.unwrap();
+    for n in 2..7 {
+        publisher.publish(granted("a", n)).await.unwrap();
+    }
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let stream = format!("{}:events:approval.granted", b.config().prefix);
+    let trimmed: u64 = redis::cmd("XTRIM")
+        .arg(&stream)
+        .arg("MAXLEN")
+        .arg(2)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(trimmed, 4, "the handled one and 3 unread");
+
+    let second = member(b.clone(), handled.clone()).await;
+    assert!(
+        eventually(WAIT, || handled.load(Ordering::SeqCst) == 3).await,
+        "handled {}",
+        handled.load(Ordering::SeqCst)
+    );
+    assert!(
+        eventually(WAIT, || b.stats().retention_dropped == 3).await,
+        "{:?}",
+        b.stats()
+    );
+    let line = format!(
+        "event_retention_dropped_total{{service=\"stock\",stream=\"{stream}\",group=\"workers\"}} 3"
+    );
+    let metrics = second.metrics().encode();
+    assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
+    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+    second.shutdown(Duration::from_secs(5)).await;
+
+    // A restart on a new connection reports nothing twice.
+    let again = backend_with_prefix(&url, &b.config().prefix).await;
+    let third = member(again.clone(), handled.clone()).await;
+    third.publish(granted("a", 7)).await.unwrap();
+    assert!(eventually(WAIT, || handled.load(Ordering::SeqCst) == 4).await);
+    assert_eq!(again.stats().retention_dropped, 0, "{:?}", again.stats());
+    third.shutdown(Duration::from_secs(5)).await;
+    publisher.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

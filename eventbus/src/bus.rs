@@ -221,6 +221,7 @@ impl BusBuilder {
         let metrics = self
             .metrics
             .unwrap_or_else(|| Arc::new(Metrics::new(source.clone())));
+        metrics.export_backend(backend.clone());
         let mut publisher =
             Publisher::new(backend.clone(), clock.clone(), source).with_metrics(metrics.clone());
         if let Some(default) = self.circuit_default {

@@ -230,6 +230,26 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The operations tools of this backend, when it has them.
     fn admin(&self) -> Option<&dyn BackendAdmin>;
+
+    /// Counters the backend keeps of transport events the pipeline never sees (Redis: entries
+    /// removed by retention before a group finished them), exported with the bus's metrics at
+    /// every scrape. Empty when the backend has none.
+    fn counters(&self) -> Vec<BackendCounter> {
+        Vec::new()
+    }
+}
+
+/// A counter a backend keeps itself, exported with the bus's metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendCounter {
+    /// Metric name, ending in `_total`.
+    pub name: &'static str,
+    /// Help text.
+    pub help: &'static str,
+    /// Labels besides `service`.
+    pub labels: Vec<(&'static str, String)>,
+    /// The count so far.
+    pub value: u64,
 }
 
 /// Operations tools over a backend: reading topics back (dead letters, replay) a page at a

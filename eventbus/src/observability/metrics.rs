@@ -20,7 +20,7 @@
 //! | `event_parked_keys` | gauge | `service`, `topic`, `group` (keys parked by `park_keys`) |
 //! | `event_park_overflow_total` | counter | `service`, `topic`, `group` (keys not parked: the cap was reached) |
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -97,6 +97,8 @@ pub struct Metrics {
     parked_keys: Family<GroupLabels, Gauge>,
     payload_omitted: Family<GroupLabels, Counter>,
     park_overflow: Family<GroupLabels, Counter>,
+    /// Backends whose own counters are exported at every scrape.
+    backends: Mutex<Vec<Arc<dyn crate::backend::Backend>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -130,6 +132,7 @@ impl Metrics {
             parked_keys: Family::default(),
             payload_omitted: Family::default(),
             park_overflow: Family::default(),
+            backends: Mutex::new(Vec::new()),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -223,12 +226,35 @@ impl Metrics {
         &self.service
     }
 
+    /// Exports the [counters](crate::backend::Backend::counters) `backend` keeps itself with
+    /// every [`encode`](Self::encode) (the bus does this for its backend).
+    pub fn export_backend(&self, backend: Arc<dyn crate::backend::Backend>) {
+        let mut backends = self.backends.lock().unwrap_or_else(|p| p.into_inner());
+        if !backends.iter().any(|b| Arc::ptr_eq(b, &backend)) {
+            backends.push(backend);
+        }
+    }
+
     /// Every series in the Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
             out.clear();
+        }
+        drop(registry);
+        let counters: Vec<crate::backend::BackendCounter> = self
+            .backends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flat_map(|b| b.counters())
+            .collect();
+        if !counters.is_empty() {
+            let end = out.rfind("# EOF").unwrap_or(out.len());
+            let eof = out.split_off(end);
+            write_backend_counters(&mut out, &self.service, &counters);
+            out.push_str(&eof);
         }
         out
     }
@@ -377,5 +403,34 @@ impl Metrics {
                 service: self.service.clone(),
             })
             .inc_by(n);
+    }
+}
+
+/// Writes backend counters in the text format, one family per name.
+fn write_backend_counters(
+    out: &mut String,
+    service: &str,
+    counters: &[crate::backend::BackendCounter],
+) {
+    use std::fmt::Write as _;
+    let escape = |v: &str| {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let mut names: Vec<(&str, &str)> = counters.iter().map(|c| (c.name, c.help)).collect();
+    names.sort_unstable();
+    names.dedup_by_key(|(name, _)| *name);
+    for (name, help) in names {
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        let _ = writeln!(out, "# HELP {family} {help}.");
+        let _ = writeln!(out, "# TYPE {family} counter");
+        for counter in counters.iter().filter(|c| c.name == name) {
+            let mut labels = format!("service=\"{}\"", escape(service));
+            for (label, value) in &counter.labels {
+                let _ = write!(labels, ",{label}=\"{}\"", escape(value));
+            }
+            let _ = writeln!(out, "{family}_total{{{labels}}} {}", counter.value);
+        }
     }
 }

@@ -297,7 +297,11 @@ impl Pipeline {
         ];
         if options.park_keys {
             layers.push(Arc::new(
-                ParkKeyLayer::new(clock.clone()).with_metrics(metrics.clone()),
+                ParkKeyLayer::new(clock.clone())
+                    .with_metrics(metrics.clone())
+                    .durable(crate::dead_letter::DeadLetters::new(
+                        publisher.backend().clone(),
+                    )),
             ));
         }
         layers.push(Arc::new(InboxLayer::new(inbox)));

@@ -1,13 +1,15 @@
 //! Parks later events of a key whose earlier event was dead-lettered, so per-key order holds
 //! across failures.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 
 use super::{DeliveryCx, Layer, Next, Outcome};
 use crate::clock::Clock;
+use crate::dead_letter::DeadLetters;
+use crate::error::Error;
 use crate::handler::ErrorKind;
 
 /// Header marking a message re-published from the dead-letter queue.
@@ -17,16 +19,25 @@ pub const REDRIVE_HEADER: &str = "eventbus-redrive";
 /// it ("parked") instead of being handled out of order. A redriven event of that key unparks
 /// it, so redriving the key's dead letters in order replays them in order.
 ///
-/// The parked set lives in the consumer process: after a restart, keys are unparked. It holds
-/// at most [`ParkKeyLayer::DEFAULT_CAPACITY`] keys (or [`ParkKeyLayer::with_capacity`]): a key
-/// failing while the lot is full is not parked (its later events are handled, possibly before
-/// the dead-lettered one is redriven), logged as an error and counted in
-/// `event_park_overflow_total`; `event_parked_keys` shows the lot's size.
+/// The parked set is kept in the consumer process and stored beside the dead letters: a key is
+/// parked exactly while the dead-letter queue holds an event of it from this group. With
+/// [`ParkKeyLayer::durable`], the first delivery of a topic after a start rebuilds the set from
+/// that topic's dead-letter queue (page by page), so a restart keeps keys parked; redriving
+/// a key's dead letters unparks it at once, purging them unparks it at the next start. When the
+/// queue cannot be read, the delivery is left for redelivery rather than handled out of order.
+///
+/// It holds at most [`ParkKeyLayer::DEFAULT_CAPACITY`] keys (or
+/// [`ParkKeyLayer::with_capacity`]): a key failing while the lot is full is not parked (its
+/// later events are handled, possibly before the dead-lettered one is redriven), logged as an
+/// error and counted in `event_park_overflow_total`; `event_parked_keys` shows the lot's size.
 pub struct ParkKeyLayer {
     parked: Mutex<HashMap<String, String>>,
     clock: Arc<dyn Clock>,
     capacity: usize,
     metrics: Option<Arc<crate::observability::Metrics>>,
+    dead_letters: Option<DeadLetters>,
+    /// Topics whose dead letters were read into the lot; the lock is held while one is read.
+    loaded: futures::lock::Mutex<HashSet<String>>,
 }
 
 impl ParkKeyLayer {
@@ -40,7 +51,92 @@ impl ParkKeyLayer {
             clock,
             capacity: Self::DEFAULT_CAPACITY,
             metrics: None,
+            dead_letters: None,
+            loaded: futures::lock::Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Rebuilds the lot of each topic from its dead-letter queue before the topic's first
+    /// delivery, so parked keys survive a restart.
+    pub fn durable(mut self, dead_letters: DeadLetters) -> Self {
+        self.dead_letters = Some(dead_letters);
+        self
+    }
+
+    /// Parks the keys of this group's dead letters of `cx`'s topic, once per topic.
+    async fn load(&self, cx: &DeliveryCx) -> Result<(), Error> {
+        let Some(dead_letters) = &self.dead_letters else {
+            return Ok(());
+        };
+        let topic = &cx.message.topic;
+        let mut loaded = self.loaded.lock().await;
+        if loaded.contains(topic) {
+            return Ok(());
+        }
+        let mut found = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = match dead_letters
+                .page(topic, cursor, crate::backend::MAX_PAGE)
+                .await
+            {
+                Ok(page) => page,
+                Err(Error::Unsupported { backend, .. }) => {
+                    tracing::warn!(
+                        %topic,
+                        backend,
+                        "the backend cannot read dead letters back: parked keys live in this process only"
+                    );
+                    loaded.insert(topic.clone());
+                    return Ok(());
+                }
+                Err(error) => return Err(error),
+            };
+            for letter in page.letters {
+                if letter.group != cx.group {
+                    continue;
+                }
+                if let Some(key) = letter.key.clone() {
+                    let blocker = letter
+                        .envelope()
+                        .map(|e| e.id.to_string())
+                        .unwrap_or(letter.id);
+                    found.push((key, blocker));
+                }
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let (keys, overflow) = {
+            let mut lot = self.lot();
+            let mut overflow = 0;
+            for (key, blocker) in found {
+                if lot.contains_key(&key) {
+                    continue;
+                }
+                if lot.len() < self.capacity {
+                    lot.insert(key, blocker);
+                } else {
+                    overflow += 1;
+                }
+            }
+            (lot.len(), overflow)
+        };
+        if overflow > 0 {
+            tracing::error!(
+                %topic,
+                group = %cx.group,
+                overflow,
+                capacity = self.capacity,
+                "parking lot full while reading dead letters: keys not parked"
+            );
+        }
+        tracing::info!(%topic, group = %cx.group, keys, "parked keys read from the dead-letter queue");
+        self.report(cx, keys);
+        loaded.insert(topic.clone());
+        Ok(())
     }
 
     /// Holds at most `keys` parked keys.
@@ -72,6 +168,15 @@ impl Layer for ParkKeyLayer {
             let Some(key) = cx.message.key.clone() else {
                 return next.run(cx).await;
             };
+            if let Err(error) = self.load(cx).await {
+                tracing::warn!(
+                    topic = %cx.message.topic,
+                    group = %cx.group,
+                    %error,
+                    "parked keys not read from the dead-letter queue: delivery left for later"
+                );
+                return Outcome::Unsettled(error);
+            }
             if cx.message.headers.contains_key(REDRIVE_HEADER) {
                 let mut lot = self.lot();
                 if lot.remove(&key).is_some() {

@@ -81,6 +81,7 @@ impl StreamReader {
         reader.streams = initial;
         reader.streams.push(retry.clone());
         reader.inner.note_read(&reader.streams);
+        reader.count_trimmed_unread().await;
         reader.retry_stream = retry;
         Ok(reader)
     }
@@ -127,8 +128,89 @@ impl StreamReader {
         }
     }
 
+    /// Counts entries retention removed before this group read them: on each stream, entries
+    /// ever added minus entries left is what retention removed; what of it the group never
+    /// read (`entries-read` below that) is lost to it. Each loss is counted once across members
+    /// and restarts (`{prefix}:trimmed:{group}` keeps the count reported per stream).
+    async fn count_trimmed_unread(&self) {
+        for stream in &self.streams {
+            match self.trimmed_unread(stream).await {
+                Ok(Some(lost)) if lost > 0 => {
+                    self.inner
+                        .counters
+                        .retention_dropped(stream, &self.group, lost);
+                    tracing::error!(
+                        %stream,
+                        group = %self.group,
+                        lost,
+                        "retention removed entries before this group read them; they are lost to it"
+                    );
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(%stream, group = %self.group, %error, "trimmed entries not checked")
+                }
+            }
+        }
+    }
+
+    /// How many entries of `stream` retention removed unread by this group since the last
+    /// report (`None` when Redis does not know how many the group read).
+    async fn trimmed_unread(&self, stream: &str) -> Result<Option<u64>, Error> {
+        let mut conn = self.inner.conn();
+        let info: HashMap<String, redis::Value> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(stream)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error("XINFO STREAM"))?;
+        let number = |map: &HashMap<String, redis::Value>, field: &str| -> Option<u64> {
+            match map.get(field)? {
+                redis::Value::Int(n) => u64::try_from(*n).ok(),
+                _ => None,
+            }
+        };
+        let (Some(added), Some(length)) = (number(&info, "entries-added"), number(&info, "length"))
+        else {
+            return Ok(None);
+        };
+        let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error("XINFO GROUPS"))?;
+        let Some(read) = groups
+            .iter()
+            .find(|g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n.as_slice() == self.group.as_bytes()))
+            .and_then(|g| number(g, "entries-read"))
+        else {
+            return Ok(None);
+        };
+        let removed = added.saturating_sub(length);
+        let lost = removed.saturating_sub(read);
+        if lost == 0 {
+            return Ok(Some(0));
+        }
+        // Report only what no member reported before.
+        let newly: u64 = redis::Script::new(
+            "local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') \
+             local new = tonumber(ARGV[2]) \
+             if new > old then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return new - old end \
+             return 0",
+        )
+        .key(self.inner.keys.trimmed(&self.group))
+        .arg(stream)
+        .arg(lost)
+        .invoke_async(&mut conn)
+        .await
+        .map_err(redis_error("EVALSHA"))?;
+        Ok(Some(newly))
+    }
+
     async fn discover(&mut self) -> Result<(), Error> {
         self.last_discovery = Instant::now();
+        self.count_trimmed_unread().await;
         let found = self.registered_streams().await?;
         let mut conn = self.inner.conn();
         for stream in found {
@@ -229,10 +311,11 @@ impl StreamReader {
                 .insert(stream.clone(), reply.next_stream_id.clone());
             if !reply.deleted_ids.is_empty() {
                 // Trimmed by retention while pending: nothing left to deliver. Never silent.
-                self.inner
-                    .counters
-                    .retention_dropped
-                    .fetch_add(reply.deleted_ids.len() as u64, Ordering::Relaxed);
+                self.inner.counters.retention_dropped(
+                    &stream,
+                    &self.group,
+                    reply.deleted_ids.len() as u64,
+                );
                 tracing::error!(
                     %stream,
                     group = %self.group,

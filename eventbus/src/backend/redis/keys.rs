@@ -8,6 +8,7 @@
 //! | `{prefix}:retry:{group}` | stream | delayed retries due for a group |
 //! | `{prefix}:delayed` | sorted set | delayed retries waiting, scored by due time (ms) |
 //! | `{prefix}:streams` | set | registry of event streams and their event types |
+//! | `{prefix}:trimmed:{group}` | hash | per stream, how many entries retention removed before the group read them (counted once) |
 //! | `{prefix}:inbox:{group}:{event id}` | string with TTL | inbox entries |
 //! | `{prefix}:live:{type}` | pub/sub channel | ephemeral notifications |
 
@@ -44,6 +45,10 @@ impl Keys {
 
     pub(crate) fn is_dlq_stream(&self, key: &str) -> bool {
         key.starts_with(&format!("{}:dlq:", self.prefix))
+    }
+
+    pub(crate) fn trimmed(&self, group: &str) -> String {
+        format!("{}:trimmed:{group}", self.prefix)
     }
 
     pub(crate) fn retry_stream(&self, group: &str) -> String {

@@ -48,8 +48,8 @@ pub use pubsub::RedisPubSub;
 
 use self::keys::Keys;
 use super::{
-    Backend, BackendAdmin, Cursor, DeliveryStream, GroupLag, Message, Page, StoredMessage,
-    SubscribeRequest, MAX_PAGE, TENANT_HEADER,
+    Backend, BackendAdmin, BackendCounter, Cursor, DeliveryStream, GroupLag, Message, Page,
+    StoredMessage, SubscribeRequest, MAX_PAGE, TENANT_HEADER,
 };
 use crate::error::Error;
 use crate::runtime::{default_runtime, Runtime};
@@ -65,8 +65,10 @@ pub struct RedisStats {
     pub deferred: u64,
     /// Delayed retries moved back to their group.
     pub delayed_moved: u64,
-    /// Entries trimmed by retention while still pending for a group (delivered, not yet
-    /// acknowledged): lost to that group, each logged as an error.
+    /// Entries retention removed before a group finished them: trimmed while pending
+    /// (delivered, not yet acknowledged) or before the group read them at all (a stopped or
+    /// slow consumer). Lost to that group; logged as errors and exported as
+    /// `event_retention_dropped_total{stream, group}`.
     pub retention_dropped: u64,
 }
 
@@ -77,6 +79,21 @@ struct Counters {
     deferred: AtomicU64,
     delayed_moved: AtomicU64,
     retention_dropped: AtomicU64,
+    /// `retention_dropped` per (stream, group).
+    retention_dropped_by: Mutex<std::collections::BTreeMap<(String, String), u64>>,
+}
+
+impl Counters {
+    /// Counts `n` entries of `stream` lost to `group` by retention.
+    fn retention_dropped(&self, stream: &str, group: &str, n: u64) {
+        self.retention_dropped.fetch_add(n, Ordering::Relaxed);
+        *self
+            .retention_dropped_by
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((stream.to_owned(), group.to_owned()))
+            .or_default() += n;
+    }
 }
 
 /// The Redis Streams backend. Cheap to clone.
@@ -461,6 +478,22 @@ impl Backend for RedisBackend {
 
     fn admin(&self) -> Option<&dyn BackendAdmin> {
         Some(self)
+    }
+
+    fn counters(&self) -> Vec<BackendCounter> {
+        self.inner
+            .counters
+            .retention_dropped_by
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((stream, group), &value)| BackendCounter {
+                name: "event_retention_dropped_total",
+                help: "Entries removed by stream retention before the group finished them",
+                labels: vec![("stream", stream.clone()), ("group", group.clone())],
+                value,
+            })
+            .collect()
     }
 }
 
