@@ -32,6 +32,8 @@ fn run_chaos(args: &[&str]) {
     for field in [
         "lost=0 ",
         "duplicated=0 ",
+        "inversions=0 ",
+        "consumers=2 ",
         "orphans=0 ",
         "poison_applied=0 ",
         "poison_missing=0 ",

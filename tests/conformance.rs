@@ -27,6 +27,9 @@ use serde::{Deserialize, Serialize};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Partition streams per topic on Redis.
+const REDIS_PARTITIONS: u32 = 4;
+
 /// What a backend declares it cannot hold; the suite asserts the weaker behaviour instead.
 #[derive(Debug, Clone, Copy)]
 struct Features {
@@ -67,15 +70,13 @@ impl Under {
 
     fn redis() -> Option<Under> {
         let url = require_server("EVENTBUS_REDIS_URL", "conformance_redis")?;
-        // Redis streams hand entries of one stream to any member of a group: no order per key
-        // across members until topics are partitioned (docs/contract.md).
         Some(Under {
             kind: Kind::Redis {
                 url,
                 prefix: unique_prefix("conf"),
             },
             features: Features {
-                order_across_members: false,
+                order_across_members: true,
             },
         })
     }
@@ -142,6 +143,8 @@ impl Under {
                 c.discovery_interval = Duration::from_millis(200);
                 c.batch_size = 4;
                 c.start_from = RedisStart::Earliest;
+                c.partitions = REDIS_PARTITIONS;
+                c.lease_ttl = Duration::from_secs(2);
                 Arc::new(RedisBackend::connect(c).await.expect("connect to redis"))
             }
             Kind::Kafka { brokers, mock, .. } => {
@@ -210,8 +213,12 @@ impl Under {
                     .get_multiplexed_async_connection()
                     .await
                     .expect("connect");
+                // The documented layout: the key's partition (Kafka's murmur2) of the topic's
+                // partition streams.
+                let partition = eventbus::backend::redis::partition_of(key, REDIS_PARTITIONS);
                 let mut xadd = ::redis::cmd("XADD");
-                xadd.arg(format!("{prefix}:events:{topic}")).arg("*");
+                xadd.arg(format!("{prefix}:events:{topic}#{partition}"))
+                    .arg("*");
                 xadd.arg("topic")
                     .arg(topic)
                     .arg("type")
@@ -272,6 +279,7 @@ impl Under {
 
     /// Runs `case`; when it panics, panics again with the backend's state added.
     async fn run<F: std::future::Future<Output = ()>>(&self, case: F) {
+        eventbus_integration::trace();
         with_diagnosis(case, || self.diagnose()).await;
     }
 }

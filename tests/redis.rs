@@ -43,6 +43,7 @@ fn config(url: &str, name: &str) -> RedisConfig {
     c.discovery_interval = Duration::from_millis(200);
     c.delayed_poll = Duration::from_millis(50);
     c.start_from = StartFrom::Earliest;
+    c.lease_ttl = Duration::from_secs(1);
     c
 }
 
@@ -171,14 +172,18 @@ async fn two_groups_each_get_everything_and_members_split_without_duplicates() {
     let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
         return;
     };
-    let b = backend(&url, "groups").await;
+    let mut c = config(&url, "groups");
+    c.partitions = 4;
+    let b = RedisBackend::connect(c).await.expect("connect");
     let audit = Log::default();
     let member_a = Log::default();
     let member_b = Log::default();
     // Two bus instances model two processes of the "billing" service.
+    let catalog = [eventbus::CatalogEntry::of::<ApprovalGranted>()];
     let bus_a = Bus::builder()
         .backend(b.clone())
         .inbox(Arc::new(b.inbox()))
+        .catalog(&catalog)
         .subscribe(logging(&member_a, "billing", "approval.*"))
         .subscribe(logging(&audit, "audit", "#"))
         .start()
@@ -187,10 +192,23 @@ async fn two_groups_each_get_everything_and_members_split_without_duplicates() {
     let bus_b = Bus::builder()
         .backend(b.clone())
         .inbox(Arc::new(b.inbox()))
+        .catalog(&catalog)
         .subscribe(logging(&member_b, "billing", "approval.*"))
         .start()
         .await
         .unwrap();
+    // Members split the 4 partitions of the topic once both are in the group.
+    let mut owners = Vec::new();
+    assert!(
+        eventually(WAIT, || {
+            owners = futures::executor::block_on(b.partition_owners("approval.granted", "billing"))
+                .unwrap_or_default();
+            owners.iter().flatten().collect::<HashSet<_>>().len() == 2
+                && owners.iter().all(Option::is_some)
+        })
+        .await,
+        "owners {owners:?}"
+    );
     let envelopes: Vec<_> = (0..400)
         .map(|i| Envelope::new(granted(&format!("k{}", i % 40), i)))
         .collect();

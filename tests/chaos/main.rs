@@ -2,12 +2,14 @@
 //! processes die and the broker restarts.
 //!
 //! A **producer** commits orders and their events (through the transactional outbox) in
-//! PostgreSQL; a **dispatcher** relays the outbox to the broker (Redis Streams or Kafka); a
-//! **consumer** applies each event to a ledger table inside the inbox transaction. The
-//! **driver** runs the three as separate OS processes, `kill -9`s a random one again and again
-//! and restarts it, restarts the broker a few times, and finally checks the invariants:
+//! PostgreSQL; a **dispatcher** relays the outbox to the broker (Redis Streams or Kafka); two
+//! **consumers** (`--consumers`), members of one group, apply each event to a ledger table
+//! inside the inbox transaction. The **driver** runs them as separate OS processes, `kill -9`s
+//! a random one again and again and restarts it, restarts the broker a few times, and finally
+//! checks the invariants:
 //!
 //! - every committed order's event is applied exactly once in the ledger;
+//! - each customer's orders are applied in the order they were committed (`inversions=0`);
 //! - no ledger entry exists without its committed order;
 //! - every poison event (a fraction injected on purpose) is in the dead-letter queue with its
 //!   reason, and not in the ledger.
@@ -105,6 +107,9 @@ fn redis_config() -> RedisConfig {
     config.claim_interval = Duration::from_millis(500);
     config.block = Duration::from_millis(300);
     config.command_timeout = Duration::from_secs(2);
+    // Members split 4 partitions; a killed member's leases lapse after 3 s.
+    config.partitions = 4;
+    config.lease_ttl = Duration::from_secs(3);
     config
 }
 
@@ -243,6 +248,7 @@ async fn consumer() -> ExitCode {
 
 struct Options {
     backend: Broker,
+    consumers: usize,
     events: i64,
     kills: u32,
     broker_restarts: u32,
@@ -252,6 +258,7 @@ struct Options {
 fn parse_options(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
         backend: Broker::Redis,
+        consumers: 2,
         events: 3000,
         kills: 12,
         broker_restarts: 2,
@@ -267,10 +274,11 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         match flag.as_str() {
             "--backend" => o.backend = Broker::parse(value)?,
             "--events" => o.events = number(value)? as i64,
+            "--consumers" => o.consumers = (number(value)? as usize).max(1),
             "--kills" => o.kills = number(value)? as u32,
             "--broker-restarts" => o.broker_restarts = number(value)? as u32,
             "--timeout-secs" => o.timeout = Duration::from_secs(number(value)?),
-            other => return Err(format!("unknown option {other}; expected --backend, --events, --kills, --broker-restarts, --timeout-secs")),
+            other => return Err(format!("unknown option {other}; expected --backend, --consumers, --events, --kills, --broker-restarts, --timeout-secs")),
         }
     }
     Ok(o)
@@ -404,7 +412,8 @@ async fn driver(options: Options) -> ExitCode {
             BrokerServer::Tansu(Arc::new(tansu))
         }
     };
-    let roles = ["producer", "dispatcher", "consumer"];
+    let mut roles = vec!["producer", "dispatcher"];
+    roles.extend(std::iter::repeat_n("consumer", options.consumers));
     let mut children: Vec<Option<Child>> = roles
         .iter()
         .map(|r| Some(spawn(r, &vars, options.events)))
@@ -442,7 +451,9 @@ async fn driver(options: Options) -> ExitCode {
                 restarts += 1;
                 server.restart().await;
             }
-            let candidates: Vec<usize> = (0..3).filter(|&i| children[i].is_some()).collect();
+            let candidates: Vec<usize> = (0..roles.len())
+                .filter(|&i| children[i].is_some())
+                .collect();
             if kills < options.kills && !candidates.is_empty() {
                 let victim = candidates[rng.usize(..candidates.len())];
                 if let Some(mut child) = children[victim].take() {
@@ -494,10 +505,24 @@ async fn driver(options: Options) -> ExitCode {
             .fetch_all(&pool)
             .await
             .expect("orders");
-    let ledger: Vec<(Uuid,)> = sqlx::query_as("SELECT event_id FROM chaos_ledger")
-        .fetch_all(&pool)
-        .await
-        .expect("ledger");
+    let ledger: Vec<(Uuid, i64)> =
+        sqlx::query_as("SELECT event_id, n FROM chaos_ledger ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .expect("ledger");
+    // Per-key order: each customer's orders were committed (and published) in `n` order; an
+    // inversion is an order applied after a later order of the same customer.
+    let mut latest: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
+    let mut inversions = 0usize;
+    for (_, n) in &ledger {
+        let customer = n % 50;
+        match latest.get(&customer) {
+            Some(&last) if *n < last => inversions += 1,
+            _ => {
+                latest.insert(customer, *n);
+            }
+        }
+    }
     let committed: HashSet<Uuid> = orders.iter().filter(|o| !o.2).map(|o| o.1).collect();
     let poison: HashSet<Uuid> = orders.iter().filter(|o| o.2).map(|o| o.1).collect();
     let all_orders: HashSet<Uuid> = orders.iter().map(|o| o.1).collect();
@@ -519,8 +544,9 @@ async fn driver(options: Options) -> ExitCode {
     let poison_missing = poison.difference(&dead_ids).count();
     let misplaced = dead_ids.difference(&poison).count();
     println!(
-        "chaos: backend={} events={} committed={} kills={kills} broker_restarts={restarts} lost={lost} duplicated={duplicated} dead_lettered={} orphans={orphans} poison_applied={poison_applied} poison_missing={poison_missing} misplaced={misplaced} seconds={:.0}",
+        "chaos: backend={} consumers={} events={} committed={} kills={kills} broker_restarts={restarts} lost={lost} duplicated={duplicated} inversions={inversions} dead_lettered={} orphans={orphans} poison_applied={poison_applied} poison_missing={poison_missing} misplaced={misplaced} seconds={:.0}",
         options.backend.name(),
+        options.consumers,
         options.events,
         orders.len(),
         dead_ids.len(),
@@ -533,6 +559,7 @@ async fn driver(options: Options) -> ExitCode {
     let complete = orders.len() as i64 == options.events;
     if lost == 0
         && duplicated == 0
+        && inversions == 0
         && orphans == 0
         && poison_applied == 0
         && poison_missing == 0

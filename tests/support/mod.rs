@@ -165,3 +165,13 @@ pub async fn read_all(
         }
     }
 }
+
+/// Sends the library's logs to the test output when `RUST_LOG` is set (once per process).
+pub fn trace() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}

@@ -20,7 +20,19 @@ pub(super) struct Ack {
     pub(super) stream: String,
     pub(super) group: String,
     pub(super) id: String,
+    /// The lease (key, token) the entry was read under, for a partition held by one member:
+    /// the acknowledgement counts only while the lease is still this token.
+    pub(super) fence: Option<(String, String)>,
 }
+
+/// `XACK` of ids ARGV[2..] in group ARGV[1] of stream KEYS[1], if lease KEYS[2] still holds
+/// token ARGV[#ARGV]; -1 when the lease moved on.
+const FENCED_ACK: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[#ARGV] then return -1 end
+local ids = {}
+for i = 2, #ARGV - 1 do ids[#ids + 1] = ARGV[i] end
+return redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+";
 
 const MAX_BATCH: usize = 2048;
 
@@ -83,19 +95,42 @@ async fn send_batches(
         }
         let count = batch.len();
         if let Some(inner) = backend.upgrade() {
-            let mut by_group: HashMap<(String, String), Vec<String>> = HashMap::new();
+            type Target = (String, String, Option<(String, String)>);
+            let mut by_group: HashMap<Target, Vec<String>> = HashMap::new();
             for ack in batch {
                 by_group
-                    .entry((ack.stream, ack.group))
+                    .entry((ack.stream, ack.group, ack.fence))
                     .or_default()
                     .push(ack.id);
             }
+            let script = redis::Script::new(FENCED_ACK);
             let mut pipe = redis::pipe();
-            for ((stream, group), ids) in &by_group {
-                pipe.cmd("XACK").arg(stream).arg(group).arg(ids).ignore();
+            let mut fenced = Vec::new();
+            for ((stream, group, fence), ids) in &by_group {
+                match fence {
+                    None => {
+                        pipe.cmd("XACK").arg(stream).arg(group).arg(ids).ignore();
+                    }
+                    Some(fence) => fenced.push((stream, group, fence, ids)),
+                }
             }
-            if let Err(error) = pipe.query_async::<()>(&mut inner.conn()).await {
+            let mut conn = inner.conn();
+            if let Err(error) = pipe.query_async::<()>(&mut conn).await {
                 tracing::warn!(%error, count, "XACK batch failed; the entries stay pending and will be claimed again");
+            }
+            for (stream, group, (lease, token), ids) in fenced {
+                let mut call = script.key(stream);
+                call.key(lease).arg(group).arg(ids).arg(token);
+                match call.invoke_async::<i64>(&mut conn).await {
+                    Ok(-1) => tracing::warn!(
+                        %stream, %group, count = ids.len(),
+                        "acknowledgements refused: the partition's lease moved to another member, which redelivers these entries"
+                    ),
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%stream, %error, "XACK failed; the entries stay pending")
+                    }
+                }
             }
         }
         queued.fetch_sub(count, Ordering::SeqCst);

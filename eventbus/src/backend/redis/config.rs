@@ -97,6 +97,21 @@ pub struct RedisConfig {
     pub start_from: StartFrom,
     /// Timeout of connecting and of each command.
     pub command_timeout: Duration,
+    /// Partition streams per topic (1 by default: one stream per topic, the layout of
+    /// unpartitioned topics). An event goes to the partition its key hashes to
+    /// ([`partition_of`](super::partition_of)); unkeyed events are spread in turn. More
+    /// partitions let more members of a group handle a topic at once.
+    pub partitions: u32,
+    /// Partition count per topic, overriding [`partitions`](Self::partitions).
+    pub topic_partitions: HashMap<String, u32>,
+    /// One active member per partition and group (true by default): members split the
+    /// partitions between them, each holding a lease per partition, so events of one key are
+    /// handled by one member, in order. `false` lets every member of a group read every stream
+    /// (more parallelism on one stream, no order per key across members).
+    pub exclusive_partitions: bool,
+    /// How long a member's lease on a partition lasts without renewal (renewed every third of
+    /// it): how long a dead member's partitions wait before another member takes them.
+    pub lease_ttl: Duration,
 }
 
 /// Shows the URL without its password.
@@ -119,6 +134,10 @@ impl std::fmt::Debug for RedisConfig {
             .field("delayed_poll", &self.delayed_poll)
             .field("start_from", &self.start_from)
             .field("command_timeout", &self.command_timeout)
+            .field("partitions", &self.partitions)
+            .field("topic_partitions", &self.topic_partitions)
+            .field("exclusive_partitions", &self.exclusive_partitions)
+            .field("lease_ttl", &self.lease_ttl)
             .finish()
     }
 }
@@ -143,12 +162,25 @@ impl RedisConfig {
             delayed_poll: Duration::from_millis(250),
             start_from: StartFrom::Latest,
             command_timeout: Duration::from_secs(5),
+            partitions: 1,
+            topic_partitions: HashMap::new(),
+            exclusive_partitions: true,
+            lease_ttl: Duration::from_secs(10),
         }
+    }
+
+    /// The partition count of `topic`.
+    pub fn partitions_of(&self, topic: &str) -> u32 {
+        self.topic_partitions
+            .get(topic)
+            .copied()
+            .unwrap_or(self.partitions)
     }
 
     /// Reads the settings from `EVENTBUS_REDIS_*` environment variables: `URL` (required),
     /// `PREFIX`, `PER_TENANT_STREAMS` (`true`/`false`), `POOL_SIZE`, `BLOCK_MS`, `BATCH_SIZE`,
-    /// `CLAIM_IDLE_MS`, `CLAIM_INTERVAL_MS`, `RETENTION_DAYS`, `MAX_LEN`, `INBOX_TTL_SECS`.
+    /// `CLAIM_IDLE_MS`, `CLAIM_INTERVAL_MS`, `RETENTION_DAYS`, `MAX_LEN`, `INBOX_TTL_SECS`,
+    /// `PARTITIONS`, `LEASE_TTL_MS`.
     pub fn from_env() -> Result<Self, Error> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -206,6 +238,12 @@ impl RedisConfig {
         }
         if let Some(n) = number("INBOX_TTL_SECS")? {
             config.inbox_ttl = Duration::from_secs(n);
+        }
+        if let Some(n) = number("PARTITIONS")? {
+            config.partitions = u32::try_from(n).unwrap_or(u32::MAX);
+        }
+        if let Some(n) = number("LEASE_TTL_MS")? {
+            config.lease_ttl = Duration::from_millis(n);
         }
         config.validate()?;
         Ok(config)
@@ -268,6 +306,16 @@ impl RedisConfig {
         positive("inbox_ttl", self.inbox_ttl)?;
         positive("delayed_poll", self.delayed_poll)?;
         positive("command_timeout", self.command_timeout)?;
+        positive("lease_ttl", self.lease_ttl)?;
+        for (name, n) in std::iter::once(("redis.partitions".to_owned(), self.partitions)).chain(
+            self.topic_partitions
+                .iter()
+                .map(|(t, n)| (format!("redis.topic_partitions[{t}]"), *n)),
+        ) {
+            if !(1..=1024).contains(&n) {
+                return Err(Error::config(name, format!("{n} is not in 1..=1024")));
+            }
+        }
         for (topic, retention) in std::iter::once(("*", &self.retention))
             .chain(self.topic_retention.iter().map(|(t, r)| (t.as_str(), r)))
         {

@@ -1,19 +1,20 @@
 //! One member of a consumer group: reads new entries with `XREADGROUP BLOCK`, claims idle
 //! pending entries with `XAUTOCLAIM`, discovers new streams, and re-creates vanished groups.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::Stream;
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamAutoClaimReply, StreamReadReply};
+use redis::streams::{StreamAutoClaimReply, StreamClaimReply, StreamId, StreamReadReply};
 
 use super::config::StartFrom;
 use super::keys::Keys;
 use super::lease::InFlight;
+use super::ownership::{Ownership, FENCED_CLAIM, FENCED_READ, FENCED_RECLAIM};
 use super::{entry, now_ms, redis_error, Inner};
 use crate::backend::{Acknowledger, Delivery, RetryState, SubscribeRequest};
 use crate::error::Error;
@@ -34,6 +35,56 @@ pub(crate) struct StreamReader {
     last_discovery: Instant,
     last_claim: Option<Instant>,
     claim_cursors: HashMap<String, String>,
+    /// The partitions this reader holds, when members hold partitions exclusively.
+    ownership: Option<Ownership>,
+    /// Entries of held partitions given back unfinished (nacked or dropped), to deliver again
+    /// before anything newer.
+    redeliver: Arc<Redeliver>,
+    /// The last entry id the group was given on each held partition, to wait for newer ones.
+    last_ids: HashMap<String, String>,
+}
+
+impl Drop for StreamReader {
+    /// The subscription ended: hand the partitions over at once instead of letting the leases
+    /// lapse.
+    fn drop(&mut self) {
+        if let Some(ownership) = &mut self.ownership {
+            ownership.leave();
+        }
+    }
+}
+
+/// An entry to deliver again: its stream, its id's (ms, seq) order, its id.
+type Queued = (String, (u64, u64), String);
+
+/// Entries to deliver again, by stream, in id order.
+#[derive(Default)]
+pub(super) struct Redeliver(Mutex<BTreeSet<Queued>>);
+
+impl Redeliver {
+    fn push(&self, stream: &str, id: &str) {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        let order = (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0));
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert((
+            stream.to_owned(),
+            order,
+            id.to_owned(),
+        ));
+    }
+
+    /// Takes every entry queued for `stream`, in id order.
+    fn take(&self, stream: &str) -> Vec<String> {
+        let mut queued = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mine: Vec<_> = queued
+            .iter()
+            .filter(|(s, _, _)| s == stream)
+            .cloned()
+            .collect();
+        for entry in &mine {
+            queued.remove(entry);
+        }
+        mine.into_iter().map(|(_, _, id)| id).collect()
+    }
 }
 
 impl StreamReader {
@@ -52,6 +103,9 @@ impl StreamReader {
             last_discovery: Instant::now(),
             last_claim: None,
             claim_cursors: HashMap::new(),
+            ownership: None,
+            redeliver: Arc::default(),
+            last_ids: HashMap::new(),
             inner,
         };
         let start = match reader.inner.config.start_from {
@@ -61,7 +115,7 @@ impl StreamReader {
         let mut initial: Vec<String> = request
             .topics
             .iter()
-            .map(|t| reader.inner.keys.stream(t, None))
+            .flat_map(|t| reader.inner.topic_streams(t))
             .collect();
         initial.extend(reader.registered_streams().await?);
         initial.sort();
@@ -78,6 +132,15 @@ impl StreamReader {
             .inner
             .ensure_group(&mut conn, &retry, &reader.group, "0")
             .await?;
+        if reader.inner.config.exclusive_partitions {
+            let mut ownership = Ownership::new(
+                reader.inner.clone(),
+                reader.group.clone(),
+                reader.consumer.clone(),
+            );
+            ownership.add_partitions(initial.iter().cloned());
+            reader.ownership = Some(ownership);
+        }
         reader.streams = initial;
         reader.streams.push(retry.clone());
         reader.inner.note_read(&reader.streams);
@@ -115,6 +178,10 @@ impl StreamReader {
             }
             if self.last_discovery.elapsed() >= self.inner.config.discovery_interval {
                 self.discover().await?;
+            }
+            if self.ownership.is_some() {
+                self.next_exclusive().await?;
+                continue;
             }
             let claim_due = self
                 .last_claim
@@ -221,6 +288,9 @@ impl StreamReader {
                     .await?;
                 tracing::info!(%stream, group = %self.group, "discovered stream");
                 self.inner.note_read(std::slice::from_ref(&stream));
+                if let Some(ownership) = &mut self.ownership {
+                    ownership.add_partitions([stream.clone()]);
+                }
                 self.streams.push(stream);
             }
         }
@@ -286,7 +356,14 @@ impl StreamReader {
     async fn claim(&mut self) -> Result<(), Error> {
         let idle = self.inner.config.claim_idle.as_millis() as u64;
         let mut conn = self.inner.conn();
-        for stream in self.streams.clone() {
+        let streams = if self.ownership.is_some() {
+            // Held partitions are claimed by their owner on takeover; only the retry stream
+            // is shared by the group's members.
+            vec![self.retry_stream.clone()]
+        } else {
+            self.streams.clone()
+        };
+        for stream in streams {
             let cursor = self
                 .claim_cursors
                 .get(&stream)
@@ -333,32 +410,322 @@ impl StreamReader {
             if reply.claimed.is_empty() {
                 continue;
             }
-            let mut pipe = redis::pipe();
-            for entry in &reply.claimed {
-                pipe.cmd("XPENDING")
-                    .arg(&stream)
-                    .arg(&self.group)
-                    .arg(&entry.id)
-                    .arg(&entry.id)
-                    .arg(1);
+            self.push_claimed(&stream, &reply.claimed).await?;
+        }
+        Ok(())
+    }
+
+    /// Buffers claimed entries with their redelivery counts (from the pending list).
+    async fn push_claimed(&mut self, stream: &str, claimed: &[StreamId]) -> Result<(), Error> {
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.inner.conn();
+        let mut pipe = redis::pipe();
+        for entry in claimed {
+            pipe.cmd("XPENDING")
+                .arg(stream)
+                .arg(&self.group)
+                .arg(&entry.id)
+                .arg(&entry.id)
+                .arg(1);
+        }
+        let counts: Vec<Vec<(String, String, u64, u64)>> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error("XPENDING"))?;
+        self.inner
+            .counters
+            .claimed
+            .fetch_add(claimed.len() as u64, Ordering::Relaxed);
+        for (entry, count) in claimed.iter().zip(counts) {
+            let delivered = count.first().map(|c| c.3).unwrap_or(1);
+            let redeliveries = u32::try_from(delivered.saturating_sub(1)).unwrap_or(u32::MAX);
+            tracing::info!(%stream, id = %entry.id, redeliveries, "claimed pending entry");
+            let delivery = self.delivery(stream, &entry.id, &entry.map, redeliveries);
+            self.buffer.push_back(delivery);
+        }
+        Ok(())
+    }
+
+    /// One step of a reader that holds partitions: beat when due, claim what a takeover or a
+    /// nack left pending, read new entries of held partitions and the retry stream, or wait
+    /// for new entries until the next beat.
+    async fn next_exclusive(&mut self) -> Result<(), Error> {
+        let Some(ownership) = self.ownership.as_mut() else {
+            return Ok(());
+        };
+        if ownership.until_beat().is_zero() {
+            ownership.beat(&self.in_flight).await?;
+        }
+        let taken = self
+            .ownership
+            .as_mut()
+            .map(Ownership::take_taken)
+            .unwrap_or_default();
+        for stream in taken {
+            self.last_ids.remove(&stream);
+            self.reclaim(&stream).await?;
+        }
+        if !self.buffer.is_empty() {
+            return Ok(());
+        }
+        let readable = self
+            .ownership
+            .as_ref()
+            .map(Ownership::readable)
+            .unwrap_or_default();
+        for (stream, token) in &readable {
+            let ids = self.redeliver.take(stream);
+            if !ids.is_empty() {
+                self.claim_again(stream, token, &ids).await?;
             }
-            let counts: Vec<Vec<(String, String, u64, u64)>> = pipe
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_error("XPENDING"))?;
-            self.inner
-                .counters
-                .claimed
-                .fetch_add(reply.claimed.len() as u64, Ordering::Relaxed);
-            for (entry, count) in reply.claimed.iter().zip(counts) {
-                let delivered = count.first().map(|c| c.3).unwrap_or(1);
-                let redeliveries = u32::try_from(delivered.saturating_sub(1)).unwrap_or(u32::MAX);
-                tracing::info!(%stream, id = %entry.id, redeliveries, "claimed idle pending entry");
-                self.buffer
-                    .push_back(self.delivery(&stream, &entry.id, &entry.map, redeliveries));
+        }
+        if !self.buffer.is_empty() {
+            return Ok(());
+        }
+        let claim_due = self
+            .last_claim
+            .is_none_or(|t| t.elapsed() >= self.inner.config.claim_interval);
+        if claim_due {
+            self.last_claim = Some(Instant::now());
+            self.claim().await?;
+            if !self.buffer.is_empty() {
+                return Ok(());
+            }
+        }
+        for (stream, token) in &readable {
+            self.read_held(stream, token).await?;
+        }
+        self.read_retry().await?;
+        if !self.buffer.is_empty() {
+            return Ok(());
+        }
+        self.wait(&readable).await
+    }
+
+    /// Runs a fenced script; `Ok(None)` when the lease moved on (the partition is dropped).
+    async fn fenced<T: redis::FromRedisValue>(
+        &mut self,
+        stream: &str,
+        call: redis::ScriptInvocation<'_>,
+        operation: &'static str,
+    ) -> Result<Option<T>, Error> {
+        match call.invoke_async::<T>(&mut self.inner.conn()).await {
+            Ok(value) => Ok(Some(value)),
+            Err(e) if e.code() == Some("LEASELOST") || e.to_string().contains("LEASELOST") => {
+                if let Some(ownership) = &mut self.ownership {
+                    ownership.lost(stream);
+                }
+                Ok(None)
+            }
+            Err(e) if e.code() == Some("NOGROUP") => {
+                self.recreate_groups().await?;
+                Ok(None)
+            }
+            Err(e) => Err(Error::backend("redis", operation, e)),
+        }
+    }
+
+    /// Claims every entry of a partition just taken that is still pending for the group (the
+    /// previous owner's unfinished ones), in id order, before anything new is read.
+    async fn reclaim(&mut self, stream: &str) -> Result<(), Error> {
+        let script = redis::Script::new(FENCED_RECLAIM);
+        let mut cursor = "0-0".to_owned();
+        loop {
+            let Some(token) = self
+                .ownership
+                .as_ref()
+                .and_then(|o| o.token(stream))
+                .map(str::to_owned)
+            else {
+                return Ok(());
+            };
+            let mut call = script.key(Keys::lease(stream, &self.group));
+            call.key(stream)
+                .arg(&token)
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(&cursor)
+                .arg(self.inner.config.batch_size);
+            let Some(reply) = self
+                .fenced::<StreamAutoClaimReply>(stream, call, "XAUTOCLAIM")
+                .await?
+            else {
+                return Ok(());
+            };
+            if !reply.deleted_ids.is_empty() {
+                self.inner.counters.retention_dropped(
+                    stream,
+                    &self.group,
+                    reply.deleted_ids.len() as u64,
+                );
+                tracing::error!(%stream, group = %self.group, ids = ?reply.deleted_ids, "retention trimmed entries this group had not finished handling; they are lost to it");
+                redis::cmd("XACK")
+                    .arg(stream)
+                    .arg(&self.group)
+                    .arg(&reply.deleted_ids)
+                    .query_async::<()>(&mut self.inner.conn())
+                    .await
+                    .map_err(redis_error("XACK"))?;
+            }
+            self.push_claimed(stream, &reply.claimed).await?;
+            if reply.next_stream_id == "0-0" {
+                return Ok(());
+            }
+            cursor = reply.next_stream_id;
+        }
+    }
+
+    /// Claims entries of a held partition again (they were nacked or dropped here) to deliver
+    /// them before anything newer.
+    async fn claim_again(
+        &mut self,
+        stream: &str,
+        token: &str,
+        ids: &[String],
+    ) -> Result<(), Error> {
+        let script = redis::Script::new(FENCED_CLAIM);
+        let mut call = script.key(Keys::lease(stream, &self.group));
+        call.key(stream)
+            .arg(token)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(ids);
+        if let Some(reply) = self
+            .fenced::<StreamClaimReply>(stream, call, "XCLAIM")
+            .await?
+        {
+            self.push_claimed(stream, &reply.ids).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads new entries of a held partition under its lease.
+    async fn read_held(&mut self, stream: &str, token: &str) -> Result<(), Error> {
+        let script = redis::Script::new(FENCED_READ);
+        let mut call = script.key(Keys::lease(stream, &self.group));
+        call.key(stream)
+            .arg(token)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(self.inner.config.batch_size);
+        let Some(reply) = self
+            .fenced::<Option<StreamReadReply>>(stream, call, "XREADGROUP")
+            .await?
+        else {
+            return Ok(());
+        };
+        for key in reply.map(|r| r.keys).unwrap_or_default() {
+            for entry in key.ids {
+                self.last_ids.insert(key.key.clone(), entry.id.clone());
+                let delivery = self.delivery(&key.key, &entry.id, &entry.map, 0);
+                self.buffer.push_back(delivery);
             }
         }
         Ok(())
+    }
+
+    /// Reads due delayed retries from the group's retry stream, without blocking.
+    async fn read_retry(&mut self) -> Result<(), Error> {
+        let reply: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(self.inner.config.batch_size)
+            .arg("STREAMS")
+            .arg(&self.retry_stream)
+            .arg(">")
+            .query_async(&mut self.inner.conn())
+            .await;
+        match reply {
+            Ok(reply) => {
+                for key in reply.map(|r| r.keys).unwrap_or_default() {
+                    for entry in key.ids {
+                        let delivery = self.delivery(&key.key, &entry.id, &entry.map, 0);
+                        self.buffer.push_back(delivery);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) if e.code() == Some("NOGROUP") => self.recreate_groups().await,
+            Err(e) => Err(Error::backend("redis", "XREADGROUP", e)),
+        }
+    }
+
+    /// Waits (`XREAD BLOCK`, which changes nothing) until a held partition or the retry stream
+    /// has an entry newer than the group last got, or the next beat is due.
+    async fn wait(&mut self, readable: &[(String, String)]) -> Result<(), Error> {
+        let until_beat = self
+            .ownership
+            .as_ref()
+            .map(Ownership::until_beat)
+            .unwrap_or(self.inner.config.block);
+        let block = self
+            .inner
+            .config
+            .block
+            .min(until_beat)
+            .max(Duration::from_millis(1));
+        let mut streams = Vec::new();
+        let mut ids = Vec::new();
+        for (stream, _) in readable {
+            let last = match self.last_ids.get(stream) {
+                Some(id) => id.clone(),
+                None => {
+                    let id = self.group_last_id(stream).await?;
+                    self.last_ids.insert(stream.clone(), id.clone());
+                    id
+                }
+            };
+            streams.push(stream.clone());
+            ids.push(last);
+        }
+        streams.push(self.retry_stream.clone());
+        ids.push("$".to_owned());
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => self.conn.insert(self.inner.blocking_connection().await?),
+        };
+        let reply: redis::RedisResult<redis::Value> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&streams)
+            .arg(&ids)
+            .query_async(conn)
+            .await;
+        match reply {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                    self.conn = None;
+                }
+                Err(Error::backend("redis", "XREAD", e))
+            }
+        }
+    }
+
+    /// The id of the last entry `stream` handed to the group (`0-0` when none).
+    async fn group_last_id(&self, stream: &str) -> Result<String, Error> {
+        let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(&mut self.inner.conn())
+            .await
+            .map_err(redis_error("XINFO GROUPS"))?;
+        Ok(groups
+            .iter()
+            .find(|g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n.as_slice() == self.group.as_bytes()))
+            .and_then(|g| match g.get("last-delivered-id") {
+                Some(redis::Value::BulkString(id)) => String::from_utf8(id.clone()).ok(),
+                Some(redis::Value::SimpleString(id)) => Some(id.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "0-0".to_owned()))
     }
 
     fn delivery(
@@ -368,7 +735,7 @@ impl StreamReader {
         map: &HashMap<String, redis::Value>,
         redeliveries: u32,
     ) -> Delivery {
-        let fallback_topic = stream.rsplit(':').next().unwrap_or(stream);
+        let fallback_topic = Keys::topic_of(stream);
         let mut message = entry::from_fields(fallback_topic, map);
         if stream != self.retry_stream {
             // A live stream: internal headers and a `topic` field there were forged (or copied
@@ -381,12 +748,16 @@ impl StreamReader {
             redeliveries,
             acker: {
                 self.in_flight.insert(stream, id);
+                let held = self.ownership.as_ref().and_then(|o| o.token(stream));
                 Box::new(RedisAcker {
                     inner: self.inner.clone(),
                     stream: stream.to_owned(),
                     group: self.group.clone(),
                     id: id.to_owned(),
                     in_flight: self.in_flight.clone(),
+                    fence: held.map(|token| (Keys::lease(stream, &self.group), token.to_owned())),
+                    redeliver: held.map(|_| self.redeliver.clone()),
+                    settled: false,
                 })
             },
         }
@@ -400,30 +771,45 @@ struct RedisAcker {
     group: String,
     id: String,
     in_flight: Arc<InFlight>,
+    /// The lease (key, token) of the held partition the entry was read from.
+    fence: Option<(String, String)>,
+    /// Where an entry of a held partition goes when it is given back unfinished.
+    redeliver: Option<Arc<Redeliver>>,
+    settled: bool,
 }
 
 impl Drop for RedisAcker {
-    /// Settled or abandoned: either way the entry is no longer being handled here, and after
-    /// `claim_idle` it may be claimed (redelivered) if it was not acknowledged.
+    /// Settled or abandoned: either way the entry is no longer being handled here. An entry of a
+    /// held partition given back unfinished is delivered again by this reader before anything
+    /// newer; otherwise, after `claim_idle`, any member may claim it.
     fn drop(&mut self) {
+        if !self.settled {
+            if let Some(redeliver) = &self.redeliver {
+                redeliver.push(&self.stream, &self.id);
+            }
+        }
         self.in_flight.remove(&self.stream, &self.id);
     }
 }
 
 impl Acknowledger for RedisAcker {
     /// Queues the `XACK` for the next batch (see the `acks` module).
-    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+        self.settled = true;
         let result = self.inner.acks.push(super::acks::Ack {
             stream: self.stream.clone(),
             group: self.group.clone(),
             id: self.id.clone(),
+            fence: self.fence.clone(),
         });
         Box::pin(async move { result })
     }
 
-    /// Leaves the entry pending: it is claimed again after `claim_idle`, with its delivery
-    /// count as the attempt count.
+    /// Leaves the entry pending. On a held partition this reader delivers it again before
+    /// anything newer of the partition; otherwise any member claims it after `claim_idle`.
+    /// Either way its delivery count becomes the attempt count.
     fn nack(self: Box<Self>, _state: RetryState) -> BoxFuture<'static, Result<(), Error>> {
+        drop(self);
         Box::pin(async { Ok(()) })
     }
 
@@ -449,12 +835,7 @@ impl Acknowledger for RedisAcker {
                 // Trimmed meanwhile: nothing to retry.
                 return Acknowledger::ack(self).await;
             };
-            let fallback_topic = self
-                .stream
-                .rsplit(':')
-                .next()
-                .unwrap_or(&self.stream)
-                .to_owned();
+            let fallback_topic = Keys::topic_of(&self.stream).to_owned();
             let mut message = entry::from_fields(&fallback_topic, &entry.map);
             message.set_retry_state(&state);
             let due = now_ms().saturating_add(delay.as_millis() as u64);

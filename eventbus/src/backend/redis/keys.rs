@@ -4,6 +4,10 @@
 //! |---|---|---|
 //! | `{prefix}:events:{topic}` | stream | events of a topic |
 //! | `{prefix}:events:{tenant}:{topic}` | stream | events of a topic for one tenant (option) |
+//! | `{prefix}:events:{topic}#{p}` | stream | partition `p` of a topic with more than one partition |
+//! | `{{stream}}:lease:{group}` | string with TTL | the member holding a partition for a group, and its generation |
+//! | `{{stream}}:generation:{group}` | counter | the last generation handed out for a partition and group |
+//! | `{prefix}:members:{group}` | sorted set | the live members of a group, scored by when they expire |
 //! | `{prefix}:dlq:{topic}` | stream | dead letters of a topic |
 //! | `{prefix}:retry:{group}` | stream | delayed retries due for a group |
 //! | `{prefix}:delayed` | sorted set | delayed retries waiting, scored by due time (ms) |
@@ -41,6 +45,48 @@ impl Keys {
             Some(tenant) if self.per_tenant => format!("{}:events:{tenant}:{topic}", self.prefix),
             _ => format!("{}:events:{topic}", self.prefix),
         }
+    }
+
+    /// Partition `partition` of the stream of `topic` (with `tenant`), which has `partitions`
+    /// partitions: the topic's stream itself when there is one partition.
+    pub(crate) fn partition_stream(
+        &self,
+        topic: &str,
+        tenant: Option<&str>,
+        partition: u32,
+        partitions: u32,
+    ) -> String {
+        let stream = self.stream(topic, tenant);
+        if partitions <= 1 {
+            stream
+        } else {
+            format!("{stream}#{partition}")
+        }
+    }
+
+    /// The topic a partition stream holds (the key's last segment without its partition).
+    pub(crate) fn topic_of(stream: &str) -> &str {
+        let last = stream.rsplit(':').next().unwrap_or(stream);
+        match last.rsplit_once('#') {
+            Some((topic, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => topic,
+            _ => last,
+        }
+    }
+
+    /// The lease of `stream` for `group`: in the stream's Redis Cluster slot (the stream key
+    /// is its hash tag).
+    pub(crate) fn lease(stream: &str, group: &str) -> String {
+        format!("{{{stream}}}:lease:{group}")
+    }
+
+    /// The generation counter of `stream`'s leases for `group`, in the stream's slot.
+    pub(crate) fn generation(stream: &str, group: &str) -> String {
+        format!("{{{stream}}}:generation:{group}")
+    }
+
+    /// The live members of `group`.
+    pub(crate) fn members(&self, group: &str) -> String {
+        format!("{}:members:{group}", self.prefix)
     }
 
     pub(crate) fn is_dlq_stream(&self, key: &str) -> bool {
@@ -110,5 +156,18 @@ mod tests {
             Some(("hyvve:events:x", "a.b"))
         );
         assert_eq!(Keys::new("p", false).stream("x", Some("t")), "p:events:x");
+        assert_eq!(k.partition_stream("a.b", None, 3, 1), "hyvve:events:a.b");
+        assert_eq!(k.partition_stream("a.b", None, 3, 16), "hyvve:events:a.b#3");
+        assert_eq!(
+            k.partition_stream("a.b", Some("t1"), 0, 2),
+            "hyvve:events:t1:a.b#0"
+        );
+        assert_eq!(Keys::topic_of("hyvve:events:t1:a.b#0"), "a.b");
+        assert_eq!(Keys::topic_of("hyvve:events:a.b"), "a.b");
+        assert_eq!(Keys::topic_of("hyvve:events:a#b"), "a#b");
+        assert_eq!(
+            Keys::lease("hyvve:events:a.b#3", "g"),
+            "{hyvve:events:a.b#3}:lease:g"
+        );
     }
 }

@@ -71,6 +71,14 @@ impl InFlight {
         }
     }
 
+    /// Whether an entry of `stream` is being handled.
+    pub(super) fn holds(&self, stream: &str) -> bool {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(stream)
+    }
+
     fn snapshot(&self) -> Vec<(String, Vec<String>)> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries

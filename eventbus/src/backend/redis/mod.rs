@@ -30,6 +30,8 @@ mod entry;
 mod inbox;
 mod keys;
 mod lease;
+mod ownership;
+mod partition;
 mod pubsub;
 
 use std::collections::HashSet;
@@ -44,6 +46,7 @@ use redis::AsyncConnectionConfig;
 
 pub use config::{RedisConfig, Retention, StartFrom};
 pub use inbox::RedisInbox;
+pub use partition::{murmur2, partition_of};
 pub use pubsub::RedisPubSub;
 
 use self::keys::Keys;
@@ -51,6 +54,7 @@ use super::{
     Backend, BackendAdmin, BackendCounter, Cursor, DeliveryStream, GroupLag, Message, Page,
     StoredMessage, SubscribeRequest, MAX_PAGE, TENANT_HEADER,
 };
+use crate::dead_letter;
 use crate::error::Error;
 use crate::runtime::{default_runtime, Runtime};
 
@@ -112,6 +116,7 @@ struct Inner {
     /// Streams this backend's consumers read (topics, retry streams), for lag: a stream written
     /// by another producer is read without ever entering the registry.
     read: Mutex<HashSet<String>>,
+    round_robin: partition::RoundRobin,
     appends: Mutex<std::collections::HashMap<String, u32>>,
     counters: Counters,
     runtime: Arc<dyn Runtime>,
@@ -162,6 +167,7 @@ impl RedisBackend {
             next: AtomicUsize::new(0),
             registered: Mutex::new(HashSet::new()),
             read: Mutex::new(HashSet::new()),
+            round_robin: partition::RoundRobin::default(),
             appends: Mutex::new(Default::default()),
             counters: Counters::default(),
             acks: acks::AckQueue::start(&runtime, weak.clone()),
@@ -191,6 +197,27 @@ impl RedisBackend {
             delayed_moved: c.delayed_moved.load(Ordering::Relaxed),
             retention_dropped: c.retention_dropped.load(Ordering::Relaxed),
         }
+    }
+
+    /// Which member holds each partition of `topic` for `group` (`None`: nobody), in partition
+    /// order, as the leases in Redis say.
+    pub async fn partition_owners(
+        &self,
+        topic: &str,
+        group: &str,
+    ) -> Result<Vec<Option<String>>, Error> {
+        let mut pipe = redis::pipe();
+        for stream in self.inner.topic_streams(topic) {
+            pipe.cmd("GET").arg(Keys::lease(&stream, group));
+        }
+        let tokens: Vec<Option<String>> = pipe
+            .query_async(&mut self.inner.conn())
+            .await
+            .map_err(redis_error("GET lease"))?;
+        Ok(tokens
+            .into_iter()
+            .map(|t| t.map(|t| t.rsplit_once('|').map_or(t.clone(), |(m, _)| m.to_owned())))
+            .collect())
     }
 
     /// A Redis-backed inbox sharing this backend's connections and prefix.
@@ -265,6 +292,31 @@ impl Inner {
     /// Appends one `XADD` for `message` to `pipe`, and every [`TRIM_EVERY`] appends to a
     /// stream an `XTRIM` by age (`MINID ~`) and by length (`MAXLEN ~`): retention is applied on
     /// publish, amortized, never by scanning.
+    /// The stream `message` is appended to: its topic's partition for its key.
+    fn partition_stream(&self, message: &Message, tenant: Option<&str>) -> String {
+        if dead_letter::is_dlq_topic(&message.topic) {
+            return self.keys.stream(&message.topic, tenant);
+        }
+        let partitions = self.config.partitions_of(&message.topic);
+        let partition = match &message.key {
+            Some(key) => partition_of(key, partitions),
+            None => self.round_robin.next(partitions),
+        };
+        self.keys
+            .partition_stream(&message.topic, tenant, partition, partitions)
+    }
+
+    /// Every partition stream of `topic` (without tenant), in partition order.
+    fn topic_streams(&self, topic: &str) -> Vec<String> {
+        if dead_letter::is_dlq_topic(topic) {
+            return vec![self.keys.stream(topic, None)];
+        }
+        let partitions = self.config.partitions_of(topic);
+        (0..partitions)
+            .map(|p| self.keys.partition_stream(topic, None, p, partitions))
+            .collect()
+    }
+
     fn add_append(
         &self,
         pipe: &mut redis::Pipeline,
@@ -272,7 +324,7 @@ impl Inner {
         now: u64,
     ) -> (String, bool) {
         let tenant = message.headers.get(TENANT_HEADER).map(String::as_str);
-        let key = self.keys.stream(&message.topic, tenant);
+        let key = self.partition_stream(message, tenant);
         let dlq = self.keys.is_dlq_stream(&key);
         let mut xadd = redis::cmd("XADD");
         xadd.arg(&key).arg("*");
