@@ -377,35 +377,38 @@ impl Inner {
             .extend(streams.iter().cloned());
     }
 
-    /// Up to `limit` entries of `topic` from `start` (an `XRANGE` bound), as a page.
+    /// Up to `limit` entries of `topic`'s stream from `start` (an `XRANGE` bound), as a page.
     async fn xrange_page(&self, topic: &str, start: &str, limit: usize) -> Result<Page, Error> {
         let limit = limit.clamp(1, MAX_PAGE);
-        let messages = self.xrange(topic, start, "+", limit).await?;
+        let stream = self.keys.stream(topic, None);
+        let messages = self.xrange(&stream, topic, start, "+", limit).await?;
         let next = (messages.len() == limit)
             .then(|| messages.last().map(|m| Cursor(m.id.clone())))
             .flatten();
         Ok(Page { messages, next })
     }
 
-    /// The entries of `topic` between two ids (inclusive).
+    /// The entries of `topic`'s stream between two ids (inclusive).
     async fn xrange_between(
         &self,
         topic: &str,
         start: &str,
         end: &str,
     ) -> Result<Vec<StoredMessage>, Error> {
-        self.xrange(topic, start, end, MAX_PAGE).await
+        let stream = self.keys.stream(topic, None);
+        self.xrange(&stream, topic, start, end, MAX_PAGE).await
     }
 
     async fn xrange(
         &self,
+        stream: &str,
         topic: &str,
         start: &str,
         end: &str,
         count: usize,
     ) -> Result<Vec<StoredMessage>, Error> {
         let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(self.keys.stream(topic, None))
+            .arg(stream)
             .arg(start)
             .arg(end)
             .arg("COUNT")
@@ -421,6 +424,72 @@ impl Inner {
                 message: entry::from_fields(topic, &entry.map),
             })
             .collect())
+    }
+
+    /// A page of a topic with several partitions, merged in append-time order (entry ids,
+    /// then partition). The cursor holds the last id taken from each partition
+    /// (`{id0},{id1},...`, empty where none was); `first` is the start bound of a partition
+    /// without one; entries appended after `end_ms` end the walk. Message ids are
+    /// `{partition}/{entry id}`.
+    async fn partitioned_page(
+        &self,
+        topic: &str,
+        streams: &[String],
+        cursor: Option<Cursor>,
+        first: &str,
+        end_ms: Option<i64>,
+        limit: usize,
+    ) -> Result<Page, Error> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let mut positions: Vec<Option<String>> = match &cursor {
+            Some(c) => {
+                c.0.split(',')
+                    .map(|id| (!id.is_empty()).then(|| id.to_owned()))
+                    .collect()
+            }
+            None => vec![None; streams.len()],
+        };
+        if positions.len() != streams.len() || positions.iter().flatten().any(|id| !is_entry_id(id))
+        {
+            return Err(Error::config(
+                "cursor",
+                format!("not a cursor of `{topic}`'s {} partitions", streams.len()),
+            ));
+        }
+        let mut merged = Vec::new();
+        let mut more = vec![false; streams.len()];
+        for (p, stream) in streams.iter().enumerate() {
+            let start = positions[p]
+                .as_ref()
+                .map_or_else(|| first.to_owned(), |id| format!("({id}"));
+            let entries = self.xrange(stream, topic, &start, "+", limit).await?;
+            more[p] = entries.len() == limit;
+            for entry in entries {
+                if end_ms.is_some_and(|end| entry_ms(&entry.id) > end) {
+                    more[p] = false;
+                    break;
+                }
+                merged.push((entry_order(&entry.id), p, entry));
+            }
+        }
+        merged.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let left_over = merged.len() > limit;
+        let mut messages = Vec::new();
+        for (_, p, mut entry) in merged.into_iter().take(limit) {
+            positions[p] = Some(entry.id.clone());
+            entry.id = format!("{p}/{}", entry.id);
+            messages.push(entry);
+        }
+        let next = (left_over || more.iter().any(|m| *m)).then(|| {
+            Cursor(
+                positions
+                    .iter()
+                    .map(|p| p.clone().unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
+        });
+        Ok(Page { messages, next })
     }
 
     /// Creates `group` on `stream` at `start` if it does not exist.
@@ -550,7 +619,8 @@ impl Backend for RedisBackend {
 }
 
 impl BackendAdmin for RedisBackend {
-    /// Cursors are the entry id of the last message returned.
+    /// Cursors are the entry id of the last message returned; on a topic with several
+    /// partitions, the last id taken from each (pages merge the partitions in append order).
     fn read_page(
         &self,
         topic: &str,
@@ -558,8 +628,17 @@ impl BackendAdmin for RedisBackend {
         limit: usize,
     ) -> BoxFuture<'_, Result<Page, Error>> {
         let topic = topic.to_owned();
-        let start = cursor.map_or_else(|| "-".to_owned(), |c| format!("({}", c.0));
-        Box::pin(async move { self.inner.xrange_page(&topic, &start, limit).await })
+        Box::pin(async move {
+            let streams = self.inner.topic_streams(&topic);
+            if streams.len() > 1 {
+                return self
+                    .inner
+                    .partitioned_page(&topic, &streams, cursor, "-", None, limit)
+                    .await;
+            }
+            let start = cursor.map_or_else(|| "-".to_owned(), |c| format!("({}", c.0));
+            self.inner.xrange_page(&topic, &start, limit).await
+        })
     }
 
     fn read_range_page(
@@ -574,14 +653,20 @@ impl BackendAdmin for RedisBackend {
         // first entry appended after `to` (plus a minute of clock skew); the envelope time
         // decides what is in the window.
         let topic = topic.to_owned();
-        let start = cursor.map_or_else(
-            || format!("{}-0", from.timestamp_millis().max(0)),
-            |c| format!("({}", c.0),
-        );
+        let first = format!("{}-0", from.timestamp_millis().max(0));
         let end_ms = (to + chrono::Duration::minutes(1))
             .timestamp_millis()
             .max(0);
         Box::pin(async move {
+            let streams = self.inner.topic_streams(&topic);
+            if streams.len() > 1 {
+                let page = self
+                    .inner
+                    .partitioned_page(&topic, &streams, cursor, &first, Some(end_ms), limit)
+                    .await?;
+                return Ok(page.within(from, to));
+            }
+            let start = cursor.map_or(first, |c| format!("({}", c.0));
             let mut page = self.inner.xrange_page(&topic, &start, limit).await?;
             if page.messages.iter().any(|m| entry_ms(&m.id) > end_ms) {
                 page.next = None;
@@ -614,13 +699,17 @@ impl BackendAdmin for RedisBackend {
     }
 
     fn count(&self, topic: &str) -> BoxFuture<'_, Result<u64, Error>> {
-        let key = self.inner.keys.stream(topic, None);
+        let streams = self.inner.topic_streams(topic);
         Box::pin(async move {
-            redis::cmd("XLEN")
-                .arg(&key)
+            let mut pipe = redis::pipe();
+            for stream in &streams {
+                pipe.cmd("XLEN").arg(stream);
+            }
+            let lengths: Vec<u64> = pipe
                 .query_async(&mut self.inner.conn())
                 .await
-                .map_err(redis_error("XLEN"))
+                .map_err(redis_error("XLEN"))?;
+            Ok(lengths.iter().sum())
         })
     }
 
