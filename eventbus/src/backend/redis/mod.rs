@@ -472,7 +472,7 @@ impl Inner {
                 merged.push((entry_order(&entry.id), p, entry));
             }
         }
-        merged.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        merged.sort_by_key(|(order, partition, _)| (*order, *partition));
         let left_over = merged.len() > limit;
         let mut messages = Vec::new();
         for (_, p, mut entry) in merged.into_iter().take(limit) {
