@@ -216,7 +216,8 @@ pub trait Backend: Send + Sync + 'static {
     ///   group is handed the same message, however long its handler runs.
     /// - **Order per key**: deliveries of one partition key reach a member in publish order;
     ///   across members, a backend keeps a key on one member while a delivery of it is in
-    ///   flight, or declares that it cannot (Redis without partitions).
+    ///   flight (a Kafka partition, a Redis partition lease), or declares that it cannot (a
+    ///   Redis group with `exclusive_partitions = false`).
     /// - **Trust**: [internal headers](is_internal_header) read from a live topic are dropped
     ///   ([`Message::strip_internal_headers`]); they count only on the backend's own channels.
     fn subscribe(&self, request: SubscribeRequest) -> BoxFuture<'_, Result<DeliveryStream, Error>>;

@@ -3,15 +3,21 @@
 //! - **Publishing** appends each message to a stream per topic (per tenant and topic with
 //!   [`RedisConfig::per_tenant_streams`]) with `XADD`; every 256th append to a stream also trims
 //!   it by age (`XTRIM MINID ~`) and length (`XTRIM MAXLEN ~`), so retention costs nothing
-//!   per event and needs no scan; a batch is one pipelined round trip.
+//!   per event and needs no scan; a batch is one pipelined round trip. A topic with
+//!   [`RedisConfig::partitions`] > 1 has one stream per partition; an event goes to the
+//!   partition of its key ([`partition_of`], Kafka's murmur2).
+//! - **One member per partition** ([`RedisConfig::exclusive_partitions`], the default): the
+//!   members of a group split the partitions and hold a fenced lease on each (see the
+//!   `ownership` module), so events of one key are handled by one member, in order.
 //! - **Consuming** uses consumer groups (`XGROUP CREATE ... MKSTREAM`, idempotent) and
 //!   `XREADGROUP BLOCK` over every stream the subscription's pattern covers: the catalog's topics
 //!   at start, plus streams found later in the stream registry (`{prefix}:streams`, filled on
 //!   publish), checked every [`RedisConfig::discovery_interval`] (2 s by default); a stream
 //!   discovered later is read from its beginning, so its first entries are not missed.
 //! - **Acknowledgement**: `XACK` only after the pipeline finished (handled, duplicate, or
-//!   dead-lettered). A consumer that dies leaves its entries pending; any member claims them
-//!   with `XAUTOCLAIM` after [`RedisConfig::claim_idle`], and the pending list's delivery count
+//!   dead-lettered). A consumer that dies leaves its entries pending; the partition's next owner
+//!   claims them first (in a shared group, any member claims them with `XAUTOCLAIM` after
+//!   [`RedisConfig::claim_idle`]), and the pending list's delivery count
 //!   becomes the redelivery count, so attempts carry on instead of starting over.
 //! - **Delayed retries** are durable: the entry is acknowledged and parked in the
 //!   `{prefix}:delayed` sorted set (in one `MULTI`), and moved by a Lua script to the group's
