@@ -79,7 +79,7 @@ if pat:
         print(f"| `{k}` | {v.get('time', '?')} | {v.get('thrpt', '')} |")
     print()
 
-for name, title in [("redis", "Redis Streams"), ("kafka", "Kafka"), ("outbox", "Outbox relay")]:
+for name, title in [("redis", "Redis Streams"), ("redis_partitions", "Redis partitions: one member against two"), ("kafka", "Kafka"), ("outbox", "Outbox relay")]:
     text = read(name)
     lines = [l for l in text.splitlines() if not re.match(r"^\s*(Compiling|Downloaded|Finished|Running|Checking|warning)", l) and l.strip()]
     if lines:

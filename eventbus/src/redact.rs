@@ -25,6 +25,7 @@ pub(crate) fn url(url: &str) -> String {
 
 /// Whether a setting's name says it holds a secret (`sasl.password`, `ssl.key.password`,
 /// `sasl.oauthbearer.client.secret`, `ssl.key.pem`, tokens, JAAS configs).
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))]
 pub(crate) fn is_secret_setting(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     [
@@ -41,6 +42,7 @@ pub(crate) fn is_secret_setting(name: &str) -> bool {
 }
 
 /// A settings map for `Debug`, secret values replaced.
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))]
 pub(crate) struct Settings<'a>(pub(crate) &'a BTreeMap<String, String>);
 
 impl std::fmt::Debug for Settings<'_> {
