@@ -964,6 +964,125 @@ async fn per_key_order_across_three_members_through_a_crash(b: &Under) {
     }
 }
 
+/// An inbox that fails once for one event: an infrastructure failure, so the delivery is handed
+/// back to the backend (nacked) instead of settled.
+struct FailingOnce {
+    inner: MemoryInbox,
+    event: Mutex<Option<Uuid>>,
+}
+
+impl eventbus::inbox::InboxStore for FailingOnce {
+    fn contains<'a>(
+        &'a self,
+        group: &'a str,
+        id: Uuid,
+    ) -> futures::future::BoxFuture<'a, Result<bool, eventbus::Error>> {
+        let fail = {
+            let mut event = self.event.lock().unwrap();
+            if *event == Some(id) {
+                *event = None;
+                true
+            } else {
+                false
+            }
+        };
+        if fail {
+            return Box::pin(async {
+                Err(eventbus::Error::backend(
+                    "inbox",
+                    "lookup",
+                    "injected failure",
+                ))
+            });
+        }
+        self.inner.contains(group, id)
+    }
+
+    fn record<'a>(
+        &'a self,
+        group: &'a str,
+        id: Uuid,
+    ) -> futures::future::BoxFuture<'a, Result<(), eventbus::Error>> {
+        self.inner.record(group, id)
+    }
+}
+
+/// A delivery handed back to the backend (an inbox failure leaves it unsettled) holds back the
+/// later events of its key: they are not handled before it comes back, with `concurrency > 1`
+/// and the later events already read.
+async fn a_nacked_event_holds_back_its_key(b: &Under) {
+    b.topic("ledger.posted", 1).await;
+    let backend = b.member().await;
+    let publisher = Bus::builder()
+        .backend_arc(backend.clone())
+        .start()
+        .await
+        .expect("publisher");
+    let events: Vec<Envelope<Posted>> = (0..12)
+        .map(|n| {
+            Envelope::new(Posted {
+                account: if n % 3 == 2 {
+                    "other".into()
+                } else {
+                    "acc-1".into()
+                },
+                n,
+            })
+        })
+        .collect();
+    let failing = events[3].id;
+    let seen: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
+    let s = seen.clone();
+    let bus = Bus::builder()
+        .backend_arc(backend)
+        .inbox(Arc::new(FailingOnce {
+            inner: MemoryInbox::new(),
+            event: Mutex::new(Some(failing)),
+        }))
+        .catalog(&[eventbus::CatalogEntry::of::<Posted>()])
+        .subscribe(
+            Subscription::new("ledger.posted", move |env: Envelope<Posted>| {
+                let s = s.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    s.lock()
+                        .unwrap()
+                        .push((env.data.account.clone(), env.data.n));
+                    Ok(())
+                }
+            })
+            .group(group("ledger"))
+            .concurrency(4)
+            .backoff(Backoff::schedule([Duration::from_millis(100)])),
+        )
+        .start()
+        .await
+        .expect("start");
+    // All at once: the later events of the key are read while the failing one is handled.
+    publisher
+        .publisher()
+        .publish_batch(events)
+        .await
+        .expect("publish");
+    assert!(
+        eventually(WAIT, || seen.lock().unwrap().len() == 12).await,
+        "handled {:?}, {:?}",
+        seen.lock().unwrap(),
+        bus.stats()
+    );
+    let of_key: Vec<u32> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(account, _)| account == "acc-1")
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(of_key, vec![0, 1, 3, 4, 6, 7, 9, 10], "acc-1 in order");
+    assert!(bus.stats().unsettled >= 1, "{:?}", bus.stats());
+    bus.shutdown(Duration::from_secs(10)).await;
+    publisher.shutdown(Duration::from_secs(10)).await;
+}
+
 // --- 10. a parked key stays parked across a restart -----------------------------------------
 
 #[event(name = "stock.reserved", version = 1, key = sku)]
@@ -1475,6 +1594,7 @@ conformance!(
     a_slow_handler_is_never_run_twice_at_once,
     per_key_order_across_two_members,
     per_key_order_across_three_members_through_a_crash,
+    a_nacked_event_holds_back_its_key,
     poison_and_forged_headers_never_stall,
     redrive_goes_only_to_the_group_that_failed,
     dead_letter_tools_page_through_the_queue,

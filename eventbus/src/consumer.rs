@@ -80,8 +80,15 @@ pub(crate) struct ConsumerLoop {
 
 enum Step {
     Delivery(Option<Result<Delivery, crate::Error>>),
-    Finished(Option<String>),
+    Finished(Finished),
     Stop,
+}
+
+/// How a delivery ended, for the loop: its key, and whether it was handed back to the backend
+/// for redelivery (nacked).
+struct Finished {
+    key: Option<String>,
+    handed_back: bool,
 }
 
 impl ConsumerLoop {
@@ -93,8 +100,7 @@ impl ConsumerLoop {
         let buffer = (concurrency * 4).max(16);
         let mut pending: VecDeque<Delivery> = VecDeque::new();
         let mut busy: HashSet<String> = HashSet::new();
-        let mut running: FuturesUnordered<BoxFuture<'static, Option<String>>> =
-            FuturesUnordered::new();
+        let mut running: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
         let mut stop_listener = self.shared.tasks.stop_listener();
         let mut stopping = false;
         let mut errors = 0u32;
@@ -130,8 +136,8 @@ impl ConsumerLoop {
                         }
                     }
                 }
-                if let Poll::Ready(Some(key)) = running.poll_next_unpin(cx) {
-                    return Poll::Ready(Step::Finished(key));
+                if let Poll::Ready(Some(finished)) = running.poll_next_unpin(cx) {
+                    return Poll::Ready(Step::Finished(finished));
                 }
                 if can_read {
                     if let Poll::Ready(item) = stream.poll_next_unpin(cx) {
@@ -147,8 +153,14 @@ impl ConsumerLoop {
                     // Deliveries not started are dropped unsettled: the backend redelivers them.
                     pending.clear();
                 }
-                Step::Finished(key) => {
+                Step::Finished(Finished { key, handed_back }) => {
                     if let Some(key) = key {
+                        if handed_back {
+                            // The backend delivers it again: its key's later deliveries held
+                            // here must not overtake it. Dropped unsettled, they are
+                            // redelivered after it, in their order.
+                            pending.retain(|d| d.message.key.as_ref() != Some(&key));
+                        }
                         busy.remove(&key);
                     }
                 }
@@ -174,12 +186,15 @@ impl ConsumerLoop {
 
     /// Spawns the pipeline for one delivery; the returned future completes with the
     /// delivery's key when it is settled (or aborted).
-    fn start(&self, delivery: Delivery) -> BoxFuture<'static, Option<String>> {
+    fn start(&self, delivery: Delivery) -> BoxFuture<'static, Finished> {
         let key = delivery.message.key.clone();
         if self.shared.is_stopping() {
             // Stopping: leave it unsettled for redelivery rather than start new work.
             drop(delivery);
-            return Box::pin(futures::future::ready(key));
+            return Box::pin(futures::future::ready(Finished {
+                key,
+                handed_back: true,
+            }));
         }
         let pipeline = self.pipeline.clone();
         let shared = self.shared.clone();
@@ -216,6 +231,7 @@ impl ConsumerLoop {
                 let age = (clock.now() - envelope.time).to_std().unwrap_or_default();
                 metrics.consumer_lag(&cx.message.topic, age);
             }
+            let mut handed_back = false;
             let settled = match outcome {
                 outcome if outcome.is_settled() => acker.ack().await,
                 Outcome::Deferred { delay, .. } if acker.can_defer() => {
@@ -242,18 +258,20 @@ impl ConsumerLoop {
                         tracing::warn!(%error, "delivery left unsettled, redelivering after backoff");
                     }
                     clock.sleep(backoff.delay(cx.attempt)).await;
+                    handed_back = true;
                     acker.nack(cx.retry_state(false)).await
                 }
             };
             if let Err(error) = settled {
                 tracing::error!(%error, "failed to settle a delivery with the backend");
             }
+            handed_back
         };
         // Runs inside the consumer loop's task (no hand-off to another thread per delivery):
         // aborting the loop drops it unsettled, and the backend redelivers.
         Box::pin(async move {
-            task.await;
-            key
+            let handed_back = task.await;
+            Finished { key, handed_back }
         })
     }
 }

@@ -31,7 +31,8 @@ pub(crate) struct StreamReader {
     /// Entries handed out and not settled yet, kept from other members' claims.
     in_flight: Arc<InFlight>,
     conn: Option<MultiplexedConnection>,
-    buffer: VecDeque<Delivery>,
+    /// Deliveries read and not handed out yet, with their stream.
+    buffer: VecDeque<(String, Delivery)>,
     last_discovery: Instant,
     last_claim: Option<Instant>,
     claim_cursors: HashMap<String, String>,
@@ -70,6 +71,16 @@ impl Redeliver {
             order,
             id.to_owned(),
         ));
+    }
+
+    /// The streams with entries queued.
+    fn streams(&self) -> BTreeSet<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(stream, _, _)| stream.clone())
+            .collect()
     }
 
     /// Takes every entry queued for `stream`, in id order.
@@ -173,7 +184,8 @@ impl StreamReader {
 
     async fn next(&mut self) -> Result<Delivery, Error> {
         loop {
-            if let Some(delivery) = self.buffer.pop_front() {
+            self.hold_back_for_redeliveries();
+            if let Some((_, delivery)) = self.buffer.pop_front() {
                 return Ok(delivery);
             }
             if self.last_discovery.elapsed() >= self.inner.config.discovery_interval {
@@ -335,8 +347,8 @@ impl StreamReader {
             Ok(Some(reply)) => {
                 for key in reply.keys {
                     for entry in key.ids {
-                        self.buffer
-                            .push_back(self.delivery(&key.key, &entry.id, &entry.map, 0));
+                        let delivery = self.delivery(&key.key, &entry.id, &entry.map, 0);
+                        self.buffer.push_back((key.key.clone(), delivery));
                     }
                 }
                 Ok(())
@@ -443,9 +455,23 @@ impl StreamReader {
             let redeliveries = u32::try_from(delivered.saturating_sub(1)).unwrap_or(u32::MAX);
             tracing::info!(%stream, id = %entry.id, redeliveries, "claimed pending entry");
             let delivery = self.delivery(stream, &entry.id, &entry.map, redeliveries);
-            self.buffer.push_back(delivery);
+            self.buffer.push_back((stream.to_owned(), delivery));
         }
         Ok(())
+    }
+
+    /// An entry of a held partition was handed back: nothing of its partition read after it may
+    /// be handed out first. Buffered deliveries of that partition are dropped (queued for
+    /// redelivery with it, in id order).
+    fn hold_back_for_redeliveries(&mut self) {
+        if self.ownership.is_none() || self.buffer.is_empty() {
+            return;
+        }
+        let streams = self.redeliver.streams();
+        if streams.is_empty() {
+            return;
+        }
+        self.buffer.retain(|(stream, _)| !streams.contains(stream));
     }
 
     /// One step of a reader that holds partitions: beat when due, claim what a takeover or a
@@ -620,7 +646,7 @@ impl StreamReader {
             for entry in key.ids {
                 self.last_ids.insert(key.key.clone(), entry.id.clone());
                 let delivery = self.delivery(&key.key, &entry.id, &entry.map, 0);
-                self.buffer.push_back(delivery);
+                self.buffer.push_back((key.key.clone(), delivery));
             }
         }
         Ok(())
@@ -644,7 +670,7 @@ impl StreamReader {
                 for key in reply.map(|r| r.keys).unwrap_or_default() {
                     for entry in key.ids {
                         let delivery = self.delivery(&key.key, &entry.id, &entry.map, 0);
-                        self.buffer.push_back(delivery);
+                        self.buffer.push_back((key.key.clone(), delivery));
                     }
                 }
                 Ok(())
