@@ -43,6 +43,8 @@ enum Kind {
     Redis {
         url: String,
         prefix: String,
+        /// `url` is a node of a Redis Cluster.
+        cluster: bool,
     },
     Kafka {
         brokers: String,
@@ -74,6 +76,21 @@ impl Under {
             kind: Kind::Redis {
                 url,
                 prefix: unique_prefix("conf"),
+                cluster: false,
+            },
+            features: Features {
+                order_across_members: true,
+            },
+        })
+    }
+
+    fn redis_cluster() -> Option<Under> {
+        let url = require_server("EVENTBUS_REDIS_CLUSTER_URL", "conformance_redis_cluster")?;
+        Some(Under {
+            kind: Kind::Redis {
+                url,
+                prefix: unique_prefix("conf"),
+                cluster: true,
             },
             features: Features {
                 order_across_members: true,
@@ -134,8 +151,13 @@ impl Under {
     async fn member(&self) -> Arc<dyn Backend> {
         match &self.kind {
             Kind::Memory(backend) => Arc::new(backend.clone()),
-            Kind::Redis { url, prefix } => {
+            Kind::Redis {
+                url,
+                prefix,
+                cluster,
+            } => {
                 let mut c = RedisConfig::new(url);
+                c.cluster = *cluster;
                 c.prefix = prefix.clone();
                 c.block = Duration::from_millis(200);
                 c.claim_idle = self.claim_time();
@@ -207,12 +229,11 @@ impl Under {
                 };
                 backend.publish(vec![message]).await.expect("publish");
             }
-            Kind::Redis { url, prefix } => {
-                let client = ::redis::Client::open(url.as_str()).expect("redis url");
-                let mut conn = client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .expect("connect");
+            Kind::Redis {
+                url,
+                prefix,
+                cluster,
+            } => {
                 // The documented layout: the key's partition (Kafka's murmur2) of the topic's
                 // partition streams.
                 let partition = eventbus::backend::redis::partition_of(key, REDIS_PARTITIONS);
@@ -229,7 +250,21 @@ impl Under {
                     xadd.arg(format!("h:{name}")).arg(*value);
                 }
                 xadd.arg("payload").arg(payload);
-                let _: String = xadd.query_async(&mut conn).await.expect("XADD");
+                let _: String = if *cluster {
+                    let mut conn = ::redis::cluster::ClusterClient::new(vec![url.as_str()])
+                        .expect("cluster url")
+                        .get_async_connection()
+                        .await
+                        .expect("connect to the cluster");
+                    xadd.query_async(&mut conn).await.expect("XADD")
+                } else {
+                    let mut conn = ::redis::Client::open(url.as_str())
+                        .expect("redis url")
+                        .get_multiplexed_async_connection()
+                        .await
+                        .expect("connect");
+                    xadd.query_async(&mut conn).await.expect("XADD")
+                };
                 // The stream registry is how consumers discover streams; a foreign producer
                 // writing to a stream the group already reads needs no registration.
             }
@@ -272,7 +307,14 @@ impl Under {
                 tansu: Some(tansu), ..
             } => tokio::task::block_in_place(|| tansu.diagnose()),
             Kind::Kafka { brokers, .. } => format!("librdkafka mock cluster on {brokers}"),
-            Kind::Redis { url, prefix } => format!("redis at {url}, prefix {prefix}"),
+            Kind::Redis {
+                url,
+                prefix,
+                cluster,
+            } => format!(
+                "redis{} at {url}, prefix {prefix}",
+                if *cluster { " cluster" } else { "" }
+            ),
             Kind::Memory(_) => "in-memory backend".into(),
         }
     }
@@ -1563,6 +1605,15 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
                     let Some(under) = super::Under::redis() else { return };
+                    under.run(super::$case(&under)).await;
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let Some(under) = super::Under::redis_cluster() else { return };
                     under.run(super::$case(&under)).await;
                 }
             )*

@@ -36,6 +36,39 @@ start_redis() {
     echo "redis on $EVENTBUS_REDIS_URL"
 }
 
+# A three-master Redis Cluster on loopback (no replicas): exports EVENTBUS_REDIS_CLUSTER_URL (a
+# seed node), EVENTBUS_REDIS_CLUSTER_DIR (one data directory per node, named by port) and
+# EVENTBUS_REDIS_CLUSTER_PORTS.
+start_redis_cluster() {
+    local dir port ports=() deadline
+    dir=$(mktemp -d)
+    for _ in 1 2 3; do
+        port=$(free_port)
+        mkdir -p "$dir/$port"
+        redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
+            --cluster-config-file "$dir/$port/nodes.conf" --cluster-node-timeout 2000 \
+            --save '' --appendonly yes --appendfsync everysec --dir "$dir/$port" --daemonize yes \
+            --pidfile "$dir/$port/redis.pid" --logfile "$dir/$port/redis.log" || return 1
+        ports+=("$port")
+        CLEANUP+=("redis-cli -p $port shutdown nosave >/dev/null 2>&1")
+    done
+    for port in "${ports[@]}"; do wait_port 127.0.0.1 "$port" 10 || return 1; done
+    redis-cli --cluster create "127.0.0.1:${ports[0]}" "127.0.0.1:${ports[1]}" "127.0.0.1:${ports[2]}" \
+        --cluster-replicas 0 --cluster-yes >"$dir/create.log" 2>&1 || { cat "$dir/create.log" >&2; return 1; }
+    deadline=$((SECONDS + 30))
+    for port in "${ports[@]}"; do
+        until redis-cli -p "$port" cluster info 2>/dev/null | grep -q 'cluster_state:ok'; do
+            if ((SECONDS > deadline)); then echo "redis cluster did not become ready" >&2; return 1; fi
+            sleep 0.2
+        done
+    done
+    export EVENTBUS_REDIS_CLUSTER_URL="redis://127.0.0.1:${ports[0]}"
+    export EVENTBUS_REDIS_CLUSTER_DIR="$dir"
+    export EVENTBUS_REDIS_CLUSTER_PORTS="${ports[*]}"
+    CLEANUP+=("rm -rf '$dir'")
+    echo "redis cluster on ${ports[*]}"
+}
+
 start_postgres() {
     local pgbin port dir
     pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
@@ -67,7 +100,7 @@ install_packages() {
 
 # Starts Redis and PostgreSQL and points the dashboard test at the browser.
 start_servers() {
-    start_redis && start_postgres && install_browser
+    start_redis && start_redis_cluster && start_postgres && install_browser
 }
 
 # Test builds under other feature sets: the in-memory suite on smol, the OpenTelemetry bridge.

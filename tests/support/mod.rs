@@ -175,3 +175,56 @@ pub fn trace() {
             .try_init();
     }
 }
+
+/// Stops the Redis Cluster master on `port` (flushing its AOF) and starts it again with its
+/// data directory and cluster state (`EVENTBUS_REDIS_CLUSTER_DIR/{port}`, as `scripts/test`
+/// started it), waiting until the cluster is whole again.
+pub fn restart_redis_cluster_node(port: u16) {
+    use std::time::{Duration, Instant};
+    let dir = format!(
+        "{}/{port}",
+        std::env::var("EVENTBUS_REDIS_CLUSTER_DIR").expect("EVENTBUS_REDIS_CLUSTER_DIR")
+    );
+    let server = std::env::var("EVENTBUS_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    let url = format!("redis://127.0.0.1:{port}");
+    let client = redis::Client::open(url.as_str()).expect("url");
+    if let Ok(mut conn) = client.get_connection() {
+        let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").query(&mut conn);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "redis node {port} did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = std::process::Command::new(server)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+        .args(["--cluster-config-file", &format!("{dir}/nodes.conf")])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+        ])
+        .args(["--dir", &dir, "--daemonize", "yes"])
+        .args(["--pidfile", &format!("{dir}/redis.pid")])
+        .args(["--logfile", &format!("{dir}/redis.log")])
+        .status()
+        .expect("start redis-server");
+    assert!(status.success(), "redis node {port} did not start");
+    loop {
+        let info = client
+            .get_connection()
+            .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c));
+        if info.is_ok_and(|i| i.contains("cluster_state:ok")) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster did not become whole after restarting {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

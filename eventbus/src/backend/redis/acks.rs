@@ -27,7 +27,7 @@ pub(super) struct Ack {
 
 /// `XACK` of ids ARGV[2..] in group ARGV[1] of stream KEYS[1], if lease KEYS[2] still holds
 /// token ARGV[#ARGV]; -1 when the lease moved on.
-const FENCED_ACK: &str = r"
+pub(super) const FENCED_ACK: &str = r"
 if redis.call('GET', KEYS[2]) ~= ARGV[#ARGV] then return -1 end
 local ids = {}
 for i = 2, #ARGV - 1 do ids[#ids + 1] = ARGV[i] end
@@ -104,18 +104,20 @@ async fn send_batches(
                     .push(ack.id);
             }
             let script = redis::Script::new(FENCED_ACK);
-            let mut pipe = redis::pipe();
+            let mut conn = inner.conn();
+            let mut pipes = super::connection::SlotPipelines::new(conn.is_cluster());
             let mut fenced = Vec::new();
             for ((stream, group, fence), ids) in &by_group {
                 match fence {
                     None => {
-                        pipe.cmd("XACK").arg(stream).arg(group).arg(ids).ignore();
+                        let mut xack = redis::cmd("XACK");
+                        xack.arg(stream).arg(group).arg(ids);
+                        pipes.add(stream, xack);
                     }
                     Some(fence) => fenced.push((stream, group, fence, ids)),
                 }
             }
-            let mut conn = inner.conn();
-            if let Err(error) = pipe.query_async::<()>(&mut conn).await {
+            if let Err(error) = pipes.send(&mut conn).await {
                 tracing::warn!(%error, count, "XACK batch failed; the entries stay pending and will be claimed again");
             }
             for (stream, group, (lease, token), ids) in fenced {

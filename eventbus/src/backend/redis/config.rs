@@ -112,6 +112,9 @@ pub struct RedisConfig {
     /// How long a member's lease on a partition lasts without renewal (renewed every third of
     /// it): how long a dead member's partitions wait before another member takes them.
     pub lease_ttl: Duration,
+    /// `url` is a node of a Redis Cluster: the backend discovers the others and routes each
+    /// command to the node owning its key. Needs `exclusive_partitions`.
+    pub cluster: bool,
 }
 
 /// Shows the URL without its password.
@@ -138,6 +141,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("topic_partitions", &self.topic_partitions)
             .field("exclusive_partitions", &self.exclusive_partitions)
             .field("lease_ttl", &self.lease_ttl)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -166,6 +170,7 @@ impl RedisConfig {
             topic_partitions: HashMap::new(),
             exclusive_partitions: true,
             lease_ttl: Duration::from_secs(10),
+            cluster: false,
         }
     }
 
@@ -180,7 +185,7 @@ impl RedisConfig {
     /// Reads the settings from `EVENTBUS_REDIS_*` environment variables: `URL` (required),
     /// `PREFIX`, `PER_TENANT_STREAMS` (`true`/`false`), `POOL_SIZE`, `BLOCK_MS`, `BATCH_SIZE`,
     /// `CLAIM_IDLE_MS`, `CLAIM_INTERVAL_MS`, `RETENTION_DAYS`, `MAX_LEN`, `INBOX_TTL_SECS`,
-    /// `PARTITIONS`, `LEASE_TTL_MS`.
+    /// `PARTITIONS`, `LEASE_TTL_MS`, `CLUSTER` (`true`/`false`).
     pub fn from_env() -> Result<Self, Error> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -245,6 +250,18 @@ impl RedisConfig {
         if let Some(n) = number("LEASE_TTL_MS")? {
             config.lease_ttl = Duration::from_millis(n);
         }
+        if let Some(v) = var("CLUSTER") {
+            config.cluster = match v.trim() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => {
+                    return Err(Error::config(
+                        format!("{P}CLUSTER"),
+                        format!("`{v}` is not true or false"),
+                    ))
+                }
+            };
+        }
         config.validate()?;
         Ok(config)
     }
@@ -307,6 +324,12 @@ impl RedisConfig {
         positive("delayed_poll", self.delayed_poll)?;
         positive("command_timeout", self.command_timeout)?;
         positive("lease_ttl", self.lease_ttl)?;
+        if self.cluster && !self.exclusive_partitions {
+            return Err(Error::config(
+                "redis.exclusive_partitions",
+                "a Redis Cluster needs exclusive partitions (a member reads one partition's stream at a time; a shared group would read streams of many slots in one command)",
+            ));
+        }
         for (name, n) in std::iter::once(("redis.partitions".to_owned(), self.partitions)).chain(
             self.topic_partitions
                 .iter()

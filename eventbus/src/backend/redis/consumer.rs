@@ -55,6 +55,9 @@ impl Drop for StreamReader {
     }
 }
 
+/// How long a reader on a cluster pauses when its partitions had nothing new.
+const CLUSTER_POLL: Duration = Duration::from_millis(20);
+
 /// An entry to deliver again: its stream, its id's (ms, seq) order, its id.
 type Queued = (String, (u64, u64), String);
 
@@ -489,9 +492,15 @@ impl StreamReader {
             .as_mut()
             .map(Ownership::take_taken)
             .unwrap_or_default();
-        for stream in taken {
-            self.last_ids.remove(&stream);
-            self.reclaim(&stream).await?;
+        for (i, stream) in taken.iter().enumerate() {
+            self.last_ids.remove(stream);
+            if let Err(error) = self.reclaim(stream).await {
+                // Not reclaimed yet: again on the next step, before anything new is read.
+                if let Some(ownership) = &mut self.ownership {
+                    ownership.retake(taken[i..].iter().cloned());
+                }
+                return Err(error);
+            }
         }
         if !self.buffer.is_empty() {
             return Ok(());
@@ -503,8 +512,15 @@ impl StreamReader {
             .unwrap_or_default();
         for (stream, token) in &readable {
             let ids = self.redeliver.take(stream);
-            if !ids.is_empty() {
-                self.claim_again(stream, token, &ids).await?;
+            if ids.is_empty() {
+                continue;
+            }
+            if let Err(error) = self.claim_again(stream, token, &ids).await {
+                // Still owed: queued again, delivered before anything newer once Redis answers.
+                for id in &ids {
+                    self.redeliver.push(stream, id);
+                }
+                return Err(error);
             }
         }
         if !self.buffer.is_empty() {
@@ -516,6 +532,10 @@ impl StreamReader {
         if claim_due {
             self.last_claim = Some(Instant::now());
             self.claim().await?;
+            let idle = self.inner.config.claim_idle.as_millis() as u64;
+            for (stream, _) in &readable {
+                self.reclaim_idle(stream, idle).await?;
+            }
             if !self.buffer.is_empty() {
                 return Ok(());
             }
@@ -556,6 +576,15 @@ impl StreamReader {
     /// Claims every entry of a partition just taken that is still pending for the group (the
     /// previous owner's unfinished ones), in id order, before anything new is read.
     async fn reclaim(&mut self, stream: &str) -> Result<(), Error> {
+        self.reclaim_idle(stream, 0).await
+    }
+
+    /// Claims the entries of a held partition pending longer than `min_idle_ms`: with 0, all of
+    /// them (a takeover); with `claim_idle`, those nobody here is handling (entries in flight
+    /// here have their idle time reset every `claim_idle / 3`): entries whose read reply or
+    /// acknowledgement was lost with a connection. They are delivered again (the inbox drops
+    /// what was already handled).
+    async fn reclaim_idle(&mut self, stream: &str, min_idle_ms: u64) -> Result<(), Error> {
         let script = redis::Script::new(FENCED_RECLAIM);
         let mut cursor = "0-0".to_owned();
         loop {
@@ -573,7 +602,8 @@ impl StreamReader {
                 .arg(&self.group)
                 .arg(&self.consumer)
                 .arg(&cursor)
-                .arg(self.inner.config.batch_size);
+                .arg(self.inner.config.batch_size)
+                .arg(min_idle_ms);
             let Some(reply) = self
                 .fenced::<StreamAutoClaimReply>(stream, call, "XAUTOCLAIM")
                 .await?
@@ -694,6 +724,11 @@ impl StreamReader {
             .block
             .min(until_beat)
             .max(Duration::from_millis(1));
+        if self.inner.config.cluster {
+            // One `XREAD` cannot span the slots of a cluster: look again after a short pause.
+            self.inner.runtime.sleep(block.min(CLUSTER_POLL)).await;
+            return Ok(());
+        }
         let mut streams = Vec::new();
         let mut ids = Vec::new();
         for (stream, _) in readable {
@@ -844,7 +879,7 @@ impl Acknowledger for RedisAcker {
     }
 
     fn defer(
-        self: Box<Self>,
+        mut self: Box<Self>,
         delay: Duration,
         state: RetryState,
     ) -> BoxFuture<'static, Result<(), Error>> {
@@ -871,21 +906,56 @@ impl Acknowledger for RedisAcker {
                 &self.group,
                 &message,
             );
-            redis::pipe()
-                .atomic()
-                .cmd("ZADD")
-                .arg(self.inner.keys.delayed())
-                .arg(due)
-                .arg(member)
-                .ignore()
-                .cmd("XACK")
-                .arg(&self.stream)
-                .arg(&self.group)
-                .arg(&self.id)
-                .ignore()
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(redis_error("defer"))?;
+            if conn.is_cluster() {
+                // The delayed set and the stream live in different slots: scheduled first,
+                // then acknowledged. A crash in between delivers the entry again as well; the
+                // inbox drops the second copy.
+                redis::cmd("ZADD")
+                    .arg(self.inner.keys.delayed())
+                    .arg(due)
+                    .arg(member)
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(redis_error("defer"))?;
+                self.settled = true;
+                let ack = match &self.fence {
+                    Some((lease, token)) => redis::Script::new(super::acks::FENCED_ACK)
+                        .key(&self.stream)
+                        .key(lease)
+                        .arg(&self.group)
+                        .arg(&self.id)
+                        .arg(token)
+                        .invoke_async::<i64>(&mut conn)
+                        .await
+                        .map(drop),
+                    None => {
+                        redis::cmd("XACK")
+                            .arg(&self.stream)
+                            .arg(&self.group)
+                            .arg(&self.id)
+                            .query_async::<()>(&mut conn)
+                            .await
+                    }
+                };
+                ack.map_err(redis_error("defer"))?;
+            } else {
+                redis::pipe()
+                    .atomic()
+                    .cmd("ZADD")
+                    .arg(self.inner.keys.delayed())
+                    .arg(due)
+                    .arg(member)
+                    .ignore()
+                    .cmd("XACK")
+                    .arg(&self.stream)
+                    .arg(&self.group)
+                    .arg(&self.id)
+                    .ignore()
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(redis_error("defer"))?;
+                self.settled = true;
+            }
             self.inner.counters.deferred.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })

@@ -8,10 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::connection::{Conn, SlotPipelines};
 use futures::channel::{mpsc, oneshot};
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use redis::aio::ConnectionManager;
 use uuid::Uuid;
 
 use super::keys::Keys;
@@ -39,12 +39,7 @@ pub struct RedisInbox {
 }
 
 impl RedisInbox {
-    pub(super) fn new(
-        conn: ConnectionManager,
-        keys: Keys,
-        ttl: Duration,
-        runtime: &Arc<dyn Runtime>,
-    ) -> Self {
+    pub(super) fn new(conn: Conn, keys: Keys, ttl: Duration, runtime: &Arc<dyn Runtime>) -> Self {
         let (tx, rx) = mpsc::unbounded();
         runtime.spawn(Box::pin(serve(rx, conn, ttl.as_secs().max(1))));
         RedisInbox { tx, keys, ttl }
@@ -61,7 +56,7 @@ impl RedisInbox {
     }
 }
 
-async fn serve(mut rx: mpsc::UnboundedReceiver<Request>, mut conn: ConnectionManager, ttl: u64) {
+async fn serve(mut rx: mpsc::UnboundedReceiver<Request>, mut conn: Conn, ttl: u64) {
     while let Some(first) = rx.next().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -77,25 +72,10 @@ async fn serve(mut rx: mpsc::UnboundedReceiver<Request>, mut conn: ConnectionMan
                 Request::Record(..) => None,
             })
             .collect();
-        let mut pipe = redis::pipe();
-        if !lookups.is_empty() {
-            pipe.cmd("MGET").arg(&lookups);
-        }
-        for request in &batch {
-            if let Request::Record(key, _) = request {
-                pipe.cmd("SET")
-                    .arg(key)
-                    .arg(1)
-                    .arg("NX")
-                    .arg("EX")
-                    .arg(ttl)
-                    .ignore();
-            }
-        }
-        let reply: redis::RedisResult<Vec<Vec<Option<String>>>> = pipe.query_async(&mut conn).await;
+        let reply = exchange(&mut conn, &lookups, &batch, ttl).await;
         match reply {
-            Ok(replies) => {
-                let mut found = replies.into_iter().next().unwrap_or_default().into_iter();
+            Ok(found) => {
+                let mut found = found.into_iter();
                 for request in batch {
                     match request {
                         Request::Contains(_, reply) => {
@@ -118,6 +98,48 @@ async fn serve(mut rx: mpsc::UnboundedReceiver<Request>, mut conn: ConnectionMan
             }
         }
     }
+}
+
+/// Looks up `lookups` and records the batch's `Record`s: one pipelined round trip on a single
+/// server; on a cluster, one `MGET` (split by slot by the client) and the `SET`s grouped by
+/// slot.
+async fn exchange(
+    conn: &mut Conn,
+    lookups: &[&String],
+    batch: &[Request],
+    ttl: u64,
+) -> redis::RedisResult<Vec<Option<String>>> {
+    let set = |key: &String| {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(1).arg("NX").arg("EX").arg(ttl);
+        cmd
+    };
+    if conn.is_cluster() {
+        let found: Vec<Option<String>> = if lookups.is_empty() {
+            Vec::new()
+        } else {
+            redis::cmd("MGET").arg(lookups).query_async(conn).await?
+        };
+        let mut pipes = SlotPipelines::new(true);
+        for request in batch {
+            if let Request::Record(key, _) = request {
+                pipes.add(key, set(key));
+            }
+        }
+        pipes.send(conn).await?;
+        return Ok(found);
+    }
+    let mut pipe = redis::pipe();
+    if !lookups.is_empty() {
+        pipe.cmd("MGET").arg(lookups);
+    }
+    for request in batch {
+        if let Request::Record(key, _) = request {
+            pipe.add_command(set(key)).ignore();
+        }
+    }
+    let replies: Vec<Vec<Option<String>>> = pipe.query_async(conn).await?;
+    Ok(replies.into_iter().next().unwrap_or_default())
 }
 
 /// A shared Redis error as a source error.

@@ -9,8 +9,8 @@
 //! | `{{stream}}:generation:{group}` | counter | the last generation handed out for a partition and group |
 //! | `{prefix}:members:{group}` | sorted set | the live members of a group, scored by when they expire |
 //! | `{prefix}:dlq:{topic}` | stream | dead letters of a topic |
-//! | `{prefix}:retry:{group}` | stream | delayed retries due for a group |
-//! | `{prefix}:delayed` | sorted set | delayed retries waiting, scored by due time (ms) |
+//! | `{prefix}:retry:{group}` | stream | delayed retries due for a group (`{{prefix}}:retry:{group}` on a cluster) |
+//! | `{prefix}:delayed` | sorted set | delayed retries waiting, scored by due time (ms) (`{{prefix}}:delayed` on a cluster) |
 //! | `{prefix}:streams` | set | registry of event streams and their event types |
 //! | `{prefix}:trimmed:{group}` | hash | per stream, how many entries retention removed before the group read them (counted once) |
 //! | `{prefix}:inbox:{group}:{event id}` | string with TTL | inbox entries |
@@ -23,16 +23,30 @@ use crate::dead_letter::DLQ_SUFFIX;
 pub(crate) struct Keys {
     prefix: String,
     per_tenant: bool,
+    /// On a Redis Cluster, the delayed set and the retry streams share the prefix as hash tag
+    /// (`{prefix}:delayed`, `{prefix}:retry:{group}`), so the script moving due retries keeps to
+    /// one slot.
+    cluster: bool,
 }
 
 /// Separates a stream key from an event type in registry members.
 const REGISTRY_SEPARATOR: char = '\u{1f}';
 
 impl Keys {
-    pub(crate) fn new(prefix: &str, per_tenant: bool) -> Self {
+    pub(crate) fn new(prefix: &str, per_tenant: bool, cluster: bool) -> Self {
         Keys {
             prefix: prefix.to_owned(),
             per_tenant,
+            cluster,
+        }
+    }
+
+    /// The prefix of keys that must share a slot on a cluster.
+    fn tagged(&self) -> String {
+        if self.cluster {
+            format!("{{{}}}", self.prefix)
+        } else {
+            self.prefix.clone()
         }
     }
 
@@ -98,11 +112,11 @@ impl Keys {
     }
 
     pub(crate) fn retry_stream(&self, group: &str) -> String {
-        format!("{}:retry:{group}", self.prefix)
+        format!("{}:retry:{group}", self.tagged())
     }
 
     pub(crate) fn delayed(&self) -> String {
-        format!("{}:delayed", self.prefix)
+        format!("{}:delayed", self.tagged())
     }
 
     pub(crate) fn registry(&self) -> String {
@@ -136,7 +150,7 @@ mod tests {
 
     #[test]
     fn names() {
-        let k = Keys::new("hyvve", true);
+        let k = Keys::new("hyvve", true, false);
         assert_eq!(
             k.stream("approval.granted", None),
             "hyvve:events:approval.granted"
@@ -155,7 +169,10 @@ mod tests {
             Keys::parse_registry_member(&m),
             Some(("hyvve:events:x", "a.b"))
         );
-        assert_eq!(Keys::new("p", false).stream("x", Some("t")), "p:events:x");
+        assert_eq!(
+            Keys::new("p", false, false).stream("x", Some("t")),
+            "p:events:x"
+        );
         assert_eq!(k.partition_stream("a.b", None, 3, 1), "hyvve:events:a.b");
         assert_eq!(k.partition_stream("a.b", None, 3, 16), "hyvve:events:a.b#3");
         assert_eq!(

@@ -30,6 +30,7 @@
 
 mod acks;
 mod config;
+mod connection;
 mod consumer;
 mod delayed;
 mod entry;
@@ -47,7 +48,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionManagerConfig, MultiplexedConnection};
 use redis::AsyncConnectionConfig;
 
 pub use config::{RedisConfig, Retention, StartFrom};
@@ -55,6 +56,7 @@ pub use inbox::RedisInbox;
 pub use partition::{murmur2, partition_of};
 pub use pubsub::RedisPubSub;
 
+use self::connection::{Conn, SlotPipelines};
 use self::keys::Keys;
 use super::{
     Backend, BackendAdmin, BackendCounter, Cursor, DeliveryStream, GroupLag, Message, Page,
@@ -115,8 +117,9 @@ pub struct RedisBackend {
 struct Inner {
     config: RedisConfig,
     keys: Keys,
+    /// The server (or the cluster's seed node): blocking reads and pub/sub subscriptions.
     client: redis::Client,
-    pool: Vec<ConnectionManager>,
+    pool: Vec<Conn>,
     next: AtomicUsize,
     registered: Mutex<HashSet<String>>,
     /// Streams this backend's consumers read (topics, retry streams), for lag: a stream written
@@ -156,17 +159,33 @@ impl RedisBackend {
             .set_max_delay(Duration::from_secs(2))
             .set_number_of_retries(6);
         let mut pool = Vec::with_capacity(config.pool_size);
-        for _ in 0..config.pool_size {
-            pool.push(
-                client
-                    .get_connection_manager_with_config(manager_config.clone())
-                    .await
-                    .map_err(redis_error("connect"))?,
-            );
+        if config.cluster {
+            let cluster = redis::cluster::ClusterClient::builder([config.url.as_str()])
+                .connection_timeout(config.command_timeout)
+                .response_timeout(config.command_timeout)
+                .build()
+                .map_err(|e| Error::config("redis.url", e.to_string()))?;
+            for _ in 0..config.pool_size {
+                pool.push(Conn::Cluster(
+                    cluster
+                        .get_async_connection()
+                        .await
+                        .map_err(redis_error("connect to the cluster"))?,
+                ));
+            }
+        } else {
+            for _ in 0..config.pool_size {
+                pool.push(Conn::Single(
+                    client
+                        .get_connection_manager_with_config(manager_config.clone())
+                        .await
+                        .map_err(redis_error("connect"))?,
+                ));
+            }
         }
         let runtime = default_runtime()?;
         let inner = Arc::new_cyclic(|weak| Inner {
-            keys: Keys::new(&config.prefix, config.per_tenant_streams),
+            keys: Keys::new(&config.prefix, config.per_tenant_streams, config.cluster),
             config,
             client,
             pool,
@@ -212,14 +231,17 @@ impl RedisBackend {
         topic: &str,
         group: &str,
     ) -> Result<Vec<Option<String>>, Error> {
-        let mut pipe = redis::pipe();
+        let mut conn = self.inner.conn();
+        let mut tokens: Vec<Option<String>> = Vec::new();
         for stream in self.inner.topic_streams(topic) {
-            pipe.cmd("GET").arg(Keys::lease(&stream, group));
+            tokens.push(
+                redis::cmd("GET")
+                    .arg(Keys::lease(&stream, group))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_error("GET lease"))?,
+            );
         }
-        let tokens: Vec<Option<String>> = pipe
-            .query_async(&mut self.inner.conn())
-            .await
-            .map_err(redis_error("GET lease"))?;
         Ok(tokens
             .into_iter()
             .map(|t| t.map(|t| t.rsplit_once('|').map_or(t.clone(), |(m, _)| m.to_owned())))
@@ -279,7 +301,7 @@ impl RedisBackend {
 }
 
 impl Inner {
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
         self.pool[i].clone()
     }
@@ -323,19 +345,14 @@ impl Inner {
             .collect()
     }
 
-    fn add_append(
-        &self,
-        pipe: &mut redis::Pipeline,
-        message: &Message,
-        now: u64,
-    ) -> (String, bool) {
+    fn add_append(&self, pipes: &mut SlotPipelines, message: &Message, now: u64) -> (String, bool) {
         let tenant = message.headers.get(TENANT_HEADER).map(String::as_str);
         let key = self.partition_stream(message, tenant);
         let dlq = self.keys.is_dlq_stream(&key);
         let mut xadd = redis::cmd("XADD");
         xadd.arg(&key).arg("*");
         entry::add_fields(&mut xadd, message);
-        pipe.add_command(xadd).ignore();
+        pipes.add(&key, xadd);
         let due = {
             let mut appends = self.appends.lock().unwrap_or_else(|p| p.into_inner());
             let n = appends.entry(key.clone()).or_insert(TRIM_EVERY - 1);
@@ -355,20 +372,17 @@ impl Inner {
             };
             if let Some(age) = retention.max_age {
                 let cutoff = now.saturating_sub(age.as_millis() as u64);
-                pipe.cmd("XTRIM")
-                    .arg(&key)
+                let mut trim = redis::cmd("XTRIM");
+                trim.arg(&key)
                     .arg("MINID")
                     .arg("~")
-                    .arg(format!("{cutoff}-0"))
-                    .ignore();
+                    .arg(format!("{cutoff}-0"));
+                pipes.add(&key, trim);
             }
             if let Some(len) = retention.max_len {
-                pipe.cmd("XTRIM")
-                    .arg(&key)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(len)
-                    .ignore();
+                let mut trim = redis::cmd("XTRIM");
+                trim.arg(&key).arg("MAXLEN").arg("~").arg(len);
+                pipes.add(&key, trim);
             }
         }
         (key, dlq)
@@ -541,27 +555,26 @@ impl Backend for RedisBackend {
             }
             let inner = &self.inner;
             let now = now_ms();
-            let mut pipe = redis::pipe();
+            let mut conn = inner.conn();
+            let mut pipes = SlotPipelines::new(conn.is_cluster());
             let mut new_members = Vec::new();
             {
                 let registered = inner.registered.lock().unwrap_or_else(|p| p.into_inner());
                 for message in &messages {
-                    let (key, dlq) = inner.add_append(&mut pipe, message, now);
+                    let (key, dlq) = inner.add_append(&mut pipes, message, now);
                     if !dlq {
                         let member = Keys::registry_member(&key, &message.event_type);
                         if !registered.contains(&member) && !new_members.contains(&member) {
-                            pipe.cmd("SADD")
-                                .arg(inner.keys.registry())
-                                .arg(&member)
-                                .ignore();
+                            let registry = inner.keys.registry();
+                            let mut sadd = redis::cmd("SADD");
+                            sadd.arg(&registry).arg(&member);
+                            pipes.add(&registry, sadd);
                             new_members.push(member);
                         }
                     }
                 }
             }
-            pipe.query_async::<()>(&mut inner.conn())
-                .await
-                .map_err(redis_error("XADD"))?;
+            pipes.send(&mut conn).await.map_err(redis_error("XADD"))?;
             if !new_members.is_empty() {
                 let mut registered = inner.registered.lock().unwrap_or_else(|p| p.into_inner());
                 registered.extend(new_members);
@@ -707,15 +720,17 @@ impl BackendAdmin for RedisBackend {
     fn count(&self, topic: &str) -> BoxFuture<'_, Result<u64, Error>> {
         let streams = self.inner.topic_streams(topic);
         Box::pin(async move {
-            let mut pipe = redis::pipe();
+            let mut conn = self.inner.conn();
+            let mut total = 0u64;
             for stream in &streams {
-                pipe.cmd("XLEN").arg(stream);
+                let length: u64 = redis::cmd("XLEN")
+                    .arg(stream)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_error("XLEN"))?;
+                total += length;
             }
-            let lengths: Vec<u64> = pipe
-                .query_async(&mut self.inner.conn())
-                .await
-                .map_err(redis_error("XLEN"))?;
-            Ok(lengths.iter().sum())
+            Ok(total)
         })
     }
 

@@ -70,11 +70,12 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('LEASELOS
 return redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4], 'STREAMS', KEYS[2], '>')
 ";
 
-/// `XAUTOCLAIM` of stream KEYS[2] (group ARGV[2], consumer ARGV[3], min idle 0, from cursor
-/// ARGV[4], COUNT ARGV[5]) if lease KEYS[1] holds token ARGV[1]; `LEASELOST` otherwise.
+/// `XAUTOCLAIM` of stream KEYS[2] (group ARGV[2], consumer ARGV[3], from cursor ARGV[4],
+/// COUNT ARGV[5], min idle ARGV[6] ms) if lease KEYS[1] holds token ARGV[1]; `LEASELOST`
+/// otherwise.
 pub(super) const FENCED_RECLAIM: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('LEASELOST') end
-return redis.call('XAUTOCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'COUNT', ARGV[5])
+return redis.call('XAUTOCLAIM', KEYS[2], ARGV[2], ARGV[3], ARGV[6], ARGV[4], 'COUNT', ARGV[5])
 ";
 
 /// `XCLAIM` of ids ARGV[4..] of stream KEYS[2] (group ARGV[2], consumer ARGV[3], min idle 0)
@@ -145,6 +146,15 @@ impl Ownership {
     /// Partitions just taken over, to reclaim first (emptied by the call).
     pub(super) fn take_taken(&mut self) -> Vec<String> {
         std::mem::take(&mut self.taken)
+    }
+
+    /// Partitions whose reclaim failed: reclaimed again at the next step.
+    pub(super) fn retake(&mut self, streams: impl IntoIterator<Item = String>) {
+        for stream in streams {
+            if self.owned.contains_key(&stream) && !self.taken.contains(&stream) {
+                self.taken.push(stream);
+            }
+        }
     }
 
     /// A lease lost between beats (a fenced call said so): stop reading the partition.

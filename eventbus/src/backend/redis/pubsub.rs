@@ -4,9 +4,9 @@
 //! gone; nothing is stored, acknowledged, retried or dead-lettered. Use it for live updates
 //! (dashboards, cache invalidation), never for work that must happen. Use streams for that.
 
+use super::connection::Conn;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use redis::aio::ConnectionManager;
 
 use super::keys::Keys;
 use super::redis_error;
@@ -19,7 +19,7 @@ use crate::pattern::Pattern;
 #[derive(Clone)]
 pub struct RedisPubSub {
     client: redis::Client,
-    conn: ConnectionManager,
+    conn: Conn,
     keys: Keys,
 }
 
@@ -30,7 +30,7 @@ impl std::fmt::Debug for RedisPubSub {
 }
 
 impl RedisPubSub {
-    pub(super) fn new(client: redis::Client, conn: ConnectionManager, keys: Keys) -> Self {
+    pub(super) fn new(client: redis::Client, conn: Conn, keys: Keys) -> Self {
         RedisPubSub { client, conn, keys }
     }
 

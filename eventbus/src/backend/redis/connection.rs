@@ -1,0 +1,87 @@
+//! One connection type for a single Redis server and for a Redis Cluster.
+//!
+//! On a cluster every command goes to the node owning its key's slot, and a pipeline must keep
+//! to one slot: [`SlotPipelines`] splits a batch of commands by slot (one pipeline per slot,
+//! sent one after another), and is a single pipeline on a single server.
+
+use std::collections::HashMap;
+
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+/// A pooled connection: to one server, or to a cluster (routing each command by its key).
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(conn) => conn.req_packed_command(cmd),
+            Conn::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(conn) => conn.get_db(),
+            Conn::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// Commands whose replies are ignored, grouped so that each pipeline keeps to one slot on a
+/// cluster (on a single server, one pipeline).
+pub(crate) struct SlotPipelines {
+    cluster: bool,
+    by_slot: HashMap<Slot, Pipeline>,
+}
+
+impl SlotPipelines {
+    pub(crate) fn new(cluster: bool) -> Self {
+        SlotPipelines {
+            cluster,
+            by_slot: HashMap::new(),
+        }
+    }
+
+    /// Adds `cmd`, which touches `key`, with its reply ignored.
+    pub(crate) fn add(&mut self, key: &str, cmd: Cmd) {
+        let slot = Slot::for_key(if self.cluster { key } else { "" });
+        self.by_slot
+            .entry(slot)
+            .or_default()
+            .add_command(cmd)
+            .ignore();
+    }
+
+    /// Sends every pipeline; the first error ends it.
+    pub(crate) async fn send(self, conn: &mut Conn) -> redis::RedisResult<()> {
+        for pipe in self.by_slot.values() {
+            pipe.query_async::<()>(conn).await?;
+        }
+        Ok(())
+    }
+}
