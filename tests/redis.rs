@@ -455,7 +455,21 @@ async fn a_delayed_retry_fires_after_its_delay_and_survives_a_consumer_restart()
     let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
         return;
     };
-    let b = backend(&url, "delayed").await;
+    delayed_retry_survives_a_restart(backend(&url, "delayed").await).await;
+}
+
+/// The same on a Redis Cluster: the delayed set and the retry stream share a slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_delayed_retry_fires_after_its_delay_and_survives_a_consumer_restart() {
+    let Some(url) = require_server("EVENTBUS_REDIS_CLUSTER_URL", "redis_cluster") else {
+        return;
+    };
+    let mut c = config(&url, "delayed");
+    c.cluster = true;
+    delayed_retry_survives_a_restart(RedisBackend::connect(c).await.expect("connect")).await;
+}
+
+async fn delayed_retry_survives_a_restart(b: RedisBackend) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let make = |seen: Arc<Mutex<Vec<(u32, std::time::Instant)>>>| {
         Subscription::new(
