@@ -5,6 +5,26 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
+# A free port whose cluster bus port (port + 10000, Redis Cluster's rule) is free too.
+free_cluster_port() {
+    python3 -c '
+import random, socket
+def free(p):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+while True:
+    p = random.randint(20000, 55000)
+    if free(p) and free(p + 10000):
+        print(p)
+        break'
+}
+
 wait_port() { # host port seconds
     local deadline=$((SECONDS + $3))
     until (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; do
@@ -43,7 +63,7 @@ start_redis_cluster() {
     local dir port ports=() deadline
     dir=$(mktemp -d)
     for _ in 1 2 3; do
-        port=$(free_port)
+        port=$(free_cluster_port)
         mkdir -p "$dir/$port"
         redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
             --cluster-config-file "$dir/$port/nodes.conf" --cluster-node-timeout 2000 \
@@ -52,7 +72,9 @@ start_redis_cluster() {
         ports+=("$port")
         CLEANUP+=("redis-cli -p $port shutdown nosave >/dev/null 2>&1")
     done
-    for port in "${ports[@]}"; do wait_port 127.0.0.1 "$port" 10 || return 1; done
+    for port in "${ports[@]}"; do
+        wait_port 127.0.0.1 "$port" 10 || { tail -20 "$dir/$port/redis.log" >&2; return 1; }
+    done
     redis-cli --cluster create "127.0.0.1:${ports[0]}" "127.0.0.1:${ports[1]}" "127.0.0.1:${ports[2]}" \
         --cluster-replicas 0 --cluster-yes >"$dir/create.log" 2>&1 || { cat "$dir/create.log" >&2; return 1; }
     deadline=$((SECONDS + 30))
