@@ -5,7 +5,7 @@
 //! and before the delivery is acknowledged: a crash between the two leaves the delivery
 //! unacknowledged, so the event is redelivered, never lost.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use futures::future::BoxFuture;
@@ -30,10 +30,14 @@ pub struct MemoryInbox {
     state: Mutex<InboxState>,
 }
 
+/// Ids are remembered per group number (groups are few; their names are looked up once per
+/// call, never copied), hashed with foldhash (the ids come from the broker, a keyed hash keeps
+/// collisions from being forced).
 #[derive(Debug, Default)]
 struct InboxState {
-    seen: HashSet<(String, Uuid)>,
-    order: VecDeque<(String, Uuid)>,
+    groups: HashMap<String, u32, foldhash::fast::RandomState>,
+    seen: HashSet<(u32, Uuid), foldhash::fast::RandomState>,
+    order: VecDeque<(u32, Uuid)>,
 }
 
 impl MemoryInbox {
@@ -78,14 +82,28 @@ impl Default for MemoryInbox {
 
 impl InboxStore for MemoryInbox {
     fn contains<'a>(&'a self, group: &'a str, id: Uuid) -> BoxFuture<'a, Result<bool, Error>> {
-        let found = self.lock().seen.contains(&(group.to_owned(), id));
+        let found = {
+            let state = self.lock();
+            state
+                .groups
+                .get(group)
+                .is_some_and(|&g| state.seen.contains(&(g, id)))
+        };
         Box::pin(async move { Ok(found) })
     }
 
     fn record<'a>(&'a self, group: &'a str, id: Uuid) -> BoxFuture<'a, Result<(), Error>> {
         let mut state = self.lock();
-        let entry = (group.to_owned(), id);
-        if state.seen.insert(entry.clone()) {
+        let g = match state.groups.get(group) {
+            Some(&g) => g,
+            None => {
+                let g = u32::try_from(state.groups.len()).unwrap_or(u32::MAX);
+                state.groups.insert(group.to_owned(), g);
+                g
+            }
+        };
+        let entry = (g, id);
+        if state.seen.insert(entry) {
             state.order.push_back(entry);
             while state.order.len() > self.capacity {
                 if let Some(old) = state.order.pop_front() {
