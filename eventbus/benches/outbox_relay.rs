@@ -178,6 +178,88 @@ async fn relay<DB: BenchDb>(
     concurrency: usize,
     postmaster: Option<u32>,
 ) -> Relay {
+    let outbox = fill(pool, n, keys, concurrency).await;
+    let backend = MemoryBackend::new();
+    let cpu = cpu_seconds(postmaster);
+    let started = Instant::now();
+    let dispatcher = outbox
+        .dispatcher(Arc::new(backend))
+        .start()
+        .expect("dispatcher");
+    while dispatcher.stats().published < n as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = started.elapsed();
+    let cpu = cpu_seconds(postmaster) - cpu;
+    dispatcher.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(outbox.backlog().await.expect("backlog").pending, 0);
+    Relay {
+        events_per_sec: n as f64 / elapsed.as_secs_f64(),
+        micros_per_event: elapsed.as_secs_f64() * 1e6 / n as f64,
+        cpu_micros_per_event: cpu * 1e6 / n as f64,
+    }
+}
+
+/// The raw baseline on PostgreSQL: the same backlog relayed by hand, one transaction per batch of
+/// 1 000: claim the oldest `PENDING` rows above the last id claimed (so the scan does not walk
+/// the index entries of rows already sent) `FOR UPDATE SKIP LOCKED`, hand them to the same
+/// in-memory backend, mark them `SENT`, commit. No per-key cut, no retries, no metrics: the
+/// floor any relay over this table pays.
+async fn raw_relay(pool: &Pool<Postgres>, n: usize, keys: usize, postmaster: Option<u32>) -> Relay {
+    use eventbus::backend::{Backend, Message, MessageHeaders};
+    fill(pool, n, keys, 1).await;
+    let backend = MemoryBackend::new();
+    let cpu = cpu_seconds(postmaster);
+    let started = Instant::now();
+    let mut relayed = 0;
+    let mut floor = 0i64;
+    while relayed < n {
+        let mut tx = pool.begin().await.expect("begin");
+        let rows: Vec<(i64, String, String, Option<String>, Vec<u8>)> = sqlx::query_as(
+            "SELECT id, topic, event_type, partition_key, payload FROM outbox \
+             WHERE state = 'PENDING' AND id > $1 ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(floor)
+        .fetch_all(&mut *tx)
+        .await
+        .expect("claim");
+        let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        floor = ids.last().copied().unwrap_or(floor);
+        let messages: Vec<Message> = rows
+            .into_iter()
+            .map(|(_, topic, event_type, key, payload)| Message {
+                topic,
+                key,
+                event_type,
+                headers: MessageHeaders::new(),
+                payload: payload.into(),
+            })
+            .collect();
+        relayed += messages.len();
+        backend.publish(messages).await.expect("publish");
+        sqlx::query("UPDATE outbox SET state = 'SENT', sent_at = now() WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .expect("mark");
+        tx.commit().await.expect("commit");
+    }
+    let elapsed = started.elapsed();
+    let cpu = cpu_seconds(postmaster) - cpu;
+    Relay {
+        events_per_sec: n as f64 / elapsed.as_secs_f64(),
+        micros_per_event: elapsed.as_secs_f64() * 1e6 / n as f64,
+        cpu_micros_per_event: cpu * 1e6 / n as f64,
+    }
+}
+
+/// Commits `n` events through the outbox, 1 000 per transaction; returns the outbox.
+async fn fill<DB: BenchDb>(
+    pool: &Pool<DB>,
+    n: usize,
+    keys: usize,
+    concurrency: usize,
+) -> Outbox<DB> {
     let outbox = Outbox::builder(pool.clone())
         .batch_size(1_000)
         .concurrency(concurrency)
@@ -200,25 +282,7 @@ async fn relay<DB: BenchDb>(
             .expect("enqueue");
         tx.commit().await.expect("commit");
     }
-    let backend = MemoryBackend::new();
-    let cpu = cpu_seconds(postmaster);
-    let started = Instant::now();
-    let dispatcher = outbox
-        .dispatcher(Arc::new(backend))
-        .start()
-        .expect("dispatcher");
-    while dispatcher.stats().published < n as u64 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let elapsed = started.elapsed();
-    let cpu = cpu_seconds(postmaster) - cpu;
-    dispatcher.shutdown(Duration::from_secs(10)).await;
-    assert_eq!(outbox.backlog().await.expect("backlog").pending, 0);
-    Relay {
-        events_per_sec: n as f64 / elapsed.as_secs_f64(),
-        micros_per_event: elapsed.as_secs_f64() * 1e6 / n as f64,
-        cpu_micros_per_event: cpu * 1e6 / n as f64,
-    }
+    outbox
 }
 
 /// Mean latency of `txs` sequential committed transactions doing a state change, with and
@@ -333,6 +397,16 @@ async fn run() {
         println!("postgres: skipped (DATABASE_URL not set)");
         return;
     };
+    {
+        let (pool, admin, name) = pg_pool(&url).await;
+        let pm = postmaster(&pool).await;
+        let small = raw_relay(&pool, n, keys, pm).await;
+        pg_drop(pool, &admin, &name).await;
+        let (pool, admin, name) = pg_pool(&url).await;
+        let large = raw_relay(&pool, n * 10, keys, pm).await;
+        pg_drop(pool, &admin, &name).await;
+        report("postgres raw claim+mark", n, &small, &large);
+    }
     for concurrency in [1, 2] {
         let label = format!("postgres (concurrency {concurrency})");
         let (pool, admin, name) = pg_pool(&url).await;
