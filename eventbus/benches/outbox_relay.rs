@@ -200,6 +200,9 @@ async fn relay<DB: BenchDb>(
     }
 }
 
+/// A row the raw relay claims: id, topic, event type, partition key, payload.
+type ClaimedRow = (i64, String, String, Option<String>, Vec<u8>);
+
 /// The raw baseline on PostgreSQL: the same backlog relayed by hand, one transaction per batch of
 /// 1 000: claim the oldest `PENDING` rows above the last id claimed (so the scan does not walk
 /// the index entries of rows already sent) `FOR UPDATE SKIP LOCKED`, hand them to the same
@@ -215,7 +218,7 @@ async fn raw_relay(pool: &Pool<Postgres>, n: usize, keys: usize, postmaster: Opt
     let mut floor = 0i64;
     while relayed < n {
         let mut tx = pool.begin().await.expect("begin");
-        let rows: Vec<(i64, String, String, Option<String>, Vec<u8>)> = sqlx::query_as(
+        let rows: Vec<ClaimedRow> = sqlx::query_as(
             "SELECT id, topic, event_type, partition_key, payload FROM outbox \
              WHERE state = 'PENDING' AND id > $1 ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED",
         )
