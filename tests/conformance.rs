@@ -1073,7 +1073,8 @@ async fn a_nacked_event_holds_back_its_key(b: &Under) {
         })
         .collect();
     let failing = events[3].id;
-    let seen: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
+    // (account, n, attempt) of each handling.
+    let seen: Arc<Mutex<Vec<(String, u32, u32)>>> = Arc::default();
     let s = seen.clone();
     let bus = Bus::builder()
         .backend_arc(backend)
@@ -1083,16 +1084,21 @@ async fn a_nacked_event_holds_back_its_key(b: &Under) {
         }))
         .catalog(&[eventbus::CatalogEntry::of::<Posted>()])
         .subscribe(
-            Subscription::new("ledger.posted", move |env: Envelope<Posted>| {
-                let s = s.clone();
-                async move {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    s.lock()
-                        .unwrap()
-                        .push((env.data.account.clone(), env.data.n));
-                    Ok(())
-                }
-            })
+            Subscription::new(
+                "ledger.posted",
+                move |ctx: Context, env: Envelope<Posted>| {
+                    let s = s.clone();
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        s.lock().unwrap().push((
+                            env.data.account.clone(),
+                            env.data.n,
+                            ctx.attempt(),
+                        ));
+                        Ok(())
+                    }
+                },
+            )
             .group(group("ledger"))
             .concurrency(4)
             .backoff(Backoff::schedule([Duration::from_millis(100)])),
@@ -1116,10 +1122,22 @@ async fn a_nacked_event_holds_back_its_key(b: &Under) {
         .lock()
         .unwrap()
         .iter()
-        .filter(|(account, _)| account == "acc-1")
-        .map(|(_, n)| *n)
+        .filter(|(account, _, _)| account == "acc-1")
+        .map(|(_, n, _)| *n)
         .collect();
     assert_eq!(of_key, vec![0, 1, 3, 4, 6, 7, 9, 10], "acc-1 in order");
+    // The held-back events were handed back unstarted: their first handling is attempt 1.
+    let retried: Vec<(u32, u32)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, n, attempt)| *n != 3 && *attempt != 1)
+        .map(|(_, n, attempt)| (*n, *attempt))
+        .collect();
+    assert!(
+        retried.is_empty(),
+        "attempts counted for events never started: {retried:?}"
+    );
     assert!(bus.stats().unsettled >= 1, "{:?}", bus.stats());
     bus.shutdown(Duration::from_secs(10)).await;
     publisher.shutdown(Duration::from_secs(10)).await;

@@ -150,16 +150,25 @@ impl ConsumerLoop {
             match step {
                 Step::Stop => {
                     stopping = true;
-                    // Deliveries not started are dropped unsettled: the backend redelivers them.
-                    pending.clear();
+                    // Deliveries not started go back to the backend, which redelivers them.
+                    for delivery in pending.drain(..) {
+                        delivery.acker.release();
+                    }
                 }
                 Step::Finished(Finished { key, handed_back }) => {
                     if let Some(key) = key {
                         if handed_back {
                             // The backend delivers it again: its key's later deliveries held
-                            // here must not overtake it. Dropped unsettled, they are
-                            // redelivered after it, in their order.
-                            pending.retain(|d| d.message.key.as_ref() != Some(&key));
+                            // here must not overtake it. Released unstarted, they are
+                            // redelivered after it, in their order, without an attempt counted.
+                            let held = std::mem::take(&mut pending);
+                            for delivery in held {
+                                if delivery.message.key.as_ref() == Some(&key) {
+                                    delivery.acker.release();
+                                } else {
+                                    pending.push_back(delivery);
+                                }
+                            }
                         }
                         busy.remove(&key);
                     }
@@ -189,8 +198,8 @@ impl ConsumerLoop {
     fn start(&self, delivery: Delivery) -> BoxFuture<'static, Finished> {
         let key = delivery.message.key.clone();
         if self.shared.is_stopping() {
-            // Stopping: leave it unsettled for redelivery rather than start new work.
-            drop(delivery);
+            // Stopping: hand it back for redelivery rather than start new work.
+            delivery.acker.release();
             return Box::pin(futures::future::ready(Finished {
                 key,
                 handed_back: true,

@@ -176,12 +176,16 @@ impl MemoryBackend {
         })
     }
 
-    /// Settles a delivery: `None` acknowledges it, `Some(state)` puts it back.
-    fn settle(&self, group: usize, tag: u64, requeue: Option<Option<RetryState>>) {
+    /// Settles a delivery: `None` acknowledges it, `Some(state)` puts it back (`state` from a
+    /// nack), counting an attempt when `counted` (a nack, or a delivery dropped unsettled; not
+    /// a delivery released unstarted).
+    fn settle(&self, group: usize, tag: u64, requeue: Option<Option<RetryState>>, counted: bool) {
         let mut state = self.lock();
+        let mut counted = counted;
         let requeue = match requeue {
             None if state.faults.lose_acks > 0 => {
                 state.faults.lose_acks -= 1;
+                counted = true;
                 Some(None)
             }
             other => other,
@@ -204,7 +208,9 @@ impl MemoryBackend {
             *count -= 1;
         }
         if let Some(retry) = requeue {
-            queued.redeliveries += 1;
+            if counted {
+                queued.redeliveries += 1;
+            }
             if let Some(retry) = retry {
                 queued.message.set_retry_state(&retry);
             }
@@ -234,21 +240,27 @@ struct MemoryAcker {
 impl Acknowledger for MemoryAcker {
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
         self.settled = true;
-        self.backend.settle(self.group, self.tag, None);
+        self.backend.settle(self.group, self.tag, None, false);
         Box::pin(async { Ok(()) })
     }
 
     fn nack(mut self: Box<Self>, state: RetryState) -> BoxFuture<'static, Result<(), Error>> {
         self.settled = true;
-        self.backend.settle(self.group, self.tag, Some(Some(state)));
+        self.backend
+            .settle(self.group, self.tag, Some(Some(state)), true);
         Box::pin(async { Ok(()) })
+    }
+
+    fn release(mut self: Box<Self>) {
+        self.settled = true;
+        self.backend.settle(self.group, self.tag, Some(None), false);
     }
 }
 
 impl Drop for MemoryAcker {
     fn drop(&mut self) {
         if !self.settled {
-            self.backend.settle(self.group, self.tag, Some(None));
+            self.backend.settle(self.group, self.tag, Some(None), true);
         }
     }
 }

@@ -166,6 +166,12 @@ pub trait Acknowledger: Send + Sync + 'static {
     /// The message was not processed: deliver it again soon, carrying its retry state.
     fn nack(self: Box<Self>, state: RetryState) -> BoxFuture<'static, Result<(), Error>>;
 
+    /// Hands back a delivery that was never started (the consumer held it behind an earlier
+    /// delivery of its key that went back to the backend, or it is stopping): the backend
+    /// delivers it again, in its order, without counting an attempt. The default drops it, which
+    /// the backend takes as abandoned (and may count).
+    fn release(self: Box<Self>) {}
+
     /// Whether [`Acknowledger::defer`] is durable in the backend (survives a restart). When it
     /// is not, the consumer waits in-process without blocking other deliveries, then nacks.
     fn can_defer(&self) -> bool {

@@ -58,21 +58,24 @@ impl Drop for StreamReader {
 /// How long a reader on a cluster pauses when its partitions had nothing new.
 const CLUSTER_POLL: Duration = Duration::from_millis(20);
 
-/// An entry to deliver again: its stream, its id's (ms, seq) order, its id.
-type Queued = (String, (u64, u64), String);
+/// An entry to deliver again: its stream, its id's (ms, seq) order, its id, and whether the
+/// delivery it comes back from counts as an attempt (a nack does; a delivery dropped unsettled,
+/// which may never have been started, does not).
+type Queued = (String, (u64, u64), String, bool);
 
 /// Entries to deliver again, by stream, in id order.
 #[derive(Default)]
 pub(super) struct Redeliver(Mutex<BTreeSet<Queued>>);
 
 impl Redeliver {
-    fn push(&self, stream: &str, id: &str) {
+    fn push(&self, stream: &str, id: &str, counted: bool) {
         let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
         let order = (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0));
         self.0.lock().unwrap_or_else(|p| p.into_inner()).insert((
             stream.to_owned(),
             order,
             id.to_owned(),
+            counted,
         ));
     }
 
@@ -82,22 +85,24 @@ impl Redeliver {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(stream, _, _)| stream.clone())
+            .map(|(stream, _, _, _)| stream.clone())
             .collect()
     }
 
-    /// Takes every entry queued for `stream`, in id order.
-    fn take(&self, stream: &str) -> Vec<String> {
+    /// Takes every entry queued for `stream`, in id order, with whether it counts as an attempt.
+    fn take(&self, stream: &str) -> Vec<(String, bool)> {
         let mut queued = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let mine: Vec<_> = queued
             .iter()
-            .filter(|(s, _, _)| s == stream)
+            .filter(|(s, _, _, _)| s == stream)
             .cloned()
             .collect();
         for entry in &mine {
             queued.remove(entry);
         }
-        mine.into_iter().map(|(_, _, id)| id).collect()
+        mine.into_iter()
+            .map(|(_, _, id, counted)| (id, counted))
+            .collect()
     }
 }
 
@@ -474,7 +479,14 @@ impl StreamReader {
         if streams.is_empty() {
             return;
         }
-        self.buffer.retain(|(stream, _)| !streams.contains(stream));
+        let buffered = std::mem::take(&mut self.buffer);
+        for (stream, delivery) in buffered {
+            if streams.contains(&stream) {
+                delivery.acker.release();
+            } else {
+                self.buffer.push_back((stream, delivery));
+            }
+        }
     }
 
     /// One step of a reader that holds partitions: beat when due, claim what a takeover or a
@@ -517,8 +529,8 @@ impl StreamReader {
             }
             if let Err(error) = self.claim_again(stream, token, &ids).await {
                 // Still owed: queued again, delivered before anything newer once Redis answers.
-                for id in &ids {
-                    self.redeliver.push(stream, id);
+                for (id, counted) in &ids {
+                    self.redeliver.push(stream, id, *counted);
                 }
                 return Err(error);
             }
@@ -634,27 +646,57 @@ impl StreamReader {
     }
 
     /// Claims entries of a held partition again (they were nacked or dropped here) to deliver
-    /// them before anything newer.
+    /// them before anything newer, in id order. A nacked entry's delivery count goes up (an
+    /// attempt); a dropped one's does not (`XCLAIM ... JUSTID`, then its fields read back).
     async fn claim_again(
         &mut self,
         stream: &str,
         token: &str,
-        ids: &[String],
+        ids: &[(String, bool)],
     ) -> Result<(), Error> {
         let script = redis::Script::new(FENCED_CLAIM);
-        let mut call = script.key(Keys::lease(stream, &self.group));
-        call.key(stream)
-            .arg(token)
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg(ids);
-        if let Some(reply) = self
-            .fenced::<StreamClaimReply>(stream, call, "XCLAIM")
-            .await?
-        {
-            self.push_claimed(stream, &reply.ids).await?;
+        let counted: Vec<&String> = ids.iter().filter(|(_, c)| *c).map(|(id, _)| id).collect();
+        let uncounted: Vec<&String> = ids.iter().filter(|(_, c)| !*c).map(|(id, _)| id).collect();
+        let mut claimed: Vec<StreamId> = Vec::new();
+        if !counted.is_empty() {
+            let mut call = script.key(Keys::lease(stream, &self.group));
+            call.key(stream)
+                .arg(token)
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(&counted);
+            match self
+                .fenced::<StreamClaimReply>(stream, call, "XCLAIM")
+                .await?
+            {
+                Some(reply) => claimed.extend(reply.ids),
+                None => return Ok(()),
+            }
         }
-        Ok(())
+        if !uncounted.is_empty() {
+            let mut call = script.key(Keys::lease(stream, &self.group));
+            call.key(stream)
+                .arg(token)
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(&uncounted)
+                .arg("JUSTID");
+            let Some(kept) = self.fenced::<Vec<String>>(stream, call, "XCLAIM").await? else {
+                return Ok(());
+            };
+            for id in kept {
+                let read: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                    .arg(stream)
+                    .arg(&id)
+                    .arg(&id)
+                    .query_async(&mut self.inner.conn())
+                    .await
+                    .map_err(redis_error("XRANGE"))?;
+                claimed.extend(read.ids);
+            }
+        }
+        claimed.sort_by_key(|e| super::entry_order(&e.id));
+        self.push_claimed(stream, &claimed).await
     }
 
     /// Reads new entries of a held partition under its lease.
@@ -819,6 +861,7 @@ impl StreamReader {
                     fence: held.map(|token| (Keys::lease(stream, &self.group), token.to_owned())),
                     redeliver: held.map(|_| self.redeliver.clone()),
                     settled: false,
+                    released: false,
                 })
             },
         }
@@ -837,6 +880,8 @@ struct RedisAcker {
     /// Where an entry of a held partition goes when it is given back unfinished.
     redeliver: Option<Arc<Redeliver>>,
     settled: bool,
+    /// Handed back unstarted ([`Acknowledger::release`]): not an attempt.
+    released: bool,
 }
 
 impl Drop for RedisAcker {
@@ -846,7 +891,7 @@ impl Drop for RedisAcker {
     fn drop(&mut self) {
         if !self.settled {
             if let Some(redeliver) = &self.redeliver {
-                redeliver.push(&self.stream, &self.id);
+                redeliver.push(&self.stream, &self.id, !self.released);
             }
         }
         self.in_flight.remove(&self.stream, &self.id);
@@ -872,6 +917,12 @@ impl Acknowledger for RedisAcker {
     fn nack(self: Box<Self>, _state: RetryState) -> BoxFuture<'static, Result<(), Error>> {
         drop(self);
         Box::pin(async { Ok(()) })
+    }
+
+    /// Queued for redelivery by this reader, without counting an attempt (on a held
+    /// partition); otherwise left pending like a dropped delivery.
+    fn release(mut self: Box<Self>) {
+        self.released = true;
     }
 
     fn can_defer(&self) -> bool {

@@ -834,7 +834,7 @@ fn is_entry_id(id: &str) -> bool {
 }
 
 /// The (ms, seq) order of an entry id.
-fn entry_order(id: &str) -> (u64, u64) {
+pub(super) fn entry_order(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
