@@ -71,26 +71,25 @@ impl Under {
     }
 
     fn redis() -> Option<Under> {
-        let url = require_server("EVENTBUS_REDIS_URL", "conformance_redis")?;
-        Some(Under {
-            kind: Kind::Redis {
-                url,
-                prefix: unique_prefix("conf"),
-                cluster: false,
-            },
-            features: Features {
-                order_across_members: true,
-            },
-        })
+        Under::redis_at("EVENTBUS_REDIS_URL", "conformance_redis", false)
     }
 
     fn redis_cluster() -> Option<Under> {
-        let url = require_server("EVENTBUS_REDIS_CLUSTER_URL", "conformance_redis_cluster")?;
+        Under::redis_at(
+            "EVENTBUS_REDIS_CLUSTER_URL",
+            "conformance_redis_cluster",
+            true,
+        )
+    }
+
+    /// Redis at the URL in `var` (a cluster node when `cluster`), under a fresh prefix.
+    fn redis_at(var: &str, marker: &str, cluster: bool) -> Option<Under> {
+        let url = require_server(var, marker)?;
         Some(Under {
             kind: Kind::Redis {
                 url,
                 prefix: unique_prefix("conf"),
-                cluster: true,
+                cluster,
             },
             features: Features {
                 order_across_members: true,
@@ -984,14 +983,7 @@ async fn per_key_order_across_three_members_through_a_crash(b: &Under) {
         members.iter().map(|m| m.stats()).collect::<Vec<_>>()
     );
     for (account, ns) in seen.lock().unwrap().iter() {
-        // A run the crash cut short may have recorded its event before being aborted: only
-        // the first run of each event counts.
-        let mut first = Vec::new();
-        for n in ns {
-            if !first.contains(n) {
-                first.push(*n);
-            }
-        }
+        let first = eventbus_integration::first_runs(ns);
         if b.features.order_across_members {
             assert!(
                 first.windows(2).all(|w| w[0] < w[1]),

@@ -280,12 +280,7 @@ async fn a_cluster_master_restart_in_the_middle_of_4000_events_loses_none() {
         members.iter().map(|m| m.stats()).collect::<Vec<_>>()
     );
     for (account, ns) in seen.lock().unwrap().iter() {
-        let mut first = Vec::new();
-        for n in ns {
-            if !first.contains(n) {
-                first.push(*n);
-            }
-        }
+        let first = eventbus_integration::first_runs(ns);
         assert!(
             first.windows(2).all(|w| w[0] < w[1]),
             "{account} out of order: {first:?}"

@@ -64,15 +64,16 @@ fn config(url: &str, prefix: &str, partitions: u32) -> RedisConfig {
     config
 }
 
-/// The same job by hand: encode, hash the key, pipeline the `XADD`s to the partition streams.
-async fn raw_xadd(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> Duration {
+/// The same job by hand: encode, hash the key, pipeline the `XADD`s to the partition streams
+/// `{streams}#{p}`.
+async fn raw_xadd(conn: &mut redis::aio::MultiplexedConnection, streams: &str) -> Duration {
     let start = Instant::now();
     let mut n = 0;
     while n < EVENTS {
         let mut pipe = redis::pipe();
         for i in n..n + BATCH as u64 {
             let event = order(i);
-            let stream = format!("{prefix}:raw#{}", partition_of(&event.customer, PARTITIONS));
+            let stream = format!("{streams}#{}", partition_of(&event.customer, PARTITIONS));
             let payload = Envelope::new(event.clone()).encode().unwrap();
             pipe.cmd("XADD")
                 .arg(stream)
@@ -216,30 +217,7 @@ async fn members_consume(url: &str, base: &str, members: usize) -> Duration {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let start = Instant::now();
-    let mut n = 0;
-    while n < EVENTS {
-        let mut pipe = redis::pipe();
-        for i in n..n + BATCH as u64 {
-            let event = order(i);
-            let stream = format!(
-                "{prefix}:events:bench.order#{}",
-                partition_of(&event.customer, PARTITIONS)
-            );
-            let payload = Envelope::new(event.clone()).encode().unwrap();
-            pipe.cmd("XADD")
-                .arg(stream)
-                .arg("*")
-                .arg("type")
-                .arg("bench.order")
-                .arg("key")
-                .arg(&event.customer)
-                .arg("payload")
-                .arg(payload)
-                .ignore();
-        }
-        pipe.query_async::<()>(&mut conn).await.unwrap();
-        n += BATCH as u64;
-    }
+    raw_xadd(&mut conn, &format!("{prefix}:events:bench.order")).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     while handled.load(Ordering::Relaxed) < EVENTS {
         assert!(
@@ -328,7 +306,7 @@ fn main() {
         let client = redis::Client::open(url.as_str()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
 
-        let a = raw_xadd(&mut conn, &prefix).await;
+        let a = raw_xadd(&mut conn, &format!("{prefix}:raw")).await;
         let partitioned = RedisBackend::connect(config(&url, &prefix, PARTITIONS)).await.unwrap();
         let b = bus_publish(&partitioned).await;
         let single = RedisBackend::connect(config(&url, &format!("{prefix}-single"), 1)).await.unwrap();

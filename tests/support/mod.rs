@@ -228,3 +228,15 @@ pub fn restart_redis_cluster_node(port: u16) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The events of one key in the order their first run finished: a run that a crash cut short
+/// may have recorded its event before being aborted, and its rerun then counts for nothing.
+pub fn first_runs(runs: &[u32]) -> Vec<u32> {
+    let mut first = Vec::new();
+    for n in runs {
+        if !first.contains(n) {
+            first.push(*n);
+        }
+    }
+    first
+}

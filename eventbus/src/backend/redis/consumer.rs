@@ -175,6 +175,17 @@ impl StreamReader {
         })
     }
 
+    /// Whether a claim pass is due (every `claim_interval`); starts the next interval when so.
+    fn claim_due(&mut self) -> bool {
+        let due = self
+            .last_claim
+            .is_none_or(|t| t.elapsed() >= self.inner.config.claim_interval);
+        if due {
+            self.last_claim = Some(Instant::now());
+        }
+        due
+    }
+
     /// Streams in the registry whose event types match the pattern.
     async fn registered_streams(&self) -> Result<Vec<String>, Error> {
         let members: Vec<String> = redis::cmd("SMEMBERS")
@@ -203,11 +214,7 @@ impl StreamReader {
                 self.next_exclusive().await?;
                 continue;
             }
-            let claim_due = self
-                .last_claim
-                .is_none_or(|t| t.elapsed() >= self.inner.config.claim_interval);
-            if claim_due {
-                self.last_claim = Some(Instant::now());
+            if self.claim_due() {
                 self.claim().await?;
                 continue;
             }
@@ -261,16 +268,10 @@ impl StreamReader {
         else {
             return Ok(None);
         };
-        let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(stream)
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_error("XINFO GROUPS"))?;
-        let Some(read) = groups
-            .iter()
-            .find(|g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n.as_slice() == self.group.as_bytes()))
-            .and_then(|g| number(g, "entries-read"))
+        let Some(read) = self
+            .own_group_info(stream)
+            .await?
+            .and_then(|g| number(&g, "entries-read"))
         else {
             return Ok(None);
         };
@@ -538,11 +539,7 @@ impl StreamReader {
         if !self.buffer.is_empty() {
             return Ok(());
         }
-        let claim_due = self
-            .last_claim
-            .is_none_or(|t| t.elapsed() >= self.inner.config.claim_interval);
-        if claim_due {
-            self.last_claim = Some(Instant::now());
+        if self.claim_due() {
             self.claim().await?;
             let idle = self.inner.config.claim_idle.as_millis() as u64;
             for (stream, _) in &readable {
@@ -812,17 +809,27 @@ impl StreamReader {
         }
     }
 
-    /// The id of the last entry `stream` handed to the group (`0-0` when none).
-    async fn group_last_id(&self, stream: &str) -> Result<String, Error> {
+    /// This reader's group as `XINFO GROUPS` describes it on `stream` (`None`: no such group).
+    async fn own_group_info(
+        &self,
+        stream: &str,
+    ) -> Result<Option<HashMap<String, redis::Value>>, Error> {
         let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
             .arg("GROUPS")
             .arg(stream)
             .query_async(&mut self.inner.conn())
             .await
             .map_err(redis_error("XINFO GROUPS"))?;
-        Ok(groups
-            .iter()
-            .find(|g| matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n.as_slice() == self.group.as_bytes()))
+        Ok(groups.into_iter().find(|g| {
+            matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n.as_slice() == self.group.as_bytes())
+        }))
+    }
+
+    /// The id of the last entry `stream` handed to the group (`0-0` when none).
+    async fn group_last_id(&self, stream: &str) -> Result<String, Error> {
+        Ok(self
+            .own_group_info(stream)
+            .await?
             .and_then(|g| match g.get("last-delivered-id") {
                 Some(redis::Value::BulkString(id)) => String::from_utf8(id.clone()).ok(),
                 Some(redis::Value::SimpleString(id)) => Some(id.clone()),
