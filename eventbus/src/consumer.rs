@@ -235,10 +235,12 @@ impl ConsumerLoop {
                 }
             };
             shared.count(&outcome);
-            metrics.outcome(&cx.message.topic, &cx.group, outcome.label());
-            if let (Outcome::Handled, Some(envelope)) = (&outcome, &cx.envelope) {
-                let age = (clock.now() - envelope.time).to_std().unwrap_or_default();
-                metrics.consumer_lag(&cx.message.topic, age);
+            match (&outcome, &cx.envelope) {
+                (Outcome::Handled, Some(envelope)) => {
+                    let age = (clock.now() - envelope.time).to_std().unwrap_or_default();
+                    metrics.handled(&cx.message.topic, &cx.group, age);
+                }
+                _ => metrics.outcome(&cx.message.topic, &cx.group, outcome.label()),
             }
             let mut handed_back = false;
             let settled = match outcome {

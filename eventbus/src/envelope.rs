@@ -45,6 +45,7 @@ pub struct Envelope<T> {
     /// The service that produced it.
     pub source: String,
     /// When it was produced, RFC 3339 UTC.
+    #[serde(with = "crate::rfc3339")]
     pub time: DateTime<Utc>,
     /// Schema version of `data`.
     pub version: u32,

@@ -5,7 +5,7 @@
 //! and before the delivery is acknowledged: a crash between the two leaves the delivery
 //! unacknowledged, so the event is redelivered, never lost.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use futures::future::BoxFuture;
@@ -21,7 +21,9 @@ pub trait InboxStore: Send + Sync + 'static {
     fn record<'a>(&'a self, group: &'a str, id: Uuid) -> BoxFuture<'a, Result<(), Error>>;
 }
 
-/// An in-process inbox, bounded: beyond `capacity` ids the oldest are forgotten.
+/// An in-process inbox, bounded: it remembers at most `capacity` ids and at least the last
+/// half of them. Ids are kept in two generations of `capacity / 2`: when the newer one is
+/// full, the older one is forgotten at once, so recording an id never pays for evicting one.
 ///
 /// Dedupe holds within one process only; use the Redis or SQL inbox across processes.
 #[derive(Debug)]
@@ -36,8 +38,16 @@ pub struct MemoryInbox {
 #[derive(Debug, Default)]
 struct InboxState {
     groups: HashMap<String, u32, foldhash::fast::RandomState>,
-    seen: HashSet<(u32, Uuid), foldhash::fast::RandomState>,
-    order: VecDeque<(u32, Uuid)>,
+    /// The generation being filled.
+    current: HashSet<(u32, Uuid), foldhash::fast::RandomState>,
+    /// The generation before it, forgotten when `current` is full.
+    previous: HashSet<(u32, Uuid), foldhash::fast::RandomState>,
+}
+
+impl InboxState {
+    fn contains(&self, entry: &(u32, Uuid)) -> bool {
+        self.current.contains(entry) || self.previous.contains(entry)
+    }
 }
 
 impl MemoryInbox {
@@ -59,7 +69,8 @@ impl MemoryInbox {
 
     /// Number of remembered ids.
     pub fn len(&self) -> usize {
-        self.lock().seen.len()
+        let state = self.lock();
+        state.current.len() + state.previous.len()
     }
 
     /// Whether nothing is remembered.
@@ -87,7 +98,7 @@ impl InboxStore for MemoryInbox {
             state
                 .groups
                 .get(group)
-                .is_some_and(|&g| state.seen.contains(&(g, id)))
+                .is_some_and(|&g| state.contains(&(g, id)))
         };
         Box::pin(async move { Ok(found) })
     }
@@ -103,13 +114,11 @@ impl InboxStore for MemoryInbox {
             }
         };
         let entry = (g, id);
-        if state.seen.insert(entry) {
-            state.order.push_back(entry);
-            while state.order.len() > self.capacity {
-                if let Some(old) = state.order.pop_front() {
-                    state.seen.remove(&old);
-                }
+        if !state.contains(&entry) {
+            if state.current.len() >= self.capacity.div_ceil(2) {
+                state.previous = std::mem::take(&mut state.current);
             }
+            state.current.insert(entry);
         }
         Box::pin(async { Ok(()) })
     }
@@ -129,6 +138,7 @@ mod tests {
             assert!(!inbox.contains("g2", a).await.unwrap());
             inbox.record("g1", b).await.unwrap();
             inbox.record("g1", c).await.unwrap();
+            assert!(inbox.contains("g1", b).await.unwrap());
             assert_eq!(inbox.len(), 2);
             assert!(!inbox.contains("g1", a).await.unwrap());
             assert!(inbox.contains("g1", c).await.unwrap());

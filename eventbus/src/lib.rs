@@ -77,6 +77,7 @@ pub mod testing;
 mod consumer;
 #[cfg(any(feature = "redis", feature = "kafka"))]
 mod redact;
+mod rfc3339;
 
 pub use bus::{Bus, BusBuilder, ShutdownReport};
 pub use context::Context;

@@ -167,7 +167,7 @@ impl Publisher {
         if !envelope.headers.contains_key(TRACEPARENT) {
             envelope
                 .headers
-                .insert(TRACEPARENT.to_owned(), TraceParent::new_root().to_header());
+                .insert(TRACEPARENT.to_owned(), TraceParent::new_root_header());
         }
         let key = envelope.data.partition_key();
         let payload = envelope.encode()?;

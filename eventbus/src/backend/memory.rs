@@ -56,7 +56,18 @@ struct State {
 #[derive(Default)]
 struct TopicLog {
     next_offset: u64,
-    entries: VecDeque<StoredMessage>,
+    /// Retained messages with their offsets, oldest first; shared with the groups' queues, so
+    /// a publish copies no message.
+    entries: VecDeque<(u64, Arc<Message>)>,
+}
+
+impl TopicLog {
+    fn stored((offset, message): &(u64, Arc<Message>)) -> StoredMessage {
+        StoredMessage {
+            id: offset.to_string(),
+            message: Message::clone(message),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -70,7 +81,7 @@ struct Group {
 #[derive(Clone)]
 struct Queued {
     seq: u64,
-    message: Message,
+    message: Arc<Message>,
     redeliveries: u32,
 }
 
@@ -137,7 +148,7 @@ impl MemoryBackend {
         self.lock()
             .topics
             .get(topic)
-            .map(|log| log.entries.iter().cloned().collect())
+            .map(|log| log.entries.iter().map(TopicLog::stored).collect())
             .unwrap_or_default()
     }
 
@@ -160,13 +171,15 @@ impl MemoryBackend {
             g.key_owner.entry(key.clone()).or_insert((member, 0)).1 += 1;
         }
         *g.member_unacked.entry(member).or_insert(0) += 1;
-        g.unacked.insert(tag, (member, queued.clone()));
+        let redeliveries = queued.redeliveries;
+        let message = Message::clone(&queued.message);
+        g.unacked.insert(tag, (member, queued));
         state.next_tag += 1;
         drop(state);
         self.shared.activity.fetch_add(1, Ordering::SeqCst);
         Some(Delivery {
-            redeliveries: queued.redeliveries,
-            message: queued.message,
+            redeliveries,
+            message,
             acker: Box::new(MemoryAcker {
                 backend: self.clone(),
                 group,
@@ -212,7 +225,7 @@ impl MemoryBackend {
                 queued.redeliveries += 1;
             }
             if let Some(retry) = retry {
-                queued.message.set_retry_state(&retry);
+                Arc::make_mut(&mut queued.message).set_retry_state(&retry);
             }
             let at = g.queue.partition_point(|q| q.seq < queued.seq);
             g.queue.insert(at, queued);
@@ -303,13 +316,13 @@ impl Backend for MemoryBackend {
                         // nack, defer and `deliver_to_group`, never with a published message.
                         message.strip_internal_headers();
                     }
-                    let log = topics.entry(message.topic.clone()).or_default();
-                    let id = log.next_offset.to_string();
+                    let message = Arc::new(message);
+                    let log = match topics.get_mut(&message.topic) {
+                        Some(log) => log,
+                        None => topics.entry(message.topic.clone()).or_default(),
+                    };
+                    log.entries.push_back((log.next_offset, message.clone()));
                     log.next_offset += 1;
-                    log.entries.push_back(StoredMessage {
-                        id,
-                        message: message.clone(),
-                    });
                     if log.entries.len() > Self::DEFAULT_RETENTION {
                         log.entries.pop_front();
                     }
@@ -412,7 +425,7 @@ impl BackendAdmin for MemoryBackend {
                 .filter(|((name, _), _)| name == group)
                 .map(|(_, &id)| id)
                 .collect();
-            for message in &messages {
+            for message in messages.into_iter().map(Arc::new) {
                 for &target in &targets {
                     state.next_seq += 1;
                     let seq = state.next_seq;
@@ -456,8 +469,7 @@ impl BackendAdmin for MemoryBackend {
                 return Page::default();
             };
             let start = after.map_or(0, |after| {
-                log.entries
-                    .partition_point(|m| m.id.parse::<u64>().unwrap_or(0) <= after)
+                log.entries.partition_point(|(offset, _)| *offset <= after)
             });
             let limit = limit.clamp(1, MAX_PAGE);
             let messages: Vec<StoredMessage> = log
@@ -465,7 +477,7 @@ impl BackendAdmin for MemoryBackend {
                 .iter()
                 .skip(start)
                 .take(limit)
-                .cloned()
+                .map(TopicLog::stored)
                 .collect();
             let next = (start + messages.len() < log.entries.len())
                 .then(|| messages.last().map(|m| Cursor(m.id.clone())))
@@ -488,8 +500,8 @@ impl BackendAdmin for MemoryBackend {
                 .map(|log| {
                     log.entries
                         .iter()
-                        .filter(|m| ids.contains(&m.id))
-                        .cloned()
+                        .filter(|(offset, _)| ids.iter().any(|id| id.parse() == Ok(*offset)))
+                        .map(TopicLog::stored)
                         .collect()
                 })
                 .unwrap_or_default()
@@ -512,7 +524,8 @@ impl BackendAdmin for MemoryBackend {
             match state.topics.get_mut(topic) {
                 Some(log) => {
                     let before = log.entries.len();
-                    log.entries.retain(|m| !ids.contains(&m.id));
+                    log.entries
+                        .retain(|(offset, _)| !ids.iter().any(|id| id.parse() == Ok(*offset)));
                     before - log.entries.len()
                 }
                 None => 0,

@@ -20,7 +20,8 @@
 //! | `event_parked_keys` | gauge | `service`, `topic`, `group` (keys parked by `park_keys`) |
 //! | `event_park_overflow_total` | counter | `service`, `topic`, `group` (keys not parked: the cap was reached) |
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -99,7 +100,21 @@ pub struct Metrics {
     park_overflow: Family<GroupLabels, Counter>,
     /// Backends whose own counters are exported at every scrape.
     backends: Mutex<Vec<Arc<dyn crate::backend::Backend>>>,
+    /// The series every delivery touches, by topic then group: looked up without building a
+    /// label set (four `String`s) per event.
+    per_delivery: RwLock<FoldMap<String, FoldMap<String, Arc<DeliverySeries>>>>,
 }
+
+/// Handles on the series one (topic, group) pair updates for every delivery. The handles share
+/// their values with the families they came from.
+struct DeliverySeries {
+    handled: Counter,
+    failed: Counter,
+    handler_duration: Histogram,
+    consumer_lag_seconds: FloatGauge,
+}
+
+type FoldMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -133,6 +148,7 @@ impl Metrics {
             payload_omitted: Family::default(),
             park_overflow: Family::default(),
             backends: Mutex::new(Vec::new()),
+            per_delivery: RwLock::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -286,8 +302,56 @@ impl Metrics {
             .inc();
     }
 
+    /// The per-delivery series of `topic` and `group`, created on first use.
+    fn series(&self, topic: &str, group: &str) -> Arc<DeliverySeries> {
+        {
+            let cache = self.per_delivery.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(series) = cache.get(topic).and_then(|groups| groups.get(group)) {
+                return series.clone();
+            }
+        }
+        let labels = self.group(topic, group);
+        let series = Arc::new(DeliverySeries {
+            handled: self
+                .handled
+                .get_or_create(&OutcomeLabels {
+                    service: self.service.clone(),
+                    topic: topic.to_owned(),
+                    group: group.to_owned(),
+                    outcome: "handled".to_owned(),
+                })
+                .clone(),
+            failed: self.failed.get_or_create(&labels).clone(),
+            handler_duration: self.handler_duration.get_or_create(&labels).clone(),
+            consumer_lag_seconds: self
+                .consumer_lag_seconds
+                .get_or_create(&self.topic(topic))
+                .clone(),
+        });
+        let mut cache = self.per_delivery.write().unwrap_or_else(|p| p.into_inner());
+        cache
+            .entry(topic.to_owned())
+            .or_default()
+            .entry(group.to_owned())
+            .or_insert(series)
+            .clone()
+    }
+
+    /// Counts a handled delivery of `topic` in `group` and sets the topic's consumer lag to
+    /// `age` (how old the event was when handled): [`outcome`](Self::outcome) and
+    /// [`consumer_lag`](Self::consumer_lag) in one look-up.
+    pub fn handled(&self, topic: &str, group: &str, age: Duration) {
+        let series = self.series(topic, group);
+        series.handled.inc();
+        series.consumer_lag_seconds.set(age.as_secs_f64());
+    }
+
     /// Counts a delivery's final outcome.
     pub fn outcome(&self, topic: &str, group: &str, outcome: &str) {
+        if outcome == "handled" {
+            self.series(topic, group).handled.inc();
+            return;
+        }
         self.handled
             .get_or_create(&OutcomeLabels {
                 service: self.service.clone(),
@@ -305,12 +369,10 @@ impl Metrics {
 
     /// Records one handler call.
     pub fn handler_call(&self, topic: &str, group: &str, duration: Duration, failed: bool) {
-        let labels = self.group(topic, group);
-        self.handler_duration
-            .get_or_create(&labels)
-            .observe(duration.as_secs_f64());
+        let series = self.series(topic, group);
+        series.handler_duration.observe(duration.as_secs_f64());
         if failed {
-            self.failed.get_or_create(&labels).inc();
+            series.failed.inc();
         }
     }
 
@@ -321,6 +383,17 @@ impl Metrics {
 
     /// Sets the age of the last handled event of `topic`.
     pub fn consumer_lag(&self, topic: &str, age: Duration) {
+        let cached = {
+            let cache = self.per_delivery.read().unwrap_or_else(|p| p.into_inner());
+            cache
+                .get(topic)
+                .and_then(|groups| groups.values().next())
+                .map(|series| series.consumer_lag_seconds.clone())
+        };
+        if let Some(gauge) = cached {
+            gauge.set(age.as_secs_f64());
+            return;
+        }
         self.consumer_lag_seconds
             .get_or_create(&self.topic(topic))
             .set(age.as_secs_f64());

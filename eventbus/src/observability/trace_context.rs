@@ -18,14 +18,25 @@ pub struct TraceParent {
 
 /// `bytes` random bytes (at most 16) as lowercase hex, never all zeros.
 fn hex(bytes: usize) -> String {
-    let bits = bytes.min(16) * 8;
+    let mut out = String::with_capacity(32);
+    push_random_hex(&mut out, bytes);
+    out
+}
+
+/// Appends `bytes` random bytes (at most 16) as lowercase hex, never all zeros.
+fn push_random_hex(out: &mut String, bytes: usize) {
+    let digits = bytes.min(16) * 2;
+    let bits = digits * 4;
     let mask = if bits == 128 {
         u128::MAX
     } else {
         (1u128 << bits) - 1
     };
     let value = (fastrand::u128(..) & mask).max(1);
-    format!("{value:0width$x}", width = bytes.min(16) * 2)
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(char::from(DIGITS[((value >> (i * 4)) & 0xf) as usize]));
+    }
 }
 
 fn is_hex_id(s: &str, len: usize) -> bool {
@@ -73,6 +84,18 @@ impl TraceParent {
         }
     }
 
+    /// The header value of a [new sampled trace](Self::new_root), built without the
+    /// intermediate ids: what the publisher stamps on every event published outside a trace.
+    pub fn new_root_header() -> String {
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        push_random_hex(&mut out, 16);
+        out.push('-');
+        push_random_hex(&mut out, 8);
+        out.push_str("-01");
+        out
+    }
+
     /// The header value.
     pub fn to_header(&self) -> String {
         format!("00-{}-{}-{:02x}", self.trace_id, self.parent_id, self.flags)
@@ -82,6 +105,15 @@ impl TraceParent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_root_header_parses_as_a_sampled_trace() {
+        let header = TraceParent::new_root_header();
+        let parsed = TraceParent::parse(&header).expect("valid traceparent");
+        assert_eq!(parsed.to_header(), header);
+        assert_eq!(parsed.flags, 1);
+        assert_ne!(TraceParent::new_root_header(), header);
+    }
 
     #[test]
     fn round_trips_and_rejects_garbage() {
