@@ -27,6 +27,8 @@ struct Tick {
 
 const EVENTS: u64 = 50_000;
 const BATCH: usize = 100;
+/// Events published one by one (each awaited): fewer, since each costs a round trip.
+const ONE_BY_ONE: u64 = 10_000;
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -47,13 +49,19 @@ fn rate(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
-/// The same job by hand: build and encode each envelope, pipeline the `XADD`s.
-async fn raw_xadd(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> Duration {
+/// The same job by hand: build and encode each envelope, pipeline the `XADD`s, `batch` per
+/// round trip (1: each `XADD` awaited before the next).
+async fn raw_xadd(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    events: u64,
+    batch: u64,
+) -> Duration {
     let start = Instant::now();
     let mut n = 0;
-    while n < EVENTS {
+    while n < events {
         let mut pipe = redis::pipe();
-        for i in n..n + BATCH as u64 {
+        for i in n..n + batch {
             let payload = Envelope::new(tick(i)).encode().unwrap();
             pipe.cmd("XADD")
                 .arg(stream)
@@ -65,7 +73,17 @@ async fn raw_xadd(conn: &mut redis::aio::MultiplexedConnection, stream: &str) ->
                 .ignore();
         }
         pipe.query_async::<()>(conn).await.unwrap();
-        n += BATCH as u64;
+        n += batch;
+    }
+    start.elapsed()
+}
+
+/// `bus.publish` of each event, awaited before the next.
+async fn bus_publish_one_by_one(bus: &Bus, events: u64) -> Duration {
+    let publisher = bus.publisher();
+    let start = Instant::now();
+    for i in 0..events {
+        publisher.publish(tick(i)).await.unwrap();
     }
     start.elapsed()
 }
@@ -242,9 +260,11 @@ fn main() {
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         let raw_stream = format!("{prefix}:raw");
 
-        let a = raw_xadd(&mut conn, &raw_stream).await;
+        let a = raw_xadd(&mut conn, &raw_stream, EVENTS, BATCH as u64).await;
+        let a1 = raw_xadd(&mut conn, &format!("{raw_stream}-single"), ONE_BY_ONE, 1).await;
         let bus = Bus::builder().backend(backend.clone()).start().await.unwrap();
         let b = bus_publish(&bus).await;
+        let b1 = bus_publish_one_by_one(&bus, ONE_BY_ONE).await;
         bus.shutdown(Duration::from_secs(1)).await;
         let c = raw_consume(&mut conn, &raw_stream).await;
         let d1 = pipeline_consume(&backend, 1, true).await;
@@ -255,6 +275,8 @@ fn main() {
         println!("redis streams, {EVENTS} events of {} bytes, batches of {BATCH}", Envelope::new(tick(0)).encode().unwrap().len());
         println!("(a) raw pipelined XADD            {:>10.0} events/s", rate(EVENTS, a));
         println!("(b) bus publish_batch             {:>10.0} events/s   b/a = {:.2}", rate(EVENTS, b), a.as_secs_f64() / b.as_secs_f64());
+        println!("(a1) raw XADD, one by one         {:>10.0} events/s   ({ONE_BY_ONE} events)", rate(ONE_BY_ONE, a1));
+        println!("(b1) bus.publish, one by one      {:>10.0} events/s   b1/a1 = {:.2}", rate(ONE_BY_ONE, b1), a1.as_secs_f64() / b1.as_secs_f64());
         println!("(c) raw XREADGROUP+XACK loop      {:>10.0} events/s", rate(EVENTS, c));
         println!("(d) pipeline+inbox, concurrency 1 {:>10.0} events/s   d/c = {:.2}", rate(EVENTS, d1), c.as_secs_f64() / d1.as_secs_f64());
         println!("(d) pipeline+inbox, concurrency 64{:>10.0} events/s   d/c = {:.2}", rate(EVENTS, d64), c.as_secs_f64() / d64.as_secs_f64());
