@@ -81,7 +81,10 @@ if pat:
 
 for name, title in [("redis", "Redis Streams"), ("redis_partitions", "Redis partitions: one member against two"), ("kafka", "Kafka"), ("outbox", "Outbox relay")]:
     text = read(name)
-    lines = [l for l in text.splitlines() if not re.match(r"^\s*(Compiling|Downloaded|Finished|Running|Checking|warning)", l) and l.strip()]
+    # The bench's own output starts after cargo's `Running benches/...` line.
+    running = [i for i, l in enumerate(text.splitlines()) if re.match(r"^\s*Running ", l)]
+    body = text.splitlines()[running[-1] + 1:] if running else text.splitlines()
+    lines = [l for l in body if l.strip()]
     if lines:
         print(f"## {title}\n")
         print("```text")
@@ -120,3 +123,8 @@ if fs:
     with_inbox = ours(r"\(d\) pipeline\+inbox, concurrency 64\s*(\d+)")
     print(f"| same, with the Redis inbox | | | {with_inbox} (concurrency 64) | |")
     print()
+
+notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes.md")
+if os.path.exists(notes):
+    print()
+    print(open(notes).read().rstrip())

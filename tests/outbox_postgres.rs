@@ -80,6 +80,9 @@ shared_tests! {
     inbox_transaction_claims_an_event_once,
     replay_reaches_a_handler_that_uses_the_inbox_transaction,
     config_errors_name_the_setting,
+    a_bus_owned_outbox_relays_and_stops_with_the_bus,
+    follow_on_events_commit_with_the_handler,
+    outbox_metrics_follow_the_backlog,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

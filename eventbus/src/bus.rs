@@ -45,9 +45,35 @@ pub struct BusBuilder {
     circuit_default: Option<CircuitConfig>,
     circuit_channels: HashMap<String, CircuitConfig>,
     max_payload: Option<usize>,
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    outboxes: Vec<Arc<dyn crate::outbox::BusOutbox>>,
+    lag_interval: Option<Duration>,
 }
 
 impl BusBuilder {
+    /// Runs `outbox`'s dispatcher with the bus: started after the consumers, publishing
+    /// through the bus's publisher (circuit breakers, metrics), keeping `event_outbox_backlog`
+    /// and `event_publish_lag_seconds` current, and stopped by [`Bus::shutdown`] after the
+    /// consumers drained. Handlers reach it through
+    /// [`ContextExt::enqueue`](crate::outbox::ContextExt::enqueue) (follow-on events in the
+    /// handler's transaction): the outbox and its pool become extensions of the bus.
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub fn outbox<DB: crate::outbox::SqlDatabase>(mut self, outbox: crate::Outbox<DB>) -> Self {
+        if self.extensions.get::<sqlx::Pool<DB>>().is_none() {
+            self.extensions.insert(outbox.pool().clone());
+        }
+        self.outboxes.push(Arc::new(outbox.clone()));
+        self.extensions.insert(outbox);
+        self
+    }
+
+    /// How often the consumers' lag (`event_consumer_lag_messages`) is read from the backend
+    /// into the metrics, besides every `/metrics` scrape. Default 15 s.
+    pub fn lag_interval(mut self, every: Duration) -> Self {
+        self.lag_interval = Some(every);
+        self
+    }
+
     /// Uses `metrics` (to share one registry between buses); by default each bus has its own,
     /// labelled with its `source`.
     pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
@@ -278,6 +304,10 @@ impl BusBuilder {
         if pipeline_shared.max_payload == 0 {
             return Err(Error::config("max_payload", "must be at least 1 byte"));
         }
+        let lag_interval = self.lag_interval.unwrap_or(Bus::DEFAULT_LAG_INTERVAL);
+        if lag_interval.is_zero() {
+            return Err(Error::config("lag_interval", "must be positive"));
+        }
         let mut names = Vec::new();
         for (subscription, pattern) in planned {
             // The catalog's topics of matching events, and the topics of the handler's own
@@ -331,8 +361,37 @@ impl BusBuilder {
             shared.tasks.spawn(&runtime, consumer.run(stream));
             names.push(subscription.name().to_owned());
         }
+        if !names.is_empty() && backend.admin().is_some() {
+            let task = crate::observability::lag::refresh_every(
+                backend.clone(),
+                metrics.clone(),
+                clock.clone(),
+                shared.tasks.clone(),
+                lag_interval,
+            );
+            shared.tasks.spawn(&runtime, task);
+        }
+        #[cfg(any(feature = "postgres", feature = "sqlite"))]
+        let mut dispatchers = Vec::new();
+        #[cfg(any(feature = "postgres", feature = "sqlite"))]
+        for outbox in &self.outboxes {
+            match outbox.start(
+                publisher.clone(),
+                metrics.clone(),
+                runtime.clone(),
+                clock.clone(),
+            ) {
+                Ok(handle) => dispatchers.push(handle),
+                Err(error) => {
+                    shared.tasks.stop();
+                    return Err(error);
+                }
+            }
+        }
         tracing::info!(backend = backend.name(), subscriptions = ?names, "event bus started");
         Ok(Bus {
+            #[cfg(any(feature = "postgres", feature = "sqlite"))]
+            dispatchers,
             publisher,
             backend,
             clock,
@@ -348,6 +407,8 @@ impl BusBuilder {
 /// A running event bus. Publish through it (or a [`Publisher`] clone), and call
 /// [`Bus::shutdown`] before exiting.
 pub struct Bus {
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    dispatchers: Vec<crate::outbox::DispatcherHandle>,
     publisher: Publisher,
     backend: Arc<dyn Backend>,
     clock: Arc<dyn Clock>,
@@ -388,6 +449,17 @@ pub struct BusStats {
 }
 
 impl Bus {
+    /// How often consumer lag is read into the metrics unless
+    /// [`BusBuilder::lag_interval`] says otherwise.
+    pub const DEFAULT_LAG_INTERVAL: Duration = Duration::from_secs(15);
+
+    /// The dispatchers of the outboxes the bus runs ([`BusBuilder::outbox`]), in the order
+    /// they were added.
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub fn dispatchers(&self) -> &[crate::outbox::DispatcherHandle] {
+        &self.dispatchers
+    }
+
     /// Starts configuring a bus.
     pub fn builder() -> BusBuilder {
         BusBuilder::default()
@@ -477,6 +549,10 @@ impl Bus {
         } else {
             reserve / 2
         };
+        // The outbox after the consumers (their handlers may still enqueue follow-ons), before
+        // the flush (its last publishes are flushed too).
+        #[cfg(any(feature = "postgres", feature = "sqlite"))]
+        let flush_budget = self.stop_dispatchers(flush_budget).await;
         let flush = self.backend.flush();
         match future::select(flush, self.clock.sleep(flush_budget)).await {
             Either::Left((Ok(()), _)) => {}
@@ -501,12 +577,29 @@ impl Bus {
         }
     }
 
+    /// Stops the outboxes' dispatchers with half of `budget`; returns the other half (all of
+    /// it when the bus runs no outbox).
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    async fn stop_dispatchers(&self, budget: Duration) -> Duration {
+        if self.dispatchers.is_empty() {
+            return budget;
+        }
+        for dispatcher in &self.dispatchers {
+            dispatcher.shutdown(budget / 2).await;
+        }
+        budget / 2
+    }
+
     /// Stops at once, as a crash would: in-flight handlers are aborted and their deliveries
     /// stay unacknowledged.
     pub async fn abort(&self) {
         self.shared.tasks.stop();
         self.shared.tasks.abort_all();
         self.shared.tasks.finished().await;
+        #[cfg(any(feature = "postgres", feature = "sqlite"))]
+        for dispatcher in &self.dispatchers {
+            dispatcher.abort().await;
+        }
     }
 }
 

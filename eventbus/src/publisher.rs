@@ -49,6 +49,11 @@ impl Publisher {
         }
     }
 
+    /// The `source` stamped on envelopes that have none.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// Counts published events and failures in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);

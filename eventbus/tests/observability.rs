@@ -332,3 +332,67 @@ async fn a_publish_circuit_opens_fails_fast_half_opens_and_closes() {
         .1;
     assert_eq!(state, CircuitState::Closed { failures: 0 });
 }
+
+/// The consumer lag gauge moves while nobody scrapes: the bus reads it from the backend on its
+/// own interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_lag_is_refreshed_without_a_scrape() {
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = release.clone();
+    let bus = eventbus::Bus::builder()
+        .backend(eventbus::backend::memory::MemoryBackend::new())
+        .lag_interval(Duration::from_millis(20))
+        .subscribe(
+            Subscription::new("order.created", move |_env: Envelope<OrderCreated>| {
+                let gate = gate.clone();
+                async move {
+                    gate.acquire().await.map(|p| p.forget()).ok();
+                    Ok(())
+                }
+            })
+            .group("slow"),
+        )
+        .start()
+        .await
+        .expect("bus");
+    // More than the consumer prefetches (16): the rest waits in the backend, not delivered.
+    for i in 0..40 {
+        bus.publish(created(&format!("o-{i}")))
+            .await
+            .expect("publish");
+    }
+    let series =
+        r#"event_consumer_lag_messages{service="eventbus",group="slow",stream="order.created"}"#;
+    let lag = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = bus.metrics().encode();
+        if lag(&text).is_some_and(|n| n >= 20.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a lag of 20 undelivered events never showed:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    release.add_permits(40);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = bus.metrics().encode();
+        if lag(&text) == Some(0.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lag never went back to 0:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bus.shutdown(Duration::from_secs(5)).await;
+}

@@ -1086,3 +1086,263 @@ pub async fn config_errors_name_the_setting<DB: TestDb>(db: &Fresh<DB>) {
         assert!(err.contains(setting), "{setting}: {err}");
     }
 }
+
+/// The bus runs the outbox: enqueued events reach the handler, the publishes are counted by the
+/// bus's publisher, and shutting the bus down stops the dispatcher.
+pub async fn a_bus_owned_outbox_relays_and_stops_with_the_bus<DB: TestDb>(db: &Fresh<DB>) {
+    let pool = &db.pool;
+    let backend = MemoryBackend::new();
+    let seen = FirstSeen::default();
+    let log = seen.clone();
+    let outbox = fast(pool).build().expect("outbox");
+    let bus = Bus::builder()
+        .backend(backend.clone())
+        .source("ledger-service")
+        .outbox(outbox.clone())
+        .subscribe(
+            Subscription::new("ledger.credited", move |env: Envelope<Credited>| {
+                log.0.lock().unwrap().push((env.data.account, env.data.seq));
+                async { Ok(()) }
+            })
+            .group("ledger"),
+        )
+        .start()
+        .await
+        .expect("bus");
+    assert_eq!(bus.dispatchers().len(), 1);
+    let mut tx = DB::begin(pool).await;
+    let events: Vec<Credited> = (0..5).map(|i| credit("a", i)).collect();
+    outbox
+        .enqueue_batch(&mut *tx, &events)
+        .await
+        .expect("enqueue");
+    DB::commit(tx).await.expect("commit");
+    outbox.wake();
+    eventually("5 events handled", Duration::from_secs(10), || {
+        let n = seen.all().len();
+        async move { n == 5 }
+    })
+    .await;
+    assert_eq!(
+        seen.all(),
+        (0..5).map(|i| ("a".to_owned(), i)).collect::<Vec<_>>()
+    );
+    let text = bus.metrics().encode();
+    assert!(
+        text.contains(
+            r#"event_published_total{service="ledger-service",topic="ledger.credited"} 5"#
+        ),
+        "the relay publishes through the bus's publisher:\n{text}"
+    );
+    assert_eq!(bus.dispatchers()[0].stats().published, 5);
+    assert!(bus.dispatchers()[0].is_running());
+    let report = bus.shutdown(Duration::from_secs(5)).await;
+    assert!(report.drained, "{report:?}");
+    assert!(
+        !bus.dispatchers()[0].is_running(),
+        "the bus's shutdown stops its dispatcher"
+    );
+}
+
+/// A handler's follow-on events go to the outbox inside its inbox transaction: exactly one
+/// follow-on per handled event, with the causal metadata, through lost acknowledgements
+/// (the handled event comes back and the inbox turns it away) and a failure after the
+/// follow-on was written (its transaction rolls back, the retry writes it again).
+pub async fn follow_on_events_commit_with_the_handler<DB: TestDb>(db: &Fresh<DB>) {
+    let pool = &db.pool;
+    let backend = MemoryBackend::new();
+    let outbox = fast(pool).build().expect("outbox");
+    let failed_once = Arc::new(Mutex::new(HashSet::new()));
+    let audits = Arc::new(Mutex::new(Vec::new()));
+    let audit_log = audits.clone();
+    let handler = move |ctx: Context, env: Envelope<Credited>| {
+        let failed_once = failed_once.clone();
+        async move {
+            let Some(mut tx) = ctx.transaction::<DB>().await? else {
+                return Ok(());
+            };
+            DB::exec(
+                &mut *tx,
+                "INSERT INTO effects (event_id, account, seq) VALUES ($1, $2, $3)",
+                vec![
+                    Arg::Text(env.id.to_string()),
+                    Arg::Text(env.data.account.clone()),
+                    Arg::Int(env.data.seq),
+                ],
+            )
+            .await?;
+            ctx.enqueue::<DB, _>(&mut tx, Audited { seq: env.data.seq })
+                .await?;
+            if env.data.seq % 3 == 0 && failed_once.lock().unwrap().insert(env.data.seq) {
+                // Dropped uncommitted: the effect and the follow-on roll back together.
+                return Err(eventbus::HandlerError::transient(
+                    "fails once after the follow-on",
+                ));
+            }
+            DB::commit(tx).await?;
+            Ok(())
+        }
+    };
+    let bus = Bus::builder()
+        .backend(backend.clone())
+        .inbox(Arc::new(SqlInbox::new(pool.clone())))
+        .outbox(outbox.clone())
+        .subscribe(
+            Subscription::new("ledger.credited", handler)
+                .group("ledger")
+                .concurrency(2)
+                .retries(10)
+                .backoff(Backoff::exponential(
+                    Duration::from_millis(5),
+                    Duration::from_millis(50),
+                )),
+        )
+        .subscribe(
+            Subscription::new("ledger.audited", move |env: Envelope<Audited>| {
+                audit_log.lock().unwrap().push(env);
+                async { Ok(()) }
+            })
+            .group("audit"),
+        )
+        .start()
+        .await
+        .expect("bus");
+    backend.inject(Faults {
+        lose_acks: 6,
+        ..Faults::default()
+    });
+    let publisher = bus.publisher();
+    let mut credits = HashMap::new();
+    for seq in 0..12 {
+        let envelope = Envelope::new(credit(format!("a{}", seq % 4), seq))
+            .with_correlation_id(format!("flow-{seq}"));
+        credits.insert(envelope.id, seq);
+        publisher.publish_envelope(envelope).await.expect("publish");
+    }
+    eventually("12 follow-ons handled", Duration::from_secs(20), || {
+        let n = audits.lock().unwrap().len();
+        let outstanding = backend.outstanding();
+        async move { n >= 12 && outstanding == 0 }
+    })
+    .await;
+    assert_eq!(DB::scalar(pool, "SELECT count(*) FROM effects").await, 12);
+    assert_eq!(
+        DB::scalar(pool, "SELECT count(*) FROM outbox").await,
+        12,
+        "one follow-on row per credit: none from the rolled-back attempts, none from the redeliveries"
+    );
+    let audits = audits.lock().unwrap().clone();
+    assert_eq!(audits.len(), 12, "each follow-on handled once");
+    let mut caused = HashSet::new();
+    for audit in &audits {
+        let cause: Uuid = audit
+            .causation_id
+            .as_deref()
+            .and_then(|c| c.parse().ok())
+            .expect("causation id");
+        let seq = credits[&cause];
+        assert_eq!(audit.data.seq, seq);
+        assert_eq!(
+            audit.correlation_id.as_deref(),
+            Some(format!("flow-{seq}").as_str())
+        );
+        assert!(caused.insert(cause), "two follow-ons of one credit");
+    }
+    assert!(
+        bus.stats().duplicates > 0,
+        "the lost acks redelivered: {:?}",
+        bus.stats()
+    );
+    bus.shutdown(Duration::from_secs(5)).await;
+}
+
+/// `event_outbox_backlog` and `event_publish_lag_seconds` follow the outbox, read from the
+/// admin server's `/metrics` while the broker refuses publishes and after it recovers.
+pub async fn outbox_metrics_follow_the_backlog<DB: TestDb>(db: &Fresh<DB>) {
+    let pool = &db.pool;
+    let backend = MemoryBackend::new();
+    backend.inject(Faults {
+        fail_publishes: u32::MAX,
+        ..Faults::default()
+    });
+    let outbox = fast(pool)
+        .retry_max(1000)
+        .metrics_interval(Duration::from_millis(20))
+        .build()
+        .expect("outbox");
+    let bus = Bus::builder()
+        .backend(backend.clone())
+        .source("ledger-service")
+        .outbox(outbox.clone())
+        .start()
+        .await
+        .expect("bus");
+    let bus = Arc::new(bus);
+    let admin = eventbus::admin::serve(
+        bus.clone(),
+        eventbus::admin::AdminConfig::new(([127, 0, 0, 1], 0).into()),
+    )
+    .await
+    .expect("admin");
+    let url = format!("http://{}/metrics", admin.local_addr());
+    let scrape = || {
+        let url = url.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                ureq::get(&url)
+                    .call()
+                    .expect("GET /metrics")
+                    .body_mut()
+                    .read_to_string()
+                    .expect("body")
+            })
+            .await
+            .expect("scrape")
+        }
+    };
+    let gauge = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    let mut tx = DB::begin(pool).await;
+    let events: Vec<Credited> = (0..5).map(|i| credit("a", i)).collect();
+    outbox
+        .enqueue_batch(&mut *tx, &events)
+        .await
+        .expect("enqueue");
+    DB::commit(tx).await.expect("commit");
+    let start = Instant::now();
+    loop {
+        let last = scrape().await;
+        let backlog = gauge(&last, "event_outbox_backlog");
+        let lag = gauge(&last, "event_publish_lag_seconds");
+        if backlog == Some(5.0) && lag.is_some_and(|l| l > 0.0) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "backlog 5 and a publish lag never showed; last scrape:\n{last}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    backend.clear_faults();
+    outbox.wake();
+    let start = Instant::now();
+    loop {
+        let last = scrape().await;
+        if gauge(&last, "event_outbox_backlog") == Some(0.0)
+            && gauge(&last, "event_publish_lag_seconds") == Some(0.0)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the backlog never drained in the metrics; last scrape:\n{last}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    admin.shutdown().await;
+    bus.shutdown(Duration::from_secs(5)).await;
+}

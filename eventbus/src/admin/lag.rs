@@ -12,14 +12,7 @@ pub(crate) async fn read(state: &AdminState) -> Result<Vec<GroupLag>, crate::Err
     let lags = crate::backend::admin_of(state.bus.backend().as_ref(), "consumer lag")?
         .group_lag()
         .await?;
-    for lag in &lags {
-        if let Some(n) = lag.lag {
-            state
-                .bus
-                .metrics()
-                .consumer_lag_messages(&lag.group, &lag.stream, n);
-        }
-    }
+    crate::observability::lag::record(state.bus.metrics(), &lags);
     Ok(lags)
 }
 

@@ -123,6 +123,11 @@ impl MemoryBackend {
         state.faults.fail_publishes += faults.fail_publishes;
     }
 
+    /// Drops the faults not yet injected: the broker is healthy again.
+    pub fn clear_faults(&self) {
+        self.lock().faults = Faults::default();
+    }
+
     /// Faults not yet injected.
     pub fn pending_faults(&self) -> Faults {
         self.lock().faults

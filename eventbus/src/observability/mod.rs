@@ -3,6 +3,7 @@
 //! event id, type, topic, group, attempt, correlation id, tenant and trace id. With feature
 //! `opentelemetry`, the `otel` module joins the `traceparent` to OpenTelemetry traces.
 
+pub(crate) mod lag;
 mod metrics;
 #[cfg(feature = "opentelemetry")]
 pub mod otel;

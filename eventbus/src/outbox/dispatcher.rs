@@ -30,6 +30,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::dead_letter::{dead_letter_message, Failure};
 use crate::error::Error;
 use crate::handler::ErrorKind;
+use crate::observability::Metrics;
+use crate::publisher::Publisher;
 use crate::retry::Backoff;
 use crate::runtime::task_group::TaskGroup;
 use crate::runtime::{default_runtime, Runtime};
@@ -40,6 +42,8 @@ use crate::runtime::{default_runtime, Runtime};
 pub struct Dispatcher<DB: SqlDatabase> {
     outbox: Outbox<DB>,
     backend: Arc<dyn Backend>,
+    publisher: Option<Publisher>,
+    metrics: Option<Arc<Metrics>>,
     runtime: Option<Arc<dyn Runtime>>,
     clock: Option<Arc<dyn Clock>>,
 }
@@ -50,9 +54,25 @@ impl<DB: SqlDatabase> Dispatcher<DB> {
         Dispatcher {
             outbox,
             backend,
+            publisher: None,
+            metrics: None,
             runtime: None,
             clock: None,
         }
+    }
+
+    /// Publishes through `publisher` (its circuit breakers and `event_published_total`)
+    /// instead of straight to the backend: what a bus that owns the outbox does.
+    pub fn publisher(mut self, publisher: Publisher) -> Self {
+        self.publisher = Some(publisher);
+        self
+    }
+
+    /// Keeps `event_outbox_backlog` and `event_publish_lag_seconds` of `metrics` current: read
+    /// at start and every [`OutboxConfig::metrics_interval`](super::OutboxConfig::metrics_interval).
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The executor its tasks run on; defaults to the current tokio runtime.
@@ -84,8 +104,15 @@ impl<DB: SqlDatabase> Dispatcher<DB> {
             tasks: TaskGroup::new(),
             counters: Counters::default(),
         });
+        let publisher = self.publisher.unwrap_or_else(|| {
+            Publisher::new(
+                self.backend.clone(),
+                clock.clone(),
+                outbox.source().to_owned(),
+            )
+        });
         let relay = Arc::new(Relay {
-            backend: self.backend,
+            publisher,
             keyring: outbox.keyring().cloned(),
             retry_max: config.retry_max,
             backoff: config.backoff.clone(),
@@ -108,9 +135,13 @@ impl<DB: SqlDatabase> Dispatcher<DB> {
             let task = cleanup_loop(outbox.clone(), shared.clone());
             shared.tasks.spawn(&runtime, task);
         }
+        if let Some(metrics) = self.metrics {
+            let task = metrics_loop(outbox.clone(), metrics, shared.clone());
+            shared.tasks.spawn(&runtime, task);
+        }
         tracing::info!(
             database = DB::LABEL,
-            backend = relay.backend.name(),
+            backend = relay.publisher.backend().name(),
             batch_size = config.batch_size,
             concurrency = config.concurrency,
             "outbox dispatcher started"
@@ -402,9 +433,33 @@ async fn cleanup_loop<DB: SqlDatabase>(outbox: Outbox<DB>, shared: Arc<Shared>) 
     }
 }
 
+/// Reads the backlog into the metrics now and every `metrics_interval` until stopped.
+async fn metrics_loop<DB: SqlDatabase>(
+    outbox: Outbox<DB>,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+) {
+    let every = outbox.config().metrics_interval;
+    loop {
+        match outbox.backlog().await {
+            Ok(backlog) => metrics.outbox(backlog.pending, backlog.oldest_pending_age),
+            Err(error) => {
+                tracing::debug!(error = %error_chain(&error), "outbox backlog not read for the metrics")
+            }
+        }
+        let stopped = shared.tasks.stop_listener();
+        if shared.is_stopping() {
+            return;
+        }
+        if let Either::Right(_) = future::select(shared.clock.sleep(every), stopped).await {
+            return;
+        }
+    }
+}
+
 /// Publishes claimed rows; database-independent.
 struct Relay {
-    backend: Arc<dyn Backend>,
+    publisher: Publisher,
     keyring: Option<Arc<KeyRing>>,
     retry_max: u32,
     backoff: Backoff,
@@ -534,7 +589,7 @@ impl Relay {
             return None;
         }
         let messages: Vec<Message> = batch.iter().map(|r| r.message.clone()).collect();
-        let error = match self.backend.publish(messages).await {
+        let error = match self.publisher.publish_messages(messages).await {
             Ok(()) => {
                 settlement.sent.extend(batch.iter().map(|r| r.id));
                 return None;
@@ -546,7 +601,11 @@ impl Relay {
         }
         tracing::debug!(rows = batch.len(), %error, "outbox batch publish failed; publishing one by one");
         for ready in batch {
-            match self.backend.publish(vec![ready.message.clone()]).await {
+            match self
+                .publisher
+                .publish_messages(vec![ready.message.clone()])
+                .await
+            {
                 Ok(()) => settlement.sent.push(ready.id),
                 Err(error) => return Some((ready, error_chain(&error))),
             }
@@ -566,7 +625,7 @@ impl Relay {
             last_failure: now,
         };
         let letter = dead_letter_message(&ready.message, DEAD_LETTER_GROUP, &failure);
-        match self.backend.publish(vec![letter]).await {
+        match self.publisher.publish_messages(vec![letter]).await {
             Ok(()) => {
                 tracing::warn!(
                     id = ready.id,

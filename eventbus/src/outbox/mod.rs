@@ -122,6 +122,7 @@ mod crypto;
 mod dispatcher;
 mod driver;
 pub mod inbox;
+mod owned;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]
@@ -135,6 +136,7 @@ pub use inbox::{ContextExt, SqlInbox};
 pub use sqlx;
 
 use driver::{InboxDriver, NewRow, OutboxDriver};
+pub(crate) use owned::BusOutbox;
 
 /// The outbox on PostgreSQL.
 #[cfg(feature = "postgres")]
@@ -263,6 +265,9 @@ pub struct OutboxConfig {
     pub backoff: Backoff,
     /// What happens to `SENT` rows.
     pub retention: Retention,
+    /// How often a dispatcher with metrics reads the backlog into `event_outbox_backlog` and
+    /// `event_publish_lag_seconds` (one count query). Default 5 s.
+    pub metrics_interval: Duration,
 }
 
 impl Default for OutboxConfig {
@@ -274,6 +279,7 @@ impl Default for OutboxConfig {
             retry_max: 10,
             backoff: Backoff::exponential(Duration::from_millis(500), Duration::from_secs(60)),
             retention: Retention::default(),
+            metrics_interval: Duration::from_secs(5),
         }
     }
 }
@@ -305,6 +311,9 @@ impl OutboxConfig {
         }
         if self.retry_max == 0 {
             return Err(Error::config("outbox.retry_max", "must be at least 1"));
+        }
+        if self.metrics_interval.is_zero() {
+            return Err(Error::config("outbox.metrics_interval", "must be positive"));
         }
         self.backoff.validate("outbox")?;
         self.retention.validate()
@@ -360,6 +369,12 @@ impl<DB: SqlDatabase> OutboxBuilder<DB> {
     /// Retention of `SENT` rows (`outbox.retention`).
     pub fn retention(mut self, retention: Retention) -> Self {
         self.config.retention = retention;
+        self
+    }
+
+    /// How often the dispatcher refreshes the backlog metrics (`outbox.metrics_interval`).
+    pub fn metrics_interval(mut self, every: Duration) -> Self {
+        self.config.metrics_interval = every;
         self
     }
 
@@ -615,6 +630,11 @@ impl<DB: SqlDatabase> Outbox<DB> {
         })
         .await
         .map_err(|e| db_error::<DB>("outbox cleanup", e))
+    }
+
+    /// The `source` stamped on envelopes enqueued without one.
+    pub fn source(&self) -> &str {
+        self.inner.encoder.source()
     }
 
     /// A dispatcher relaying this outbox to `backend` (see [`Dispatcher::start`]).

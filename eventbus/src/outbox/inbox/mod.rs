@@ -22,10 +22,12 @@ use sqlx::{Pool, Transaction};
 use uuid::Uuid;
 
 use super::cleanup::{self, validate_batch, CleanupHandle};
-use super::SqlDatabase;
+use super::{Outbox, SqlDatabase};
 use crate::clock::{Clock, SystemClock};
 use crate::context::Context;
+use crate::envelope::Envelope;
 use crate::error::Error;
+use crate::event::Event;
 use crate::inbox::InboxStore;
 use crate::runtime::default_runtime;
 
@@ -263,6 +265,50 @@ pub trait ContextExt {
     fn transaction<DB: SqlDatabase>(
         &self,
     ) -> BoxFuture<'_, Result<Option<Transaction<'static, DB>>, Error>>;
+
+    /// Writes a follow-on event into the outbox inside the handler's transaction (`&mut tx`
+    /// from [`ContextExt::transaction`]), with the causal metadata of
+    /// [`Context::publish`] (causation id, correlation id, tenant, user, trace). The inbox row,
+    /// the handler's writes and its follow-on events then commit or roll back together; the
+    /// bus's dispatcher publishes the event after the commit. [`Context::publish`], by
+    /// contrast, goes to the broker at once, and a crash after the commit loses it.
+    ///
+    /// The outbox comes from [`BusBuilder::outbox`](crate::BusBuilder::outbox) (or an
+    /// [`Outbox<DB>`](super::Outbox) registered as an extension).
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "postgres")]
+    /// # mod demo {
+    /// use eventbus::outbox::sqlx::{self, Postgres};
+    /// use eventbus::outbox::ContextExt;
+    /// use eventbus::{event, Context, Envelope, HandlerResult};
+    ///
+    /// #[event(name = "order.created", version = 1, key = order_id)]
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct OrderCreated { order_id: String }
+    ///
+    /// #[event(name = "shipment.requested", version = 1, key = order_id)]
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct ShipmentRequested { order_id: String }
+    ///
+    /// async fn ship(ctx: Context, env: Envelope<OrderCreated>) -> HandlerResult {
+    ///     let Some(mut tx) = ctx.transaction::<Postgres>().await? else { return Ok(()) };
+    ///     sqlx::query("INSERT INTO shipments (order_id) VALUES ($1)")
+    ///         .bind(&env.data.order_id)
+    ///         .execute(&mut *tx)
+    ///         .await?;
+    ///     let follow_on = ShipmentRequested { order_id: env.data.order_id.clone() };
+    ///     ctx.enqueue::<Postgres, _>(&mut tx, follow_on).await?;
+    ///     tx.commit().await?;
+    ///     Ok(())
+    /// }
+    /// # }
+    /// ```
+    fn enqueue<'a, DB: SqlDatabase, E: Event>(
+        &'a self,
+        conn: &'a mut DB::Connection,
+        event: E,
+    ) -> BoxFuture<'a, Result<Uuid, Error>>;
 }
 
 impl ContextExt for Context {
@@ -284,5 +330,24 @@ impl ContextExt for Context {
             ))
         };
         Box::pin(async move { inbox?.begin_for(self).await })
+    }
+
+    fn enqueue<'a, DB: SqlDatabase, E: Event>(
+        &'a self,
+        conn: &'a mut DB::Connection,
+        event: E,
+    ) -> BoxFuture<'a, Result<Uuid, Error>> {
+        let outbox = self.extension::<Outbox<DB>>().cloned().ok_or_else(|| {
+            Error::config(
+                "outbox",
+                format!(
+                    "no {} outbox for follow-on events: give the bus one with \
+                     `BusBuilder::outbox`",
+                    DB::LABEL
+                ),
+            )
+        });
+        let envelope = self.follow_on(Envelope::new(event));
+        Box::pin(async move { outbox?.enqueue_envelope(conn, envelope).await })
     }
 }
