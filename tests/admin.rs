@@ -1017,3 +1017,139 @@ fn foreign_host_names_are_refused_while_reads_are_open() {
         .expect("request");
     assert_eq!(response.status().as_u16(), 200);
 }
+
+#[test]
+fn the_api_serves_under_a_prefix() {
+    let f = Fixture::start_with(|c| c.token(Some(TOKEN)).prefix("/ops"));
+    assert_eq!(f.get("/live"), (200, json!({ "status": "live" })));
+    let (status, page) = f.raw("GET", "/dashboard", None, None);
+    assert_eq!(status, 200);
+    assert!(page.contains("<html"), "{page}");
+    let outside = format!("{}/live", f.base.trim_end_matches("/ops"));
+    let response = ureq::get(&outside).call();
+    assert!(
+        matches!(response, Err(ureq::Error::StatusCode(404))),
+        "nothing outside the prefix: {response:?}"
+    );
+}
+
+#[test]
+fn a_prefix_that_is_not_a_path_is_rejected() {
+    for bad in ["ops", "/", "/ops/", "//ops", "/o ps"] {
+        let config =
+            eventbus::admin::AdminConfig::new("127.0.0.1:0".parse().expect("addr")).prefix(bad);
+        let error = config.validate().expect_err(bad).to_string();
+        assert!(error.contains("admin.prefix"), "{bad}: {error}");
+    }
+}
+
+/// `run_until`: once told to stop, `/ready` answers 503 `draining` while the handler in
+/// flight finishes and `/live` still answers; the handler's delivery is acknowledged, and the
+/// admin server closes last.
+#[test]
+fn run_until_drains_with_ready_down_and_live_up() {
+    use eventbus::{Bus, Envelope, Subscription};
+    use std::sync::Arc;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let backend = eventbus::backend::memory::MemoryBackend::new();
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = release.clone();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let began = started.clone();
+    let bus = rt
+        .block_on(
+            Bus::builder()
+                .backend(backend.clone())
+                .subscribe(
+                    Subscription::new("order.created", move |_: Envelope<OrderCreated>| {
+                        let (gate, began) = (gate.clone(), began.clone());
+                        async move {
+                            began.notify_one();
+                            gate.acquire().await.map(|p| p.forget()).ok();
+                            Ok(())
+                        }
+                    })
+                    .group("slow"),
+                )
+                .start(),
+        )
+        .expect("bus");
+    let bus = Arc::new(bus);
+    let server = rt
+        .block_on(eventbus::admin::serve(
+            bus.clone(),
+            eventbus::admin::AdminConfig::new("127.0.0.1:0".parse().expect("addr")),
+        ))
+        .expect("admin");
+    let base = format!("http://{}", server.local_addr());
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let get = |path: &str| -> Result<(u16, Value), ureq::Error> {
+        let mut response = agent.get(&format!("{base}{path}")).call()?;
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_json().unwrap_or(Value::Null);
+        Ok((status, body))
+    };
+    assert_eq!(get("/ready").expect("ready").0, 200);
+    rt.block_on(async {
+        bus.publish(OrderCreated {
+            order_id: "o-1".into(),
+        })
+        .await
+        .expect("publish");
+        started.notified().await;
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = rt.spawn({
+        let bus = bus.clone();
+        async move {
+            eventbus::admin::run_until(
+                &bus,
+                Some(server),
+                async {
+                    let _ = stopped.await;
+                },
+                Duration::from_secs(20),
+            )
+            .await
+        }
+    });
+    stop.send(()).expect("stop");
+    let start = Instant::now();
+    loop {
+        let (status, body) = get("/ready").expect("ready during the drain");
+        if status == 503 {
+            assert_eq!(body["status"], "draining", "{body}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "ready stayed {status}: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        get("/live").expect("live during the drain"),
+        (200, json!({ "status": "live" }))
+    );
+    assert!(
+        !running.is_finished(),
+        "the handler in flight holds the drain"
+    );
+    release.add_permits(1);
+    let report = rt.block_on(running).expect("run_until");
+    assert!(report.drained, "{report:?}");
+    assert_eq!(
+        backend.outstanding(),
+        0,
+        "the delivery in flight was acknowledged"
+    );
+    assert!(get("/live").is_err(), "the admin server is closed");
+}

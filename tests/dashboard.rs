@@ -301,7 +301,8 @@ fn dashboard_shows_the_bus_and_retries_a_dead_letter() {
     else {
         return;
     };
-    let f = Fixture::start();
+    // Mounted under a prefix, as behind a path-routing proxy: the page finds its API there.
+    let f = Fixture::start_with(|c| c.token(Some(TOKEN)).prefix("/ops"));
     f.dead_orders(3);
     f.publish(UserSignedUp {
         email: "c@example.com".into(),

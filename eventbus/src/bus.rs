@@ -465,6 +465,24 @@ impl Bus {
         BusBuilder::default()
     }
 
+    /// Whether [`Bus::shutdown`] (or [`Bus::abort`]) has begun: the consumers take no new
+    /// deliveries and `/ready` answers 503.
+    pub fn is_stopping(&self) -> bool {
+        self.shared.is_stopping()
+    }
+
+    /// Runs until `stop` completes, then shuts down with [`Bus::shutdown`] within `drain`.
+    /// With the admin server, [`run_until_signal`](crate::admin::run_until_signal) does this on
+    /// SIGTERM/SIGINT and closes the server last.
+    pub async fn run_until(
+        &self,
+        stop: impl std::future::Future<Output = ()>,
+        drain: Duration,
+    ) -> ShutdownReport {
+        stop.await;
+        self.shutdown(drain).await
+    }
+
     /// A publisher for this bus.
     pub fn publisher(&self) -> Publisher {
         self.publisher.clone()

@@ -144,10 +144,11 @@ impl Fixture {
             AdminConfig::new("127.0.0.1:0".parse().expect("address")).version("9.9.9-test"),
         );
         let read_token = config.has_token().then_some(TOKEN);
+        let prefix = config.path_prefix().unwrap_or_default().to_owned();
         let server = rt
             .block_on(eventbus::admin::serve(bus.clone(), config))
             .expect("admin server starts");
-        let base = format!("http://{}", server.local_addr());
+        let base = format!("http://{}{prefix}", server.local_addr());
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(20)))

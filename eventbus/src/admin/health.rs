@@ -89,12 +89,15 @@ pub(crate) async fn ready(State(state): State<AdminState>) -> Response {
         })
         .unwrap_or(false);
 
-    let status = match (healthy, open) {
-        (false, _) => "not_ready",
-        (true, true) => "degraded",
-        (true, false) => "ready",
+    // Shutting down: out of rotation at once, while the consumers drain (`/live` stays up).
+    let draining = state.bus.is_stopping();
+    let status = match (draining, healthy, open) {
+        (true, _, _) => "draining",
+        (false, false, _) => "not_ready",
+        (false, true, true) => "degraded",
+        (false, true, false) => "ready",
     };
-    let code = if healthy {
+    let code = if healthy && !draining {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

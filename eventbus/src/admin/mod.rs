@@ -62,6 +62,7 @@ mod host;
 mod lag;
 mod provision;
 mod replay;
+mod run;
 mod stats;
 
 use std::net::SocketAddr;
@@ -84,6 +85,7 @@ pub use error::ApiError;
 #[cfg(feature = "kafka")]
 pub use provision::KafkaProvisioner;
 pub use provision::{ProvisionRequest, Provisioner, COMPRESSIONS};
+pub use run::{run_until, run_until_signal, shutdown_signal};
 
 /// Environment variable read by [`AdminConfig::from_env`] for the listen address.
 pub const BIND_ENV: &str = "EVENTBUS_ADMIN_BIND";
@@ -91,6 +93,8 @@ pub const BIND_ENV: &str = "EVENTBUS_ADMIN_BIND";
 pub const TOKEN_ENV: &str = "EVENTBUS_ADMIN_TOKEN";
 /// Environment variable read by [`AdminConfig::from_env`]: `true` protects reads too.
 pub const PROTECT_READS_ENV: &str = "EVENTBUS_ADMIN_PROTECT_READS";
+/// Environment variable read by [`AdminConfig::from_env`] for the path prefix (`/ops`).
+pub const PREFIX_ENV: &str = "EVENTBUS_ADMIN_PREFIX";
 
 /// Shortest accepted token.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -110,6 +114,7 @@ pub struct AdminConfig {
     checks: Vec<(String, ReadinessCheck)>,
     provisioner: Option<Arc<dyn Provisioner>>,
     allowed_hosts: Vec<String>,
+    prefix: Option<String>,
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -143,6 +148,7 @@ impl AdminConfig {
             checks: Vec::new(),
             provisioner: None,
             allowed_hosts: Vec::new(),
+            prefix: None,
         }
     }
 
@@ -165,10 +171,13 @@ impl AdminConfig {
                 ))
             }
         };
-        let config = AdminConfig::new(bind)
+        let mut config = AdminConfig::new(bind)
             .token(std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()))
             .version(version)
             .protect_reads(protect_reads);
+        if let Some(prefix) = std::env::var(PREFIX_ENV).ok().filter(|p| !p.is_empty()) {
+            config = config.prefix(prefix);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -244,6 +253,19 @@ impl AdminConfig {
         self
     }
 
+    /// Serves everything under `prefix` (`/ops`: the dashboard at `/ops/dashboard`, probes at
+    /// `/ops/live`), for a server reached through a path-routing proxy. [`router`] ignores it:
+    /// nest the router yourself there, the dashboard finds its API under any prefix.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// The path prefix [`serve`] mounts the API under, if any.
+    pub fn path_prefix(&self) -> Option<&str> {
+        self.prefix.as_deref()
+    }
+
     /// Whether a bearer token is configured.
     pub fn has_token(&self) -> bool {
         self.token.is_some()
@@ -272,6 +294,23 @@ impl AdminConfig {
         }
         if self.version.trim().is_empty() {
             return Err(Error::config("admin.version", "is empty"));
+        }
+        if let Some(prefix) = &self.prefix {
+            let segments_ok = prefix
+                .strip_prefix('/')
+                .is_some_and(|rest| !rest.is_empty() && rest.split('/').all(|s| !s.is_empty()));
+            let chars_ok = prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b));
+            if !segments_ok || !chars_ok {
+                return Err(Error::config(
+                    "admin.prefix",
+                    format!(
+                        "`{prefix}` is not a path like `/ops` (a leading `/`, no trailing `/`, \
+                         letters, digits, `-_.~`)"
+                    ),
+                ));
+            }
         }
         if self.ready_timeout.is_zero() {
             return Err(Error::config("admin.ready_timeout", "must be positive"));
@@ -422,7 +461,12 @@ impl AdminServer {
 /// Binds `config`'s address and serves the admin API in a tokio task.
 pub async fn serve(bus: Arc<Bus>, config: AdminConfig) -> Result<AdminServer, Error> {
     let bind = config.bind;
+    let prefix = config.prefix.clone();
     let app = router(bus, config)?;
+    let app = match prefix {
+        Some(prefix) => Router::new().nest(&prefix, app),
+        None => app,
+    };
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .map_err(|e| Error::config("admin.bind", format!("cannot listen on {bind}: {e}")))?;
