@@ -266,6 +266,13 @@ async fn publish_and_handle_spans_carry_the_event_fields() {
     assert_eq!(publish["event.id"], id.to_string());
     assert_eq!(publish["event.type"], "order.created");
     assert_eq!(publish["tenant"], "acme");
+    // OpenTelemetry messaging semantic conventions.
+    assert_eq!(publish["otel.kind"], "producer");
+    assert_eq!(publish["otel.name"], "send order.created");
+    assert_eq!(publish["messaging.system"], "memory");
+    assert_eq!(publish["messaging.operation.type"], "send");
+    assert_eq!(publish["messaging.destination.name"], "order.created");
+    assert_eq!(publish["messaging.message.id"], id.to_string());
     let handle = &spans
         .iter()
         .find(|(n, _)| n == "eventbus.handle")
@@ -279,6 +286,13 @@ async fn publish_and_handle_spans_carry_the_event_fields() {
     assert_eq!(handle["correlation_id"], "flow-7");
     assert_eq!(handle["tenant"], "acme");
     assert_eq!(handle["trace_id"].len(), 32);
+    assert_eq!(handle["otel.kind"], "consumer");
+    assert_eq!(handle["otel.name"], "process order.created");
+    assert_eq!(handle["messaging.system"], "memory");
+    assert_eq!(handle["messaging.operation.type"], "process");
+    assert_eq!(handle["messaging.destination.name"], "order.created");
+    assert_eq!(handle["messaging.consumer.group.name"], "g1");
+    assert_eq!(handle["messaging.message.id"], id.to_string());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,4 +409,27 @@ async fn consumer_lag_is_refreshed_without_a_scrape() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     bus.shutdown(Duration::from_secs(5)).await;
+}
+
+/// An application's own registry exposes the bus's series beside its own, with the same
+/// values as the bus's `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_register_into_the_applications_registry() {
+    use eventbus::observability::prometheus_client::{
+        self, metrics::counter::Counter, registry::Registry,
+    };
+    let mut registry = Registry::default();
+    let requests: Counter = Counter::default();
+    registry.register("http_requests", "Requests served", requests.clone());
+    let h = TestHarness::start(|bus| bus).await.unwrap();
+    h.bus().metrics().register(&mut registry);
+    requests.inc();
+    h.bus().publish(created("o-1")).await.unwrap();
+    h.bus().publish(created("o-2")).await.unwrap();
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(text.contains("http_requests_total 1"), "{text}");
+    let ours = r#"event_published_total{service="test-harness",topic="order.created"}"#;
+    assert_eq!(value_of(&text, ours), 2.0, "{text}");
+    assert_eq!(value_of(&h.bus().metrics().encode(), ours), 2.0);
 }

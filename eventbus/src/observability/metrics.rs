@@ -24,11 +24,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -99,7 +102,7 @@ pub struct Metrics {
     payload_omitted: Family<GroupLabels, Counter>,
     park_overflow: Family<GroupLabels, Counter>,
     /// Backends whose own counters are exported at every scrape.
-    backends: Mutex<Vec<Arc<dyn crate::backend::Backend>>>,
+    backends: Arc<Mutex<Vec<Arc<dyn crate::backend::Backend>>>>,
     /// The series every delivery touches, by topic then group: looked up without building a
     /// label set (four `String`s) per event.
     per_delivery: RwLock<FoldMap<String, FoldMap<String, Arc<DeliverySeries>>>>,
@@ -147,94 +150,120 @@ impl Metrics {
             parked_keys: Family::default(),
             payload_omitted: Family::default(),
             park_overflow: Family::default(),
-            backends: Mutex::new(Vec::new()),
+            backends: Arc::default(),
             per_delivery: RwLock::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
-            r.register(
-                "event_published",
-                "Events accepted by the backend",
-                m.published.clone(),
-            );
-            r.register(
-                "event_publish_failures",
-                "Publish calls that failed",
-                m.publish_failures.clone(),
-            );
-            r.register(
-                "event_handled",
-                "Deliveries by final outcome",
-                m.handled.clone(),
-            );
-            r.register("event_failed", "Failed handler calls", m.failed.clone());
-            r.register(
-                "event_retried",
-                "Retries after a failed handler call",
-                m.retried.clone(),
-            );
-            r.register(
-                "event_dead_lettered",
-                "Events sent to the dead-letter queue",
-                m.dead_lettered.clone(),
-            );
-            r.register(
-                "event_handler_duration_seconds",
-                "Duration of one handler call",
-                m.handler_duration.clone(),
-            );
-            r.register(
-                "event_consumer_lag_seconds",
-                "Age of the last handled event at handling time",
-                m.consumer_lag_seconds.clone(),
-            );
-            r.register(
-                "event_consumer_lag_messages",
-                "Messages not yet delivered to a group",
-                m.consumer_lag_messages.clone(),
-            );
-            r.register(
-                "event_outbox_backlog",
-                "Outbox rows waiting to be published",
-                m.outbox_backlog.clone(),
-            );
-            r.register(
-                "event_publish_lag_seconds",
-                "Age of the oldest unpublished outbox row",
-                m.publish_lag_seconds.clone(),
-            );
-            r.register(
-                "event_dlq_size",
-                "Messages in a dead-letter topic",
-                m.dlq_size.clone(),
-            );
-            r.register(
-                "event_circuit_state",
-                "Publish circuit: 0 closed, 1 half-open, 2 open",
-                m.circuit_state.clone(),
-            );
-            r.register(
-                "event_dead_letter_payload_omitted",
-                "Dead letters stored without their payload (publishing it failed)",
-                m.payload_omitted.clone(),
-            );
-            r.register(
-                "event_parked_keys",
-                "Keys parked beside a dead letter (park_keys)",
-                m.parked_keys.clone(),
-            );
-            r.register(
-                "event_park_overflow",
-                "Keys not parked because the parking lot was full",
-                m.park_overflow.clone(),
-            );
-            r.register(
-                "eventbus_groups_recreated",
-                "Consumer groups re-created after they vanished",
-                m.groups_recreated.clone(),
-            );
+            m.register_into(&mut r);
         }
         m
+    }
+
+    /// Registers every series in `registry` as well, so an application exposes ours beside its
+    /// own from one registry (the values are shared: both show the same counts). The
+    /// backend's own counters come along as a collector read at each encode.
+    ///
+    /// ```
+    /// use eventbus::observability::prometheus_client::{self, registry::Registry};
+    ///
+    /// let metrics = eventbus::observability::Metrics::new("orders");
+    /// let mut registry = Registry::default();
+    /// metrics.register(&mut registry);
+    /// let mut text = String::new();
+    /// prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    /// assert!(text.contains("event_published"));
+    /// ```
+    pub fn register(&self, registry: &mut Registry) {
+        self.register_into(registry);
+    }
+
+    fn register_into(&self, r: &mut Registry) {
+        r.register(
+            "event_published",
+            "Events accepted by the backend",
+            self.published.clone(),
+        );
+        r.register(
+            "event_publish_failures",
+            "Publish calls that failed",
+            self.publish_failures.clone(),
+        );
+        r.register(
+            "event_handled",
+            "Deliveries by final outcome",
+            self.handled.clone(),
+        );
+        r.register("event_failed", "Failed handler calls", self.failed.clone());
+        r.register(
+            "event_retried",
+            "Retries after a failed handler call",
+            self.retried.clone(),
+        );
+        r.register(
+            "event_dead_lettered",
+            "Events sent to the dead-letter queue",
+            self.dead_lettered.clone(),
+        );
+        r.register(
+            "event_handler_duration_seconds",
+            "Duration of one handler call",
+            self.handler_duration.clone(),
+        );
+        r.register(
+            "event_consumer_lag_seconds",
+            "Age of the last handled event at handling time",
+            self.consumer_lag_seconds.clone(),
+        );
+        r.register(
+            "event_consumer_lag_messages",
+            "Messages not yet delivered to a group",
+            self.consumer_lag_messages.clone(),
+        );
+        r.register(
+            "event_outbox_backlog",
+            "Outbox rows waiting to be published",
+            self.outbox_backlog.clone(),
+        );
+        r.register(
+            "event_publish_lag_seconds",
+            "Age of the oldest unpublished outbox row",
+            self.publish_lag_seconds.clone(),
+        );
+        r.register(
+            "event_dlq_size",
+            "Messages in a dead-letter topic",
+            self.dlq_size.clone(),
+        );
+        r.register(
+            "event_circuit_state",
+            "Publish circuit: 0 closed, 1 half-open, 2 open",
+            self.circuit_state.clone(),
+        );
+        r.register(
+            "event_dead_letter_payload_omitted",
+            "Dead letters stored without their payload (publishing it failed)",
+            self.payload_omitted.clone(),
+        );
+        r.register(
+            "event_parked_keys",
+            "Keys parked beside a dead letter (park_keys)",
+            self.parked_keys.clone(),
+        );
+        r.register(
+            "event_park_overflow",
+            "Keys not parked because the parking lot was full",
+            self.park_overflow.clone(),
+        );
+        r.register(
+            "eventbus_groups_recreated",
+            "Consumer groups re-created after they vanished",
+            self.groups_recreated.clone(),
+        );
+        r.register_collector(Box::new(BackendCounters {
+            service: self.service.clone(),
+            backends: self.backends.clone(),
+        }));
     }
 
     /// The service label.
@@ -259,19 +288,6 @@ impl Metrics {
             out.clear();
         }
         drop(registry);
-        let counters: Vec<crate::backend::BackendCounter> = self
-            .backends
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .flat_map(|b| b.counters())
-            .collect();
-        if !counters.is_empty() {
-            let end = out.rfind("# EOF").unwrap_or(out.len());
-            let eof = out.split_off(end);
-            write_backend_counters(&mut out, &self.service, &counters);
-            out.push_str(&eof);
-        }
         out
     }
 
@@ -480,30 +496,42 @@ impl Metrics {
 }
 
 /// Writes backend counters in the text format, one family per name.
-fn write_backend_counters(
-    out: &mut String,
-    service: &str,
-    counters: &[crate::backend::BackendCounter],
-) {
-    use std::fmt::Write as _;
-    let escape = |v: &str| {
-        v.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-    };
-    let mut names: Vec<(&str, &str)> = counters.iter().map(|c| (c.name, c.help)).collect();
-    names.sort_unstable();
-    names.dedup_by_key(|(name, _)| *name);
-    for (name, help) in names {
-        let family = name.strip_suffix("_total").unwrap_or(name);
-        let _ = writeln!(out, "# HELP {family} {help}.");
-        let _ = writeln!(out, "# TYPE {family} counter");
-        for counter in counters.iter().filter(|c| c.name == name) {
-            let mut labels = format!("service=\"{}\"", escape(service));
-            for (label, value) in &counter.labels {
-                let _ = write!(labels, ",{label}=\"{}\"", escape(value));
+/// The counters backends keep themselves ([`Backend::counters`](crate::backend::Backend::counters)),
+/// read at each encode of a registry they are registered in.
+struct BackendCounters {
+    service: String,
+    backends: Arc<Mutex<Vec<Arc<dyn crate::backend::Backend>>>>,
+}
+
+impl std::fmt::Debug for BackendCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendCounters")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collector for BackendCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let counters: Vec<crate::backend::BackendCounter> = self
+            .backends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flat_map(|b| b.counters())
+            .collect();
+        let mut names: Vec<(&str, &str)> = counters.iter().map(|c| (c.name, c.help)).collect();
+        names.sort_unstable();
+        names.dedup_by_key(|(name, _)| *name);
+        for (name, help) in names {
+            let family = name.strip_suffix("_total").unwrap_or(name);
+            let mut metric = encoder.encode_descriptor(family, help, None, MetricType::Counter)?;
+            for counter in counters.iter().filter(|c| c.name == name) {
+                let mut labels: Vec<(&str, &str)> = vec![("service", self.service.as_str())];
+                labels.extend(counter.labels.iter().map(|(k, v)| (*k, v.as_str())));
+                ConstCounter::new(counter.value).encode(metric.encode_family(&labels)?)?;
             }
-            let _ = writeln!(out, "{family}_total{{{labels}}} {}", counter.value);
         }
+        Ok(())
     }
 }

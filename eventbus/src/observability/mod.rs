@@ -10,4 +10,7 @@ pub mod otel;
 mod trace_context;
 
 pub use metrics::Metrics;
+/// The Prometheus client the metrics are kept in, for [`Metrics::register`] into a registry
+/// of the same version.
+pub use prometheus_client;
 pub use trace_context::{TraceParent, TRACEPARENT};

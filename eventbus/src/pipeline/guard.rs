@@ -19,6 +19,7 @@ pub struct GuardLayer {
     timeout: Option<Duration>,
     clock: Arc<dyn Clock>,
     metrics: Option<Arc<Metrics>>,
+    system: &'static str,
 }
 
 impl GuardLayer {
@@ -28,7 +29,14 @@ impl GuardLayer {
             timeout,
             clock,
             metrics: None,
+            system: "eventbus",
         }
+    }
+
+    /// The `messaging.system` its spans name (the backend: `kafka`, `redis`, `memory`).
+    pub fn with_system(mut self, system: &'static str) -> Self {
+        self.system = system;
+        self
     }
 
     /// Records each call's duration and failures in `metrics`.
@@ -54,9 +62,20 @@ impl Layer for GuardLayer {
         Box::pin(async move {
             let span = {
                 let env = cx.envelope.as_ref();
+                let id = env.map(|e| e.id.to_string()).unwrap_or_default();
+                // OpenTelemetry messaging conventions beside our own fields: a consumer span
+                // named `process {topic}`.
                 tracing::info_span!(
                     "eventbus.handle",
-                    event.id = %env.map(|e| e.id.to_string()).unwrap_or_default(),
+                    otel.name = %format_args!("process {}", cx.message.topic),
+                    otel.kind = "consumer",
+                    messaging.system = self.system,
+                    messaging.operation.type = "process",
+                    messaging.operation.name = "process",
+                    messaging.destination.name = %cx.message.topic,
+                    messaging.consumer.group.name = %cx.group,
+                    messaging.message.id = %id,
+                    event.id = %id,
                     event.r#type = %cx.message.event_type,
                     topic = %cx.message.topic,
                     group = %cx.group,

@@ -310,7 +310,9 @@ impl Pipeline {
         ));
         layers.extend(extra.iter().cloned());
         layers.push(Arc::new(
-            GuardLayer::new(options.timeout, clock.clone()).with_metrics(metrics),
+            GuardLayer::new(options.timeout, clock.clone())
+                .with_metrics(metrics)
+                .with_system(publisher.backend().name()),
         ));
         Pipeline {
             layers,
