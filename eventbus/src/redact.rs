@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 pub(crate) const REDACTED: &str = "<redacted>";
 
 /// `url` with the password of its `user:password@` part replaced by [`REDACTED`].
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
