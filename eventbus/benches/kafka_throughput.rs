@@ -1,8 +1,8 @@
 //! Kafka: the framework against raw rdkafka on the same broker, in one run.
 //!
 //! ```sh
-//! cargo bench -p eventbus --features kafka --bench kafka_throughput            # mock cluster
-//! EVENTBUS_KAFKA_BROKERS=127.0.0.1:9092 cargo bench -p eventbus --features kafka --bench kafka_throughput
+//! cargo bench -p eventbus-framework --features kafka --bench kafka_throughput            # mock cluster
+//! EVENTBUS_KAFKA_BROKERS=127.0.0.1:9092 cargo bench -p eventbus-framework --features kafka --bench kafka_throughput
 //! ```
 //!
 //! Prints events/s for (a) a raw `FutureProducer` (same producer settings, each envelope

@@ -1,7 +1,7 @@
 //! In-memory publish → handle throughput through the whole pipeline (decode, inbox, retry
 //! guard, ack), against a raw channel carrying the same encoded envelopes as baseline.
 //!
-//! `cargo bench -p eventbus --bench memory_throughput`
+//! `cargo bench -p eventbus-framework --bench memory_throughput`
 #![allow(missing_docs)]
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -4,7 +4,7 @@
 //! stay flat), and the overhead of `Outbox::enqueue` inside a user transaction against the same
 //! transaction without it.
 //!
-//! `cargo bench -p eventbus --features postgres,sqlite --bench outbox_relay`
+//! `cargo bench -p eventbus-framework --features postgres,sqlite --bench outbox_relay`
 //!
 //! Environment: `OUTBOX_BENCH_N` (default 20 000), `OUTBOX_BENCH_KEYS` (default 1 000 partition
 //! keys), `OUTBOX_BENCH_TXS` (default 2 000 transactions per enqueue variant).

@@ -3,7 +3,7 @@
 //! server, in one run.
 //!
 //! ```sh
-//! EVENTBUS_REDIS_URL=redis://127.0.0.1:6379 cargo bench -p eventbus --features redis --bench redis_partitions
+//! EVENTBUS_REDIS_URL=redis://127.0.0.1:6379 cargo bench -p eventbus-framework --features redis --bench redis_partitions
 //! ```
 //!
 //! Prints events/s for (a) raw pipelined `XADD` to 16 streams by key hash, (b) the bus's

@@ -1,7 +1,7 @@
 //! Redis Streams: the framework against the raw `redis` client on the same server, in one run.
 //!
 //! ```sh
-//! EVENTBUS_REDIS_URL=redis://127.0.0.1:6379 cargo bench -p eventbus --features redis --bench redis_throughput
+//! EVENTBUS_REDIS_URL=redis://127.0.0.1:6379 cargo bench -p eventbus-framework --features redis --bench redis_throughput
 //! ```
 //!
 //! Prints events/s for (a) raw pipelined `XADD`, (b) `publish_batch` through the bus,

@@ -362,10 +362,13 @@ impl BusBuilder {
             names.push(subscription.name().to_owned());
         }
         if !names.is_empty() && backend.admin().is_some() {
+            // Real time even under a virtual clock: reading the lag is operations, not part of
+            // the timeline a test drives.
+            let wall: Arc<dyn Clock> = Arc::new(SystemClock::new(runtime.clone()));
             let task = crate::observability::lag::refresh_every(
                 backend.clone(),
                 metrics.clone(),
-                clock.clone(),
+                wall,
                 shared.tasks.clone(),
                 lag_interval,
             );

@@ -64,7 +64,7 @@
 //! ## Schema and migrations
 //!
 //! Tables `outbox` (plus `outbox_archive`) and `inbox`, created by the SQL files in the
-//! repository's `migrations/postgres` and `migrations/sqlite` directories. They are embedded
+//! crate's `migrations/postgres` and `migrations/sqlite` directories. They are embedded
 //! in the crate as `postgres::MIGRATOR` and `sqlite::MIGRATOR` (sqlx [`Migrator`]s) and
 //! applied with `postgres::migrate(&pool)` / `sqlite::migrate(&pool)`; the files follow sqlx's
 //! `<version>_<description>.sql` naming, so `sqlx migrate run --source` or a copy into your own

@@ -49,12 +49,12 @@ pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
         (
             20250101000001,
             "eventbus outbox",
-            include_str!("../../../migrations/postgres/20250101000001_eventbus_outbox.sql"),
+            include_str!("../../migrations/postgres/20250101000001_eventbus_outbox.sql"),
         ),
         (
             20250101000002,
             "eventbus inbox",
-            include_str!("../../../migrations/postgres/20250101000002_eventbus_inbox.sql"),
+            include_str!("../../migrations/postgres/20250101000002_eventbus_inbox.sql"),
         ),
     ])
 });
