@@ -648,6 +648,26 @@ fn codegen(args: &SubscriberArgs, mut func: ItemFn, payload: Option<&Type>) -> T
         }
     });
 
+    // `#ident::handle(...)` calls the function itself (the struct takes its name in the value
+    // namespace): what a unit test of the handler does.
+    let params: Vec<(proc_macro2::Ident, &Type)> = func
+        .sig
+        .inputs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, input)| match input {
+            FnArg::Typed(pat) => Some((format_ident!("__eventbus_arg{}", i), &*pat.ty)),
+            FnArg::Receiver(_) => None,
+        })
+        .collect();
+    let (names, types): (Vec<_>, Vec<_>) = params.into_iter().unzip();
+    let output = match &func.sig.output {
+        syn::ReturnType::Default => quote!(()),
+        syn::ReturnType::Type(_, ty) => quote!(#ty),
+    };
+    let handle_doc =
+        format!("Calls `{name}` itself, outside any bus: for unit tests of the handler.");
+
     quote! {
         #(#cfg)*
         #(#on_struct)*
@@ -662,6 +682,15 @@ fn codegen(args: &SubscriberArgs, mut func: ItemFn, payload: Option<&Type>) -> T
             // The function keeps its name inside this block, where it shadows the struct in the
             // value namespace: `#ident` below is the function, `#ident {}` the struct.
             #func
+
+            #[automatically_derived]
+            #[allow(deprecated, dead_code)]
+            impl #ident {
+                #[doc = #handle_doc]
+                #vis fn handle(#(#names: #types),*) -> impl ::core::future::Future<Output = #output> {
+                    #ident(#(#names),*)
+                }
+            }
 
             #[automatically_derived]
             #[allow(deprecated)]

@@ -46,10 +46,13 @@ use uuid::Uuid;
 use crate::backend::memory::{Faults, MemoryBackend};
 use crate::bus::{Bus, BusBuilder};
 use crate::clock::Clock;
+use crate::context::Context;
 use crate::dead_letter::DeadLetter;
+use crate::envelope::{Envelope, RawEnvelope};
 use crate::error::Error;
 use crate::event::Event;
 use crate::inbox::MemoryInbox;
+use crate::pipeline::{DeliveryCx, Layer, Next, Outcome};
 use crate::runtime::{default_runtime, Runtime};
 
 /// A clock that only moves when told to. Sleeps complete when the clock is advanced past
@@ -147,6 +150,49 @@ impl Clock for VirtualClock {
 
 type Configure = Arc<dyn Fn(BusBuilder) -> BusBuilder + Send + Sync>;
 
+/// One delivery a handler handled successfully, as the harness saw it.
+#[derive(Clone)]
+struct HandledEvent {
+    event_type: String,
+    group: String,
+    payload: Arc<[u8]>,
+}
+
+/// Records the deliveries whose handler succeeded; the harness puts it before each handler.
+#[derive(Clone, Default)]
+struct Recorder {
+    handled: Arc<Mutex<Vec<HandledEvent>>>,
+}
+
+impl Layer for Recorder {
+    fn handle<'a>(&'a self, cx: &'a mut DeliveryCx, next: Next<'a>) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let outcome = next.run(cx).await;
+            if let Outcome::Handled = outcome {
+                self.handled
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(HandledEvent {
+                        event_type: cx.message.event_type.clone(),
+                        group: cx.group.clone(),
+                        payload: cx.message.payload.clone(),
+                    });
+            }
+            outcome
+        })
+    }
+}
+
+/// Decodes the payloads of `E` among `messages`; a payload that does not decode is skipped.
+fn typed<'a, E: Event + serde::de::DeserializeOwned>(
+    payloads: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> Vec<Envelope<E>> {
+    payloads
+        .filter(|(event_type, _)| *event_type == E::NAME)
+        .filter_map(|(_, payload)| serde_json::from_slice(payload).ok())
+        .collect()
+}
+
 /// A bus on the in-memory backend with a virtual clock and an in-memory inbox, for tests.
 ///
 /// The backend, inbox and clock outlive [`TestHarness::restart`], as a broker and a database
@@ -159,6 +205,7 @@ pub struct TestHarness {
     configure: Configure,
     bus: Bus,
     settle_limit: Duration,
+    recorder: Recorder,
 }
 
 impl TestHarness {
@@ -179,7 +226,8 @@ impl TestHarness {
         let clock = Arc::new(VirtualClock::new());
         let inbox = Arc::new(MemoryInbox::new());
         let configure: Configure = Arc::new(configure);
-        let bus = Self::build(&backend, &clock, &inbox, &runtime, &configure).await?;
+        let recorder = Recorder::default();
+        let bus = Self::build(&backend, &clock, &inbox, &runtime, &configure, &recorder).await?;
         Ok(TestHarness {
             backend,
             clock,
@@ -187,7 +235,8 @@ impl TestHarness {
             runtime,
             configure,
             bus,
-            settle_limit: Duration::from_secs(10),
+            settle_limit: Self::DEFAULT_SETTLE_TIMEOUT,
+            recorder,
         })
     }
 
@@ -197,14 +246,85 @@ impl TestHarness {
         inbox: &Arc<MemoryInbox>,
         runtime: &Arc<dyn Runtime>,
         configure: &Configure,
+        recorder: &Recorder,
     ) -> Result<Bus, Error> {
         let builder = Bus::builder()
             .backend(backend.clone())
             .clock(clock.clone())
             .inbox(inbox.clone())
             .runtime(runtime.clone())
-            .source("test-harness");
+            .source("test-harness")
+            .layer(recorder.clone());
         configure(builder).start().await
+    }
+
+    /// How long [`TestHarness::settle`] waits (real time) unless told otherwise.
+    pub const DEFAULT_SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Sets how long [`TestHarness::settle`] may take in real time before it fails.
+    pub fn settle_timeout(mut self, timeout: Duration) -> Self {
+        self.settle_limit = timeout;
+        self
+    }
+
+    /// Every event of type `E` published through the backend so far (by the test, by
+    /// handlers, by redrives), oldest first, decoded.
+    pub fn published<E: Event + serde::de::DeserializeOwned>(&self) -> Vec<Envelope<E>> {
+        let stored = self.backend.messages(E::TOPIC);
+        typed(
+            stored
+                .iter()
+                .map(|m| (m.message.event_type.as_str(), &m.message.payload[..])),
+        )
+    }
+
+    /// Every event of type `E` a handler handled successfully so far, in any group, in the
+    /// order the handlers finished.
+    pub fn handled<E: Event + serde::de::DeserializeOwned>(&self) -> Vec<Envelope<E>> {
+        let handled = self.handled_events();
+        typed(
+            handled
+                .iter()
+                .map(|h| (h.event_type.as_str(), &h.payload[..])),
+        )
+    }
+
+    /// Like [`TestHarness::handled`], in one consumer group only.
+    pub fn handled_by<E: Event + serde::de::DeserializeOwned>(
+        &self,
+        group: &str,
+    ) -> Vec<Envelope<E>> {
+        let handled = self.handled_events();
+        typed(
+            handled
+                .iter()
+                .filter(|h| h.group == group)
+                .map(|h| (h.event_type.as_str(), &h.payload[..])),
+        )
+    }
+
+    fn handled_events(&self) -> Vec<HandledEvent> {
+        self.recorder
+            .handled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A [`Context`] for calling a handler directly (`my_subscriber::handle(ctx, env)`), as
+    /// if `envelope` were delivered to `group` for the first time: what it publishes goes
+    /// through this harness's bus (see [`TestHarness::published`]).
+    pub fn context<E: Event>(&self, envelope: &Envelope<E>, group: &str) -> Result<Context, Error> {
+        let raw = RawEnvelope::decode(&envelope.encode()?)?;
+        Ok(Context::new(
+            &raw,
+            E::TOPIC,
+            group,
+            1,
+            false,
+            self.bus.publisher(),
+            Arc::new(crate::Extensions::default()),
+        ))
     }
 
     /// The running bus.
@@ -238,7 +358,8 @@ impl TestHarness {
     }
 
     /// Waits until every published message is settled, advancing the virtual clock whenever
-    /// the only thing left to do is wait for it. Fails after 10 s of real time.
+    /// the only thing left to do is wait for it. Fails after the
+    /// [settle timeout](TestHarness::settle_timeout) (10 s of real time by default).
     pub async fn settle(&self) -> Result<(), Error> {
         let started = Instant::now();
         let mut quiet = 0;
@@ -279,6 +400,7 @@ impl TestHarness {
             &self.inbox,
             &self.runtime,
             &self.configure,
+            &self.recorder,
         )
         .await?;
         Ok(())
