@@ -13,6 +13,7 @@
 //! const FIELDS: &[FieldInfo] = &[FieldInfo { name: "order_id", ty: "String" }];
 //! let entries = [CatalogEntry {
 //!     name: "order.created", version: 1, topic: "orders", key: Some("order_id"), fields: FIELDS,
+//!     schema: None,
 //! }];
 //! let doc = eventbus::asyncapi::document("orders-service", &entries);
 //! assert_eq!(doc["asyncapi"], "3.0.0");
@@ -125,8 +126,12 @@ fn pointer(key: &str) -> String {
 
 fn message(entry: &CatalogEntry) -> Value {
     let mut data = entry.json_schema();
+    // The payload schema is the resource root: the data's definitions move up there, where
+    // its `#/$defs/...` references resolve.
+    let mut defs = None;
     if let Some(schema) = data.as_object_mut() {
         schema.remove("$schema");
+        defs = schema.remove("$defs");
     }
     let optional_string = json!({ "type": ["string", "null"] });
     json!({
@@ -157,6 +162,7 @@ fn message(entry: &CatalogEntry) -> Value {
                     },
                     "data": data,
                 },
+                "$defs": defs.unwrap_or_else(|| json!({})),
             },
         },
         "x-eventbus": {
@@ -195,6 +201,7 @@ mod tests {
                 topic: "orders",
                 key: Some("order_id"),
                 fields: ORDER_FIELDS,
+                schema: None,
             },
             CatalogEntry {
                 name: "order.cancelled",
@@ -202,6 +209,7 @@ mod tests {
                 topic: "orders",
                 key: None,
                 fields: &[],
+                schema: None,
             },
             CatalogEntry {
                 name: "user.signed_up",
@@ -209,6 +217,7 @@ mod tests {
                 topic: "user.signed_up",
                 key: None,
                 fields: &[],
+                schema: None,
             },
             CatalogEntry {
                 name: "order.created",
@@ -216,6 +225,7 @@ mod tests {
                 topic: "orders",
                 key: Some("order_id"),
                 fields: ORDER_FIELDS,
+                schema: None,
             },
         ]
     }
@@ -310,6 +320,7 @@ mod tests {
             topic: "orders",
             key: None,
             fields: &[],
+            schema: None,
         });
         let doc = document("shop", &list);
         assert!(doc["components"]["messages"]["order.created.v3"].is_object());
