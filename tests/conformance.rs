@@ -1599,6 +1599,119 @@ async fn exactly_once_effect_under_faults_with_the_sql_inbox(b: &Under) {
     }
 }
 
+// --- 12. CloudEvents ------------------------------------------------------------------------
+
+#[event(name = "payment.settled", version = 1, key = payment)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct PaymentSettled {
+    payment: String,
+    cents: i64,
+}
+
+/// Our events, read back from the topic, are CloudEvents the `cloudevents-sdk` crate parses
+/// with every attribute; what it writes (our event re-serialized with a new id, and an event
+/// it built itself) is handled by our consumer, typed, with its correlation id and extensions.
+async fn cloudevents_sdk_reads_ours_and_we_handle_its(b: &Under) {
+    use cloudevents::{AttributesReader, AttributesWriter, EventBuilder, EventBuilderV10};
+    let t = "payment.settled";
+    b.topic(t, 1).await;
+    let seen: Arc<Mutex<Vec<Envelope<PaymentSettled>>>> = Arc::default();
+    let log = seen.clone();
+    let bus = Bus::builder()
+        .backend_arc(b.member().await)
+        .source("payments-service")
+        .subscribe(
+            Subscription::new(t, move |env: Envelope<PaymentSettled>| {
+                log.lock().expect("lock").push(env);
+                async { Ok(()) }
+            })
+            .group(group("cloudevents")),
+        )
+        .start()
+        .await
+        .expect("start");
+    let ours = Envelope::new(PaymentSettled {
+        payment: "p-1".into(),
+        cents: 1200,
+    })
+    .with_correlation_id("flow-1")
+    .with_tenant("acme");
+    bus.publisher()
+        .publish_envelope(ours.clone())
+        .await
+        .expect("publish");
+    assert!(eventually(WAIT, || seen.lock().expect("lock").len() == 1).await);
+
+    let admin = bus.backend().admin().expect("admin");
+    let page = admin.read_page(t, None, 100).await.expect("read back");
+    let stored = page
+        .messages
+        .iter()
+        .find(|m| m.message.event_type == t)
+        .expect("our event in the topic");
+    let mut event: cloudevents::Event =
+        serde_json::from_slice(&stored.message.payload).expect("the SDK parses our event");
+    assert_eq!(event.id(), ours.id.to_string());
+    assert_eq!(event.ty(), t);
+    assert_eq!(event.source().to_string(), "payments-service");
+    assert_eq!(event.datacontenttype(), Some("application/json"));
+    assert_eq!(
+        event.extension("correlationid").map(ToString::to_string),
+        Some("flow-1".to_owned())
+    );
+    assert_eq!(
+        event.extension("tenantid").map(ToString::to_string),
+        Some("acme".to_owned())
+    );
+    assert!(event.extension("traceparent").is_some(), "{event}");
+    let data = match event.data() {
+        Some(cloudevents::Data::Json(value)) => value.clone(),
+        other => panic!("data is not JSON: {other:?}"),
+    };
+    assert_eq!(data, serde_json::json!({ "payment": "p-1", "cents": 1200 }));
+
+    // Fed back: our event as the SDK writes it (new id: the inbox would drop the same one).
+    let again = Uuid::now_v7();
+    event.set_id(again.to_string());
+    let bytes = serde_json::to_vec(&event).expect("the SDK writes JSON");
+    b.publish_foreign(t, "p-1", t, &[], &bytes).await;
+    // And one the SDK built, as another CloudEvents producer.
+    let theirs = EventBuilderV10::new()
+        .id(Uuid::now_v7().to_string())
+        .source("https://billing.example/api")
+        .ty(t)
+        .time(chrono::Utc::now())
+        .extension("version", 1i64)
+        .extension("correlationid", "flow-2")
+        .extension("region", "eu")
+        .data(
+            "application/json",
+            serde_json::json!({ "payment": "p-2", "cents": 5 }),
+        )
+        .build()
+        .expect("a CloudEvent");
+    let bytes = serde_json::to_vec(&theirs).expect("the SDK writes JSON");
+    b.publish_foreign(t, "p-2", t, &[], &bytes).await;
+    assert!(
+        eventually(WAIT, || seen.lock().expect("lock").len() == 3).await,
+        "{:?}",
+        bus.stats()
+    );
+    let seen = seen.lock().expect("lock").clone();
+    let fed_back = seen.iter().find(|e| e.id == again).expect("fed back");
+    assert_eq!(fed_back.data, ours.data);
+    assert_eq!(fed_back.correlation_id.as_deref(), Some("flow-1"));
+    assert_eq!(fed_back.tenant_id.as_deref(), Some("acme"));
+    let built = seen
+        .iter()
+        .find(|e| e.data.payment == "p-2")
+        .expect("the SDK's own event");
+    assert_eq!(built.correlation_id.as_deref(), Some("flow-2"));
+    assert_eq!(built.source, "https://billing.example/api");
+    assert_eq!(built.headers.get("region").map(String::as_str), Some("eu"));
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -1661,4 +1774,5 @@ conformance!(
     dead_letter_tools_page_through_the_queue,
     exactly_once_effect_under_faults_with_the_sql_inbox,
     a_parked_key_stays_parked_across_a_restart,
+    cloudevents_sdk_reads_ours_and_we_handle_its,
 );

@@ -137,29 +137,31 @@ fn message(entry: &CatalogEntry) -> Value {
     json!({
         "name": entry.name,
         "title": format!("{} v{}", entry.name, entry.version),
-        "contentType": "application/json",
-        "correlationId": { "location": "$message.payload#/correlationId" },
+        "contentType": "application/cloudevents+json",
+        "correlationId": { "location": "$message.payload#/correlationid" },
         "payload": {
             "schemaFormat": SCHEMA_FORMAT,
             "schema": {
                 "$schema": "https://json-schema.org/draft/2020-12/schema",
                 "title": entry.name,
+                "description": "A CloudEvents 1.0 event in structured mode; \
+                    extensions other than these carry headers",
                 "type": "object",
-                "required": ["id", "type", "source", "time", "version", "data"],
+                "required": ["specversion", "id", "type", "source", "time", "version", "data"],
                 "properties": {
+                    "specversion": { "const": crate::envelope::cloudevents::SPEC_VERSION },
                     "id": { "type": "string", "format": "uuid" },
                     "type": { "const": entry.name },
                     "source": { "type": "string" },
                     "time": { "type": "string", "format": "date-time" },
+                    "datacontenttype": { "const": crate::envelope::cloudevents::DATA_CONTENT_TYPE },
                     "version": { "type": "integer", "minimum": 1, "maximum": entry.version },
-                    "correlationId": optional_string,
-                    "causationId": optional_string,
-                    "tenantId": optional_string,
-                    "userId": optional_string,
-                    "headers": {
-                        "type": ["object", "null"],
-                        "additionalProperties": { "type": "string" },
-                    },
+                    "correlationid": optional_string,
+                    "causationid": optional_string,
+                    "tenantid": optional_string,
+                    "userid": optional_string,
+                    "traceparent": optional_string,
+                    crate::envelope::cloudevents::HEADERS_EXTENSION: { "type": "string" },
                     "data": data,
                 },
                 "$defs": defs.unwrap_or_else(|| json!({})),
@@ -291,7 +293,7 @@ mod tests {
         let doc = document("shop", &entries());
         let message = &doc["components"]["messages"]["order.created"];
         assert_eq!(message["name"], "order.created");
-        assert_eq!(message["contentType"], "application/json");
+        assert_eq!(message["contentType"], "application/cloudevents+json");
         assert_eq!(message["payload"]["schemaFormat"], SCHEMA_FORMAT);
         let schema = &message["payload"]["schema"];
         assert_eq!(schema["properties"]["type"]["const"], "order.created");
@@ -307,7 +309,7 @@ mod tests {
         assert_eq!(message["x-eventbus"]["key"], "order_id");
         assert_eq!(
             message["correlationId"]["location"],
-            "$message.payload#/correlationId"
+            "$message.payload#/correlationid"
         );
     }
 

@@ -53,13 +53,14 @@ struct Meta<'a> {
     source: Option<Cow<'a, str>>,
     #[serde(borrow)]
     time: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "correlationId")]
+    #[serde(borrow, rename = "correlationid", alias = "correlationId")]
     correlation_id: Option<Cow<'a, str>>,
 }
 
 /// Reads the envelope's leading top-level scalar fields without parsing the rest (the
-/// envelope encoder writes `id`, `type`, `source`, `time`, `version`, `correlationId` before
-/// any nested value). `None` when the bytes do not look like that (escapes, other layout):
+/// envelope encoder writes `specversion`, `id`, `source`, `type`, `time`, `datacontenttype`,
+/// `version` and `correlationid` before any nested value; the earlier format's
+/// `correlationId` is read too). `None` when the bytes do not look like that (escapes, other layout):
 /// the caller then parses the document.
 fn scan_meta(bytes: &[u8]) -> Option<Meta<'_>> {
     let text = std::str::from_utf8(bytes).ok()?;
@@ -108,7 +109,7 @@ fn scan_meta(bytes: &[u8]) -> Option<Meta<'_>> {
                     "id" => &mut meta.id,
                     "source" => &mut meta.source,
                     "time" => &mut meta.time,
-                    "correlationId" => &mut meta.correlation_id,
+                    "correlationid" | "correlationId" => &mut meta.correlation_id,
                     _ => &mut None,
                 };
                 *slot = Some(Cow::Borrowed(value));

@@ -1,68 +1,66 @@
-//! The envelope: the metadata every event travels with, and its JSON wire format.
+//! The envelope: the metadata every event travels with, and its JSON wire format, a
+//! [CloudEvents 1.0](https://github.com/cloudevents/spec) event in structured mode (see
+//! [`cloudevents`] for the mapping and the earlier format still read):
 //!
 //! ```json
 //! {
+//!   "specversion": "1.0",
 //!   "id": "0190b5a4-6c1e-7cc2-9d4e-3f1a2b3c4d5e",
-//!   "type": "approval.granted",
 //!   "source": "approvals-service",
+//!   "type": "approval.granted",
 //!   "time": "2026-11-23T10:15:01.123Z",
+//!   "datacontenttype": "application/json",
 //!   "version": 1,
-//!   "correlationId": "0190b5a4-6c1e-7cc2-9d4e-3f1a2b3c4d5e",
-//!   "causationId": null,
-//!   "tenantId": "acme",
-//!   "userId": "u-42",
-//!   "headers": {"traceparent": "00-..."},
+//!   "correlationid": "0190b5a4-6c1e-7cc2-9d4e-3f1a2b3c4d5e",
+//!   "tenantid": "acme",
+//!   "userid": "u-42",
+//!   "traceparent": "00-...",
 //!   "data": {"approvalId": "a-1"}
 //! }
 //! ```
 //!
 //! `id`, `type`, `source`, `time`, `version` and `data` are required; the others may be absent
-//! or `null`. Unknown fields are ignored so producers can add fields without breaking readers.
+//! or `null`. Unknown members of a document in the earlier format are ignored; in a
+//! CloudEvent they are extensions and become headers.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::error::DecodeError;
 use crate::event::Event;
 
+pub mod cloudevents;
+
 /// Free-form string headers carried inside the envelope (trace context, user metadata).
 pub type Headers = BTreeMap<String, String>;
 
 /// An event with its metadata. `T` is the payload: an [`Event`] type, an event group, or
 /// [`serde_json::Value`] for dynamic handlers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Envelope<T> {
     /// Unique id of this event (UUID v7, time-ordered). The inbox deduplicates on it.
     pub id: Uuid,
     /// The event's name, such as `approval.granted`.
-    #[serde(rename = "type")]
     pub event_type: String,
     /// The service that produced it.
     pub source: String,
     /// When it was produced, RFC 3339 UTC.
-    #[serde(with = "crate::rfc3339")]
     pub time: DateTime<Utc>,
     /// Schema version of `data`.
     pub version: u32,
     /// Id shared by every event of one business flow.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
     /// Id of the event whose handler produced this one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub causation_id: Option<String>,
     /// Tenant the event belongs to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<String>,
     /// User who caused it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
     /// Extra string headers.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: Headers,
     /// The payload.
     pub data: T,
@@ -235,12 +233,93 @@ mod tests {
     }
 
     #[test]
-    fn encodes_camel_case_and_skips_empty_optionals() {
+    fn encodes_a_cloudevent_and_skips_empty_optionals() {
         let env = RawEnvelope::decode(FULL.as_bytes()).expect("valid envelope");
         let text = String::from_utf8(env.encode().expect("encodes")).expect("utf-8");
-        assert!(text.contains("\"correlationId\":\"c-1\""), "{text}");
-        assert!(text.contains("\"type\":\"approval.granted\""), "{text}");
-        assert!(!text.contains("userId"), "{text}");
-        assert!(!text.contains("somethingNew"), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(json["specversion"], "1.0", "{text}");
+        assert_eq!(json["type"], "approval.granted", "{text}");
+        assert_eq!(json["datacontenttype"], "application/json", "{text}");
+        assert_eq!(json["correlationid"], "c-1", "{text}");
+        assert_eq!(json["tenantid"], "acme", "{text}");
+        assert_eq!(
+            json["a"], "b",
+            "a header with a valid extension name: {text}"
+        );
+        assert!(json.get("userid").is_none(), "{text}");
+        assert!(json.get("somethingNew").is_none(), "{text}");
+        assert!(json.get("correlationId").is_none(), "{text}");
+    }
+
+    #[test]
+    fn round_trips_every_field_and_any_header_name() {
+        let mut env = RawEnvelope::decode(FULL.as_bytes()).expect("valid envelope");
+        env.causation_id = Some("cause".into());
+        env.user_id = Some("u-1".into());
+        env.headers.insert("traceparent".into(), "00-abc".into());
+        env.headers.insert("X-Request-Id".into(), "r-1".into());
+        env.headers.insert(
+            "a-very-long-header-name-beyond-twenty".into(),
+            "long".into(),
+        );
+        let bytes = env.encode().expect("encodes");
+        let text = std::str::from_utf8(&bytes).expect("utf-8");
+        assert!(text.contains(r#""traceparent":"00-abc""#), "{text}");
+        assert!(text.contains(cloudevents::HEADERS_EXTENSION), "{text}");
+        let back = RawEnvelope::decode(&bytes).expect("decodes");
+        assert_eq!(back.headers, env.headers);
+        assert_eq!(
+            (
+                back.id,
+                &back.event_type,
+                &back.source,
+                back.time,
+                back.version
+            ),
+            (env.id, &env.event_type, &env.source, env.time, env.version)
+        );
+        assert_eq!(
+            (
+                &back.correlation_id,
+                &back.causation_id,
+                &back.tenant_id,
+                &back.user_id
+            ),
+            (
+                &env.correlation_id,
+                &env.causation_id,
+                &env.tenant_id,
+                &env.user_id
+            )
+        );
+        assert_eq!(back.data.get(), env.data.get());
+    }
+
+    #[test]
+    fn a_foreign_cloudevent_keeps_its_extensions_as_headers() {
+        let foreign = r#"{"specversion":"1.0","id":"0190b5a4-6c1e-7cc2-9d4e-3f1a2b3c4d5e",
+            "source":"https://billing.example/api","type":"invoice.paid","subject":"inv-1",
+            "time":"2026-11-23T10:15:01+01:00","version":2,"region":"eu","priority":3,
+            "sampled":true,"data":{"invoice":"inv-1"}}"#;
+        let env = RawEnvelope::decode(foreign.as_bytes()).expect("a CloudEvent decodes");
+        assert_eq!(env.event_type, "invoice.paid");
+        assert_eq!(env.version, 2);
+        assert_eq!(env.time.to_rfc3339(), "2026-11-23T09:15:01+00:00");
+        assert_eq!(env.headers.get("region").map(String::as_str), Some("eu"));
+        assert_eq!(env.headers.get("priority").map(String::as_str), Some("3"));
+        assert_eq!(env.headers.get("sampled").map(String::as_str), Some("true"));
+        assert!(!env.headers.contains_key("subject"));
+    }
+
+    #[test]
+    fn other_spec_versions_and_binary_data_are_refused() {
+        let v2 = FULL.replacen("{", r#"{"specversion":"2.0","#, 1);
+        assert!(RawEnvelope::decode(v2.as_bytes()).is_err());
+        let xml = FULL.replacen(
+            "{",
+            r#"{"specversion":"1.0","datacontenttype":"text/xml","#,
+            1,
+        );
+        assert!(RawEnvelope::decode(xml.as_bytes()).is_err());
     }
 }

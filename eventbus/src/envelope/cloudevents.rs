@@ -1,0 +1,305 @@
+//! The envelope's JSON form: a [CloudEvents 1.0](https://github.com/cloudevents/spec) event in
+//! structured mode. Reading also accepts the envelope format of earlier releases (camelCase
+//! fields, a `headers` object), so messages already in topics and streams keep decoding.
+//!
+//! | envelope | CloudEvents | earlier format |
+//! |---|---|---|
+//! | `id` | `id` | `id` |
+//! | `event_type` | `type` | `type` |
+//! | `source` | `source` | `source` |
+//! | `time` | `time` | `time` |
+//! | `version` | extension `version` | `version` |
+//! | `correlation_id` | extension `correlationid` | `correlationId` |
+//! | `causation_id` | extension `causationid` | `causationId` |
+//! | `tenant_id` | extension `tenantid` | `tenantId` |
+//! | `user_id` | extension `userid` | `userId` |
+//! | `headers` | one extension per header whose name is a valid extension name (`traceparent`); the others as a JSON object in the string extension `eventbusheaders` | `headers` |
+//! | `data` | `data` (`datacontenttype` `application/json`) | `data` |
+//!
+//! Reading a CloudEvent, every extension besides the ones above becomes a header (numbers and
+//! booleans as their text), so events from other CloudEvents producers keep their extensions.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{Envelope, Headers};
+
+/// The CloudEvents version written.
+pub const SPEC_VERSION: &str = "1.0";
+/// The `datacontenttype` written: `data` is JSON.
+pub const DATA_CONTENT_TYPE: &str = "application/json";
+/// The extension holding the headers whose names are not valid extension names, as a JSON
+/// object in a string.
+pub const HEADERS_EXTENSION: &str = "eventbusheaders";
+
+/// Attribute names the envelope itself uses: a header of one of these names cannot be an
+/// extension of its own.
+const TAKEN: &[&str] = &[
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "subject",
+    "data",
+    "data_base64",
+    "version",
+    "correlationid",
+    "causationid",
+    "tenantid",
+    "userid",
+    HEADERS_EXTENSION,
+    "headers",
+];
+
+/// Whether `name` can be a CloudEvents extension attribute carrying a header: lower-case ASCII
+/// letters and digits, at most 20 characters, not an attribute the envelope uses.
+pub fn is_extension_name(name: &str) -> bool {
+    (1..=20).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && !TAKEN.contains(&name)
+}
+
+struct Time<'a>(&'a chrono::DateTime<chrono::Utc>);
+
+impl Serialize for Time<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        crate::rfc3339::serialize(self.0, serializer)
+    }
+}
+
+impl<T: Serialize> Serialize for Envelope<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("specversion", SPEC_VERSION)?;
+        map.serialize_entry("id", &self.id)?;
+        map.serialize_entry("source", &self.source)?;
+        map.serialize_entry("type", &self.event_type)?;
+        map.serialize_entry("time", &Time(&self.time))?;
+        map.serialize_entry("datacontenttype", DATA_CONTENT_TYPE)?;
+        map.serialize_entry("version", &self.version)?;
+        for (name, value) in [
+            ("correlationid", &self.correlation_id),
+            ("causationid", &self.causation_id),
+            ("tenantid", &self.tenant_id),
+            ("userid", &self.user_id),
+        ] {
+            if let Some(value) = value {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        let mut others: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, value) in &self.headers {
+            if is_extension_name(name) {
+                map.serialize_entry(name, value)?;
+            } else {
+                others.insert(name, value);
+            }
+        }
+        if !others.is_empty() {
+            let text = serde_json::to_string(&others).map_err(serde::ser::Error::custom)?;
+            map.serialize_entry(HEADERS_EXTENSION, &text)?;
+        }
+        map.serialize_entry("data", &self.data)?;
+        map.end()
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Envelope<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(EnvelopeVisitor(PhantomData))
+    }
+}
+
+struct EnvelopeVisitor<T>(PhantomData<T>);
+
+/// A top-level member that is not an envelope field: an extension when the document is a
+/// CloudEvent, ignored otherwise.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Extension {
+    Text(String),
+    Number(serde_json::Number),
+    Flag(bool),
+    Other(IgnoredAny),
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for EnvelopeVisitor<T> {
+    type Value = Envelope<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an event envelope (a CloudEvents JSON object)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut id = None;
+        let mut event_type: Option<String> = None;
+        let mut source: Option<String> = None;
+        let mut time = None;
+        let mut version = None;
+        let mut correlation_id = None;
+        let mut causation_id = None;
+        let mut tenant_id = None;
+        let mut user_id = None;
+        let mut headers = Headers::new();
+        let mut extensions = Headers::new();
+        let mut cloudevent = false;
+        let mut data = None;
+        while let Some(key) = map.next_key::<Key>()? {
+            match key.name() {
+                "id" => id = Some(map.next_value()?),
+                "type" => event_type = Some(map.next_value()?),
+                "source" => source = Some(map.next_value()?),
+                "time" => time = Some(map.next_value::<RfcTime>()?.0),
+                "version" => version = Some(map.next_value()?),
+                "correlationid" | "correlationId" => correlation_id = map.next_value()?,
+                "causationid" | "causationId" => causation_id = map.next_value()?,
+                "tenantid" | "tenantId" => tenant_id = map.next_value()?,
+                "userid" | "userId" => user_id = map.next_value()?,
+                "headers" => {
+                    let legacy: Option<Headers> = map.next_value()?;
+                    headers.extend(legacy.unwrap_or_default());
+                }
+                "data" => data = Some(map.next_value()?),
+                "specversion" => {
+                    cloudevent = true;
+                    let version: String = map.next_value()?;
+                    if !version.starts_with("1.") {
+                        return Err(de::Error::custom(format!(
+                            "CloudEvents specversion `{version}` is not supported (1.x is)"
+                        )));
+                    }
+                }
+                HEADERS_EXTENSION => {
+                    let text: String = map.next_value()?;
+                    let packed: Headers = serde_json::from_str(&text).map_err(|e| {
+                        de::Error::custom(format!("extension `{HEADERS_EXTENSION}`: {e}"))
+                    })?;
+                    headers.extend(packed);
+                }
+                "datacontenttype" => {
+                    let content_type: String = map.next_value()?;
+                    let json = content_type.starts_with("application/json")
+                        || content_type.contains("+json");
+                    if !json {
+                        return Err(de::Error::custom(format!(
+                            "datacontenttype `{content_type}` is not JSON"
+                        )));
+                    }
+                }
+                "data_base64" => {
+                    return Err(de::Error::custom(
+                        "binary data (`data_base64`) is not supported: data must be JSON",
+                    ))
+                }
+                name => match map.next_value::<Extension>()? {
+                    Extension::Text(text) => {
+                        extensions.insert(name.to_owned(), text);
+                    }
+                    Extension::Number(n) => {
+                        extensions.insert(name.to_owned(), n.to_string());
+                    }
+                    Extension::Flag(b) => {
+                        extensions.insert(name.to_owned(), b.to_string());
+                    }
+                    Extension::Other(_) => {}
+                },
+            }
+        }
+        if cloudevent {
+            for (name, value) in extensions {
+                if !matches!(name.as_str(), "dataschema" | "subject") {
+                    headers.entry(name).or_insert(value);
+                }
+            }
+        }
+        Ok(Envelope {
+            id: id.ok_or_else(|| de::Error::missing_field("id"))?,
+            event_type: event_type.ok_or_else(|| de::Error::missing_field("type"))?,
+            source: source.ok_or_else(|| de::Error::missing_field("source"))?,
+            time: time.ok_or_else(|| de::Error::missing_field("time"))?,
+            version: version.ok_or_else(|| de::Error::missing_field("version"))?,
+            correlation_id,
+            causation_id,
+            tenant_id,
+            user_id,
+            headers,
+            data: data.ok_or_else(|| de::Error::missing_field("data"))?,
+        })
+    }
+}
+
+/// A member name, read without allocating unless it is an extension's.
+enum Key {
+    Known(&'static str),
+    Other(String),
+}
+
+impl Key {
+    fn name(&self) -> &str {
+        match self {
+            Key::Known(name) => name,
+            Key::Other(name) => name,
+        }
+    }
+}
+
+/// The member names the visitor matches, as static strings.
+const KNOWN: &[&str] = &[
+    "id",
+    "type",
+    "source",
+    "time",
+    "version",
+    "correlationid",
+    "correlationId",
+    "causationid",
+    "causationId",
+    "tenantid",
+    "tenantId",
+    "userid",
+    "userId",
+    "headers",
+    "data",
+    "specversion",
+    HEADERS_EXTENSION,
+    "datacontenttype",
+    "data_base64",
+];
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<Key, E> {
+                Ok(match KNOWN.iter().find(|k| **k == name) {
+                    Some(known) => Key::Known(known),
+                    None => Key::Other(name.to_owned()),
+                })
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
+/// An RFC 3339 time read through the envelope's time codec.
+struct RfcTime(chrono::DateTime<chrono::Utc>);
+
+impl<'de> Deserialize<'de> for RfcTime {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        crate::rfc3339::deserialize(deserializer).map(RfcTime)
+    }
+}
