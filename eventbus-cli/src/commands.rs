@@ -417,20 +417,9 @@ fn parse_time(option: &str, text: &str, now: DateTime<Utc>) -> Result<DateTime<U
         return Ok(time.with_timezone(&Utc));
     }
     let age = trimmed.trim_start_matches('-').trim_end_matches(" ago");
-    let split = age.find(|c: char| !c.is_ascii_digit()).unwrap_or(age.len());
-    let (digits, unit) = age.split_at(split);
-    let seconds = match unit.trim() {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => 0,
-    };
-    match digits.parse::<i64>() {
-        Ok(n) if seconds > 0 => n
-            .checked_mul(seconds)
-            .and_then(chrono::Duration::try_seconds)
+    match humantime::parse_duration(age) {
+        Ok(age) => chrono::Duration::from_std(age)
+            .ok()
             .and_then(|d| now.checked_sub_signed(d))
             .ok_or_else(|| CliError::usage(option, format!("`{text}` is too far back"))),
         _ => Err(CliError::usage(

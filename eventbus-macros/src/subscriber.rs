@@ -877,7 +877,7 @@ mod tests {
                 "approval.#.x",
                 colour = 1,
                 retries = "3",
-                timeout = "5 sec",
+                timeout = "5 parsecs",
                 backoff(initial = "1s"),
                 schedule = ["1m"],
                 concurrency = 0,
@@ -896,7 +896,7 @@ mod tests {
             "{errs:#?}"
         );
         assert!(
-            errs[3].starts_with("invalid duration \"5 sec\" for `timeout`: unknown unit `sec`;"),
+            errs[3].starts_with("invalid duration \"5 parsecs\" for `timeout`: unknown time unit"),
             "{errs:#?}"
         );
         assert!(

@@ -54,6 +54,8 @@ pub mod backend;
 pub mod bus;
 pub mod circuit;
 pub mod clock;
+#[cfg(feature = "config")]
+pub mod config;
 pub mod context;
 pub mod dead_letter;
 pub mod envelope;

@@ -4,23 +4,28 @@
 use std::time::Duration;
 
 /// How long to wait before each retry.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum Backoff {
     /// `initial * multiplier^(retry-1)`, capped at `max`; with jitter the wait is drawn
     /// uniformly from the upper half, `[delay/2, delay]`, so retries of many consumers spread out.
     Exponential {
         /// Wait before the first retry.
+        #[serde(with = "humantime_serde")]
         initial: Duration,
         /// Upper bound of any wait.
+        #[serde(with = "humantime_serde")]
         max: Duration,
         /// Growth factor per retry (at least 1).
+        #[serde(default = "Backoff::default_multiplier")]
         multiplier: f64,
         /// Randomize each wait within `[delay/2, delay]`.
+        #[serde(default = "Backoff::default_jitter")]
         jitter: bool,
     },
     /// Fixed waits, one per retry; the last one repeats if there are more retries than entries
     /// (seed schedule: 1 min, 5 min, 30 min).
-    Schedule(Vec<Duration>),
+    Schedule(#[serde(deserialize_with = "crate::retry::durations")] Vec<Duration>),
 }
 
 impl Default for Backoff {
@@ -35,7 +40,27 @@ impl Default for Backoff {
     }
 }
 
+/// A list of durations such as `["1m", "5m", "30m"]`.
+pub(crate) fn durations<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Duration>, D::Error> {
+    let texts: Vec<humantime_serde::Serde<Duration>> =
+        serde::Deserialize::deserialize(deserializer)?;
+    Ok(texts
+        .into_iter()
+        .map(humantime_serde::Serde::into_inner)
+        .collect())
+}
+
 impl Backoff {
+    fn default_multiplier() -> f64 {
+        2.0
+    }
+
+    fn default_jitter() -> bool {
+        true
+    }
+
     /// Exponential backoff doubling from `initial` up to `max`, with jitter.
     pub fn exponential(initial: Duration, max: Duration) -> Self {
         Backoff::Exponential {

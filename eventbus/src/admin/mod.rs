@@ -102,19 +102,33 @@ pub const MIN_TOKEN_LEN: usize = 16;
 /// A readiness check: `Ok` when the dependency is reachable, else why not.
 pub type ReadinessCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
-/// How the admin server listens and whom it lets in.
-#[derive(Clone)]
+/// How the admin server listens and whom it lets in. Deserializable (`bind`, `token`,
+/// `version`, `protect_reads`, `ready_timeout`, `dlq_gauge_interval`, `allowed_hosts`,
+/// `prefix`; durations such as `"2s"`); readiness checks and the provisioner are code.
+#[derive(Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     bind: SocketAddr,
     token: Option<String>,
     version: String,
     protect_reads: bool,
+    #[serde(with = "humantime_serde")]
     ready_timeout: Duration,
+    #[serde(with = "humantime_serde")]
     dlq_gauge_interval: Duration,
+    #[serde(skip)]
     checks: Vec<(String, ReadinessCheck)>,
+    #[serde(skip)]
     provisioner: Option<Arc<dyn Provisioner>>,
     allowed_hosts: Vec<String>,
     prefix: Option<String>,
+}
+
+/// Listens on `127.0.0.1:9090`, no token, version `unknown`.
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig::new(SocketAddr::from(([127, 0, 0, 1], 9090)))
+    }
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -635,22 +649,10 @@ impl BodyFields {
     }
 }
 
-/// Parses a duration such as `500ms`, `30s`, `15m`, `12h`, `7d` or `2w`.
+/// Parses a duration such as `500ms`, `30s`, `15m`, `12h`, `7d` or `2w` (humantime's syntax,
+/// as everywhere durations are written).
 pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    let seconds = match unit {
-        "ms" => return Some(Duration::from_millis(n)),
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return None,
-    };
-    n.checked_mul(seconds).map(Duration::from_secs)
+    humantime::parse_duration(text.trim()).ok()
 }
 
 #[cfg(test)]
@@ -722,6 +724,6 @@ mod tests {
         assert_eq!(parse_duration("12h"), Some(Duration::from_secs(43_200)));
         assert_eq!(parse_duration("7"), None);
         assert_eq!(parse_duration("d"), None);
-        assert_eq!(parse_duration("3y"), None);
+        assert_eq!(parse_duration("3 parsecs"), None);
     }
 }

@@ -170,9 +170,10 @@ impl Metrics {
     /// let metrics = eventbus::observability::Metrics::new("orders");
     /// let mut registry = Registry::default();
     /// metrics.register(&mut registry);
+    /// metrics.published("order.created", 2);
     /// let mut text = String::new();
     /// prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-    /// assert!(text.contains("event_published"));
+    /// assert!(text.contains(r#"event_published_total{service="orders",topic="order.created"} 2"#));
     /// ```
     pub fn register(&self, registry: &mut Registry) {
         self.register_into(registry);

@@ -14,7 +14,8 @@ use crate::error::Error;
 use crate::runtime::Runtime;
 
 /// What cleanup does with `SENT` rows past their retention.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum CleanupMode {
     /// Delete them.
     #[default]
@@ -24,16 +25,19 @@ pub enum CleanupMode {
 }
 
 /// Retention of `SENT` outbox rows.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Retention {
     /// How long `SENT` rows are kept; `None` keeps them forever. Default 24 h.
+    #[serde(with = "humantime_serde")]
     pub sent: Option<Duration>,
     /// Delete or archive. Default delete.
     pub mode: CleanupMode,
     /// Rows removed per statement. Default 1 000.
     pub batch_size: u32,
     /// How often the dispatcher runs the cleanup. Default 1 min.
+    #[serde(with = "humantime_serde")]
     pub interval: Duration,
 }
 

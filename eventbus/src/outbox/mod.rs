@@ -248,7 +248,8 @@ pub struct Backlog {
 
 /// Dispatcher and cleanup settings. Every field has a default; [`OutboxBuilder::build`]
 /// validates them and names the offending setting (`outbox.batch_size`, ...).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct OutboxConfig {
     /// Rows claimed and published per pass (one backend call per pass). Default 500.
@@ -257,6 +258,7 @@ pub struct OutboxConfig {
     pub concurrency: usize,
     /// Wait between passes when there is nothing to do; NOTIFY (PostgreSQL) and
     /// [`Outbox::wake`] cut it short. Default 200 ms.
+    #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     /// Publish attempts before a row becomes `FAILED` and is dead-lettered. Default 10.
     pub retry_max: u32,
@@ -267,6 +269,7 @@ pub struct OutboxConfig {
     pub retention: Retention,
     /// How often a dispatcher with metrics reads the backlog into `event_outbox_backlog` and
     /// `event_publish_lag_seconds` (one count query). Default 5 s.
+    #[serde(with = "humantime_serde")]
     pub metrics_interval: Duration,
 }
 

@@ -1,6 +1,6 @@
 use eventbus::{subscriber, Envelope, HandlerResult};
 
-#[subscriber("approval.*", timeout = "30 seconds")]
+#[subscriber("approval.*", timeout = "thirty seconds")]
 async fn handle(env: Envelope<serde_json::Value>) -> HandlerResult {
     let _ = env;
     Ok(())

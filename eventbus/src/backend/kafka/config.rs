@@ -11,7 +11,8 @@ use rdkafka::error::KafkaError;
 use crate::error::Error;
 
 /// Compression codec of produced batches (`compression.type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Compression {
     /// No compression.
@@ -53,7 +54,8 @@ impl Compression {
 }
 
 /// Where a consumer group without a committed offset starts (`auto.offset.reset`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum StartFrom {
     /// Only messages produced after the group first joined (Kafka's default).
     #[default]
@@ -72,11 +74,13 @@ pub enum StartFrom {
 /// sends it compressed. The default, 5 ms and 1 MiB, costs at most 5 ms of latency per publish
 /// and reaches full batches under load. [`ProducerSettings::low_latency`] (0 ms) sends at once;
 /// [`ProducerSettings::high_throughput`] (25 ms, 4 MiB) makes bigger, better compressed batches.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProducerSettings {
     /// Codec of produced batches (`compression.type`); LZ4 by default.
     pub compression: Compression,
     /// How long to wait for more messages before sending a batch (`linger.ms`).
+    #[serde(with = "humantime_serde")]
     pub linger: Duration,
     /// Largest batch per partition, in bytes (`batch.size`).
     pub batch_size: usize,
@@ -84,6 +88,7 @@ pub struct ProducerSettings {
     pub batch_messages: usize,
     /// How long librdkafka keeps retrying a message before `publish` fails
     /// (`message.timeout.ms`).
+    #[serde(with = "humantime_serde")]
     pub delivery_timeout: Duration,
     /// Most messages waiting in the producer's local queue (`queue.buffering.max.messages`);
     /// publishing beyond it waits for room.
@@ -123,18 +128,22 @@ impl ProducerSettings {
 }
 
 /// Consumer settings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ConsumerSettings {
     /// Where a new group starts.
     pub start_from: StartFrom,
     /// A member not heard from in this long is removed from its group
     /// (`session.timeout.ms`).
+    #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
     /// How often members heartbeat (`heartbeat.interval.ms`).
+    #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
     /// Commit once this many messages are done since the last commit ...
     pub commit_every: usize,
     /// ... or this long after the last commit, whichever comes first.
+    #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
     /// Messages fetched and not yet done, per partition, above which the partition is paused
     /// (resumed at half): memory stays bounded however slow the handlers are. librdkafka's own
@@ -142,9 +151,11 @@ pub struct ConsumerSettings {
     pub max_buffered_per_partition: usize,
     /// How long a revoked partition waits for its in-flight messages to finish before its
     /// done offsets are committed and the rest is dropped for the new owner.
+    #[serde(with = "humantime_serde")]
     pub rebalance_drain_timeout: Duration,
     /// How often topics are re-listed for pattern (regex) subscriptions, so topics created
     /// later are picked up (`topic.metadata.refresh.interval.ms`).
+    #[serde(with = "humantime_serde")]
     pub topic_refresh_interval: Duration,
     /// Upper bound of librdkafka's own prefetch queue, in KiB
     /// (`queued.max.messages.kbytes`).
@@ -169,15 +180,18 @@ impl Default for ConsumerSettings {
 
 /// Settings of topics the backend creates itself (retry tiers, dead letters, and topics
 /// published to before being provisioned when [`KafkaConfig::auto_create_topics`] is on).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TopicDefaults {
     /// Partitions of a new topic whose source topic is unknown.
     pub partitions: i32,
     /// Replication factor; `None` uses the broker's default.
     pub replication_factor: Option<i32>,
     /// `retention.ms` of new event and retry topics; `None` uses the broker's default.
+    #[serde(with = "humantime_serde")]
     pub retention: Option<Duration>,
     /// `retention.ms` of new dead-letter topics.
+    #[serde(with = "humantime_serde")]
     pub dlq_retention: Option<Duration>,
 }
 
@@ -205,7 +219,8 @@ impl Default for TopicDefaults {
 /// config.options.insert("security.protocol".into(), "plaintext".into());
 /// config.validate().unwrap();
 /// ```
-#[derive(Clone, PartialEq)]
+#[derive(Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, `host:port` separated by commas (`bootstrap.servers`).
     pub brokers: String,
@@ -222,6 +237,7 @@ pub struct KafkaConfig {
     /// [`KafkaBackend::provision`](super::KafkaBackend::provision).
     pub auto_create_topics: bool,
     /// Timeout of metadata, admin and health requests.
+    #[serde(with = "humantime_serde")]
     pub operation_timeout: Duration,
     /// Raw librdkafka properties for every client (TLS, SASL, socket tuning, ...), applied
     /// after the typed settings, so they win.
@@ -271,6 +287,13 @@ const RESERVED: &[(&str, &str)] = &[
     ),
     ("enable.partition.eof", "managed by the backend"),
 ];
+
+/// Every default, brokers unset (`kafka.brokers` must then come from the configuration).
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig::new("")
+    }
+}
 
 impl KafkaConfig {
     /// Defaults for the cluster at `brokers`.

@@ -7,9 +7,12 @@ use crate::error::Error;
 
 /// How long entries stay in a stream. Applied on every `XADD` with approximate trimming
 /// (`MINID ~` for age, `MAXLEN ~` for length), never by scanning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Retention {
     /// Drop entries older than this.
+
+    #[serde(with = "humantime_serde")]
     pub max_age: Option<Duration>,
     /// Keep at most about this many entries.
     pub max_len: Option<usize>,
@@ -44,7 +47,8 @@ impl Default for Retention {
 }
 
 /// Where a new consumer group starts reading a stream that already exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum StartFrom {
     /// Only entries added after the group was created (`$`).
     #[default]
@@ -59,7 +63,8 @@ pub enum StartFrom {
 /// entries claimed after 30 s idle (checked every 5 s), new streams discovered every 2 s,
 /// retention 30 days / 10 M entries per stream, inbox keys kept 30 days, delayed retries moved
 /// every 250 ms, new groups start from the latest entry.
-#[derive(Clone, PartialEq)]
+#[derive(Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]` or `rediss://` (feature `redis-tls`).
     pub url: String,
@@ -71,14 +76,18 @@ pub struct RedisConfig {
     /// Multiplexed connections used for publishing and acknowledging.
     pub pool_size: usize,
     /// How long an `XREADGROUP` blocks waiting for entries.
+    #[serde(with = "humantime_serde")]
     pub block: Duration,
     /// Entries read per `XREADGROUP` / `XAUTOCLAIM`.
     pub batch_size: usize,
     /// Pending entries idle this long are claimed from their (presumably dead) consumer.
+    #[serde(with = "humantime_serde")]
     pub claim_idle: Duration,
     /// How often a consumer looks for claimable entries.
+    #[serde(with = "humantime_serde")]
     pub claim_interval: Duration,
     /// How often a consumer looks for new streams matching its pattern.
+    #[serde(with = "humantime_serde")]
     pub discovery_interval: Duration,
     /// Default retention of event streams.
     pub retention: Retention,
@@ -90,12 +99,15 @@ pub struct RedisConfig {
     /// (checked by [`RedisConfig::validate`]), so that no event still in a stream can be
     /// redelivered or replayed after the inbox forgot it. 30 days by default, like the
     /// default retention.
+    #[serde(with = "humantime_serde")]
     pub inbox_ttl: Duration,
     /// How often due delayed retries are moved back to their group.
+    #[serde(with = "humantime_serde")]
     pub delayed_poll: Duration,
     /// Where new groups start.
     pub start_from: StartFrom,
     /// Timeout of connecting and of each command.
+    #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
     /// Partition streams per topic (1 by default: one stream per topic, the layout of
     /// unpartitioned topics). An event goes to the partition its key hashes to
@@ -111,6 +123,7 @@ pub struct RedisConfig {
     pub exclusive_partitions: bool,
     /// How long a member's lease on a partition lasts without renewal (renewed every third of
     /// it): how long a dead member's partitions wait before another member takes them.
+    #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
     /// `url` is a node of a Redis Cluster: the backend discovers the others and routes each
     /// command to the node owning its key. Needs `exclusive_partitions`.
@@ -143,6 +156,13 @@ impl std::fmt::Debug for RedisConfig {
             .field("lease_ttl", &self.lease_ttl)
             .field("cluster", &self.cluster)
             .finish()
+    }
+}
+
+/// Every default, the URL unset (`redis.url` must then come from the configuration).
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig::new("")
     }
 }
 
@@ -269,6 +289,9 @@ impl RedisConfig {
     /// Checks every setting, naming the first bad one.
     pub fn validate(&self) -> Result<(), Error> {
         let url = self.url.trim();
+        if url.is_empty() {
+            return Err(Error::config("redis.url", "is not set"));
+        }
         let scheme_ok = url.starts_with("redis://")
             || url.starts_with("rediss://")
             || url.starts_with("redis+unix://")
