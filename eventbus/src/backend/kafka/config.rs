@@ -53,6 +53,19 @@ impl Compression {
     }
 }
 
+/// How a record carries its CloudEvent ([Kafka protocol binding of CloudEvents
+/// 1.0](https://github.com/cloudevents/spec/blob/v1.0.2/cloudevents/bindings/kafka-protocol-binding.md)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloudEventsMode {
+    /// The value is the event as JSON (`content-type: application/cloudevents+json`).
+    #[default]
+    Structured,
+    /// The value is the event's `data`; its attributes are `ce_*` headers
+    /// (`content-type: application/json`).
+    Binary,
+}
+
 /// Where a consumer group without a committed offset starts (`auto.offset.reset`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -236,6 +249,10 @@ pub struct KafkaConfig {
     /// publishes to them. Production clusters usually provision instead; see
     /// [`KafkaBackend::provision`](super::KafkaBackend::provision).
     pub auto_create_topics: bool,
+    /// How records carry the CloudEvent: the whole event as the value (structured, the
+    /// default) or `data` as the value and the attributes as `ce_*` headers (binary). Records
+    /// of both modes are read whatever this says.
+    pub cloudevents: CloudEventsMode,
     /// Timeout of metadata, admin and health requests.
     #[serde(with = "humantime_serde")]
     pub operation_timeout: Duration,
@@ -259,6 +276,7 @@ impl std::fmt::Debug for KafkaConfig {
             .field("consumer", &self.consumer)
             .field("topics", &self.topics)
             .field("auto_create_topics", &self.auto_create_topics)
+            .field("cloudevents", &self.cloudevents)
             .field("operation_timeout", &self.operation_timeout)
             .field("options", &Settings(&self.options))
             .field("producer_options", &Settings(&self.producer_options))
@@ -305,6 +323,7 @@ impl KafkaConfig {
             consumer: ConsumerSettings::default(),
             topics: TopicDefaults::default(),
             auto_create_topics: true,
+            cloudevents: CloudEventsMode::Structured,
             operation_timeout: Duration::from_secs(10),
             options: BTreeMap::new(),
             producer_options: BTreeMap::new(),
@@ -320,6 +339,7 @@ impl KafkaConfig {
     /// Reads the settings from `EVENTBUS_KAFKA_*` variables: `BROKERS` (required), `CLIENT_ID`,
     /// `COMPRESSION` (`none`/`gzip`/`snappy`/`lz4`/`zstd`), `LINGER_MS`, `BATCH_SIZE`,
     /// `COMMIT_EVERY`, `COMMIT_INTERVAL_MS`, `START_FROM` (`earliest`/`latest`),
+    /// `CLOUDEVENTS_MODE` (`structured`/`binary`),
     /// `AUTO_CREATE_TOPICS` (`true`/`false`), `MAX_BUFFERED_PER_PARTITION`, and any librdkafka
     /// property as `EVENTBUS_KAFKA_OPTION_<NAME>`, the name upper-cased with `.` written as `_`
     /// (`EVENTBUS_KAFKA_OPTION_SECURITY_PROTOCOL=sasl_ssl` sets `security.protocol`).
@@ -374,6 +394,18 @@ impl KafkaConfig {
                     return Err(Error::config(
                         format!("{P}START_FROM"),
                         format!("`{v}` is not earliest or latest"),
+                    ))
+                }
+            };
+        }
+        if let Some(v) = var("CLOUDEVENTS_MODE") {
+            config.cloudevents = match v.trim().to_ascii_lowercase().as_str() {
+                "structured" => CloudEventsMode::Structured,
+                "binary" => CloudEventsMode::Binary,
+                _ => {
+                    return Err(Error::config(
+                        format!("{P}CLOUDEVENTS_MODE"),
+                        format!("`{v}` is not structured or binary"),
                     ))
                 }
             };

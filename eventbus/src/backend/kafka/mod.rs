@@ -41,6 +41,7 @@
 //! # Ok(()) }
 //! ```
 
+mod binary;
 mod config;
 mod consumer;
 mod producer;
@@ -67,7 +68,8 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 pub use rdkafka;
 
 pub use config::{
-    Compression, ConsumerSettings, KafkaConfig, ProducerSettings, StartFrom, TopicDefaults,
+    CloudEventsMode, Compression, ConsumerSettings, KafkaConfig, ProducerSettings, StartFrom,
+    TopicDefaults,
 };
 pub use provision::{
     OnDifference, ProvisionReport, TopicDifference, TopicPlan, TopicSettings, TopicSpec,

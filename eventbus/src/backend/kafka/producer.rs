@@ -8,7 +8,10 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 
-use super::config::KafkaConfig;
+use rdkafka::message::Header;
+
+use super::binary;
+use super::config::{CloudEventsMode, KafkaConfig};
 use super::record;
 use crate::backend::Message;
 use crate::error::Error;
@@ -23,6 +26,7 @@ pub(crate) struct Placed {
 pub(crate) struct Producer {
     inner: FutureProducer,
     queue_timeout: Duration,
+    binary: bool,
 }
 
 impl Producer {
@@ -34,6 +38,7 @@ impl Producer {
         Ok(Producer {
             inner,
             queue_timeout: config.producer.delivery_timeout,
+            binary: config.cloudevents == CloudEventsMode::Binary,
         })
     }
 
@@ -49,10 +54,29 @@ impl Producer {
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
             let started = Instant::now();
+            // Binary mode: the value is `data`, the attributes go to `ce_*` headers.
+            let binary = if self.binary {
+                binary::encode(&message.payload)
+            } else {
+                None
+            };
             loop {
+                let (payload, headers) = match &binary {
+                    Some((value, attributes)) => {
+                        let mut headers = record::headers(message, false);
+                        for (key, value) in attributes {
+                            headers = headers.insert(Header {
+                                key: key.as_str(),
+                                value: Some(value.as_str()),
+                            });
+                        }
+                        (&value[..], headers)
+                    }
+                    None => (&message.payload[..], record::headers(message, true)),
+                };
                 let mut record = FutureRecord::<str, [u8]>::to(&message.topic)
-                    .payload(&message.payload)
-                    .headers(record::headers(message));
+                    .payload(payload)
+                    .headers(headers);
                 if let Some(key) = &message.key {
                     record = record.key(key.as_str());
                 }

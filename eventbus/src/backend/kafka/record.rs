@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 
+use super::binary;
 use crate::backend::{Message, MessageHeaders};
 
 /// Header carrying the event type.
@@ -34,6 +35,9 @@ pub const ORIGIN_TOPIC_HEADER: &str = "eventbus-origin-topic";
 pub const RETRY_GROUP_HEADER: &str = "eventbus-retry-group";
 /// On a retry-tier record: when it is due, in milliseconds since the Unix epoch.
 pub const RETRY_DUE_HEADER: &str = "eventbus-retry-due";
+
+/// The `content-type` of a structured-mode record.
+pub(crate) const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json; charset=UTF-8";
 
 /// Headers derived from the envelope, dropped when reading back.
 const DERIVED: &[&str] = &[
@@ -130,8 +134,9 @@ fn scan_meta(bytes: &[u8]) -> Option<Meta<'_>> {
     meta.id.is_some().then_some(meta)
 }
 
-/// The Kafka headers of `message`.
-pub(crate) fn headers(message: &Message) -> OwnedHeaders {
+/// The Kafka headers of `message`; `structured`: its value is the whole CloudEvent
+/// (`content-type: application/cloudevents+json` is added when the payload is an envelope).
+pub(crate) fn headers(message: &Message, structured: bool) -> OwnedHeaders {
     let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 5);
     if !message.event_type.is_empty() {
         headers = headers.insert(Header {
@@ -144,6 +149,12 @@ pub(crate) fn headers(message: &Message) -> OwnedHeaders {
     let meta = scan_meta(&message.payload)
         .or_else(|| serde_json::from_slice::<Meta<'_>>(&message.payload).ok());
     if let Some(meta) = meta {
+        if structured && !message.headers.contains_key(binary::CONTENT_TYPE) {
+            headers = headers.insert(Header {
+                key: binary::CONTENT_TYPE,
+                value: Some(STRUCTURED_CONTENT_TYPE),
+            });
+        }
         for (key, value) in [
             (EVENT_ID_HEADER, meta.id),
             (EVENT_SOURCE_HEADER, meta.source),
@@ -193,11 +204,19 @@ pub(crate) fn from_record<M: rdkafka::Message>(record: &M) -> (Message, RecordMe
         timestamp_ms: record.timestamp().to_millis(),
         ..RecordMeta::default()
     };
+    // CloudEvents binary mode: `ce_*` attributes and the data's content type.
+    let mut attributes: Vec<(String, String)> = Vec::new();
+    let mut content_type = None;
     if let Some(headers) = record.headers() {
         for header in headers.iter() {
             let Some(value) = header.value else { continue };
             let text = || String::from_utf8_lossy(value).into_owned();
+            if let Some(name) = header.key.strip_prefix(binary::PREFIX) {
+                attributes.push((name.to_owned(), text()));
+                continue;
+            }
             match header.key {
+                binary::CONTENT_TYPE => content_type = Some(text()),
                 TYPE_HEADER => message.event_type = text(),
                 ORIGIN_TOPIC_HEADER => message.topic = text(),
                 RETRY_GROUP_HEADER => meta.retry_group = Some(text()),
@@ -209,6 +228,26 @@ pub(crate) fn from_record<M: rdkafka::Message>(record: &M) -> (Message, RecordMe
                     message.headers.insert(key.to_owned(), text());
                 }
             }
+        }
+    }
+    let is_binary = attributes.iter().any(|(name, _)| name == "specversion");
+    if is_binary {
+        if let Some(structured) =
+            binary::decode(&attributes, content_type.as_deref(), &message.payload)
+        {
+            message.payload = Arc::from(structured);
+        }
+        if message.event_type.is_empty() {
+            if let Some((_, event_type)) = attributes.iter().find(|(name, _)| name == "type") {
+                message.event_type = event_type.clone();
+            }
+        }
+    } else {
+        // Not a binary-mode record: `ce_*` headers are plain headers.
+        for (name, value) in attributes {
+            message
+                .headers
+                .insert(format!("{}{name}", binary::PREFIX), value);
         }
     }
     (message, meta)
@@ -229,7 +268,7 @@ mod tests {
             Timestamp::CreateTime(1_700_000_000_000),
             3,
             42,
-            Some(headers(message)),
+            Some(headers(message, true)),
         )
     }
 
@@ -252,6 +291,7 @@ mod tests {
             names,
             [
                 "type",
+                "content-type",
                 "event-id",
                 "event-source",
                 "event-time",
