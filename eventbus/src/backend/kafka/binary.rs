@@ -11,9 +11,12 @@ pub(crate) const PREFIX: &str = "ce_";
 /// The header naming the data's media type.
 pub(crate) const CONTENT_TYPE: &str = "content-type";
 
+/// A binary-mode record's value and headers.
+pub(crate) type BinaryRecord = (Vec<u8>, Vec<(String, String)>);
+
 /// The value and `ce_*` headers of `payload` (a structured envelope) in binary mode; `None`
 /// when the payload is not a JSON object with `data` (it then goes as it is).
-pub(crate) fn encode(payload: &[u8]) -> Option<(Vec<u8>, Vec<(String, String)>)> {
+pub(crate) fn encode(payload: &[u8]) -> Option<BinaryRecord> {
     let Value::Object(mut event) = serde_json::from_slice::<Value>(payload).ok()? else {
         return None;
     };
