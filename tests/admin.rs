@@ -892,7 +892,7 @@ fn provision_shows_the_plan_and_needs_a_backend_hook() {
     );
     assert_error(post(json!({ "replication": 0 })), 400, Some("replication"));
     assert_error(
-        post(json!({ "retention": "7 days" })),
+        post(json!({ "retention": "seven days" })),
         400,
         Some("retention"),
     );

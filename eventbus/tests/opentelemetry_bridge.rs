@@ -135,8 +135,12 @@ fn the_handler_span_continues_the_trace_of_the_publishing_request() {
         TraceParent::parse(&received[0]).expect("a valid traceparent in the envelope");
 
     let request = one(&spans, "http.request");
-    let publish = one(&spans, "eventbus.publish");
-    let handle = one(&spans, "eventbus.handle");
+    // Spans are named by the OpenTelemetry messaging conventions: `send {topic}`,
+    // `process {topic}`, kinds producer and consumer.
+    let publish = one(&spans, "send order.placed");
+    let handle = one(&spans, "process order.placed");
+    assert_eq!(publish.span_kind, opentelemetry::trace::SpanKind::Producer);
+    assert_eq!(handle.span_kind, opentelemetry::trace::SpanKind::Consumer);
     let trace_id = request.span_context.trace_id();
     assert_ne!(trace_id, TraceId::INVALID);
 
@@ -198,7 +202,7 @@ fn an_explicit_traceparent_wins_over_the_current_span() {
         "the explicit traceparent is delivered as given"
     );
     let request = one(&spans, "http.request");
-    let handle = one(&spans, "eventbus.handle");
+    let handle = one(&spans, "process order.placed");
     let explicit = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("hex trace id");
     assert_ne!(request.span_context.trace_id(), explicit);
     assert_eq!(
@@ -234,7 +238,7 @@ fn a_follow_on_event_names_the_handler_span_as_its_parent() {
     let first_handler = spans
         .iter()
         .find(|s| {
-            s.name == "eventbus.handle"
+            s.name == "process order.placed"
                 && s.parent_span_id.to_string()
                     == TraceParent::parse(&received[0])
                         .expect("traceparent")
