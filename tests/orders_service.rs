@@ -15,34 +15,22 @@ use eventbus::backend::kafka::rdkafka::mocking::MockCluster;
 use eventbus::outbox::sqlx::{self, PgPool};
 use eventbus_integration::{require_server, scaled, Tansu};
 
-/// The example's binary, built beside this test by `cargo test --workspace --all-targets`
-/// (as `examples/orders_service-<hash>`) or `cargo build --examples` (as
-/// `examples/orders_service`): the newest of them.
+/// The example's binary, as `cargo build --examples` leaves it (`scripts/test` builds it; the
+/// `examples/orders_service-<hash>` files of `cargo test` are test harnesses, not the program).
 fn service_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
+    let binary = exe
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target directory")
-        .join("examples");
-    let newest = std::fs::read_dir(&dir)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            (name == "orders_service" || name.starts_with("orders_service-"))
-                && !name.contains('.')
-                && entry.file_type().is_ok_and(|t| t.is_file())
-        })
-        .max_by_key(|entry| entry.metadata().and_then(|m| m.modified()).ok());
-    match newest {
-        Some(entry) => entry.path(),
-        None => panic!(
-            "no orders_service binary in {}: build it with `cargo test --workspace --all-targets --no-run`",
-            dir.display()
-        ),
-    }
+        .join("examples")
+        .join("orders_service");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it with `cargo build --workspace --examples`",
+        binary.display()
+    );
+    binary
 }
 
 /// A running service process and the addresses it printed.
