@@ -253,28 +253,31 @@ impl Key {
     }
 }
 
-/// The member names the visitor matches, as static strings.
-const KNOWN: &[&str] = &[
-    "id",
-    "type",
-    "source",
-    "time",
-    "version",
-    "correlationid",
-    "correlationId",
-    "causationid",
-    "causationId",
-    "tenantid",
-    "tenantId",
-    "userid",
-    "userId",
-    "headers",
-    "data",
-    "specversion",
-    HEADERS_EXTENSION,
-    "datacontenttype",
-    "data_base64",
-];
+/// A member name the visitor matches, as a static string (one `match`, no search).
+fn known(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "id" => "id",
+        "type" => "type",
+        "source" => "source",
+        "time" => "time",
+        "version" => "version",
+        "data" => "data",
+        "specversion" => "specversion",
+        "datacontenttype" => "datacontenttype",
+        "correlationid" => "correlationid",
+        "correlationId" => "correlationId",
+        "causationid" => "causationid",
+        "causationId" => "causationId",
+        "tenantid" => "tenantid",
+        "tenantId" => "tenantId",
+        "userid" => "userid",
+        "userId" => "userId",
+        "headers" => "headers",
+        "data_base64" => "data_base64",
+        HEADERS_EXTENSION => HEADERS_EXTENSION,
+        _ => return None,
+    })
+}
 
 impl<'de> Deserialize<'de> for Key {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -285,7 +288,7 @@ impl<'de> Deserialize<'de> for Key {
                 f.write_str("a member name")
             }
             fn visit_str<E: de::Error>(self, name: &str) -> Result<Key, E> {
-                Ok(match KNOWN.iter().find(|k| **k == name) {
+                Ok(match known(name) {
                     Some(known) => Key::Known(known),
                     None => Key::Other(name.to_owned()),
                 })
