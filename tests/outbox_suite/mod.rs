@@ -225,6 +225,23 @@ impl FirstSeen {
     }
 }
 
+/// The handler's side effect: a row of `effects` for `env`, in the caller's transaction.
+async fn record_effect<DB: TestDb>(
+    conn: &mut DB::Connection,
+    env: &Envelope<Credited>,
+) -> Result<u64, sqlx::Error> {
+    DB::exec(
+        conn,
+        "INSERT INTO effects (event_id, account, seq) VALUES ($1, $2, $3)",
+        vec![
+            Arg::Text(env.id.to_string()),
+            Arg::Text(env.data.account.clone()),
+            Arg::Int(env.data.seq),
+        ],
+    )
+    .await
+}
+
 /// A bus on `backend` with the SQL inbox as its dedupe store and a handler that records
 /// each credit as a row of `effects` inside the inbox transaction.
 pub async fn downstream<DB: TestDb>(
@@ -240,16 +257,7 @@ pub async fn downstream<DB: TestDb>(
             let Some(mut tx) = ctx.transaction::<DB>().await? else {
                 return Ok(());
             };
-            DB::exec(
-                &mut *tx,
-                "INSERT INTO effects (event_id, account, seq) VALUES ($1, $2, $3)",
-                vec![
-                    Arg::Text(env.id.to_string()),
-                    Arg::Text(env.data.account.clone()),
-                    Arg::Int(env.data.seq),
-                ],
-            )
-            .await?;
+            record_effect::<DB>(&mut tx, &env).await?;
             DB::commit(tx).await?;
             log.0.lock().unwrap().push((env.data.account, env.data.seq));
             Ok(())
@@ -1161,16 +1169,7 @@ pub async fn follow_on_events_commit_with_the_handler<DB: TestDb>(db: &Fresh<DB>
             let Some(mut tx) = ctx.transaction::<DB>().await? else {
                 return Ok(());
             };
-            DB::exec(
-                &mut *tx,
-                "INSERT INTO effects (event_id, account, seq) VALUES ($1, $2, $3)",
-                vec![
-                    Arg::Text(env.id.to_string()),
-                    Arg::Text(env.data.account.clone()),
-                    Arg::Int(env.data.seq),
-                ],
-            )
-            .await?;
+            record_effect::<DB>(&mut tx, &env).await?;
             ctx.enqueue::<DB, _>(&mut tx, Audited { seq: env.data.seq })
                 .await?;
             if env.data.seq % 3 == 0 && failed_once.lock().unwrap().insert(env.data.seq) {
@@ -1256,6 +1255,41 @@ pub async fn follow_on_events_commit_with_the_handler<DB: TestDb>(db: &Fresh<DB>
     bus.shutdown(Duration::from_secs(5)).await;
 }
 
+/// The value of the first series of gauge `name` in a Prometheus text scrape.
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Scrapes `url` every 20 ms until `check` holds for the text; panics after 10 s with the
+/// last scrape.
+async fn scrape_until(url: &str, what: &str, check: impl Fn(&str) -> bool) {
+    let start = Instant::now();
+    loop {
+        let url = url.to_owned();
+        let last = tokio::task::spawn_blocking(move || {
+            ureq::get(&url)
+                .call()
+                .expect("GET /metrics")
+                .body_mut()
+                .read_to_string()
+                .expect("body")
+        })
+        .await
+        .expect("scrape");
+        if check(&last) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{what} never showed; last scrape:\n{last}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `event_outbox_backlog` and `event_publish_lag_seconds` follow the outbox, read from the
 /// admin server's `/metrics` while the broker refuses publishes and after it recovers.
 pub async fn outbox_metrics_follow_the_backlog<DB: TestDb>(db: &Fresh<DB>) {
@@ -1285,27 +1319,6 @@ pub async fn outbox_metrics_follow_the_backlog<DB: TestDb>(db: &Fresh<DB>) {
     .await
     .expect("admin");
     let url = format!("http://{}/metrics", admin.local_addr());
-    let scrape = || {
-        let url = url.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                ureq::get(&url)
-                    .call()
-                    .expect("GET /metrics")
-                    .body_mut()
-                    .read_to_string()
-                    .expect("body")
-            })
-            .await
-            .expect("scrape")
-        }
-    };
-    let gauge = |text: &str, name: &str| -> Option<f64> {
-        text.lines()
-            .find(|l| l.starts_with(&format!("{name}{{")))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-    };
     let mut tx = DB::begin(pool).await;
     let events: Vec<Credited> = (0..5).map(|i| credit("a", i)).collect();
     outbox
@@ -1313,36 +1326,18 @@ pub async fn outbox_metrics_follow_the_backlog<DB: TestDb>(db: &Fresh<DB>) {
         .await
         .expect("enqueue");
     DB::commit(tx).await.expect("commit");
-    let start = Instant::now();
-    loop {
-        let last = scrape().await;
-        let backlog = gauge(&last, "event_outbox_backlog");
-        let lag = gauge(&last, "event_publish_lag_seconds");
-        if backlog == Some(5.0) && lag.is_some_and(|l| l > 0.0) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "backlog 5 and a publish lag never showed; last scrape:\n{last}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    scrape_until(&url, "backlog 5 and a publish lag", |text| {
+        gauge(text, "event_outbox_backlog") == Some(5.0)
+            && gauge(text, "event_publish_lag_seconds").is_some_and(|l| l > 0.0)
+    })
+    .await;
     backend.clear_faults();
     outbox.wake();
-    let start = Instant::now();
-    loop {
-        let last = scrape().await;
-        if gauge(&last, "event_outbox_backlog") == Some(0.0)
-            && gauge(&last, "event_publish_lag_seconds") == Some(0.0)
-        {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the backlog never drained in the metrics; last scrape:\n{last}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    scrape_until(&url, "the backlog drained", |text| {
+        gauge(text, "event_outbox_backlog") == Some(0.0)
+            && gauge(text, "event_publish_lag_seconds") == Some(0.0)
+    })
+    .await;
     admin.shutdown().await;
     bus.shutdown(Duration::from_secs(5)).await;
 }
