@@ -30,23 +30,11 @@ pub(crate) async fn refresh_every(
     tasks: Arc<TaskGroup>,
     every: Duration,
 ) {
-    loop {
-        let stopped = tasks.stop_listener();
-        if tasks.is_stopping() {
-            return;
-        }
-        if let Either::Right(_) = future::select(clock.sleep(every), stopped).await {
-            return;
-        }
+    while tasks.sleep_unless_stopped(&*clock, every).await {
         let Some(admin) = backend.admin() else {
             return;
         };
-        let read = admin.group_lag();
-        let stopped = tasks.stop_listener();
-        if tasks.is_stopping() {
-            return;
-        }
-        match future::select(read, stopped).await {
+        match future::select(admin.group_lag(), Box::pin(tasks.stopped())).await {
             Either::Left((Ok(lags), _)) => record(&metrics, &lags),
             Either::Left((Err(error), _)) => {
                 tracing::debug!(%error, "consumer lag not refreshed")

@@ -417,14 +417,11 @@ async fn pass<DB: SqlDatabase>(
 
 async fn cleanup_loop<DB: SqlDatabase>(outbox: Outbox<DB>, shared: Arc<Shared>) {
     let every = outbox.config().retention.interval;
-    loop {
-        let stopped = shared.tasks.stop_listener();
-        if shared.is_stopping() {
-            return;
-        }
-        if let Either::Right(_) = future::select(shared.clock.sleep(every), stopped).await {
-            return;
-        }
+    while shared
+        .tasks
+        .sleep_unless_stopped(&*shared.clock, every)
+        .await
+    {
         match outbox.cleanup().await {
             Ok(0) => {}
             Ok(removed) => tracing::debug!(removed, "outbox cleanup"),
@@ -447,11 +444,11 @@ async fn metrics_loop<DB: SqlDatabase>(
                 tracing::debug!(error = %error_chain(&error), "outbox backlog not read for the metrics")
             }
         }
-        let stopped = shared.tasks.stop_listener();
-        if shared.is_stopping() {
-            return;
-        }
-        if let Either::Right(_) = future::select(shared.clock.sleep(every), stopped).await {
+        if !shared
+            .tasks
+            .sleep_unless_stopped(&*shared.clock, every)
+            .await
+        {
             return;
         }
     }

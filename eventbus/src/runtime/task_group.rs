@@ -106,6 +106,19 @@ impl TaskGroup {
         self.stop_signal.listen()
     }
 
+    /// Sleeps `duration` on `clock` unless stop is asked for first; true if the sleep
+    /// completed, false if the group is stopping (a periodic task then returns).
+    pub(crate) async fn sleep_unless_stopped(&self, clock: &dyn Clock, duration: Duration) -> bool {
+        let stopped = self.stop_listener();
+        if self.is_stopping() {
+            return false;
+        }
+        matches!(
+            future::select(clock.sleep(duration), stopped).await,
+            Either::Left(_)
+        )
+    }
+
     /// Completes once stop was asked for.
     pub(crate) async fn stopped(&self) {
         loop {
