@@ -155,7 +155,7 @@ impl Metrics {
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
-            m.register_into(&mut r);
+            m.register(&mut r);
         }
         m
     }
@@ -175,11 +175,7 @@ impl Metrics {
     /// prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     /// assert!(text.contains(r#"event_published_total{service="orders",topic="order.created"} 2"#));
     /// ```
-    pub fn register(&self, registry: &mut Registry) {
-        self.register_into(registry);
-    }
-
-    fn register_into(&self, r: &mut Registry) {
+    pub fn register(&self, r: &mut Registry) {
         r.register(
             "event_published",
             "Events accepted by the backend",
