@@ -22,7 +22,10 @@ use eventbus::backend::{Backend, Message};
 use eventbus::inbox::MemoryInbox;
 use eventbus::outbox::sqlx::SqlitePool;
 use eventbus::{event, Backoff, Bus, Context, Envelope, HandlerError, Subscription, Uuid};
-use eventbus_integration::{eventually, require_server, unique_prefix, with_diagnosis, Tansu};
+use eventbus_integration::{
+    block_in_place, eventually, mark_ran, require_server, sleep, unblock, unique_prefix,
+    with_diagnosis, Tansu,
+};
 use serde::{Deserialize, Serialize};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -98,13 +101,7 @@ impl Under {
     }
 
     fn kafka_mock() -> Under {
-        if let Ok(dir) = std::env::var("EVENTBUS_TEST_MARKERS") {
-            std::fs::write(
-                std::path::Path::new(&dir).join("conformance_kafka_mock"),
-                b"ran",
-            )
-            .expect("write marker");
-        }
+        mark_ran("conformance_kafka_mock");
         let mock = MockCluster::new(1).expect("mock cluster");
         Under {
             kind: Kind::Kafka {
@@ -120,9 +117,7 @@ impl Under {
 
     async fn tansu() -> Option<Under> {
         require_server("EVENTBUS_TANSU_BIN", "conformance_tansu")?;
-        let tansu = tokio::task::spawn_blocking(Tansu::private)
-            .await
-            .expect("start tansu");
+        let tansu = unblock(Tansu::private).await;
         Some(Under {
             kind: Kind::Kafka {
                 brokers: tansu.brokers(),
@@ -269,9 +264,10 @@ impl Under {
             }
             Kind::Kafka { brokers, .. } => {
                 use eventbus::backend::kafka::rdkafka::message::{Header, OwnedHeaders};
-                use eventbus::backend::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
+                use eventbus::backend::kafka::rdkafka::producer::FutureRecord;
                 use eventbus::backend::kafka::rdkafka::ClientConfig;
-                let producer: FutureProducer = ClientConfig::new()
+                use eventbus::backend::kafka::KafkaProducer;
+                let producer: KafkaProducer = ClientConfig::new()
                     .set("bootstrap.servers", brokers)
                     .set("message.timeout.ms", "10000")
                     .create()
@@ -304,7 +300,7 @@ impl Under {
         match &self.kind {
             Kind::Kafka {
                 tansu: Some(tansu), ..
-            } => tokio::task::block_in_place(|| tansu.diagnose()),
+            } => block_in_place(|| tansu.diagnose()),
             Kind::Kafka { brokers, .. } => format!("librdkafka mock cluster on {brokers}"),
             Kind::Redis {
                 url,
@@ -474,7 +470,7 @@ async fn a_slow_handler_is_never_run_twice_at_once(b: &Under) {
                 if running.fetch_add(1, Ordering::SeqCst) > 0 {
                     overlap.fetch_add(1, Ordering::SeqCst);
                 }
-                tokio::time::sleep(slow).await;
+                sleep(slow).await;
                 running.fetch_sub(1, Ordering::SeqCst);
                 Ok(())
             }
@@ -515,7 +511,7 @@ async fn a_slow_handler_is_never_run_twice_at_once(b: &Under) {
         c.stats()
     );
     // Two more claim periods after it finished: a stolen copy would have started by now.
-    tokio::time::sleep(b.claim_time() * 2).await;
+    sleep(b.claim_time() * 2).await;
     assert_eq!(
         starts.lock().unwrap().get(&id).copied(),
         Some(1),
@@ -550,7 +546,7 @@ async fn per_key_order_across_two_members(b: &Under) {
                     return Err(HandlerError::transient("first try fails"));
                 }
                 // Long enough that both members hold events of a key at once.
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                sleep(Duration::from_millis(2)).await;
                 seen.lock()
                     .unwrap()
                     .entry(env.data.account.clone())
@@ -606,7 +602,7 @@ async fn per_key_order_across_two_members(b: &Under) {
             })
             .collect();
         a.publisher().publish_batch(batch).await.expect("publish");
-        tokio::time::sleep(Duration::from_millis(if total < 400 { 5 } else { 50 })).await;
+        sleep(Duration::from_millis(if total < 400 { 5 } else { 50 })).await;
     }
     let count = || seen.lock().unwrap().values().map(Vec::len).sum::<usize>();
     assert!(
@@ -911,7 +907,7 @@ async fn per_key_order_across_three_members_through_a_crash(b: &Under) {
             async move {
                 // Uneven handler times: a member holding a later event of a key would finish
                 // it before another member finishes an earlier one.
-                tokio::time::sleep(Duration::from_millis(u64::from(env.data.n * 7 % 11))).await;
+                sleep(Duration::from_millis(u64::from(env.data.n * 7 % 11))).await;
                 seen.lock()
                     .unwrap()
                     .entry(env.data.account.clone())
@@ -967,7 +963,7 @@ async fn per_key_order_across_three_members_through_a_crash(b: &Under) {
             .collect();
         total += 10;
         publisher.publish_batch(batch).await.expect("publish");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        sleep(Duration::from_millis(5)).await;
     }
     let distinct = || {
         seen.lock()
@@ -1081,7 +1077,7 @@ async fn a_nacked_event_holds_back_its_key(b: &Under) {
                 move |ctx: Context, env: Envelope<Posted>| {
                     let s = s.clone();
                     async move {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        sleep(Duration::from_millis(5)).await;
                         s.lock().unwrap().push((
                             env.data.account.clone(),
                             env.data.n,
@@ -1448,7 +1444,7 @@ async fn ledger_member(backend: Arc<dyn Backend>, pool: &SqlitePool, group: &str
         let Some(mut tx) = ctx.transaction::<Sqlite>().await? else {
             return Ok(());
         };
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        sleep(Duration::from_millis(2)).await;
         eventbus::outbox::sqlx::query(
             "INSERT INTO effects (event_id, account, seq) VALUES (?, ?, ?)",
         )
@@ -1532,7 +1528,7 @@ async fn exactly_once_effect_under_faults_with_the_sql_inbox(b: &Under) {
             distinct(&rows),
             first.stats()
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        sleep(Duration::from_millis(20)).await;
         rows = effects(&pool).await;
     }
     // Killed mid-stream: in-flight deliveries are aborted wherever they are.
@@ -1550,7 +1546,7 @@ async fn exactly_once_effect_under_faults_with_the_sql_inbox(b: &Under) {
             distinct(&rows),
             second.stats()
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        sleep(Duration::from_millis(50)).await;
     }
     // Redeliveries still on their way arrive before counting: the group has nothing pending
     // and nothing left to read.
@@ -1716,46 +1712,56 @@ macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let under = super::Under::memory();
-                    under.run(super::$case(&under)).await;
+                #[test]
+                fn $case() {
+                    eventbus_integration::run(4, async {
+                        let under = super::Under::memory();
+                        under.run(super::$case(&under)).await;
+                    });
                 }
             )*
         }
         mod redis {
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let Some(under) = super::Under::redis() else { return };
-                    under.run(super::$case(&under)).await;
+                #[test]
+                fn $case() {
+                    eventbus_integration::run(4, async {
+                        let Some(under) = super::Under::redis() else { return };
+                        under.run(super::$case(&under)).await;
+                    });
                 }
             )*
         }
         mod redis_cluster {
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let Some(under) = super::Under::redis_cluster() else { return };
-                    under.run(super::$case(&under)).await;
+                #[test]
+                fn $case() {
+                    eventbus_integration::run(4, async {
+                        let Some(under) = super::Under::redis_cluster() else { return };
+                        under.run(super::$case(&under)).await;
+                    });
                 }
             )*
         }
         mod kafka_mock {
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let under = super::Under::kafka_mock();
-                    under.run(super::$case(&under)).await;
+                #[test]
+                fn $case() {
+                    eventbus_integration::run(4, async {
+                        let under = super::Under::kafka_mock();
+                        under.run(super::$case(&under)).await;
+                    });
                 }
             )*
         }
         mod tansu {
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let Some(under) = super::Under::tansu().await else { return };
-                    under.run(super::$case(&under)).await;
+                #[test]
+                fn $case() {
+                    eventbus_integration::run(4, async {
+                        let Some(under) = super::Under::tansu().await else { return };
+                        under.run(super::$case(&under)).await;
+                    });
                 }
             )*
         }

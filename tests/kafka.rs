@@ -1149,7 +1149,7 @@ async fn a_dead_letter_over_the_size_limit_is_kept_as_metadata(b: &Broker) {
     };
     let mut big = encoded(String::new());
     big = encoded("x".repeat(19_700 - big.len()));
-    let producer: eventbus::backend::kafka::rdkafka::producer::FutureProducer =
+    let producer: eventbus::backend::kafka::KafkaProducer =
         eventbus::backend::kafka::rdkafka::ClientConfig::new()
             .set("bootstrap.servers", &b.brokers)
             .set("message.timeout.ms", "10000")

@@ -18,6 +18,7 @@ use suite::Fresh;
 impl_test_db!(Sqlite, "BEGIN IMMEDIATE");
 
 async fn fresh(test: &str) -> Option<Fresh<Sqlite>> {
+    eventbus_integration::mark_ran("outbox_sqlite");
     let path = std::env::temp_dir().join(format!("eventbus-outbox-{test}-{}.db", Uuid::now_v7()));
     let options = sqlite::connect_options(&path).synchronous(SqliteSynchronous::Normal);
     let pool = SqlitePoolOptions::new()
@@ -61,8 +62,12 @@ shared_tests! {
     outbox_metrics_follow_the_backlog,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrations_are_idempotent_and_switch_to_wal() {
+#[test]
+fn migrations_are_idempotent_and_switch_to_wal() {
+    eventbus_integration::run(2, migrations_are_idempotent_and_switch_to_wal_case());
+}
+
+async fn migrations_are_idempotent_and_switch_to_wal_case() {
     let db = fresh("migrate").await.expect("db");
     sqlite::migrate(&db.pool).await.expect("again");
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
@@ -78,8 +83,12 @@ async fn migrations_are_idempotent_and_switch_to_wal() {
     db.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_worker_only() {
+#[test]
+fn one_worker_only() {
+    eventbus_integration::run(2, one_worker_only_case());
+}
+
+async fn one_worker_only_case() {
     let db = fresh("one_worker").await.expect("db");
     let err = Outbox::builder(db.pool.clone())
         .concurrency(2)

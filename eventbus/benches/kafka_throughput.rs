@@ -19,12 +19,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use eventbus::backend::kafka::rdkafka::config::ClientConfig;
-use eventbus::backend::kafka::rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use eventbus::backend::kafka::rdkafka::consumer::{
+    CommitMode, Consumer, DefaultConsumerContext, StreamConsumer,
+};
 use eventbus::backend::kafka::rdkafka::mocking::MockCluster;
-use eventbus::backend::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
+use eventbus::backend::kafka::rdkafka::producer::FutureRecord;
 use eventbus::backend::kafka::rdkafka::util::Timeout;
 use eventbus::backend::kafka::rdkafka::Message as _;
-use eventbus::backend::kafka::{KafkaBackend, KafkaConfig, StartFrom};
+// rdkafka's producer and stream consumer with the executor hook the backend uses (it spawns
+// and sleeps on tokio here, as rdkafka's own `TokioRuntime` does).
+use eventbus::backend::kafka::KafkaProducer as FutureProducer;
+use eventbus::backend::kafka::{KafkaBackend, KafkaConfig, SeamRuntime, StartFrom};
 use eventbus::{event, Bus, Envelope, RawEnvelope, Subscription};
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -244,7 +249,7 @@ async fn bus_publish_batch(bus: &Bus) -> Duration {
 
 /// A consumer loop by hand: decode each envelope, commit every 100 messages.
 async fn raw_consume(brokers: &str, topic: &str) -> Duration {
-    let consumer: StreamConsumer = ClientConfig::new()
+    let consumer: StreamConsumer<DefaultConsumerContext, SeamRuntime> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("raw-{}", uuid::Uuid::now_v7().simple()))
         .set("enable.auto.commit", "false")

@@ -35,17 +35,26 @@
 //!
 //! | feature | default | what it enables |
 //! |---|---|---|
-//! | `tokio` | yes | [`runtime::TokioRuntime`] |
-//! | `smol` | no | [`runtime::SmolRuntime`] |
+//! | `runtime-tokio` | yes | [`runtime::TokioRuntime`]; Redis, Kafka and sqlx on tokio |
+//! | `runtime-smol` | no | [`runtime::SmolRuntime`]; Redis, Kafka and sqlx on smol |
 //! | `inventory` | yes | automatic collection of `#[subscriber]` functions |
 //! | `redis` | no | `backend::redis`: Redis Streams backend, Redis inbox, pub/sub |
-//! | `redis-tls` | no | `rediss://` for the Redis backend |
+//! | `redis-tls`, `redis-tls-smol` | no | `rediss://` for the Redis backend (on tokio, on smol) |
 //! | `postgres` | no | `outbox` and SQL inbox on PostgreSQL |
 //! | `sqlite` | no | `outbox` and SQL inbox on SQLite |
 //! | `kafka` | no | `backend::kafka`: Kafka backend over rdkafka |
 //! | `kafka-ssl`, `kafka-ssl-vendored`, `kafka-gssapi`, `kafka-zstd` | no | rdkafka TLS/SASL, Kerberos, zstd |
-//! | `admin` | no | `admin`: HTTP server, dashboard |
+//! | `admin` | no | `admin`: HTTP server, dashboard (on tokio; from smol on a thread of its own) |
 //! | `opentelemetry` | no | `observability::otel`: OpenTelemetry trace bridge |
+
+#[cfg(all(
+    any(feature = "redis", feature = "postgres", feature = "sqlite"),
+    not(any(feature = "runtime-tokio", feature = "runtime-smol"))
+))]
+compile_error!(
+    "the `redis`, `postgres` and `sqlite` features need an executor: enable `runtime-tokio` \
+     (default) or `runtime-smol`"
+);
 
 #[cfg(feature = "admin")]
 pub mod admin;

@@ -42,7 +42,7 @@ enum OrderEvents {
     Cancelled(OrderCancelled),
 }
 
-#[cfg(feature = "tokio")]
+#[cfg(feature = "runtime-tokio")]
 fn run<F: Future<Output = ()>>(test: impl FnOnce(Arc<dyn Runtime>) -> F) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -55,7 +55,7 @@ fn run<F: Future<Output = ()>>(test: impl FnOnce(Arc<dyn Runtime>) -> F) {
     rt.block_on(test(runtime));
 }
 
-#[cfg(not(feature = "tokio"))]
+#[cfg(not(feature = "runtime-tokio"))]
 fn run<F: Future<Output = ()>>(test: impl FnOnce(Arc<dyn Runtime>) -> F) {
     smol::block_on(test(Arc::new(eventbus::runtime::SmolRuntime)));
 }
@@ -85,7 +85,7 @@ fn runs_under_the_selected_executor() {
     // Leaves a marker so `scripts/test` can prove this suite ran under smol.
     if let (Ok(dir), false) = (
         std::env::var("EVENTBUS_TEST_MARKERS"),
-        cfg!(feature = "tokio"),
+        cfg!(feature = "runtime-tokio"),
     ) {
         std::fs::write(format!("{dir}/memory_pipeline-smol"), b"ran").expect("marker");
     }

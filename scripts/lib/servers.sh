@@ -127,6 +127,6 @@ start_servers() {
 
 # Test builds under other feature sets: the in-memory suite on smol, the OpenTelemetry bridge.
 build_variants() {
-    cargo test -j"$JOBS" -p eventbus-framework --no-default-features --features smol,inventory --test memory_pipeline --no-run &&
+    cargo test -j"$JOBS" -p eventbus-framework --no-default-features --features runtime-smol,inventory --test memory_pipeline --no-run &&
         cargo test -j"$JOBS" -p eventbus-framework --features opentelemetry --test opentelemetry_bridge --no-run
 }

@@ -17,6 +17,7 @@ use eventbus::outbox::{
     ContextExt, KeyRing, Outbox, OutboxState, Retention, SqlDatabase, SqlInbox,
 };
 use eventbus::{event, Backoff, Bus, Context, Envelope, RawEnvelope, Subscription, Uuid};
+use eventbus_integration::{serve_admin, sleep, spawn, unblock};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
@@ -69,15 +70,18 @@ pub trait TestDb: SqlDatabase {
     fn rollback(tx: Transaction<'static, Self>) -> BoxFuture<'static, ()>;
 }
 
-/// Generates one `#[tokio::test]` per shared test, on the database `fresh` makes.
+/// Generates one test per shared test, on the database `fresh` makes, run on the executor
+/// `EVENTBUS_TEST_RUNTIME` names.
 #[macro_export]
 macro_rules! shared_tests {
     ($fresh:path; $($name:ident $(($($arg:expr),*))?),* $(,)?) => { $(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let Some(db) = $fresh(stringify!($name)).await else { return };
-            suite::$name(&db $($(, $arg)*)?).await;
-            db.finish().await;
+        #[test]
+        fn $name() {
+            eventbus_integration::run(2, async {
+                let Some(db) = $fresh(stringify!($name)).await else { return };
+                suite::$name(&db $($(, $arg)*)?).await;
+                db.finish().await;
+            });
         }
     )* };
 }
@@ -211,7 +215,7 @@ where
             start.elapsed() < timeout,
             "timed out after {timeout:?} waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -368,7 +372,7 @@ pub async fn rollback_publishes_nothing_commit_publishes_once<DB: TestDb>(db: &F
     )
     .await;
     // Give a stray (rolled back) event time to show up, then check nothing else came.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    sleep(Duration::from_millis(200)).await;
     let published = backend.messages("ledger.credited");
     assert_eq!(published.len(), 1, "exactly one message published");
     assert_eq!(decode(&published[0].message.payload).id, id);
@@ -469,7 +473,7 @@ pub async fn kill_dispatcher_while_events_flow<DB: TestDb>(
     let producer = {
         let outbox = outbox.clone();
         let pool = pool.clone();
-        tokio::spawn(async move {
+        spawn(async move {
             for chunk in 0..EVENTS / PER_TX {
                 let events: Vec<Credited> = (0..PER_TX)
                     .map(|i| {
@@ -484,7 +488,7 @@ pub async fn kill_dispatcher_while_events_flow<DB: TestDb>(
                     .expect("enqueue");
                 DB::commit(tx).await.expect("commit");
                 outbox.wake();
-                tokio::time::sleep(Duration::from_millis(fastrand::u64(2..12))).await;
+                sleep(Duration::from_millis(fastrand::u64(2..12))).await;
             }
         })
     };
@@ -494,14 +498,14 @@ pub async fn kill_dispatcher_while_events_flow<DB: TestDb>(
         .start()
         .expect("dispatcher");
     for _ in 0..KILLS {
-        tokio::time::sleep(Duration::from_millis(fastrand::u64(10..50))).await;
+        sleep(Duration::from_millis(fastrand::u64(10..50))).await;
         dispatcher.abort().await;
         dispatcher = outbox
             .dispatcher(memory(&backend))
             .start()
             .expect("dispatcher");
     }
-    producer.await.expect("producer");
+    producer.await;
     eventually(
         "all 5 000 side effects",
         Duration::from_secs(120),
@@ -846,7 +850,7 @@ pub async fn cleanup_removes_sent_rows_and_old_inbox_rows<DB: TestDb>(db: &Fresh
         .expect("outbox");
     assert_eq!(keep_a_day.cleanup().await.expect("cleanup"), 0, "too young");
 
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    sleep(Duration::from_millis(5)).await;
     let archive = fast(pool)
         .retention(Retention::archive_after(Duration::ZERO).batch_size(3))
         .build()
@@ -879,7 +883,7 @@ pub async fn cleanup_removes_sent_rows_and_old_inbox_rows<DB: TestDb>(db: &Fresh
             .expect("cleanup"),
         0
     );
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    sleep(Duration::from_millis(5)).await;
     assert_eq!(inbox.cleanup(Duration::ZERO, 4).await.expect("cleanup"), 10);
     assert_eq!(DB::scalar(pool, "SELECT count(*) FROM inbox").await, 0);
     let err = inbox.cleanup(Duration::ZERO, 0).await.expect_err("batch 0");
@@ -933,7 +937,7 @@ pub async fn backlog_reports_size_and_age<DB: TestDb>(db: &Fresh<DB>) {
         .await
         .expect("enqueue");
     DB::commit(tx).await.expect("commit");
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    sleep(Duration::from_millis(120)).await;
     let backlog = outbox.backlog().await.expect("backlog");
     assert_eq!(backlog.pending, 5);
     let age = backlog.oldest_pending_age.expect("age");
@@ -995,16 +999,16 @@ pub async fn inbox_transaction_claims_an_event_once<DB: TestDb>(db: &Fresh<DB>) 
     let first = inbox.begin("g", id).await.expect("begin").expect("new");
     let second = {
         let inbox = inbox.clone();
-        tokio::spawn(async move { inbox.begin("g", id).await.expect("begin").is_some() })
+        spawn(async move { inbox.begin("g", id).await.expect("begin").is_some() })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    sleep(Duration::from_millis(100)).await;
     assert!(
         !second.is_finished(),
         "the second delivery waits for the first"
     );
     DB::commit(first).await.expect("commit");
     assert!(
-        !second.await.expect("task"),
+        !second.await,
         "the second delivery sees the event handled"
     );
 }
@@ -1269,7 +1273,7 @@ async fn scrape_until(url: &str, what: &str, check: impl Fn(&str) -> bool) {
     let start = Instant::now();
     loop {
         let url = url.to_owned();
-        let last = tokio::task::spawn_blocking(move || {
+        let last = unblock(move || {
             ureq::get(&url)
                 .call()
                 .expect("GET /metrics")
@@ -1277,8 +1281,7 @@ async fn scrape_until(url: &str, what: &str, check: impl Fn(&str) -> bool) {
                 .read_to_string()
                 .expect("body")
         })
-        .await
-        .expect("scrape");
+        .await;
         if check(&last) {
             return;
         }
@@ -1286,7 +1289,7 @@ async fn scrape_until(url: &str, what: &str, check: impl Fn(&str) -> bool) {
             start.elapsed() < Duration::from_secs(10),
             "{what} never showed; last scrape:\n{last}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -1312,12 +1315,11 @@ pub async fn outbox_metrics_follow_the_backlog<DB: TestDb>(db: &Fresh<DB>) {
         .await
         .expect("bus");
     let bus = Arc::new(bus);
-    let admin = eventbus::admin::serve(
+    let admin = serve_admin(
         bus.clone(),
         eventbus::admin::AdminConfig::new(([127, 0, 0, 1], 0).into()),
     )
-    .await
-    .expect("admin");
+    .await;
     let url = format!("http://{}/metrics", admin.local_addr());
     let mut tx = DB::begin(pool).await;
     let events: Vec<Credited> = (0..5).map(|i| credit("a", i)).collect();

@@ -8,8 +8,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod executor;
 mod tansu;
 mod wait;
+pub use executor::{
+    block_in_place, executor, run, serve_admin, sleep, spawn, unblock, Executor, Task,
+};
 pub use tansu::{BrokerFault, Tansu};
 pub use wait::{scaled, time_factor, wait_for_progress, Progress};
 
@@ -19,12 +23,7 @@ pub use wait::{scaled, time_factor, wait_for_progress, Progress};
 pub fn require_server(var: &str, suite: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(url) if !url.is_empty() => {
-            if let Ok(dir) = std::env::var("EVENTBUS_TEST_MARKERS") {
-                let marker = PathBuf::from(dir).join(suite);
-                if let Err(error) = std::fs::write(&marker, b"ran") {
-                    panic!("cannot write marker {}: {error}", marker.display());
-                }
-            }
+            mark_ran(suite);
             Some(url)
         }
         _ if std::env::var_os("EVENTBUS_REQUIRE_SERVERS").is_some() => {
@@ -33,6 +32,17 @@ pub fn require_server(var: &str, suite: &str) -> Option<String> {
         _ => {
             eprintln!("skipping the {suite} suite: {var} is not set (run scripts/test)");
             None
+        }
+    }
+}
+
+/// Leaves the marker `suite` (with the executor's [`Executor::marker_suffix`]) for
+/// `scripts/test`, which fails when a suite it requires left none.
+pub fn mark_ran(suite: &str) {
+    if let Ok(dir) = std::env::var("EVENTBUS_TEST_MARKERS") {
+        let marker = PathBuf::from(dir).join(format!("{suite}{}", executor().marker_suffix()));
+        if let Err(error) = std::fs::write(&marker, b"ran") {
+            panic!("cannot write marker {}: {error}", marker.display());
         }
     }
 }
@@ -49,7 +59,7 @@ pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) 
         if start.elapsed() > timeout {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -101,6 +101,6 @@ pub async fn wait_for_progress(
                 samples,
             });
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        super::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -65,6 +65,7 @@ mod replay;
 mod run;
 mod stats;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -450,7 +451,10 @@ async fn method_not_allowed(request: Request) -> ApiError {
 pub struct AdminServer {
     addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The server's result, sent when it stopped; awaiting it needs no tokio runtime.
+    done: futures::channel::oneshot::Receiver<std::io::Result<()>>,
+    /// The thread running the server's own tokio runtime ([`AdminServer::start_on_thread`]).
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl AdminServer {
@@ -459,48 +463,130 @@ impl AdminServer {
         self.addr
     }
 
+    /// Serves the admin API on a thread of its own with a single-threaded tokio runtime, for
+    /// a service that runs on another executor (smol). [`AdminServer::shutdown`] stops the
+    /// server and joins the thread, from any executor.
+    ///
+    /// ```no_run
+    /// # fn run(bus: std::sync::Arc<eventbus::Bus>) -> Result<(), eventbus::Error> {
+    /// use eventbus::admin::{AdminConfig, AdminServer};
+    ///
+    /// smol::block_on(async {
+    ///     let admin = AdminServer::start_on_thread(bus, AdminConfig::default())?;
+    ///     // ... the service runs ...
+    ///     admin.shutdown().await;
+    ///     Ok::<(), eventbus::Error>(())
+    /// })
+    /// # }
+    /// ```
+    pub fn start_on_thread(bus: Arc<Bus>, config: AdminConfig) -> Result<AdminServer, Error> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::config("admin", format!("cannot start a tokio runtime: {e}")))?;
+        let (bound, listening) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("eventbus-admin".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match Listening::bind(bus, config).await {
+                        Ok(listening) => {
+                            let (server, serving) = listening.into_parts();
+                            if bound.send(Ok(server)).is_ok() {
+                                serving.await;
+                            }
+                        }
+                        Err(error) => {
+                            bound.send(Err(error)).ok();
+                        }
+                    }
+                });
+            })
+            .map_err(|e| Error::config("admin", format!("cannot start its thread: {e}")))?;
+        let mut server = listening
+            .recv()
+            .map_err(|_| Error::config("admin", "its thread ended before it listened"))??;
+        server.thread = Some(thread);
+        Ok(server)
+    }
+
     /// Stops taking connections, lets requests in flight finish, and waits for it.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        match (&mut self.task).await {
+        match (&mut self.done).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(%error, "admin server failed"),
-            Err(error) => tracing::warn!(%error, "admin server task failed"),
+            Err(futures::channel::oneshot::Canceled) => {
+                tracing::warn!("admin server task ended without a result")
+            }
+        }
+        if let Some(thread) = self.thread.take() {
+            // The runtime thread ends right after it forwarded the result.
+            crate::runtime::unblock(move || thread.join().ok()).await;
         }
     }
 }
 
-/// Binds `config`'s address and serves the admin API in a tokio task.
+/// Binds `config`'s address and serves the admin API in a task of the current tokio runtime
+/// (see [`AdminServer::start_on_thread`] for other executors).
 pub async fn serve(bus: Arc<Bus>, config: AdminConfig) -> Result<AdminServer, Error> {
-    let bind = config.bind;
-    let prefix = config.prefix.clone();
-    let app = router(bus, config)?;
-    let app = match prefix {
-        Some(prefix) => Router::new().nest(&prefix, app),
-        None => app,
-    };
-    let listener = tokio::net::TcpListener::bind(bind)
-        .await
-        .map_err(|e| Error::config("admin.bind", format!("cannot listen on {bind}: {e}")))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::config("admin.bind", format!("no local address: {e}")))?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
+    let (server, serving) = Listening::bind(bus, config).await?.into_parts();
+    tokio::spawn(serving);
+    Ok(server)
+}
+
+/// A bound listener and the app it will serve.
+struct Listening {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    app: Router,
+}
+
+impl Listening {
+    async fn bind(bus: Arc<Bus>, config: AdminConfig) -> Result<Listening, Error> {
+        let bind = config.bind;
+        let prefix = config.prefix.clone();
+        let app = router(bus, config)?;
+        let app = match prefix {
+            Some(prefix) => Router::new().nest(&prefix, app),
+            None => app,
+        };
+        let listener = tokio::net::TcpListener::bind(bind)
             .await
-    });
-    tracing::info!(%addr, "admin server listening");
-    Ok(AdminServer {
-        addr,
-        stop: Some(stop),
-        task,
-    })
+            .map_err(|e| Error::config("admin.bind", format!("cannot listen on {bind}: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::config("admin.bind", format!("no local address: {e}")))?;
+        tracing::info!(%addr, "admin server listening");
+        Ok(Listening {
+            listener,
+            addr,
+            app,
+        })
+    }
+
+    /// The handle, and the future that serves until the handle stops it and then reports.
+    fn into_parts(self) -> (AdminServer, impl Future<Output = ()> + Send + 'static) {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (finished, done) = futures::channel::oneshot::channel();
+        let serving = async move {
+            let outcome = axum::serve(self.listener, self.app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+            finished.send(outcome).ok();
+        };
+        let server = AdminServer {
+            addr: self.addr,
+            stop: Some(stop),
+            done,
+            thread: None,
+        };
+        (server, serving)
+    }
 }
 
 /// An error with its sources, `a: b: c`.

@@ -7,7 +7,8 @@ use futures::FutureExt;
 
 use super::Runtime;
 
-/// Spawns on smol's global executor and sleeps with `async-io` timers.
+/// Spawns on smol's global executor, sleeps with `async-io` timers and blocks on smol's
+/// blocking thread pool.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SmolRuntime;
 
@@ -18,5 +19,9 @@ impl Runtime for SmolRuntime {
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
         async_io::Timer::after(duration).map(drop).boxed()
+    }
+
+    fn spawn_blocking(&self, work: Box<dyn FnOnce() + Send>) {
+        smol::unblock(work).detach();
     }
 }

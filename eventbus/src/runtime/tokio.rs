@@ -7,7 +7,7 @@ use futures::FutureExt;
 
 use super::Runtime;
 
-/// Spawns on a tokio runtime and sleeps with tokio's timers.
+/// Spawns on a tokio runtime, sleeps with tokio's timers and blocks on its blocking pool.
 #[derive(Debug, Clone)]
 pub struct TokioRuntime {
     handle: tokio::runtime::Handle,
@@ -35,5 +35,9 @@ impl Runtime for TokioRuntime {
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
         let _guard = self.handle.enter();
         tokio::time::sleep(duration).boxed()
+    }
+
+    fn spawn_blocking(&self, work: Box<dyn FnOnce() + Send>) {
+        drop(self.handle.spawn_blocking(work));
     }
 }

@@ -41,6 +41,7 @@
 //! # Ok(()) }
 //! ```
 
+mod async_runtime;
 mod binary;
 mod config;
 mod consumer;
@@ -62,10 +63,11 @@ use futures::future::BoxFuture;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::FutureProducer;
 use rdkafka::topic_partition_list::TopicPartitionList;
 
 pub use rdkafka;
+
+pub use async_runtime::{KafkaProducer, SeamRuntime};
 
 pub use config::{
     CloudEventsMode, Compression, ConsumerSettings, KafkaConfig, ProducerSettings, StartFrom,
@@ -88,6 +90,7 @@ use super::{
 };
 use crate::dead_letter::is_dlq_topic;
 use crate::error::Error;
+use crate::runtime;
 
 /// Counters of what the backend's consumers did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -176,7 +179,7 @@ impl KafkaBackend {
     }
 
     /// The underlying producer, for what the bus does not cover.
-    pub fn producer(&self) -> &FutureProducer {
+    pub fn producer(&self) -> &KafkaProducer {
         self.inner.producer.rdkafka()
     }
 
@@ -243,7 +246,7 @@ impl KafkaBackend {
     ) -> Result<Vec<(i32, Option<i64>)>, Error> {
         let inner = self.inner.clone();
         let (group, topic) = (group.to_owned(), topic.to_owned());
-        tokio::task::spawn_blocking(move || {
+        runtime::unblock(move || {
             let timeout = inner.config.operation_timeout;
             let consumer: BaseConsumer = inner
                 .config
@@ -272,7 +275,6 @@ impl KafkaBackend {
             Ok(out)
         })
         .await
-        .map_err(|e| Error::backend("kafka", "fetch committed offsets", e))?
     }
 
     /// Number of partitions of `topic` (`None` when it does not exist).
@@ -358,7 +360,7 @@ impl Backend for KafkaBackend {
     fn health(&self) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             let inner = self.inner.clone();
-            tokio::task::spawn_blocking(move || {
+            runtime::unblock(move || {
                 let metadata = inner
                     .admin
                     .inner()
@@ -374,7 +376,6 @@ impl Backend for KafkaBackend {
                 Ok(())
             })
             .await
-            .map_err(|e| Error::backend("kafka", "fetch metadata", e))?
         })
     }
 
@@ -390,10 +391,7 @@ impl Backend for KafkaBackend {
                 .into_iter()
                 .filter(|c| c.is_stopping())
             {
-                if tokio::time::timeout(limit, consumer.closed())
-                    .await
-                    .is_err()
-                {
+                if runtime::timeout(limit, consumer.closed()).await.is_none() {
                     return Err(Error::Timeout {
                         what: format!(
                             "the consumer of group `{}` to commit and leave",
@@ -404,9 +402,7 @@ impl Backend for KafkaBackend {
                 }
             }
             let inner = self.inner.clone();
-            tokio::task::spawn_blocking(move || inner.producer.flush(Duration::from_secs(10)))
-                .await
-                .map_err(|e| Error::backend("kafka", "flush", e))?
+            runtime::unblock(move || inner.producer.flush(Duration::from_secs(10))).await
         })
     }
 
@@ -483,7 +479,7 @@ impl BackendAdmin for KafkaBackend {
                     let inner = self.inner.clone();
                     let (t, parts): (String, Vec<i32>) =
                         (topic.clone(), committed.iter().map(|(p, _)| *p).collect());
-                    let highs = tokio::task::spawn_blocking(move || {
+                    let highs = runtime::unblock(move || {
                         parts
                             .iter()
                             .map(|p| {
@@ -496,7 +492,6 @@ impl BackendAdmin for KafkaBackend {
                             .collect::<Result<Vec<i64>, _>>()
                     })
                     .await
-                    .map_err(|e| Error::backend("kafka", "fetch watermarks", e))?
                     .map_err(|e| Error::backend("kafka", "fetch watermarks", e))?;
                     let lag: i64 = committed
                         .iter()

@@ -5,12 +5,13 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
 
 use rdkafka::message::Header;
 
 use super::binary;
+use super::async_runtime::KafkaProducer;
 use super::config::{CloudEventsMode, KafkaConfig};
 use super::record;
 use crate::backend::Message;
@@ -24,14 +25,14 @@ pub(crate) struct Placed {
 }
 
 pub(crate) struct Producer {
-    inner: FutureProducer,
+    inner: KafkaProducer,
     queue_timeout: Duration,
     binary: bool,
 }
 
 impl Producer {
     pub(crate) fn new(config: &KafkaConfig) -> Result<Self, Error> {
-        let inner: FutureProducer = config
+        let inner: KafkaProducer = config
             .producer_client_config()
             .create()
             .map_err(|e| config.config_error(e, "producer_options"))?;
@@ -43,7 +44,7 @@ impl Producer {
     }
 
     /// The underlying rdkafka producer.
-    pub(crate) fn rdkafka(&self) -> &FutureProducer {
+    pub(crate) fn rdkafka(&self) -> &KafkaProducer {
         &self.inner
     }
 
@@ -89,7 +90,7 @@ impl Producer {
                         if started.elapsed() < self.queue_timeout =>
                     {
                         // The local queue is full: wait for deliveries to make room.
-                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        crate::runtime::sleep(Duration::from_millis(5)).await;
                     }
                     Err((error, _)) => return Err(produce_error(&message.topic, error)),
                 }

@@ -273,11 +273,10 @@ fn sort_page(records: &mut [(i64, StoredMessage)]) {
 /// Runs `read` on a blocking thread with a fresh throwaway consumer.
 async fn blocking<T: Send + 'static>(
     inner: &Arc<Inner>,
-    operation: &'static str,
     read: impl FnOnce(&Inner, &BaseConsumer) -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
     let inner = inner.clone();
-    tokio::task::spawn_blocking(move || {
+    crate::runtime::unblock(move || {
         let consumer = throwaway_consumer(
             &inner,
             &format!("eventbus-reader-{}", uuid::Uuid::now_v7().simple()),
@@ -285,7 +284,6 @@ async fn blocking<T: Send + 'static>(
         read(&inner, &consumer)
     })
     .await
-    .map_err(|e| Error::backend("kafka", operation, e))?
 }
 
 /// Reads a page of `topic` after `cursor`: up to `limit` records, resolution markers and
@@ -298,7 +296,7 @@ pub(crate) async fn read_page(
 ) -> Result<Page, Error> {
     let from = cursor.as_ref().map(parse_cursor).transpose()?;
     let topic = topic.to_owned();
-    blocking(inner, "read topic", move |inner, consumer| {
+    blocking(inner, move |inner, consumer| {
         let timeout = inner.config.operation_timeout;
         let marks = watermarks(consumer, &topic, timeout)?;
         let resolved = inner.resolved.refresh(consumer, &topic, &marks, timeout)?;
@@ -354,7 +352,7 @@ pub(crate) async fn read_ids(
         return Ok(Vec::new());
     }
     let topic = topic.to_owned();
-    blocking(inner, "read records", move |inner, consumer| {
+    blocking(inner, move |inner, consumer| {
         let timeout = inner.config.operation_timeout;
         let marks = watermarks(consumer, &topic, timeout)?;
         let resolved = inner.resolved.refresh(consumer, &topic, &marks, timeout)?;

@@ -454,7 +454,7 @@ impl Backend for ReplayBackend {
             let planner = inner.clone();
             let group_id = group.clone();
             let window_for_plan = window.clone();
-            let (consumer, plan) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+            let (consumer, plan) = crate::runtime::unblock(move || -> Result<_, Error> {
                 let consumer = throwaway_consumer(&planner, &group_id)?;
                 let plan = plan(
                     &consumer,
@@ -464,8 +464,7 @@ impl Backend for ReplayBackend {
                 )?;
                 Ok((consumer, plan))
             })
-            .await
-            .map_err(|e| Error::backend("kafka", "replay", e))??;
+            .await?;
             let tps: Vec<Tp> = plan.ends.keys().cloned().collect();
             shared.lock().assign(&tps);
             if !tps.is_empty() {

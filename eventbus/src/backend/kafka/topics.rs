@@ -49,7 +49,7 @@ pub(crate) async fn describe(
 ) -> Result<BTreeMap<String, TopicInfo>, Error> {
     let inner = inner.clone();
     let topic = topic.map(str::to_owned);
-    tokio::task::spawn_blocking(move || {
+    crate::runtime::unblock(move || {
         let metadata = inner
             .admin
             .inner()
@@ -75,7 +75,6 @@ pub(crate) async fn describe(
             .collect())
     })
     .await
-    .map_err(|e| Error::backend("kafka", "fetch metadata", e))?
 }
 
 impl TopicCache {
