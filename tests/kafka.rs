@@ -51,10 +51,7 @@ pub struct Broker {
 
 impl Broker {
     fn mock() -> Broker {
-        if let Ok(dir) = std::env::var("EVENTBUS_TEST_MARKERS") {
-            std::fs::write(std::path::Path::new(&dir).join("kafka_mock"), b"ran")
-                .expect("write marker");
-        }
+        eventbus_integration::mark_ran("kafka_mock");
         let mock = MockCluster::new(1).expect("mock cluster");
         Broker {
             brokers: mock.bootstrap_servers(),
@@ -68,9 +65,7 @@ impl Broker {
         require_server("EVENTBUS_TANSU_BIN", "kafka_tansu")?;
         let tansu = match std::env::var("EVENTBUS_TANSU_MODE").as_deref() {
             Ok("shared") => Tansu::shared(),
-            Ok("private") | Err(_) => tokio::task::spawn_blocking(Tansu::private)
-                .await
-                .expect("start tansu"),
+            Ok("private") | Err(_) => eventbus_integration::unblock(Tansu::private).await,
             Ok(other) => panic!("EVENTBUS_TANSU_MODE must be `private` or `shared`, got `{other}`"),
         };
         Some(Broker {
@@ -84,7 +79,7 @@ impl Broker {
     fn diagnose(&self) -> String {
         match &self.tansu {
             // Samples the broker's CPU for a second: off the runtime's worker.
-            Some(tansu) => tokio::task::block_in_place(|| tansu.diagnose()),
+            Some(tansu) => eventbus_integration::block_in_place(|| tansu.diagnose()),
             None => format!("librdkafka mock cluster on {} (in-process)", self.brokers),
         }
     }
@@ -286,7 +281,7 @@ async fn round_trip_typed_and_wildcard(b: &Broker) {
         typed.lock().unwrap(),
         wildcard.lock().unwrap()
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventbus_integration::sleep(Duration::from_millis(300)).await;
     assert_eq!(*typed.lock().unwrap(), vec!["o-1 rt.order.placed true"]);
     let mut types = wildcard.lock().unwrap().clone();
     types.sort();
@@ -353,9 +348,9 @@ async fn key_order_holds_across_10000_events_on_6_partitions(b: &Broker) {
                     let now = r.fetch_add(1, Ordering::SeqCst) + 1;
                     p.fetch_max(now, Ordering::SeqCst);
                     if env.data.n % 4 == 0 {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        eventbus_integration::sleep(Duration::from_millis(1)).await;
                     } else {
-                        tokio::task::yield_now().await;
+                        smol::future::yield_now().await;
                     }
                     s.lock()
                         .unwrap()
@@ -477,7 +472,7 @@ async fn two_groups_each_get_everything(b: &Broker) {
             && c.lock().unwrap().len() == 300)
         .await
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventbus_integration::sleep(Duration::from_millis(300)).await;
     for seen in [&a, &c] {
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 300, "exactly once per group");
@@ -516,7 +511,7 @@ async fn members_split_partitions_and_a_killed_member_is_taken_over(b: &Broker) 
         Subscription::new("tko.job.queued", move |env: Envelope<JobQueued>| {
             let (effects, run) = (effects.clone(), run.clone());
             async move {
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                eventbus_integration::sleep(Duration::from_millis(2)).await;
                 if env.data.run == run {
                     *effects.lock().unwrap().entry(env.id).or_default() += 1;
                 }
@@ -597,7 +592,7 @@ async fn members_split_partitions_and_a_killed_member_is_taken_over(b: &Broker) 
         effects.lock().unwrap().len(),
         ids.len()
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventbus_integration::sleep(Duration::from_millis(500)).await;
     let effects = effects.lock().unwrap().clone();
     assert_eq!(
         effects.keys().copied().collect::<HashSet<_>>(),
@@ -843,7 +838,7 @@ async fn retry_tiers_fire_in_order_with_their_delays_then_dead_letter(b: &Broker
         .await
         .unwrap()
         .is_some());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventbus_integration::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         other.lock().unwrap().len(),
         2,
@@ -1240,7 +1235,7 @@ async fn replay_by_time_range_and_event_type(b: &Broker) {
     let mut bounds = Vec::new();
     for batch in 0..3 {
         bounds.push(chrono::Utc::now());
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        eventbus_integration::sleep(Duration::from_millis(30)).await;
         for i in 0..5 {
             let sku = format!("sku-{i}");
             publisher
@@ -1260,7 +1255,7 @@ async fn replay_by_time_range_and_event_type(b: &Broker) {
                 .await
                 .unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        eventbus_integration::sleep(Duration::from_millis(30)).await;
     }
     let mut window = ReplayWindow::new(bounds[1], bounds[2]).event_types(["rpl.price.changed"]);
     if b.is_mock() {
@@ -1295,7 +1290,7 @@ async fn replay_by_time_range_and_event_type(b: &Broker) {
         .start()
         .await
         .unwrap();
-    tokio::time::timeout(scaled(WAIT), replay.finished())
+    eventbus_integration::timeout(scaled(WAIT), replay.finished())
         .await
         .expect("replay finished");
     let got = got.lock().unwrap().clone();
@@ -1336,7 +1331,7 @@ async fn replay_buffers_are_bounded(b: &Broker) {
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    eventbus_integration::sleep(Duration::from_millis(30)).await;
     let to = chrono::Utc::now();
     let mut window = ReplayWindow::new(from, to);
     if b.is_mock() {
@@ -1353,7 +1348,7 @@ async fn replay_buffers_are_bounded(b: &Broker) {
                 let g = g.clone();
                 let mine = env.data.run == r;
                 async move {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    eventbus_integration::sleep(Duration::from_millis(5)).await;
                     if mine {
                         g.lock().unwrap().push(env.data.n);
                     }
@@ -1365,9 +1360,9 @@ async fn replay_buffers_are_bounded(b: &Broker) {
         .start()
         .await
         .unwrap();
-    tokio::time::timeout(scaled(WAIT), replay.finished())
+    eventbus_integration::timeout(scaled(WAIT), replay.finished())
         .await
-        .unwrap_or_else(|_| panic!("replay unfinished: {:?}", got.lock().unwrap()));
+        .unwrap_or_else(|| panic!("replay unfinished: {:?}", got.lock().unwrap()));
     assert_eq!(*got.lock().unwrap(), (0..N).collect::<Vec<_>>());
     assert!(
         replay.stats().pauses > 0,
@@ -1453,7 +1448,7 @@ async fn replay_to_one_group_and_group_lag(b: &Broker) {
         "replayed to the chosen group: {} replays",
         replays.load(Ordering::SeqCst)
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventbus_integration::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         other.lock().unwrap().len(),
         3,
@@ -1743,10 +1738,12 @@ macro_rules! conformance {
         /// The suite on librdkafka's mock cluster (in-process, real protocol over TCP).
         mod mock {
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let broker = super::Broker::mock();
-                    broker.run(super::$case(&broker)).await;
+                #[test]
+                fn $case() {
+                    eventbus_integration::run(4, async {
+                        let broker = super::Broker::mock();
+                        broker.run(super::$case(&broker)).await;
+                    });
                 }
             )*
         }
@@ -1754,10 +1751,12 @@ macro_rules! conformance {
         /// The suite on tansu: a broker per case (`EVENTBUS_TANSU_BIN`).
         mod tansu {
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let Some(broker) = super::Broker::tansu().await else { return };
-                    broker.run(super::$case(&broker)).await;
+                #[test]
+                fn $case() {
+                    eventbus_integration::run(4, async {
+                        let Some(broker) = super::Broker::tansu().await else { return };
+                        broker.run(super::$case(&broker)).await;
+                    });
                 }
             )*
         }
@@ -1783,92 +1782,102 @@ conformance!(
 /// killed, a cooperative rebalance) tansu 0.6's group coordinator can panic
 /// (`tansu-storage-0.6.0/src/service.rs:337`, `unreachable!` on a storage error in
 /// `update_group`), after which the broker stops serving the group; seen in 1 of 6 repeated runs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn mock_members_split_partitions_and_a_killed_member_is_taken_over() {
-    let broker = Broker::mock();
-    members_split_partitions_and_a_killed_member_is_taken_over(&broker).await;
+#[test]
+fn mock_members_split_partitions_and_a_killed_member_is_taken_over() {
+    eventbus_integration::run(4, async {
+        let broker = Broker::mock();
+        members_split_partitions_and_a_killed_member_is_taken_over(&broker).await;
+    });
 }
 
 /// Provisioning needs CreateTopics and DescribeConfigs, which librdkafka's mock cluster does
 /// not implement: this case runs on tansu only.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tansu_provisioning_creates_the_catalog_topics() {
-    let Some(broker) = Broker::tansu().await else {
-        return;
-    };
-    broker
-        .run(provisioning_creates_the_catalog_topics(&broker))
-        .await;
+#[test]
+fn tansu_provisioning_creates_the_catalog_topics() {
+    eventbus_integration::run(2, async {
+        let Some(broker) = Broker::tansu().await else {
+            return;
+        };
+        broker
+            .run(provisioning_creates_the_catalog_topics(&broker))
+            .await;
+    });
 }
 
 /// On the mock cluster provisioning fails with a clear error instead of pretending.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mock_provisioning_reports_the_missing_admin_api() {
-    let broker = Broker::mock();
-    let backend = broker.backend().await;
-    let err = backend
-        .provision(&seed_plan())
-        .await
-        .expect_err("the mock has no CreateTopics");
-    assert!(err.to_string().contains("kafka backend"), "{err}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_settings_fail_at_startup_naming_the_setting() {
-    for (brokers, setting) in [("", "kafka.brokers"), ("localhost", "kafka.brokers")] {
-        let err = KafkaBackend::connect(KafkaConfig::new(brokers))
+#[test]
+fn mock_provisioning_reports_the_missing_admin_api() {
+    eventbus_integration::run(2, async {
+        let broker = Broker::mock();
+        let backend = broker.backend().await;
+        let err = backend
+            .provision(&seed_plan())
             .await
-            .expect_err(brokers);
-        assert!(err.to_string().contains(setting), "{err}");
-    }
-    let mut config = KafkaConfig::new("127.0.0.1:9");
-    config
-        .options
-        .insert("socket.timeout.ms".into(), "soon".into());
-    let err = KafkaBackend::connect(config).await.expect_err("bad option");
-    assert!(
-        err.to_string().contains("kafka.options[socket.timeout.ms]"),
-        "{err}"
-    );
-    // Nothing listens on port 9: the health check at connect fails within the timeout.
-    let mut config = KafkaConfig::new("127.0.0.1:9");
-    config.operation_timeout = Duration::from_millis(500);
-    let started = Instant::now();
-    let err = KafkaBackend::connect(config)
-        .await
-        .expect_err("unreachable");
-    assert!(err.to_string().contains("connect"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(5));
+            .expect_err("the mock has no CreateTopics");
+        assert!(err.to_string().contains("kafka backend"), "{err}");
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_pattern_in_one_group_is_refused() {
-    let broker = Broker::mock();
-    let backend = broker.backend().await;
-    let g = group("shared");
-    let err = Bus::builder()
-        .backend(backend)
-        .subscribe(
-            Subscription::new("rt.order.*", |_: Envelope<serde_json::Value>| async {
-                Ok(())
-            })
-            .group(g.clone())
-            .with_name("one"),
-        )
-        .subscribe(
-            Subscription::new("rt.user.*", |_: Envelope<serde_json::Value>| async {
-                Ok(())
-            })
-            .group(g.clone())
-            .with_name("two"),
-        )
-        .start()
-        .await
-        .err()
-        .expect("refused");
-    assert!(
-        err.to_string()
-            .contains(&format!("subscriptions[{g}].group")),
-        "{err}"
-    );
+#[test]
+fn bad_settings_fail_at_startup_naming_the_setting() {
+    eventbus_integration::run(2, async {
+        for (brokers, setting) in [("", "kafka.brokers"), ("localhost", "kafka.brokers")] {
+            let err = KafkaBackend::connect(KafkaConfig::new(brokers))
+                .await
+                .expect_err(brokers);
+            assert!(err.to_string().contains(setting), "{err}");
+        }
+        let mut config = KafkaConfig::new("127.0.0.1:9");
+        config
+            .options
+            .insert("socket.timeout.ms".into(), "soon".into());
+        let err = KafkaBackend::connect(config).await.expect_err("bad option");
+        assert!(
+            err.to_string().contains("kafka.options[socket.timeout.ms]"),
+            "{err}"
+        );
+        // Nothing listens on port 9: the health check at connect fails within the timeout.
+        let mut config = KafkaConfig::new("127.0.0.1:9");
+        config.operation_timeout = Duration::from_millis(500);
+        let started = Instant::now();
+        let err = KafkaBackend::connect(config)
+            .await
+            .expect_err("unreachable");
+        assert!(err.to_string().contains("connect"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    });
+}
+
+#[test]
+fn a_second_pattern_in_one_group_is_refused() {
+    eventbus_integration::run(2, async {
+        let broker = Broker::mock();
+        let backend = broker.backend().await;
+        let g = group("shared");
+        let err = Bus::builder()
+            .backend(backend)
+            .subscribe(
+                Subscription::new("rt.order.*", |_: Envelope<serde_json::Value>| async {
+                    Ok(())
+                })
+                .group(g.clone())
+                .with_name("one"),
+            )
+            .subscribe(
+                Subscription::new("rt.user.*", |_: Envelope<serde_json::Value>| async {
+                    Ok(())
+                })
+                .group(g.clone())
+                .with_name("two"),
+            )
+            .start()
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            err.to_string()
+                .contains(&format!("subscriptions[{g}].group")),
+            "{err}"
+        );
+    });
 }

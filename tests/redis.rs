@@ -96,377 +96,392 @@ fn logging(log: &Log, group: &str, pattern: &str) -> Subscription {
     .with_name(format!("{group}-{pattern}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn typed_and_wildcard_handlers_round_trip() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
-        return;
-    };
-    let b = backend(&url, "roundtrip").await;
-    let typed = Log::default();
-    let t = typed.clone();
-    let wildcard = Log::default();
-    let bus = Bus::builder()
-        .backend(b.clone())
-        .inbox(Arc::new(b.inbox()))
-        .subscribe(
-            Subscription::new(
-                "approval.granted",
-                move |ctx: Context, env: Envelope<ApprovalGranted>| {
-                    let t = t.clone();
-                    async move {
-                        t.push(format!(
-                            "{} {} {}",
-                            env.data.approval_id,
-                            env.data.n,
-                            ctx.group()
-                        ));
+#[test]
+fn typed_and_wildcard_handlers_round_trip() {
+    eventbus_integration::run(2, async {
+        let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+            return;
+        };
+        let b = backend(&url, "roundtrip").await;
+        let typed = Log::default();
+        let t = typed.clone();
+        let wildcard = Log::default();
+        let bus = Bus::builder()
+            .backend(b.clone())
+            .inbox(Arc::new(b.inbox()))
+            .subscribe(
+                Subscription::new(
+                    "approval.granted",
+                    move |ctx: Context, env: Envelope<ApprovalGranted>| {
+                        let t = t.clone();
+                        async move {
+                            t.push(format!(
+                                "{} {} {}",
+                                env.data.approval_id,
+                                env.data.n,
+                                ctx.group()
+                            ));
+                            Ok(())
+                        }
+                    },
+                )
+                .group("typed"),
+            )
+            .subscribe(logging(&wildcard, "audit", "approval.*"))
+            .start()
+            .await
+            .unwrap();
+        bus.publish(granted("a-1", 1)).await.unwrap();
+        bus.publish(ApprovalRejected {
+            approval_id: "a-2".into(),
+        })
+        .await
+        .unwrap();
+        bus.publish(UserInvited {
+            email: "x@y".into(),
+        })
+        .await
+        .unwrap();
+        assert!(
+            eventually(WAIT, || typed.len() == 1 && wildcard.len() == 2).await,
+            "{:?} {:?}",
+            typed.all(),
+            wildcard.all()
+        );
+        // Nothing else arrives.
+        eventbus_integration::sleep(Duration::from_millis(500)).await;
+        assert_eq!(typed.all(), vec!["a-1 1 typed"]);
+        // Two topics are two streams: no order between them.
+        let mut types: Vec<String> = wildcard
+            .all()
+            .iter()
+            .map(|s| s.split(' ').next().unwrap().to_owned())
+            .collect();
+        types.sort();
+        assert_eq!(types, vec!["approval.granted", "approval.rejected"]);
+        assert_eq!(
+            b.pending("approval.granted", "typed").await.unwrap(),
+            0,
+            "acked"
+        );
+        assert!(b.health().await.is_ok());
+        bus.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+#[test]
+fn two_groups_each_get_everything_and_members_split_without_duplicates() {
+    eventbus_integration::run(2, async {
+        let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+            return;
+        };
+        let mut c = config(&url, "groups");
+        c.partitions = 4;
+        let b = RedisBackend::connect(c).await.expect("connect");
+        let audit = Log::default();
+        let member_a = Log::default();
+        let member_b = Log::default();
+        // Two bus instances model two processes of the "billing" service.
+        let catalog = [eventbus::CatalogEntry::of::<ApprovalGranted>()];
+        let bus_a = Bus::builder()
+            .backend(b.clone())
+            .inbox(Arc::new(b.inbox()))
+            .catalog(&catalog)
+            .subscribe(logging(&member_a, "billing", "approval.*"))
+            .subscribe(logging(&audit, "audit", "#"))
+            .start()
+            .await
+            .unwrap();
+        let bus_b = Bus::builder()
+            .backend(b.clone())
+            .inbox(Arc::new(b.inbox()))
+            .catalog(&catalog)
+            .subscribe(logging(&member_b, "billing", "approval.*"))
+            .start()
+            .await
+            .unwrap();
+        // Members split the 4 partitions of the topic once both are in the group.
+        let mut owners = Vec::new();
+        assert!(
+            eventually(WAIT, || {
+                owners =
+                    futures::executor::block_on(b.partition_owners("approval.granted", "billing"))
+                        .unwrap_or_default();
+                owners.iter().flatten().collect::<HashSet<_>>().len() == 2
+                    && owners.iter().all(Option::is_some)
+            })
+            .await,
+            "owners {owners:?}"
+        );
+        let envelopes: Vec<_> = (0..400)
+            .map(|i| Envelope::new(granted(&format!("k{}", i % 40), i)))
+            .collect();
+        bus_a.publisher().publish_batch(envelopes).await.unwrap();
+        assert!(
+            eventually(WAIT, || member_a.len() + member_b.len() == 400
+                && audit.len() == 400)
+            .await,
+            "a={} b={} audit={}",
+            member_a.len(),
+            member_b.len(),
+            audit.len()
+        );
+        eventbus_integration::sleep(Duration::from_millis(300)).await;
+        let mut billing: Vec<String> = member_a.all();
+        billing.extend(member_b.all());
+        let unique: HashSet<&String> = billing.iter().collect();
+        assert_eq!(billing.len(), 400, "no duplicates in the group");
+        assert_eq!(unique.len(), 400);
+        assert!(
+            member_a.len() > 0 && member_b.len() > 0,
+            "both members got work: {} / {}",
+            member_a.len(),
+            member_b.len()
+        );
+        bus_a.shutdown(Duration::from_secs(5)).await;
+        bus_b.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+#[test]
+fn a_killed_consumer_s_entries_are_claimed_and_finished_by_another_member() {
+    eventbus_integration::run(2, async {
+        let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+            return;
+        };
+        let b = backend(&url, "claim").await;
+        let started = Arc::new(AtomicUsize::new(0));
+        let s = started.clone();
+        // The first process hangs in its handler and is then killed.
+        let doomed = Bus::builder()
+            .backend(b.clone())
+            .inbox(Arc::new(b.inbox()))
+            .subscribe(
+                Subscription::new("approval.granted", move |_: Envelope<ApprovalGranted>| {
+                    s.fetch_add(1, Ordering::SeqCst);
+                    async {
+                        futures::future::pending::<()>().await;
                         Ok(())
                     }
-                },
+                })
+                .group("workers"),
             )
-            .group("typed"),
-        )
-        .subscribe(logging(&wildcard, "audit", "approval.*"))
-        .start()
-        .await
-        .unwrap();
-    bus.publish(granted("a-1", 1)).await.unwrap();
-    bus.publish(ApprovalRejected {
-        approval_id: "a-2".into(),
-    })
-    .await
-    .unwrap();
-    bus.publish(UserInvited {
-        email: "x@y".into(),
-    })
-    .await
-    .unwrap();
-    assert!(
-        eventually(WAIT, || typed.len() == 1 && wildcard.len() == 2).await,
-        "{:?} {:?}",
-        typed.all(),
-        wildcard.all()
-    );
-    // Nothing else arrives.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(typed.all(), vec!["a-1 1 typed"]);
-    // Two topics are two streams: no order between them.
-    let mut types: Vec<String> = wildcard
-        .all()
-        .iter()
-        .map(|s| s.split(' ').next().unwrap().to_owned())
-        .collect();
-    types.sort();
-    assert_eq!(types, vec!["approval.granted", "approval.rejected"]);
-    assert_eq!(
-        b.pending("approval.granted", "typed").await.unwrap(),
-        0,
-        "acked"
-    );
-    assert!(b.health().await.is_ok());
-    bus.shutdown(Duration::from_secs(5)).await;
-}
+            .start()
+            .await
+            .unwrap();
+        doomed.publish(granted("x", 1)).await.unwrap();
+        assert!(eventually(WAIT, || started.load(Ordering::SeqCst) == 1).await);
+        doomed.abort().await;
+        assert_eq!(
+            b.pending("approval.granted", "workers").await.unwrap(),
+            1,
+            "left pending"
+        );
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_groups_each_get_everything_and_members_split_without_duplicates() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
-        return;
-    };
-    let mut c = config(&url, "groups");
-    c.partitions = 4;
-    let b = RedisBackend::connect(c).await.expect("connect");
-    let audit = Log::default();
-    let member_a = Log::default();
-    let member_b = Log::default();
-    // Two bus instances model two processes of the "billing" service.
-    let catalog = [eventbus::CatalogEntry::of::<ApprovalGranted>()];
-    let bus_a = Bus::builder()
-        .backend(b.clone())
-        .inbox(Arc::new(b.inbox()))
-        .catalog(&catalog)
-        .subscribe(logging(&member_a, "billing", "approval.*"))
-        .subscribe(logging(&audit, "audit", "#"))
-        .start()
-        .await
-        .unwrap();
-    let bus_b = Bus::builder()
-        .backend(b.clone())
-        .inbox(Arc::new(b.inbox()))
-        .catalog(&catalog)
-        .subscribe(logging(&member_b, "billing", "approval.*"))
-        .start()
-        .await
-        .unwrap();
-    // Members split the 4 partitions of the topic once both are in the group.
-    let mut owners = Vec::new();
-    assert!(
-        eventually(WAIT, || {
-            owners = futures::executor::block_on(b.partition_owners("approval.granted", "billing"))
-                .unwrap_or_default();
-            owners.iter().flatten().collect::<HashSet<_>>().len() == 2
-                && owners.iter().all(Option::is_some)
-        })
-        .await,
-        "owners {owners:?}"
-    );
-    let envelopes: Vec<_> = (0..400)
-        .map(|i| Envelope::new(granted(&format!("k{}", i % 40), i)))
-        .collect();
-    bus_a.publisher().publish_batch(envelopes).await.unwrap();
-    assert!(
-        eventually(WAIT, || member_a.len() + member_b.len() == 400
-            && audit.len() == 400)
-        .await,
-        "a={} b={} audit={}",
-        member_a.len(),
-        member_b.len(),
-        audit.len()
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut billing: Vec<String> = member_a.all();
-    billing.extend(member_b.all());
-    let unique: HashSet<&String> = billing.iter().collect();
-    assert_eq!(billing.len(), 400, "no duplicates in the group");
-    assert_eq!(unique.len(), 400);
-    assert!(
-        member_a.len() > 0 && member_b.len() > 0,
-        "both members got work: {} / {}",
-        member_a.len(),
-        member_b.len()
-    );
-    bus_a.shutdown(Duration::from_secs(5)).await;
-    bus_b.shutdown(Duration::from_secs(5)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_consumer_s_entries_are_claimed_and_finished_by_another_member() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
-        return;
-    };
-    let b = backend(&url, "claim").await;
-    let started = Arc::new(AtomicUsize::new(0));
-    let s = started.clone();
-    // The first process hangs in its handler and is then killed.
-    let doomed = Bus::builder()
-        .backend(b.clone())
-        .inbox(Arc::new(b.inbox()))
-        .subscribe(
-            Subscription::new("approval.granted", move |_: Envelope<ApprovalGranted>| {
-                s.fetch_add(1, Ordering::SeqCst);
-                async {
-                    futures::future::pending::<()>().await;
-                    Ok(())
-                }
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let a = attempts.clone();
+        let survivor = Bus::builder()
+            .backend(b.clone())
+            .inbox(Arc::new(b.inbox()))
+            .subscribe(
+                Subscription::new(
+                    "approval.granted",
+                    move |ctx: Context, _: Envelope<ApprovalGranted>| {
+                        a.lock().unwrap().push(ctx.attempt());
+                        async { Ok(()) }
+                    },
+                )
+                .group("workers"),
+            )
+            .start()
+            .await
+            .unwrap();
+        assert!(eventually(WAIT, || attempts.lock().unwrap().len() == 1).await);
+        assert_eq!(
+            *attempts.lock().unwrap(),
+            vec![2],
+            "the pending list's delivery count drives the attempt"
+        );
+        assert!(eventually(WAIT, || b.stats().claimed >= 1).await);
+        let mut pending = 1;
+        assert!(
+            eventually(WAIT, || {
+                pending =
+                    futures::executor::block_on(b.pending("approval.granted", "workers")).unwrap();
+                pending == 0
             })
-            .group("workers"),
-        )
-        .start()
-        .await
-        .unwrap();
-    doomed.publish(granted("x", 1)).await.unwrap();
-    assert!(eventually(WAIT, || started.load(Ordering::SeqCst) == 1).await);
-    doomed.abort().await;
-    assert_eq!(
-        b.pending("approval.granted", "workers").await.unwrap(),
-        1,
-        "left pending"
-    );
-
-    let attempts = Arc::new(Mutex::new(Vec::new()));
-    let a = attempts.clone();
-    let survivor = Bus::builder()
-        .backend(b.clone())
-        .inbox(Arc::new(b.inbox()))
-        .subscribe(
-            Subscription::new(
-                "approval.granted",
-                move |ctx: Context, _: Envelope<ApprovalGranted>| {
-                    a.lock().unwrap().push(ctx.attempt());
-                    async { Ok(()) }
-                },
-            )
-            .group("workers"),
-        )
-        .start()
-        .await
-        .unwrap();
-    assert!(eventually(WAIT, || attempts.lock().unwrap().len() == 1).await);
-    assert_eq!(
-        *attempts.lock().unwrap(),
-        vec![2],
-        "the pending list's delivery count drives the attempt"
-    );
-    assert!(eventually(WAIT, || b.stats().claimed >= 1).await);
-    let mut pending = 1;
-    assert!(
-        eventually(WAIT, || {
-            pending =
-                futures::executor::block_on(b.pending("approval.granted", "workers")).unwrap();
-            pending == 0
-        })
-        .await
-    );
-    survivor.shutdown(Duration::from_secs(5)).await;
+            .await
+        );
+        survivor.shutdown(Duration::from_secs(5)).await;
+    });
 }
 
 /// An entry that retention trims while it is still pending for a group (its consumer died
 /// before acknowledging it) is lost to that group: never silently, it is counted and logged.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn entries_trimmed_while_pending_are_counted() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
-        return;
-    };
-    let b = backend(&url, "trimmed").await;
-    let started = Arc::new(AtomicUsize::new(0));
-    let s = started.clone();
-    let doomed = Bus::builder()
-        .backend(b.clone())
-        .subscribe(
-            Subscription::new("approval.granted", move |_: Envelope<ApprovalGranted>| {
-                s.fetch_add(1, Ordering::SeqCst);
-                async {
-                    futures::future::pending::<()>().await;
-                    Ok(())
-                }
-            })
-            .group("workers"),
-        )
-        .start()
-        .await
-        .unwrap();
-    doomed.publish(granted("x", 1)).await.unwrap();
-    assert!(eventually(WAIT, || started.load(Ordering::SeqCst) == 1).await);
-    doomed.abort().await;
-    // Retention (here by hand) removes the entry while the group still owes it.
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let stream = format!("{}:events:approval.granted", b.config().prefix);
-    let trimmed: u64 = redis::cmd("XTRIM")
-        .arg(&stream)
-        .arg("MAXLEN")
-        .arg(0)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(trimmed, 1);
-    assert_eq!(b.stats().retention_dropped, 0);
-
-    let handled = Arc::new(AtomicUsize::new(0));
-    let h = handled.clone();
-    let survivor = Bus::builder()
-        .backend(b.clone())
-        .subscribe(
-            Subscription::new("approval.granted", move |_: Envelope<ApprovalGranted>| {
-                h.fetch_add(1, Ordering::SeqCst);
-                async { Ok(()) }
-            })
-            .group("workers"),
-        )
-        .start()
-        .await
-        .unwrap();
-    assert!(
-        eventually(WAIT, || b.stats().retention_dropped == 1).await,
-        "{:?}",
-        b.stats()
-    );
-    assert_eq!(handled.load(Ordering::SeqCst), 0, "nothing left to handle");
-    assert_eq!(b.pending("approval.granted", "workers").await.unwrap(), 0);
-    survivor.shutdown(Duration::from_secs(5)).await;
-}
-
-/// Retention with a stopped consumer: entries trimmed before the group read them are counted
-/// once (also across a restart with a new connection), logged, and exported as
-/// `event_retention_dropped_total`; the entries left are handled.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn entries_trimmed_before_the_group_read_them_are_counted_once() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
-        return;
-    };
-    let b = backend(&url, "unread").await;
-    let handled = Arc::new(AtomicUsize::new(0));
-    let member = |b: RedisBackend, handled: Arc<AtomicUsize>| async move {
-        Bus::builder()
-            .backend(b)
-            .source("stock")
+#[test]
+fn entries_trimmed_while_pending_are_counted() {
+    eventbus_integration::run(2, async {
+        let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+            return;
+        };
+        let b = backend(&url, "trimmed").await;
+        let started = Arc::new(AtomicUsize::new(0));
+        let s = started.clone();
+        let doomed = Bus::builder()
+            .backend(b.clone())
             .subscribe(
                 Subscription::new("approval.granted", move |_: Envelope<ApprovalGranted>| {
-                    handled.fetch_add(1, Ordering::SeqCst);
+                    s.fetch_add(1, Ordering::SeqCst);
+                    async {
+                        futures::future::pending::<()>().await;
+                        Ok(())
+                    }
+                })
+                .group("workers"),
+            )
+            .start()
+            .await
+            .unwrap();
+        doomed.publish(granted("x", 1)).await.unwrap();
+        assert!(eventually(WAIT, || started.load(Ordering::SeqCst) == 1).await);
+        doomed.abort().await;
+        // Retention (here by hand) removes the entry while the group still owes it.
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let stream = format!("{}:events:approval.granted", b.config().prefix);
+        let trimmed: u64 = redis::cmd("XTRIM")
+            .arg(&stream)
+            .arg("MAXLEN")
+            .arg(0)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(trimmed, 1);
+        assert_eq!(b.stats().retention_dropped, 0);
+
+        let handled = Arc::new(AtomicUsize::new(0));
+        let h = handled.clone();
+        let survivor = Bus::builder()
+            .backend(b.clone())
+            .subscribe(
+                Subscription::new("approval.granted", move |_: Envelope<ApprovalGranted>| {
+                    h.fetch_add(1, Ordering::SeqCst);
                     async { Ok(()) }
                 })
                 .group("workers"),
             )
             .start()
             .await
-            .unwrap()
-    };
-    let first = member(b.clone(), handled.clone()).await;
-    first.publish(granted("a", 1)).await.unwrap();
-    assert!(eventually(WAIT, || handled.load(Ordering::SeqCst) == 1).await);
-    first.shutdown(Duration::from_secs(5)).await;
-    // The consumer is stopped: 5 more events, then retention keeps the newest 2.
-    let publisher = Bus::builder().backend(b.clone()).start().await.unwrap();
-    for n in 2..7 {
-        publisher.publish(granted("a", n)).await.unwrap();
-    }
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let stream = format!("{}:events:approval.granted", b.config().prefix);
-    let trimmed: u64 = redis::cmd("XTRIM")
-        .arg(&stream)
-        .arg("MAXLEN")
-        .arg(2)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(trimmed, 4, "the handled one and 3 unread");
-
-    let second = member(b.clone(), handled.clone()).await;
-    assert!(
-        eventually(WAIT, || handled.load(Ordering::SeqCst) == 3).await,
-        "handled {}",
-        handled.load(Ordering::SeqCst)
-    );
-    assert!(
-        eventually(WAIT, || b.stats().retention_dropped == 3).await,
-        "{:?}",
-        b.stats()
-    );
-    let line = format!(
-        "event_retention_dropped_total{{service=\"stock\",stream=\"{stream}\",group=\"workers\"}} 3"
-    );
-    let metrics = second.metrics().encode();
-    assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
-    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
-    second.shutdown(Duration::from_secs(5)).await;
-
-    // A restart on a new connection reports nothing twice.
-    let again = backend_with_prefix(&url, &b.config().prefix).await;
-    let third = member(again.clone(), handled.clone()).await;
-    third.publish(granted("a", 7)).await.unwrap();
-    assert!(eventually(WAIT, || handled.load(Ordering::SeqCst) == 4).await);
-    assert_eq!(again.stats().retention_dropped, 0, "{:?}", again.stats());
-    third.shutdown(Duration::from_secs(5)).await;
-    publisher.shutdown(Duration::from_secs(5)).await;
+            .unwrap();
+        assert!(
+            eventually(WAIT, || b.stats().retention_dropped == 1).await,
+            "{:?}",
+            b.stats()
+        );
+        assert_eq!(handled.load(Ordering::SeqCst), 0, "nothing left to handle");
+        assert_eq!(b.pending("approval.granted", "workers").await.unwrap(), 0);
+        survivor.shutdown(Duration::from_secs(5)).await;
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delayed_retry_fires_after_its_delay_and_survives_a_consumer_restart() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
-        return;
-    };
-    delayed_retry_survives_a_restart(backend(&url, "delayed").await).await;
+/// Retention with a stopped consumer: entries trimmed before the group read them are counted
+/// once (also across a restart with a new connection), logged, and exported as
+/// `event_retention_dropped_total`; the entries left are handled.
+#[test]
+fn entries_trimmed_before_the_group_read_them_are_counted_once() {
+    eventbus_integration::run(2, async {
+        let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+            return;
+        };
+        let b = backend(&url, "unread").await;
+        let handled = Arc::new(AtomicUsize::new(0));
+        let member = |b: RedisBackend, handled: Arc<AtomicUsize>| async move {
+            Bus::builder()
+                .backend(b)
+                .source("stock")
+                .subscribe(
+                    Subscription::new("approval.granted", move |_: Envelope<ApprovalGranted>| {
+                        handled.fetch_add(1, Ordering::SeqCst);
+                        async { Ok(()) }
+                    })
+                    .group("workers"),
+                )
+                .start()
+                .await
+                .unwrap()
+        };
+        let first = member(b.clone(), handled.clone()).await;
+        first.publish(granted("a", 1)).await.unwrap();
+        assert!(eventually(WAIT, || handled.load(Ordering::SeqCst) == 1).await);
+        first.shutdown(Duration::from_secs(5)).await;
+        // The consumer is stopped: 5 more events, then retention keeps the newest 2.
+        let publisher = Bus::builder().backend(b.clone()).start().await.unwrap();
+        for n in 2..7 {
+            publisher.publish(granted("a", n)).await.unwrap();
+        }
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let stream = format!("{}:events:approval.granted", b.config().prefix);
+        let trimmed: u64 = redis::cmd("XTRIM")
+            .arg(&stream)
+            .arg("MAXLEN")
+            .arg(2)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(trimmed, 4, "the handled one and 3 unread");
+
+        let second = member(b.clone(), handled.clone()).await;
+        assert!(
+            eventually(WAIT, || handled.load(Ordering::SeqCst) == 3).await,
+            "handled {}",
+            handled.load(Ordering::SeqCst)
+        );
+        assert!(
+            eventually(WAIT, || b.stats().retention_dropped == 3).await,
+            "{:?}",
+            b.stats()
+        );
+        let line = format!(
+            "event_retention_dropped_total{{service=\"stock\",stream=\"{stream}\",group=\"workers\"}} 3"
+        );
+        let metrics = second.metrics().encode();
+        assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
+        assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+        second.shutdown(Duration::from_secs(5)).await;
+
+        // A restart on a new connection reports nothing twice.
+        let again = backend_with_prefix(&url, &b.config().prefix).await;
+        let third = member(again.clone(), handled.clone()).await;
+        third.publish(granted("a", 7)).await.unwrap();
+        assert!(eventually(WAIT, || handled.load(Ordering::SeqCst) == 4).await);
+        assert_eq!(again.stats().retention_dropped, 0, "{:?}", again.stats());
+        third.shutdown(Duration::from_secs(5)).await;
+        publisher.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+#[test]
+fn a_delayed_retry_fires_after_its_delay_and_survives_a_consumer_restart() {
+    eventbus_integration::run(2, async {
+        let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+            return;
+        };
+        delayed_retry_survives_a_restart(backend(&url, "delayed").await).await;
+    });
 }
 
 /// The same on a Redis Cluster: the delayed set and the retry stream share a slot.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_cluster_a_delayed_retry_fires_after_its_delay_and_survives_a_consumer_restart() {
-    let Some(url) = require_server("EVENTBUS_REDIS_CLUSTER_URL", "redis_cluster") else {
-        return;
-    };
-    let mut c = config(&url, "delayed");
-    c.cluster = true;
-    delayed_retry_survives_a_restart(RedisBackend::connect(c).await.expect("connect")).await;
+#[test]
+fn on_a_cluster_a_delayed_retry_fires_after_its_delay_and_survives_a_consumer_restart() {
+    eventbus_integration::run(2, async {
+        let Some(url) = require_server("EVENTBUS_REDIS_CLUSTER_URL", "redis_cluster") else {
+            return;
+        };
+        let mut c = config(&url, "delayed");
+        c.cluster = true;
+        delayed_retry_survives_a_restart(RedisBackend::connect(c).await.expect("connect")).await;
+    });
 }
 
 async fn delayed_retry_survives_a_restart(b: RedisBackend) {
@@ -528,398 +543,414 @@ async fn delayed_retry_survives_a_restart(b: RedisBackend) {
     second.shutdown(Duration::from_secs(5)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_messages_end_in_the_dlq_with_a_reason_and_redrive_works() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
-        return;
-    };
-    let b = backend(&url, "dlq").await;
-    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let handled = Log::default();
-    let (f, h) = (fixed.clone(), handled.clone());
-    let bus = Bus::builder()
-        .backend(b.clone())
-        .inbox(Arc::new(b.inbox()))
-        .subscribe(
-            Subscription::new("approval.granted", move |env: Envelope<ApprovalGranted>| {
-                let ok = f.load(Ordering::SeqCst);
-                let h = h.clone();
-                async move {
-                    if !ok {
-                        return Err(HandlerError::permanent(
-                            "approval references a deleted user",
-                        ));
+#[test]
+fn poison_messages_end_in_the_dlq_with_a_reason_and_redrive_works() {
+    eventbus_integration::run(2, async {
+        let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+            return;
+        };
+        let b = backend(&url, "dlq").await;
+        let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handled = Log::default();
+        let (f, h) = (fixed.clone(), handled.clone());
+        let bus = Bus::builder()
+            .backend(b.clone())
+            .inbox(Arc::new(b.inbox()))
+            .subscribe(
+                Subscription::new("approval.granted", move |env: Envelope<ApprovalGranted>| {
+                    let ok = f.load(Ordering::SeqCst);
+                    let h = h.clone();
+                    async move {
+                        if !ok {
+                            return Err(HandlerError::permanent(
+                                "approval references a deleted user",
+                            ));
+                        }
+                        h.push(env.data.approval_id);
+                        Ok(())
                     }
-                    h.push(env.data.approval_id);
-                    Ok(())
-                }
-            })
-            .group("strict"),
-        )
-        .start()
-        .await
-        .unwrap();
-    bus.publish(granted("bad", 1)).await.unwrap();
-    // A foreign producer writes garbage into the stream.
-    let raw = eventbus::backend::Message {
-        topic: "approval.granted".into(),
-        key: None,
-        event_type: "approval.granted".into(),
-        headers: Default::default(),
-        payload: b"{\"not\": \"an envelope\"}".to_vec().into(),
-    };
-    b.publish(vec![raw]).await.unwrap();
-    let dlq = bus.dead_letters();
-    let mut letters = Vec::new();
-    assert!(
-        eventually(WAIT, || {
-            letters = futures::executor::block_on(dlq.list("approval.granted")).unwrap();
-            letters.len() == 2
-        })
-        .await
-    );
-    assert_eq!(
-        letters[0].failure.message,
-        "approval references a deleted user"
-    );
-    assert_eq!(letters[0].failure.kind, ErrorKind::Permanent);
-    assert_eq!(letters[0].group, "strict");
-    assert!(
-        letters[1].failure.message.starts_with("malformed envelope"),
-        "{}",
-        letters[1].failure.message
-    );
-    assert_eq!(b.pending("approval.granted", "strict").await.unwrap(), 0);
-
-    fixed.store(true, Ordering::SeqCst);
-    assert_eq!(
-        dlq.redrive("approval.granted", &[letters[0].id.clone()])
-            .await
-            .unwrap(),
-        1
-    );
-    assert!(eventually(WAIT, || handled.all() == vec!["bad".to_owned()]).await);
-    assert_eq!(
-        dlq.purge("approval.granted", vec![letters[1].id.clone()])
-            .await
-            .unwrap(),
-        1
-    );
-    assert!(dlq.list("approval.granted").await.unwrap().is_empty());
-    bus.shutdown(Duration::from_secs(5)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_trims_old_entries_on_publish() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
-        return;
-    };
-    let mut c = config(&url, "retention");
-    c.topic_retention.insert(
-        "approval.granted".into(),
-        Retention::max_age(Duration::from_millis(300)),
-    );
-    c.topic_retention
-        .insert("user.invited".into(), Retention::max_len(100));
-    let b = RedisBackend::connect(c).await.unwrap();
-    let publisher = eventbus::Publisher::new(
-        Arc::new(b.clone()),
-        Arc::new(eventbus::clock::SystemClock::new(
-            eventbus::runtime::default_runtime().unwrap(),
-        )),
-        "test",
-    );
-    for i in 0..500 {
-        publisher.publish(granted("r", i)).await.unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    // Trimming runs every 256th append to a stream: these 300 include a trim.
-    for i in 0..300 {
-        publisher.publish(granted("r", 1000 + i)).await.unwrap();
-    }
-    let by_age = b.stream_len("approval.granted").await.unwrap();
-    // MINID ~ trims whole macro nodes (100 entries each by default): the 500 old ones go.
-    assert!(by_age <= 400, "age retention kept {by_age} of 800");
-    for i in 0..3000 {
-        publisher
-            .publish(UserInvited {
-                email: format!("{i}@x"),
-            })
+                })
+                .group("strict"),
+            )
+            .start()
             .await
             .unwrap();
-    }
-    let by_len = b.stream_len("user.invited").await.unwrap();
-    assert!(by_len < 600, "length retention kept {by_len} of 3000");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_redis_inbox_dedupes_across_processes() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
-        return;
-    };
-    let b = backend(&url, "inbox").await;
-    let effects = Arc::new(AtomicUsize::new(0));
-    let make = |e: Arc<AtomicUsize>| {
-        Subscription::new("approval.granted", move |_: Envelope<ApprovalGranted>| {
-            e.fetch_add(1, Ordering::SeqCst);
-            async { Ok(()) }
-        })
-        .group("once")
-    };
-    let one = Bus::builder()
-        .backend(b.clone())
-        .inbox(Arc::new(b.inbox()))
-        .subscribe(make(effects.clone()))
-        .start()
-        .await
-        .unwrap();
-    let two = Bus::builder()
-        .backend(b.clone())
-        .inbox(Arc::new(b.inbox()))
-        .subscribe(make(effects.clone()))
-        .start()
-        .await
-        .unwrap();
-    // The same event published five times (a producer retrying after timeouts).
-    let envelope = Envelope::new(granted("dup", 1));
-    for _ in 0..5 {
-        one.publisher()
-            .publish_envelope(envelope.clone())
-            .await
-            .unwrap();
-    }
-    assert!(
-        eventually(WAIT, || one.stats().handled
-            + two.stats().handled
-            + one.stats().duplicates
-            + two.stats().duplicates
-            == 5)
-        .await
-    );
-    assert_eq!(effects.load(Ordering::SeqCst), 1);
-    one.shutdown(Duration::from_secs(5)).await;
-    two.shutdown(Duration::from_secs(5)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_streams_are_discovered_by_wildcard_subscribers() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
-        return;
-    };
-    let b = backend(&url, "discovery").await;
-    let log = Log::default();
-    let bus = Bus::builder()
-        .backend(b.clone())
-        .subscribe(logging(&log, "watch", "user.*"))
-        .start()
-        .await
-        .unwrap();
-    // No user.* stream existed when the subscriber started.
-    bus.publish(UserInvited {
-        email: "first@x".into(),
-    })
-    .await
-    .unwrap();
-    assert!(
-        eventually(WAIT, || log.len() == 1).await,
-        "discovered within the interval"
-    );
-    bus.shutdown(Duration::from_secs(5)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pubsub_notifications_reach_current_subscribers_only() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
-        return;
-    };
-    let b = backend(&url, "pubsub").await;
-    let live = b.pubsub();
-    let before = live
-        .notify(&Envelope::new(granted("early", 0)))
-        .await
-        .unwrap();
-    assert_eq!(before, 0, "nobody listening: the notification is gone");
-    let mut stream = live.subscribe("approval.*").await.unwrap();
-    live.notify(&Envelope::new(UserInvited { email: "no".into() }))
-        .await
-        .unwrap();
-    live.notify(&Envelope::new(granted("live", 1)))
-        .await
-        .unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), stream.next())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(got.event_type, "approval.granted");
-    assert!(got.data.get().contains("live"));
-}
-
-#[tokio::test]
-async fn bad_urls_fail_at_startup_naming_the_setting() {
-    for url in ["http://localhost", "redis://[::1", ""] {
-        let err = RedisBackend::connect(RedisConfig::new(url))
-            .await
-            .expect_err(url);
-        assert!(err.to_string().contains("redis.url"), "{err}");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_by_time_range_and_type_reaches_only_the_target_group() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
-        return;
-    };
-    let b = backend(&url, "replay").await;
-    let target = Log::default();
-    let other = Log::default();
-    let bus = Bus::builder()
-        .backend(b.clone())
-        .inbox(Arc::new(b.inbox()))
-        .subscribe(logging(&target, "projection", "approval.*"))
-        .subscribe(logging(&other, "mailer", "approval.*"))
-        .start()
-        .await
-        .unwrap();
-    let t0 = chrono::Utc::now() - chrono::Duration::hours(1);
-    let publisher = bus.publisher();
-    for n in 0..6u32 {
-        let time = t0 + chrono::Duration::minutes(i64::from(n));
-        if n % 2 == 0 {
-            let mut env = Envelope::new(granted("r", n));
-            env.time = time;
-            publisher.publish_envelope(env).await.unwrap();
-        } else {
-            let mut env = Envelope::new(ApprovalRejected {
-                approval_id: format!("r{n}"),
-            });
-            env.time = time;
-            publisher.publish_envelope(env).await.unwrap();
-        }
-    }
-    assert!(eventually(WAIT, || target.len() == 6 && other.len() == 6).await);
-    let progress = bus
-        .replay(eventbus::replay::ReplayRequest {
+        bus.publish(granted("bad", 1)).await.unwrap();
+        // A foreign producer writes garbage into the stream.
+        let raw = eventbus::backend::Message {
             topic: "approval.granted".into(),
-            from: t0 + chrono::Duration::minutes(1),
-            to: t0 + chrono::Duration::minutes(4),
-            event_type: Some("approval.*".into()),
-            group: Some("projection".into()),
+            key: None,
+            event_type: "approval.granted".into(),
+            headers: Default::default(),
+            payload: b"{\"not\": \"an envelope\"}".to_vec().into(),
+        };
+        b.publish(vec![raw]).await.unwrap();
+        let dlq = bus.dead_letters();
+        let mut letters = Vec::new();
+        assert!(
+            eventually(WAIT, || {
+                letters = futures::executor::block_on(dlq.list("approval.granted")).unwrap();
+                letters.len() == 2
+            })
+            .await
+        );
+        assert_eq!(
+            letters[0].failure.message,
+            "approval references a deleted user"
+        );
+        assert_eq!(letters[0].failure.kind, ErrorKind::Permanent);
+        assert_eq!(letters[0].group, "strict");
+        assert!(
+            letters[1].failure.message.starts_with("malformed envelope"),
+            "{}",
+            letters[1].failure.message
+        );
+        assert_eq!(b.pending("approval.granted", "strict").await.unwrap(), 0);
+
+        fixed.store(true, Ordering::SeqCst);
+        assert_eq!(
+            dlq.redrive("approval.granted", &[letters[0].id.clone()])
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(eventually(WAIT, || handled.all() == vec!["bad".to_owned()]).await);
+        assert_eq!(
+            dlq.purge("approval.granted", vec![letters[1].id.clone()])
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(dlq.list("approval.granted").await.unwrap().is_empty());
+        bus.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+#[test]
+fn retention_trims_old_entries_on_publish() {
+    eventbus_integration::run(2, async {
+        let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+            return;
+        };
+        let mut c = config(&url, "retention");
+        c.topic_retention.insert(
+            "approval.granted".into(),
+            Retention::max_age(Duration::from_millis(300)),
+        );
+        c.topic_retention
+            .insert("user.invited".into(), Retention::max_len(100));
+        let b = RedisBackend::connect(c).await.unwrap();
+        let publisher = eventbus::Publisher::new(
+            Arc::new(b.clone()),
+            Arc::new(eventbus::clock::SystemClock::new(
+                eventbus::runtime::default_runtime().unwrap(),
+            )),
+            "test",
+        );
+        for i in 0..500 {
+            publisher.publish(granted("r", i)).await.unwrap();
+        }
+        eventbus_integration::sleep(Duration::from_millis(600)).await;
+        // Trimming runs every 256th append to a stream: these 300 include a trim.
+        for i in 0..300 {
+            publisher.publish(granted("r", 1000 + i)).await.unwrap();
+        }
+        let by_age = b.stream_len("approval.granted").await.unwrap();
+        // MINID ~ trims whole macro nodes (100 entries each by default): the 500 old ones go.
+        assert!(by_age <= 400, "age retention kept {by_age} of 800");
+        for i in 0..3000 {
+            publisher
+                .publish(UserInvited {
+                    email: format!("{i}@x"),
+                })
+                .await
+                .unwrap();
+        }
+        let by_len = b.stream_len("user.invited").await.unwrap();
+        assert!(by_len < 600, "length retention kept {by_len} of 3000");
+    });
+}
+
+#[test]
+fn the_redis_inbox_dedupes_across_processes() {
+    eventbus_integration::run(2, async {
+        let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+            return;
+        };
+        let b = backend(&url, "inbox").await;
+        let effects = Arc::new(AtomicUsize::new(0));
+        let make = |e: Arc<AtomicUsize>| {
+            Subscription::new("approval.granted", move |_: Envelope<ApprovalGranted>| {
+                e.fetch_add(1, Ordering::SeqCst);
+                async { Ok(()) }
+            })
+            .group("once")
+        };
+        let one = Bus::builder()
+            .backend(b.clone())
+            .inbox(Arc::new(b.inbox()))
+            .subscribe(make(effects.clone()))
+            .start()
+            .await
+            .unwrap();
+        let two = Bus::builder()
+            .backend(b.clone())
+            .inbox(Arc::new(b.inbox()))
+            .subscribe(make(effects.clone()))
+            .start()
+            .await
+            .unwrap();
+        // The same event published five times (a producer retrying after timeouts).
+        let envelope = Envelope::new(granted("dup", 1));
+        for _ in 0..5 {
+            one.publisher()
+                .publish_envelope(envelope.clone())
+                .await
+                .unwrap();
+        }
+        assert!(
+            eventually(WAIT, || one.stats().handled
+                + two.stats().handled
+                + one.stats().duplicates
+                + two.stats().duplicates
+                == 5)
+            .await
+        );
+        assert_eq!(effects.load(Ordering::SeqCst), 1);
+        one.shutdown(Duration::from_secs(5)).await;
+        two.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+#[test]
+fn new_streams_are_discovered_by_wildcard_subscribers() {
+    eventbus_integration::run(2, async {
+        let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+            return;
+        };
+        let b = backend(&url, "discovery").await;
+        let log = Log::default();
+        let bus = Bus::builder()
+            .backend(b.clone())
+            .subscribe(logging(&log, "watch", "user.*"))
+            .start()
+            .await
+            .unwrap();
+        // No user.* stream existed when the subscriber started.
+        bus.publish(UserInvited {
+            email: "first@x".into(),
         })
+        .await
         .unwrap();
-    assert!(eventually(WAIT, || progress.status().done).await);
-    assert_eq!(progress.status().replayed, 2, "{:?}", progress.status());
-    assert!(
-        eventually(WAIT, || target.len() == 8).await,
-        "{:?}",
-        target.all()
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(target.len(), 8);
-    assert_eq!(other.len(), 6, "the other group saw nothing again");
-    let lag = b.group_lag().await.unwrap();
-    assert!(
-        lag.iter()
-            .any(|l| l.group == "projection" && l.pending == 0),
-        "{lag:?}"
-    );
-    bus.shutdown(Duration::from_secs(5)).await;
+        assert!(
+            eventually(WAIT, || log.len() == 1).await,
+            "discovered within the interval"
+        );
+        bus.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+#[test]
+fn pubsub_notifications_reach_current_subscribers_only() {
+    eventbus_integration::run(2, async {
+        let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+            return;
+        };
+        let b = backend(&url, "pubsub").await;
+        let live = b.pubsub();
+        let before = live
+            .notify(&Envelope::new(granted("early", 0)))
+            .await
+            .unwrap();
+        assert_eq!(before, 0, "nobody listening: the notification is gone");
+        let mut stream = live.subscribe("approval.*").await.unwrap();
+        live.notify(&Envelope::new(UserInvited { email: "no".into() }))
+            .await
+            .unwrap();
+        live.notify(&Envelope::new(granted("live", 1)))
+            .await
+            .unwrap();
+        let got = eventbus_integration::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.event_type, "approval.granted");
+        assert!(got.data.get().contains("live"));
+    });
+}
+
+#[test]
+fn bad_urls_fail_at_startup_naming_the_setting() {
+    eventbus_integration::run(1, async {
+        for url in ["http://localhost", "redis://[::1", ""] {
+            let err = RedisBackend::connect(RedisConfig::new(url))
+                .await
+                .expect_err(url);
+            assert!(err.to_string().contains("redis.url"), "{err}");
+        }
+    });
+}
+
+#[test]
+fn replay_by_time_range_and_type_reaches_only_the_target_group() {
+    eventbus_integration::run(2, async {
+        let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+            return;
+        };
+        let b = backend(&url, "replay").await;
+        let target = Log::default();
+        let other = Log::default();
+        let bus = Bus::builder()
+            .backend(b.clone())
+            .inbox(Arc::new(b.inbox()))
+            .subscribe(logging(&target, "projection", "approval.*"))
+            .subscribe(logging(&other, "mailer", "approval.*"))
+            .start()
+            .await
+            .unwrap();
+        let t0 = chrono::Utc::now() - chrono::Duration::hours(1);
+        let publisher = bus.publisher();
+        for n in 0..6u32 {
+            let time = t0 + chrono::Duration::minutes(i64::from(n));
+            if n % 2 == 0 {
+                let mut env = Envelope::new(granted("r", n));
+                env.time = time;
+                publisher.publish_envelope(env).await.unwrap();
+            } else {
+                let mut env = Envelope::new(ApprovalRejected {
+                    approval_id: format!("r{n}"),
+                });
+                env.time = time;
+                publisher.publish_envelope(env).await.unwrap();
+            }
+        }
+        assert!(eventually(WAIT, || target.len() == 6 && other.len() == 6).await);
+        let progress = bus
+            .replay(eventbus::replay::ReplayRequest {
+                topic: "approval.granted".into(),
+                from: t0 + chrono::Duration::minutes(1),
+                to: t0 + chrono::Duration::minutes(4),
+                event_type: Some("approval.*".into()),
+                group: Some("projection".into()),
+            })
+            .unwrap();
+        assert!(eventually(WAIT, || progress.status().done).await);
+        assert_eq!(progress.status().replayed, 2, "{:?}", progress.status());
+        assert!(
+            eventually(WAIT, || target.len() == 8).await,
+            "{:?}",
+            target.all()
+        );
+        eventbus_integration::sleep(Duration::from_millis(300)).await;
+        assert_eq!(target.len(), 8);
+        assert_eq!(other.len(), 6, "the other group saw nothing again");
+        let lag = b.group_lag().await.unwrap();
+        assert!(
+            lag.iter()
+                .any(|l| l.group == "projection" && l.pending == 0),
+            "{lag:?}"
+        );
+        bus.shutdown(Duration::from_secs(5)).await;
+    });
 }
 
 /// On a topic of 4 partitions, reading back walks every partition merged in append order (no
 /// entry lost or repeated across pages, each key in publish order), the size sums the
 /// partitions, and a replay reaches every event of the window.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_and_replays_merge_the_partitions_of_a_topic() {
-    let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
-        return;
-    };
-    let mut c = config(&url, "merged");
-    c.partitions = 4;
-    let b = RedisBackend::connect(c).await.expect("connect");
-    let seen = Log::default();
-    let bus = Bus::builder()
-        .backend(b.clone())
-        .catalog(&[eventbus::CatalogEntry::of::<ApprovalGranted>()])
-        .subscribe(logging(&seen, "projection", "approval.granted"))
-        .start()
-        .await
-        .unwrap();
-    let from = chrono::Utc::now() - chrono::Duration::seconds(1);
-    for n in 0..30u32 {
-        bus.publish(granted(&format!("k{}", n % 6), n))
+#[test]
+fn reads_and_replays_merge_the_partitions_of_a_topic() {
+    eventbus_integration::run(2, async {
+        let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+            return;
+        };
+        let mut c = config(&url, "merged");
+        c.partitions = 4;
+        let b = RedisBackend::connect(c).await.expect("connect");
+        let seen = Log::default();
+        let bus = Bus::builder()
+            .backend(b.clone())
+            .catalog(&[eventbus::CatalogEntry::of::<ApprovalGranted>()])
+            .subscribe(logging(&seen, "projection", "approval.granted"))
+            .start()
             .await
             .unwrap();
-    }
-    assert!(
-        eventually(WAIT, || seen.len() == 30).await,
-        "{}",
-        seen.len()
-    );
-    let to = chrono::Utc::now();
-    let mut streams = HashSet::new();
-    for partition in 0..4 {
-        let stream = format!("{}:events:approval.granted#{partition}", b.config().prefix);
-        let len: u64 = redis::cmd("XLEN")
-            .arg(&stream)
-            .query_async(
-                &mut redis::Client::open(url.as_str())
-                    .unwrap()
-                    .get_multiplexed_async_connection()
-                    .await
-                    .unwrap(),
-            )
-            .await
+        let from = chrono::Utc::now() - chrono::Duration::seconds(1);
+        for n in 0..30u32 {
+            bus.publish(granted(&format!("k{}", n % 6), n))
+                .await
+                .unwrap();
+        }
+        assert!(
+            eventually(WAIT, || seen.len() == 30).await,
+            "{}",
+            seen.len()
+        );
+        let to = chrono::Utc::now();
+        let mut streams = HashSet::new();
+        for partition in 0..4 {
+            let stream = format!("{}:events:approval.granted#{partition}", b.config().prefix);
+            let len: u64 = redis::cmd("XLEN")
+                .arg(&stream)
+                .query_async(
+                    &mut redis::Client::open(url.as_str())
+                        .unwrap()
+                        .get_multiplexed_async_connection()
+                        .await
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            if len > 0 {
+                streams.insert(stream);
+            }
+        }
+        assert!(streams.len() > 1, "6 keys over 4 partitions: {streams:?}");
+        assert_eq!(b.count("approval.granted").await.unwrap(), 30);
+
+        let (mut ns, mut cursor, mut pages) = (Vec::new(), None, 0);
+        loop {
+            let page = b.read_page("approval.granted", cursor, 7).await.unwrap();
+            assert!(page.messages.len() <= 7);
+            pages += 1;
+            for m in &page.messages {
+                let env: Envelope<ApprovalGranted> =
+                    serde_json::from_slice(&m.message.payload).unwrap();
+                ns.push((env.data.approval_id.clone(), env.data.n));
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+            assert!(pages < 20, "the walk does not end");
+        }
+        let mut all: Vec<u32> = ns.iter().map(|(_, n)| *n).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..30).collect::<Vec<_>>(), "every entry once: {ns:?}");
+        for key in 0..6 {
+            let of_key: Vec<u32> = ns
+                .iter()
+                .filter(|(k, _)| *k == format!("k{key}"))
+                .map(|(_, n)| *n)
+                .collect();
+            assert!(of_key.windows(2).all(|w| w[0] < w[1]), "k{key}: {of_key:?}");
+        }
+
+        let progress = bus
+            .replay(eventbus::replay::ReplayRequest {
+                topic: "approval.granted".into(),
+                from,
+                to,
+                event_type: None,
+                group: Some("projection".into()),
+            })
             .unwrap();
-        if len > 0 {
-            streams.insert(stream);
-        }
-    }
-    assert!(streams.len() > 1, "6 keys over 4 partitions: {streams:?}");
-    assert_eq!(b.count("approval.granted").await.unwrap(), 30);
-
-    let (mut ns, mut cursor, mut pages) = (Vec::new(), None, 0);
-    loop {
-        let page = b.read_page("approval.granted", cursor, 7).await.unwrap();
-        assert!(page.messages.len() <= 7);
-        pages += 1;
-        for m in &page.messages {
-            let env: Envelope<ApprovalGranted> =
-                serde_json::from_slice(&m.message.payload).unwrap();
-            ns.push((env.data.approval_id.clone(), env.data.n));
-        }
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-        assert!(pages < 20, "the walk does not end");
-    }
-    let mut all: Vec<u32> = ns.iter().map(|(_, n)| *n).collect();
-    all.sort_unstable();
-    assert_eq!(all, (0..30).collect::<Vec<_>>(), "every entry once: {ns:?}");
-    for key in 0..6 {
-        let of_key: Vec<u32> = ns
-            .iter()
-            .filter(|(k, _)| *k == format!("k{key}"))
-            .map(|(_, n)| *n)
-            .collect();
-        assert!(of_key.windows(2).all(|w| w[0] < w[1]), "k{key}: {of_key:?}");
-    }
-
-    let progress = bus
-        .replay(eventbus::replay::ReplayRequest {
-            topic: "approval.granted".into(),
-            from,
-            to,
-            event_type: None,
-            group: Some("projection".into()),
-        })
-        .unwrap();
-    assert!(eventually(WAIT, || progress.status().done).await);
-    assert_eq!(progress.status().replayed, 30, "{:?}", progress.status());
-    assert!(
-        eventually(WAIT, || seen.len() == 60).await,
-        "{}",
-        seen.len()
-    );
-    bus.shutdown(Duration::from_secs(5)).await;
+        assert!(eventually(WAIT, || progress.status().done).await);
+        assert_eq!(progress.status().replayed, 30, "{:?}", progress.status());
+        assert!(
+            eventually(WAIT, || seen.len() == 60).await,
+            "{}",
+            seen.len()
+        );
+        bus.shutdown(Duration::from_secs(5)).await;
+    });
 }

@@ -1007,10 +1007,7 @@ pub async fn inbox_transaction_claims_an_event_once<DB: TestDb>(db: &Fresh<DB>) 
         "the second delivery waits for the first"
     );
     DB::commit(first).await.expect("commit");
-    assert!(
-        !second.await,
-        "the second delivery sees the event handled"
-    );
+    assert!(!second.await, "the second delivery sees the event handled");
 }
 
 /// A replay reaches a handler that does its work in the inbox transaction: the event is

@@ -60,6 +60,16 @@ pub async fn sleep(duration: Duration) {
     }
 }
 
+/// `future`'s output, or `None` when `duration` passed first.
+pub async fn timeout<F: Future>(duration: Duration, future: F) -> Option<F::Output> {
+    let future = std::pin::pin!(future);
+    let expiry = std::pin::pin!(sleep(duration));
+    match futures::future::select(future, expiry).await {
+        futures::future::Either::Left((output, _)) => Some(output),
+        futures::future::Either::Right(((), _)) => None,
+    }
+}
+
 /// A task spawned by [`spawn`]; awaiting it gives the task's output (a panic in the task
 /// resumes in the awaiting test).
 pub struct Task<T>(TaskInner<T>);

@@ -12,7 +12,7 @@ mod executor;
 mod tansu;
 mod wait;
 pub use executor::{
-    block_in_place, executor, run, serve_admin, sleep, spawn, unblock, Executor, Task,
+    block_in_place, executor, run, serve_admin, sleep, spawn, timeout, unblock, Executor, Task,
 };
 pub use tansu::{BrokerFault, Tansu};
 pub use wait::{scaled, time_factor, wait_for_progress, Progress};

@@ -75,7 +75,8 @@ impl<DB: SqlDatabase> Dispatcher<DB> {
         self
     }
 
-    /// The executor its tasks run on; defaults to the current tokio runtime.
+    /// The executor its tasks run on; defaults to [`crate::runtime::default_runtime`] (tokio
+    /// inside a tokio runtime, else smol).
     pub fn runtime(mut self, runtime: Arc<dyn Runtime>) -> Self {
         self.runtime = Some(runtime);
         self

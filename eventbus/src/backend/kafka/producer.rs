@@ -10,8 +10,8 @@ use rdkafka::util::Timeout;
 
 use rdkafka::message::Header;
 
-use super::binary;
 use super::async_runtime::KafkaProducer;
+use super::binary;
 use super::config::{CloudEventsMode, KafkaConfig};
 use super::record;
 use crate::backend::Message;
