@@ -1708,6 +1708,168 @@ async fn cloudevents_sdk_reads_ours_and_we_handle_its(b: &Under) {
     bus.shutdown(Duration::from_secs(10)).await;
 }
 
+// --- 13. Schema evolution -------------------------------------------------------------------
+
+/// Version 1 of `profile.updated`: one `name`.
+#[derive(Deserialize)]
+struct ProfileUpdatedV1 {
+    user: String,
+    name: String,
+}
+
+/// Version 2: the name split in two.
+#[derive(Serialize)]
+struct ProfileUpdatedV2 {
+    user: String,
+    first: String,
+    last: String,
+}
+
+fn profile_v1_to_v2(v1: ProfileUpdatedV1) -> ProfileUpdatedV2 {
+    let (first, last) = v1.name.split_once(' ').unwrap_or((&v1.name, ""));
+    ProfileUpdatedV2 {
+        user: v1.user,
+        first: first.to_owned(),
+        last: last.to_owned(),
+    }
+}
+
+/// Version 2 to 3 over JSON: the fields renamed.
+fn profile_v2_to_v3(mut v2: serde_json::Value) -> serde_json::Value {
+    if let Some(fields) = v2.as_object_mut() {
+        for (old, new) in [("first", "given_name"), ("last", "family_name")] {
+            if let Some(value) = fields.remove(old) {
+                fields.insert(new.to_owned(), value);
+            }
+        }
+    }
+    v2
+}
+
+#[event(
+    name = "profile.updated",
+    version = 3,
+    key = user,
+    upcast(from = 1, with = profile_v1_to_v2),
+    upcast(from = 2, with = profile_v2_to_v3)
+)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct ProfileUpdated {
+    user: String,
+    given_name: String,
+    family_name: String,
+}
+
+/// Events published as versions 1, 2 and 3 by older producers reach a version-3 handler
+/// through the upcasters, step by step; a version-1 payload the first step cannot read goes to
+/// the dead-letter queue with the step named, and does not hold back the others.
+async fn older_versions_reach_the_handler_through_upcasters(b: &Under) {
+    let t = "profile.updated";
+    b.topic(t, 1).await;
+    let seen: Arc<Mutex<Vec<ProfileUpdated>>> = Arc::default();
+    let log = seen.clone();
+    let bus = Bus::builder()
+        .backend_arc(b.member().await)
+        .subscribe(
+            Subscription::new(t, move |env: Envelope<ProfileUpdated>| {
+                log.lock().expect("lock").push(env.data);
+                async { Ok(()) }
+            })
+            .group(group("upcast")),
+        )
+        .start()
+        .await
+        .expect("start");
+    let written = |version: u32, data: serde_json::Value| {
+        serde_json::to_vec(&serde_json::json!({
+            "specversion": "1.0",
+            "id": Uuid::now_v7().to_string(),
+            "type": t,
+            "source": "legacy-profiles",
+            "time": chrono::Utc::now().to_rfc3339(),
+            "datacontenttype": "application/json",
+            "version": version,
+            "data": data,
+        }))
+        .expect("json")
+    };
+    let older = [
+        (
+            "u-1",
+            written(
+                1,
+                serde_json::json!({ "user": "u-1", "name": "Ada Lovelace" }),
+            ),
+        ),
+        (
+            "u-bad",
+            written(
+                1,
+                serde_json::json!({ "user": "u-bad", "nom": "no name field" }),
+            ),
+        ),
+        (
+            "u-2",
+            written(
+                2,
+                serde_json::json!({ "user": "u-2", "first": "Grace", "last": "Hopper" }),
+            ),
+        ),
+        (
+            "u-3",
+            written(
+                3,
+                serde_json::json!({ "user": "u-3", "given_name": "Alan", "family_name": "Turing" }),
+            ),
+        ),
+    ];
+    for (key, bytes) in &older {
+        b.publish_foreign(t, key, t, &[], bytes).await;
+    }
+    assert!(
+        eventually(WAIT, || seen.lock().expect("lock").len() == 3).await,
+        "handled: {:?}, {:?}",
+        seen.lock().expect("lock"),
+        bus.stats()
+    );
+    let mut got = seen.lock().expect("lock").clone();
+    got.sort_by(|a, b| a.user.cmp(&b.user));
+    let expected = [
+        ("u-1", "Ada", "Lovelace"),
+        ("u-2", "Grace", "Hopper"),
+        ("u-3", "Alan", "Turing"),
+    ]
+    .map(|(user, given, family)| ProfileUpdated {
+        user: user.into(),
+        given_name: given.into(),
+        family_name: family.into(),
+    });
+    assert_eq!(got, expected);
+    let dlq = bus.dead_letters();
+    let mut letters = Vec::new();
+    assert!(
+        eventually(WAIT, || {
+            letters = futures::executor::block_on(dlq.list(t)).unwrap_or_default();
+            !letters.is_empty()
+        })
+        .await,
+        "no dead letter; {:?}",
+        bus.stats()
+    );
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let reason = &letters[0].failure.message;
+    assert!(
+        reason.contains("upcasting `profile.updated` from version 1 failed")
+            && reason.contains("name"),
+        "{reason}"
+    );
+    assert!(
+        !reason.contains("no name field"),
+        "values stay out: {reason}"
+    );
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -1781,4 +1943,5 @@ conformance!(
     exactly_once_effect_under_faults_with_the_sql_inbox,
     a_parked_key_stays_parked_across_a_restart,
     cloudevents_sdk_reads_ours_and_we_handle_its,
+    older_versions_reach_the_handler_through_upcasters,
 );

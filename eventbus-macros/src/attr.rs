@@ -36,6 +36,11 @@ impl Seen {
             true
         }
     }
+
+    /// Whether `key` was given.
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.0.iter().any(|k| k == key)
+    }
 }
 
 /// Reports an unknown key, listing the allowed ones.

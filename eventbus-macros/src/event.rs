@@ -1,19 +1,35 @@
-//! `#[event(name = "...", version = N, topic = "...", key = field, crate = "...")]` on a struct:
-//! re-emits the struct and implements `Event` and `Payload` for it.
+//! `#[event(name = "...", version = N, topic = "...", key = field, upcast(from = N, with = f),
+//! crate = "...")]` on a struct: re-emits the struct and implements `Event` and `Payload` for
+//! it.
 //!
 //! The argument parser is shared with `#[catalog]`, which reads the same attribute on every
 //! struct of its module.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned, ToTokens};
-use syn::{Expr, Fields, Ident, Item, ItemStruct, LitStr};
+use syn::spanned::Spanned;
+use syn::{Expr, Fields, Ident, Item, ItemStruct, LitInt, LitStr, Meta, Path};
 
 use crate::attr::{self, Seen};
 use crate::ctxt::{item_with_error, Ctxt};
 use crate::names;
 
 /// The keys `#[event]` accepts.
-const KEYS: &[&str] = &["name", "version", "topic", "key", "crate"];
+const KEYS: &[&str] = &["name", "version", "topic", "key", "upcast", "crate"];
+
+/// The keys of one `upcast(...)`.
+const UPCAST_KEYS: &[&str] = &["from", "with"];
+
+/// One `upcast(from = N, with = path)`: the function turning a version-`from` payload into a
+/// version-`from + 1` one.
+pub(crate) struct Upcast {
+    /// The version it reads.
+    pub(crate) from: u32,
+    /// Where `from` was written, for errors.
+    pub(crate) from_lit: LitInt,
+    /// The function.
+    pub(crate) with: Path,
+}
 
 /// The arguments of one `#[event(...)]`, checked on their own (the `key` field is checked
 /// against the struct separately).
@@ -26,6 +42,8 @@ pub(crate) struct EventArgs {
     pub(crate) topic: Option<LitStr>,
     /// The partition key field.
     pub(crate) key: Option<Ident>,
+    /// The upcasters, one per version step, in the order written.
+    pub(crate) upcasts: Vec<Upcast>,
     /// The `crate = "..."` override.
     pub(crate) krate: Option<TokenStream>,
 }
@@ -57,12 +75,18 @@ pub(crate) fn parse_args(cx: &Ctxt, args: TokenStream, missing: Span) -> Option<
     let mut version = 1;
     let mut topic = None;
     let mut key = None;
+    let mut upcasts = Vec::new();
     let mut krate = None;
     for meta in &metas {
         let Some(k) = attr::key_of(meta).filter(|k| KEYS.contains(&k.as_str())) else {
             attr::unknown_key(cx, meta, KEYS);
             continue;
         };
+        // One `upcast(...)` per version step: the key repeats.
+        if k == "upcast" {
+            upcasts.extend(parse_upcast(cx, meta));
+            continue;
+        }
         if !seen.first(cx, meta, &k) {
             continue;
         }
@@ -123,13 +147,115 @@ pub(crate) fn parse_args(cx: &Ctxt, args: TokenStream, missing: Span) -> Option<
              `#[event(name = \"approval.granted\")]`",
         );
     }
+    check_upcasts(cx, &upcasts, version);
     Some(EventArgs {
         name,
         version,
         topic,
         key,
+        upcasts,
         krate,
     })
+}
+
+/// Parses `upcast(from = 1, with = path::to::function)`.
+fn parse_upcast(cx: &Ctxt, meta: &Meta) -> Option<Upcast> {
+    let example = "upcast(from = 1, with = order_created_v1_to_v2)";
+    let Meta::List(list) = meta else {
+        cx.error_spanned_by(meta, format!("expected `{example}`"));
+        return None;
+    };
+    let metas = match attr::parse_metas(list.tokens.clone()) {
+        Ok(metas) => metas,
+        Err(err) => {
+            cx.syn_error(err);
+            return None;
+        }
+    };
+    let mut seen = Seen::default();
+    let mut from = None;
+    let mut with = None;
+    for inner in &metas {
+        let Some(k) = attr::key_of(inner).filter(|k| UPCAST_KEYS.contains(&k.as_str())) else {
+            attr::unknown_key(cx, inner, UPCAST_KEYS);
+            continue;
+        };
+        if !seen.first(cx, inner, &k) {
+            continue;
+        }
+        let Some(expr) = attr::value(cx, inner, &k, example) else {
+            continue;
+        };
+        if k == "from" {
+            match expr {
+                Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Int(lit),
+                    ..
+                }) => match lit.base10_parse::<u32>() {
+                    Ok(0) => cx.error_spanned_by(lit, "versions start at 1"),
+                    Ok(v) => from = Some((v, lit.clone())),
+                    Err(err) => cx.syn_error(err),
+                },
+                other => cx.error_spanned_by(
+                    other,
+                    "expected the version the upcaster reads, such as `from = 1`",
+                ),
+            }
+        } else {
+            match expr {
+                Expr::Path(path) => with = Some(path.path.clone()),
+                other => cx.error_spanned_by(
+                    other,
+                    "expected the path of a function `fn(Old) -> New`, such as \
+                     `with = order_created_v1_to_v2`",
+                ),
+            }
+        }
+    }
+    match (from, with) {
+        (Some((from, from_lit)), Some(with)) => Some(Upcast {
+            from,
+            from_lit,
+            with,
+        }),
+        (None, _) if !seen.has("from") => {
+            cx.error_spanned_by(meta, format!("missing `from = N` in `{example}`"));
+            None
+        }
+        (_, None) if !seen.has("with") => {
+            cx.error_spanned_by(meta, format!("missing `with = function` in `{example}`"));
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Each step is claimed once, and only steps below the event's own version exist.
+fn check_upcasts(cx: &Ctxt, upcasts: &[Upcast], version: u32) {
+    for (i, upcast) in upcasts.iter().enumerate() {
+        if upcast.from >= version {
+            cx.error_spanned_by(
+                &upcast.from_lit,
+                format!(
+                    "an upcaster reads an older version: `from = {}` is not below the event's \
+                     `version = {version}`",
+                    upcast.from
+                ),
+            );
+        }
+        if let Some(first) = upcasts[..i].iter().find(|u| u.from == upcast.from) {
+            cx.error_spanned_by(
+                &upcast.from_lit,
+                format!(
+                    "two upcasters claim the step from version {} to {}: `{}` and `{}`",
+                    upcast.from,
+                    upcast.from + 1,
+                    first.with.to_token_stream().to_string().replace(' ', ""),
+                    upcast.with.to_token_stream().to_string().replace(' ', ""),
+                ),
+            );
+        }
+    }
 }
 
 /// The field named by `key = field`.
@@ -313,6 +439,31 @@ fn codegen(args: &EventArgs, model: &Model) -> TokenStream {
     let decode_call = quote_spanned! {span=>
         #krate::__private::decode_event::<Self>
     };
+    // Each step is a plain function over JSON that calls the user's typed function; a
+    // function of the wrong shape is reported at its path.
+    let upcasts = args.upcasts.iter().map(|upcast| {
+        let from = proc_macro2::Literal::u32_unsuffixed(upcast.from);
+        let with = &upcast.with;
+        let call = quote_spanned! {with.span()=>
+            #krate::__private::upcast_with(__eventbus_data, #with)
+        };
+        quote! {
+            #krate::Upcaster {
+                from: #from,
+                step: {
+                    fn __eventbus_step(
+                        __eventbus_data: #krate::__private::JsonValue,
+                    ) -> ::core::result::Result<
+                        #krate::__private::JsonValue,
+                        #krate::__private::JsonError,
+                    > {
+                        #call
+                    }
+                    __eventbus_step
+                },
+            }
+        }
+    });
     quote! {
         const _: () = {
             #event_impl {
@@ -321,6 +472,7 @@ fn codegen(args: &EventArgs, model: &Model) -> TokenStream {
                 const TOPIC: &'static str = #topic;
                 const KEY_FIELD: ::core::option::Option<&'static str> = #key_field;
                 const FIELDS: &'static [#krate::FieldInfo] = &[#(#fields),*];
+                const UPCASTERS: &'static [#krate::Upcaster] = &[#(#upcasts),*];
 
                 fn partition_key(&self) -> ::core::option::Option<::std::string::String> {
                     #partition_key

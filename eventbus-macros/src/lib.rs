@@ -44,6 +44,7 @@ mod subscriber;
 /// | `version` | integer ≥ 1 | `1` |
 /// | `topic` | string of ASCII letters, digits, `.`, `_`, `-` (1–249) | the name |
 /// | `key` | a field of the struct, the partition key | none |
+/// | `upcast(from = N, with = f)` | repeatable: `f: fn(Old) -> New` turns a version-`N` payload into version `N + 1` (schema evolution, `eventbus::upcast`) | none |
 /// | `crate` | string: path of the eventbus crate | `"::eventbus"` |
 ///
 /// The struct must derive `Serialize` and `Deserialize` itself and cannot be generic.

@@ -13,7 +13,7 @@
 //! const FIELDS: &[FieldInfo] = &[FieldInfo { name: "order_id", ty: "String" }];
 //! let entries = [CatalogEntry {
 //!     name: "order.created", version: 1, topic: "orders", key: Some("order_id"), fields: FIELDS,
-//!     schema: None,
+//!     upcasters: &[], schema: None,
 //! }];
 //! let doc = eventbus::asyncapi::document("orders-service", &entries);
 //! assert_eq!(doc["asyncapi"], "3.0.0");
@@ -171,6 +171,8 @@ fn message(entry: &CatalogEntry) -> Value {
             "version": entry.version,
             "topic": entry.topic,
             "key": entry.key,
+            // Older versions this build still reads, each through its upcaster.
+            "upcastsFrom": entry.upcasters.iter().map(|u| u.from).collect::<Vec<_>>(),
         },
     })
 }
@@ -203,6 +205,7 @@ mod tests {
                 topic: "orders",
                 key: Some("order_id"),
                 fields: ORDER_FIELDS,
+                upcasters: &[],
                 schema: None,
             },
             CatalogEntry {
@@ -211,6 +214,7 @@ mod tests {
                 topic: "orders",
                 key: None,
                 fields: &[],
+                upcasters: &[],
                 schema: None,
             },
             CatalogEntry {
@@ -219,6 +223,7 @@ mod tests {
                 topic: "user.signed_up",
                 key: None,
                 fields: &[],
+                upcasters: &[],
                 schema: None,
             },
             CatalogEntry {
@@ -227,6 +232,7 @@ mod tests {
                 topic: "orders",
                 key: Some("order_id"),
                 fields: ORDER_FIELDS,
+                upcasters: &[],
                 schema: None,
             },
         ]
@@ -314,6 +320,33 @@ mod tests {
     }
 
     #[test]
+    fn the_versions_read_through_upcasters_are_listed() {
+        fn step(data: Value) -> Result<Value, serde_json::Error> {
+            Ok(data)
+        }
+        const STEPS: &[crate::Upcaster] = &[
+            crate::Upcaster { from: 1, step },
+            crate::Upcaster { from: 2, step },
+        ];
+        let entry = CatalogEntry {
+            name: "order.created",
+            version: 3,
+            topic: "orders",
+            key: None,
+            fields: &[],
+            upcasters: STEPS,
+            schema: None,
+        };
+        let doc = document("shop", &[entry]);
+        assert_eq!(
+            doc["components"]["messages"]["order.created"]["x-eventbus"]["upcastsFrom"],
+            json!([1, 2])
+        );
+        let catalog = serde_json::to_value(entry).expect("serialize");
+        assert_eq!(catalog["upcasts_from"], json!([1, 2]));
+    }
+
+    #[test]
     fn several_versions_of_a_name_get_one_message_each() {
         let mut list = entries();
         list.push(CatalogEntry {
@@ -322,6 +355,7 @@ mod tests {
             topic: "orders",
             key: None,
             fields: &[],
+            upcasters: &[],
             schema: None,
         });
         let doc = document("shop", &list);

@@ -176,6 +176,16 @@ pub enum DecodeError {
         /// Why it did not decode (without field values).
         reason: String,
     },
+    /// An upcaster could not read the older payload it was given.
+    #[error("upcasting `{event_type}` from version {from} failed: {reason}")]
+    Upcast {
+        /// The event type.
+        event_type: String,
+        /// The version the failing step reads.
+        from: u32,
+        /// Why (without field values).
+        reason: String,
+    },
     /// The `data` field does not match the event's schema.
     #[error("invalid data for `{event_type}`: {}", without_values(source))]
     Data {

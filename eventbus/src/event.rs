@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::error::DecodeError;
+use crate::upcast::Upcaster;
 
 /// A domain event type: a name, a schema version, a topic and an optional partition key.
 ///
@@ -26,6 +27,9 @@ pub trait Event: Payload + Serialize + Send + Sync + 'static {
     const KEY_FIELD: Option<&'static str>;
     /// The payload's fields, for the catalog.
     const FIELDS: &'static [FieldInfo];
+    /// The steps from older versions of the payload to this one
+    /// (`#[event(upcast(from = N, with = f))]`, see [`crate::upcast`]).
+    const UPCASTERS: &'static [Upcaster] = &[];
 
     /// The partition key of this instance: events with the same key are handled in order.
     fn partition_key(&self) -> Option<String>;
@@ -70,6 +74,9 @@ impl Payload for serde_json::Value {
 /// Decodes the data of one event type, checking the type name. Called by the code `#[event]`
 /// generates.
 ///
+/// An envelope of an older `version` goes through the event's upcasters
+/// ([`Event::UPCASTERS`]) first, one step per version.
+///
 /// An envelope of a newer `version` than this build knows is decoded like any other: an
 /// additive change (new fields) decodes, since unknown fields are ignored; one that does not
 /// fit fails with the version named. Subscribers that must not see newer versions at all say
@@ -84,6 +91,13 @@ pub fn decode_event<E: Event + serde::de::DeserializeOwned>(
             expected: E::TYPES,
             found: event_type.to_owned(),
         });
+    }
+    if version < E::VERSION
+        && crate::upcast::steps(E::UPCASTERS, version, E::VERSION)
+            .next()
+            .is_some()
+    {
+        return upcast_and_decode::<E>(event_type, version, data);
     }
     serde_json::from_str(data.get()).map_err(|source| {
         if version > E::VERSION {
@@ -100,6 +114,27 @@ pub fn decode_event<E: Event + serde::de::DeserializeOwned>(
             }
         }
     })
+}
+
+/// Brings an older payload to `E::VERSION` through its upcasters, then decodes it.
+fn upcast_and_decode<E: Event + serde::de::DeserializeOwned>(
+    event_type: &str,
+    version: u32,
+    data: &RawValue,
+) -> Result<E, DecodeError> {
+    let data_error = |source| DecodeError::Data {
+        event_type: event_type.to_owned(),
+        source,
+    };
+    let mut value: serde_json::Value = serde_json::from_str(data.get()).map_err(data_error)?;
+    for upcaster in crate::upcast::steps(E::UPCASTERS, version, E::VERSION) {
+        value = (upcaster.step)(value).map_err(|source| DecodeError::Upcast {
+            event_type: event_type.to_owned(),
+            from: upcaster.from,
+            reason: crate::error::without_values(&source),
+        })?;
+    }
+    serde_json::from_value(value).map_err(data_error)
 }
 
 /// One field of an event payload, as the catalog lists it.
@@ -125,6 +160,13 @@ pub struct CatalogEntry {
     pub key: Option<&'static str>,
     /// The payload's fields.
     pub fields: &'static [FieldInfo],
+    /// The older versions it reads through upcasters (listed as `upcasts_from`, the versions
+    /// each step reads).
+    #[serde(
+        rename = "upcasts_from",
+        serialize_with = "crate::upcast::serialize_froms"
+    )]
+    pub upcasters: &'static [Upcaster],
     /// The payload's JSON Schema from its type (feature `schemars`,
     /// [`CatalogEntry::with_schema`]); `None` maps [`fields`](Self::fields) instead.
     #[serde(skip)]
@@ -173,6 +215,7 @@ impl CatalogEntry {
             topic: E::TOPIC,
             key: E::KEY_FIELD,
             fields: E::FIELDS,
+            upcasters: E::UPCASTERS,
             schema: None,
         }
     }

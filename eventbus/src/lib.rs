@@ -84,6 +84,7 @@ pub mod retry;
 pub mod runtime;
 pub mod subscription;
 pub mod testing;
+pub mod upcast;
 
 mod consumer;
 #[cfg(any(feature = "redis", feature = "kafka"))]
@@ -103,6 +104,7 @@ pub use outbox::{Outbox, SqlInbox};
 pub use publisher::Publisher;
 pub use retry::{Backoff, RetryPolicy, Terminal};
 pub use subscription::{IntoSubscription, NewerVersions, SubscriberOptions, Subscription};
+pub use upcast::Upcaster;
 pub use uuid::Uuid;
 
 /// Items the macros' generated code refers to. Not public API: may change in any release.
@@ -111,9 +113,12 @@ pub mod __private {
     pub use crate::event::decode_event;
     pub use crate::pattern::{const_matches, const_matches_all};
     pub use crate::subscription::Registration;
+    pub use crate::upcast::upcast_with;
     #[cfg(feature = "inventory")]
     pub use inventory;
     pub use serde_json::value::RawValue;
+    pub use serde_json::Error as JsonError;
+    pub use serde_json::Value as JsonValue;
     pub use std::time::Duration;
 }
 
