@@ -83,6 +83,10 @@ shared_tests! {
     a_bus_owned_outbox_relays_and_stops_with_the_bus,
     follow_on_events_commit_with_the_handler,
     outbox_metrics_follow_the_backlog,
+    concurrent_steps_of_one_saga_lose_no_update,
+    completed_sagas_are_deleted_after_their_retention,
+    completed_sagas_are_archived_after_their_retention,
+    a_scheduled_event_waits_in_the_outbox_until_due,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,7 +101,7 @@ async fn migrations_are_idempotent_and_concurrent() {
         .fetch_one(&db.pool)
         .await
         .expect("migrations");
-    assert_eq!(applied, 2);
+    assert_eq!(applied, 3);
     db.finish().await;
 }
 

@@ -452,10 +452,10 @@ fn codegen(args: &EventArgs, model: &Model) -> TokenStream {
                 from: #from,
                 step: {
                     fn __eventbus_step(
-                        __eventbus_data: #krate::__private::JsonValue,
+                        __eventbus_data: #krate::__private::serde_json::Value,
                     ) -> ::core::result::Result<
-                        #krate::__private::JsonValue,
-                        #krate::__private::JsonError,
+                        #krate::__private::serde_json::Value,
+                        #krate::__private::serde_json::Error,
                     > {
                         #call
                     }

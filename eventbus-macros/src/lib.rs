@@ -18,6 +18,7 @@ mod ctxt;
 mod event;
 mod group;
 mod names;
+mod saga;
 mod subscriber;
 
 /// Declares a struct as an event: implements `eventbus::Event` and `eventbus::Payload`.
@@ -51,6 +52,25 @@ mod subscriber;
 #[proc_macro_attribute]
 pub fn event(args: TokenStream, item: TokenStream) -> TokenStream {
     event::expand(args.into(), item.into()).into()
+}
+
+/// Declares a saga (process manager) on the `impl` block of its state type: methods marked
+/// `#[start]` (may create the instance) and `#[handle]` (needs one) are its steps, one per
+/// event type; `eventbus::saga` documents the runtime.
+///
+/// | key | value | default |
+/// |---|---|---|
+/// | `name` | string: `.`-separated segments of ASCII letters, digits, `_`, `-` | required |
+/// | `correlate` | a field every handled event has; its value names the instance | required |
+/// | `crate` | string: path of the eventbus crate | `"::eventbus"` |
+///
+/// A step is `fn name(&mut self, event: &Envelope<E>, saga: &mut SagaContext) ->
+/// HandlerResult`; `#[handle(correlate = other_field)]` reads the instance id from another
+/// field of that event. An event without the correlation field is a compile error at the
+/// step's parameter.
+#[proc_macro_attribute]
+pub fn saga(args: TokenStream, item: TokenStream) -> TokenStream {
+    saga::expand(args.into(), item.into()).into()
 }
 
 /// Turns an `async fn` into a subscriber: the function is replaced by a unit struct of the same

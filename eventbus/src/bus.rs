@@ -159,6 +159,13 @@ impl BusBuilder {
         self
     }
 
+    /// Adds several subscriptions, such as a saga's steps
+    /// (`eventbus::saga::subscriptions::<S, DB>()`).
+    pub fn subscribe_all(mut self, subscriptions: impl IntoIterator<Item = Subscription>) -> Self {
+        self.subscriptions.extend(subscriptions);
+        self
+    }
+
     /// Also runs every `#[subscriber]` function linked into the program (feature `inventory`).
     pub fn discover(mut self) -> Self {
         self.discover = true;
@@ -297,7 +304,12 @@ impl BusBuilder {
             publisher: publisher.clone(),
             clock: clock.clone(),
             extra: self.layers,
-            extensions: Arc::new(self.extensions),
+            extensions: Arc::new({
+                // Handlers and sagas reach the bus's metrics as an extension.
+                let mut extensions = self.extensions;
+                extensions.insert(metrics.clone());
+                extensions
+            }),
             metrics: metrics.clone(),
             max_payload: self.max_payload.unwrap_or(DecodeLayer::DEFAULT_MAX_PAYLOAD),
         };

@@ -60,6 +60,16 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// A saga instance could not be loaded or saved.
+    #[error("saga `{saga}` instance `{id}`: {reason}")]
+    Saga {
+        /// The saga.
+        saga: &'static str,
+        /// The instance.
+        id: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The backend does not offer this operation.
     #[error("the {backend} backend does not support {operation}")]
     Unsupported {

@@ -82,6 +82,8 @@ pub mod publisher;
 pub mod replay;
 pub mod retry;
 pub mod runtime;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub mod saga;
 pub mod subscription;
 pub mod testing;
 pub mod upcast;
@@ -96,7 +98,7 @@ pub use context::Context;
 pub use envelope::{Envelope, Headers, RawEnvelope};
 pub use error::{DecodeError, Error};
 pub use event::{CatalogEntry, Event, EventGroup, FieldInfo, Payload};
-pub use eventbus_macros::{catalog, event, subscriber, EventGroup};
+pub use eventbus_macros::{catalog, event, saga, subscriber, EventGroup};
 pub use extensions::Extensions;
 pub use handler::{ErrorKind, Handler, HandlerError, HandlerResult};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -116,9 +118,8 @@ pub mod __private {
     pub use crate::upcast::upcast_with;
     #[cfg(feature = "inventory")]
     pub use inventory;
+    pub use serde_json;
     pub use serde_json::value::RawValue;
-    pub use serde_json::Error as JsonError;
-    pub use serde_json::Value as JsonValue;
     pub use std::time::Duration;
 }
 

@@ -21,6 +21,13 @@ use eventbus_integration::{serve_admin, sleep, spawn, unblock};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+mod saga;
+pub use saga::{
+    a_scheduled_event_waits_in_the_outbox_until_due,
+    completed_sagas_are_archived_after_their_retention,
+    completed_sagas_are_deleted_after_their_retention, concurrent_steps_of_one_saga_lose_no_update,
+};
+
 /// The test event: a credit to an account, keyed by account, numbered per test.
 #[event(name = "ledger.credited", version = 1, key = account)]
 #[derive(Serialize, Deserialize, Clone, Debug)]

@@ -53,6 +53,13 @@ struct GroupLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SagaLabels {
+    service: String,
+    saga: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     service: String,
     topic: String,
@@ -101,6 +108,7 @@ pub struct Metrics {
     parked_keys: Family<GroupLabels, Gauge>,
     payload_omitted: Family<GroupLabels, Counter>,
     park_overflow: Family<GroupLabels, Counter>,
+    saga_steps: Family<SagaLabels, Counter>,
     /// Backends whose own counters are exported at every scrape.
     backends: Arc<Mutex<Vec<Arc<dyn crate::backend::Backend>>>>,
     /// The series every delivery touches, by topic then group: looked up without building a
@@ -150,6 +158,7 @@ impl Metrics {
             parked_keys: Family::default(),
             payload_omitted: Family::default(),
             park_overflow: Family::default(),
+            saga_steps: Family::default(),
             backends: Arc::default(),
             per_delivery: RwLock::default(),
         };
@@ -251,6 +260,12 @@ impl Metrics {
             "event_park_overflow",
             "Keys not parked because the parking lot was full",
             self.park_overflow.clone(),
+        );
+        r.register(
+            "event_saga_steps",
+            "Saga steps by outcome: applied, conflict (retried), completed (instance already \
+             ended), missing (no instance yet)",
+            self.saga_steps.clone(),
         );
         r.register(
             "eventbus_groups_recreated",
@@ -387,6 +402,17 @@ impl Metrics {
         if failed {
             series.failed.inc();
         }
+    }
+
+    /// Counts a saga step of `saga` that ended in `outcome`.
+    pub fn saga_step(&self, saga: &str, outcome: &'static str) {
+        self.saga_steps
+            .get_or_create(&SagaLabels {
+                service: self.service.clone(),
+                saga: saga.to_owned(),
+                outcome,
+            })
+            .inc();
     }
 
     /// Counts a retry.

@@ -39,6 +39,10 @@ pub struct Retention {
     /// How often the dispatcher runs the cleanup. Default 1 min.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// How long completed saga instances are kept (then deleted, or archived to
+    /// `saga_archive` in archive mode); `None` keeps them forever. Default 7 days.
+    #[serde(with = "humantime_serde")]
+    pub completed_sagas: Option<Duration>,
 }
 
 impl Default for Retention {
@@ -48,6 +52,7 @@ impl Default for Retention {
             mode: CleanupMode::Delete,
             batch_size: 1_000,
             interval: Duration::from_secs(60),
+            completed_sagas: Some(Duration::from_secs(7 * 24 * 3600)),
         }
     }
 }
@@ -81,6 +86,12 @@ impl Retention {
     /// Sets the rows removed per statement.
     pub fn batch_size(mut self, rows: u32) -> Self {
         self.batch_size = rows;
+        self
+    }
+
+    /// Sets how long completed saga instances are kept (`None`: forever).
+    pub fn completed_sagas(mut self, age: Option<Duration>) -> Self {
+        self.completed_sagas = age;
         self
     }
 

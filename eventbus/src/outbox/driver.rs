@@ -29,6 +29,8 @@ pub struct NewRow {
     /// Transport headers as a JSON object.
     pub headers: String,
     pub key_id: Option<String>,
+    /// When a scheduled row falls due (its `created_at` and `available_at`); `None`: now.
+    pub due: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A row whose publish failed and will be retried after `delay`.

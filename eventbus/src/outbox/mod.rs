@@ -135,6 +135,7 @@ pub use inbox::{ContextExt, SqlInbox};
 /// The sqlx version this module is built on, for matching pool and transaction types.
 pub use sqlx;
 
+use crate::saga::store::SagaDriver;
 use driver::{InboxDriver, NewRow, OutboxDriver};
 pub(crate) use owned::BusOutbox;
 
@@ -153,9 +154,9 @@ pub type SqliteInbox = SqlInbox<sqlx::Sqlite>;
 
 /// A database the outbox and the SQL inbox run on: `sqlx::Postgres` (feature `postgres`) or
 /// `sqlx::Sqlite` (feature `sqlite`). Sealed: implemented by this crate only.
-pub trait SqlDatabase: sqlx::Database + OutboxDriver + InboxDriver {}
+pub trait SqlDatabase: sqlx::Database + OutboxDriver + InboxDriver + SagaDriver {}
 
-impl<DB: sqlx::Database + OutboxDriver + InboxDriver> SqlDatabase for DB {}
+impl<DB: sqlx::Database + OutboxDriver + InboxDriver + SagaDriver> SqlDatabase for DB {}
 
 /// The dead-letter group name of events the outbox could not publish.
 pub const DEAD_LETTER_GROUP: &str = "outbox";
@@ -561,6 +562,40 @@ impl<DB: SqlDatabase> Outbox<DB> {
         Ok(id)
     }
 
+    /// Writes `envelope` inside the caller's transaction to be published at `due` (delayed
+    /// delivery that survives restarts: the row waits in the outbox). A scheduled event is
+    /// published without its partition key, so it never holds back the events of its key
+    /// while it waits; `created_at` is the due time, so the publish lag measures lateness.
+    pub async fn schedule_envelope<E: Event>(
+        &self,
+        conn: &mut DB::Connection,
+        envelope: Envelope<E>,
+        due: DateTime<Utc>,
+    ) -> Result<Uuid, Error> {
+        self.enqueue_message_at(conn, self.inner.encoder.prepare(envelope)?, Some(due))
+            .await
+    }
+
+    /// Like [`Outbox::enqueue_message`], published at `due` when given (see
+    /// [`Outbox::schedule_envelope`]).
+    pub(crate) async fn enqueue_message_at(
+        &self,
+        conn: &mut DB::Connection,
+        mut message: Message,
+        due: Option<DateTime<Utc>>,
+    ) -> Result<Uuid, Error> {
+        let id = RawEnvelope::decode(&message.payload)?.id;
+        if due.is_some() {
+            message.key = None;
+        }
+        let mut row = self.row(id, message)?;
+        row.due = due;
+        DB::outbox_insert(conn, vec![row])
+            .await
+            .map_err(|e| db_error::<DB>("outbox enqueue", e))?;
+        Ok(id)
+    }
+
     fn row(&self, event_id: Uuid, message: Message) -> Result<NewRow, Error> {
         let headers = serde_json::to_string(&message.headers).map_err(|source| Error::Encode {
             event_type: message.event_type.clone(),
@@ -581,6 +616,7 @@ impl<DB: SqlDatabase> Outbox<DB> {
             payload,
             headers,
             key_id,
+            due: None,
         })
     }
 
@@ -618,21 +654,30 @@ impl<DB: SqlDatabase> Outbox<DB> {
         Ok(n)
     }
 
-    /// Deletes (or archives) `SENT` rows older than [`Retention::sent`], in batches of
-    /// [`Retention::batch_size`], until none is left; returns how many. Does nothing when
-    /// retention is off. The dispatcher runs it every [`Retention::interval`].
+    /// Deletes (or archives) `SENT` rows older than [`Retention::sent`], and saga instances
+    /// completed longer than [`Retention::completed_sagas`] ago, in batches of
+    /// [`Retention::batch_size`], until none is left; returns how many rows. Each does nothing
+    /// when its retention is off. The dispatcher runs it every [`Retention::interval`].
     pub async fn cleanup(&self) -> Result<u64, Error> {
         let retention = &self.inner.config.retention;
-        let Some(age) = retention.sent else {
-            return Ok(0);
-        };
         let archive = retention.mode == CleanupMode::Archive;
         let limit = retention.batch_size;
-        cleanup::drain(limit, || {
-            DB::outbox_cleanup_sent(&self.inner.pool, age, limit, archive)
-        })
-        .await
-        .map_err(|e| db_error::<DB>("outbox cleanup", e))
+        let mut removed = 0;
+        if let Some(age) = retention.sent {
+            removed += cleanup::drain(limit, || {
+                DB::outbox_cleanup_sent(&self.inner.pool, age, limit, archive)
+            })
+            .await
+            .map_err(|e| db_error::<DB>("outbox cleanup", e))?;
+        }
+        if let Some(age) = retention.completed_sagas {
+            removed += cleanup::drain(limit, || {
+                DB::saga_cleanup(&self.inner.pool, age, limit, archive)
+            })
+            .await
+            .map_err(|e| db_error::<DB>("saga cleanup", e))?;
+        }
+        Ok(removed)
     }
 
     /// The `source` stamped on envelopes enqueued without one.

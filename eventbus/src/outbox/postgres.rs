@@ -41,7 +41,7 @@ use crate::error::Error;
 /// The channel dispatchers `LISTEN` on; the `outbox` insert trigger notifies it at commit.
 pub const NOTIFY_CHANNEL: &str = "eventbus_outbox";
 
-/// The outbox and inbox migrations for PostgreSQL (`migrations/postgres`), embedded. Run them
+/// The outbox, inbox and saga migrations for PostgreSQL (`migrations/postgres`), embedded. Run them
 /// with [`migrate`] or `MIGRATOR.run(&pool)`. It ignores applied migrations it does not know
 /// (your own, in the shared `_sqlx_migrations` table).
 pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
@@ -55,6 +55,11 @@ pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
             20250101000002,
             "eventbus inbox",
             include_str!("../../migrations/postgres/20250101000002_eventbus_inbox.sql"),
+        ),
+        (
+            20250101000003,
+            "eventbus saga",
+            include_str!("../../migrations/postgres/20250101000003_eventbus_saga.sql"),
         ),
     ])
 });
@@ -73,14 +78,15 @@ const COLUMNS: &str = "id, event_id, topic, event_type, partition_key, payload, 
                        first_failed_at, sent_at";
 
 const INSERT_ONE: &str = "INSERT INTO outbox \
-    (event_id, topic, event_type, partition_key, payload, headers, key_id) \
-    VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)";
+    (event_id, topic, event_type, partition_key, payload, headers, key_id, created_at, available_at) \
+    VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, COALESCE($8, now()), COALESCE($8, now()))";
 
 const INSERT_MANY: &str = "INSERT INTO outbox \
-    (event_id, topic, event_type, partition_key, payload, headers, key_id) \
-    SELECT e, t, ty, k, p, h::jsonb, kid \
-    FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], $7::text[]) \
-         WITH ORDINALITY AS u(e, t, ty, k, p, h, kid, n) \
+    (event_id, topic, event_type, partition_key, payload, headers, key_id, created_at, available_at) \
+    SELECT e, t, ty, k, p, h::jsonb, kid, COALESCE(d, now()), COALESCE(d, now()) \
+    FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], \
+                $7::text[], $8::timestamptz[]) \
+         WITH ORDINALITY AS u(e, t, ty, k, p, h, kid, d, n) \
     ORDER BY n";
 
 /// The oldest available rows no other dispatcher holds, locked until this pass commits.
@@ -143,8 +149,8 @@ const MARK_FAILED: &str = "UPDATE outbox o SET state = 'FAILED', attempts = u.at
 const BACKLOG: &str = "SELECT \
     (SELECT count(*) FROM outbox WHERE state = 'PENDING'), \
     (SELECT count(*) FROM outbox WHERE state = 'FAILED'), \
-    (SELECT EXTRACT(EPOCH FROM (now() - created_at))::float8 FROM outbox \
-     WHERE state = 'PENDING' ORDER BY id LIMIT 1)";
+    (SELECT GREATEST(EXTRACT(EPOCH FROM (now() - min(created_at))), 0)::float8 FROM outbox \
+     WHERE state = 'PENDING')";
 
 const RETRY_FAILED: &str = "UPDATE outbox SET state = 'PENDING', attempts = 0, \
     available_at = now(), first_failed_at = NULL WHERE state = 'FAILED' AND id = ANY($1)";
@@ -276,6 +282,7 @@ impl OutboxDriver for Postgres {
                     .bind(&row.payload)
                     .bind(&row.headers)
                     .bind(&row.key_id)
+                    .bind(row.due)
                     .execute(&mut *conn)
                     .await?;
                 return Ok(());
@@ -287,6 +294,7 @@ impl OutboxDriver for Postgres {
             let mut payloads = Vec::with_capacity(rows.len());
             let mut headers = Vec::with_capacity(rows.len());
             let mut key_ids = Vec::with_capacity(rows.len());
+            let mut dues = Vec::with_capacity(rows.len());
             for row in rows {
                 ids.push(row.event_id);
                 topics.push(row.topic);
@@ -295,6 +303,7 @@ impl OutboxDriver for Postgres {
                 payloads.push(row.payload);
                 headers.push(row.headers);
                 key_ids.push(row.key_id);
+                dues.push(row.due);
             }
             sqlx::query(INSERT_MANY)
                 .bind(ids)
@@ -304,6 +313,7 @@ impl OutboxDriver for Postgres {
                 .bind(payloads)
                 .bind(headers)
                 .bind(key_ids)
+                .bind(dues)
                 .execute(&mut *conn)
                 .await?;
             Ok(())

@@ -25,7 +25,7 @@ use super::{embedded_migrator, millis, Backlog, OutboxConfig, OutboxRow, OutboxS
 use crate::clock::Clock;
 use crate::error::Error;
 
-/// The outbox and inbox migrations for SQLite (`migrations/sqlite`), embedded. Run them with
+/// The outbox, inbox and saga migrations for SQLite (`migrations/sqlite`), embedded. Run them with
 /// [`migrate`] (which also switches the file to WAL mode) or `MIGRATOR.run(&pool)`.
 pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
     embedded_migrator(&[
@@ -38,6 +38,11 @@ pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
             20250101000002,
             "eventbus inbox",
             include_str!("../../migrations/sqlite/20250101000002_eventbus_inbox.sql"),
+        ),
+        (
+            20250101000003,
+            "eventbus saga",
+            include_str!("../../migrations/sqlite/20250101000003_eventbus_saga.sql"),
         ),
     ])
 });
@@ -116,7 +121,7 @@ const MARK_FAILED: &str = "UPDATE outbox SET state = 'FAILED', attempts = ?1, la
 const BACKLOG: &str = "SELECT \
     (SELECT count(*) FROM outbox WHERE state = 'PENDING'), \
     (SELECT count(*) FROM outbox WHERE state = 'FAILED'), \
-    (SELECT created_at FROM outbox WHERE state = 'PENDING' ORDER BY id LIMIT 1)";
+    (SELECT min(created_at) FROM outbox WHERE state = 'PENDING')";
 
 const RETRY_FAILED: &str = "UPDATE outbox SET state = 'PENDING', attempts = 0, available_at = ?1, \
     first_failed_at = NULL WHERE state = 'FAILED' AND id IN (SELECT value FROM json_each(?2))";
@@ -258,7 +263,7 @@ impl OutboxDriver for Sqlite {
                     .bind(row.payload)
                     .bind(row.headers)
                     .bind(row.key_id)
-                    .bind(now)
+                    .bind(row.due.map_or(now, |due| due.timestamp_millis()))
                     .execute(&mut *conn)
                     .await?;
             }
