@@ -40,7 +40,7 @@ pub fn step<S, E, DB>(
 ) -> Subscription
 where
     S: Saga,
-    E: Event + serde::de::DeserializeOwned + Clone,
+    E: Event + serde::de::DeserializeOwned,
     DB: SqlDatabase,
 {
     let handler = move |ctx: Context, envelope: Envelope<E>| async move {
