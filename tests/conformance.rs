@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use eventbus::aggregate::Aggregate;
 use eventbus::backend::kafka::rdkafka::mocking::MockCluster;
 use eventbus::backend::kafka::rdkafka::producer::DefaultProducerContext;
 use eventbus::backend::kafka::{KafkaBackend, KafkaConfig, StartFrom as KafkaStart};
@@ -1870,6 +1871,286 @@ async fn older_versions_reach_the_handler_through_upcasters(b: &Under) {
     bus.shutdown(Duration::from_secs(10)).await;
 }
 
+// --- 14. Event-sourced state -----------------------------------------------------------------
+
+#[event(name = "account.opened", version = 1, topic = "accounts", key = account)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct AccountOpened {
+    account: String,
+    owner: String,
+}
+
+#[event(name = "account.deposited", version = 1, topic = "accounts", key = account)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct AccountDeposited {
+    account: String,
+    cents: i64,
+}
+
+#[event(name = "account.withdrawn", version = 1, topic = "accounts", key = account)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct AccountWithdrawn {
+    account: String,
+    cents: i64,
+}
+
+#[derive(eventbus::EventGroup, Debug, Clone)]
+enum AccountEvent {
+    Opened(AccountOpened),
+    Deposited(AccountDeposited),
+    Withdrawn(AccountWithdrawn),
+}
+
+impl AccountEvent {
+    /// The change to the balance.
+    fn delta(&self) -> i64 {
+        match self {
+            AccountEvent::Opened(_) => 0,
+            AccountEvent::Deposited(d) => d.cents,
+            AccountEvent::Withdrawn(w) => -w.cents,
+        }
+    }
+}
+
+/// An account, folded from its events.
+#[derive(Serialize, Deserialize, Default, Debug, Clone, PartialEq)]
+struct Account {
+    owner: Option<String>,
+    balance: i64,
+    events: i64,
+}
+
+impl Aggregate for Account {
+    const NAME: &'static str = "account";
+    type Event = AccountEvent;
+
+    fn apply(&mut self, event: &Envelope<AccountEvent>) {
+        if let AccountEvent::Opened(opened) = &event.data {
+            self.owner = Some(opened.owner.clone());
+        }
+        self.balance += event.data.delta();
+        self.events += 1;
+    }
+}
+
+/// Each account's balance and event count in the read model.
+async fn balances(pool: &SqlitePool) -> HashMap<String, (i64, i64)> {
+    eventbus::outbox::sqlx::query_as::<_, (String, i64, i64)>(
+        "SELECT account, cents, events FROM balances",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("balances")
+    .into_iter()
+    .map(|(account, cents, events)| (account, (cents, events)))
+    .collect()
+}
+
+/// Accounts built from their events on the broker (each key read from its own partition)
+/// match a live read-model projection (a subscriber writing in the inbox transaction); the
+/// state as of a time between two phases matches the first phase; a snapshot taken after the
+/// first phase resumes with only the second phase's events; and the projection, emptied and
+/// rebuilt by replaying the topic from its start, matches again.
+async fn an_aggregate_rebuilt_from_the_log_matches_its_live_projection(b: &Under) {
+    use eventbus::aggregate::snapshot::Snapshots;
+    use eventbus::aggregate::Fold;
+    const ACCOUNTS: usize = 6;
+    const PER_PHASE: usize = 6;
+    let t = "accounts";
+    b.topic(t, 4).await;
+    let (pool, path) = effects_db().await;
+    eventbus::outbox::sqlx::query(
+        "CREATE TABLE balances (account TEXT PRIMARY KEY, cents INTEGER NOT NULL, events INTEGER NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .expect("schema");
+    let g = group("balances");
+    let project = |ctx: Context, env: Envelope<AccountEvent>| async move {
+        use eventbus::outbox::ContextExt;
+        let Some(mut tx) = ctx.transaction::<eventbus::outbox::sqlx::Sqlite>().await? else {
+            return Ok(());
+        };
+        let account = match &env.data {
+            AccountEvent::Opened(e) => e.account.clone(),
+            AccountEvent::Deposited(e) => e.account.clone(),
+            AccountEvent::Withdrawn(e) => e.account.clone(),
+        };
+        eventbus::outbox::sqlx::query(
+            "INSERT INTO balances (account, cents, events) VALUES (?1, ?2, 1) \
+             ON CONFLICT (account) DO UPDATE SET cents = cents + excluded.cents, \
+             events = events + 1",
+        )
+        .bind(account)
+        .bind(env.data.delta())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    };
+    let bus = Bus::builder()
+        .backend_arc(b.member().await)
+        .extension(pool.clone())
+        .subscribe(
+            Subscription::new("account.*", project)
+                .group(g.clone())
+                .concurrency(4),
+        )
+        .start()
+        .await
+        .expect("start");
+    let publisher = bus.publisher();
+    // What each phase did to each account: (balance change, events).
+    let mut phases = vec![HashMap::<String, (i64, i64)>::new(); 2];
+    let mut published = 0;
+    let mut between = None;
+    for (phase, sums) in phases.iter_mut().enumerate() {
+        for a in 0..ACCOUNTS {
+            let account = format!("acc-{a}");
+            if phase == 0 {
+                publisher
+                    .publish(AccountOpened {
+                        account: account.clone(),
+                        owner: format!("owner-{a}"),
+                    })
+                    .await
+                    .expect("publish");
+                let sum = sums.entry(account.clone()).or_default();
+                sum.1 += 1;
+                published += 1;
+            }
+            for i in 0..PER_PHASE {
+                let cents = ((a * 7 + i * 13 + phase * 5) % 50 + 1) as i64;
+                let sum = sums.entry(account.clone()).or_default();
+                if i % 3 == 2 {
+                    publisher
+                        .publish(AccountWithdrawn {
+                            account: account.clone(),
+                            cents,
+                        })
+                        .await
+                        .expect("publish");
+                    sum.0 -= cents;
+                } else {
+                    publisher
+                        .publish(AccountDeposited {
+                            account: account.clone(),
+                            cents,
+                        })
+                        .await
+                        .expect("publish");
+                    sum.0 += cents;
+                }
+                sum.1 += 1;
+                published += 1;
+            }
+        }
+        let mut seen = HashMap::new();
+        let settled = eventually(WAIT, || {
+            seen = futures::executor::block_on(balances(&pool));
+            seen.values().map(|(_, events)| events).sum::<i64>() == published
+        })
+        .await;
+        assert!(
+            settled,
+            "projection after phase {phase}: {seen:?}; {:?}",
+            bus.stats()
+        );
+        if phase == 0 {
+            // Envelope times of the second phase come after this instant.
+            between = Some(chrono::Utc::now());
+            sleep(Duration::from_millis(20)).await;
+            let snapshots = Snapshots::new(pool.clone());
+            let admin = bus.backend().admin().expect("admin");
+            let first = snapshots
+                .fold::<Account>(admin, "acc-0")
+                .await
+                .expect("snapshot fold");
+            assert_eq!(first.applied, (PER_PHASE + 1) as u64);
+        }
+    }
+    let between = between.expect("the first phase ran");
+    let admin = bus.backend().admin().expect("admin");
+    let projection = balances(&pool).await;
+    for a in 0..ACCOUNTS {
+        let account = format!("acc-{a}");
+        let full = Fold::<Account>::new(&account)
+            .run(admin)
+            .await
+            .expect("fold");
+        let (cents, events) = projection[&account];
+        assert_eq!(
+            (full.state.balance, full.state.events),
+            (cents, events),
+            "{account}: folded {:?}, projected ({cents}, {events})",
+            full.state
+        );
+        assert_eq!(
+            full.state.owner.as_deref(),
+            Some(format!("owner-{a}").as_str())
+        );
+        assert_eq!(
+            full.read, events as u64,
+            "{account}: read only its own events"
+        );
+        let then = Fold::<Account>::new(&account)
+            .as_of(between)
+            .run(admin)
+            .await
+            .expect("fold as of");
+        assert_eq!(
+            (then.state.balance, then.state.events),
+            phases[0][&account],
+            "{account} as of the end of the first phase"
+        );
+        if a == 0 {
+            let resumed = Snapshots::new(pool.clone())
+                .fold::<Account>(admin, &account)
+                .await
+                .expect("resumed fold");
+            assert_eq!(
+                resumed.state, full.state,
+                "the snapshot plus what came after"
+            );
+            assert_eq!(
+                resumed.read, PER_PHASE as u64,
+                "only the second phase was read"
+            );
+        }
+    }
+
+    // The projection rebuilt from the topic's start.
+    eventbus::outbox::sqlx::query("DELETE FROM balances")
+        .execute(&pool)
+        .await
+        .expect("empty the read model");
+    let replay = bus
+        .replay(eventbus::replay::ReplayRequest {
+            topic: t.into(),
+            from: chrono::DateTime::UNIX_EPOCH,
+            to: chrono::Utc::now() + chrono::Duration::minutes(1),
+            event_type: None,
+            group: Some(g.clone()),
+        })
+        .expect("replay");
+    let mut rebuilt = HashMap::new();
+    let done = eventually(WAIT, || {
+        rebuilt = futures::executor::block_on(balances(&pool));
+        replay.status().done && rebuilt == projection
+    })
+    .await;
+    assert!(
+        done,
+        "rebuilt {rebuilt:?}, live {projection:?}, replay {:?}",
+        replay.status()
+    );
+    bus.shutdown(Duration::from_secs(10)).await;
+    pool.close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -1944,4 +2225,5 @@ conformance!(
     a_parked_key_stays_parked_across_a_restart,
     cloudevents_sdk_reads_ours_and_we_handle_its,
     older_versions_reach_the_handler_through_upcasters,
+    an_aggregate_rebuilt_from_the_log_matches_its_live_projection,
 );

@@ -101,7 +101,7 @@ async fn migrations_are_idempotent_and_concurrent() {
         .fetch_one(&db.pool)
         .await
         .expect("migrations");
-    assert_eq!(applied, 3);
+    assert_eq!(applied, 4);
     db.finish().await;
 }
 

@@ -60,6 +60,16 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// An aggregate could not be rebuilt from its events, or its snapshot not stored.
+    #[error("aggregate `{aggregate}` of key `{key}`: {reason}")]
+    Aggregate {
+        /// The aggregate.
+        aggregate: &'static str,
+        /// Its key.
+        key: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// A saga instance could not be loaded or saved.
     #[error("saga `{saga}` instance `{id}`: {reason}")]
     Saga {

@@ -58,6 +58,7 @@ compile_error!(
 
 #[cfg(feature = "admin")]
 pub mod admin;
+pub mod aggregate;
 pub mod asyncapi;
 pub mod backend;
 pub mod bus;

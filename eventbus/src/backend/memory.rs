@@ -21,8 +21,8 @@ use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 
 use super::{
-    Acknowledger, Backend, BackendAdmin, Cursor, Delivery, DeliveryStream, GroupLag, Message, Page,
-    RetryState, StoredMessage, SubscribeRequest, MAX_PAGE,
+    Acknowledger, Backend, BackendAdmin, Cursor, Delivery, DeliveryStream, GroupLag, KeyPage,
+    Message, Page, RetryState, StoredMessage, SubscribeRequest, MAX_PAGE,
 };
 use crate::dead_letter::is_dlq_topic;
 use crate::error::Error;
@@ -455,6 +455,51 @@ impl BackendAdmin for MemoryBackend {
                 ))
             }
         })
+    }
+
+    /// Positions are the offset of the last message scanned.
+    fn read_key_page(
+        &self,
+        topic: &str,
+        key: &str,
+        position: Option<Cursor>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<KeyPage, Error>> {
+        let after = position.map(|c| {
+            c.0.parse::<u64>()
+                .map_err(|_| Error::config("cursor", format!("`{}` is not an offset", c.0)))
+        });
+        let page = after.transpose().map(|after| {
+            let state = self.lock();
+            let Some(log) = state.topics.get(topic) else {
+                return KeyPage {
+                    at_end: true,
+                    position: after.map(|a| Cursor(a.to_string())),
+                    ..KeyPage::default()
+                };
+            };
+            let start = after.map_or(0, |after| {
+                log.entries.partition_point(|(offset, _)| *offset <= after)
+            });
+            let limit = limit.clamp(1, MAX_PAGE);
+            let mut messages = Vec::new();
+            let mut last = after;
+            for entry in log.entries.iter().skip(start) {
+                if messages.len() >= limit {
+                    break;
+                }
+                last = Some(entry.0);
+                if entry.1.key.as_deref() == Some(key) {
+                    messages.push(TopicLog::stored(entry));
+                }
+            }
+            KeyPage {
+                messages,
+                position: last.map(|l| Cursor(l.to_string())),
+                at_end: log.entries.back().map(|e| e.0) == last || log.entries.is_empty(),
+            }
+        });
+        Box::pin(async move { page })
     }
 
     /// Cursors are the offset of the last message returned.

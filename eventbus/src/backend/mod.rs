@@ -15,6 +15,8 @@ use crate::pattern::Pattern;
 
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(any(feature = "redis", feature = "kafka"))]
+pub(crate) mod key_hash;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -296,6 +298,38 @@ pub trait BackendAdmin: Send + Sync {
         Box::pin(async move { Ok(read.await?.within(from, to)) })
     }
 
+    /// Reads up to `limit` messages of `topic` whose partition key is `key` (at most
+    /// [`MAX_PAGE`]), oldest first, after `position` (from the start when `None`): the history
+    /// of one aggregate ([`crate::aggregate`]). The page's [`KeyPage::position`] is where the
+    /// next read of the key starts, also at the end, so a snapshot can resume from it.
+    ///
+    /// Backends that place a key by partition read only the key's partition (Redis: its
+    /// partition stream; Kafka: the partition the producer's partitioner chose). The default
+    /// walks [`read_page`](Self::read_page) and keeps the key's messages; its position at the
+    /// topic's end is `None` (a resumed read starts over).
+    fn read_key_page(
+        &self,
+        topic: &str,
+        key: &str,
+        position: Option<Cursor>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<KeyPage, Error>> {
+        let read = self.read_page(topic, position, limit);
+        let key = key.to_owned();
+        Box::pin(async move {
+            let page = read.await?;
+            Ok(KeyPage {
+                at_end: page.next.is_none(),
+                position: page.next,
+                messages: page
+                    .messages
+                    .into_iter()
+                    .filter(|m| m.message.key.as_deref() == Some(key.as_str()))
+                    .collect(),
+            })
+        })
+    }
+
     /// The messages of `topic` with the given ids that still exist, oldest first (at most
     /// [`MAX_PAGE`] ids per call).
     fn read_ids(
@@ -393,6 +427,17 @@ impl Page {
         });
         self
     }
+}
+
+/// A page of one key's messages ([`BackendAdmin::read_key_page`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyPage {
+    /// The key's messages, oldest first (possibly none while `at_end` is false).
+    pub messages: Vec<StoredMessage>,
+    /// Where the next read of the key starts (after everything this read scanned).
+    pub position: Option<Cursor>,
+    /// Whether the read reached the end of the key's messages as of this call.
+    pub at_end: bool,
 }
 
 /// A message read back from a topic, with the id the backend gave it.

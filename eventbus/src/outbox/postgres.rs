@@ -41,7 +41,7 @@ use crate::error::Error;
 /// The channel dispatchers `LISTEN` on; the `outbox` insert trigger notifies it at commit.
 pub const NOTIFY_CHANNEL: &str = "eventbus_outbox";
 
-/// The outbox, inbox and saga migrations for PostgreSQL (`migrations/postgres`), embedded. Run them
+/// The outbox, inbox, saga and snapshot migrations for PostgreSQL (`migrations/postgres`), embedded. Run them
 /// with [`migrate`] or `MIGRATOR.run(&pool)`. It ignores applied migrations it does not know
 /// (your own, in the shared `_sqlx_migrations` table).
 pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
@@ -60,6 +60,11 @@ pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
             20250101000003,
             "eventbus saga",
             include_str!("../../migrations/postgres/20250101000003_eventbus_saga.sql"),
+        ),
+        (
+            20250101000004,
+            "eventbus snapshot",
+            include_str!("../../migrations/postgres/20250101000004_eventbus_snapshot.sql"),
         ),
     ])
 });

@@ -25,7 +25,7 @@ use super::{embedded_migrator, millis, Backlog, OutboxConfig, OutboxRow, OutboxS
 use crate::clock::Clock;
 use crate::error::Error;
 
-/// The outbox, inbox and saga migrations for SQLite (`migrations/sqlite`), embedded. Run them with
+/// The outbox, inbox, saga and snapshot migrations for SQLite (`migrations/sqlite`), embedded. Run them with
 /// [`migrate`] (which also switches the file to WAL mode) or `MIGRATOR.run(&pool)`.
 pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
     embedded_migrator(&[
@@ -43,6 +43,11 @@ pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
             20250101000003,
             "eventbus saga",
             include_str!("../../migrations/sqlite/20250101000003_eventbus_saga.sql"),
+        ),
+        (
+            20250101000004,
+            "eventbus snapshot",
+            include_str!("../../migrations/sqlite/20250101000004_eventbus_snapshot.sql"),
         ),
     ])
 });

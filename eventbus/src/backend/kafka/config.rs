@@ -626,6 +626,21 @@ impl KafkaConfig {
     }
 
     /// The producer's librdkafka properties.
+    /// The partition the producer puts `key` in among `partitions`, as its partitioner
+    /// (`partitioner`, librdkafka's default `consistent_random`) computes it; `None` for a
+    /// partitioner that does not place keys by hash alone.
+    pub(crate) fn key_partition(&self, key: &str, partitions: i32) -> Option<i32> {
+        use crate::backend::key_hash::{crc32_partition_of, partition_of};
+        let n = u32::try_from(partitions).ok().filter(|n| *n > 0)?;
+        let config = self.producer_client_config();
+        let placed = match config.get("partitioner").unwrap_or("consistent_random") {
+            "consistent" | "consistent_random" => crc32_partition_of(key, n),
+            "murmur2" | "murmur2_random" => partition_of(key, n),
+            _ => return None,
+        };
+        i32::try_from(placed).ok()
+    }
+
     pub(crate) fn producer_client_config(&self) -> ClientConfig {
         let p = &self.producer;
         let mut c = self.common();

@@ -85,7 +85,7 @@ pub use replay::{ReplayBackend, ReplaySeek, ReplayWindow};
 pub use retry_tiers::{is_tier_topic, tier_name, tier_topic, RETRY_INFIX};
 
 use super::{
-    Backend, BackendAdmin, Cursor, DeliveryStream, GroupLag, Message, Page, StoredMessage,
+    Backend, BackendAdmin, Cursor, DeliveryStream, GroupLag, KeyPage, Message, Page, StoredMessage,
     SubscribeRequest,
 };
 use crate::dead_letter::is_dlq_topic;
@@ -420,6 +420,21 @@ impl BackendAdmin for KafkaBackend {
     ) -> BoxFuture<'_, Result<Page, Error>> {
         let topic = topic.to_owned();
         Box::pin(async move { reader::read_page(&self.inner, &topic, cursor, limit).await })
+    }
+
+    /// Reads the key's partition (as the producer's partitioner places it) from `position`
+    /// (offsets per partition, like [`read_page`](BackendAdmin::read_page)'s cursors).
+    fn read_key_page(
+        &self,
+        topic: &str,
+        key: &str,
+        position: Option<Cursor>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<KeyPage, Error>> {
+        let (topic, key) = (topic.to_owned(), key.to_owned());
+        Box::pin(
+            async move { reader::read_key_page(&self.inner, &topic, &key, position, limit).await },
+        )
     }
 
     fn read_ids(

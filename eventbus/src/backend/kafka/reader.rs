@@ -28,7 +28,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::Message as _;
 
 use super::{record, Inner};
-use crate::backend::{Cursor, Message, MessageHeaders, Page, StoredMessage, MAX_PAGE};
+use crate::backend::{Cursor, KeyPage, Message, MessageHeaders, Page, StoredMessage, MAX_PAGE};
 use crate::error::Error;
 
 /// Header of a resolution marker: the id of the record it resolves.
@@ -333,6 +333,66 @@ pub(crate) async fn read_page(
         Ok(Page {
             messages: records.into_iter().map(|(_, m)| m).collect(),
             next: more.then(|| format_cursor(&next)),
+        })
+    })
+    .await
+}
+
+/// Reads the records of `topic` keyed `key` after `position`: only the key's partition when
+/// the producer's partitioner places keys by hash, else every partition.
+pub(crate) async fn read_key_page(
+    inner: &Arc<Inner>,
+    topic: &str,
+    key: &str,
+    position: Option<Cursor>,
+    limit: usize,
+) -> Result<KeyPage, Error> {
+    let from = position.as_ref().map(parse_cursor).transpose()?;
+    let topic = topic.to_owned();
+    let key = key.to_owned();
+    blocking(inner, move |inner, consumer| {
+        let timeout = inner.config.operation_timeout;
+        let marks = watermarks(consumer, &topic, timeout)?;
+        let partitions = i32::try_from(marks.len()).unwrap_or(i32::MAX);
+        let targets: Vec<i32> = match inner.config.key_partition(&key, partitions) {
+            Some(p) => vec![p],
+            None => marks.keys().copied().collect(),
+        };
+        let mut start = BTreeMap::new();
+        let mut ends = BTreeMap::new();
+        for p in targets {
+            let Some(&(low, high)) = marks.get(&p) else {
+                continue;
+            };
+            let at = from
+                .as_ref()
+                .and_then(|f| f.get(&p).copied())
+                .unwrap_or(low);
+            start.insert(p, at.max(low));
+            ends.insert(p, high);
+        }
+        let limit = limit.clamp(1, MAX_PAGE);
+        let mut records = Vec::new();
+        let mut scanned = 0;
+        let next = scan(consumer, &topic, &start, &ends, timeout, |m| {
+            scanned += 1;
+            if m.key() == Some(key.as_bytes()) {
+                records.push(stored(m));
+            }
+            if records.len() >= limit || scanned >= SCAN_PER_PAGE {
+                Scan::Stop
+            } else {
+                Scan::Continue
+            }
+        })?;
+        sort_page(&mut records);
+        let at_end = ends
+            .iter()
+            .all(|(p, &end)| next.get(p).copied().unwrap_or(0) >= end);
+        Ok(KeyPage {
+            messages: records.into_iter().map(|(_, m)| m).collect(),
+            position: (!next.is_empty()).then(|| format_cursor(&next)),
+            at_end,
         })
     })
     .await

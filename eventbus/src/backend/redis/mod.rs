@@ -51,16 +51,16 @@ use futures::StreamExt;
 use redis::aio::{ConnectionManagerConfig, MultiplexedConnection};
 use redis::AsyncConnectionConfig;
 
+pub use crate::backend::key_hash::{murmur2, partition_of};
 pub use config::{RedisConfig, Retention, StartFrom};
 pub use inbox::RedisInbox;
-pub use partition::{murmur2, partition_of};
 pub use pubsub::RedisPubSub;
 
 use self::connection::{Conn, SlotPipelines};
 use self::keys::Keys;
 use super::{
-    Backend, BackendAdmin, BackendCounter, Cursor, DeliveryStream, GroupLag, Message, Page,
-    StoredMessage, SubscribeRequest, MAX_PAGE, TENANT_HEADER,
+    Backend, BackendAdmin, BackendCounter, Cursor, DeliveryStream, GroupLag, KeyPage, Message,
+    Page, StoredMessage, SubscribeRequest, MAX_PAGE, TENANT_HEADER,
 };
 use crate::dead_letter;
 use crate::error::Error;
@@ -657,6 +657,61 @@ impl BackendAdmin for RedisBackend {
             }
             let start = cursor.map_or_else(|| "-".to_owned(), |c| format!("({}", c.0));
             self.inner.xrange_page(&topic, &start, limit).await
+        })
+    }
+
+    /// Reads the key's partition stream only. Positions are the last entry id scanned;
+    /// message ids are those of [`read_page`](BackendAdmin::read_page) (`{partition}/{id}`
+    /// on a partitioned topic).
+    fn read_key_page(
+        &self,
+        topic: &str,
+        key: &str,
+        position: Option<Cursor>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<KeyPage, Error>> {
+        let topic = topic.to_owned();
+        let key = key.to_owned();
+        Box::pin(async move {
+            let partitions = self.inner.config.partitions_of(&topic);
+            let partition = partition_of(&key, partitions);
+            let stream = self
+                .inner
+                .keys
+                .partition_stream(&topic, None, partition, partitions);
+            if let Some(p) = &position {
+                if !is_entry_id(&p.0) {
+                    return Err(Error::config(
+                        "cursor",
+                        format!("`{}` is not a stream entry id", p.0),
+                    ));
+                }
+            }
+            let start = position
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |p| format!("({}", p.0));
+            let limit = limit.clamp(1, MAX_PAGE);
+            let scanned = self
+                .inner
+                .xrange(&stream, &topic, &start, "+", limit)
+                .await?;
+            let at_end = scanned.len() < limit;
+            let position = scanned.last().map(|m| Cursor(m.id.clone())).or(position);
+            let messages = scanned
+                .into_iter()
+                .filter(|m| m.message.key.as_deref() == Some(key.as_str()))
+                .map(|mut m| {
+                    if partitions > 1 {
+                        m.id = format!("{partition}/{}", m.id);
+                    }
+                    m
+                })
+                .collect();
+            Ok(KeyPage {
+                messages,
+                position,
+                at_end,
+            })
         })
     }
 
