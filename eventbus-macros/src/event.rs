@@ -613,7 +613,7 @@ mod tests {
         assert!(errors[2].contains("character '/' in topic"), "{errors:#?}");
         assert!(
             errors[3].contains(
-                "unknown attribute key `colour`, expected one of: name, version, topic, key, crate"
+                "unknown attribute key `colour`, expected one of: name, version, topic, key, upcast, crate"
             ),
             "{errors:#?}"
         );

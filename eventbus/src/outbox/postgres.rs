@@ -154,7 +154,7 @@ const MARK_FAILED: &str = "UPDATE outbox o SET state = 'FAILED', attempts = u.at
 const BACKLOG: &str = "SELECT \
     (SELECT count(*) FROM outbox WHERE state = 'PENDING'), \
     (SELECT count(*) FROM outbox WHERE state = 'FAILED'), \
-    (SELECT GREATEST(EXTRACT(EPOCH FROM (now() - min(created_at))), 0)::float8 FROM outbox \
+    (SELECT EXTRACT(EPOCH FROM (now() - min(created_at)))::float8 FROM outbox \
      WHERE state = 'PENDING')";
 
 const RETRY_FAILED: &str = "UPDATE outbox SET state = 'PENDING', attempts = 0, \
