@@ -15,7 +15,7 @@ use crate::ctxt::{item_with_error, Ctxt};
 use crate::names;
 
 /// The keys `#[event]` accepts.
-const KEYS: &[&str] = &["name", "version", "topic", "key", "upcast", "crate"];
+pub(crate) const KEYS: &[&str] = &["name", "version", "topic", "key", "upcast", "crate"];
 
 /// The keys of one `upcast(...)`.
 const UPCAST_KEYS: &[&str] = &["from", "with"];

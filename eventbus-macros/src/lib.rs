@@ -106,6 +106,7 @@ pub fn saga(args: TokenStream, item: TokenStream) -> TokenStream {
 /// | `retries` | retries after the first attempt |
 /// | `backoff(initial = "100ms", max = "10s", multiplier = 2.0, jitter = true)` | exponential waits; each part optional |
 /// | `schedule = ["1m", "5m", "30m"]` | fixed waits (not with `backoff`) |
+/// | `delayed = ["1m", "5m", "30m"]` | after the in-process attempts, rounds that come back after each delay without blocking the stream |
 /// | `concurrency` | handlers running at once (≥ 1) |
 /// | `dlq` | dead-letter exhausted deliveries (`true`) or drop them |
 /// | `timeout` | bound on one handler call |
@@ -174,4 +175,54 @@ pub fn catalog(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_derive(EventGroup, attributes(event_group))]
 pub fn derive_event_group(input: TokenStream) -> TokenStream {
     group::expand(input.into()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The documentation of this file, with each attribute's table of keys.
+    const DOCS: &str = include_str!("lib.rs");
+
+    /// The keys in the first table after `after`.
+    fn table_keys(after: &str) -> Vec<String> {
+        let start = DOCS.find(after).expect("the macro's documentation");
+        DOCS[start..]
+            .lines()
+            .skip_while(|l| !l.starts_with("/// | key"))
+            .skip(2)
+            .take_while(|l| l.starts_with("/// | `"))
+            .map(|l| {
+                let key = &l["/// | `".len()..];
+                key.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    fn assert_documented(after: &str, keys: &[&str]) {
+        let documented = table_keys(after);
+        for key in keys {
+            assert!(
+                documented.iter().any(|d| d == key),
+                "`{key}` is accepted but missing from the table after `{after}`: {documented:?}"
+            );
+        }
+        for key in &documented {
+            assert!(
+                keys.contains(&key.as_str()),
+                "`{key}` is documented but not accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn every_key_of_every_attribute_is_documented() {
+        assert_documented("/// Declares a struct as an event", crate::event::KEYS);
+        assert_documented("/// Declares a saga", crate::saga::KEYS);
+        assert_documented(
+            "/// Turns an `async fn` into a subscriber",
+            crate::subscriber::KEYS,
+        );
+    }
 }

@@ -15,7 +15,7 @@ use crate::ctxt::{item_with_error, Ctxt};
 use crate::names;
 
 /// The keys `#[saga]` accepts.
-const KEYS: &[&str] = &["name", "correlate", "crate"];
+pub(crate) const KEYS: &[&str] = &["name", "correlate", "crate"];
 
 /// The keys of `#[start(...)]` / `#[handle(...)]`.
 const STEP_KEYS: &[&str] = &["correlate"];

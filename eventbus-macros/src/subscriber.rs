@@ -18,7 +18,7 @@ use crate::ctxt::{item_with_error, Ctxt};
 use crate::names;
 
 /// The keys `#[subscriber]` accepts after the pattern.
-const KEYS: &[&str] = &[
+pub(crate) const KEYS: &[&str] = &[
     "group",
     "retries",
     "backoff",

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use crate::backend::{Backend, SubscribeRequest};
 use crate::circuit::{CircuitConfig, Circuits};
 use crate::clock::{Clock, SystemClock};
-use crate::consumer::{ConsumerLoop, Shared};
+use crate::consumer::{BusState, ConsumerLoop};
 use crate::dead_letter::DeadLetters;
 use crate::error::Error;
 use crate::event::{CatalogEntry, Event};
@@ -298,8 +298,8 @@ impl BusBuilder {
             planned.push((subscription, pattern));
         }
 
-        let shared = Arc::new(Shared::default());
-        let pipeline_shared = crate::pipeline::Shared {
+        let shared = Arc::new(BusState::default());
+        let pipeline_shared = crate::pipeline::PipelineParts {
             inbox,
             publisher: publisher.clone(),
             clock: clock.clone(),
@@ -427,7 +427,7 @@ pub struct Bus {
     publisher: Publisher,
     backend: Arc<dyn Backend>,
     clock: Arc<dyn Clock>,
-    shared: Arc<Shared>,
+    shared: Arc<BusState>,
     subscriptions: Vec<String>,
     metrics: Arc<Metrics>,
     catalog: Vec<CatalogEntry>,

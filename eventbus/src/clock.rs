@@ -39,3 +39,9 @@ impl Clock for SystemClock {
         self.runtime.sleep(duration)
     }
 }
+
+/// Wall-clock Unix time in milliseconds (transport timestamps, SQLite columns, retry due
+/// times), whatever [`Clock`] the bus runs on.
+pub(crate) fn unix_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}

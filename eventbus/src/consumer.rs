@@ -32,21 +32,21 @@ pub(crate) struct Counters {
 
 /// State shared by the bus and its consumer loops: the task group running the loops and
 /// deferred redeliveries, and the outcome counters.
-pub(crate) struct Shared {
+pub(crate) struct BusState {
     pub(crate) tasks: Arc<TaskGroup>,
     pub(crate) counters: Counters,
 }
 
-impl Default for Shared {
+impl Default for BusState {
     fn default() -> Self {
-        Shared {
+        BusState {
             tasks: TaskGroup::new(),
             counters: Counters::default(),
         }
     }
 }
 
-impl Shared {
+impl BusState {
     pub(crate) fn is_stopping(&self) -> bool {
         self.tasks.is_stopping()
     }
@@ -71,7 +71,7 @@ pub(crate) struct ConsumerLoop {
     pub(crate) group: String,
     pub(crate) concurrency: usize,
     pub(crate) pipeline: Arc<Pipeline>,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<BusState>,
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) retry_backoff: crate::retry::Backoff,

@@ -282,6 +282,22 @@ fn drop_quoted(segment: &str) -> String {
     out
 }
 
+/// An error and its sources, `a: b: c` (a source whose text already ends the chain, as when a
+/// wrapper repeats it, is not repeated).
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod value_redaction_tests {
     use super::without_values;

@@ -88,6 +88,7 @@ pub mod saga;
 pub mod subscription;
 pub mod testing;
 pub mod upcast;
+mod wire;
 
 mod consumer;
 #[cfg(any(feature = "redis", feature = "kafka"))]

@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::backend::{Backend, Message, MessageHeaders, TENANT_HEADER};
+use crate::backend::{Backend, Message};
 use crate::circuit::Circuits;
 use crate::clock::Clock;
 use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::event::Event;
-use crate::observability::{Metrics, TraceParent, TRACEPARENT};
+use crate::observability::Metrics;
 use tracing::Instrument;
 
 /// Publishes events. Cheap to clone.
@@ -166,35 +166,7 @@ impl Publisher {
     /// Builds the message for an envelope: fills the metadata and encodes it. A missing
     /// `traceparent` starts a new trace; with feature `opentelemetry` it is first taken from the
     /// current span's OpenTelemetry context.
-    pub fn prepare<E: Event>(&self, mut envelope: Envelope<E>) -> Result<Message, Error> {
-        if envelope.source.is_empty() {
-            envelope.source = self.source.to_string();
-        }
-        if envelope.correlation_id.is_none() {
-            envelope.correlation_id = Some(envelope.id.to_string());
-        }
-        if envelope.time == chrono::DateTime::<chrono::Utc>::default() {
-            envelope.time = self.clock.now();
-        }
-        #[cfg(feature = "opentelemetry")]
-        crate::observability::otel::inject_current(&mut envelope.headers);
-        if !envelope.headers.contains_key(TRACEPARENT) {
-            envelope
-                .headers
-                .insert(TRACEPARENT.to_owned(), TraceParent::new_root_header());
-        }
-        let key = envelope.data.partition_key();
-        let payload = envelope.encode()?;
-        let mut headers = MessageHeaders::new();
-        if let Some(tenant) = &envelope.tenant_id {
-            headers.insert(TENANT_HEADER.to_owned(), tenant.clone());
-        }
-        Ok(Message {
-            topic: E::TOPIC.to_owned(),
-            key,
-            event_type: envelope.event_type,
-            headers,
-            payload: payload.into(),
-        })
+    pub fn prepare<E: Event>(&self, envelope: Envelope<E>) -> Result<Message, Error> {
+        crate::wire::encode(envelope, &self.source, self.clock.now())
     }
 }

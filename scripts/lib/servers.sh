@@ -117,6 +117,11 @@ install_packages() {
     ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || missing+=(postgresql)
     command -v chromium >/dev/null || missing+=(chromium)
     command -v chromedriver >/dev/null || missing+=(chromium-driver)
+    # The lint gate builds every feature: Kafka's TLS and SASL (`kafka-ssl`, `kafka-gssapi`)
+    # link the system OpenSSL and Cyrus SASL.
+    for package in libssl-dev libsasl2-dev pkg-config; do
+        dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+    done
     if ((${#missing[@]})); then apt_install "${missing[@]}"; fi
 }
 

@@ -80,18 +80,18 @@ impl From<Error> for ApiError {
             }
             Error::Unsupported { .. } => Self::new(StatusCode::NOT_IMPLEMENTED, error.to_string()),
             Error::Backend { .. } | Error::Inbox { .. } => {
-                tracing::warn!(error = %crate::admin::chain(&error), "admin request failed in the backend");
-                Self::new(StatusCode::BAD_GATEWAY, crate::admin::chain(&error))
+                tracing::warn!(error = %crate::error::chain(&error), "admin request failed in the backend");
+                Self::new(StatusCode::BAD_GATEWAY, crate::error::chain(&error))
             }
             Error::Timeout { .. } => Self::new(StatusCode::GATEWAY_TIMEOUT, error.to_string()),
             Error::CircuitOpen { .. } | Error::Closed => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
             }
             _ => {
-                tracing::warn!(error = %crate::admin::chain(&error), "admin request failed");
+                tracing::warn!(error = %crate::error::chain(&error), "admin request failed");
                 Self::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    crate::admin::chain(&error),
+                    crate::error::chain(&error),
                 )
             }
         }

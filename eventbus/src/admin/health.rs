@@ -47,7 +47,7 @@ pub(crate) async fn ready(State(state): State<AdminState>) -> Response {
     let backend = state.bus.backend().clone();
     let mut checks = Map::new();
     let mut backend_check = timed(timeout, async {
-        backend.health().await.map_err(|e| super::chain(&e))
+        backend.health().await.map_err(|e| crate::error::chain(&e))
     })
     .await;
     backend_check["backend"] = json!(backend.name());

@@ -19,7 +19,7 @@ pub(crate) async fn read(state: &AdminState) -> Result<Vec<GroupLag>, crate::Err
 /// Refreshes the lag gauge, logging (not failing) when the backend cannot say.
 pub(crate) async fn refresh(state: &AdminState) {
     if let Err(error) = read(state).await {
-        tracing::debug!(error = %super::chain(&error), "consumer lag not refreshed");
+        tracing::debug!(error = %crate::error::chain(&error), "consumer lag not refreshed");
     }
 }
 

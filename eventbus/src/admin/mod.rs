@@ -80,7 +80,7 @@ use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
 use crate::bus::Bus;
-use crate::error::Error;
+use crate::error::{chain, Error};
 
 pub use error::ApiError;
 #[cfg(feature = "kafka")]
@@ -587,21 +587,6 @@ impl Listening {
         };
         (server, serving)
     }
-}
-
-/// An error with its sources, `a: b: c`.
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.ends_with(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// Query parameters, checked against the names an endpoint accepts.

@@ -31,11 +31,11 @@ use crate::pattern::PatternSet;
 /// An in-process message broker. Cheap to clone; clones share state.
 #[derive(Clone, Default)]
 pub struct MemoryBackend {
-    shared: Arc<Shared>,
+    shared: Arc<MemoryState>,
 }
 
 #[derive(Default)]
-struct Shared {
+struct MemoryState {
     state: Mutex<State>,
     changed: Signal,
     activity: AtomicU64,

@@ -13,6 +13,8 @@ use futures::stream::BoxStream;
 use crate::error::Error;
 use crate::pattern::Pattern;
 
+#[cfg(any(feature = "redis", feature = "kafka"))]
+pub(crate) mod env_vars;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 #[cfg(any(feature = "redis", feature = "kafka"))]
@@ -427,6 +429,27 @@ impl Page {
         });
         self
     }
+}
+
+/// Where a new consumer group starts reading a topic that already holds messages (Kafka's
+/// `auto.offset.reset`; on Redis the group's first id, `$` or `0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    /// Only messages added after the group was created (Kafka's default).
+    #[default]
+    Latest,
+    /// Everything the topic still retains.
+    Earliest,
+}
+
+#[cfg(any(feature = "redis", feature = "kafka"))]
+impl StartFrom {
+    /// The values accepted in `EVENTBUS_*_START_FROM`.
+    pub(crate) const CHOICES: &'static [(&'static str, StartFrom)] = &[
+        ("earliest", StartFrom::Earliest),
+        ("latest", StartFrom::Latest),
+    ];
 }
 
 /// A page of one key's messages ([`BackendAdmin::read_key_page`]).

@@ -100,7 +100,7 @@ impl<DB: SqlDatabase> Dispatcher<DB> {
             .unwrap_or_else(|| Arc::new(SystemClock::new(runtime.clone())));
         let outbox = self.outbox;
         let config = outbox.config().clone();
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(DispatcherState {
             clock: clock.clone(),
             tasks: TaskGroup::new(),
             counters: Counters::default(),
@@ -154,7 +154,7 @@ impl<DB: SqlDatabase> Dispatcher<DB> {
 /// A running dispatcher. Dropping the handle stops it after its current passes.
 #[derive(Debug)]
 pub struct DispatcherHandle {
-    shared: Arc<Shared>,
+    shared: Arc<DispatcherState>,
 }
 
 /// What a dispatcher did since it started.
@@ -236,13 +236,13 @@ struct Counters {
     errors: AtomicU64,
 }
 
-struct Shared {
+struct DispatcherState {
     clock: Arc<dyn Clock>,
     tasks: Arc<TaskGroup>,
     counters: Counters,
 }
 
-impl std::fmt::Debug for Shared {
+impl std::fmt::Debug for DispatcherState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dispatcher")
             .field("running", &self.tasks.running())
@@ -251,7 +251,7 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-impl Shared {
+impl DispatcherState {
     fn is_stopping(&self) -> bool {
         self.tasks.is_stopping()
     }
@@ -270,7 +270,11 @@ struct PassReport {
     blocked: bool,
 }
 
-async fn worker<DB: SqlDatabase>(outbox: Outbox<DB>, relay: Arc<Relay>, shared: Arc<Shared>) {
+async fn worker<DB: SqlDatabase>(
+    outbox: Outbox<DB>,
+    relay: Arc<Relay>,
+    shared: Arc<DispatcherState>,
+) {
     let config = outbox.config().clone();
     let mut failures = 0u32;
     let mut blocked = 0u32;
@@ -306,7 +310,7 @@ async fn worker<DB: SqlDatabase>(outbox: Outbox<DB>, relay: Arc<Relay>, shared: 
             Err(error) => {
                 failures = failures.saturating_add(1);
                 shared.counters.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %error_chain(&error), "outbox dispatcher pass failed");
+                tracing::warn!(error = %crate::error::chain(&error), "outbox dispatcher pass failed");
                 Some(config.backoff.delay(failures))
             }
         };
@@ -353,7 +357,7 @@ impl Floor {
 async fn pass<DB: SqlDatabase>(
     outbox: &Outbox<DB>,
     relay: &Relay,
-    shared: &Shared,
+    shared: &DispatcherState,
     floor: &mut Floor,
 ) -> Result<PassReport, Error> {
     let batch = outbox.config().batch_size;
@@ -416,7 +420,7 @@ async fn pass<DB: SqlDatabase>(
     Ok(report)
 }
 
-async fn cleanup_loop<DB: SqlDatabase>(outbox: Outbox<DB>, shared: Arc<Shared>) {
+async fn cleanup_loop<DB: SqlDatabase>(outbox: Outbox<DB>, shared: Arc<DispatcherState>) {
     let every = outbox.config().retention.interval;
     while shared
         .tasks
@@ -426,7 +430,9 @@ async fn cleanup_loop<DB: SqlDatabase>(outbox: Outbox<DB>, shared: Arc<Shared>) 
         match outbox.cleanup().await {
             Ok(0) => {}
             Ok(removed) => tracing::debug!(removed, "outbox cleanup"),
-            Err(error) => tracing::warn!(error = %error_chain(&error), "outbox cleanup failed"),
+            Err(error) => {
+                tracing::warn!(error = %crate::error::chain(&error), "outbox cleanup failed")
+            }
         }
     }
 }
@@ -435,14 +441,14 @@ async fn cleanup_loop<DB: SqlDatabase>(outbox: Outbox<DB>, shared: Arc<Shared>) 
 async fn metrics_loop<DB: SqlDatabase>(
     outbox: Outbox<DB>,
     metrics: Arc<Metrics>,
-    shared: Arc<Shared>,
+    shared: Arc<DispatcherState>,
 ) {
     let every = outbox.config().metrics_interval;
     loop {
         match outbox.backlog().await {
             Ok(backlog) => metrics.outbox(backlog.pending, backlog.oldest_pending_age),
             Err(error) => {
-                tracing::debug!(error = %error_chain(&error), "outbox backlog not read for the metrics")
+                tracing::debug!(error = %crate::error::chain(&error), "outbox backlog not read for the metrics")
             }
         }
         if !shared
@@ -592,7 +598,7 @@ impl Relay {
                 settlement.sent.extend(batch.iter().map(|r| r.id));
                 return None;
             }
-            Err(error) => error_chain(&error),
+            Err(error) => crate::error::chain(&error),
         };
         if batch.len() == 1 {
             return batch.into_iter().next().map(|ready| (ready, error));
@@ -605,7 +611,7 @@ impl Relay {
                 .await
             {
                 Ok(()) => settlement.sent.push(ready.id),
-                Err(error) => return Some((ready, error_chain(&error))),
+                Err(error) => return Some((ready, crate::error::chain(&error))),
             }
         }
         None
@@ -642,7 +648,7 @@ impl Relay {
             Err(dlq_error) => {
                 tracing::warn!(
                     id = ready.id,
-                    error = %error_chain(&dlq_error),
+                    error = %crate::error::chain(&dlq_error),
                     "outbox dead-letter publish failed; will retry"
                 );
                 settlement.retry.push(RetryRow {
@@ -655,16 +661,4 @@ impl Relay {
             }
         }
     }
-}
-
-/// An error and its sources, `: `-separated.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
 }

@@ -102,19 +102,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use event_listener::Event as Signal;
-use futures::future::BoxFuture;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::Pool;
 use uuid::Uuid;
 
-use crate::backend::{
-    Backend, BackendAdmin, DeliveryStream, Message, MessageHeaders, SubscribeRequest,
-};
-use crate::clock::Clock;
+use crate::backend::{Backend, Message, MessageHeaders};
 use crate::envelope::{Envelope, RawEnvelope};
 use crate::error::Error;
 use crate::event::Event;
-use crate::publisher::Publisher;
 use crate::retry::Backoff;
 
 mod cleanup;
@@ -420,7 +415,8 @@ struct OutboxInner<DB: SqlDatabase> {
     pool: Pool<DB>,
     config: OutboxConfig,
     keyring: Option<Arc<KeyRing>>,
-    encoder: Publisher,
+    /// The `source` of envelopes enqueued without one.
+    source: String,
     wake: Arc<Signal>,
 }
 
@@ -454,13 +450,12 @@ impl<DB: SqlDatabase> Outbox<DB> {
         keyring: Option<KeyRing>,
         source: String,
     ) -> Self {
-        let encoder = Publisher::new(Arc::new(EncodeOnly), Arc::new(WallClock), source);
         Outbox {
             inner: Arc::new(OutboxInner {
                 pool,
                 config,
                 keyring: keyring.map(Arc::new),
-                encoder,
+                source,
                 wake: Arc::new(Signal::new()),
             }),
         }
@@ -506,7 +501,7 @@ impl<DB: SqlDatabase> Outbox<DB> {
         envelope: Envelope<E>,
     ) -> Result<Uuid, Error> {
         let id = envelope.id;
-        let row = self.row(id, self.inner.encoder.prepare(envelope)?)?;
+        let row = self.row(id, self.encode(envelope)?)?;
         DB::outbox_insert(conn, vec![row])
             .await
             .map_err(|e| db_error::<DB>("outbox enqueue", e))?;
@@ -537,7 +532,7 @@ impl<DB: SqlDatabase> Outbox<DB> {
         let mut rows = Vec::new();
         for envelope in envelopes {
             ids.push(envelope.id);
-            rows.push(self.row(envelope.id, self.inner.encoder.prepare(envelope)?)?);
+            rows.push(self.row(envelope.id, self.encode(envelope)?)?);
         }
         if !rows.is_empty() {
             DB::outbox_insert(conn, rows)
@@ -572,7 +567,7 @@ impl<DB: SqlDatabase> Outbox<DB> {
         envelope: Envelope<E>,
         due: DateTime<Utc>,
     ) -> Result<Uuid, Error> {
-        self.enqueue_message_at(conn, self.inner.encoder.prepare(envelope)?, Some(due))
+        self.enqueue_message_at(conn, self.encode(envelope)?, Some(due))
             .await
     }
 
@@ -594,6 +589,11 @@ impl<DB: SqlDatabase> Outbox<DB> {
             .await
             .map_err(|e| db_error::<DB>("outbox enqueue", e))?;
         Ok(id)
+    }
+
+    /// Encodes an envelope as the publisher would, stamped with this outbox's source.
+    fn encode<E: Event>(&self, envelope: Envelope<E>) -> Result<Message, Error> {
+        crate::wire::encode(envelope, &self.inner.source, Utc::now())
     }
 
     fn row(&self, event_id: Uuid, message: Message) -> Result<NewRow, Error> {
@@ -682,7 +682,7 @@ impl<DB: SqlDatabase> Outbox<DB> {
 
     /// The `source` stamped on envelopes enqueued without one.
     pub fn source(&self) -> &str {
-        self.inner.encoder.source()
+        &self.inner.source
     }
 
     /// A dispatcher relaying this outbox to `backend` (see [`Dispatcher::start`]).
@@ -731,56 +731,4 @@ pub(crate) fn embedded_migrator(files: &[(i64, &'static str, &'static str)]) -> 
 /// Milliseconds of a duration, saturating, for SQL intervals.
 pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// Encodes envelopes through [`Publisher::prepare`] without publishing anything.
-struct EncodeOnly;
-
-impl Backend for EncodeOnly {
-    fn flush(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
-
-    fn health(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
-    }
-
-    fn name(&self) -> &'static str {
-        "outbox"
-    }
-
-    fn publish(&self, _: Vec<Message>) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async {
-            Err(Error::Unsupported {
-                backend: "outbox",
-                operation: "publishing (the outbox only encodes)",
-            })
-        })
-    }
-
-    fn subscribe(&self, _: SubscribeRequest) -> BoxFuture<'_, Result<DeliveryStream, Error>> {
-        Box::pin(async {
-            Err(Error::Unsupported {
-                backend: "outbox",
-                operation: "subscribing",
-            })
-        })
-    }
-
-    fn admin(&self) -> Option<&dyn BackendAdmin> {
-        None
-    }
-}
-
-/// Wall-clock time for envelopes encoded by the outbox.
-struct WallClock;
-
-impl Clock for WallClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-
-    fn sleep(&self, _: Duration) -> BoxFuture<'static, ()> {
-        Box::pin(futures::future::pending())
-    }
 }

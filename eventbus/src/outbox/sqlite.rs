@@ -143,9 +143,7 @@ const ARCHIVE_IDS: &str = "INSERT INTO outbox_archive (id, event_id, topic, even
     FROM outbox WHERE id IN (SELECT value FROM json_each(?1))";
 
 /// Now, in stored form.
-pub(crate) fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
+pub(crate) use crate::clock::unix_ms as now_ms;
 
 fn time(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()

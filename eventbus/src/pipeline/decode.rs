@@ -14,7 +14,7 @@ use crate::pattern::Pattern;
 /// reason) and skips events the subscription does not take: a type its pattern does not match,
 /// or, for a typed handler, a type the handler's payload does not accept (a handler of
 /// `Envelope<ApprovalGranted>` on `approval.*` skips `approval.denied`).
-pub struct DecodeLayer {
+pub(crate) struct DecodeLayer {
     pattern: Pattern,
     accepted: &'static [&'static str],
     clock: Arc<dyn Clock>,
@@ -23,10 +23,10 @@ pub struct DecodeLayer {
 
 impl DecodeLayer {
     /// Default payload size limit: 1 MiB.
-    pub const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
+    pub(crate) const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
 
     /// A layer for subscriptions to `pattern`.
-    pub fn new(pattern: Pattern, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(pattern: Pattern, clock: Arc<dyn Clock>) -> Self {
         DecodeLayer {
             pattern,
             accepted: &[],
@@ -37,7 +37,7 @@ impl DecodeLayer {
 
     /// Skips event types outside `types` (the handler's payload types; empty takes any type
     /// the pattern matches).
-    pub fn accepting(mut self, types: &'static [&'static str]) -> Self {
+    pub(crate) fn accepting(mut self, types: &'static [&'static str]) -> Self {
         self.accepted = types;
         self
     }
@@ -45,7 +45,7 @@ impl DecodeLayer {
 
 impl DecodeLayer {
     /// Sets the largest payload accepted, in bytes; larger ones are dead-lettered.
-    pub fn with_max_payload(mut self, bytes: usize) -> Self {
+    pub(crate) fn with_max_payload(mut self, bytes: usize) -> Self {
         self.max_payload = bytes;
         self
     }

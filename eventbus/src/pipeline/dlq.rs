@@ -20,7 +20,7 @@ use crate::retry::Terminal;
 /// broker's own size limit can never be stored), logged as an error and counted in
 /// `event_dead_letter_payload_omitted_total`. Only when that fails too (the broker is
 /// unreachable) is the delivery left unsettled, to be redelivered rather than lost.
-pub struct DeadLetterLayer {
+pub(crate) struct DeadLetterLayer {
     backend: Arc<dyn Backend>,
     terminal: Terminal,
     clock: Option<Arc<dyn Clock>>,
@@ -29,10 +29,10 @@ pub struct DeadLetterLayer {
 
 impl DeadLetterLayer {
     /// Attempts to publish a full dead letter before falling back to a metadata-only one.
-    pub const PUBLISH_ATTEMPTS: u32 = 3;
+    pub(crate) const PUBLISH_ATTEMPTS: u32 = 3;
 
     /// A layer publishing dead letters through `backend`.
-    pub fn new(backend: Arc<dyn Backend>, terminal: Terminal) -> Self {
+    pub(crate) fn new(backend: Arc<dyn Backend>, terminal: Terminal) -> Self {
         DeadLetterLayer {
             backend,
             terminal,
@@ -43,13 +43,13 @@ impl DeadLetterLayer {
 
     /// Waits between dead-letter publish attempts on `clock` (100 ms, 200 ms, ...); without
     /// one, attempts follow each other at once.
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
         self
     }
 
     /// Counts metadata-only dead letters in `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<crate::observability::Metrics>) -> Self {
+    pub(crate) fn with_metrics(mut self, metrics: Arc<crate::observability::Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
     }

@@ -15,7 +15,7 @@ use crate::observability::{Metrics, TraceParent, TRACEPARENT};
 
 /// Runs each handler call in a tracing span, turns a panic into a transient failure (the
 /// consumer keeps running), and fails calls that exceed the timeout.
-pub struct GuardLayer {
+pub(crate) struct GuardLayer {
     timeout: Option<Duration>,
     clock: Arc<dyn Clock>,
     metrics: Option<Arc<Metrics>>,
@@ -24,7 +24,7 @@ pub struct GuardLayer {
 
 impl GuardLayer {
     /// A guard with an optional per-call timeout.
-    pub fn new(timeout: Option<Duration>, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(timeout: Option<Duration>, clock: Arc<dyn Clock>) -> Self {
         GuardLayer {
             timeout,
             clock,
@@ -34,13 +34,13 @@ impl GuardLayer {
     }
 
     /// The `messaging.system` its spans name (the backend: `kafka`, `redis`, `memory`).
-    pub fn with_system(mut self, system: &'static str) -> Self {
+    pub(crate) fn with_system(mut self, system: &'static str) -> Self {
         self.system = system;
         self
     }
 
     /// Records each call's duration and failures in `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
     }

@@ -10,13 +10,13 @@ use crate::inbox::InboxStore;
 /// Checks the inbox before the handler and records the event after success, before the
 /// delivery is acknowledged. Failing to read or write the inbox leaves the delivery unsettled.
 /// Replayed deliveries (header `eventbus-replay`) skip the check: they are meant to run again.
-pub struct InboxLayer {
+pub(crate) struct InboxLayer {
     store: Arc<dyn InboxStore>,
 }
 
 impl InboxLayer {
     /// A layer over `store`.
-    pub fn new(store: Arc<dyn InboxStore>) -> Self {
+    pub(crate) fn new(store: Arc<dyn InboxStore>) -> Self {
         InboxLayer { store }
     }
 }

@@ -30,13 +30,14 @@ mod inbox;
 pub(crate) mod park;
 mod retry;
 
-pub use decode::DecodeLayer;
-pub use dlq::DeadLetterLayer;
+pub(crate) use decode::DecodeLayer;
+pub(crate) use dlq::DeadLetterLayer;
 pub(crate) use guard::panic_message;
-pub use guard::GuardLayer;
-pub use inbox::InboxLayer;
-pub use park::{ParkKeyLayer, REDRIVE_HEADER};
-pub use retry::RetryLayer;
+pub(crate) use guard::GuardLayer;
+pub(crate) use inbox::InboxLayer;
+pub(crate) use park::ParkKeyLayer;
+pub use park::REDRIVE_HEADER;
+pub(crate) use retry::RetryLayer;
 
 /// One delivery travelling through the pipeline.
 #[derive(Debug)]
@@ -152,7 +153,13 @@ impl Outcome {
     }
 }
 
-/// A pipeline stage.
+/// A pipeline stage, added with [`BusBuilder::layer`](crate::BusBuilder::layer) between the
+/// retry stage and the handler guard (the built-in stages are the crate's own).
+///
+/// Not tower's `Layer`, which wraps one `Service` in another: this is the middleware itself,
+/// called once per delivery attempt with the delivery and the rest of the chain ([`Next`]), in
+/// the style of axum's `from_fn` middleware. It may run `next` zero times (short-circuit),
+/// once, or several times (retry), and returns the attempt's [`Outcome`].
 pub trait Layer: Send + Sync + 'static {
     /// Handles the delivery, calling `next` zero or more times.
     fn handle<'a>(&'a self, cx: &'a mut DeliveryCx, next: Next<'a>) -> BoxFuture<'a, Outcome>;
@@ -242,13 +249,13 @@ impl Endpoint {
 }
 
 /// A subscription's assembled pipeline.
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     layers: Vec<Arc<dyn Layer>>,
     endpoint: Endpoint,
 }
 
 /// What every subscription's pipeline of a bus shares.
-pub(crate) struct Shared {
+pub(crate) struct PipelineParts {
     pub(crate) inbox: Arc<dyn InboxStore>,
     pub(crate) publisher: Publisher,
     pub(crate) clock: Arc<dyn Clock>,
@@ -264,9 +271,9 @@ impl Pipeline {
     pub(crate) fn for_subscription(
         subscription: &Subscription,
         pattern: crate::pattern::Pattern,
-        shared: &Shared,
+        shared: &PipelineParts,
     ) -> Self {
-        let Shared {
+        let PipelineParts {
             inbox,
             publisher,
             clock,
@@ -327,7 +334,7 @@ impl Pipeline {
     }
 
     /// Runs a delivery through every layer.
-    pub async fn run(&self, cx: &mut DeliveryCx) -> Outcome {
+    pub(crate) async fn run(&self, cx: &mut DeliveryCx) -> Outcome {
         Next {
             layers: &self.layers,
             endpoint: &self.endpoint,

@@ -26,11 +26,10 @@ pub const REDRIVE_HEADER: &str = "eventbus-redrive";
 /// a key's dead letters unparks it at once, purging them unparks it at the next start. When the
 /// queue cannot be read, the delivery is left for redelivery rather than handled out of order.
 ///
-/// It holds at most [`ParkKeyLayer::DEFAULT_CAPACITY`] keys (or
-/// [`ParkKeyLayer::with_capacity`]): a key failing while the lot is full is not parked (its
+/// It holds at most [`ParkKeyLayer::DEFAULT_CAPACITY`] keys: a key failing while the lot is full is not parked (its
 /// later events are handled, possibly before the dead-lettered one is redriven), logged as an
 /// error and counted in `event_park_overflow_total`; `event_parked_keys` shows the lot's size.
-pub struct ParkKeyLayer {
+pub(crate) struct ParkKeyLayer {
     parked: Mutex<HashMap<String, String>>,
     clock: Arc<dyn Clock>,
     capacity: usize,
@@ -42,10 +41,10 @@ pub struct ParkKeyLayer {
 
 impl ParkKeyLayer {
     /// Keys a parking lot holds by default.
-    pub const DEFAULT_CAPACITY: usize = 10_000;
+    pub(crate) const DEFAULT_CAPACITY: usize = 10_000;
 
     /// An empty parking lot.
-    pub fn new(clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(clock: Arc<dyn Clock>) -> Self {
         ParkKeyLayer {
             parked: Mutex::new(HashMap::new()),
             clock,
@@ -58,7 +57,7 @@ impl ParkKeyLayer {
 
     /// Rebuilds the lot of each topic from its dead-letter queue before the topic's first
     /// delivery, so parked keys survive a restart.
-    pub fn durable(mut self, dead_letters: DeadLetters) -> Self {
+    pub(crate) fn durable(mut self, dead_letters: DeadLetters) -> Self {
         self.dead_letters = Some(dead_letters);
         self
     }
@@ -139,14 +138,8 @@ impl ParkKeyLayer {
         Ok(())
     }
 
-    /// Holds at most `keys` parked keys.
-    pub fn with_capacity(mut self, keys: usize) -> Self {
-        self.capacity = keys;
-        self
-    }
-
     /// Reports the lot's size and overflows in `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<crate::observability::Metrics>) -> Self {
+    pub(crate) fn with_metrics(mut self, metrics: Arc<crate::observability::Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
     }

@@ -13,7 +13,7 @@ use crate::retry::RetryPolicy;
 /// Calls the rest of the chain until it succeeds, fails permanently, or the attempts run out.
 /// The attempt number starts from what the delivery carries (redeliveries, attempt header), so
 /// a message redelivered after a crash does not get a fresh budget.
-pub struct RetryLayer {
+pub(crate) struct RetryLayer {
     policy: RetryPolicy,
     clock: Arc<dyn Clock>,
     metrics: Option<Arc<Metrics>>,
@@ -21,7 +21,7 @@ pub struct RetryLayer {
 
 impl RetryLayer {
     /// A layer applying `policy`, sleeping on `clock`.
-    pub fn new(policy: RetryPolicy, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(policy: RetryPolicy, clock: Arc<dyn Clock>) -> Self {
         RetryLayer {
             policy,
             clock,
@@ -30,7 +30,7 @@ impl RetryLayer {
     }
 
     /// Counts retries in `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 
+use crate::backend::env_vars::EnvVars;
 use crate::error::Error;
 
 /// Compression codec of produced batches (`compression.type`).
@@ -66,16 +67,7 @@ pub enum CloudEventsMode {
     Binary,
 }
 
-/// Where a consumer group without a committed offset starts (`auto.offset.reset`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StartFrom {
-    /// Only messages produced after the group first joined (Kafka's default).
-    #[default]
-    Latest,
-    /// Everything the topic still retains.
-    Earliest,
-}
+pub use crate::backend::StartFrom;
 
 /// Producer settings.
 ///
@@ -347,80 +339,48 @@ impl KafkaConfig {
         const P: &str = "EVENTBUS_KAFKA_";
         let vars: BTreeMap<String, String> =
             vars.into_iter().filter(|(k, _)| k.starts_with(P)).collect();
-        let var = |name: &str| vars.get(&format!("{P}{name}")).cloned();
-        let brokers =
-            var("BROKERS").ok_or_else(|| Error::config(format!("{P}BROKERS"), "is not set"))?;
-        let mut config = KafkaConfig::new(brokers);
-        let number = |name: &str| -> Result<Option<u64>, Error> {
-            var(name)
-                .map(|v| {
-                    v.trim().parse::<u64>().map_err(|_| {
-                        Error::config(format!("{P}{name}"), format!("`{v}` is not a whole number"))
-                    })
-                })
-                .transpose()
-        };
-        if let Some(id) = var("CLIENT_ID") {
+        let env = EnvVars::new(P, |name| vars.get(name).cloned());
+        let mut config = KafkaConfig::new(env.required("BROKERS")?);
+        if let Some(id) = env.get("CLIENT_ID") {
             config.client_id = id;
         }
-        if let Some(v) = var("COMPRESSION") {
+        if let Some(v) = env.get("COMPRESSION") {
             config.producer.compression = Compression::parse(&v).ok_or_else(|| {
                 Error::config(
-                    format!("{P}COMPRESSION"),
+                    env.name("COMPRESSION"),
                     format!("`{v}` is not none, gzip, snappy, lz4 or zstd"),
                 )
             })?;
         }
-        if let Some(n) = number("LINGER_MS")? {
-            config.producer.linger = Duration::from_millis(n);
+        if let Some(d) = env.millis("LINGER_MS")? {
+            config.producer.linger = d;
         }
-        if let Some(n) = number("BATCH_SIZE")? {
+        if let Some(n) = env.number("BATCH_SIZE")? {
             config.producer.batch_size = usize::try_from(n).unwrap_or(usize::MAX);
         }
-        if let Some(n) = number("COMMIT_EVERY")? {
+        if let Some(n) = env.number("COMMIT_EVERY")? {
             config.consumer.commit_every = usize::try_from(n).unwrap_or(usize::MAX);
         }
-        if let Some(n) = number("COMMIT_INTERVAL_MS")? {
-            config.consumer.commit_interval = Duration::from_millis(n);
+        if let Some(d) = env.millis("COMMIT_INTERVAL_MS")? {
+            config.consumer.commit_interval = d;
         }
-        if let Some(n) = number("MAX_BUFFERED_PER_PARTITION")? {
+        if let Some(n) = env.number("MAX_BUFFERED_PER_PARTITION")? {
             config.consumer.max_buffered_per_partition = usize::try_from(n).unwrap_or(usize::MAX);
         }
-        if let Some(v) = var("START_FROM") {
-            config.consumer.start_from = match v.trim().to_ascii_lowercase().as_str() {
-                "earliest" => StartFrom::Earliest,
-                "latest" => StartFrom::Latest,
-                _ => {
-                    return Err(Error::config(
-                        format!("{P}START_FROM"),
-                        format!("`{v}` is not earliest or latest"),
-                    ))
-                }
-            };
+        if let Some(start) = env.choice("START_FROM", StartFrom::CHOICES)? {
+            config.consumer.start_from = start;
         }
-        if let Some(v) = var("CLOUDEVENTS_MODE") {
-            config.cloudevents = match v.trim().to_ascii_lowercase().as_str() {
-                "structured" => CloudEventsMode::Structured,
-                "binary" => CloudEventsMode::Binary,
-                _ => {
-                    return Err(Error::config(
-                        format!("{P}CLOUDEVENTS_MODE"),
-                        format!("`{v}` is not structured or binary"),
-                    ))
-                }
-            };
+        if let Some(mode) = env.choice(
+            "CLOUDEVENTS_MODE",
+            &[
+                ("structured", CloudEventsMode::Structured),
+                ("binary", CloudEventsMode::Binary),
+            ],
+        )? {
+            config.cloudevents = mode;
         }
-        if let Some(v) = var("AUTO_CREATE_TOPICS") {
-            config.auto_create_topics = match v.trim() {
-                "true" | "1" => true,
-                "false" | "0" => false,
-                _ => {
-                    return Err(Error::config(
-                        format!("{P}AUTO_CREATE_TOPICS"),
-                        format!("`{v}` is not true or false"),
-                    ))
-                }
-            };
+        if let Some(on) = env.flag("AUTO_CREATE_TOPICS")? {
+            config.auto_create_topics = on;
         }
         for (name, value) in &vars {
             if let Some(option) = name.strip_prefix(&format!("{P}OPTION_")) {

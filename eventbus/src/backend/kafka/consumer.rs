@@ -71,7 +71,7 @@ pub(crate) fn pattern_regex(pattern: &Pattern) -> Option<String> {
 }
 
 /// What the poll thread, the stream and the acknowledgers share.
-pub(crate) struct Shared {
+pub(crate) struct MemberState {
     pub(crate) group: String,
     /// A replay: nothing is committed and deferrals wait in-process.
     replay: bool,
@@ -97,7 +97,7 @@ pub(crate) struct Counters {
     pub(crate) pauses: AtomicU64,
 }
 
-impl Shared {
+impl MemberState {
     pub(crate) fn new(
         group: &str,
         pattern: &Pattern,
@@ -105,7 +105,7 @@ impl Shared {
         drain_timeout: Duration,
         replay: bool,
     ) -> Arc<Self> {
-        Arc::new(Shared {
+        Arc::new(MemberState {
             group: group.to_owned(),
             replay,
             pattern: pattern.clone(),
@@ -189,7 +189,7 @@ impl Shared {
 
 /// The rebalance and commit callbacks.
 struct Callbacks {
-    shared: Arc<Shared>,
+    shared: Arc<MemberState>,
 }
 
 impl ClientContext for Callbacks {}
@@ -310,7 +310,7 @@ impl Topics {
 pub(crate) async fn start(
     inner: Arc<Inner>,
     request: SubscribeRequest,
-) -> Result<(Arc<Shared>, DeliveryStream), Error> {
+) -> Result<(Arc<MemberState>, DeliveryStream), Error> {
     let config = &inner.config;
     let mut literal: Vec<String> = request
         .topics
@@ -341,7 +341,7 @@ pub(crate) async fn start(
         commit_interval: config.consumer.commit_interval,
         prefetch: request.prefetch.max(1),
     };
-    let shared = Shared::new(
+    let shared = MemberState::new(
         &request.group,
         &request.pattern,
         limits,
@@ -370,7 +370,7 @@ pub(crate) async fn start(
 }
 
 /// The deliveries of a consumer; dropping the stream stops its poll thread.
-pub(crate) fn delivery_stream(shared: Arc<Shared>, inner: Arc<Inner>) -> DeliveryStream {
+pub(crate) fn delivery_stream(shared: Arc<MemberState>, inner: Arc<Inner>) -> DeliveryStream {
     let state = StreamState {
         _guard: StopGuard(shared.clone()),
         shared,
@@ -392,7 +392,7 @@ pub(crate) fn delivery_stream(shared: Arc<Shared>, inner: Arc<Inner>) -> Deliver
 }
 
 /// Sets the stop flag when the delivery stream is dropped.
-struct StopGuard(Arc<Shared>);
+struct StopGuard(Arc<MemberState>);
 
 impl Drop for StopGuard {
     fn drop(&mut self) {
@@ -401,7 +401,7 @@ impl Drop for StopGuard {
 }
 
 struct StreamState {
-    shared: Arc<Shared>,
+    shared: Arc<MemberState>,
     inner: Arc<Inner>,
     _guard: StopGuard,
 }
@@ -429,7 +429,7 @@ impl StreamState {
 
 /// Whether a record is for this consumer, and when it is due.
 fn classify(
-    shared: &Shared,
+    shared: &MemberState,
     topic: &str,
     message: &Message,
     meta: &RecordMeta,
@@ -448,14 +448,14 @@ fn classify(
     (false, due)
 }
 
-fn poll_loop(consumer: BaseConsumer<Callbacks>, shared: Arc<Shared>) {
+fn poll_loop(consumer: BaseConsumer<Callbacks>, shared: Arc<MemberState>) {
     let mut names = Topics::default();
     let mut last_error_log: Option<Instant> = None;
     let mut batch = Vec::with_capacity(256);
     while !shared.is_stopping() {
         let mut timeout = POLL;
         if let Some(due) = shared.lock().next_due() {
-            let wait = u64::try_from(due - retry_tiers::now_ms()).unwrap_or(0);
+            let wait = u64::try_from(due - crate::clock::unix_ms()).unwrap_or(0);
             timeout = timeout.min(Duration::from_millis(wait));
         }
         let mut first = true;
@@ -494,7 +494,7 @@ fn poll_loop(consumer: BaseConsumer<Callbacks>, shared: Arc<Shared>) {
                 None => break,
             }
         }
-        let now = retry_tiers::now_ms();
+        let now = crate::clock::unix_ms();
         let mut tracker = shared.lock();
         let mut ready = false;
         for (tp, offset, message, meta) in batch.drain(..) {
@@ -556,7 +556,7 @@ fn poll_loop(consumer: BaseConsumer<Callbacks>, shared: Arc<Shared>) {
 
 fn commit(
     consumer: &BaseConsumer<Callbacks>,
-    shared: &Shared,
+    shared: &MemberState,
     positions: &[(Tp, i64)],
     mode: CommitMode,
 ) {
@@ -574,7 +574,7 @@ fn commit(
 /// Settles one record: done offsets are committed in order by the poll thread.
 struct KafkaAcker {
     inner: Arc<Inner>,
-    shared: Arc<Shared>,
+    shared: Arc<MemberState>,
     tp: Tp,
     generation: u64,
     offset: i64,

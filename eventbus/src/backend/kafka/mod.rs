@@ -121,18 +121,18 @@ pub(crate) struct Inner {
     producer: producer::Producer,
     admin: AdminClient<DefaultClientContext>,
     topics: topics::TopicCache,
-    consumers: Mutex<Vec<Arc<consumer::Shared>>>,
+    consumers: Mutex<Vec<Arc<consumer::MemberState>>>,
     groups: Mutex<HashMap<String, String>>,
     resolved: reader::ResolvedIndex,
 }
 
 impl Inner {
-    fn register(&self, consumer: Arc<consumer::Shared>) {
+    fn register(&self, consumer: Arc<consumer::MemberState>) {
         let mut consumers = self.consumers.lock().unwrap_or_else(|p| p.into_inner());
         consumers.push(consumer);
     }
 
-    fn consumers(&self) -> Vec<Arc<consumer::Shared>> {
+    fn consumers(&self) -> Vec<Arc<consumer::MemberState>> {
         self.consumers
             .lock()
             .unwrap_or_else(|p| p.into_inner())

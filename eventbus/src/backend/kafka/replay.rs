@@ -43,7 +43,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::Message as _;
 
-use super::consumer::{delivery_stream, Shared};
+use super::consumer::{delivery_stream, MemberState};
 use super::reader::throwaway_consumer;
 use super::record;
 use super::retry_tiers::is_tier_topic;
@@ -122,7 +122,7 @@ impl ReplayWindow {
 pub struct ReplayBackend {
     kafka: KafkaBackend,
     window: Arc<ReplayWindow>,
-    runs: Arc<Mutex<Vec<Arc<Shared>>>>,
+    runs: Arc<Mutex<Vec<Arc<MemberState>>>>,
 }
 
 impl std::fmt::Debug for ReplayBackend {
@@ -145,7 +145,8 @@ impl ReplayBackend {
     /// Completes when every subscription started so far read its whole window and settled
     /// every delivery.
     pub async fn finished(&self) {
-        let runs: Vec<Arc<Shared>> = self.runs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let runs: Vec<Arc<MemberState>> =
+            self.runs.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for run in runs {
             run.closed().await;
         }
@@ -268,7 +269,7 @@ fn plan(
 
 fn run(
     consumer: BaseConsumer,
-    shared: Arc<Shared>,
+    shared: Arc<MemberState>,
     ends: BTreeMap<Tp, i64>,
     window: Arc<ReplayWindow>,
     types: Vec<Pattern>,
@@ -399,7 +400,7 @@ fn set_paused(consumer: &BaseConsumer, tps: &[Tp], pause: bool) {
     }
 }
 
-fn shared_matches(shared: &Shared, types: &[Pattern], event_type: &str) -> bool {
+fn shared_matches(shared: &MemberState, types: &[Pattern], event_type: &str) -> bool {
     shared.matches(event_type) && (types.is_empty() || types.iter().any(|p| p.matches(event_type)))
 }
 
@@ -444,7 +445,7 @@ impl Backend for ReplayBackend {
                 prefetch: request.prefetch.max(1),
             };
             let group = format!("{}.replay.{}", request.group, uuid::Uuid::now_v7().simple());
-            let shared = Shared::new(
+            let shared = MemberState::new(
                 &request.group,
                 &request.pattern,
                 limits,

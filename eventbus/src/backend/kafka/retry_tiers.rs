@@ -13,7 +13,7 @@
 //! partition. The due record re-enters the group's pipeline with its original topic, so a last
 //! failure dead-letters to `{topic}.dlq`, never to a tier's or back to the source topic.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::record::{ORIGIN_TOPIC_HEADER, RETRY_DUE_HEADER, RETRY_GROUP_HEADER};
 use crate::backend::{Message, RetryState};
@@ -66,14 +66,6 @@ pub(crate) fn tier_regex(source: &str) -> String {
     format!("^{base}\\.retry\\.[0-9]+(ms|s|m|h)$")
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// The tier record of `message` (as delivered, original topic restored) deferred by `group`
 /// for `delay` with retry state `state`.
 pub(crate) fn tier_message(
@@ -85,7 +77,8 @@ pub(crate) fn tier_message(
     let mut tier = message.clone();
     tier.set_retry_state(state);
     tier.topic = tier_topic(&message.topic, delay);
-    let due = now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+    let due = crate::clock::unix_ms()
+        .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
     tier.headers
         .insert(ORIGIN_TOPIC_HEADER.to_owned(), message.topic.clone());
     tier.headers
@@ -143,7 +136,7 @@ mod tests {
             headers: Default::default(),
             payload: b"{}".to_vec().into(),
         };
-        let before = now_ms();
+        let before = crate::clock::unix_ms();
         let state = RetryState {
             attempts: 3,
             round: 1,
@@ -156,6 +149,6 @@ mod tests {
         assert_eq!(t.headers[ORIGIN_TOPIC_HEADER], "orders");
         assert_eq!(t.headers[RETRY_GROUP_HEADER], "billing");
         let due: i64 = t.headers[RETRY_DUE_HEADER].parse().unwrap();
-        assert!(due >= before + 60_000 && due <= now_ms() + 60_000);
+        assert!(due >= before + 60_000 && due <= crate::clock::unix_ms() + 60_000);
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::backend::env_vars::EnvVars;
 use crate::error::Error;
 
 /// How long entries stay in a stream. Applied on every `XADD` with approximate trimming
@@ -46,16 +47,7 @@ impl Default for Retention {
     }
 }
 
-/// Where a new consumer group starts reading a stream that already exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StartFrom {
-    /// Only entries added after the group was created (`$`).
-    #[default]
-    Latest,
-    /// Everything still retained (`0`).
-    Earliest,
-}
+pub use crate::backend::StartFrom;
 
 /// Settings of the Redis backend.
 ///
@@ -205,82 +197,57 @@ impl RedisConfig {
     /// Reads the settings from `EVENTBUS_REDIS_*` environment variables: `URL` (required),
     /// `PREFIX`, `PER_TENANT_STREAMS` (`true`/`false`), `POOL_SIZE`, `BLOCK_MS`, `BATCH_SIZE`,
     /// `CLAIM_IDLE_MS`, `CLAIM_INTERVAL_MS`, `RETENTION_DAYS`, `MAX_LEN`, `INBOX_TTL_SECS`,
-    /// `PARTITIONS`, `LEASE_TTL_MS`, `CLUSTER` (`true`/`false`).
+    /// `PARTITIONS`, `LEASE_TTL_MS`, `START_FROM` (`earliest`/`latest`), `CLUSTER`
+    /// (`true`/`false`).
     pub fn from_env() -> Result<Self, Error> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
     /// Like [`RedisConfig::from_env`], reading variables through `lookup`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
-        const P: &str = "EVENTBUS_REDIS_";
-        let var = |name: &str| lookup(&format!("{P}{name}"));
-        let url = var("URL").ok_or_else(|| Error::config(format!("{P}URL"), "is not set"))?;
-        let mut config = RedisConfig::new(url);
-        let number = |name: &str| -> Result<Option<u64>, Error> {
-            var(name)
-                .map(|v| {
-                    v.trim().parse::<u64>().map_err(|_| {
-                        Error::config(format!("{P}{name}"), format!("`{v}` is not a whole number"))
-                    })
-                })
-                .transpose()
-        };
-        if let Some(prefix) = var("PREFIX") {
+        let vars = EnvVars::new("EVENTBUS_REDIS_", lookup);
+        let mut config = RedisConfig::new(vars.required("URL")?);
+        if let Some(prefix) = vars.get("PREFIX") {
             config.prefix = prefix;
         }
-        if let Some(v) = var("PER_TENANT_STREAMS") {
-            config.per_tenant_streams = match v.trim() {
-                "true" | "1" => true,
-                "false" | "0" => false,
-                _ => {
-                    return Err(Error::config(
-                        format!("{P}PER_TENANT_STREAMS"),
-                        format!("`{v}` is not true or false"),
-                    ))
-                }
-            };
+        if let Some(on) = vars.flag("PER_TENANT_STREAMS")? {
+            config.per_tenant_streams = on;
         }
-        if let Some(n) = number("POOL_SIZE")? {
-            config.pool_size = n as usize;
+        if let Some(n) = vars.number("POOL_SIZE")? {
+            config.pool_size = usize::try_from(n).unwrap_or(usize::MAX);
         }
-        if let Some(n) = number("BLOCK_MS")? {
-            config.block = Duration::from_millis(n);
+        if let Some(d) = vars.millis("BLOCK_MS")? {
+            config.block = d;
         }
-        if let Some(n) = number("BATCH_SIZE")? {
-            config.batch_size = n as usize;
+        if let Some(n) = vars.number("BATCH_SIZE")? {
+            config.batch_size = usize::try_from(n).unwrap_or(usize::MAX);
         }
-        if let Some(n) = number("CLAIM_IDLE_MS")? {
-            config.claim_idle = Duration::from_millis(n);
+        if let Some(d) = vars.millis("CLAIM_IDLE_MS")? {
+            config.claim_idle = d;
         }
-        if let Some(n) = number("CLAIM_INTERVAL_MS")? {
-            config.claim_interval = Duration::from_millis(n);
+        if let Some(d) = vars.millis("CLAIM_INTERVAL_MS")? {
+            config.claim_interval = d;
         }
-        if let Some(n) = number("RETENTION_DAYS")? {
-            config.retention.max_age = Some(Duration::from_secs(n * 24 * 3600));
+        if let Some(n) = vars.number("RETENTION_DAYS")? {
+            config.retention.max_age = Some(Duration::from_secs(n.saturating_mul(24 * 3600)));
         }
-        if let Some(n) = number("MAX_LEN")? {
-            config.retention.max_len = Some(n as usize);
+        if let Some(n) = vars.number("MAX_LEN")? {
+            config.retention.max_len = Some(usize::try_from(n).unwrap_or(usize::MAX));
         }
-        if let Some(n) = number("INBOX_TTL_SECS")? {
+        if let Some(n) = vars.number("INBOX_TTL_SECS")? {
             config.inbox_ttl = Duration::from_secs(n);
         }
-        if let Some(n) = number("PARTITIONS")? {
+        if let Some(n) = vars.number("PARTITIONS")? {
             config.partitions = u32::try_from(n).unwrap_or(u32::MAX);
         }
-        if let Some(n) = number("LEASE_TTL_MS")? {
-            config.lease_ttl = Duration::from_millis(n);
+        if let Some(d) = vars.millis("LEASE_TTL_MS")? {
+            config.lease_ttl = d;
         }
-        if let Some(v) = var("CLUSTER") {
-            config.cluster = match v.trim() {
-                "true" | "1" => true,
-                "false" | "0" => false,
-                _ => {
-                    return Err(Error::config(
-                        format!("{P}CLUSTER"),
-                        format!("`{v}` is not true or false"),
-                    ))
-                }
-            };
+        if let Some(start) = vars.choice("START_FROM", StartFrom::CHOICES)? {
+            config.start_from = start;
+        }
+        if let Some(on) = vars.flag("CLUSTER")? {
+            config.cluster = on;
         }
         config.validate()?;
         Ok(config)

@@ -144,15 +144,15 @@ async fn exchange(
 
 /// A shared Redis error as a source error.
 #[derive(Debug)]
-struct Shared(Arc<redis::RedisError>);
+struct SharedRedisError(Arc<redis::RedisError>);
 
-impl std::fmt::Display for Shared {
+impl std::fmt::Display for SharedRedisError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
     }
 }
 
-impl std::error::Error for Shared {}
+impl std::error::Error for SharedRedisError {}
 
 impl std::fmt::Debug for RedisInbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -171,7 +171,7 @@ impl InboxStore for RedisInbox {
         Box::pin(async move {
             sent.map_err(|e| Self::failure("MGET", e.into_send_error()))?;
             match answer.await {
-                Ok(result) => result.map_err(|e| Self::failure("MGET", Shared(e))),
+                Ok(result) => result.map_err(|e| Self::failure("MGET", SharedRedisError(e))),
                 Err(canceled) => Err(Self::failure("MGET", canceled)),
             }
         })
@@ -185,7 +185,7 @@ impl InboxStore for RedisInbox {
         Box::pin(async move {
             sent.map_err(|e| Self::failure("SET NX", e.into_send_error()))?;
             match answer.await {
-                Ok(result) => result.map_err(|e| Self::failure("SET NX", Shared(e))),
+                Ok(result) => result.map_err(|e| Self::failure("SET NX", SharedRedisError(e))),
                 Err(canceled) => Err(Self::failure("SET NX", canceled)),
             }
         })

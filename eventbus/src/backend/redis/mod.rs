@@ -44,7 +44,7 @@ mod pubsub;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::StreamExt;
@@ -141,10 +141,7 @@ fn redis_error(operation: &'static str) -> impl Fn(redis::RedisError) -> Error {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    u64::try_from(crate::clock::unix_ms()).unwrap_or(0)
 }
 
 impl RedisBackend {
