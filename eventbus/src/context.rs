@@ -12,8 +12,7 @@ use crate::extensions::Extensions;
 use crate::observability::{TraceParent, TRACEPARENT};
 use crate::publisher::Publisher;
 
-/// Header set on replayed deliveries.
-pub const REPLAY_HEADER: &str = "eventbus-replay";
+pub use crate::wire::REPLAY_HEADER;
 
 /// Facts about the delivery being handled. Cheap to clone.
 #[derive(Clone, Debug)]

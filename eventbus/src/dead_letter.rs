@@ -18,20 +18,14 @@ use crate::backend::{
 use crate::envelope::RawEnvelope;
 use crate::error::{DecodeError, Error};
 use crate::handler::ErrorKind;
-use crate::pipeline::park::REDRIVE_HEADER;
+use crate::wire::REDRIVE_HEADER;
 
-/// Suffix of dead-letter topics.
-pub const DLQ_SUFFIX: &str = ".dlq";
-
-const ORIGINAL_TOPIC: &str = "dlq-original-topic";
-const GROUP: &str = "dlq-group";
-const ERROR_KIND: &str = "dlq-error-kind";
-const ERROR: &str = "dlq-error";
-const ATTEMPTS: &str = "dlq-attempts";
-const FIRST_FAILURE: &str = "dlq-first-failure";
-const LAST_FAILURE: &str = "dlq-last-failure";
-/// Header of a metadata-only dead letter: the payload's size and why it could not be stored.
-pub const PAYLOAD_OMITTED: &str = "dlq-payload-omitted";
+pub use crate::wire::{dlq_topic, is_dlq_topic, DLQ_SUFFIX, PAYLOAD_OMITTED};
+use crate::wire::{
+    DLQ_ATTEMPTS as ATTEMPTS, DLQ_ERROR as ERROR, DLQ_ERROR_KIND as ERROR_KIND,
+    DLQ_FIRST_FAILURE as FIRST_FAILURE, DLQ_GROUP as GROUP, DLQ_LAST_FAILURE as LAST_FAILURE,
+    DLQ_ORIGINAL_TOPIC as ORIGINAL_TOPIC,
+};
 
 /// The longest error text a dead letter stores, in bytes (`dlq-error`); a longer one is cut at
 /// a character boundary and says how long it was.
@@ -47,16 +41,6 @@ pub fn capped_error_text(text: &str) -> String {
         end -= 1;
     }
     format!("{}… (truncated from {} bytes)", &text[..end], text.len())
-}
-
-/// The dead-letter topic of `topic`.
-pub fn dlq_topic(topic: &str) -> String {
-    format!("{topic}{DLQ_SUFFIX}")
-}
-
-/// Whether `topic` is a dead-letter topic; consumers never receive from these by pattern.
-pub fn is_dlq_topic(topic: &str) -> bool {
-    topic.ends_with(DLQ_SUFFIX)
 }
 
 /// Why and when a delivery failed for good.

@@ -15,10 +15,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, Message};
-use crate::context::REPLAY_HEADER;
-use crate::dead_letter::is_dlq_topic;
 use crate::error::Error;
 use crate::pattern::Pattern;
+use crate::wire::{is_dlq_topic, REPLAY_HEADER};
 
 /// What to replay.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,8 +8,9 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{ApiError, BodyFields, Params, State as AdminState};
-use crate::dead_letter::{DeadLetter, DLQ_SUFFIX};
+use crate::dead_letter::DeadLetter;
 use crate::pattern::Pattern;
+use crate::wire::DLQ_SUFFIX;
 
 /// Largest page.
 pub(crate) const MAX_LIMIT: usize = 500;

@@ -12,9 +12,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, BodyFields, State as AdminState};
-use crate::dead_letter::dlq_topic;
 use crate::error::Error;
 use crate::event::CatalogEntry;
+use crate::wire::dlq_topic;
 
 /// Compressions a request may ask for (Kafka's `compression.type` values).
 pub const COMPRESSIONS: &[&str] = &["none", "gzip", "snappy", "lz4", "zstd", "producer"];

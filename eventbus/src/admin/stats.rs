@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::State as AdminState;
-use crate::dead_letter::is_dlq_topic;
+use crate::wire::is_dlq_topic;
 
 /// One sample line of the text exposition format.
 #[derive(Debug, PartialEq)]

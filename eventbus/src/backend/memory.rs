@@ -24,9 +24,9 @@ use super::{
     Acknowledger, Backend, BackendAdmin, Cursor, Delivery, DeliveryStream, GroupLag, KeyPage,
     Message, Page, RetryState, StoredMessage, SubscribeRequest, MAX_PAGE,
 };
-use crate::dead_letter::is_dlq_topic;
 use crate::error::Error;
 use crate::pattern::PatternSet;
+use crate::wire::is_dlq_topic;
 
 /// An in-process message broker. Cheap to clone; clones share state.
 #[derive(Clone, Default)]

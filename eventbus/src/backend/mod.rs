@@ -27,26 +27,9 @@ pub mod redis;
 /// dead-letter metadata.
 pub type MessageHeaders = BTreeMap<String, String>;
 
-/// Header carrying how many attempts a message has had before this delivery.
-pub const ATTEMPT_HEADER: &str = "eventbus-attempt";
-/// Header carrying how many delayed-retry rounds a message has been through.
-pub const ROUND_HEADER: &str = "eventbus-round";
-/// Header carrying when the message first failed (RFC 3339).
-pub const FIRST_FAILURE_HEADER: &str = "eventbus-first-failure";
-/// Header carrying the envelope's tenant, for backends that route per tenant.
-pub const TENANT_HEADER: &str = "eventbus-tenant";
-
-/// Whether `name` is a header only the framework itself writes, on its own channels (retry
-/// tiers, retry streams, deliveries to one group): attempt counts, retry rounds and due times,
-/// origin topics, replay and redrive markers. Every `eventbus-` header but
-/// [`TENANT_HEADER`] (routing data the publisher copies from the envelope).
-///
-/// Such a header on a live topic was forged (or copied by a foreign producer): backends drop
-/// it with [`Message::strip_internal_headers`] so it can neither dead-letter an event early,
-/// hide it from a group, nor unpark a key.
-pub fn is_internal_header(name: &str) -> bool {
-    name.starts_with("eventbus-") && name != TENANT_HEADER
-}
+pub use crate::wire::{
+    is_internal_header, ATTEMPT_HEADER, FIRST_FAILURE_HEADER, ROUND_HEADER, TENANT_HEADER,
+};
 
 /// A message as a backend stores it: the encoded envelope plus routing data.
 #[derive(Debug, Clone, PartialEq)]

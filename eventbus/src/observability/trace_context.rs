@@ -2,8 +2,7 @@
 //! services: publishing starts a trace when none is given, a handler's span records the trace
 //! id, and follow-on events continue the trace as children of the handled event.
 
-/// The envelope header holding the W3C `traceparent`.
-pub const TRACEPARENT: &str = "traceparent";
+pub use crate::wire::TRACEPARENT;
 
 /// A parsed `traceparent`: version 00, trace id, parent span id, flags.
 #[derive(Debug, Clone, PartialEq, Eq)]

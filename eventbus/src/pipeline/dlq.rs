@@ -8,8 +8,9 @@ use futures::future::BoxFuture;
 use super::{DeliveryCx, Layer, Next, Outcome};
 use crate::backend::{Backend, Message};
 use crate::clock::Clock;
-use crate::dead_letter::{capped_error_text, dead_letter_message, PAYLOAD_OMITTED};
+use crate::dead_letter::{capped_error_text, dead_letter_message};
 use crate::retry::Terminal;
+use crate::wire::PAYLOAD_OMITTED;
 
 /// Publishes failed deliveries to `{topic}.dlq` with their failure metadata, or discards them
 /// when the subscription's terminal state is [`Terminal::Discard`].

@@ -63,7 +63,7 @@ impl DeliveryCx {
     /// backend. The attempt number continues from the larger of the redelivery count and the
     /// attempts recorded in the message's headers.
     pub fn new(message: Message, group: impl Into<String>, redeliveries: u32) -> Self {
-        let replay = message.headers.contains_key(crate::context::REPLAY_HEADER);
+        let replay = message.headers.contains_key(crate::wire::REPLAY_HEADER);
         let state = message.retry_state();
         DeliveryCx {
             group: group.into(),

@@ -12,8 +12,7 @@ use crate::dead_letter::DeadLetters;
 use crate::error::Error;
 use crate::handler::ErrorKind;
 
-/// Header marking a message re-published from the dead-letter queue.
-pub const REDRIVE_HEADER: &str = "eventbus-redrive";
+pub use crate::wire::REDRIVE_HEADER;
 
 /// When a keyed event fails for good, later events with the same key are dead-lettered beside
 /// it ("parked") instead of being handled out of order. A redriven event of that key unparks

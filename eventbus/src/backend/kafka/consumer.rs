@@ -34,9 +34,9 @@ use super::Inner;
 use crate::backend::{
     Acknowledger, Delivery, DeliveryStream, Message, RetryState, SubscribeRequest,
 };
-use crate::dead_letter::is_dlq_topic;
 use crate::error::Error;
 use crate::pattern::Pattern;
+use crate::wire::is_dlq_topic;
 
 const POLL: Duration = Duration::from_millis(20);
 const MAX_BATCH: usize = 2_000;

@@ -88,9 +88,9 @@ use super::{
     Backend, BackendAdmin, Cursor, DeliveryStream, GroupLag, KeyPage, Message, Page, StoredMessage,
     SubscribeRequest,
 };
-use crate::dead_letter::is_dlq_topic;
 use crate::error::Error;
 use crate::runtime;
+use crate::wire::is_dlq_topic;
 
 /// Counters of what the backend's consumers did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -310,7 +310,9 @@ impl Backend for KafkaBackend {
             for message in &messages {
                 // A dead letter goes to a dead-letter topic, never back to a live one: only a
                 // redrive (fresh headers) re-publishes its event.
-                if message.headers.contains_key("dlq-original-topic")
+                if message
+                    .headers
+                    .contains_key(crate::wire::DLQ_ORIGINAL_TOPIC)
                     && !is_dlq_topic(&message.topic)
                 {
                     return Err(Error::backend(

@@ -36,9 +36,9 @@ use super::config::Compression;
 use super::retry_tiers::tier_topic;
 use super::topics::describe;
 use super::Inner;
-use crate::dead_letter::dlq_topic;
 use crate::error::Error;
 use crate::event::CatalogEntry;
+use crate::wire::dlq_topic;
 
 /// The settings of one event topic.
 #[derive(Debug, Clone, PartialEq)]

@@ -53,10 +53,9 @@ use super::KafkaBackend;
 use crate::backend::{
     Backend, BackendAdmin, DeliveryStream, Message, StoredMessage, SubscribeRequest,
 };
-use crate::context::REPLAY_HEADER;
-use crate::dead_letter::is_dlq_topic;
 use crate::error::Error;
 use crate::pattern::Pattern;
+use crate::wire::{is_dlq_topic, REPLAY_HEADER};
 
 /// How the start of a window is found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -13,8 +13,8 @@ use rdkafka::error::RDKafkaErrorCode;
 
 use super::retry_tiers::{is_tier_topic, RETRY_INFIX};
 use super::Inner;
-use crate::dead_letter::{is_dlq_topic, DLQ_SUFFIX};
 use crate::error::Error;
+use crate::wire::{is_dlq_topic, DLQ_SUFFIX};
 
 /// A topic as the cluster describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,7 +16,7 @@
 //! | `{prefix}:inbox:{group}:{event id}` | string with TTL | inbox entries |
 //! | `{prefix}:live:{type}` | pub/sub channel | ephemeral notifications |
 
-use crate::dead_letter::DLQ_SUFFIX;
+use crate::wire::DLQ_SUFFIX;
 
 /// Key builder for one prefix.
 #[derive(Debug, Clone)]

@@ -62,7 +62,6 @@ use super::{
     Backend, BackendAdmin, BackendCounter, Cursor, DeliveryStream, GroupLag, KeyPage, Message,
     Page, StoredMessage, SubscribeRequest, MAX_PAGE, TENANT_HEADER,
 };
-use crate::dead_letter;
 use crate::error::Error;
 use crate::runtime::{default_runtime, Runtime};
 
@@ -319,7 +318,7 @@ impl Inner {
     /// publish, amortized, never by scanning.
     /// The stream `message` is appended to: its topic's partition for its key.
     fn partition_stream(&self, message: &Message, tenant: Option<&str>) -> String {
-        if dead_letter::is_dlq_topic(&message.topic) {
+        if crate::wire::is_dlq_topic(&message.topic) {
             return self.keys.stream(&message.topic, tenant);
         }
         let partitions = self.config.partitions_of(&message.topic);
@@ -333,7 +332,7 @@ impl Inner {
 
     /// Every partition stream of `topic` (without tenant), in partition order.
     fn topic_streams(&self, topic: &str) -> Vec<String> {
-        if dead_letter::is_dlq_topic(topic) {
+        if crate::wire::is_dlq_topic(topic) {
             return vec![self.keys.stream(topic, None)];
         }
         let partitions = self.config.partitions_of(topic);
