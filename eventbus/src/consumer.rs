@@ -14,7 +14,7 @@ use futures::{FutureExt, StreamExt};
 
 use crate::backend::{Delivery, DeliveryStream};
 use crate::clock::Clock;
-use crate::pipeline::{DeliveryCx, Outcome, Pipeline};
+use crate::pipeline::{record, DeliveryCx, Outcome, Pipeline, Settlement};
 use crate::runtime::task_group::TaskGroup;
 use crate::runtime::Runtime;
 
@@ -235,23 +235,19 @@ impl ConsumerLoop {
                 }
             };
             shared.count(&outcome);
-            match (&outcome, &cx.envelope) {
-                (Outcome::Handled, Some(envelope)) => {
-                    let age = (clock.now() - envelope.time).to_std().unwrap_or_default();
-                    metrics.handled(&cx.message.topic, &cx.group, age);
-                }
-                _ => metrics.outcome(&cx.message.topic, &cx.group, outcome.label()),
+            record(&outcome, &cx, &metrics, clock.now());
+            if let Outcome::Unsettled(error) = &outcome {
+                tracing::warn!(%error, "delivery left unsettled, redelivering after backoff");
             }
             let mut handed_back = false;
-            let settled = match outcome {
-                outcome if outcome.is_settled() => acker.ack().await,
-                Outcome::Deferred { delay, .. } if acker.can_defer() => {
-                    acker.defer(delay, cx.retry_state(true)).await
+            let settled = match Settlement::of(&outcome, &cx, &backoff) {
+                Settlement::Ack => acker.ack().await,
+                Settlement::Defer { delay, state } if acker.can_defer() => {
+                    acker.defer(delay, state).await
                 }
-                Outcome::Deferred { delay, .. } => {
+                Settlement::Defer { delay, state } => {
                     // The backend cannot park it durably: wait beside the consumer, not in it. A
                     // stop cuts the wait short: the redelivery is handed back at once.
-                    let state = cx.retry_state(true);
                     let wait = clock.sleep(delay);
                     let tasks = shared.tasks.clone();
                     let later = async move {
@@ -264,13 +260,10 @@ impl ConsumerLoop {
                     shared.tasks.spawn(&runtime, later);
                     Ok(())
                 }
-                other => {
-                    if let Outcome::Unsettled(error) = &other {
-                        tracing::warn!(%error, "delivery left unsettled, redelivering after backoff");
-                    }
-                    clock.sleep(backoff.delay(cx.attempt)).await;
+                Settlement::Redeliver { wait, state } => {
+                    clock.sleep(wait).await;
                     handed_back = true;
-                    acker.nack(cx.retry_state(false)).await
+                    acker.nack(state).await
                 }
             };
             if let Err(error) = settled {

@@ -29,6 +29,7 @@ mod guard;
 mod inbox;
 pub(crate) mod park;
 mod retry;
+mod settle;
 
 pub(crate) use decode::DecodeLayer;
 pub(crate) use dlq::DeadLetterLayer;
@@ -38,6 +39,7 @@ pub(crate) use inbox::InboxLayer;
 pub(crate) use park::ParkKeyLayer;
 pub use park::REDRIVE_HEADER;
 pub(crate) use retry::RetryLayer;
+pub(crate) use settle::{record, Settlement};
 
 /// One delivery travelling through the pipeline.
 #[derive(Debug)]
