@@ -3,119 +3,86 @@
 //! a bus starts); here they run at expansion time so a typo fails the build, with a message
 //! saying what is wrong. Segments are numbered from 1 in messages.
 
+use eventbus_names::{check_str, NameError};
+
 /// The longest accepted event name, pattern or topic, in bytes (Kafka's topic limit).
-pub(crate) const MAX_LEN: usize = 249;
+pub(crate) use eventbus_names::MAX_LEN;
 
 const CHARSET: &str = "ASCII letters, digits, `_` and `-`";
 
 fn allowed(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+    c.is_ascii() && eventbus_names::allowed(c as u8)
 }
 
-/// What a wildcard segment means, if the segment is one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wildcard {
-    /// `*`: exactly one segment.
-    Single,
-    /// `#` or `**`: one or more trailing segments.
-    Multi,
-}
-
-fn wildcard(segment: &str) -> Option<Wildcard> {
-    match segment {
-        "*" => Some(Wildcard::Single),
-        "#" | "**" => Some(Wildcard::Multi),
-        _ => None,
-    }
-}
-
-fn is_wildcard_char(c: char) -> bool {
-    c == '*' || c == '#'
-}
-
-/// Checks the length and that no segment is empty; shared by names and patterns.
-fn check_shape(what: &str, s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err(format!(
-            "{what} is empty; expected `.`-separated segments such as `approval.granted`"
-        ));
-    }
-    if s.len() > MAX_LEN {
-        return Err(format!(
-            "{what} is {} bytes long, the limit is {MAX_LEN}",
-            s.len()
-        ));
-    }
-    for (index, segment) in s.split('.').enumerate() {
-        if segment.is_empty() {
-            return Err(format!(
-                "segment {} of {what} `{s}` is empty; segments are separated by single dots, \
-                 with none at the start or end",
-                index + 1
-            ));
+/// The error of `s` (a pattern when `pattern`), said for the person who wrote it: segments
+/// counted from 1, the segment quoted. The checks are `eventbus_names`', the runtime's own.
+fn describe(s: &str, pattern: bool, error: NameError) -> String {
+    let what = if pattern { "pattern" } else { "event name" };
+    let segment = |index: usize| s.split('.').nth(index).unwrap_or_default();
+    match error {
+        NameError::Empty => {
+            format!("{what} is empty; expected `.`-separated segments such as `approval.granted`")
         }
+        NameError::TooLong { len } => {
+            format!("{what} is {len} bytes long, the limit is {MAX_LEN}")
+        }
+        NameError::EmptySegment { index } => format!(
+            "segment {} of {what} `{s}` is empty; segments are separated by single dots, with \
+             none at the start or end",
+            index + 1
+        ),
+        NameError::InvalidChar { ch, index } => {
+            let at = s
+                .get(..index)
+                .map_or(0, |before| before.matches('.').count());
+            match (ch, pattern) {
+                ('*' | '#', false) => wildcard_in_name(s, ch, at),
+                ('*' | '#', true) => format!(
+                    "segment {} of pattern `{s}` is `{}`, which mixes a wildcard with other \
+                     characters; `*`, `#` and `**` must each be a whole segment",
+                    at + 1,
+                    segment(at)
+                ),
+                _ => format!(
+                    "character {ch:?} in segment {} of {what} `{s}` is not allowed; segments may \
+                     contain {CHARSET}",
+                    at + 1
+                ),
+            }
+        }
+        NameError::WildcardInName { index } => {
+            let ch = segment(index).chars().next().unwrap_or('*');
+            wildcard_in_name(s, ch, index)
+        }
+        NameError::MisplacedMultiWildcard { index } => format!(
+            "`{}` is segment {} of {} in pattern `{s}`, but `#`/`**` (one or more segments) is \
+             only allowed as the last segment; use `*` to match exactly one segment",
+            segment(index),
+            index + 1,
+            s.split('.').count()
+        ),
+        other => format!("{what} `{s}` {other}"),
     }
-    Ok(())
 }
 
-/// Checks one literal segment's characters.
-fn check_chars(what: &str, s: &str, segment: &str, index: usize) -> Result<(), String> {
-    match segment.chars().find(|&c| !allowed(c)) {
-        None => Ok(()),
-        Some(c) => Err(format!(
-            "character {c:?} in segment {} of {what} `{s}` is not allowed; segments may contain \
-             {CHARSET}",
-            index + 1
-        )),
-    }
+fn wildcard_in_name(s: &str, ch: char, index: usize) -> String {
+    format!(
+        "event name `{s}` contains the wildcard {ch:?} (segment {}); an event name is concrete, \
+         wildcards only belong in `#[subscriber]` patterns",
+        index + 1
+    )
 }
 
 /// Checks an event name: one or more `.`-separated segments of letters, digits, `_` and `-`,
 /// no wildcards, at most [`MAX_LEN`] bytes.
 pub(crate) fn check_name(s: &str) -> Result<(), String> {
-    const WHAT: &str = "event name";
-    check_shape(WHAT, s)?;
-    for (index, segment) in s.split('.').enumerate() {
-        if let Some(c) = segment.chars().find(|&c| is_wildcard_char(c)) {
-            return Err(format!(
-                "event name `{s}` contains the wildcard {c:?} (segment {}); an event name is \
-                 concrete, wildcards only belong in `#[subscriber]` patterns",
-                index + 1
-            ));
-        }
-        check_chars(WHAT, s, segment, index)?;
-    }
-    Ok(())
+    check_str(s, false).map_err(|e| describe(s, false, e))
 }
 
 /// Checks a subscription pattern: like a name, but a segment may be `*` (exactly one segment),
 /// and the last segment may be `#` or `**` (one or more segments).
 pub(crate) fn check_pattern(s: &str) -> Result<(), String> {
-    const WHAT: &str = "pattern";
-    check_shape(WHAT, s)?;
-    let count = s.split('.').count();
-    for (index, segment) in s.split('.').enumerate() {
-        match wildcard(segment) {
-            Some(Wildcard::Multi) if index + 1 != count => {
-                return Err(format!(
-                    "`{segment}` is segment {} of {count} in pattern `{s}`, but `#`/`**` (one or \
-                     more segments) is only allowed as the last segment; use `*` to match exactly \
-                     one segment",
-                    index + 1
-                ));
-            }
-            Some(_) => {}
-            None if segment.chars().any(is_wildcard_char) => {
-                return Err(format!(
-                    "segment {} of pattern `{s}` is `{segment}`, which mixes a wildcard with other \
-                     characters; `*`, `#` and `**` must each be a whole segment",
-                    index + 1
-                ));
-            }
-            None => check_chars(WHAT, s, segment, index)?,
-        }
-    }
-    Ok(())
+    check_str(s, true).map_err(|e| describe(s, true, e))
 }
 
 /// Checks a topic: 1 to [`MAX_LEN`] characters of ASCII letters, digits, `.`, `_` and `-`, and

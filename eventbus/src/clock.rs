@@ -42,6 +42,7 @@ impl Clock for SystemClock {
 
 /// Wall-clock Unix time in milliseconds (transport timestamps, SQLite columns, retry due
 /// times), whatever [`Clock`] the bus runs on.
+#[cfg(any(feature = "redis", feature = "kafka", feature = "sqlite"))]
 pub(crate) fn unix_ms() -> i64 {
     Utc::now().timestamp_millis()
 }

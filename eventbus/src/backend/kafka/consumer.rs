@@ -35,7 +35,7 @@ use crate::backend::{
     Acknowledger, Delivery, DeliveryStream, Message, RetryState, SubscribeRequest,
 };
 use crate::error::Error;
-use crate::pattern::Pattern;
+use crate::pattern::{Pattern, Segment};
 use crate::wire::is_dlq_topic;
 
 const POLL: Duration = Duration::from_millis(20);
@@ -59,12 +59,11 @@ pub(crate) fn pattern_regex(pattern: &Pattern) -> Option<String> {
         return None;
     }
     let segments: Vec<String> = pattern
-        .as_str()
-        .split('.')
-        .map(|s| match s {
-            "*" => "[^.]+".to_owned(),
-            "#" | "**" => ".+".to_owned(),
-            literal => escape_regex(literal),
+        .segments()
+        .map(|segment| match segment {
+            Segment::Single => "[^.]+".to_owned(),
+            Segment::Multi => ".+".to_owned(),
+            Segment::Literal(literal) => escape_regex(literal),
         })
         .collect();
     Some(format!("^{}$", segments.join("\\.")))
