@@ -4,9 +4,6 @@
 //! consumer groups with an acknowledger. Decoding, deduplication, retries and dead-lettering
 //! live in the [pipeline](crate::pipeline) so no backend re-implements them.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
@@ -23,96 +20,10 @@ pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
 
-/// Transport-level headers (next to the envelope, not inside it): attempt counts and
-/// dead-letter metadata.
-pub type MessageHeaders = BTreeMap<String, String>;
-
 pub use crate::wire::{
-    is_internal_header, ATTEMPT_HEADER, FIRST_FAILURE_HEADER, ROUND_HEADER, TENANT_HEADER,
+    is_internal_header, Message, MessageHeaders, RetryState, ATTEMPT_HEADER, FIRST_FAILURE_HEADER,
+    ROUND_HEADER, TENANT_HEADER,
 };
-
-/// A message as a backend stores it: the encoded envelope plus routing data.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    /// Destination topic (stream).
-    pub topic: String,
-    /// Partition key: messages with the same key are delivered in order.
-    pub key: Option<String>,
-    /// The event's type, duplicated from the envelope so routing does not parse the payload.
-    pub event_type: String,
-    /// Transport headers.
-    pub headers: MessageHeaders,
-    /// The envelope's JSON bytes.
-    pub payload: Arc<[u8]>,
-}
-
-impl Message {
-    /// The attempt count the message carries (0 when never attempted).
-    pub fn attempts_header(&self) -> u32 {
-        self.headers
-            .get(ATTEMPT_HEADER)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-
-    /// The retry state the message carries.
-    pub fn retry_state(&self) -> RetryState {
-        RetryState {
-            attempts: self.attempts_header(),
-            round: self
-                .headers
-                .get(ROUND_HEADER)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-            first_failure: self
-                .headers
-                .get(FIRST_FAILURE_HEADER)
-                .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok())
-                .map(|t| t.with_timezone(&chrono::Utc)),
-        }
-    }
-
-    /// Drops every [internal header](is_internal_header): backends call it on records read
-    /// from a live topic, where only producers (never the framework's retry channels) write.
-    /// Returns how many were dropped; a non-zero count is logged.
-    pub fn strip_internal_headers(&mut self) -> usize {
-        let before = self.headers.len();
-        self.headers.retain(|name, _| !is_internal_header(name));
-        let dropped = before - self.headers.len();
-        if dropped > 0 {
-            tracing::warn!(
-                topic = %self.topic,
-                event_type = %self.event_type,
-                dropped,
-                "ignored internal eventbus headers on a live topic (forged or copied by another producer)"
-            );
-        }
-        dropped
-    }
-
-    /// Writes a retry state into the headers.
-    pub fn set_retry_state(&mut self, state: &RetryState) {
-        self.headers
-            .insert(ATTEMPT_HEADER.to_owned(), state.attempts.to_string());
-        self.headers
-            .insert(ROUND_HEADER.to_owned(), state.round.to_string());
-        if let Some(first) = state.first_failure {
-            self.headers
-                .insert(FIRST_FAILURE_HEADER.to_owned(), first.to_rfc3339());
-        }
-    }
-}
-
-/// How far a delivery got through its retry policy; carried across redeliveries in headers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RetryState {
-    /// Attempts made so far.
-    pub attempts: u32,
-    /// Delayed-retry rounds done so far.
-    pub round: u32,
-    /// When the first attempt failed.
-    pub first_failure: Option<chrono::DateTime<chrono::Utc>>,
-}
 
 /// What a consumer asks a backend for.
 #[derive(Debug, Clone)]
