@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use eventbus::backend::kafka::rdkafka::mocking::MockCluster;
 use eventbus::outbox::sqlx::{self, PgPool, SqlitePool};
-use eventbus_integration::{require_server, scaled};
+use eventbus_integration::{fresh_postgres_database, require_server, scaled};
 
 /// Orders per crash run.
 const ORDERS: usize = 60;
@@ -328,23 +328,6 @@ fn sqlite_file(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("order-saga-{name}-{}.db", eventbus::Uuid::now_v7()))
 }
 
-/// A fresh database on the server of `admin_url`; returns its URL.
-async fn fresh_postgres(admin_url: &str) -> String {
-    let name = format!("order_saga_{}", eventbus::Uuid::now_v7().simple());
-    let admin = PgPool::connect(admin_url).await.expect("connect");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .expect("create database");
-    admin.close().await;
-    let (base, query) = match admin_url.split_once('?') {
-        Some((base, query)) => (base, format!("?{query}")),
-        None => (admin_url, String::new()),
-    };
-    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
-    format!("{server}/{name}{query}")
-}
-
 /// The mock cluster's brokers, with a short session so the killed member's partitions move
 /// to the second process within seconds.
 fn kafka_env(brokers: String) -> Vec<(&'static str, String)> {
@@ -400,7 +383,7 @@ fn a_kill_9_loses_and_doubles_no_step_on_postgres_and_kafka() {
             return;
         };
         let mock = MockCluster::new(1).expect("mock cluster");
-        let db = Db::Postgres(fresh_postgres(&admin).await);
+        let db = Db::Postgres(fresh_postgres_database(&admin, "order_saga").await);
         crash_and_finish(db, &kafka_env(mock.bootstrap_servers())).await;
     });
 }
@@ -425,7 +408,7 @@ fn a_kill_9_loses_and_doubles_no_step_on_postgres_and_redis() {
         let Some(admin) = require_server("DATABASE_URL", "order_saga_postgres_redis") else {
             return;
         };
-        let db = Db::Postgres(fresh_postgres(&admin).await);
+        let db = Db::Postgres(fresh_postgres_database(&admin, "order_saga").await);
         crash_and_finish(db, &redis_env(url)).await;
     });
 }

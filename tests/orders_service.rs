@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use eventbus::backend::kafka::rdkafka::mocking::MockCluster;
 use eventbus::outbox::sqlx::{self, PgPool};
-use eventbus_integration::{require_server, scaled, Tansu};
+use eventbus_integration::{fresh_postgres_database, require_server, scaled, Tansu};
 
 /// The example's binary, as `cargo build --examples` leaves it (`scripts/test` builds it; the
 /// `examples/orders_service-<hash>` files of `cargo test` are test harnesses, not the program).
@@ -123,23 +123,6 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A fresh database on the server of `admin_url`; returns its URL.
-async fn fresh_database(admin_url: &str) -> String {
-    let name = format!("orders_{}", eventbus::Uuid::now_v7().simple());
-    let admin = PgPool::connect(admin_url).await.expect("connect");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .expect("create database");
-    admin.close().await;
-    let (base, query) = match admin_url.split_once('?') {
-        Some((base, query)) => (base, format!("?{query}")),
-        None => (admin_url, String::new()),
-    };
-    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
-    format!("{server}/{name}{query}")
 }
 
 /// Posts orders from two threads into `taken` until `limit` are taken, or until a request
@@ -291,7 +274,7 @@ async fn every_order_gets_one_follow_on_through_a_sigterm_on_the_mock_cluster() 
     let Some(admin_url) = require_server("DATABASE_URL", "orders_service_mock") else {
         return;
     };
-    let database_url = fresh_database(&admin_url).await;
+    let database_url = fresh_postgres_database(&admin_url, "orders").await;
     let mock = MockCluster::new(1).expect("mock cluster");
     run(&database_url, &mock.bootstrap_servers()).await;
 }
@@ -304,7 +287,7 @@ async fn every_order_gets_one_follow_on_through_a_sigterm_on_tansu() {
     if require_server("EVENTBUS_TANSU_BIN", "orders_service_tansu").is_none() {
         return;
     }
-    let database_url = fresh_database(&admin_url).await;
+    let database_url = fresh_postgres_database(&admin_url, "orders").await;
     let tansu = tokio::task::spawn_blocking(Tansu::private)
         .await
         .expect("start tansu");

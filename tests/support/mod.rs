@@ -63,6 +63,25 @@ pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) 
     }
 }
 
+/// A new, empty database named `{prefix}_{uuid}` on the PostgreSQL server of `admin_url`;
+/// returns its URL (same server, user and parameters).
+pub async fn fresh_postgres_database(admin_url: &str, prefix: &str) -> String {
+    use eventbus::outbox::sqlx::{self, PgPool};
+    let name = format!("{prefix}_{}", uuid::Uuid::now_v7().simple());
+    let admin = PgPool::connect(admin_url).await.expect("connect");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    admin.close().await;
+    let (base, query) = match admin_url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (admin_url, String::new()),
+    };
+    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
+    format!("{server}/{name}{query}")
+}
+
 /// A key prefix no other test uses.
 pub fn unique_prefix(name: &str) -> String {
     format!("t-{name}-{}", uuid::Uuid::now_v7().simple())
