@@ -140,7 +140,8 @@ pub async fn load<S: Saga, DB: SqlDatabase>(
     pool: &Pool<DB>,
     id: &str,
 ) -> Result<Option<Instance<S>>, Error> {
-    let row = DB::saga_get(pool, S::NAME, id)
+    let mut conn = pool.acquire().await.map_err(|e| saga_error("load", e))?;
+    let row = DB::saga_load(&mut *conn, S::NAME, id)
         .await
         .map_err(|e| saga_error("load", e))?;
     row.map(|row| {

@@ -96,21 +96,6 @@ impl SagaDriver for Sqlite {
         })
     }
 
-    fn saga_get<'a>(
-        pool: &'a Pool<Self>,
-        saga: &'a str,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<SagaRow>, sqlx::Error>> {
-        Box::pin(async move {
-            let found = sqlx::query(LOAD)
-                .bind(saga)
-                .bind(id)
-                .fetch_optional(pool)
-                .await?;
-            found.as_ref().map(row).transpose()
-        })
-    }
-
     fn saga_cleanup(
         pool: &Pool<Self>,
         age: Duration,

@@ -22,7 +22,7 @@ pub struct SagaRow {
 
 /// The SQL of the saga table on one database.
 pub trait SagaDriver: sqlx::Database {
-    /// The instance `(saga, id)`, read inside the step's transaction.
+    /// The instance `(saga, id)`, on `conn` (the step's transaction, or a pooled connection).
     fn saga_load<'c>(
         conn: &'c mut Self::Connection,
         saga: &'c str,
@@ -48,13 +48,6 @@ pub trait SagaDriver: sqlx::Database {
         version: i64,
         completed: bool,
     ) -> BoxFuture<'c, Result<bool, sqlx::Error>>;
-
-    /// The instance `(saga, id)`, outside any step.
-    fn saga_get<'a>(
-        pool: &'a Pool<Self>,
-        saga: &'a str,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<SagaRow>, sqlx::Error>>;
 
     /// Deletes (or archives) up to `limit` instances completed more than `age` ago.
     fn saga_cleanup(
