@@ -610,6 +610,133 @@ async fn members_split_partitions_and_a_killed_member_is_taken_over(b: &Broker) 
     bus_b.shutdown(Duration::from_secs(10)).await;
 }
 
+// --- pause across a rebalance ----------------------------------------------------------------
+
+#[event(name = "par.job.queued", version = 1, key = queue)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct ParkedJob {
+    queue: String,
+    n: u32,
+    run: String,
+}
+
+/// A partition paused for backpressure when it is revoked, and later assigned back, is fetched
+/// again: librdkafka keeps a partition's pause flag across revoke and re-assignment, so a
+/// member that forgot to resume it would never read that partition again.
+async fn a_partition_paused_when_revoked_flows_again_when_reassigned(b: &Broker) {
+    let mut config = b.config();
+    config.consumer.max_buffered_per_partition = 4;
+    config.consumer.rebalance_drain_timeout = Duration::from_secs(1);
+    let backend_a = b.connect(config.clone()).await;
+    let backend_b = b.connect(config).await;
+    b.topic(&backend_a, "par.job.queued", 2).await;
+    let run = run_id();
+    let g = group("parked");
+    let seen: Arc<Mutex<HashSet<Uuid>>> = Arc::default();
+    let gate_a = Arc::new(AtomicBool::new(false));
+    let make = |name: &str, gate: Option<Arc<AtomicBool>>| {
+        let (seen, run) = (seen.clone(), run.clone());
+        Subscription::new("par.job.queued", move |env: Envelope<ParkedJob>| {
+            let (seen, run, gate) = (seen.clone(), run.clone(), gate.clone());
+            async move {
+                while gate.as_ref().is_some_and(|g| !g.load(Ordering::SeqCst)) {
+                    eventbus_integration::sleep(Duration::from_millis(5)).await;
+                }
+                if env.data.run == run {
+                    seen.lock().unwrap().insert(env.id);
+                }
+                Ok(())
+            }
+        })
+        .group(g.clone())
+        .concurrency(1)
+        .with_name(name.to_owned())
+    };
+    let batch = |from: u32| -> Vec<Envelope<ParkedJob>> {
+        (from..from + 200)
+            .map(|n| {
+                Envelope::new(ParkedJob {
+                    queue: format!("q{}", n % 20),
+                    n,
+                    run: run.clone(),
+                })
+            })
+            .collect()
+    };
+    let bus_a = Bus::builder()
+        .backend(backend_a.clone())
+        .subscribe(make("a", Some(gate_a.clone())))
+        .start()
+        .await
+        .unwrap();
+    wait_assigned(&[&backend_a], &g, 2).await;
+    let first = batch(0);
+    let mut ids: HashSet<Uuid> = first.iter().map(|e| e.id).collect();
+    bus_a.publisher().publish_batch(first).await.unwrap();
+    // A's handler is held: both partitions fill their buffers and are paused.
+    assert!(
+        eventually(WAIT, || backend_a.stats().pauses >= 2).await,
+        "A never paused both partitions: {:?}",
+        backend_a.stats()
+    );
+    // B joins: one of A's paused partitions is revoked and goes to B.
+    let bus_b = Bus::builder()
+        .backend(backend_b.clone())
+        .subscribe(make("b", None))
+        .start()
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            backend_a.assignment(&g).len() == 1 && backend_b.assignment(&g).len() == 1
+        })
+        .await,
+        "the members never split the partitions: A {:?}, B {:?}",
+        backend_a.assignment(&g),
+        backend_b.assignment(&g)
+    );
+    gate_a.store(true, Ordering::SeqCst);
+    let handled = || seen.lock().unwrap().len();
+    if let Err(progress) = wait_for_progress(
+        "first batch handled",
+        ids.len(),
+        Duration::from_secs(30),
+        Duration::from_secs(120),
+        handled,
+    )
+    .await
+    {
+        panic!(
+            "{progress}; A {:?}, B {:?}",
+            backend_a.stats(),
+            backend_b.stats()
+        );
+    }
+    // B leaves: its partition, paused on A when A gave it up, comes back to A.
+    bus_b.shutdown(Duration::from_secs(10)).await;
+    wait_assigned(&[&backend_a], &g, 2).await;
+    let second = batch(200);
+    ids.extend(second.iter().map(|e| e.id));
+    bus_a.publisher().publish_batch(second).await.unwrap();
+    if let Err(progress) = wait_for_progress(
+        "both batches handled by A after B left",
+        ids.len(),
+        Duration::from_secs(30),
+        Duration::from_secs(120),
+        handled,
+    )
+    .await
+    {
+        panic!(
+            "{progress}; A holds {:?}; A {:?}",
+            backend_a.assignment(&g),
+            backend_a.stats()
+        );
+    }
+    assert_eq!(*seen.lock().unwrap(), ids, "nothing lost");
+    bus_a.shutdown(Duration::from_secs(10)).await;
+}
+
 // --- commit after handle -----------------------------------------------------------------------
 
 #[event(name = "cah.step.done", version = 1, key = flow)]
@@ -1776,6 +1903,7 @@ conformance!(
     a_dead_letter_over_the_size_limit_is_kept_as_metadata,
     replay_to_one_group_and_group_lag,
     binary_mode_records_carry_data_and_ce_headers,
+    a_partition_paused_when_revoked_flows_again_when_reassigned,
 );
 
 /// Member takeover runs on the mock cluster only: under this churn (two members joining, one

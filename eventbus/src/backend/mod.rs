@@ -15,6 +15,8 @@ pub(crate) mod env_vars;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 #[cfg(any(feature = "redis", feature = "kafka"))]
+// Public through `backend::redis` only.
+#[cfg_attr(not(feature = "redis"), allow(unreachable_pub))]
 pub(crate) mod key_hash;
 pub mod memory;
 #[cfg(feature = "redis")]

@@ -11,7 +11,8 @@
 //!   each partition, every `commit_every` messages or `commit_interval`.
 //! - **Rebalance**: a revoked partition stops handing out messages, waits (bounded by
 //!   `rebalance_drain_timeout`) for its in-flight ones, commits what is done, and drops the
-//!   rest for the new owner; late settlements of it are ignored.
+//!   rest for the new owner; late settlements of it are ignored. An assigned partition is
+//!   resumed, since librdkafka keeps the pause flag of one revoked while paused.
 //! - **Shutdown**: dropping the stream stops the thread, which commits what is done and closes
 //!   the consumer (leaving the group).
 
@@ -264,6 +265,25 @@ impl ConsumerContext for Callbacks {
             Rebalance::Error(error) => {
                 tracing::warn!(group = %shared.group, %error, "rebalance error");
             }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(tpl) = rebalance else {
+            return;
+        };
+        // librdkafka keeps a partition's pause flag through revocation and re-assignment: a
+        // partition paused when it was revoked would come back paused, and the tracker (which
+        // starts it afresh) would never resume it. Every assigned partition the tracker does
+        // not hold paused is resumed.
+        let tps = tps_of(tpl, &mut Topics::default());
+        let unpaused = self.shared.lock().unpaused(&tps);
+        if unpaused.is_empty() {
+            return;
+        }
+        let positions: Vec<(Tp, i64)> = unpaused.into_iter().map(|tp| (tp, 0)).collect();
+        if let Err(error) = consumer.resume(&tpl_of(&positions)) {
+            tracing::warn!(group = %self.shared.group, %error, "resuming assigned partitions failed");
         }
     }
 

@@ -447,6 +447,14 @@ impl Tracker {
         changes
     }
 
+    /// Those of `tps` held and not paused by this tracker.
+    pub(crate) fn unpaused(&self, tps: &[Tp]) -> Vec<Tp> {
+        tps.iter()
+            .filter(|tp| self.parts.get(*tp).is_some_and(|p| !p.paused))
+            .cloned()
+            .collect()
+    }
+
     /// Whether every assigned partition has nothing buffered, held or in flight.
     pub(crate) fn is_idle(&self) -> bool {
         self.parts
