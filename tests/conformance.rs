@@ -2151,6 +2151,140 @@ async fn an_aggregate_rebuilt_from_the_log_matches_its_live_projection(b: &Under
     }
 }
 
+// --- 16. the admin API's topics agree -------------------------------------------------------
+
+#[event(name = "dash.order.created", version = 1, key = order_id)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct DashOrderCreated {
+    order_id: String,
+    n: u32,
+}
+
+/// `GET` of the admin API at `base` as JSON.
+async fn admin_get(base: &str, path: &str) -> serde_json::Value {
+    let url = format!("{base}{path}");
+    unblock(move || {
+        let mut response = ureq::get(&url)
+            .call()
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        response
+            .body_mut()
+            .read_json()
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    })
+    .await
+}
+
+/// The dead-lettered count of `topic` in `GET /api/stats` and its queue in `GET /dlq`.
+async fn admin_dead_letters(base: &str, topic: &str) -> (u64, Option<u64>, serde_json::Value) {
+    let stats = admin_get(base, "/api/stats").await;
+    let counted = stats["topics"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["topic"] == topic))
+        .and_then(|t| t["dead_lettered"].as_u64())
+        .unwrap_or(0);
+    let dlq = admin_get(base, "/dlq?limit=500").await;
+    let queued = dlq["topics"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["topic"] == topic))
+        .and_then(|t| t["size"].as_u64());
+    (counted, queued, dlq)
+}
+
+/// A service with one wildcard subscriber and no catalog: the admin API's throughput counts
+/// and its dead-letter listing agree on the topic the subscriber discovered, and a restarted
+/// process (no metrics yet) still lists the dead letters the backend holds.
+async fn the_admin_api_lists_dead_letters_of_topics_outside_the_catalog(b: &Under) {
+    const N: u32 = 40;
+    let t = "dash.order.created";
+    b.topic(t, 2).await;
+    let g = group("dash");
+    let start = |backend: Arc<dyn Backend>| {
+        let g = g.clone();
+        async move {
+            let bus = Bus::builder()
+                .backend_arc(backend)
+                .subscribe(
+                    Subscription::new(
+                        "dash.order.*",
+                        |env: Envelope<serde_json::Value>| async move {
+                            if env.data["n"].as_u64().is_some_and(|n| n % 5 == 0) {
+                                Err(HandlerError::permanent("card declined"))
+                            } else {
+                                Ok(())
+                            }
+                        },
+                    )
+                    .group(g),
+                )
+                .start()
+                .await
+                .expect("start");
+            let bus = Arc::new(bus);
+            let admin = eventbus_integration::serve_admin(
+                bus.clone(),
+                eventbus::admin::AdminConfig::new("127.0.0.1:0".parse().expect("address")),
+            )
+            .await;
+            let base = format!("http://{}", admin.local_addr());
+            (bus, admin, base)
+        }
+    };
+    let (bus, admin, base) = start(b.member().await).await;
+    for n in 0..N {
+        bus.publish(DashOrderCreated {
+            order_id: format!("o-{n}"),
+            n,
+        })
+        .await
+        .expect("publish");
+    }
+    let failing = u64::from(N / 5);
+    let settled = || {
+        let s = bus.stats();
+        s.handled + s.dead_lettered
+    };
+    assert!(
+        eventually(WAIT, || settled() == u64::from(N)).await,
+        "settled {} of {N}: {:?}",
+        settled(),
+        bus.stats()
+    );
+    let (counted, queued, dlq) = admin_dead_letters(&base, t).await;
+    assert_eq!(
+        (counted, queued),
+        (failing, Some(failing)),
+        "/api/stats counts {counted} dead-lettered, /dlq holds {queued:?}: {dlq}"
+    );
+    assert_eq!(dlq["total"], failing, "{dlq}");
+    let items = dlq["items"].as_array().expect("items");
+    assert_eq!(items.len() as u64, failing, "{dlq}");
+    assert!(
+        items.iter().all(|d| d["original_topic"] == t
+            && d["failure"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("card declined"))),
+        "every dead letter names its topic and reason: {dlq}"
+    );
+    let one = items[0]["id"].as_str().expect("id");
+    let inspected = admin_get(&base, &format!("/dlq/{t}/{one}")).await;
+    assert_eq!(inspected["original_topic"], t, "{inspected}");
+    admin.shutdown().await;
+    bus.shutdown(Duration::from_secs(10)).await;
+
+    // A restarted process has no metrics yet: the backend still says where dead letters are.
+    let (bus, admin, base) = start(b.member().await).await;
+    let (counted, queued, dlq) = admin_dead_letters(&base, t).await;
+    assert_eq!(
+        (counted, queued),
+        (0, Some(failing)),
+        "after a restart: {dlq}"
+    );
+    assert_eq!(dlq["total"], failing, "{dlq}");
+    admin.shutdown().await;
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -2226,4 +2360,5 @@ conformance!(
     cloudevents_sdk_reads_ours_and_we_handle_its,
     older_versions_reach_the_handler_through_upcasters,
     an_aggregate_rebuilt_from_the_log_matches_its_live_projection,
+    the_admin_api_lists_dead_letters_of_topics_outside_the_catalog,
 );

@@ -321,6 +321,7 @@ impl BusBuilder {
             return Err(Error::config("lag_interval", "must be positive"));
         }
         let mut names = Vec::new();
+        let mut subscribed_topics = BTreeSet::new();
         for (subscription, pattern) in planned {
             // The catalog's topics of matching events, and the topics of the handler's own
             // event types, so that a typed handler reads its topic without a catalog.
@@ -348,6 +349,7 @@ impl BusBuilder {
                 );
             }
             let options = subscription.options().clone();
+            subscribed_topics.extend(topics.iter().cloned());
             let request = SubscribeRequest {
                 group: subscription.group_name().to_owned(),
                 pattern: pattern.clone(),
@@ -412,6 +414,7 @@ impl BusBuilder {
             clock,
             shared,
             subscriptions: names,
+            subscribed_topics: subscribed_topics.into_iter().collect(),
             metrics,
             catalog: self.catalog,
             runtime,
@@ -429,6 +432,7 @@ pub struct Bus {
     clock: Arc<dyn Clock>,
     shared: Arc<BusState>,
     subscriptions: Vec<String>,
+    subscribed_topics: Vec<String>,
     metrics: Arc<Metrics>,
     catalog: Vec<CatalogEntry>,
     runtime: Arc<dyn Runtime>,
@@ -551,6 +555,13 @@ impl Bus {
     /// Names of the running subscriptions.
     pub fn subscriptions(&self) -> &[String] {
         &self.subscriptions
+    }
+
+    /// The topics the subscriptions read by name, sorted: those of the catalog entries their
+    /// patterns match and those of their handlers' own event types. Topics a wildcard pattern
+    /// finds in the backend later are not listed.
+    pub fn subscribed_topics(&self) -> &[String] {
+        &self.subscribed_topics
     }
 
     /// What the consumers did so far.

@@ -71,9 +71,9 @@ impl Filter {
 }
 
 /// The original topic named by a path or parameter (a `.dlq` suffix is accepted and dropped).
-/// It must be a topic of the bus's catalog: a request never makes the server read, or create
-/// metrics for, a topic name it made up.
-fn topic_name(state: &AdminState, raw: &str, field: &str) -> Result<String, ApiError> {
+/// It must be a topic the bus knows ([`super::topics::known`]): a request never makes the
+/// server read, or create metrics for, a topic name it made up.
+async fn topic_name(state: &AdminState, raw: &str, field: &str) -> Result<String, ApiError> {
     let topic = raw.strip_suffix(DLQ_SUFFIX).unwrap_or(raw).trim();
     if topic.is_empty() {
         return Err(ApiError::bad_request(field, format!("`{field}` is empty")));
@@ -84,10 +84,17 @@ fn topic_name(state: &AdminState, raw: &str, field: &str) -> Result<String, ApiE
             format!("`{field}` holds control characters"),
         ));
     }
-    if !super::catalog::topics(state).iter().any(|t| t == topic) {
+    if !super::topics::known_now(state)
+        .await
+        .iter()
+        .any(|t| t == topic)
+    {
         return Err(ApiError::bad_request(
             field,
-            format!("`{topic}` is not a topic of this service's catalog (`BusBuilder::catalog`)"),
+            format!(
+                "`{topic}` is not a topic this service knows (its catalog, subscriptions, \
+                 published or handled topics, or a dead-letter topic in the backend)"
+            ),
         ));
     }
     Ok(topic.to_owned())
@@ -100,8 +107,8 @@ async fn size(state: &AdminState, topic: &str) -> Result<u64, ApiError> {
     Ok(size)
 }
 
-/// Counts every catalog topic's dead letters for `event_dlq_size` when the last refresh is
-/// older than the configured interval.
+/// Counts the dead letters of every topic the bus knows for `event_dlq_size` when the last
+/// refresh is older than the configured interval.
 pub(crate) async fn refresh_sizes_if_due(state: &AdminState) {
     {
         let mut last = state
@@ -113,7 +120,7 @@ pub(crate) async fn refresh_sizes_if_due(state: &AdminState) {
         }
         *last = Some(Instant::now());
     }
-    for topic in super::catalog::topics(state) {
+    for topic in super::topics::known_now(state).await {
         if let Err(error) = size(state, &topic).await {
             tracing::debug!(%topic, error = %error, "dead-letter size not refreshed");
             return;
@@ -213,15 +220,15 @@ async fn list_topics(
 }
 
 /// `GET /dlq?topic=&type=&error=&group=&offset=&limit=`: dead letters of one topic, or of every
-/// catalog topic, oldest first per topic, with the size of each queue.
+/// topic the bus knows, oldest first per topic, with the size of each queue.
 pub(crate) async fn list(
     State(state): State<AdminState>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let params = Params::parse(query.as_deref(), LIST_PARAMS)?;
     let topics = match params.text("topic") {
-        Some(topic) => vec![topic_name(&state, topic, "topic")?],
-        None => super::catalog::topics(&state),
+        Some(topic) => vec![topic_name(&state, topic, "topic").await?],
+        None => super::topics::known_now(&state).await,
     };
     list_topics(&state, topics, &params).await
 }
@@ -233,7 +240,12 @@ pub(crate) async fn list_topic(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let params = Params::parse(query.as_deref(), TOPIC_PARAMS)?;
-    list_topics(&state, vec![topic_name(&state, &topic, "topic")?], &params).await
+    list_topics(
+        &state,
+        vec![topic_name(&state, &topic, "topic").await?],
+        &params,
+    )
+    .await
 }
 
 /// `GET /dlq/{topic}/{id}`: the metadata and the original envelope.
@@ -241,7 +253,7 @@ pub(crate) async fn inspect(
     State(state): State<AdminState>,
     Path((topic, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let topic = topic_name(&state, &topic, "topic")?;
+    let topic = topic_name(&state, &topic, "topic").await?;
     let letter = state.bus.dead_letters().get(&topic, &id).await?;
     let mut value = summary(&letter);
     let (envelope, text) = match serde_json::from_slice::<Value>(&letter.payload) {
@@ -324,7 +336,7 @@ pub(crate) async fn redrive_one(
     State(state): State<AdminState>,
     Path((topic, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let topic = topic_name(&state, &topic, "topic")?;
+    let topic = topic_name(&state, &topic, "topic").await?;
     let redriven = state
         .bus
         .dead_letters()
@@ -350,7 +362,7 @@ pub(crate) async fn purge_one(
     State(state): State<AdminState>,
     Path((topic, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let topic = topic_name(&state, &topic, "topic")?;
+    let topic = topic_name(&state, &topic, "topic").await?;
     let dead_letters = state.bus.dead_letters();
     dead_letters.get(&topic, &id).await?;
     let purged = dead_letters.purge(&topic, vec![id.clone()]).await?;
@@ -394,7 +406,7 @@ async fn bulk(
     body: &[u8],
     action: Bulk,
 ) -> Result<Json<Value>, ApiError> {
-    let topic = topic_name(state, topic, "topic")?;
+    let topic = topic_name(state, topic, "topic").await?;
     let dead_letters = state.bus.dead_letters();
     let (requested, done) = match select(state, &topic, body).await? {
         Selection::Ids(ids) => {

@@ -64,6 +64,7 @@ mod provision;
 mod replay;
 mod run;
 mod stats;
+mod topics;
 
 use std::future::Future;
 use std::net::SocketAddr;

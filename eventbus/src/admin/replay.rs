@@ -74,13 +74,13 @@ pub(crate) async fn start(
         group: fields.get("group", "a consumer group name")?,
     };
     request.validate()?;
-    if !super::catalog::topics(&state).contains(&request.topic) {
+    if !super::topics::known_now(&state)
+        .await
+        .contains(&request.topic)
+    {
         return Err(ApiError::bad_request(
             "topic",
-            format!(
-                "`{}` is not a topic of this service's catalog (`BusBuilder::catalog`)",
-                request.topic
-            ),
+            format!("`{}` is not a topic this service knows", request.topic),
         ));
     }
     if let Some(group) = &request.group {

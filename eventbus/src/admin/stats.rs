@@ -96,7 +96,9 @@ struct TopicStats {
 
 /// Counters per topic and bus totals.
 pub(crate) async fn stats(State(state): State<AdminState>) -> Json<Value> {
-    let mut topics: BTreeMap<String, TopicStats> = super::catalog::topics(&state)
+    let samples = parse_samples(&state.bus.metrics().encode());
+    let mut topics: BTreeMap<String, TopicStats> = super::topics::known(&state, &samples)
+        .await
         .into_iter()
         .map(|t| {
             (
@@ -108,7 +110,7 @@ pub(crate) async fn stats(State(state): State<AdminState>) -> Json<Value> {
             )
         })
         .collect();
-    for sample in parse_samples(&state.bus.metrics().encode()) {
+    for sample in samples {
         let Some(topic) = sample.labels.get("topic") else {
             continue;
         };

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::error::Error;
 use crate::pattern::PatternSet;
-use crate::wire::is_dlq_topic;
+use crate::wire::{is_dlq_topic, DLQ_SUFFIX};
 
 /// An in-process message broker. Cheap to clone; clones share state.
 #[derive(Clone, Default)]
@@ -398,6 +398,18 @@ impl Backend for MemoryBackend {
 }
 
 impl BackendAdmin for MemoryBackend {
+    fn dead_letter_topics(&self) -> BoxFuture<'_, Result<Vec<String>, Error>> {
+        let mut topics: Vec<String> = self
+            .lock()
+            .topics
+            .keys()
+            .filter_map(|t| t.strip_suffix(DLQ_SUFFIX))
+            .map(str::to_owned)
+            .collect();
+        topics.sort_unstable();
+        Box::pin(async move { Ok(topics) })
+    }
+
     fn group_lag(&self) -> BoxFuture<'_, Result<Vec<GroupLag>, Error>> {
         let lags = {
             let state = self.lock();

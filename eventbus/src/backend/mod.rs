@@ -268,6 +268,14 @@ pub trait BackendAdmin: Send + Sync {
 
     /// Lag of every consumer group the backend knows.
     fn group_lag(&self) -> BoxFuture<'_, Result<Vec<GroupLag>, Error>>;
+
+    /// The original topics that have a dead-letter topic in the backend, sorted: how the
+    /// admin API finds dead letters of topics no catalog names (a wildcard subscription's
+    /// topics, another process's topics, dead letters left from before a restart). The
+    /// default knows none.
+    fn dead_letter_topics(&self) -> BoxFuture<'_, Result<Vec<String>, Error>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// The admin tools of `backend`, or an error naming the operation it lacks.

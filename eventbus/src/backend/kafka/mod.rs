@@ -90,7 +90,7 @@ use super::{
 };
 use crate::error::Error;
 use crate::runtime;
-use crate::wire::is_dlq_topic;
+use crate::wire::{is_dlq_topic, DLQ_SUFFIX};
 
 /// Counters of what the backend's consumers did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -478,6 +478,16 @@ impl BackendAdmin for KafkaBackend {
     /// For each group consuming through this backend and each topic it holds partitions of:
     /// deliveries in flight here (`pending`) and records not yet committed (`lag`, high
     /// watermark minus committed offset, summed over the topic's partitions).
+    fn dead_letter_topics(&self) -> BoxFuture<'_, Result<Vec<String>, Error>> {
+        Box::pin(async move {
+            Ok(topics::describe(&self.inner, None)
+                .await?
+                .into_keys()
+                .filter_map(|t| t.strip_suffix(DLQ_SUFFIX).map(str::to_owned))
+                .collect())
+        })
+    }
+
     fn group_lag(&self) -> BoxFuture<'_, Result<Vec<GroupLag>, Error>> {
         Box::pin(async move {
             let mut groups: std::collections::BTreeMap<

@@ -539,6 +539,34 @@ impl Inner {
     }
 }
 
+impl RedisBackend {
+    /// The event streams this backend knows: the stream registry's and those its consumers
+    /// read (a stream written by another producer may be in only the latter), sorted.
+    async fn known_streams(&self) -> Result<Vec<String>, Error> {
+        let mut conn = self.inner.conn();
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.inner.keys.registry())
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error("SMEMBERS"))?;
+        let mut streams: Vec<String> = members
+            .iter()
+            .filter_map(|m| Keys::parse_registry_member(m).map(|(s, _)| s.to_owned()))
+            .collect();
+        streams.extend(
+            self.inner
+                .read
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
+        streams.sort_unstable();
+        streams.dedup();
+        Ok(streams)
+    }
+}
+
 impl Backend for RedisBackend {
     fn name(&self) -> &'static str {
         "redis"
@@ -785,28 +813,40 @@ impl BackendAdmin for RedisBackend {
         })
     }
 
+    fn dead_letter_topics(&self) -> BoxFuture<'_, Result<Vec<String>, Error>> {
+        Box::pin(async move {
+            let mut topics: Vec<String> = self
+                .known_streams()
+                .await?
+                .iter()
+                .map(|s| Keys::topic_of(s).to_owned())
+                .collect();
+            topics.sort_unstable();
+            topics.dedup();
+            let mut conn = self.inner.conn();
+            let mut found = Vec::new();
+            for topic in topics {
+                let dlq = self
+                    .inner
+                    .keys
+                    .stream(&crate::wire::dlq_topic(&topic), None);
+                let exists: bool = redis::cmd("EXISTS")
+                    .arg(&dlq)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(redis_error("EXISTS"))?;
+                if exists {
+                    found.push(topic);
+                }
+            }
+            Ok(found)
+        })
+    }
+
     fn group_lag(&self) -> BoxFuture<'_, Result<Vec<GroupLag>, Error>> {
         Box::pin(async move {
+            let streams = self.known_streams().await?;
             let mut conn = self.inner.conn();
-            let members: Vec<String> = redis::cmd("SMEMBERS")
-                .arg(self.inner.keys.registry())
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_error("SMEMBERS"))?;
-            let mut streams: Vec<String> = members
-                .iter()
-                .filter_map(|m| Keys::parse_registry_member(m).map(|(s, _)| s.to_owned()))
-                .collect();
-            streams.extend(
-                self.inner
-                    .read
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .cloned(),
-            );
-            streams.sort_unstable();
-            streams.dedup();
             let mut lags = Vec::new();
             for stream in streams {
                 let info: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
