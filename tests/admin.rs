@@ -601,6 +601,25 @@ fn invalid_admin_config_is_rejected_naming_the_setting() {
         .block_on(eventbus::admin::serve(bus, config))
         .expect_err("address in use");
     assert!(err.to_string().contains("admin.bind"), "{err}");
+    for (config, setting) in [
+        (
+            eventbus::admin::AdminConfig::default().series_interval(Duration::from_millis(10)),
+            "admin.series_interval",
+        ),
+        (
+            eventbus::admin::AdminConfig::default().series_window(Duration::from_secs(1)),
+            "admin.series_window",
+        ),
+        (
+            eventbus::admin::AdminConfig::default()
+                .series_interval(Duration::from_millis(100))
+                .series_window(Duration::from_secs(3600)),
+            "admin.series_window",
+        ),
+    ] {
+        let err = config.validate().expect_err(setting);
+        assert!(err.to_string().contains(setting), "{err}");
+    }
 }
 
 fn wait_replay(f: &Fixture, id: &str) -> Value {
@@ -856,6 +875,104 @@ fn stats_count_per_topic() {
     assert!(topics
         .iter()
         .all(|t| !t["topic"].as_str().expect("topic").ends_with(".dlq")));
+}
+
+/// The time series: readings every interval, per-second rates of each topic's counters and
+/// the lag of each group, over a window that forgets older readings.
+#[test]
+fn series_hold_rates_per_topic_and_lag_per_group() {
+    let f = Fixture::start_with(|c| {
+        c.series_interval(Duration::from_millis(200))
+            .series_window(Duration::from_secs(2))
+    });
+    let series = |f: &Fixture| {
+        let (status, body) = f.get("/api/series");
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    // Waits for the readings after the events to include them.
+    let wait = |f: &Fixture, what: &str, ok: &dyn Fn(&Value) -> bool| -> Value {
+        let start = Instant::now();
+        loop {
+            let body = series(f);
+            if ok(&body) {
+                return body;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{what}: never seen in {body}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // Each rate times its interval, summed: how many events the points hold.
+    let total = |body: &Value, topic: &str, field: &str| -> f64 {
+        let mut start = body["since"].as_f64().unwrap_or(0.0);
+        let mut sum = 0.0;
+        let Some(rates) = body["topics"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|t| t["topic"] == topic))
+            .and_then(|t| t[field].as_array())
+        else {
+            return 0.0;
+        };
+        for (rate, time) in rates.iter().zip(body["times"].as_array().expect("times")) {
+            let time = time.as_f64().expect("time");
+            sum += rate.as_f64().expect("rate") * (time - start) / 1000.0;
+            start = time;
+        }
+        sum
+    };
+    // A first point exists before the events, so every event lands in some interval.
+    wait(&f, "a first point", &|b| {
+        b["times"].as_array().is_some_and(|t| !t.is_empty())
+    });
+    f.dead_orders(3);
+    let body = wait(&f, "3 published and dead-lettered orders", &|b| {
+        total(b, "orders", "published") > 2.9 && total(b, "orders", "dead_lettered") > 2.9
+    });
+    assert_eq!(body["interval_seconds"], 0.2, "{body}");
+    assert_eq!(body["window_seconds"], 2.0, "{body}");
+    let times = body["times"].as_array().expect("times");
+    assert!(
+        times.windows(2).all(|w| w[0].as_i64() < w[1].as_i64()),
+        "{body}"
+    );
+    for topic in body["topics"].as_array().expect("topics") {
+        for field in ["published", "handled", "failed", "dead_lettered"] {
+            assert_eq!(
+                topic[field].as_array().map(Vec::len),
+                Some(times.len()),
+                "one value per time: {topic}"
+            );
+        }
+        assert!(
+            !topic["topic"].as_str().expect("topic").ends_with(".dlq"),
+            "{body}"
+        );
+    }
+    for (field, events) in [("published", 3.0), ("dead_lettered", 3.0)] {
+        let sum = total(&body, "orders", field);
+        assert!(
+            (sum - events).abs() < 0.05,
+            "{field}: rates add up to {sum}, not {events}: {body}"
+        );
+    }
+    let groups: Vec<&str> = body["lag"]
+        .as_array()
+        .expect("lag")
+        .iter()
+        .filter_map(|g| g["group"].as_str())
+        .collect();
+    assert!(
+        groups.contains(&"billing") && groups.contains(&"audit"),
+        "{body}"
+    );
+    // After the window, the events are forgotten: every rate is back to zero.
+    wait(&f, "the window forgetting the events", &|b| {
+        total(b, "orders", "published") == 0.0
+            && b["times"].as_array().is_some_and(|t| t.len() >= 5)
+    });
 }
 
 #[test]

@@ -415,6 +415,8 @@ impl BusBuilder {
             shared,
             subscriptions: names,
             subscribed_topics: subscribed_topics.into_iter().collect(),
+            #[cfg(feature = "admin")]
+            series: std::sync::OnceLock::new(),
             metrics,
             catalog: self.catalog,
             runtime,
@@ -433,6 +435,9 @@ pub struct Bus {
     shared: Arc<BusState>,
     subscriptions: Vec<String>,
     subscribed_topics: Vec<String>,
+    /// The dashboard's time series, sampled once an admin router exists.
+    #[cfg(feature = "admin")]
+    series: std::sync::OnceLock<Arc<crate::observability::series::SeriesRecorder>>,
     metrics: Arc<Metrics>,
     catalog: Vec<CatalogEntry>,
     runtime: Arc<dyn Runtime>,
@@ -562,6 +567,36 @@ impl Bus {
     /// finds in the backend later are not listed.
     pub fn subscribed_topics(&self) -> &[String] {
         &self.subscribed_topics
+    }
+
+    /// The dashboard's time series: started on first call (every `interval`, keeping
+    /// `window`), on the bus's executor and stopped with it; later calls get the same series
+    /// whatever they ask.
+    #[cfg(feature = "admin")]
+    pub(crate) fn series(
+        &self,
+        interval: Duration,
+        window: Duration,
+    ) -> Arc<crate::observability::series::SeriesRecorder> {
+        self.series
+            .get_or_init(|| {
+                let recorder = Arc::new(crate::observability::series::SeriesRecorder::new(
+                    interval, window,
+                ));
+                // Real time even under a virtual clock, as for the lag: operations, not the
+                // timeline a test drives.
+                let wall: Arc<dyn Clock> = Arc::new(SystemClock::new(self.runtime.clone()));
+                let task = crate::observability::series::sample_every(
+                    recorder.clone(),
+                    self.backend.clone(),
+                    self.metrics.clone(),
+                    wall,
+                    self.shared.tasks.clone(),
+                );
+                self.shared.tasks.spawn(&self.runtime, task);
+                recorder
+            })
+            .clone()
     }
 
     /// What the consumers did so far.

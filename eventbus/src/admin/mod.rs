@@ -31,6 +31,7 @@
 //! | `GET /catalog` | the catalog as JSON, each event with its JSON schema | reads |
 //! | `GET /catalog/asyncapi` | an AsyncAPI 3.0.0 document of the catalog | reads |
 //! | `GET /api/stats` | counters per topic and bus totals, for the dashboard | reads |
+//! | `GET /api/series` | published, handled, failed and dead-lettered per second per topic, and lag per group, over the last 15 minutes | reads |
 //! | `GET /dlq?topic=&type=&error=&group=&offset=&limit=` | dead letters, filtered and paged, with sizes per topic | reads |
 //! | `GET /dlq/{topic}` | the same for one topic | reads |
 //! | `GET /dlq/{topic}/{id}` | one dead letter: metadata and its envelope | reads |
@@ -63,6 +64,7 @@ mod lag;
 mod provision;
 mod replay;
 mod run;
+mod series;
 mod stats;
 mod topics;
 
@@ -100,13 +102,18 @@ pub const PREFIX_ENV: &str = "EVENTBUS_ADMIN_PREFIX";
 
 /// Shortest accepted token.
 pub const MIN_TOKEN_LEN: usize = 16;
+/// Shortest accepted [`AdminConfig::series_interval`].
+pub const MIN_SERIES_INTERVAL: Duration = Duration::from_millis(100);
+/// Most readings an [`AdminConfig::series_window`] may hold.
+pub const MAX_SERIES_POINTS: usize = 10_000;
 
 /// A readiness check: `Ok` when the dependency is reachable, else why not.
 pub type ReadinessCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// How the admin server listens and whom it lets in. Deserializable (`bind`, `token`,
-/// `version`, `protect_reads`, `ready_timeout`, `dlq_gauge_interval`, `allowed_hosts`,
-/// `prefix`; durations such as `"2s"`); readiness checks and the provisioner are code.
+/// `version`, `protect_reads`, `ready_timeout`, `dlq_gauge_interval`, `series_interval`,
+/// `series_window`, `allowed_hosts`, `prefix`; durations such as `"2s"`); readiness checks
+/// and the provisioner are code.
 #[derive(Clone, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
@@ -118,6 +125,10 @@ pub struct AdminConfig {
     ready_timeout: Duration,
     #[serde(with = "humantime_serde")]
     dlq_gauge_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    series_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    series_window: Duration,
     #[serde(skip)]
     checks: Vec<(String, ReadinessCheck)>,
     #[serde(skip)]
@@ -141,6 +152,9 @@ impl std::fmt::Debug for AdminConfig {
             .field("version", &self.version)
             .field("protect_reads", &self.protect_reads)
             .field("ready_timeout", &self.ready_timeout)
+            .field("dlq_gauge_interval", &self.dlq_gauge_interval)
+            .field("series_interval", &self.series_interval)
+            .field("series_window", &self.series_window)
             .field(
                 "checks",
                 &self.checks.iter().map(|(n, _)| n).collect::<Vec<_>>(),
@@ -161,6 +175,8 @@ impl AdminConfig {
             protect_reads: false,
             ready_timeout: Duration::from_secs(2),
             dlq_gauge_interval: Duration::from_secs(15),
+            series_interval: Duration::from_secs(5),
+            series_window: Duration::from_secs(15 * 60),
             checks: Vec::new(),
             provisioner: None,
             allowed_hosts: Vec::new(),
@@ -235,6 +251,20 @@ impl AdminConfig {
     /// (15 s by default; listing them refreshes it too).
     pub fn dlq_gauge_interval(mut self, interval: Duration) -> Self {
         self.dlq_gauge_interval = interval;
+        self
+    }
+
+    /// How often the dashboard's time series read the bus's counters and lag (5 s by
+    /// default; at least 100 ms). The first router built for a bus starts the sampling, on the
+    /// bus's executor; it stops with the bus.
+    pub fn series_interval(mut self, interval: Duration) -> Self {
+        self.series_interval = interval;
+        self
+    }
+
+    /// How much of the time series is kept (15 minutes by default; at most 10 000 readings).
+    pub fn series_window(mut self, window: Duration) -> Self {
+        self.series_window = window;
         self
     }
 
@@ -331,6 +361,29 @@ impl AdminConfig {
         if self.ready_timeout.is_zero() {
             return Err(Error::config("admin.ready_timeout", "must be positive"));
         }
+        if self.series_interval < MIN_SERIES_INTERVAL {
+            return Err(Error::config(
+                "admin.series_interval",
+                format!(
+                    "is {:?}; use at least {MIN_SERIES_INTERVAL:?}",
+                    self.series_interval
+                ),
+            ));
+        }
+        if self.series_window < self.series_interval {
+            return Err(Error::config(
+                "admin.series_window",
+                "is shorter than admin.series_interval",
+            ));
+        }
+        if self.series_window.as_secs_f64() / self.series_interval.as_secs_f64()
+            > MAX_SERIES_POINTS as f64
+        {
+            return Err(Error::config(
+                "admin.series_window",
+                format!("holds more than {MAX_SERIES_POINTS} readings of admin.series_interval"),
+            ));
+        }
         if self.protect_reads && self.token.is_none() {
             return Err(Error::config(
                 "admin.protect_reads",
@@ -356,6 +409,7 @@ pub(crate) struct AdminState {
     pub(crate) started: DateTime<Utc>,
     pub(crate) replays: replay::Replays,
     pub(crate) dlq_refreshed: Mutex<Option<Instant>>,
+    pub(crate) series: Arc<crate::observability::series::SeriesRecorder>,
 }
 
 pub(crate) type State = Arc<AdminState>;
@@ -365,8 +419,10 @@ pub(crate) type State = Arc<AdminState>;
 /// Fails with [`Error::Config`] naming the setting when `config` is invalid.
 pub fn router(bus: Arc<Bus>, config: AdminConfig) -> Result<Router, Error> {
     config.validate()?;
+    let series = bus.series(config.series_interval, config.series_window);
     let state: State = Arc::new(AdminState {
         bus,
+        series,
         config,
         started: Utc::now(),
         replays: replay::Replays::default(),
@@ -390,6 +446,7 @@ pub fn router(bus: Arc<Bus>, config: AdminConfig) -> Result<Router, Error> {
         .route("/catalog", get(catalog::catalog))
         .route("/catalog/asyncapi", get(catalog::asyncapi))
         .route("/api/stats", get(stats::stats))
+        .route("/api/series", get(series::series))
         .route("/replay", get(replay::list))
         .route("/replay/{id}", get(replay::get))
         .route("/lag", get(lag::lag))

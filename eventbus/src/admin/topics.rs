@@ -3,8 +3,8 @@
 
 use std::collections::BTreeSet;
 
-use super::stats::Sample;
 use super::State as AdminState;
+use crate::observability::exposition::Sample;
 use crate::wire::is_dlq_topic;
 
 /// The topics of `samples`' `topic` labels (dead-letter topics left out).
@@ -39,6 +39,6 @@ pub(crate) async fn known(state: &AdminState, samples: &[Sample]) -> Vec<String>
 
 /// [`known`] with the bus's current metrics.
 pub(crate) async fn known_now(state: &AdminState) -> Vec<String> {
-    let samples = super::stats::parse_samples(&state.bus.metrics().encode());
+    let samples = crate::observability::exposition::parse_samples(&state.bus.metrics().encode());
     known(state, &samples).await
 }

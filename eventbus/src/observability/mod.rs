@@ -3,10 +3,14 @@
 //! event id, type, topic, group, attempt, correlation id, tenant and trace id. With feature
 //! `opentelemetry`, the `otel` module joins the `traceparent` to OpenTelemetry traces.
 
+#[cfg(feature = "admin")]
+pub(crate) mod exposition;
 pub(crate) mod lag;
 mod metrics;
 #[cfg(feature = "opentelemetry")]
 pub mod otel;
+#[cfg(feature = "admin")]
+pub(crate) mod series;
 mod trace_context;
 
 pub use metrics::Metrics;
