@@ -20,23 +20,6 @@ use eventbus_integration::{fresh_postgres_database, require_server, scaled};
 /// Orders per crash run.
 const ORDERS: usize = 60;
 
-/// The example's binary (`cargo build --workspace --examples`).
-fn saga_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let binary = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target directory")
-        .join("examples")
-        .join("order_saga");
-    assert!(
-        binary.exists(),
-        "{} is missing: build it with `cargo build --workspace --examples`",
-        binary.display()
-    );
-    binary
-}
-
 /// A running `order_saga` process and what it printed.
 struct Process {
     child: Child,
@@ -45,7 +28,7 @@ struct Process {
 
 impl Process {
     fn start(env: &[(&str, String)]) -> Process {
-        let mut command = Command::new(saga_binary());
+        let mut command = Command::new(eventbus_integration::example_binary("order_saga"));
         command.env_remove("DATABASE_URL");
         for (key, value) in env {
             command.env(key, value);

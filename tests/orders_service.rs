@@ -5,7 +5,6 @@
 //! exactly one confirmation recorded by its consumer; no order may be confirmed twice or lost.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,24 +13,6 @@ use std::time::{Duration, Instant};
 use eventbus::backend::kafka::rdkafka::mocking::MockCluster;
 use eventbus::outbox::sqlx::{self, PgPool};
 use eventbus_integration::{fresh_postgres_database, require_server, scaled, Tansu};
-
-/// The example's binary, as `cargo build --examples` leaves it (`scripts/test` builds it; the
-/// `examples/orders_service-<hash>` files of `cargo test` are test harnesses, not the program).
-fn service_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let binary = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target directory")
-        .join("examples")
-        .join("orders_service");
-    assert!(
-        binary.exists(),
-        "{} is missing: build it with `cargo build --workspace --examples`",
-        binary.display()
-    );
-    binary
-}
 
 /// A running service process and the addresses it printed.
 struct Service {
@@ -42,7 +23,7 @@ struct Service {
 
 impl Service {
     fn start(database_url: &str, brokers: &str) -> Service {
-        let mut child = Command::new(service_binary())
+        let mut child = Command::new(eventbus_integration::example_binary("orders_service"))
             .env("DATABASE_URL", database_url)
             .env("EVENTBUS_KAFKA_BROKERS", brokers)
             .env("ORDERS_HTTP_BIND", "127.0.0.1:0")

@@ -82,6 +82,24 @@ pub async fn fresh_postgres_database(admin_url: &str, prefix: &str) -> String {
     format!("{server}/{name}{query}")
 }
 
+/// The binary of example `name` beside the test binaries (`target/debug/examples/{name}`);
+/// panics, saying how to build it, when it is missing.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let binary = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory")
+        .join("examples")
+        .join(name);
+    assert!(
+        binary.exists(),
+        "{} is missing: build it with `cargo build --workspace --examples`",
+        binary.display()
+    );
+    binary
+}
+
 /// A key prefix no other test uses.
 pub fn unique_prefix(name: &str) -> String {
     format!("t-{name}-{}", uuid::Uuid::now_v7().simple())
