@@ -110,7 +110,10 @@ fn duration_setting(name: &str, default: &str) -> Result<Duration, String> {
 }
 
 async fn backend() -> Result<Arc<dyn Backend>, Box<dyn std::error::Error>> {
-    match std::env::var("EVENTBUS_REDIS_URL").ok().filter(|u| !u.is_empty()) {
+    match std::env::var("EVENTBUS_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
         Some(url) => {
             let mut config = RedisConfig::new(&url);
             config.prefix = setting(

@@ -1,15 +1,22 @@
 //! The dashboard end to end in headless Chromium: loads the page against a running bus, checks
-//! the numbers it shows, inspects a dead letter, clicks retry and sees it gone.
+//! the numbers it shows, inspects a dead letter, clicks retry and sees it gone; and against
+//! `examples/dashboard` (a live stream with failures) on memory and on Redis, checks the charts
+//! move, the dead-letter panel lists the failures with their reasons, and a retry from the
+//! page removes one and gets it handled.
 //!
 //! Drives Chromium through chromedriver's WebDriver HTTP API. Gated on `EVENTBUS_CHROMEDRIVER`
 //! (the chromedriver binary; `scripts/lib/browser.sh` installs Debian's `chromium` and
 //! `chromium-driver` and sets it). `EVENTBUS_CHROMIUM` overrides the browser binary, and
-//! `EVENTBUS_DASHBOARD_SCREENSHOT` names a PNG file to save the final page to.
+//! `EVENTBUS_DASHBOARD_SCREENSHOT` names a PNG file to save the final page to, and
+//! `EVENTBUS_DASHBOARD_DOCS_SCREENSHOT=docs/dashboard.png` has the example's case save the
+//! README's screenshot there once its charts span their window.
 
 mod admin_support;
 
+use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use admin_support::{Fixture, OrderCreated, UserSignedUp, TOKEN};
@@ -253,17 +260,46 @@ impl Session<'_> {
         }
     }
 
+    /// Saves the page to `EVENTBUS_DASHBOARD_SCREENSHOT`, when set (for a failure's report).
     fn screenshot(&self) {
-        let Ok(path) = std::env::var("EVENTBUS_DASHBOARD_SCREENSHOT") else {
-            return;
-        };
-        let (status, value) = self.call("GET", "/screenshot", None);
-        if status != 200 {
-            return;
+        if let Ok(path) = std::env::var("EVENTBUS_DASHBOARD_SCREENSHOT") {
+            if let Some(png) = self.png() {
+                let _ = std::fs::write(&path, png);
+                eprintln!("dashboard screenshot: {path}");
+            }
         }
-        if let Some(png) = value.as_str().and_then(decode_base64) {
-            let _ = std::fs::write(&path, png);
-            eprintln!("dashboard screenshot: {path}");
+    }
+
+    /// The visible page as PNG bytes.
+    fn png(&self) -> Option<Vec<u8>> {
+        let (status, value) = self.call("GET", "/screenshot", None);
+        (status == 200).then_some(())?;
+        value.as_str().and_then(decode_base64)
+    }
+
+    /// Polls `script` (a `return` expression) until `done` accepts its value (40 s at most).
+    fn wait_for(&self, what: &str, script: &str, done: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_within(what, script, Duration::from_secs(40), done)
+    }
+
+    fn wait_for_within(
+        &self,
+        what: &str,
+        script: &str,
+        deadline: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let start = Instant::now();
+        loop {
+            let value = self.script(script);
+            if done(&value) {
+                return value;
+            }
+            if start.elapsed() > deadline {
+                self.screenshot();
+                panic!("{what}: the page shows {value}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 }
@@ -407,4 +443,270 @@ fn dashboard_shows_the_bus_and_retries_a_dead_letter() {
         .contains("redriven"));
     browser.wait_text("#dlq-sizes span[data-topic=\"orders\"]", "orders: 6");
     browser.screenshot();
+}
+
+/// `examples/dashboard` running, and what it printed.
+struct Example {
+    child: Child,
+    page: String,
+    token: String,
+    output: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Example {
+    /// Starts the example (`redis`: on that server, else on memory) with a short series
+    /// window and gateway outages every `outages` (`0`: none), and waits for its address.
+    fn start(redis: Option<&str>, window: &str, outages: &str) -> Example {
+        let mut command = Command::new(eventbus_integration::example_binary("dashboard"));
+        command
+            .env("EVENTBUS_ADMIN_BIND", "127.0.0.1:0")
+            .env("DASHBOARD_SERIES_INTERVAL", "1s")
+            .env("DASHBOARD_SERIES_WINDOW", window)
+            .env("DASHBOARD_OUTAGE_EVERY", outages)
+            .env_remove("EVENTBUS_ADMIN_TOKEN")
+            .env_remove("EVENTBUS_REDIS_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(url) = redis {
+            command.env("EVENTBUS_REDIS_URL", url);
+        }
+        let mut child = command.spawn().expect("start examples/dashboard");
+        let output: Arc<Mutex<Vec<String>>> = Arc::default();
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = output.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("example: {line}");
+                lines.lock().expect("lock").push(line);
+            }
+        });
+        let mut example = Example {
+            child,
+            page: String::new(),
+            token: String::new(),
+            output,
+        };
+        let start = Instant::now();
+        loop {
+            let lines = example.output.lock().expect("lock").clone();
+            for line in &lines {
+                if let Some(url) = line.strip_prefix("dashboard: ") {
+                    example.page = url.trim().to_owned();
+                }
+                if let Some(rest) = line.strip_prefix("admin token: ") {
+                    example.token = rest.split_whitespace().next().unwrap_or("").to_owned();
+                }
+            }
+            if !example.page.is_empty() && !example.token.is_empty() {
+                return example;
+            }
+            if let Ok(Some(status)) = example.child.try_wait() {
+                panic!("examples/dashboard exited with {status}: {lines:?}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "examples/dashboard printed no address: {lines:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn printed(&self, text: &str) -> bool {
+        self.output
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|l| l.contains(text))
+    }
+}
+
+/// The number in `css`'s text (0 when it holds none).
+fn number(browser: &Session<'_>, css: &str) -> u64 {
+    browser
+        .text(css)
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The example's live stream in the page: charts that move between refreshes, the
+/// dead-letter panel listing the declined cards with their reason, a retry from the page that
+/// removes the letter and gets the order handled.
+fn the_example_in_the_browser(redis: Option<&str>, docs_screenshot: Option<String>) {
+    let Some(chromedriver) =
+        eventbus_integration::require_server("EVENTBUS_CHROMEDRIVER", "dashboard")
+    else {
+        return;
+    };
+    // The README's picture shows the dead-letter rate rising in gateway outages; the checks
+    // run before the first one.
+    let (window, outages) = if docs_screenshot.is_some() {
+        ("90s", "30s")
+    } else {
+        ("30s", "0")
+    };
+    let example = Example::start(redis, window, outages);
+    let driver = Driver::start(&chromedriver);
+    let browser = driver.session();
+    browser.goto(&format!("{}?refresh=2000", example.page));
+    browser.type_into("#token", &example.token);
+    browser.click("#save-token");
+
+    // The charts: points that move between two refreshes.
+    let chart = "figure.chart[data-chart=\"published\"] svg";
+    let line = format!("{chart} polyline[data-series=\"order.created\"]");
+    let state = format!(
+        "const svg = document.querySelector('{chart}'); \
+         const line = document.querySelector('{line}'); \
+         return svg && line ? [Number(svg.dataset.points), svg.dataset.last, line.getAttribute('points')] : null"
+    );
+    let first = browser.wait_for("a published line with points", &state, |v| {
+        v[0].as_u64().is_some_and(|n| n >= 2)
+    });
+    let second = browser.wait_for("the published line after a refresh", &state, |v| {
+        v.is_array() && v[1] != first[1]
+    });
+    assert_ne!(first[2], second[2], "the line moved: {first} then {second}");
+    let rate: f64 = browser
+        .script(&format!(
+            "return document.querySelector('{line}').dataset.values.split(',').map(Number).pop()"
+        ))
+        .as_f64()
+        .expect("latest rate");
+    assert!(
+        rate > 5.0 && rate < 60.0,
+        "about 20 orders a second: {rate}"
+    );
+    browser.wait_for(
+        "a dead-lettered line for order.created",
+        "return document.querySelectorAll('figure.chart[data-chart=\"dead_lettered\"] polyline[data-series=\"order.created\"]').length",
+        |v| v == &json!(1),
+    );
+    browser.wait_for(
+        "lines per group in the lag chart",
+        "return Array.from(document.querySelectorAll('figure.chart[data-chart=\"lag\"] polyline')).map(l => l.dataset.series).sort().join(',')",
+        |v| v == &json!("billing,ledger,shipping"),
+    );
+
+    // The dead letters, with their reason; the panel agrees with the throughput table on the
+    // topic.
+    browser.wait_for(
+        "dead letters listed",
+        "return document.querySelectorAll('#dlq tbody tr[data-dlq-id]').length",
+        |v| v.as_u64().is_some_and(|n| n >= 1),
+    );
+    let errors = browser.script(
+        "return Array.from(document.querySelectorAll('#dlq tbody tr[data-dlq-id] td.error')).map(td => td.textContent)",
+    );
+    let errors: Vec<String> = serde_json::from_value(errors).expect("error texts");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.contains("card declined for order o-")),
+        "{errors:?}"
+    );
+    browser.wait_for(
+        "the topic's dead-letter size",
+        "return document.querySelector('#dlq-sizes span[data-topic=\"order.created\"]') !== null \
+         && Number(document.querySelector('#throughput tr[data-topic=\"order.created\"] td.dead-lettered').textContent) > 0",
+        |v| v == &json!(true),
+    );
+
+    // Retry the oldest: gone from the panel, and the order goes through.
+    let row = browser.script(
+        "const tr = document.querySelector('#dlq tbody tr[data-dlq-id]'); \
+         return [tr.dataset.dlqId, tr.querySelector('td.error').textContent]",
+    );
+    let id = row[0].as_str().expect("id").to_owned();
+    let order = row[1]
+        .as_str()
+        .and_then(|e| e.rsplit(' ').next())
+        .expect("order id")
+        .to_owned();
+    let handled_css = "#throughput tr[data-topic=\"order.created\"] td.handled";
+    let before = number(&browser, handled_css);
+    let selector = format!("#dlq tr[data-dlq-id=\"{id}\"]");
+    browser.click(&format!("{selector} button.retry"));
+    browser.wait_gone(&selector);
+    let paid = format!("billing: order {order} paid after a retry");
+    let start = Instant::now();
+    while !example.printed(&paid) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the example never printed `{paid}`"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        browser
+            .text("#message")
+            .unwrap_or_default()
+            .contains("redriven"),
+        "{:?}",
+        browser.text("#message")
+    );
+    browser.wait_for(
+        "handled to grow after the retry",
+        &format!("return Number(document.querySelector('{handled_css}').textContent)"),
+        |v| v.as_u64().is_some_and(|n| n > before),
+    );
+
+    let png = browser.png().expect("a screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "a PNG of the page ({} bytes)",
+        png.len()
+    );
+    if let Some(path) = docs_screenshot {
+        // For the README: the charts across their window, a dead-letter panel with rows.
+        browser.wait_for_within(
+            "charts spanning their window",
+            &format!("return Number(document.querySelector('{chart}').dataset.points)"),
+            Duration::from_secs(180),
+            |v| v.as_u64().is_some_and(|n| n >= 85),
+        );
+        browser.script("window.scrollTo(0, 0); return null");
+        let png = browser.png().expect("a screenshot");
+        std::fs::write(&path, png).unwrap_or_else(|e| panic!("write {path}: {e}"));
+        eprintln!("README screenshot: {path}");
+    }
+}
+
+#[test]
+fn the_example_charts_a_live_stream_and_retries_from_the_page_on_memory() {
+    let docs = std::env::var("EVENTBUS_DASHBOARD_DOCS_SCREENSHOT")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            // Relative to the workspace, where scripts run.
+            let path = std::path::Path::new(&p);
+            if path.is_absolute() {
+                p
+            } else {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("..")
+                    .join(path)
+                    .display()
+                    .to_string()
+            }
+        });
+    the_example_in_the_browser(None, docs);
+}
+
+#[test]
+fn the_example_charts_a_live_stream_and_retries_from_the_page_on_redis() {
+    let Some(url) = eventbus_integration::require_server("EVENTBUS_REDIS_URL", "dashboard_redis")
+    else {
+        return;
+    };
+    the_example_in_the_browser(Some(&url), None);
 }

@@ -84,7 +84,7 @@ struct DlqFilter {
 
 #[derive(Debug, Subcommand)]
 enum DlqCommand {
-    /// List dead letters (of every catalog topic unless --topic).
+    /// List dead letters (of every topic the service knows unless --topic).
     List {
         /// The original topic.
         #[arg(long)]

@@ -42,7 +42,12 @@ impl Clock for SystemClock {
 
 /// Wall-clock Unix time in milliseconds (transport timestamps, SQLite columns, retry due
 /// times), whatever [`Clock`] the bus runs on.
-#[cfg(any(feature = "redis", feature = "kafka", feature = "sqlite"))]
+#[cfg(any(
+    feature = "redis",
+    feature = "kafka",
+    feature = "sqlite",
+    feature = "admin"
+))]
 pub(crate) fn unix_ms() -> i64 {
     Utc::now().timestamp_millis()
 }

@@ -83,7 +83,7 @@ use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
 use crate::bus::Bus;
-use crate::error::{chain, Error};
+use crate::error::Error;
 
 pub use error::ApiError;
 #[cfg(feature = "kafka")]
@@ -285,10 +285,10 @@ impl AdminConfig {
         self.readiness_check("database", move || {
             let pool = pool.clone();
             Box::pin(async move {
-                let mut connection = pool.acquire().await.map_err(|e| chain(&e))?;
+                let mut connection = pool.acquire().await.map_err(|e| crate::error::chain(&e))?;
                 sqlx::Connection::ping(&mut *connection)
                     .await
-                    .map_err(|e| chain(&e))
+                    .map_err(|e| crate::error::chain(&e))
             })
         })
     }
