@@ -2151,6 +2151,257 @@ async fn an_aggregate_rebuilt_from_the_log_matches_its_live_projection(b: &Under
     }
 }
 
+// --- 17. other producers' member names -----------------------------------------------------
+
+#[event(name = "legacy.order.created", version = 1, key = order_id)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct LegacyOrderCreated {
+    order_id: String,
+}
+
+/// Envelopes as the requirement documents' producers write them (`eventId`, `eventType`,
+/// `occurredAt`, `timestamp`, `payload`, a string `version`, no `source`), written by a foreign
+/// producer into the transport, are handled with their id, type, time and data.
+async fn other_producers_envelope_names_are_read_as_aliases(b: &Under) {
+    let t = "legacy.order.created";
+    b.topic(t, 1).await;
+    let seen: Arc<Mutex<Vec<Envelope<LegacyOrderCreated>>>> = Arc::default();
+    let log = seen.clone();
+    let bus = Bus::builder()
+        .backend_arc(b.member().await)
+        .subscribe(
+            Subscription::new(t, move |env: Envelope<LegacyOrderCreated>| {
+                log.lock().expect("lock").push(env);
+                async { Ok(()) }
+            })
+            .group(group("legacy")),
+        )
+        .start()
+        .await
+        .expect("start");
+    let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    let documents = [
+        // Seed 004: eventId, eventType, timestamp, a string version.
+        format!(
+            r#"{{"eventId":"{}","eventType":"{t}","timestamp":"2024-01-01T00:00:00Z","source":"order-service","version":"1.0","data":{{"order_id":"o-1"}}}}"#,
+            ids[0]
+        ),
+        // Seed 001: eventId, type, occurredAt, payload, no source or version.
+        format!(
+            r#"{{"eventId":"{}","type":"{t}","occurredAt":"2025-08-26T10:15:01Z","transferId":"tr_123","payload":{{"order_id":"o-2"}}}}"#,
+            ids[1]
+        ),
+        // Our names beside theirs: ours count.
+        format!(
+            r#"{{"id":"{}","eventId":"{}","type":"{t}","eventType":"other.type","source":"s","time":"2026-01-01T00:00:00Z","occurredAt":"2000-01-01T00:00:00Z","version":1,"data":{{"order_id":"o-3"}}}}"#,
+            ids[2],
+            Uuid::nil()
+        ),
+    ];
+    for (n, document) in documents.iter().enumerate() {
+        b.publish_foreign(t, &format!("o-{}", n + 1), t, &[], document.as_bytes())
+            .await;
+    }
+    assert!(
+        eventually(WAIT, || seen.lock().expect("lock").len() == 3).await,
+        "handled {:?}; {:?}",
+        seen.lock()
+            .expect("lock")
+            .iter()
+            .map(|e| e.id)
+            .collect::<Vec<_>>(),
+        bus.stats()
+    );
+    let seen = seen.lock().expect("lock").clone();
+    let by_id = |id: Uuid| {
+        seen.iter()
+            .find(|e| e.id == id)
+            .unwrap_or_else(|| panic!("{id} not handled: {seen:?}"))
+    };
+    let seed_004 = by_id(ids[0]);
+    assert_eq!(seed_004.data.order_id, "o-1");
+    assert_eq!(seed_004.event_type, t);
+    assert_eq!(seed_004.time.to_rfc3339(), "2024-01-01T00:00:00+00:00");
+    assert_eq!(
+        (seed_004.source.as_str(), seed_004.version),
+        ("order-service", 1)
+    );
+    let seed_001 = by_id(ids[1]);
+    assert_eq!(seed_001.data.order_id, "o-2");
+    assert_eq!(seed_001.time.to_rfc3339(), "2025-08-26T10:15:01+00:00");
+    assert_eq!(
+        (seed_001.source.as_str(), seed_001.version),
+        (eventbus::envelope::cloudevents::UNKNOWN_SOURCE, 1)
+    );
+    let both = by_id(ids[2]);
+    assert_eq!(both.data.order_id, "o-3");
+    assert_eq!(both.time.to_rfc3339(), "2026-01-01T00:00:00+00:00");
+    assert_eq!(bus.stats().dead_lettered, 0, "{:?}", bus.stats());
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
+// --- 18. one dead-letter topic for the whole service ----------------------------------------
+
+#[event(name = "orion.rfq.rejected", version = 1, key = rfq)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct RfqRejected {
+    rfq: String,
+}
+
+#[event(name = "orion.trade.rejected", version = 1, key = trade)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct TradeRejected {
+    trade: String,
+}
+
+/// Seed 000's `orion.dlq`: every topic's dead letters in one topic, the original topic in
+/// their metadata; listing, counting, redriving and purging one topic's letters leave the
+/// other's alone.
+async fn one_dead_letter_topic_for_the_whole_service(b: &Under) {
+    let (rfq, trade) = ("orion.rfq.rejected", "orion.trade.rejected");
+    for topic in [rfq, trade, "orion"] {
+        b.topic(topic, 1).await;
+    }
+    let backend = b.member().await;
+    let refused = Bus::builder()
+        .backend_arc(backend.clone())
+        .dead_letter_topic("orion-dlq")
+        .start()
+        .await;
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("dead_letter_topic")),
+        "a name without `.dlq` is refused: {:?}",
+        refused.err()
+    );
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handled: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (f, h) = (fixed.clone(), handled.clone());
+    let (f2, h2) = (fixed.clone(), handled.clone());
+    let g = group("orion");
+    let bus = Bus::builder()
+        .backend_arc(backend.clone())
+        .dead_letter_topic("orion.dlq")
+        .subscribe(
+            Subscription::new(rfq, move |env: Envelope<RfqRejected>| {
+                let ok = f.load(Ordering::SeqCst);
+                if ok {
+                    h.lock().unwrap().push(env.data.rfq.clone());
+                }
+                async move {
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err(HandlerError::permanent("quote expired"))
+                    }
+                }
+            })
+            .group(g.clone()),
+        )
+        .subscribe(
+            Subscription::new(trade, move |env: Envelope<TradeRejected>| {
+                let ok = f2.load(Ordering::SeqCst);
+                if ok {
+                    h2.lock().unwrap().push(env.data.trade.clone());
+                }
+                async move {
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err(HandlerError::permanent("limit breached"))
+                    }
+                }
+            })
+            .with_name("trades")
+            .group(format!("{g}-trades")),
+        )
+        .start()
+        .await
+        .expect("start");
+    for n in 0..3 {
+        bus.publish(RfqRejected {
+            rfq: format!("r-{n}"),
+        })
+        .await
+        .expect("publish");
+    }
+    for n in 0..2 {
+        bus.publish(TradeRejected {
+            trade: format!("t-{n}"),
+        })
+        .await
+        .expect("publish");
+    }
+    let dlq = bus.dead_letters();
+    let counts = || {
+        futures::executor::block_on(async {
+            (
+                dlq.count(rfq).await.unwrap_or(0),
+                dlq.count(trade).await.unwrap_or(0),
+            )
+        })
+    };
+    assert!(
+        eventually(WAIT, || counts() == (3, 2)).await,
+        "dead letters per topic {:?}, {:?}",
+        counts(),
+        bus.stats()
+    );
+    // All five in the one topic, each naming where it came from; none in `{topic}.dlq`.
+    let admin = backend.admin().expect("admin");
+    let stored = admin.read_page("orion.dlq", None, 100).await.expect("read");
+    let mut origins: Vec<String> = stored
+        .messages
+        .iter()
+        .map(|m| eventbus::dead_letter::DeadLetter::from_stored(m).original_topic)
+        .collect();
+    origins.sort();
+    assert_eq!(origins, vec![rfq, rfq, rfq, trade, trade]);
+    let per_topic = eventbus::dead_letter::DeadLetters::new(backend.clone());
+    assert!(
+        !matches!(per_topic.count(rfq).await, Ok(n) if n > 0),
+        "nothing in {rfq}.dlq"
+    );
+    assert_eq!(
+        dlq.topics().await.expect("topics"),
+        vec![rfq.to_owned(), trade.to_owned()]
+    );
+    let letters = dlq.list(rfq).await.expect("list");
+    assert_eq!(letters.len(), 3);
+    assert!(letters
+        .iter()
+        .all(|d| d.original_topic == rfq && d.failure.message == "quote expired"));
+    let one = letters[0].id.clone();
+    assert_eq!(dlq.get(rfq, &one).await.expect("get").id, one);
+    assert!(
+        matches!(
+            dlq.get(trade, &one).await,
+            Err(eventbus::Error::DeadLetterNotFound { .. })
+        ),
+        "an rfq letter is not one of the trade topic's"
+    );
+    assert_eq!(
+        dlq.purge(trade, vec![one.clone()]).await.expect("purge"),
+        0,
+        "purging under another topic deletes nothing"
+    );
+
+    fixed.store(true, Ordering::SeqCst);
+    assert_eq!(dlq.redrive_all(rfq).await.expect("redrive"), 3);
+    assert!(
+        eventually(WAIT, || handled.lock().unwrap().len() == 3).await,
+        "handled after the redrive: {:?}",
+        handled.lock().unwrap()
+    );
+    assert_eq!(counts(), (0, 2), "the trade letters stay");
+    assert_eq!(dlq.purge_where(trade, |_| true).await.expect("purge"), 2);
+    assert_eq!(counts(), (0, 0));
+    assert!(
+        dlq.topics().await.expect("topics").is_empty(),
+        "the one topic is empty"
+    );
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
 // --- 16. the admin API's topics agree -------------------------------------------------------
 
 #[event(name = "dash.order.created", version = 1, key = order_id)]
@@ -2361,4 +2612,6 @@ conformance!(
     older_versions_reach_the_handler_through_upcasters,
     an_aggregate_rebuilt_from_the_log_matches_its_live_projection,
     the_admin_api_lists_dead_letters_of_topics_outside_the_catalog,
+    other_producers_envelope_names_are_read_as_aliases,
+    one_dead_letter_topic_for_the_whole_service,
 );

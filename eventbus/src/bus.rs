@@ -48,9 +48,20 @@ pub struct BusBuilder {
     #[cfg(any(feature = "postgres", feature = "sqlite"))]
     outboxes: Vec<Arc<dyn crate::outbox::BusOutbox>>,
     lag_interval: Option<Duration>,
+    dead_letter_topic: Option<String>,
 }
 
 impl BusBuilder {
+    /// Sends every dead letter of this bus (its consumers' and its outbox's) to the one topic
+    /// `name` (seed 000's `orion.dlq`) instead of `{topic}.dlq`, the original topic in the
+    /// `dlq-original-topic` header; [`Bus::dead_letters`] lists, counts, redrives and purges a
+    /// topic's letters from it. `name` must end with `.dlq`; anything else fails
+    /// [`start`](Self::start) naming `dead_letter_topic`.
+    pub fn dead_letter_topic(mut self, name: impl Into<String>) -> Self {
+        self.dead_letter_topic = Some(name.into());
+        self
+    }
+
     /// Runs `outbox`'s dispatcher with the bus: started after the consumers, publishing
     /// through the bus's publisher (circuit breakers, metrics), keeping `event_outbox_backlog`
     /// and `event_publish_lag_seconds` current, and stopped by [`Bus::shutdown`] after the
@@ -255,8 +266,12 @@ impl BusBuilder {
             .metrics
             .unwrap_or_else(|| Arc::new(Metrics::new(source.clone())));
         metrics.export_backend(backend.clone());
-        let mut publisher =
-            Publisher::new(backend.clone(), clock.clone(), source).with_metrics(metrics.clone());
+        let mut publisher = Publisher::new(backend.clone(), clock.clone(), source)
+            .with_metrics(metrics.clone())
+            .with_dead_letter_topics(match self.dead_letter_topic {
+                Some(name) => crate::dead_letter::DeadLetterTopics::single(name)?,
+                None => crate::dead_letter::DeadLetterTopics::PerTopic,
+            });
         if let Some(default) = self.circuit_default {
             publisher = publisher.with_circuits(Arc::new(Circuits::new(
                 default,
@@ -522,7 +537,7 @@ impl Bus {
 
     /// Dead-letter tools over this bus's backend.
     pub fn dead_letters(&self) -> DeadLetters {
-        DeadLetters::new(self.backend.clone())
+        DeadLetters::new(self.backend.clone()).routed(self.publisher.dead_letter_topics().clone())
     }
 
     /// The backend.

@@ -1,8 +1,9 @@
 //! The dead-letter queue: where deliveries end when they fail permanently or run out of
 //! attempts, with the reason, and the tools to list, inspect, redrive and purge them.
 //!
-//! A dead letter is the original message, unchanged, published to `{topic}.dlq` with
-//! these transport headers: `dlq-original-topic`, `dlq-group`, `dlq-error-kind`
+//! A dead letter is the original message, unchanged, published to `{topic}.dlq` (or to one
+//! dead-letter topic for the whole service, [`DeadLetterTopics::Single`]) with these
+//! transport headers: `dlq-original-topic`, `dlq-group`, `dlq-error-kind`
 //! (`transient`/`permanent`), `dlq-error`, `dlq-attempts`, `dlq-first-failure` and
 //! `dlq-last-failure` (RFC 3339).
 
@@ -41,6 +42,51 @@ pub fn capped_error_text(text: &str) -> String {
         end -= 1;
     }
     format!("{}… (truncated from {} bytes)", &text[..end], text.len())
+}
+
+/// Where dead letters go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DeadLetterTopics {
+    /// Each topic's to its own `{topic}.dlq` (the default).
+    #[default]
+    PerTopic,
+    /// Every topic's to this one topic (`orion.dlq`), the original topic in the
+    /// `dlq-original-topic` header. Listing, counting, redriving and purging a topic's dead
+    /// letters read the whole queue and keep that topic's.
+    Single(String),
+}
+
+impl DeadLetterTopics {
+    /// One dead-letter topic for every topic: `name` must end with `.dlq` (consumers never
+    /// read such a topic by pattern) and hold something before it.
+    pub fn single(name: impl Into<String>) -> Result<Self, Error> {
+        let name = name.into();
+        let base = name.strip_suffix(DLQ_SUFFIX).unwrap_or_default();
+        if base.is_empty() || base.trim() != base || base.chars().any(char::is_control) {
+            return Err(Error::config(
+                "dead_letter_topic",
+                format!("`{name}` is not a topic name ending in `{DLQ_SUFFIX}`, such as `orion{DLQ_SUFFIX}`"),
+            ));
+        }
+        Ok(DeadLetterTopics::Single(name))
+    }
+
+    /// The dead-letter topic of `topic`.
+    pub fn topic_for(&self, topic: &str) -> String {
+        match self {
+            DeadLetterTopics::PerTopic => dlq_topic(topic),
+            DeadLetterTopics::Single(name) => name.clone(),
+        }
+    }
+
+    /// Whether `letter`, read from [`topic_for`](Self::topic_for)`(topic)`, is one of
+    /// `topic`'s.
+    fn holds(&self, topic: &str, letter: &DeadLetter) -> bool {
+        match self {
+            DeadLetterTopics::PerTopic => true,
+            DeadLetterTopics::Single(_) => letter.original_topic == topic,
+        }
+    }
 }
 
 /// Why and when a delivery failed for good.
@@ -183,12 +229,55 @@ pub struct DeadLetterPage {
 #[derive(Clone)]
 pub struct DeadLetters {
     backend: Arc<dyn Backend>,
+    topics: DeadLetterTopics,
 }
 
+/// Most dead letters [`DeadLetters::topics`] reads from a single dead-letter topic.
+pub const MAX_TOPICS_SCAN: usize = 100_000;
+
 impl DeadLetters {
-    /// Tools over `backend`.
+    /// Tools over `backend`, for dead letters in `{topic}.dlq`.
     pub fn new(backend: Arc<dyn Backend>) -> Self {
-        DeadLetters { backend }
+        DeadLetters {
+            backend,
+            topics: DeadLetterTopics::PerTopic,
+        }
+    }
+
+    /// Tools for dead letters routed by `topics` (what the bus uses:
+    /// [`BusBuilder::dead_letter_topic`](crate::BusBuilder::dead_letter_topic)).
+    pub fn routed(mut self, topics: DeadLetterTopics) -> Self {
+        self.topics = topics;
+        self
+    }
+
+    /// Where these tools look for dead letters.
+    pub fn routing(&self) -> &DeadLetterTopics {
+        &self.topics
+    }
+
+    /// The original topics with dead letters, sorted: the backend's dead-letter topics, or,
+    /// with a single dead-letter topic, the original topics named in it (reading at most
+    /// [`MAX_TOPICS_SCAN`] letters).
+    pub async fn topics(&self) -> Result<Vec<String>, Error> {
+        let admin = self.admin("listing dead-letter topics")?;
+        let DeadLetterTopics::Single(single) = &self.topics else {
+            return admin.dead_letter_topics().await;
+        };
+        let mut found = std::collections::BTreeSet::new();
+        let (mut cursor, mut read) = (None, 0usize);
+        while read < MAX_TOPICS_SCAN {
+            let page = admin.read_page(single, cursor, MAX_PAGE).await?;
+            read += page.messages.len().max(1);
+            for stored in &page.messages {
+                found.insert(DeadLetter::from_stored(stored).original_topic);
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        Ok(found.into_iter().collect())
     }
 
     fn admin(&self, operation: &'static str) -> Result<&dyn crate::backend::BackendAdmin, Error> {
@@ -206,10 +295,15 @@ impl DeadLetters {
     ) -> Result<DeadLetterPage, Error> {
         let page = self
             .admin("reading dead letters")?
-            .read_page(&dlq_topic(topic), cursor, limit)
+            .read_page(&self.topics.topic_for(topic), cursor, limit)
             .await?;
         Ok(DeadLetterPage {
-            letters: page.messages.iter().map(DeadLetter::from_stored).collect(),
+            letters: page
+                .messages
+                .iter()
+                .map(DeadLetter::from_stored)
+                .filter(|letter| self.topics.holds(topic, letter))
+                .collect(),
             next: page.next,
         })
     }
@@ -229,11 +323,25 @@ impl DeadLetters {
         }
     }
 
-    /// How many dead letters `topic` holds.
+    /// How many dead letters `topic` holds (with a single dead-letter topic, counted by
+    /// reading it page by page).
     pub async fn count(&self, topic: &str) -> Result<u64, Error> {
-        self.admin("counting dead letters")?
-            .count(&dlq_topic(topic))
-            .await
+        if let DeadLetterTopics::PerTopic = self.topics {
+            return self
+                .admin("counting dead letters")?
+                .count(&dlq_topic(topic))
+                .await;
+        }
+        let mut count = 0u64;
+        let mut cursor = None;
+        loop {
+            let page = self.page(topic, cursor, MAX_PAGE).await?;
+            count += page.letters.len() as u64;
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(count),
+            }
+        }
     }
 
     /// The dead letters with the given ids (at most [`MAX_PAGE`] per call), oldest first, or
@@ -250,14 +358,15 @@ impl DeadLetters {
         }
         let found: Vec<DeadLetter> = self
             .admin("reading dead letters")?
-            .read_ids(&dlq_topic(topic), ids.to_vec())
+            .read_ids(&self.topics.topic_for(topic), ids.to_vec())
             .await?
             .iter()
             .map(DeadLetter::from_stored)
+            .filter(|letter| self.topics.holds(topic, letter))
             .collect();
         if let Some(missing) = ids.iter().find(|id| found.iter().all(|d| &d.id != *id)) {
             return Err(Error::DeadLetterNotFound {
-                topic: dlq_topic(topic),
+                topic: self.topics.topic_for(topic),
                 id: missing.clone(),
             });
         }
@@ -268,7 +377,7 @@ impl DeadLetters {
     pub async fn get(&self, topic: &str, id: &str) -> Result<DeadLetter, Error> {
         let mut found = self.get_many(topic, &[id.to_owned()]).await?;
         found.pop().ok_or_else(|| Error::DeadLetterNotFound {
-            topic: dlq_topic(topic),
+            topic: self.topics.topic_for(topic),
             id: id.to_owned(),
         })
     }
@@ -315,7 +424,7 @@ impl DeadLetters {
         }
         let ids: Vec<String> = letters.iter().map(|d| d.id.clone()).collect();
         self.admin("deleting dead letters")?
-            .delete(&dlq_topic(topic), ids)
+            .delete(&self.topics.topic_for(topic), ids)
             .await
     }
 
@@ -377,10 +486,34 @@ impl DeadLetters {
         self.redrive_where(topic, |_| true).await
     }
 
-    /// Deletes dead letters without redriving them; returns how many were removed.
+    /// Deletes dead letters without redriving them; returns how many were removed. With a
+    /// single dead-letter topic, only ids of `topic`'s letters are deleted.
     pub async fn purge(&self, topic: &str, ids: Vec<String>) -> Result<usize, Error> {
+        let ids = match self.topics {
+            DeadLetterTopics::PerTopic => ids,
+            DeadLetterTopics::Single(_) => {
+                let mut mine = Vec::new();
+                for chunk in ids.chunks(MAX_PAGE) {
+                    let found = self
+                        .admin("reading dead letters")?
+                        .read_ids(&self.topics.topic_for(topic), chunk.to_vec())
+                        .await?;
+                    mine.extend(
+                        found
+                            .iter()
+                            .map(DeadLetter::from_stored)
+                            .filter(|letter| self.topics.holds(topic, letter))
+                            .map(|letter| letter.id),
+                    );
+                }
+                mine
+            }
+        };
+        if ids.is_empty() {
+            return Ok(0);
+        }
         self.admin("deleting dead letters")?
-            .delete(&dlq_topic(topic), ids)
+            .delete(&self.topics.topic_for(topic), ids)
             .await
     }
 }

@@ -22,6 +22,7 @@ pub struct Publisher {
     source: Arc<str>,
     metrics: Option<Arc<Metrics>>,
     circuits: Option<Arc<Circuits>>,
+    dead_letters: crate::dead_letter::DeadLetterTopics,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -46,6 +47,7 @@ impl Publisher {
             source: source.into(),
             metrics: None,
             circuits: None,
+            dead_letters: crate::dead_letter::DeadLetterTopics::PerTopic,
         }
     }
 
@@ -64,6 +66,18 @@ impl Publisher {
     pub fn with_circuits(mut self, circuits: Arc<Circuits>) -> Self {
         self.circuits = Some(circuits);
         self
+    }
+
+    /// Routes the dead letters of what this publisher's bus consumes (and of its outbox) by
+    /// `topics`.
+    pub fn with_dead_letter_topics(mut self, topics: crate::dead_letter::DeadLetterTopics) -> Self {
+        self.dead_letters = topics;
+        self
+    }
+
+    /// Where dead letters go.
+    pub fn dead_letter_topics(&self) -> &crate::dead_letter::DeadLetterTopics {
+        &self.dead_letters
     }
 
     /// The circuit breakers, if any.

@@ -25,14 +25,12 @@ pub(crate) async fn known(state: &AdminState, samples: &[Sample]) -> Vec<String>
     let mut topics: BTreeSet<String> = super::catalog::topics(state).into_iter().collect();
     topics.extend(state.bus.subscribed_topics().iter().cloned());
     topics.extend(of_samples(samples).map(str::to_owned));
-    if let Some(admin) = state.bus.backend().admin() {
-        match admin.dead_letter_topics().await {
-            Ok(found) => topics.extend(found),
-            Err(error) => tracing::debug!(
-                error = %crate::error::chain(&error),
-                "dead-letter topics not listed"
-            ),
-        }
+    match state.bus.dead_letters().topics().await {
+        Ok(found) => topics.extend(found),
+        Err(error) => tracing::debug!(
+            error = %crate::error::chain(&error),
+            "dead-letter topics not listed"
+        ),
     }
     topics.into_iter().filter(|t| !is_dlq_topic(t)).collect()
 }

@@ -18,6 +18,12 @@
 //!
 //! Reading a CloudEvent, every extension besides the ones above becomes a header (numbers and
 //! booleans as their text), so events from other CloudEvents producers keep their extensions.
+//!
+//! Reading also accepts the member names other producers use: `eventId` for `id`,
+//! `eventType` for `type`, `occurredAt` and `timestamp` for `time`, `payload` for `data`; when a
+//! document has both, ours win. Without `source` an envelope reads as from
+//! [`UNKNOWN_SOURCE`]; without `version`, as version 1; a `version` may be a number or a
+//! string (`"2"`, or `"1.0"`, whose major number is the version).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,6 +34,9 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{Envelope, Headers};
+
+/// The source of an envelope read without one.
+pub const UNKNOWN_SOURCE: &str = "unknown";
 
 /// The CloudEvents version written.
 pub const SPEC_VERSION: &str = "1.0";
@@ -154,13 +163,22 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for EnvelopeVisitor<T> {
         let mut extensions = Headers::new();
         let mut cloudevent = false;
         let mut data = None;
+        // Other producers' names, used where ours are absent.
+        let mut alias_id = None;
+        let mut alias_type: Option<String> = None;
+        let mut alias_time = None;
+        let mut alias_data = None;
         while let Some(key) = map.next_key::<Key>()? {
             match key.name() {
                 "id" => id = Some(map.next_value()?),
                 "type" => event_type = Some(map.next_value()?),
                 "source" => source = Some(map.next_value()?),
                 "time" => time = Some(map.next_value::<RfcTime>()?.0),
-                "version" => version = Some(map.next_value()?),
+                "version" => version = Some(map.next_value::<Version>()?.0),
+                "eventId" => alias_id = Some(map.next_value()?),
+                "eventType" => alias_type = Some(map.next_value()?),
+                "occurredAt" | "timestamp" => alias_time = Some(map.next_value::<RfcTime>()?.0),
+                "payload" => alias_data = Some(map.next_value()?),
                 "correlationid" | "correlationId" => correlation_id = map.next_value()?,
                 "causationid" | "causationId" => causation_id = map.next_value()?,
                 "tenantid" | "tenantId" => tenant_id = map.next_value()?,
@@ -223,17 +241,25 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for EnvelopeVisitor<T> {
             }
         }
         Ok(Envelope {
-            id: id.ok_or_else(|| de::Error::missing_field("id"))?,
-            event_type: event_type.ok_or_else(|| de::Error::missing_field("type"))?,
-            source: source.ok_or_else(|| de::Error::missing_field("source"))?,
-            time: time.ok_or_else(|| de::Error::missing_field("time"))?,
-            version: version.ok_or_else(|| de::Error::missing_field("version"))?,
+            id: id
+                .or(alias_id)
+                .ok_or_else(|| de::Error::missing_field("id"))?,
+            event_type: event_type
+                .or(alias_type)
+                .ok_or_else(|| de::Error::missing_field("type"))?,
+            source: source.unwrap_or_else(|| UNKNOWN_SOURCE.to_owned()),
+            time: time
+                .or(alias_time)
+                .ok_or_else(|| de::Error::missing_field("time"))?,
+            version: version.unwrap_or(1),
             correlation_id,
             causation_id,
             tenant_id,
             user_id,
             headers,
-            data: data.ok_or_else(|| de::Error::missing_field("data"))?,
+            data: data
+                .or(alias_data)
+                .ok_or_else(|| de::Error::missing_field("data"))?,
         })
     }
 }
@@ -274,6 +300,11 @@ fn known(name: &str) -> Option<&'static str> {
         "userId" => "userId",
         "headers" => "headers",
         "data_base64" => "data_base64",
+        "eventId" => "eventId",
+        "eventType" => "eventType",
+        "occurredAt" => "occurredAt",
+        "timestamp" => "timestamp",
+        "payload" => "payload",
         HEADERS_EXTENSION => HEADERS_EXTENSION,
         _ => return None,
     })
@@ -295,6 +326,39 @@ impl<'de> Deserialize<'de> for Key {
             }
         }
         deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
+/// A schema version: a number, or a string holding one (`"2"`) or a dotted version whose
+/// major number counts (`"1.0"`).
+struct Version(u32);
+
+impl<'de> Deserialize<'de> for Version {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct VersionVisitor;
+        impl Visitor<'_> for VersionVisitor {
+            type Value = Version;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a version number (1, \"1\" or \"1.0\")")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Version, E> {
+                u32::try_from(n)
+                    .map(Version)
+                    .map_err(|_| E::custom(format!("version {n} is too large")))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Version, E> {
+                u64::try_from(n)
+                    .map_err(|_| E::custom(format!("version {n} is negative")))
+                    .and_then(|n| self.visit_u64(n))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Version, E> {
+                let major = text.split('.').next().unwrap_or(text);
+                major.parse::<u32>().map(Version).map_err(|_| {
+                    E::custom(format!("version `{text}` is not a number like 1 or 1.0"))
+                })
+            }
+        }
+        deserializer.deserialize_any(VersionVisitor)
     }
 }
 

@@ -211,19 +211,67 @@ mod tests {
 
     #[test]
     fn missing_required_field_is_an_error() {
-        for field in [
-            "\"id\"",
-            "\"type\"",
-            "\"source\"",
-            "\"time\"",
-            "\"version\"",
-            "\"data\"",
-        ] {
+        for field in ["\"id\"", "\"type\"", "\"time\"", "\"data\""] {
             let broken = FULL.replacen(field, "\"renamed\"", 1);
             let err = RawEnvelope::decode(broken.as_bytes()).expect_err(field);
             assert!(matches!(err, DecodeError::Envelope(_)), "{field}: {err}");
             assert!(err.to_string().contains("missing field"), "{field}: {err}");
         }
+    }
+
+    #[test]
+    fn source_and_version_have_defaults() {
+        let bare =
+            FULL.replacen("\"source\"", "\"renamed\"", 1)
+                .replacen("\"version\"", "\"other\"", 1);
+        let env = RawEnvelope::decode(bare.as_bytes()).expect("no source, no version");
+        assert_eq!(env.source, cloudevents::UNKNOWN_SOURCE);
+        assert_eq!(env.version, 1);
+        for (text, version) in [("\"2\"", 2), ("\"1.0\"", 1), ("\"3.1.4\"", 3), ("4", 4)] {
+            let doc = FULL.replacen("\"version\":1", &format!("\"version\":{text}"), 1);
+            let env = RawEnvelope::decode(doc.as_bytes()).expect(text);
+            assert_eq!(env.version, version, "{text}");
+        }
+        for bad in ["\"v1\"", "-1", "\"\"", "true"] {
+            let doc = FULL.replacen("\"version\":1", &format!("\"version\":{bad}"), 1);
+            let err = RawEnvelope::decode(doc.as_bytes()).expect_err(bad);
+            assert!(err.to_string().contains("version"), "{bad}: {err}");
+        }
+    }
+
+    /// The envelopes of the requirement documents' producers (seeds 001 and 004).
+    #[test]
+    fn other_producers_member_names_are_aliases() {
+        let seed_004 = r#"{"eventId":"0190b5a4-6c1e-7cc2-9d4e-3f1a2b3c4d5e",
+            "eventType":"order.created","timestamp":"2024-01-01T00:00:00Z",
+            "source":"order-service","version":"1.0","data":{"order_id":"o-1"}}"#;
+        let env = RawEnvelope::decode(seed_004.as_bytes()).expect("seed 004");
+        assert_eq!(env.id.to_string(), "0190b5a4-6c1e-7cc2-9d4e-3f1a2b3c4d5e");
+        assert_eq!(env.event_type, "order.created");
+        assert_eq!(env.time.to_rfc3339(), "2024-01-01T00:00:00+00:00");
+        assert_eq!(env.source, "order-service");
+        assert_eq!(env.version, 1);
+        assert_eq!(env.data.get(), r#"{"order_id":"o-1"}"#);
+
+        let seed_001 = r#"{"eventId":"0190b5a4-6c1e-7cc2-9d4e-3f1a2b3c4d5f",
+            "type":"transfers.settled","occurredAt":"2025-08-26T10:15:01Z",
+            "transferId":"tr_123","payload":{"amount":5}}"#;
+        let env = RawEnvelope::decode(seed_001.as_bytes()).expect("seed 001");
+        assert_eq!(env.event_type, "transfers.settled");
+        assert_eq!(env.time.to_rfc3339(), "2025-08-26T10:15:01+00:00");
+        assert_eq!(env.source, cloudevents::UNKNOWN_SOURCE);
+        assert_eq!(env.data.get(), r#"{"amount":5}"#);
+
+        // Ours win over an alias in the same document.
+        let both = FULL.replacen(
+            "\"data\":{\"x\":1}",
+            "\"data\":{\"x\":1},\"eventType\":\"other\",\"payload\":{\"y\":2},\"timestamp\":\"2000-01-01T00:00:00Z\"",
+            1,
+        );
+        let env = RawEnvelope::decode(both.as_bytes()).expect("both");
+        assert_eq!(env.event_type, "approval.granted");
+        assert_eq!(env.data.get(), r#"{"x":1}"#);
+        assert_eq!(env.time.to_rfc3339(), "2026-11-23T10:15:01.123+00:00");
     }
 
     #[test]

@@ -628,7 +628,11 @@ impl Relay {
             first_failure: ready.first_failed_at.unwrap_or(now),
             last_failure: now,
         };
-        let letter = dead_letter_message(&ready.message, DEAD_LETTER_GROUP, &failure);
+        let mut letter = dead_letter_message(&ready.message, DEAD_LETTER_GROUP, &failure);
+        letter.topic = self
+            .publisher
+            .dead_letter_topics()
+            .topic_for(&ready.message.topic);
         match self.publisher.publish_messages(vec![letter]).await {
             Ok(()) => {
                 tracing::warn!(

@@ -8,11 +8,12 @@ use futures::future::BoxFuture;
 use super::{DeliveryCx, Layer, Next, Outcome};
 use crate::backend::{Backend, Message};
 use crate::clock::Clock;
-use crate::dead_letter::{capped_error_text, dead_letter_message};
+use crate::dead_letter::{capped_error_text, dead_letter_message, DeadLetterTopics};
 use crate::retry::Terminal;
 use crate::wire::PAYLOAD_OMITTED;
 
-/// Publishes failed deliveries to `{topic}.dlq` with their failure metadata, or discards them
+/// Publishes failed deliveries to `{topic}.dlq` (or the service's single dead-letter topic)
+/// with their failure metadata, or discards them
 /// when the subscription's terminal state is [`Terminal::Discard`].
 ///
 /// A dead-letter publish that fails is tried [`DeadLetterLayer::PUBLISH_ATTEMPTS`] times; then
@@ -26,6 +27,7 @@ pub(crate) struct DeadLetterLayer {
     terminal: Terminal,
     clock: Option<Arc<dyn Clock>>,
     metrics: Option<Arc<crate::observability::Metrics>>,
+    topics: DeadLetterTopics,
 }
 
 impl DeadLetterLayer {
@@ -39,7 +41,14 @@ impl DeadLetterLayer {
             terminal,
             clock: None,
             metrics: None,
+            topics: DeadLetterTopics::PerTopic,
         }
+    }
+
+    /// Routes dead letters by `topics` (`{topic}.dlq` by default).
+    pub(crate) fn with_topics(mut self, topics: DeadLetterTopics) -> Self {
+        self.topics = topics;
+        self
     }
 
     /// Waits between dead-letter publish attempts on `clock` (100 ms, 200 ms, ...); without
@@ -91,7 +100,8 @@ impl Layer for DeadLetterLayer {
                     Outcome::Discarded(failure)
                 }
                 Terminal::DeadLetter => {
-                    let letter = dead_letter_message(&cx.message, &cx.group, &failure);
+                    let mut letter = dead_letter_message(&cx.message, &cx.group, &failure);
+                    letter.topic = self.topics.topic_for(&cx.message.topic);
                     let error = match self.publish(letter.clone()).await {
                         Ok(()) => {
                             tracing::warn!(

@@ -295,6 +295,7 @@ impl Pipeline {
         let mut layers: Vec<Arc<dyn Layer>> = vec![
             Arc::new(
                 DeadLetterLayer::new(publisher.backend().clone(), options.retry.terminal)
+                    .with_topics(publisher.dead_letter_topics().clone())
                     .with_clock(clock.clone())
                     .with_metrics(metrics.clone()),
             ),
