@@ -142,7 +142,7 @@ fn python_writes_a_kafka_topic_a_wildcard_subscriber_reads() {
         let backend = KafkaBackend::connect(config).await.expect("connect");
         let seen: Seen = Arc::default();
         let bus = wildcard_bus(Arc::new(backend), &seen).await;
-        let args = vec![
+        let args = [
             "kafka".to_owned(),
             brokers.clone(),
             "py.order.placed".to_owned(),
