@@ -2402,6 +2402,166 @@ async fn one_dead_letter_topic_for_the_whole_service(b: &Under) {
     bus.shutdown(Duration::from_secs(10)).await;
 }
 
+// --- 19. filters and unsubscribing at run time ----------------------------------------------
+
+#[event(name = "quote.updated", version = 1, key = symbol)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct QuoteUpdated {
+    symbol: String,
+    n: u32,
+}
+
+#[event(name = "job.run", version = 1, key = job)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct JobRun {
+    job: String,
+    n: u32,
+}
+
+/// A subscription's filter: rejected events are acknowledged, counted as filtered, never
+/// handled. `Bus::unsubscribe` at run time: the deliveries in flight finish, the rest go back
+/// to the backend, and the group, subscribed again, gets every event once (inbox shared).
+async fn a_filter_drops_what_it_rejects_and_unsubscribe_drains_in_flight(b: &Under) {
+    let (quotes, jobs) = ("quote.updated", "job.run");
+    b.topic(quotes, 2).await;
+    b.topic(jobs, 2).await;
+    let inbox = Arc::new(MemoryInbox::new());
+    let aapl: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
+    let started = Arc::new(AtomicUsize::new(0));
+    let done: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let job_group = group("jobs");
+    let slow = |name: &str| {
+        let (started, done) = (started.clone(), done.clone());
+        Subscription::new(jobs, move |env: Envelope<JobRun>| {
+            let (started, done) = (started.clone(), done.clone());
+            async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                sleep(Duration::from_millis(300)).await;
+                done.lock().unwrap().push(env.data.n);
+                Ok(())
+            }
+        })
+        .with_name(name.to_owned())
+        .group(job_group.clone())
+        .concurrency(1)
+    };
+    let log = aapl.clone();
+    let bus = Bus::builder()
+        .backend_arc(b.member().await)
+        .inbox(inbox.clone())
+        .subscribe(
+            Subscription::new(quotes, move |env: Envelope<QuoteUpdated>| {
+                log.lock()
+                    .unwrap()
+                    .push((env.data.symbol.clone(), env.data.n));
+                async { Ok(()) }
+            })
+            .with_name("aapl-quotes")
+            .group(group("quotes"))
+            .filter(|envelope| envelope.data.get().contains(r#""symbol":"AAPL""#)),
+        )
+        .subscribe(slow("slow-jobs"))
+        .start()
+        .await
+        .expect("start");
+    for n in 0..10u32 {
+        let symbol = if n % 3 == 0 { "AAPL" } else { "MSFT" };
+        bus.publish(QuoteUpdated {
+            symbol: symbol.into(),
+            n,
+        })
+        .await
+        .expect("publish");
+    }
+    assert!(
+        eventually(WAIT, || bus.stats().filtered == 6
+            && aapl.lock().unwrap().len() == 4)
+        .await,
+        "{:?}; handled {:?}",
+        bus.stats(),
+        aapl.lock().unwrap()
+    );
+    assert!(
+        aapl.lock()
+            .unwrap()
+            .iter()
+            .all(|(s, n)| s == "AAPL" && n % 3 == 0),
+        "{:?}",
+        aapl.lock().unwrap()
+    );
+
+    for n in 0..6u32 {
+        bus.publish(JobRun {
+            job: format!("j-{n}"),
+            n,
+        })
+        .await
+        .expect("publish");
+    }
+    assert!(
+        eventually(WAIT, || started.load(Ordering::SeqCst) >= 1).await,
+        "no job started: {:?}",
+        bus.stats()
+    );
+    let drained = bus
+        .unsubscribe("slow-jobs", Duration::from_secs(20))
+        .await
+        .expect("unsubscribe");
+    assert!(drained, "the job in flight finished within the timeout");
+    let (at_stop, finished) = (started.load(Ordering::SeqCst), done.lock().unwrap().len());
+    assert_eq!(
+        at_stop, finished,
+        "every started job finished before unsubscribe returned"
+    );
+    assert!(
+        finished < 6,
+        "the slow subscription was stopped before the end: {finished}"
+    );
+    assert_eq!(bus.subscriptions(), vec!["aapl-quotes".to_owned()]);
+    assert!(
+        matches!(bus.unsubscribe("slow-jobs", Duration::from_secs(1)).await,
+            Err(e) if e.to_string().contains("subscription")),
+        "a second unsubscribe names the setting"
+    );
+    // The quotes subscription still runs.
+    bus.publish(QuoteUpdated {
+        symbol: "AAPL".into(),
+        n: 99,
+    })
+    .await
+    .expect("publish");
+    assert!(
+        eventually(WAIT, || aapl.lock().unwrap().len() == 5).await,
+        "{:?}",
+        aapl.lock().unwrap()
+    );
+
+    // The group, subscribed again, gets the rest; the shared inbox drops what was done.
+    let again = Bus::builder()
+        .backend_arc(b.member().await)
+        .inbox(inbox.clone())
+        .subscribe(slow("slow-jobs"))
+        .start()
+        .await
+        .expect("start again");
+    let all = || {
+        let mut seen = done.lock().unwrap().clone();
+        seen.sort_unstable();
+        seen
+    };
+    assert!(
+        eventually(Duration::from_secs(60), || all()
+            == (0..6).collect::<Vec<_>>())
+        .await,
+        "jobs done {:?}; {:?} {:?}",
+        all(),
+        bus.stats(),
+        again.stats()
+    );
+    again.shutdown(Duration::from_secs(10)).await;
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
 // --- 16. the admin API's topics agree -------------------------------------------------------
 
 #[event(name = "dash.order.created", version = 1, key = order_id)]
@@ -2614,4 +2774,5 @@ conformance!(
     the_admin_api_lists_dead_letters_of_topics_outside_the_catalog,
     other_producers_envelope_names_are_read_as_aliases,
     one_dead_letter_topic_for_the_whole_service,
+    a_filter_drops_what_it_rejects_and_unsubscribe_drains_in_flight,
 );

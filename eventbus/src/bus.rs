@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::{self, Either};
@@ -377,6 +377,7 @@ impl BusBuilder {
                 &pipeline_shared,
             ));
             let stream = backend.subscribe(request).await?;
+            let control = Arc::new(crate::consumer_control::ConsumerControl::default());
             let consumer = ConsumerLoop {
                 group: subscription.group_name().to_owned(),
                 concurrency: options.concurrency,
@@ -386,9 +387,10 @@ impl BusBuilder {
                 clock: clock.clone(),
                 retry_backoff: options.retry.backoff.clone(),
                 metrics: metrics.clone(),
+                control: control.clone(),
             };
             shared.tasks.spawn(&runtime, consumer.run(stream));
-            names.push(subscription.name().to_owned());
+            names.push((subscription.name().to_owned(), control));
         }
         if !names.is_empty() && backend.admin().is_some() {
             // Real time even under a virtual clock: reading the lag is operations, not part of
@@ -420,7 +422,7 @@ impl BusBuilder {
                 }
             }
         }
-        tracing::info!(backend = backend.name(), subscriptions = ?names, "event bus started");
+        tracing::info!(backend = backend.name(), subscriptions = ?names.iter().map(|(n, _)| n).collect::<Vec<_>>(), "event bus started");
         Ok(Bus {
             #[cfg(any(feature = "postgres", feature = "sqlite"))]
             dispatchers,
@@ -428,7 +430,7 @@ impl BusBuilder {
             backend,
             clock,
             shared,
-            subscriptions: names,
+            subscriptions: Mutex::new(names),
             subscribed_topics: subscribed_topics.into_iter().collect(),
             #[cfg(feature = "admin")]
             series: std::sync::OnceLock::new(),
@@ -448,7 +450,8 @@ pub struct Bus {
     backend: Arc<dyn Backend>,
     clock: Arc<dyn Clock>,
     shared: Arc<BusState>,
-    subscriptions: Vec<String>,
+    /// Running subscriptions by name, with their stop controls.
+    subscriptions: Mutex<Vec<(String, Arc<crate::consumer_control::ConsumerControl>)>>,
     subscribed_topics: Vec<String>,
     /// The dashboard's time series, sampled once an admin router exists.
     #[cfg(feature = "admin")]
@@ -477,6 +480,8 @@ pub struct BusStats {
     pub duplicates: u64,
     /// Not matching the subscription (shared topics).
     pub skipped: u64,
+    /// Rejected by a subscription's [filter](crate::Subscription::filter).
+    pub filtered: u64,
     /// Sent to the dead-letter queue.
     pub dead_lettered: u64,
     /// Dropped by a `dlq = false` policy.
@@ -573,8 +578,39 @@ impl Bus {
     }
 
     /// Names of the running subscriptions.
-    pub fn subscriptions(&self) -> &[String] {
-        &self.subscriptions
+    pub fn subscriptions(&self) -> Vec<String> {
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Removes the subscription `name` from the running bus: it takes no new deliveries (those
+    /// it buffered go back to the backend, which hands them to the group's other members, or
+    /// to the group again when something subscribes to it later), lets the ones in flight
+    /// finish and settle, then closes its consumer (a Kafka member leaves its group). Returns
+    /// whether everything in flight finished within `timeout`; what did not goes on in the
+    /// background and settles when done. An unknown name fails naming `subscription`.
+    pub async fn unsubscribe(&self, name: &str, timeout: Duration) -> Result<bool, Error> {
+        let control = {
+            let mut subscriptions = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(index) = subscriptions.iter().position(|(n, _)| n == name) else {
+                return Err(Error::config(
+                    "subscription",
+                    format!("no running subscription named `{name}`"),
+                ));
+            };
+            subscriptions.remove(index).1
+        };
+        control.stop();
+        let drained = matches!(
+            future::select(Box::pin(control.finished()), self.clock.sleep(timeout)).await,
+            Either::Left(_)
+        );
+        tracing::info!(subscription = name, drained, "unsubscribed");
+        Ok(drained)
     }
 
     /// The topics the subscriptions read by name, sorted: those of the catalog entries their
@@ -621,6 +657,7 @@ impl Bus {
             handled: c.handled.load(Ordering::Relaxed),
             duplicates: c.duplicates.load(Ordering::Relaxed),
             skipped: c.skipped.load(Ordering::Relaxed),
+            filtered: c.filtered.load(Ordering::Relaxed),
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
             discarded: c.discarded.load(Ordering::Relaxed),
             unsettled: c.unsettled.load(Ordering::Relaxed),

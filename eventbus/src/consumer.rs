@@ -24,6 +24,7 @@ pub(crate) struct Counters {
     pub(crate) handled: AtomicU64,
     pub(crate) duplicates: AtomicU64,
     pub(crate) skipped: AtomicU64,
+    pub(crate) filtered: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) discarded: AtomicU64,
     pub(crate) unsettled: AtomicU64,
@@ -57,6 +58,7 @@ impl BusState {
             Outcome::Handled => &c.handled,
             Outcome::Duplicate => &c.duplicates,
             Outcome::Skipped => &c.skipped,
+            Outcome::Filtered => &c.filtered,
             Outcome::DeadLettered(_) => &c.dead_lettered,
             Outcome::Discarded(_) => &c.discarded,
             Outcome::Deferred { .. } => &c.deferred,
@@ -76,6 +78,8 @@ pub(crate) struct ConsumerLoop {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) retry_backoff: crate::retry::Backoff,
     pub(crate) metrics: Arc<crate::observability::Metrics>,
+    /// This subscription's own stop ([`crate::Bus::unsubscribe`]).
+    pub(crate) control: Arc<crate::consumer_control::ConsumerControl>,
 }
 
 enum Step {
@@ -95,6 +99,7 @@ impl ConsumerLoop {
     /// Runs the loop in the bus's task group: counted out however it ends (a panic included),
     /// stopped by the group's stop signal, aborted at the end of a shutdown's drain time.
     pub(crate) async fn run(self, stream: DeliveryStream) {
+        let _finished = crate::consumer_control::FinishOnDrop(self.control.clone());
         let mut stream = stream.fuse();
         let concurrency = self.concurrency.max(1);
         let buffer = (concurrency * 4).max(16);
@@ -102,6 +107,7 @@ impl ConsumerLoop {
         let mut busy: HashSet<String> = HashSet::new();
         let mut running: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
         let mut stop_listener = self.shared.tasks.stop_listener();
+        let mut control_listener = self.control.stop_listener();
         let mut stopping = false;
         let mut errors = 0u32;
         loop {
@@ -126,12 +132,18 @@ impl ConsumerLoop {
             let can_read = !stopping && pending.len() < buffer && !stream.is_done();
             let step = futures::future::poll_fn(|cx| {
                 if !stopping {
-                    if self.shared.is_stopping() {
+                    if self.is_stopping() {
                         return Poll::Ready(Step::Stop);
                     }
                     while stop_listener.poll_unpin(cx).is_ready() {
                         stop_listener = self.shared.tasks.stop_listener();
-                        if self.shared.is_stopping() {
+                        if self.is_stopping() {
+                            return Poll::Ready(Step::Stop);
+                        }
+                    }
+                    while control_listener.poll_unpin(cx).is_ready() {
+                        control_listener = self.control.stop_listener();
+                        if self.is_stopping() {
                             return Poll::Ready(Step::Stop);
                         }
                     }
@@ -193,11 +205,16 @@ impl ConsumerLoop {
         drop(stream);
     }
 
+    /// Whether the bus or this subscription is stopping.
+    fn is_stopping(&self) -> bool {
+        self.shared.is_stopping() || self.control.is_stopping()
+    }
+
     /// Spawns the pipeline for one delivery; the returned future completes with the
     /// delivery's key when it is settled (or aborted).
     fn start(&self, delivery: Delivery) -> BoxFuture<'static, Finished> {
         let key = delivery.message.key.clone();
-        if self.shared.is_stopping() {
+        if self.is_stopping() {
             // Stopping: hand it back for redelivery rather than start new work.
             delivery.acker.release();
             return Box::pin(futures::future::ready(Finished {

@@ -91,6 +91,7 @@ pub mod upcast;
 mod wire;
 
 mod consumer;
+mod consumer_control;
 #[cfg(any(feature = "redis", feature = "kafka"))]
 mod redact;
 mod rfc3339;

@@ -27,7 +27,11 @@ pub struct Subscription {
     pub(crate) pattern: String,
     pub(crate) options: SubscriberOptions,
     pub(crate) handler: Arc<dyn ErasedHandler>,
+    pub(crate) filter: Option<EnvelopeFilter>,
 }
+
+/// A predicate over the envelope: [`Subscription::filter`].
+pub type EnvelopeFilter = Arc<dyn Fn(&crate::RawEnvelope) -> bool + Send + Sync>;
 
 /// Per-subscription settings. Defaults: group = the subscription's name, 3 retries with
 /// exponential backoff (100 ms doubling to 10 s, jittered), dead-letter queue on, concurrency 1,
@@ -89,6 +93,7 @@ impl Subscription {
             pattern: pattern.to_owned(),
             options: SubscriberOptions::default(),
             handler: erase(handler),
+            filter: None,
         }
     }
 
@@ -126,6 +131,24 @@ impl Subscription {
     /// Renames the subscription.
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
+        self
+    }
+
+    /// Handles only the events `predicate` keeps: the others are acknowledged without a
+    /// handler call, counted as `filtered` ([`BusStats::filtered`](crate::BusStats::filtered),
+    /// outcome `filtered` in `event_handled_total`). The predicate sees the envelope before its
+    /// data is decoded to the handler's type (`envelope.data` is the raw JSON):
+    ///
+    /// ```
+    /// # use eventbus::{Envelope, Subscription};
+    /// let aapl = Subscription::new("price.updated", |_: Envelope<serde_json::Value>| async { Ok(()) })
+    ///     .filter(|envelope| envelope.data.get().contains(r#""symbol":"AAPL""#));
+    /// ```
+    pub fn filter(
+        mut self,
+        predicate: impl Fn(&crate::RawEnvelope) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.filter = Some(Arc::new(predicate));
         self
     }
 

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `event_published_total` | counter | `service`, `topic` |
 //! | `event_publish_failures_total` | counter | `service`, `topic` |
-//! | `event_handled_total` | counter | `service`, `topic`, `group`, `outcome` (`handled`, `duplicate`, `skipped`, `dead_lettered`, `discarded`, `deferred`, `unsettled`) |
+//! | `event_handled_total` | counter | `service`, `topic`, `group`, `outcome` (`handled`, `duplicate`, `skipped`, `filtered`, `dead_lettered`, `discarded`, `deferred`, `unsettled`) |
 //! | `event_failed_total` | counter | `service`, `topic`, `group` (failed handler calls) |
 //! | `event_retried_total` | counter | `service`, `topic`, `group` |
 //! | `event_dead_lettered_total` | counter | `service`, `topic`, `group` |

@@ -16,6 +16,7 @@ use crate::pattern::Pattern;
 /// `Envelope<ApprovalGranted>` on `approval.*` skips `approval.denied`).
 pub(crate) struct DecodeLayer {
     pattern: Pattern,
+    filter: Option<crate::subscription::EnvelopeFilter>,
     accepted: &'static [&'static str],
     clock: Arc<dyn Clock>,
     max_payload: usize,
@@ -29,10 +30,17 @@ impl DecodeLayer {
     pub(crate) fn new(pattern: Pattern, clock: Arc<dyn Clock>) -> Self {
         DecodeLayer {
             pattern,
+            filter: None,
             accepted: &[],
             clock,
             max_payload: Self::DEFAULT_MAX_PAYLOAD,
         }
+    }
+
+    /// Drops the events `filter` rejects ([`Outcome::Filtered`]).
+    pub(crate) fn filtering(mut self, filter: Option<crate::subscription::EnvelopeFilter>) -> Self {
+        self.filter = filter;
+        self
     }
 
     /// Skips event types outside `types` (the handler's payload types; empty takes any type
@@ -78,6 +86,14 @@ impl Layer for DecodeLayer {
                             "skipped: the subscription does not take this event type"
                         );
                         return Outcome::Skipped;
+                    }
+                    if self.filter.as_ref().is_some_and(|keep| !keep(&envelope)) {
+                        tracing::trace!(
+                            event_type = %envelope.event_type,
+                            group = %cx.group,
+                            "filtered: the subscription's filter rejected this event"
+                        );
+                        return Outcome::Filtered;
                     }
                     cx.envelope = Some(envelope);
                     next.run(cx).await

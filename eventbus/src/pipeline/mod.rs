@@ -110,6 +110,8 @@ pub enum Outcome {
     Duplicate,
     /// The event's type does not match the subscription (shared topic): nothing to do.
     Skipped,
+    /// The subscription's [filter](crate::Subscription::filter) rejected the event.
+    Filtered,
     /// The handler (or decoding) failed; outer layers decide between retry and dead letter.
     Failed(Failure),
     /// Failed a round; to come back after `delay` for another round, without blocking.
@@ -135,6 +137,7 @@ impl Outcome {
             Outcome::Handled
                 | Outcome::Duplicate
                 | Outcome::Skipped
+                | Outcome::Filtered
                 | Outcome::DeadLettered(_)
                 | Outcome::Discarded(_)
         )
@@ -146,6 +149,7 @@ impl Outcome {
             Outcome::Handled => "handled",
             Outcome::Duplicate => "duplicate",
             Outcome::Skipped => "skipped",
+            Outcome::Filtered => "filtered",
             Outcome::Failed(_) => "failed",
             Outcome::Deferred { .. } => "deferred",
             Outcome::DeadLettered(_) => "dead_lettered",
@@ -301,6 +305,7 @@ impl Pipeline {
             ),
             Arc::new(
                 DecodeLayer::new(pattern, clock.clone())
+                    .filtering(subscription.filter.clone())
                     .accepting(subscription.payload_types())
                     .with_max_payload(*max_payload),
             ),
