@@ -1918,6 +1918,139 @@ fn mock_members_split_partitions_and_a_killed_member_is_taken_over() {
     });
 }
 
+/// The metric value of the sample line `name{...labels...}` holding every `label="value"`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[event(name = "met.job.queued", version = 1, key = job)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct MetJob {
+    job: String,
+}
+
+/// Seed 004's metric names beside ours: `consumer_lag{consumer_group,topic,partition}` adds up
+/// to the group's lag and falls to 0 once consumed; `broker_availability{broker_id}` is 1, 0
+/// while the broker is down, 1 again when it is back. Mock cluster only (it can stop a broker).
+#[test]
+fn mock_seed_metrics_lag_per_partition_and_broker_availability() {
+    eventbus_integration::run(4, async {
+        let broker = Broker::mock();
+        let mut config = broker.config();
+        config.consumer.max_buffered_per_partition = 4;
+        config.operation_timeout = Duration::from_secs(3);
+        let backend = broker.connect(config).await;
+        broker.topic(&backend, "met.job.queued", 2).await;
+        let g = group("met");
+        let gate = Arc::new(AtomicBool::new(false));
+        let handled = Arc::new(AtomicUsize::new(0));
+        let (open, count) = (gate.clone(), handled.clone());
+        let bus = Bus::builder()
+            .backend(backend.clone())
+            .subscribe(
+                Subscription::new("met.job.queued", move |_: Envelope<MetJob>| {
+                    let (open, count) = (open.clone(), count.clone());
+                    async move {
+                        while !open.load(Ordering::SeqCst) {
+                            eventbus_integration::sleep(Duration::from_millis(5)).await;
+                        }
+                        count.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    }
+                })
+                .group(g.clone()),
+            )
+            .start()
+            .await
+            .unwrap();
+        wait_assigned(&[&backend], &g, 2).await;
+        let jobs: Vec<_> = (0..40)
+            .map(|n| {
+                Envelope::new(MetJob {
+                    job: format!("j-{n}"),
+                })
+            })
+            .collect();
+        bus.publisher().publish_batch(jobs).await.unwrap();
+        let admin = backend.admin().expect("admin");
+        let lag_of = |text: &str| -> f64 {
+            (0..2)
+                .filter_map(|p| {
+                    let partition = p.to_string();
+                    sample(
+                        text,
+                        "consumer_lag",
+                        &[
+                            ("consumer_group", &g),
+                            ("topic", "met.job.queued"),
+                            ("partition", &partition),
+                        ],
+                    )
+                })
+                .sum()
+        };
+        let mut seen = (0.0, 0u64);
+        assert!(
+            eventually(WAIT, || {
+                let lags = futures::executor::block_on(admin.group_lag()).unwrap_or_default();
+                let total: u64 = lags
+                    .iter()
+                    .filter(|l| l.group == g)
+                    .filter_map(|l| l.lag)
+                    .sum();
+                seen = (lag_of(&bus.metrics().encode()), total);
+                total > 0 && seen.0 == total as f64
+            })
+            .await,
+            "consumer_lag per partition {} against the group's lag {}: {}",
+            seen.0,
+            seen.1,
+            bus.metrics().encode()
+        );
+        gate.store(true, Ordering::SeqCst);
+        assert!(
+            eventually(WAIT, || {
+                let _ = futures::executor::block_on(admin.group_lag());
+                handled.load(Ordering::SeqCst) == 40 && lag_of(&bus.metrics().encode()) == 0.0
+            })
+            .await,
+            "handled {}, consumer_lag {}",
+            handled.load(Ordering::SeqCst),
+            lag_of(&bus.metrics().encode())
+        );
+        let availability = || {
+            sample(
+                &bus.metrics().encode(),
+                "broker_availability",
+                &[("broker_id", "1")],
+            )
+        };
+        assert_eq!(availability(), Some(1.0), "{}", bus.metrics().encode());
+        let mock = broker.mock.as_ref().expect("mock");
+        mock.broker_down(1).expect("broker down");
+        let down = backend.health().await;
+        assert!(down.is_err(), "health with the broker down: {down:?}");
+        assert_eq!(availability(), Some(0.0), "{}", bus.metrics().encode());
+        mock.broker_up(1).expect("broker up");
+        assert!(
+            eventually(WAIT, || futures::executor::block_on(backend.health())
+                .is_ok())
+            .await,
+            "the broker came back"
+        );
+        assert_eq!(availability(), Some(1.0));
+        bus.shutdown(Duration::from_secs(10)).await;
+    });
+}
+
 /// Provisioning needs CreateTopics and DescribeConfigs, which librdkafka's mock cluster does
 /// not implement: this case runs on tansu only.
 #[test]

@@ -37,3 +37,26 @@ check_smol_dependency_tree() {
     echo "runtime-smol,kafka,sqlite,postgres: no tokio; with redis: tokio without rt/net/time:"
     grep -E '^tokio|tokio feature' <<<"$tree" | sort -u
 }
+
+# docs/operations: the alert rules validate (`promtool check rules`), their unit tests pass
+# (`promtool test rules`: each alert fires on the series it watches), and every alert has its
+# runbook section, linked by its `runbook` annotation.
+check_operations_docs() {
+    if ! command -v promtool >/dev/null; then
+        apt_install --no-install-recommends prometheus || return 1
+    fi
+    promtool check rules docs/operations/alerts.yaml || return 1
+    promtool test rules docs/operations/alerts_test.yaml || return 1
+    local alert missing=0
+    while read -r alert; do
+        if ! grep -qx "## $alert" docs/operations/runbooks.md; then
+            echo "alert $alert has no section \`## $alert\` in docs/operations/runbooks.md" >&2
+            missing=1
+        fi
+        if ! grep -q "runbook: docs/operations/runbooks.md#${alert,,}\$" docs/operations/alerts.yaml; then
+            echo "alert $alert does not link docs/operations/runbooks.md#${alert,,}" >&2
+            missing=1
+        fi
+    done < <(sed -nE 's/^ *- alert: *([A-Za-z0-9]+) *$/\1/p' docs/operations/alerts.yaml)
+    [[ $missing -eq 0 ]] && echo "every alert has its runbook"
+}

@@ -144,6 +144,26 @@ pub trait Backend: Send + Sync + 'static {
     fn counters(&self) -> Vec<BackendCounter> {
         Vec::new()
     }
+
+    /// Gauges the backend keeps (Kafka: `consumer_lag{consumer_group,topic,partition}` and
+    /// `broker_availability{broker_id}`), exported with the bus's metrics at every scrape.
+    /// Empty when the backend has none.
+    fn gauges(&self) -> Vec<BackendGauge> {
+        Vec::new()
+    }
+}
+
+/// A gauge a backend keeps itself, exported with the bus's metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendGauge {
+    /// Metric name.
+    pub name: &'static str,
+    /// Help text.
+    pub help: &'static str,
+    /// Labels besides `service`.
+    pub labels: Vec<(&'static str, String)>,
+    /// The value last seen.
+    pub value: i64,
 }
 
 /// A counter a backend keeps itself, exported with the bus's metrics.

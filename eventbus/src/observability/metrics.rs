@@ -29,6 +29,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
@@ -553,6 +554,24 @@ impl Collector for BackendCounters {
                 let mut labels: Vec<(&str, &str)> = vec![("service", self.service.as_str())];
                 labels.extend(counter.labels.iter().map(|(k, v)| (*k, v.as_str())));
                 ConstCounter::new(counter.value).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        let gauges: Vec<crate::backend::BackendGauge> = self
+            .backends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flat_map(|b| b.gauges())
+            .collect();
+        let mut names: Vec<(&str, &str)> = gauges.iter().map(|g| (g.name, g.help)).collect();
+        names.sort_unstable();
+        names.dedup_by_key(|(name, _)| *name);
+        for (name, help) in names {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for gauge in gauges.iter().filter(|g| g.name == name) {
+                let mut labels: Vec<(&str, &str)> = vec![("service", self.service.as_str())];
+                labels.extend(gauge.labels.iter().map(|(k, v)| (*k, v.as_str())));
+                ConstGauge::new(gauge.value).encode(metric.encode_family(&labels)?)?;
             }
         }
         Ok(())

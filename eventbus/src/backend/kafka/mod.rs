@@ -124,9 +124,25 @@ pub(crate) struct Inner {
     consumers: Mutex<Vec<Arc<consumer::MemberState>>>,
     groups: Mutex<HashMap<String, String>>,
     resolved: reader::ResolvedIndex,
+    /// Lag per (group, topic, partition) at the last [`BackendAdmin::group_lag`].
+    partition_lag: Mutex<std::collections::BTreeMap<(String, String, i32), i64>>,
+    /// Brokers seen in the cluster metadata, and whether the last metadata fetch listed them.
+    brokers: Mutex<std::collections::BTreeMap<i32, bool>>,
 }
 
 impl Inner {
+    /// Records the brokers the last metadata fetch listed: those are available, every broker
+    /// seen before and missing now is not.
+    fn note_brokers(&self, listed: &[i32]) {
+        let mut brokers = self.brokers.lock().unwrap_or_else(|p| p.into_inner());
+        for available in brokers.values_mut() {
+            *available = false;
+        }
+        for id in listed {
+            brokers.insert(*id, true);
+        }
+    }
+
     fn register(&self, consumer: Arc<consumer::MemberState>) {
         let mut consumers = self.consumers.lock().unwrap_or_else(|p| p.into_inner());
         consumers.push(consumer);
@@ -159,6 +175,8 @@ impl KafkaBackend {
                 consumers: Mutex::new(Vec::new()),
                 groups: Mutex::new(HashMap::new()),
                 resolved: reader::ResolvedIndex::default(),
+                partition_lag: Mutex::default(),
+                brokers: Mutex::default(),
             }),
         };
         backend.health().await.map_err(|e| match e {
@@ -366,8 +384,14 @@ impl Backend for KafkaBackend {
                 let metadata = inner
                     .admin
                     .inner()
-                    .fetch_metadata(None, inner.config.operation_timeout)
-                    .map_err(|e| Error::backend("kafka", "fetch metadata", e))?;
+                    .fetch_metadata(None, inner.config.operation_timeout);
+                let listed: Vec<i32> = metadata
+                    .as_ref()
+                    .map(|m| m.brokers().iter().map(|b| b.id()).collect())
+                    .unwrap_or_default();
+                inner.note_brokers(&listed);
+                let metadata =
+                    metadata.map_err(|e| Error::backend("kafka", "fetch metadata", e))?;
                 if metadata.brokers().is_empty() {
                     return Err(Error::backend(
                         "kafka",
@@ -406,6 +430,46 @@ impl Backend for KafkaBackend {
             let inner = self.inner.clone();
             runtime::unblock(move || inner.producer.flush(Duration::from_secs(10))).await
         })
+    }
+
+    /// Seed 004's names: `consumer_lag{consumer_group,topic,partition}` (messages, as of the
+    /// last lag reading: the bus reads it every `lag_interval`, the admin server at each
+    /// `/lag` and `/metrics`) and `broker_availability{broker_id}` (1 when the last metadata
+    /// fetch listed the broker, 0 when it no longer did or failed; read at each health check).
+    fn gauges(&self) -> Vec<crate::backend::BackendGauge> {
+        let lag = self
+            .inner
+            .partition_lag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(
+                |((group, topic, partition), lag)| crate::backend::BackendGauge {
+                    name: "consumer_lag",
+                    help: "Messages not yet consumed, per consumer group, topic and partition",
+                    labels: vec![
+                        ("consumer_group", group.clone()),
+                        ("topic", topic.clone()),
+                        ("partition", partition.to_string()),
+                    ],
+                    value: *lag,
+                },
+            )
+            .collect::<Vec<_>>();
+        let brokers = self
+            .inner
+            .brokers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, available)| crate::backend::BackendGauge {
+                name: "broker_availability",
+                help: "1 when the last cluster metadata listed the broker, else 0",
+                labels: vec![("broker_id", id.to_string())],
+                value: i64::from(*available),
+            })
+            .collect::<Vec<_>>();
+        lag.into_iter().chain(brokers).collect()
     }
 
     fn admin(&self) -> Option<&dyn BackendAdmin> {
@@ -520,11 +584,23 @@ impl BackendAdmin for KafkaBackend {
                     })
                     .await
                     .map_err(|e| Error::backend("kafka", "fetch watermarks", e))?;
-                    let lag: i64 = committed
+                    let lags: Vec<(i32, i64)> = committed
                         .iter()
                         .zip(highs)
-                        .map(|((_, c), h)| (h - c.unwrap_or(0)).max(0))
-                        .sum();
+                        .map(|((p, c), h)| (*p, (h - c.unwrap_or(0)).max(0)))
+                        .collect();
+                    {
+                        let mut by_partition = self
+                            .inner
+                            .partition_lag
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner());
+                        by_partition.retain(|(g, t, _), _| g != &group || t != &topic);
+                        for (partition, lag) in &lags {
+                            by_partition.insert((group.clone(), topic.clone(), *partition), *lag);
+                        }
+                    }
+                    let lag: i64 = lags.iter().map(|(_, lag)| lag).sum();
                     out.push(GroupLag {
                         group: group.clone(),
                         stream: topic,
