@@ -79,6 +79,8 @@ pub mod observability;
 pub mod outbox;
 pub mod pattern;
 pub mod pipeline;
+#[cfg(feature = "platform-events")]
+pub mod platform_events;
 pub mod publisher;
 pub mod replay;
 pub mod retry;
