@@ -27,6 +27,9 @@ const NAMES: [&str; 13] = [
     "agent.error",
 ];
 
+/// (event type, envelope tenant, data) of each handled event.
+type Seen = Arc<Mutex<Vec<(String, Option<String>, serde_json::Value)>>>;
+
 #[test]
 fn the_catalog_holds_every_listed_event_with_a_tenant() {
     let mut names: Vec<&str> = CATALOG.iter().map(|e| e.name).collect();
@@ -43,7 +46,7 @@ fn the_catalog_holds_every_listed_event_with_a_tenant() {
 
 #[tokio::test]
 async fn platform_events_reach_a_wildcard_subscriber_with_their_tenant() {
-    let seen: Arc<Mutex<Vec<(String, Option<String>, serde_json::Value)>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let log = seen.clone();
     let bus = Bus::builder()
         .backend(MemoryBackend::new())
