@@ -2562,6 +2562,169 @@ async fn a_filter_drops_what_it_rejects_and_unsubscribe_drains_in_flight(b: &Und
     bus.shutdown(Duration::from_secs(10)).await;
 }
 
+// --- 20. a topic prefix per environment ------------------------------------------------------
+
+#[event(name = "env.order.placed", version = 1, key = order_id)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct EnvOrderPlaced {
+    order_id: String,
+    env: String,
+}
+
+/// Two environments on one backend (seed 003's topic prefix): the same topic, group and
+/// subscriptions under `staging.` and `prod.`; each bus handles, dead-letters, lists and
+/// redrives only its own events, and the backend holds them under the prefixed names.
+async fn a_topic_prefix_keeps_two_environments_apart(b: &Under) {
+    let t = "env.order.placed";
+    for env in ["staging.", "prod."] {
+        b.topic(&format!("{env}{t}"), 2).await;
+    }
+    let backend = b.member().await;
+    let refused = Bus::builder()
+        .backend_arc(backend.clone())
+        .topic_prefix("bad prefix")
+        .start()
+        .await;
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("topic_prefix")),
+        "{:?}",
+        refused.err()
+    );
+    type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
+    let seen: Seen = Arc::default();
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let g = group("env");
+    let start = |env: &'static str| {
+        let (seen, fixed, g) = (seen.clone(), fixed.clone(), g.clone());
+        let backend = backend.clone();
+        async move {
+            let (typed_seen, wild_seen) = (seen.clone(), seen.clone());
+            let fixed = fixed.clone();
+            Bus::builder()
+                .backend_arc(backend)
+                .topic_prefix(format!("{env}."))
+                .subscribe(
+                    Subscription::new(t, move |ctx: Context, e: Envelope<EnvOrderPlaced>| {
+                        typed_seen.lock().unwrap().push((
+                            env.to_owned(),
+                            ctx.topic().to_owned(),
+                            e.data.env.clone(),
+                        ));
+                        let fail = e.data.order_id == "o-poison" && !fixed.load(Ordering::SeqCst);
+                        async move {
+                            if fail {
+                                Err(HandlerError::permanent("poison"))
+                            } else {
+                                Ok(())
+                            }
+                        }
+                    })
+                    .with_name("typed")
+                    .group(g.clone()),
+                )
+                .subscribe(
+                    Subscription::new("env.order.*", move |e: Envelope<serde_json::Value>| {
+                        wild_seen.lock().unwrap().push((
+                            format!("{env}-wildcard"),
+                            String::new(),
+                            e.data["env"].as_str().unwrap_or_default().to_owned(),
+                        ));
+                        async { Ok(()) }
+                    })
+                    .with_name("wildcard")
+                    .group(format!("{g}-wild")),
+                )
+                .start()
+                .await
+                .expect("start")
+        }
+    };
+    let staging = start("staging").await;
+    let prod = start("prod").await;
+    for (bus, env, orders) in [
+        (&staging, "staging", vec!["o-1", "o-2", "o-poison"]),
+        (&prod, "prod", vec!["o-1", "o-2"]),
+    ] {
+        for order in orders {
+            bus.publish(EnvOrderPlaced {
+                order_id: order.into(),
+                env: env.into(),
+            })
+            .await
+            .expect("publish");
+        }
+    }
+    let settled = || {
+        let s = staging.stats();
+        let p = prod.stats();
+        (s.handled + s.dead_lettered, p.handled + p.dead_lettered)
+    };
+    assert!(
+        eventually(WAIT, || settled() == (6, 4)).await,
+        "settled {:?}; seen {:?}",
+        settled(),
+        seen.lock().unwrap()
+    );
+    for (who, topic, env) in seen.lock().unwrap().iter() {
+        assert!(
+            who.starts_with(env.as_str()),
+            "{who} handled an event of {env}"
+        );
+        if !topic.is_empty() {
+            assert_eq!(topic, t, "handlers see the topic without the prefix");
+        }
+    }
+    // Dead letters: staging's own, under its names.
+    let letters = staging.dead_letters().list(t).await.expect("list");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].original_topic, t);
+    assert_eq!(prod.dead_letters().count(t).await.expect("count"), 0);
+    assert_eq!(
+        staging.dead_letters().topics().await.expect("topics"),
+        vec![t.to_owned()]
+    );
+    let raw = backend.admin().expect("admin");
+    let stored = raw
+        .read_page(&format!("staging.{t}.dlq"), None, 10)
+        .await
+        .expect("the prefixed dead-letter topic");
+    assert_eq!(stored.messages.len(), 1);
+    assert!(
+        !matches!(raw.count(&format!("{t}.dlq")).await, Ok(n) if n > 0),
+        "nothing under the bare name"
+    );
+    let lags = staging
+        .backend()
+        .admin()
+        .expect("admin")
+        .group_lag()
+        .await
+        .expect("lag");
+    assert!(
+        lags.iter()
+            .all(|l| l.group == g || l.group == format!("{g}-wild")),
+        "staging's groups without the prefix: {lags:?}"
+    );
+    // Redrive in staging reaches staging's group only.
+    fixed.store(true, Ordering::SeqCst);
+    assert_eq!(
+        staging
+            .dead_letters()
+            .redrive_all(t)
+            .await
+            .expect("redrive"),
+        1
+    );
+    assert!(
+        eventually(WAIT, || staging.stats().handled == 6).await,
+        "{:?}",
+        staging.stats()
+    );
+    assert_eq!(prod.stats().handled, 4, "{:?}", prod.stats());
+    staging.shutdown(Duration::from_secs(10)).await;
+    prod.shutdown(Duration::from_secs(10)).await;
+}
+
 // --- 16. the admin API's topics agree -------------------------------------------------------
 
 #[event(name = "dash.order.created", version = 1, key = order_id)]
@@ -2775,4 +2938,5 @@ conformance!(
     other_producers_envelope_names_are_read_as_aliases,
     one_dead_letter_topic_for_the_whole_service,
     a_filter_drops_what_it_rejects_and_unsubscribe_drains_in_flight,
+    a_topic_prefix_keeps_two_environments_apart,
 );

@@ -305,6 +305,7 @@ async fn backend_consume(backend: &KafkaBackend) -> Duration {
         pattern: eventbus::pattern::Pattern::parse("kbench.tick").unwrap(),
         topics: vec!["kbench.tick".into()],
         prefetch: 64,
+        topic_prefix: String::new(),
     };
     let mut stream = backend.subscribe(request).await.unwrap();
     let start = Instant::now();

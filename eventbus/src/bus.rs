@@ -49,9 +49,22 @@ pub struct BusBuilder {
     outboxes: Vec<Arc<dyn crate::outbox::BusOutbox>>,
     lag_interval: Option<Duration>,
     dead_letter_topic: Option<String>,
+    topic_prefix: Option<String>,
 }
 
 impl BusBuilder {
+    /// Puts every topic and consumer group of this bus under `prefix` in the backend
+    /// (`staging.`: topic `staging.order.created`, group `staging.billing`, dead letters in
+    /// `staging.order.created.dlq`), so several environments share one Kafka cluster (or
+    /// Redis server) without seeing each other's events. Handlers, metrics, the dead-letter
+    /// tools, replay and the admin API keep using the names without the prefix. Letters,
+    /// digits, `.`, `_` and `-` only; anything else fails [`start`](Self::start) naming
+    /// `topic_prefix`. See [`PrefixedBackend`](crate::backend::PrefixedBackend).
+    pub fn topic_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.topic_prefix = Some(prefix.into());
+        self
+    }
+
     /// Sends every dead letter of this bus (its consumers' and its outbox's) to the one topic
     /// `name` (seed 000's `orion.dlq`) instead of `{topic}.dlq`, the original topic in the
     /// `dlq-original-topic` header; [`Bus::dead_letters`] lists, counts, redrives and purges a
@@ -252,6 +265,13 @@ impl BusBuilder {
                 "no backend configured; call `BusBuilder::backend`",
             )
         })?;
+        let backend: Arc<dyn Backend> = match &self.topic_prefix {
+            Some(prefix) => Arc::new(crate::backend::PrefixedBackend::new(
+                backend,
+                prefix.clone(),
+            )?),
+            None => backend,
+        };
         let inbox = self.inbox.unwrap_or_else(|| Arc::new(MemoryInbox::new()));
         let source = self.source.unwrap_or_else(|| "eventbus".to_owned());
         if source.trim().is_empty() {
@@ -370,6 +390,7 @@ impl BusBuilder {
                 pattern: pattern.clone(),
                 topics: topics.into_iter().collect(),
                 prefetch: (options.concurrency * 4).max(16),
+                topic_prefix: String::new(),
             };
             let pipeline = Arc::new(Pipeline::for_subscription(
                 &subscription,
@@ -432,6 +453,7 @@ impl BusBuilder {
             shared,
             subscriptions: Mutex::new(names),
             subscribed_topics: subscribed_topics.into_iter().collect(),
+            topic_prefix: self.topic_prefix,
             #[cfg(feature = "admin")]
             series: std::sync::OnceLock::new(),
             metrics,
@@ -453,6 +475,7 @@ pub struct Bus {
     /// Running subscriptions by name, with their stop controls.
     subscriptions: Mutex<Vec<(String, Arc<crate::consumer_control::ConsumerControl>)>>,
     subscribed_topics: Vec<String>,
+    topic_prefix: Option<String>,
     /// The dashboard's time series, sampled once an admin router exists.
     #[cfg(feature = "admin")]
     series: std::sync::OnceLock<Arc<crate::observability::series::SeriesRecorder>>,
@@ -648,6 +671,12 @@ impl Bus {
                 recorder
             })
             .clone()
+    }
+
+    /// The prefix of every topic and group in the backend
+    /// ([`BusBuilder::topic_prefix`]), if any.
+    pub fn topic_prefix(&self) -> Option<&str> {
+        self.topic_prefix.as_deref()
     }
 
     /// What the consumers did so far.

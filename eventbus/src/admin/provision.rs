@@ -190,8 +190,17 @@ pub(crate) async fn provision(
             ))
         }
         (Some(provisioner), false) => {
-            tracing::info!(request = ?request, "provisioning topics through the admin API");
-            provisioner.provision(catalog.to_vec(), request.clone()).await?
+            // The backend's names: under the bus's topic prefix, if any.
+            let mut physical = request.clone();
+            if let Some(prefix) = state.bus.topic_prefix() {
+                physical.topics = physical
+                    .topics
+                    .iter()
+                    .map(|t| format!("{prefix}{t}"))
+                    .collect();
+            }
+            tracing::info!(request = ?physical, "provisioning topics through the admin API");
+            provisioner.provision(catalog.to_vec(), physical).await?
         }
     };
     Ok(Json(json!({

@@ -72,6 +72,8 @@ impl TopicLog {
 
 #[derive(Default)]
 struct Group {
+    /// Only topics starting with this ([`SubscribeRequest::topic_prefix`]).
+    topic_prefix: String,
     queue: VecDeque<Queued>,
     unacked: HashMap<u64, (u64, Queued)>,
     key_owner: HashMap<String, (u64, usize)>,
@@ -341,6 +343,12 @@ impl Backend for MemoryBackend {
                         1
                     };
                     routes.for_each_match(&message.event_type, |&group| {
+                        if !message
+                            .topic
+                            .starts_with(groups[group].topic_prefix.as_str())
+                        {
+                            return;
+                        }
                         for _ in 0..copies {
                             *next_seq += 1;
                             groups[group].queue.push_back(Queued {
@@ -366,7 +374,10 @@ impl Backend for MemoryBackend {
                 Some(&group) => group,
                 None => {
                     let group = state.groups.len();
-                    state.groups.push(Group::default());
+                    state.groups.push(Group {
+                        topic_prefix: request.topic_prefix.clone(),
+                        ..Group::default()
+                    });
                     state.group_ids.insert(id, group);
                     state.routes.insert(&request.pattern, group);
                     group

@@ -19,6 +19,7 @@ pub mod kafka;
 #[cfg_attr(not(feature = "redis"), allow(unreachable_pub))]
 pub(crate) mod key_hash;
 pub mod memory;
+pub mod prefixed;
 #[cfg(feature = "redis")]
 pub mod redis;
 
@@ -26,6 +27,7 @@ pub use crate::wire::{
     is_internal_header, Message, MessageHeaders, RetryState, ATTEMPT_HEADER, FIRST_FAILURE_HEADER,
     ROUND_HEADER, TENANT_HEADER,
 };
+pub use prefixed::PrefixedBackend;
 
 /// What a consumer asks a backend for.
 #[derive(Debug, Clone)]
@@ -38,6 +40,9 @@ pub struct SubscribeRequest {
     pub topics: Vec<String>,
     /// Upper bound of deliveries handed out and not yet acknowledged.
     pub prefetch: usize,
+    /// What the names of the topics a wildcard pattern finds start with (set by
+    /// [`PrefixedBackend`]; Kafka's subscription regex starts with it). Empty by default.
+    pub topic_prefix: String,
 }
 
 /// One message handed to a consumer, with the means to settle it.

@@ -349,6 +349,13 @@ pub(crate) async fn start(
     }
     let regex = pattern_regex(&request.pattern)
         .unwrap_or_else(|| format!("^{}$", escape_regex(request.pattern.as_str())));
+    // Under a topic prefix, only the prefixed topics: `^staging\.order\.[^.]+$`.
+    let regex = match regex.strip_prefix('^') {
+        Some(rest) if !request.topic_prefix.is_empty() => {
+            format!("^{}{rest}", escape_regex(&request.topic_prefix))
+        }
+        _ => regex,
+    };
     subscription.push(retry_tiers::tier_regex(&regex));
     subscription.push(regex);
     subscription.sort();

@@ -25,6 +25,8 @@ pub(crate) struct StreamReader {
     group: String,
     consumer: String,
     pattern: Pattern,
+    /// Streams found by pattern hold topics starting with this ([`SubscribeRequest::topic_prefix`]).
+    topic_prefix: String,
     streams: Vec<String>,
     /// The group's retry stream: the one stream whose internal headers are trusted.
     retry_stream: String,
@@ -115,6 +117,7 @@ impl StreamReader {
             group: request.group.clone(),
             consumer,
             pattern: request.pattern.clone(),
+            topic_prefix: request.topic_prefix.clone(),
             streams: Vec::new(),
             retry_stream: String::new(),
             conn: None,
@@ -196,7 +199,10 @@ impl StreamReader {
         Ok(members
             .iter()
             .filter_map(|m| Keys::parse_registry_member(m))
-            .filter(|(_, event_type)| self.pattern.matches(event_type))
+            .filter(|(stream, event_type)| {
+                self.pattern.matches(event_type)
+                    && Keys::topic_of(stream).starts_with(self.topic_prefix.as_str())
+            })
             .map(|(stream, _)| stream.to_owned())
             .collect())
     }
