@@ -537,41 +537,72 @@ impl std::fmt::Debug for BackendCounters {
 
 impl Collector for BackendCounters {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-        let counters: Vec<crate::backend::BackendCounter> = self
-            .backends
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let (counters, gauges): (Vec<_>, Vec<_>) = {
+            let backends = self.backends.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                backends.iter().flat_map(|b| b.counters()).collect(),
+                backends.iter().flat_map(|b| b.gauges()).collect(),
+            )
+        };
+        let counters: Vec<Series<'_>> = counters
             .iter()
-            .flat_map(|b| b.counters())
+            .map(|c: &crate::backend::BackendCounter| Series {
+                family: c.name.strip_suffix("_total").unwrap_or(c.name),
+                help: c.help,
+                labels: &c.labels,
+                value: Value::Counter(c.value),
+            })
             .collect();
-        let mut names: Vec<(&str, &str)> = counters.iter().map(|c| (c.name, c.help)).collect();
-        names.sort_unstable();
-        names.dedup_by_key(|(name, _)| *name);
-        for (name, help) in names {
-            let family = name.strip_suffix("_total").unwrap_or(name);
-            let mut metric = encoder.encode_descriptor(family, help, None, MetricType::Counter)?;
-            for counter in counters.iter().filter(|c| c.name == name) {
-                let mut labels: Vec<(&str, &str)> = vec![("service", self.service.as_str())];
-                labels.extend(counter.labels.iter().map(|(k, v)| (*k, v.as_str())));
-                ConstCounter::new(counter.value).encode(metric.encode_family(&labels)?)?;
-            }
-        }
-        let gauges: Vec<crate::backend::BackendGauge> = self
-            .backends
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let gauges: Vec<Series<'_>> = gauges
             .iter()
-            .flat_map(|b| b.gauges())
+            .map(|g: &crate::backend::BackendGauge| Series {
+                family: g.name,
+                help: g.help,
+                labels: &g.labels,
+                value: Value::Gauge(g.value),
+            })
             .collect();
-        let mut names: Vec<(&str, &str)> = gauges.iter().map(|g| (g.name, g.help)).collect();
-        names.sort_unstable();
-        names.dedup_by_key(|(name, _)| *name);
-        for (name, help) in names {
-            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for gauge in gauges.iter().filter(|g| g.name == name) {
+        self.encode_families(&mut encoder, &counters, MetricType::Counter)?;
+        self.encode_families(&mut encoder, &gauges, MetricType::Gauge)
+    }
+}
+
+/// A backend series' value.
+#[derive(Clone, Copy)]
+enum Value {
+    Counter(u64),
+    Gauge(i64),
+}
+
+/// One series a backend keeps, for the text format.
+struct Series<'a> {
+    family: &'static str,
+    help: &'static str,
+    labels: &'a [(&'static str, String)],
+    value: Value,
+}
+
+impl BackendCounters {
+    /// Writes `series`, one family per name, each with the `service` label first.
+    fn encode_families(
+        &self,
+        encoder: &mut DescriptorEncoder<'_>,
+        series: &[Series<'_>],
+        kind: MetricType,
+    ) -> std::fmt::Result {
+        let mut families: Vec<(&str, &str)> = series.iter().map(|s| (s.family, s.help)).collect();
+        families.sort_unstable();
+        families.dedup_by_key(|(family, _)| *family);
+        for (family, help) in families {
+            let mut metric = encoder.encode_descriptor(family, help, None, kind)?;
+            for one in series.iter().filter(|s| s.family == family) {
                 let mut labels: Vec<(&str, &str)> = vec![("service", self.service.as_str())];
-                labels.extend(gauge.labels.iter().map(|(k, v)| (*k, v.as_str())));
-                ConstGauge::new(gauge.value).encode(metric.encode_family(&labels)?)?;
+                labels.extend(one.labels.iter().map(|(k, v)| (*k, v.as_str())));
+                let encoder = metric.encode_family(&labels)?;
+                match one.value {
+                    Value::Counter(n) => ConstCounter::new(n).encode(encoder)?,
+                    Value::Gauge(n) => ConstGauge::new(n).encode(encoder)?,
+                }
             }
         }
         Ok(())
