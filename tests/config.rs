@@ -14,6 +14,8 @@ service = "orders"
 [bus]
 lag_interval = "5s"
 drain = "45s"
+topic_prefix = "staging."
+dead_letter_topic = "orders.dlq"
 
 [redis]
 url = "redis://app:s3cret-redis@127.0.0.1:6379/0"
@@ -63,6 +65,8 @@ fn a_file_and_the_environment_fill_every_section() {
     assert_eq!(config.service, "orders");
     assert_eq!(config.bus.lag_interval, Duration::from_secs(5));
     assert_eq!(config.bus.drain, Duration::from_secs(45));
+    assert_eq!(config.bus.topic_prefix.as_deref(), Some("staging."));
+    assert_eq!(config.bus.dead_letter_topic.as_deref(), Some("orders.dlq"));
     let redis = config.redis.as_ref().expect("redis section");
     assert_eq!(redis.block, Duration::from_millis(250));
     assert_eq!(redis.partitions, 8);
@@ -128,6 +132,11 @@ fn bad_settings_fail_naming_them() {
         ("[admin]\nprefix = \"ops\"", "admin.prefix"),
         ("service = \" \"", "service"),
         ("[bus]\nlag_interval = \"0s\"", "bus.lag_interval"),
+        ("[bus]\ntopic_prefix = \"has space\"", "bus.topic_prefix"),
+        (
+            "[bus]\ndead_letter_topic = \"orders-dead\"",
+            "bus.dead_letter_topic",
+        ),
     ];
     for (text, setting) in cases {
         let error = ServiceConfig::from_toml(text)
@@ -154,6 +163,34 @@ async fn the_service_name_is_the_source_of_what_the_bus_publishes() {
     let envelope = eventbus::RawEnvelope::decode(&published.payload).expect("decode");
     assert_eq!(envelope.source, "billing");
     assert!(bus.metrics().service() == "billing");
+    bus.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_settings_put_topics_under_the_prefix_and_letters_in_one_topic() {
+    let config = ServiceConfig::from_toml(
+        "service = \"billing\"\n[bus]\ntopic_prefix = \"staging.\"\ndead_letter_topic = \"billing.dlq\"",
+    )
+    .expect("valid");
+    let backend = eventbus::backend::memory::MemoryBackend::new();
+    let bus = config
+        .bus_builder()
+        .backend(backend.clone())
+        .start()
+        .await
+        .expect("bus");
+    bus.publish(Invoiced { n: 1 }).await.expect("publish");
+    assert_eq!(bus.topic_prefix(), Some("staging."));
+    let admin = eventbus::backend::Backend::admin(&backend).expect("admin");
+    let stored = admin
+        .read_page("staging.invoice.issued", None, 10)
+        .await
+        .expect("read");
+    assert_eq!(stored.messages.len(), 1, "published under the prefix");
+    assert_eq!(
+        bus.dead_letters().routing(),
+        &eventbus::dead_letter::DeadLetterTopics::Single("billing.dlq".into())
+    );
     bus.shutdown(Duration::from_secs(5)).await;
 }
 

@@ -62,6 +62,13 @@ pub struct BusSettings {
     /// How long a graceful stop may take (default 30 s).
     #[serde(with = "humantime_serde")]
     pub drain: Duration,
+    /// Every topic and consumer group under this prefix in the backend
+    /// ([`BusBuilder::topic_prefix`](crate::BusBuilder::topic_prefix); none by default).
+    pub topic_prefix: Option<String>,
+    /// One dead-letter topic for the whole service, ending in `.dlq`
+    /// ([`BusBuilder::dead_letter_topic`](crate::BusBuilder::dead_letter_topic); by default
+    /// each topic's `{topic}.dlq`).
+    pub dead_letter_topic: Option<String>,
 }
 
 impl Default for BusSettings {
@@ -70,6 +77,8 @@ impl Default for BusSettings {
             max_payload: crate::pipeline::DecodeLayer::DEFAULT_MAX_PAYLOAD,
             lag_interval: crate::Bus::DEFAULT_LAG_INTERVAL,
             drain: Duration::from_secs(30),
+            topic_prefix: None,
+            dead_letter_topic: None,
         }
     }
 }
@@ -177,6 +186,13 @@ impl ServiceConfig {
         if self.bus.lag_interval.is_zero() {
             return Err(Error::config("bus.lag_interval", "must be positive"));
         }
+        if let Some(prefix) = &self.bus.topic_prefix {
+            crate::backend::prefixed::check_prefix(prefix, "bus.topic_prefix")?;
+        }
+        if let Some(name) = &self.bus.dead_letter_topic {
+            crate::dead_letter::DeadLetterTopics::single(name.clone())
+                .map_err(|e| Error::config("bus.dead_letter_topic", crate::error::chain(&e)))?;
+        }
         #[cfg(feature = "redis")]
         if let Some(redis) = &self.redis {
             redis.validate()?;
@@ -194,9 +210,16 @@ impl ServiceConfig {
 
     /// A bus builder with the service's name and the bus settings applied.
     pub fn bus_builder(&self) -> crate::BusBuilder {
-        crate::Bus::builder()
+        let mut builder = crate::Bus::builder()
             .source(self.service.clone())
             .max_payload(self.bus.max_payload)
-            .lag_interval(self.bus.lag_interval)
+            .lag_interval(self.bus.lag_interval);
+        if let Some(prefix) = &self.bus.topic_prefix {
+            builder = builder.topic_prefix(prefix.clone());
+        }
+        if let Some(name) = &self.bus.dead_letter_topic {
+            builder = builder.dead_letter_topic(name.clone());
+        }
+        builder
     }
 }

@@ -24,6 +24,25 @@ use crate::error::Error;
 /// Longest accepted prefix.
 pub const MAX_PREFIX_LEN: usize = 100;
 
+/// Checks a topic prefix, naming `setting` when it is not 1 to [`MAX_PREFIX_LEN`] letters,
+/// digits, `.`, `_` or `-`.
+pub fn check_prefix(prefix: &str, setting: &str) -> Result<(), Error> {
+    let valid = !prefix.is_empty()
+        && prefix.len() <= MAX_PREFIX_LEN
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if valid {
+        return Ok(());
+    }
+    Err(Error::config(
+        setting,
+        format!(
+            "`{prefix}` must be 1 to {MAX_PREFIX_LEN} letters, digits, `.`, `_` or `-` (such as `staging.`)"
+        ),
+    ))
+}
+
 /// `backend` with every topic and consumer group under `prefix`.
 pub struct PrefixedBackend {
     inner: Arc<dyn Backend>,
@@ -45,19 +64,7 @@ impl PrefixedBackend {
     /// naming `topic_prefix`.
     pub fn new(inner: Arc<dyn Backend>, prefix: impl Into<String>) -> Result<Self, Error> {
         let prefix = prefix.into();
-        let valid = !prefix.is_empty()
-            && prefix.len() <= MAX_PREFIX_LEN
-            && prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        if !valid {
-            return Err(Error::config(
-                "topic_prefix",
-                format!(
-                    "`{prefix}` must be 1 to {MAX_PREFIX_LEN} letters, digits, `.`, `_` or `-` (such as `staging.`)"
-                ),
-            ));
-        }
+        check_prefix(&prefix, "topic_prefix")?;
         Ok(PrefixedBackend { inner, prefix })
     }
 
