@@ -409,6 +409,8 @@ pub(crate) struct AdminState {
     pub(crate) started: DateTime<Utc>,
     pub(crate) replays: replay::Replays,
     pub(crate) dlq_refreshed: Mutex<Option<Instant>>,
+    /// The backend's dead-letter topics and when they were listed ([`topics::known`]).
+    pub(crate) dlq_topics: Mutex<Option<(Instant, Vec<String>)>>,
     pub(crate) series: Arc<crate::observability::series::SeriesRecorder>,
 }
 
@@ -427,6 +429,7 @@ pub fn router(bus: Arc<Bus>, config: AdminConfig) -> Result<Router, Error> {
         started: Utc::now(),
         replays: replay::Replays::default(),
         dlq_refreshed: Mutex::new(None),
+        dlq_topics: Mutex::new(None),
     });
 
     let mutating = Router::new()

@@ -2,6 +2,7 @@
 //! throughput table, the dead-letter panel and the API agree on what exists.
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use super::State as AdminState;
 use crate::observability::exposition::Sample;
@@ -25,15 +26,42 @@ pub(crate) async fn known(state: &AdminState, samples: &[Sample]) -> Vec<String>
     let mut topics: BTreeSet<String> = super::catalog::topics(state).into_iter().collect();
     topics.extend(state.bus.subscribed_topics().iter().cloned());
     topics.extend(of_samples(samples).map(str::to_owned));
-    match state.bus.dead_letters().topics().await {
-        Ok(found) => topics.extend(found),
-        Err(error) => tracing::debug!(
-            error = %crate::error::chain(&error),
-            "dead-letter topics not listed"
-        ),
-    }
+    topics.extend(dead_letter_topics(state).await);
     topics.into_iter().filter(|t| !is_dlq_topic(t)).collect()
 }
+
+/// The backend's dead-letter topics, listed at most once per
+/// [`DLQ_TOPICS_TTL`] (a single dead-letter topic is read through to list them; every
+/// dashboard refresh asks twice).
+async fn dead_letter_topics(state: &AdminState) -> Vec<String> {
+    {
+        let cached = state.dlq_topics.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, topics)) = cached.as_ref() {
+            if at.elapsed() < DLQ_TOPICS_TTL {
+                return topics.clone();
+            }
+        }
+    }
+    match state.bus.dead_letters().topics().await {
+        Ok(found) => {
+            *state.dlq_topics.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((Instant::now(), found.clone()));
+            found
+        }
+        Err(error) => {
+            tracing::debug!(
+                error = %crate::error::chain(&error),
+                "dead-letter topics not listed"
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// How long a listing of the backend's dead-letter topics is reused. Topics dead-lettered
+/// by this process are known at once from the metrics; the listing adds those from before a
+/// restart or from other processes.
+const DLQ_TOPICS_TTL: Duration = Duration::from_secs(10);
 
 /// [`known`] with the bus's current metrics.
 pub(crate) async fn known_now(state: &AdminState) -> Vec<String> {
