@@ -2159,7 +2159,7 @@ struct LegacyOrderCreated {
     order_id: String,
 }
 
-/// Envelopes as the requirement documents' producers write them (`eventId`, `eventType`,
+/// Envelopes as other producers commonly write them (`eventId`, `eventType`,
 /// `occurredAt`, `timestamp`, `payload`, a string `version`, no `source`), written by a foreign
 /// producer into the transport, are handled with their id, type, time and data.
 async fn other_producers_envelope_names_are_read_as_aliases(b: &Under) {
@@ -2181,12 +2181,12 @@ async fn other_producers_envelope_names_are_read_as_aliases(b: &Under) {
         .expect("start");
     let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
     let documents = [
-        // Seed 004: eventId, eventType, timestamp, a string version.
+        // eventId, eventType, timestamp, a string version.
         format!(
             r#"{{"eventId":"{}","eventType":"{t}","timestamp":"2024-01-01T00:00:00Z","source":"order-service","version":"1.0","data":{{"order_id":"o-1"}}}}"#,
             ids[0]
         ),
-        // Seed 001: eventId, type, occurredAt, payload, no source or version.
+        // eventId, type, occurredAt, payload, no source or version.
         format!(
             r#"{{"eventId":"{}","type":"{t}","occurredAt":"2025-08-26T10:15:01Z","transferId":"tr_123","payload":{{"order_id":"o-2"}}}}"#,
             ids[1]
@@ -2218,19 +2218,19 @@ async fn other_producers_envelope_names_are_read_as_aliases(b: &Under) {
             .find(|e| e.id == id)
             .unwrap_or_else(|| panic!("{id} not handled: {seen:?}"))
     };
-    let seed_004 = by_id(ids[0]);
-    assert_eq!(seed_004.data.order_id, "o-1");
-    assert_eq!(seed_004.event_type, t);
-    assert_eq!(seed_004.time.to_rfc3339(), "2024-01-01T00:00:00+00:00");
+    let shape_a = by_id(ids[0]);
+    assert_eq!(shape_a.data.order_id, "o-1");
+    assert_eq!(shape_a.event_type, t);
+    assert_eq!(shape_a.time.to_rfc3339(), "2024-01-01T00:00:00+00:00");
     assert_eq!(
-        (seed_004.source.as_str(), seed_004.version),
+        (shape_a.source.as_str(), shape_a.version),
         ("order-service", 1)
     );
-    let seed_001 = by_id(ids[1]);
-    assert_eq!(seed_001.data.order_id, "o-2");
-    assert_eq!(seed_001.time.to_rfc3339(), "2025-08-26T10:15:01+00:00");
+    let shape_b = by_id(ids[1]);
+    assert_eq!(shape_b.data.order_id, "o-2");
+    assert_eq!(shape_b.time.to_rfc3339(), "2025-08-26T10:15:01+00:00");
     assert_eq!(
-        (seed_001.source.as_str(), seed_001.version),
+        (shape_b.source.as_str(), shape_b.version),
         (eventbus::envelope::cloudevents::UNKNOWN_SOURCE, 1)
     );
     let both = by_id(ids[2]);
@@ -2254,7 +2254,7 @@ struct TradeRejected {
     trade: String,
 }
 
-/// Seed 000's `orion.dlq`: every topic's dead letters in one topic, the original topic in
+/// One dead-letter topic (`orion.dlq`): every topic's dead letters in it, the original topic in
 /// their metadata; listing, counting, redriving and purging one topic's letters leave the
 /// other's alone.
 async fn one_dead_letter_topic_for_the_whole_service(b: &Under) {
@@ -2571,7 +2571,7 @@ struct EnvOrderPlaced {
     env: String,
 }
 
-/// Two environments on one backend (seed 003's topic prefix): the same topic, group and
+/// Two environments on one backend, each under a topic prefix: the same topic, group and
 /// subscriptions under `staging.` and `prod.`; each bus handles, dead-letters, lists and
 /// redrives only its own events, and the backend holds them under the prefixed names.
 async fn a_topic_prefix_keeps_two_environments_apart(b: &Under) {

@@ -1936,11 +1936,11 @@ struct MetJob {
     job: String,
 }
 
-/// Seed 004's metric names beside ours: `consumer_lag{consumer_group,topic,partition}` adds up
+/// Metric names common in Kafka monitoring, beside ours: `consumer_lag{consumer_group,topic,partition}` adds up
 /// to the group's lag and falls to 0 once consumed; `broker_availability{broker_id}` is 1, 0
 /// while the broker is down, 1 again when it is back. Mock cluster only (it can stop a broker).
 #[test]
-fn mock_seed_metrics_lag_per_partition_and_broker_availability() {
+fn mock_common_metrics_lag_per_partition_and_broker_availability() {
     eventbus_integration::run(4, async {
         let broker = Broker::mock();
         let mut config = broker.config();

@@ -66,7 +66,7 @@ impl BusBuilder {
     }
 
     /// Sends every dead letter of this bus (its consumers' and its outbox's) to the one topic
-    /// `name` (seed 000's `orion.dlq`) instead of `{topic}.dlq`, the original topic in the
+    /// `name` (such as `orion.dlq`) instead of `{topic}.dlq`, the original topic in the
     /// `dlq-original-topic` header; [`Bus::dead_letters`] lists, counts, redrives and purges a
     /// topic's letters from it. `name` must end with `.dlq`; anything else fails
     /// [`start`](Self::start) naming `dead_letter_topic`.

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 
 def envelope(n, topic):
-    """A CloudEvents 1.0 JSON envelope; every other event uses the seed-004 member names."""
+    """A CloudEvents 1.0 JSON envelope; every other event uses the `eventId`/`eventType`/`timestamp` member names."""
     event_id = str(uuid.uuid4())
     now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
     data = {"order_id": f"py-{n}", "n": n, "lang": "python"}

@@ -239,13 +239,13 @@ mod tests {
         }
     }
 
-    /// The envelopes of the requirement documents' producers (seeds 001 and 004).
+    /// Envelopes in the two shapes other producers commonly write.
     #[test]
     fn other_producers_member_names_are_aliases() {
-        let seed_004 = r#"{"eventId":"0190b5a4-6c1e-7cc2-9d4e-3f1a2b3c4d5e",
+        let shape_a = r#"{"eventId":"0190b5a4-6c1e-7cc2-9d4e-3f1a2b3c4d5e",
             "eventType":"order.created","timestamp":"2024-01-01T00:00:00Z",
             "source":"order-service","version":"1.0","data":{"order_id":"o-1"}}"#;
-        let env = RawEnvelope::decode(seed_004.as_bytes()).expect("seed 004");
+        let env = RawEnvelope::decode(shape_a.as_bytes()).expect("eventId, eventType, timestamp");
         assert_eq!(env.id.to_string(), "0190b5a4-6c1e-7cc2-9d4e-3f1a2b3c4d5e");
         assert_eq!(env.event_type, "order.created");
         assert_eq!(env.time.to_rfc3339(), "2024-01-01T00:00:00+00:00");
@@ -253,10 +253,10 @@ mod tests {
         assert_eq!(env.version, 1);
         assert_eq!(env.data.get(), r#"{"order_id":"o-1"}"#);
 
-        let seed_001 = r#"{"eventId":"0190b5a4-6c1e-7cc2-9d4e-3f1a2b3c4d5f",
+        let shape_b = r#"{"eventId":"0190b5a4-6c1e-7cc2-9d4e-3f1a2b3c4d5f",
             "type":"transfers.settled","occurredAt":"2025-08-26T10:15:01Z",
             "transferId":"tr_123","payload":{"amount":5}}"#;
-        let env = RawEnvelope::decode(seed_001.as_bytes()).expect("seed 001");
+        let env = RawEnvelope::decode(shape_b.as_bytes()).expect("eventId, occurredAt, payload");
         assert_eq!(env.event_type, "transfers.settled");
         assert_eq!(env.time.to_rfc3339(), "2025-08-26T10:15:01+00:00");
         assert_eq!(env.source, cloudevents::UNKNOWN_SOURCE);

@@ -432,7 +432,7 @@ impl Backend for KafkaBackend {
         })
     }
 
-    /// Seed 004's names: `consumer_lag{consumer_group,topic,partition}` (messages, as of the
+    /// Names common in Kafka monitoring: `consumer_lag{consumer_group,topic,partition}` (messages, as of the
     /// last lag reading: the bus reads it every `lag_interval`, the admin server at each
     /// `/lag` and `/metrics`) and `broker_availability{broker_id}` (1 when the last metadata
     /// fetch listed the broker, 0 when it no longer did or failed; read at each health check).
