@@ -1,73 +1,35 @@
 //! `GET /api/stats`: the bus's counters per topic, read from its metrics, for the dashboard
 //! (which turns successive readings into rates).
 
-use std::collections::BTreeMap;
-
 use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::State as AdminState;
-use crate::observability::exposition::parse_samples;
-use crate::wire::is_dlq_topic;
+use crate::observability::exposition::{parse_samples, topic_counts, TopicCounts};
 
-#[derive(Default, Serialize)]
+/// One topic's line of `/api/stats`.
+#[derive(Serialize)]
 struct TopicStats {
     topic: String,
-    published: u64,
-    publish_failures: u64,
-    handled: u64,
-    failed: u64,
-    retried: u64,
-    dead_lettered: u64,
-    outcomes: BTreeMap<String, u64>,
+    #[serde(flatten)]
+    counts: TopicCounts,
 }
 
 /// Counters per topic and bus totals.
 pub(crate) async fn stats(State(state): State<AdminState>) -> Json<Value> {
     let samples = parse_samples(&state.bus.metrics().encode());
-    let mut topics: BTreeMap<String, TopicStats> = super::topics::known(&state, &samples)
+    let mut counts = topic_counts(&samples);
+    // Every topic the bus knows, with or without counts yet.
+    let topics: Vec<TopicStats> = super::topics::known(&state, &samples)
         .await
         .into_iter()
-        .map(|t| {
-            (
-                t.clone(),
-                TopicStats {
-                    topic: t,
-                    ..TopicStats::default()
-                },
-            )
+        .map(|topic| TopicStats {
+            counts: counts.remove(&topic).unwrap_or_default(),
+            topic,
         })
         .collect();
-    for sample in samples {
-        let Some(topic) = sample.labels.get("topic") else {
-            continue;
-        };
-        if is_dlq_topic(topic) {
-            continue;
-        }
-        let n = sample.value.max(0.0) as u64;
-        let entry = topics.entry(topic.clone()).or_insert_with(|| TopicStats {
-            topic: topic.clone(),
-            ..TopicStats::default()
-        });
-        match sample.name.as_str() {
-            "event_published_total" => entry.published += n,
-            "event_publish_failures_total" => entry.publish_failures += n,
-            "event_failed_total" => entry.failed += n,
-            "event_retried_total" => entry.retried += n,
-            "event_dead_lettered_total" => entry.dead_lettered += n,
-            "event_handled_total" => {
-                let outcome = sample.labels.get("outcome").cloned().unwrap_or_default();
-                if outcome == "handled" {
-                    entry.handled += n;
-                }
-                *entry.outcomes.entry(outcome).or_insert(0) += n;
-            }
-            _ => {}
-        }
-    }
     let bus = state.bus.stats();
     let uptime = (chrono::Utc::now() - state.started)
         .num_milliseconds()
@@ -87,6 +49,6 @@ pub(crate) async fn stats(State(state): State<AdminState>) -> Json<Value> {
             "unsettled": bus.unsettled,
             "deferred": bus.deferred,
         },
-        "topics": topics.into_values().collect::<Vec<_>>(),
+        "topics": topics,
     }))
 }

@@ -75,6 +75,55 @@ fn parse_line(line: &str) -> Option<Sample> {
     })
 }
 
+/// A topic's counters in the bus's metrics.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct TopicCounts {
+    pub(crate) published: u64,
+    pub(crate) publish_failures: u64,
+    /// `event_handled_total` with outcome `handled`.
+    pub(crate) handled: u64,
+    pub(crate) failed: u64,
+    pub(crate) retried: u64,
+    pub(crate) dead_lettered: u64,
+    /// `event_handled_total` by outcome.
+    pub(crate) outcomes: BTreeMap<String, u64>,
+}
+
+/// The per-topic counters in `samples`, by topic (dead-letter topics left out): the one
+/// reading of metric names into counts behind `/api/stats` and the dashboard's series.
+pub(crate) fn topic_counts(samples: &[Sample]) -> BTreeMap<String, TopicCounts> {
+    let mut topics: BTreeMap<String, TopicCounts> = BTreeMap::new();
+    for sample in samples {
+        let Some(topic) = sample.labels.get("topic") else {
+            continue;
+        };
+        if crate::wire::is_dlq_topic(topic) {
+            continue;
+        }
+        let field: fn(&mut TopicCounts) -> &mut u64 = match sample.name.as_str() {
+            "event_published_total" => |c| &mut c.published,
+            "event_publish_failures_total" => |c| &mut c.publish_failures,
+            "event_failed_total" => |c| &mut c.failed,
+            "event_retried_total" => |c| &mut c.retried,
+            "event_dead_lettered_total" => |c| &mut c.dead_lettered,
+            "event_handled_total" => |c| &mut c.handled,
+            _ => continue,
+        };
+        let n = sample.value.max(0.0) as u64;
+        let counts = topics.entry(topic.clone()).or_default();
+        if sample.name == "event_handled_total" {
+            let outcome = sample.labels.get("outcome").cloned().unwrap_or_default();
+            let handled = outcome == "handled";
+            *counts.outcomes.entry(outcome).or_insert(0) += n;
+            if !handled {
+                continue;
+            }
+        }
+        *field(counts) += n;
+    }
+    topics
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,12 +11,11 @@ use std::time::Duration;
 use futures::future::{self, Either};
 use serde::Serialize;
 
-use super::exposition::{parse_samples, Sample};
+use super::exposition::{parse_samples, topic_counts, Sample};
 use super::Metrics;
 use crate::backend::Backend;
 use crate::clock::Clock;
 use crate::runtime::task_group::TaskGroup;
-use crate::wire::is_dlq_topic;
 
 /// Counters of one topic at one reading.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -38,34 +37,26 @@ struct Reading {
 
 impl Reading {
     fn of(at_ms: i64, samples: &[Sample]) -> Reading {
-        let mut topics: BTreeMap<String, Counts> = BTreeMap::new();
+        let topics = topic_counts(samples)
+            .into_iter()
+            .map(|(topic, c)| {
+                let counts = Counts {
+                    published: c.published,
+                    handled: c.handled,
+                    failed: c.failed,
+                    dead_lettered: c.dead_lettered,
+                };
+                (topic, counts)
+            })
+            .collect();
         let mut lag: BTreeMap<String, u64> = BTreeMap::new();
-        for sample in samples {
-            let n = sample.value.max(0.0) as u64;
-            if sample.name == "event_consumer_lag_messages" {
-                if let Some(group) = sample.labels.get("group") {
-                    *lag.entry(group.clone()).or_default() += n;
-                }
-                continue;
+        for sample in samples
+            .iter()
+            .filter(|s| s.name == "event_consumer_lag_messages")
+        {
+            if let Some(group) = sample.labels.get("group") {
+                *lag.entry(group.clone()).or_default() += sample.value.max(0.0) as u64;
             }
-            let Some(topic) = sample.labels.get("topic") else {
-                continue;
-            };
-            if is_dlq_topic(topic) {
-                continue;
-            }
-            let field: fn(&mut Counts) -> &mut u64 = match sample.name.as_str() {
-                "event_published_total" => |c: &mut Counts| &mut c.published,
-                "event_handled_total"
-                    if sample.labels.get("outcome").map(String::as_str) == Some("handled") =>
-                {
-                    |c: &mut Counts| &mut c.handled
-                }
-                "event_failed_total" => |c: &mut Counts| &mut c.failed,
-                "event_dead_lettered_total" => |c: &mut Counts| &mut c.dead_lettered,
-                _ => continue,
-            };
-            *field(topics.entry(topic.clone()).or_default()) += n;
         }
         Reading { at_ms, topics, lag }
     }
