@@ -129,6 +129,16 @@ pub trait Handler<Args>: Clone + Send + Sync + 'static {
         ctx: Context,
         envelope: Envelope<Self::Payload>,
     ) -> BoxFuture<'static, HandlerResult>;
+
+    /// Runs the handler, building its [`Context`] only if it takes one: the pipeline calls
+    /// this, so a handler of `Envelope<T>` alone costs no context per event.
+    fn call_with(
+        &self,
+        ctx: impl FnOnce() -> Context,
+        envelope: Envelope<Self::Payload>,
+    ) -> BoxFuture<'static, HandlerResult> {
+        self.call(ctx(), envelope)
+    }
 }
 
 impl<F, Fut, T> Handler<(Envelope<T>,)> for F
@@ -140,6 +150,14 @@ where
     type Payload = T;
 
     fn call(&self, _ctx: Context, envelope: Envelope<T>) -> BoxFuture<'static, HandlerResult> {
+        (self)(envelope).boxed()
+    }
+
+    fn call_with(
+        &self,
+        _ctx: impl FnOnce() -> Context,
+        envelope: Envelope<T>,
+    ) -> BoxFuture<'static, HandlerResult> {
         (self)(envelope).boxed()
     }
 }
@@ -168,10 +186,10 @@ pub(crate) trait ErasedHandler: Send + Sync + 'static {
     /// The schema version this build knows of `event_type`, when the payload names it.
     fn known_version(&self, event_type: &str) -> Option<u32>;
 
-    /// Decodes and calls.
+    /// Decodes and calls; `ctx` builds the handler's context if it takes one.
     fn call(
         &self,
-        ctx: Context,
+        ctx: &mut dyn FnMut() -> Context,
         raw: &RawEnvelope,
     ) -> Result<BoxFuture<'static, HandlerResult>, DecodeError>;
 }
@@ -202,11 +220,11 @@ where
 
     fn call(
         &self,
-        ctx: Context,
+        ctx: &mut dyn FnMut() -> Context,
         raw: &RawEnvelope,
     ) -> Result<BoxFuture<'static, HandlerResult>, DecodeError> {
         let data = <H::Payload as Payload>::decode(&raw.event_type, raw.version, &raw.data)?;
-        Ok(self.handler.call(ctx, raw.with_data(data)))
+        Ok(self.handler.call_with(ctx, raw.with_data(data)))
     }
 }
 

@@ -46,7 +46,7 @@ struct InboxState {
 
 impl InboxState {
     fn contains(&self, entry: &(u32, Uuid)) -> bool {
-        self.current.contains(entry) || self.previous.contains(entry)
+        self.current.contains(entry) || (!self.previous.is_empty() && self.previous.contains(entry))
     }
 }
 
@@ -113,13 +113,16 @@ impl InboxStore for MemoryInbox {
                 g
             }
         };
-        let entry = (g, id);
-        if !state.contains(&entry) {
-            if state.current.len() >= self.capacity.div_ceil(2) {
-                state.previous = std::mem::take(&mut state.current);
-            }
-            state.current.insert(entry);
+        // One probe: an id still in the older generation is recorded again in the newer one,
+        // which only keeps it longer.
+        if state.current.len() >= self.capacity.div_ceil(2) {
+            // The forgotten generation's table becomes the new one: no regrowth from empty.
+            let filled = std::mem::take(&mut state.current);
+            let mut forgotten = std::mem::replace(&mut state.previous, filled);
+            forgotten.clear();
+            state.current = forgotten;
         }
+        state.current.insert((g, id));
         Box::pin(async { Ok(()) })
     }
 }

@@ -132,14 +132,79 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Envelope<T> {
 struct EnvelopeVisitor<T>(PhantomData<T>);
 
 /// A top-level member that is not an envelope field: an extension when the document is a
-/// CloudEvent, ignored otherwise.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Extension {
-    Text(String),
-    Number(serde_json::Number),
-    Flag(bool),
-    Other(IgnoredAny),
+/// CloudEvent (strings as they are, numbers and booleans as their text), ignored otherwise.
+/// Read in one pass, without buffering the value to try each shape in turn.
+struct Extension(Option<String>);
+
+impl<'de> Deserialize<'de> for Extension {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ExtensionVisitor;
+        impl<'de> Visitor<'de> for ExtensionVisitor {
+            type Value = Extension;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an extension attribute value")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Extension, E> {
+                Ok(Extension(Some(text.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, text: String) -> Result<Extension, E> {
+                Ok(Extension(Some(text)))
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Extension, E> {
+                Ok(Extension(Some(b.to_string())))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Extension, E> {
+                Ok(Extension(Some(n.to_string())))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Extension, E> {
+                Ok(Extension(Some(n.to_string())))
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Extension, E> {
+                Ok(Extension(
+                    serde_json::Number::from_f64(n).map(|n| n.to_string()),
+                ))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Extension, E> {
+                Ok(Extension(None))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Extension, E> {
+                Ok(Extension(None))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Extension, D::Error> {
+                d.deserialize_any(self)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Extension, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Extension(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Extension, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Extension(None))
+            }
+        }
+        deserializer.deserialize_any(ExtensionVisitor)
+    }
+}
+
+/// A string member checked where it is read, without copying it (`specversion`,
+/// `datacontenttype`); a failed check is the error.
+struct Checked<F>(F);
+
+impl<'de, F: FnOnce(&str) -> Result<(), String>> de::DeserializeSeed<'de> for Checked<F> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        struct CheckVisitor<F>(F);
+        impl<F: FnOnce(&str) -> Result<(), String>> Visitor<'_> for CheckVisitor<F> {
+            type Value = ();
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<(), E> {
+                (self.0)(text).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(CheckVisitor(self.0))
+    }
 }
 
 impl<'de, T: Deserialize<'de>> Visitor<'de> for EnvelopeVisitor<T> {
@@ -160,7 +225,7 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for EnvelopeVisitor<T> {
         let mut tenant_id = None;
         let mut user_id = None;
         let mut headers = Headers::new();
-        let mut extensions = Headers::new();
+        let mut extensions: Vec<(String, String)> = Vec::new();
         let mut cloudevent = false;
         let mut data = None;
         // Other producers' names, used where ours are absent.
@@ -190,12 +255,15 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for EnvelopeVisitor<T> {
                 "data" => data = Some(map.next_value()?),
                 "specversion" => {
                     cloudevent = true;
-                    let version: String = map.next_value()?;
-                    if !version.starts_with("1.") {
-                        return Err(de::Error::custom(format!(
-                            "CloudEvents specversion `{version}` is not supported (1.x is)"
-                        )));
-                    }
+                    map.next_value_seed(Checked(|version: &str| {
+                        if version.starts_with("1.") {
+                            Ok(())
+                        } else {
+                            Err(format!(
+                                "CloudEvents specversion `{version}` is not supported (1.x is)"
+                            ))
+                        }
+                    }))?;
                 }
                 HEADERS_EXTENSION => {
                     let text: String = map.next_value()?;
@@ -205,36 +273,35 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for EnvelopeVisitor<T> {
                     headers.extend(packed);
                 }
                 "datacontenttype" => {
-                    let content_type: String = map.next_value()?;
-                    let json = content_type.starts_with("application/json")
-                        || content_type.contains("+json");
-                    if !json {
-                        return Err(de::Error::custom(format!(
-                            "datacontenttype `{content_type}` is not JSON"
-                        )));
-                    }
+                    map.next_value_seed(Checked(|content_type: &str| {
+                        if content_type.starts_with("application/json")
+                            || content_type.contains("+json")
+                        {
+                            Ok(())
+                        } else {
+                            Err(format!("datacontenttype `{content_type}` is not JSON"))
+                        }
+                    }))?;
                 }
                 "data_base64" => {
                     return Err(de::Error::custom(
                         "binary data (`data_base64`) is not supported: data must be JSON",
                     ))
                 }
-                name => match map.next_value::<Extension>()? {
-                    Extension::Text(text) => {
-                        extensions.insert(name.to_owned(), text);
+                _ => {
+                    if let Extension(Some(value)) = map.next_value()? {
+                        let name = match key {
+                            Key::Known(name) => name.to_owned(),
+                            Key::Other(name) => name,
+                        };
+                        extensions.push((name, value));
                     }
-                    Extension::Number(n) => {
-                        extensions.insert(name.to_owned(), n.to_string());
-                    }
-                    Extension::Flag(b) => {
-                        extensions.insert(name.to_owned(), b.to_string());
-                    }
-                    Extension::Other(_) => {}
-                },
+                }
             }
         }
         if cloudevent {
-            for (name, value) in extensions {
+            // The last of a repeated member wins, as it would in a map; `headers` win over both.
+            for (name, value) in extensions.into_iter().rev() {
                 if !matches!(name.as_str(), "dataschema" | "subject") {
                     headers.entry(name).or_insert(value);
                 }

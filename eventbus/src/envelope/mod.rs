@@ -359,6 +359,28 @@ mod tests {
         assert!(!env.headers.contains_key("subject"));
     }
 
+    /// Extension values of every JSON shape: strings, numbers and booleans become headers,
+    /// `null`, arrays and objects are skipped whole (the members after them still read), and
+    /// a member repeated in the document counts once, its last value winning.
+    #[test]
+    fn extension_values_of_every_shape() {
+        let foreign = r#"{"specversion":"1.0","id":"0190b5a4-6c1e-7cc2-9d4e-3f1a2b3c4d5e",
+            "source":"s","type":"invoice.paid","time":"2026-11-23T10:15:01Z",
+            "ratio":1.5,"negative":-3,"nested":{"a":[1,{"b":null}]},"list":[1,"x"],
+            "nothing":null,"region":"eu","region":"us","after":"still read",
+            "data":{"invoice":"inv-1"}}"#;
+        let env = RawEnvelope::decode(foreign.as_bytes()).expect("a CloudEvent decodes");
+        let header = |name: &str| env.headers.get(name).map(String::as_str);
+        assert_eq!(header("ratio"), Some("1.5"));
+        assert_eq!(header("negative"), Some("-3"));
+        assert_eq!(header("region"), Some("us"));
+        assert_eq!(header("after"), Some("still read"));
+        for skipped in ["nested", "list", "nothing"] {
+            assert_eq!(header(skipped), None, "{skipped}: {:?}", env.headers);
+        }
+        assert_eq!(env.data.get(), r#"{"invoice":"inv-1"}"#);
+    }
+
     #[test]
     fn other_spec_versions_and_binary_data_are_refused() {
         let v2 = FULL.replacen("{", r#"{"specversion":"2.0","#, 1);

@@ -57,12 +57,25 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// An event id for a span field: empty when the envelope is not decoded.
+struct EventId(Option<uuid::Uuid>);
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => id.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Layer for GuardLayer {
     fn handle<'a>(&'a self, cx: &'a mut DeliveryCx, next: Next<'a>) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             let span = {
                 let env = cx.envelope.as_ref();
-                let id = env.map(|e| e.id.to_string()).unwrap_or_default();
+                // Formatted only if a subscriber records the span.
+                let id = EventId(env.map(|e| e.id));
                 // OpenTelemetry messaging conventions beside our own fields: a consumer span
                 // named `process {topic}`.
                 tracing::info_span!(

@@ -234,16 +234,19 @@ impl Endpoint {
                 }
             }
         }
-        let ctx = crate::Context::new(
-            raw,
-            &cx.message.topic,
-            &cx.group,
-            cx.attempt,
-            cx.replay,
-            self.publisher.clone(),
-            self.extensions.clone(),
-        );
-        let result = match self.handler.call(ctx, raw) {
+        // Built only for a handler that takes a `Context`.
+        let mut ctx = || {
+            crate::Context::new(
+                raw,
+                &cx.message.topic,
+                &cx.group,
+                cx.attempt,
+                cx.replay,
+                self.publisher.clone(),
+                self.extensions.clone(),
+            )
+        };
+        let result = match self.handler.call(&mut ctx, raw) {
             Ok(future) => future.await.map_err(|e| (e.kind(), e.message().to_owned())),
             Err(decode) => Err((ErrorKind::Permanent, decode.to_string())),
         };

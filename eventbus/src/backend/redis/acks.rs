@@ -1,5 +1,8 @@
 //! Batched acknowledgements: `XACK`s from concurrent deliveries are queued and sent together,
-//! one `XACK` per stream and group with many ids, in one pipelined round trip.
+//! one `XACK` per stream and group with many ids, in one pipelined round trip. A batch of
+//! fewer than 64 waits up to 1 ms for more: nothing waits on an acknowledgement, and deliveries
+//! finishing one by one would otherwise each pay a command (on a partition held under a lease,
+//! a script call) of their own.
 //!
 //! An acknowledgement is queued only after the pipeline finished the delivery (and recorded
 //! it in the inbox), so a crash before the batch is sent only means a redelivery that the inbox
@@ -35,6 +38,11 @@ return redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
 ";
 
 const MAX_BATCH: usize = 2048;
+
+/// How long a small batch of acknowledgements waits for more before it is sent.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+/// Batches this large are sent without waiting.
+const LINGER_BELOW: usize = 64;
 
 /// The sending side, shared by every acker of a backend.
 pub(super) struct AckQueue {
@@ -87,9 +95,16 @@ async fn send_batches(
 ) {
     while let Some(first) = rx.next().await {
         let mut batch = vec![first];
+        let mut lingered = false;
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(ack) => batch.push(ack),
+                // Nobody waits on an acknowledgement: a short linger lets the deliveries
+                // finishing meanwhile share its round trip (and, fenced, its script call).
+                _ if !lingered && batch.len() < LINGER_BELOW => {
+                    lingered = true;
+                    crate::runtime::sleep(LINGER).await;
+                }
                 _ => break,
             }
         }
