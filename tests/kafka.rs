@@ -2066,6 +2066,89 @@ fn mock_a_partition_paused_when_revoked_flows_again_when_reassigned() {
     });
 }
 
+#[event(name = "fq.page.viewed", version = 1, key = page)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct PageViewed {
+    page: String,
+    n: u32,
+    padding: String,
+}
+
+/// A consumer whose prefetch queue fills (here 64 KiB against 20 MB waiting; a fetch returns
+/// whole producer batches, up to 1 MB) keeps reading as fast as it drains it: librdkafka's
+/// default pause before fetching a full queue's partition again (1 s) stalled it a second per
+/// fetch: 6759 of the 20000 in 10 s, where it now takes about 1 s.
+async fn a_full_fetch_queue_does_not_stall_the_consumer(b: &Broker) {
+    const EVENTS: usize = 20_000;
+    let mut config = b.config();
+    config.consumer.fetch_queue_kbytes = 64;
+    let backend = b.connect(config).await;
+    b.topic(&backend, "fq.page.viewed", 1).await;
+    let run = run_id();
+    let publisher = Bus::builder()
+        .backend(backend.clone())
+        .start()
+        .await
+        .unwrap();
+    let envelopes: Vec<_> = (0..EVENTS as u32)
+        .map(|n| {
+            Envelope::new(PageViewed {
+                page: format!("p{}", n % 10),
+                n,
+                padding: format!("{run}{}", "x".repeat(1000)),
+            })
+        })
+        .collect();
+    publisher
+        .publisher()
+        .publish_batch(envelopes)
+        .await
+        .unwrap();
+    publisher.shutdown(Duration::from_secs(5)).await;
+
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counted = seen.clone();
+    let bus = Bus::builder()
+        .backend(backend)
+        .subscribe(
+            Subscription::new("fq.page.viewed", move |_: Envelope<PageViewed>| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { Ok(()) }
+            })
+            .group(group("fq")),
+        )
+        .start()
+        .await
+        .unwrap();
+    wait_for_progress("first record handled", 1, WAIT, WAIT, || {
+        seen.load(Ordering::SeqCst)
+    })
+    .await
+    .unwrap_or_else(|progress| panic!("{progress}"));
+    let started = Instant::now();
+    // Each pause of the fetcher would cost a second, once per fetch of about 1 MB.
+    wait_for_progress(
+        "20000 records of 1 KB through a 64 KiB fetch queue",
+        EVENTS,
+        Duration::from_secs(30),
+        Duration::from_secs(10),
+        || seen.load(Ordering::SeqCst),
+    )
+    .await
+    .unwrap_or_else(|progress| panic!("{progress} (after {:?})", started.elapsed()));
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
+#[test]
+fn mock_a_full_fetch_queue_does_not_stall_the_consumer() {
+    eventbus_integration::run(2, async {
+        let broker = Broker::mock();
+        broker
+            .run(a_full_fetch_queue_does_not_stall_the_consumer(&broker))
+            .await;
+    });
+}
+
 /// Provisioning needs CreateTopics and DescribeConfigs, which librdkafka's mock cluster does
 /// not implement: this case runs on tansu only.
 #[test]

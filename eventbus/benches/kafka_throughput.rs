@@ -106,6 +106,13 @@ fn config(brokers: &str) -> KafkaConfig {
     {
         c.consumer.max_buffered_per_partition = n;
     }
+    if let Ok(options) = std::env::var("KBENCH_CONSUMER_OPTIONS") {
+        for pair in options.split(',').filter(|p| !p.is_empty()) {
+            if let Some((k, v)) = pair.split_once('=') {
+                c.consumer_options.insert(k.into(), v.into());
+            }
+        }
+    }
     c
 }
 
@@ -248,9 +255,61 @@ async fn bus_publish_batch(bus: &Bus) -> Duration {
 }
 
 /// A consumer loop by hand: decode each envelope, commit every 100 messages.
-async fn raw_consume(brokers: &str, topic: &str) -> Duration {
+/// A consume run: the wait for the first record (joining the group, the first fetch) apart
+/// from the rate after it, which is what each record costs.
+struct Consumed {
+    first: Duration,
+    steady: Duration,
+}
+
+impl Consumed {
+    /// Records per second after the first.
+    fn rate(&self) -> f64 {
+        events().saturating_sub(1) as f64 / self.steady.as_secs_f64()
+    }
+}
+
+/// Times a consume run: started before subscribing, marked at every record.
+struct ConsumeClock {
+    start: Instant,
+    first: Option<Instant>,
+}
+
+impl ConsumeClock {
+    fn start() -> Self {
+        ConsumeClock {
+            start: Instant::now(),
+            first: None,
+        }
+    }
+
+    fn record(&mut self) {
+        self.first.get_or_insert_with(Instant::now);
+    }
+
+    fn finish(self) -> Consumed {
+        let end = Instant::now();
+        let first = self.first.unwrap_or(end);
+        Consumed {
+            first: first - self.start,
+            steady: end - first,
+        }
+    }
+}
+
+async fn raw_consume(brokers: &str, topic: &str) -> Consumed {
+    // The backend's prefetch bounds, so both read with the same fetch queue.
+    let settings = &config(brokers).consumer;
     let consumer: StreamConsumer<DefaultConsumerContext, SeamRuntime> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
+        .set(
+            "queued.max.messages.kbytes",
+            settings.fetch_queue_kbytes.to_string(),
+        )
+        .set(
+            "fetch.queue.backoff.ms",
+            settings.fetch_queue_backoff.as_millis().to_string(),
+        )
         .set("group.id", format!("raw-{}", uuid::Uuid::now_v7().simple()))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -258,10 +317,11 @@ async fn raw_consume(brokers: &str, topic: &str) -> Duration {
         .create()
         .expect("raw consumer");
     consumer.subscribe(&[topic]).unwrap();
-    let start = Instant::now();
+    let mut clock = ConsumeClock::start();
     let mut done = 0u64;
     while done < events() {
         let m = consumer.recv().await.expect("message");
+        clock.record();
         let envelope = RawEnvelope::decode(m.payload().unwrap_or_default()).expect("envelope");
         let _tick: Tick = serde_json::from_str(envelope.data.get()).expect("tick");
         done += 1;
@@ -269,10 +329,10 @@ async fn raw_consume(brokers: &str, topic: &str) -> Duration {
             consumer.commit_message(&m, CommitMode::Async).unwrap();
         }
     }
-    start.elapsed()
+    clock.finish()
 }
 
-async fn pipeline_consume(backend: &KafkaBackend, concurrency: usize) -> Duration {
+async fn pipeline_consume(backend: &KafkaBackend, concurrency: usize) -> Consumed {
     let count = Arc::new(AtomicU64::new(0));
     let c = count.clone();
     let bus = Bus::builder()
@@ -288,17 +348,24 @@ async fn pipeline_consume(backend: &KafkaBackend, concurrency: usize) -> Duratio
         .start()
         .await
         .unwrap();
-    let start = Instant::now();
-    while count.load(Ordering::Relaxed) < events() {
+    let mut clock = ConsumeClock::start();
+    loop {
+        let handled = count.load(Ordering::Relaxed);
+        if handled > 0 {
+            clock.record();
+        }
+        if handled >= events() {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let elapsed = start.elapsed();
+    let consumed = clock.finish();
     bus.shutdown(Duration::from_secs(10)).await;
-    elapsed
+    consumed
 }
 
 /// The backend alone: its delivery stream, each delivery acknowledged at once (no pipeline).
-async fn backend_consume(backend: &KafkaBackend) -> Duration {
+async fn backend_consume(backend: &KafkaBackend) -> Consumed {
     use eventbus::backend::{Backend, SubscribeRequest};
     let request = SubscribeRequest {
         group: format!("stream-{}", uuid::Uuid::now_v7().simple()),
@@ -308,14 +375,15 @@ async fn backend_consume(backend: &KafkaBackend) -> Duration {
         topic_prefix: String::new(),
     };
     let mut stream = backend.subscribe(request).await.unwrap();
-    let start = Instant::now();
+    let mut clock = ConsumeClock::start();
     let mut done = 0;
     while done < events() {
         let delivery = stream.next().await.unwrap().unwrap();
+        clock.record();
         delivery.acker.ack().await.unwrap();
         done += 1;
     }
-    start.elapsed()
+    clock.finish()
 }
 
 async fn latency(
@@ -476,13 +544,48 @@ async fn main() {
     if only.is_empty() || only == "consume" {
         // kbench.tick holds rounds x 3 x events() records; each consumer reads the first events().
         let mut r: [Vec<f64>; 4] = Default::default();
+        let mut joins: [Vec<f64>; 4] = Default::default();
         for _ in 0..rounds {
-            r[0].push(rate(events(), raw_consume(&brokers, "kbench.tick").await));
-            r[1].push(rate(events(), backend_consume(&backend).await));
-            r[2].push(rate(events(), pipeline_consume(&backend, 1).await));
-            r[3].push(rate(events(), pipeline_consume(&backend, 8).await));
+            // KBENCH_CONSUMER=backend (or raw, pipeline1, pipeline8) runs that consumer alone,
+            // for a profile of it.
+            let alone = std::env::var("KBENCH_CONSUMER").unwrap_or_default();
+            let wanted = |name: &str| alone.is_empty() || alone == name;
+            let skipped = || Consumed {
+                first: Duration::ZERO,
+                steady: Duration::ZERO,
+            };
+            let runs = [
+                if wanted("raw") {
+                    raw_consume(&brokers, "kbench.tick").await
+                } else {
+                    skipped()
+                },
+                if wanted("backend") {
+                    backend_consume(&backend).await
+                } else {
+                    skipped()
+                },
+                if wanted("pipeline1") {
+                    pipeline_consume(&backend, 1).await
+                } else {
+                    skipped()
+                },
+                if wanted("pipeline8") {
+                    pipeline_consume(&backend, 8).await
+                } else {
+                    skipped()
+                },
+            ];
+            for (i, run) in runs.iter().enumerate() {
+                r[i].push(run.rate());
+                joins[i].push(run.first.as_secs_f64());
+            }
         }
         let [raw, alone, p1, p8] = r.map(median);
+        let [raw_join, alone_join, p1_join, p8_join] = joins.map(median);
+        println!(
+            "consume  rates count from each consumer's first record; until it (group join, first fetch): raw {raw_join:.2} s, backend {alone_join:.2} s, pipeline {p1_join:.2} s and {p8_join:.2} s"
+        );
         println!("consume  raw StreamConsumer + commit loop    {raw:>9.0} ev/s");
         println!(
             "consume  backend stream + ack (no pipeline)  {alone:>9.0} ev/s   ratio {:.3}",

@@ -16,8 +16,8 @@
 //! - **Shutdown**: dropping the stream stops the thread, which commits what is done and closes
 //!   the consumer (leaving the group).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use rdkafka::ClientContext;
 
 use super::record::{self, RecordMeta};
 use super::retry_tiers::{self, is_tier_topic};
-use super::tracker::{Limits, Pending, Settle, Tp, Tracker};
+use super::tracker::{Limits, Pending, Settle, Taken, Tp, Tracker};
 use super::Inner;
 use crate::backend::{
     Acknowledger, Delivery, DeliveryStream, Message, RetryState, SubscribeRequest,
@@ -78,6 +78,8 @@ pub(crate) struct MemberState {
     pattern: Pattern,
     tracker: Mutex<Tracker>,
     settled: Condvar,
+    /// Revocations waiting on `settled` (set and cleared under the tracker's lock).
+    draining: AtomicUsize,
     ready: Signal,
     closed_signal: Signal,
     stop: AtomicBool,
@@ -111,6 +113,7 @@ impl MemberState {
             pattern: pattern.clone(),
             tracker: Mutex::new(Tracker::new(limits)),
             settled: Condvar::new(),
+            draining: AtomicUsize::new(0),
             ready: Signal::new(),
             closed_signal: Signal::new(),
             stop: AtomicBool::new(false),
@@ -137,7 +140,15 @@ impl MemberState {
 
     fn settle(&self, tp: &Tp, generation: u64, offset: i64, how: Settle) {
         self.lock().settle(tp, generation, offset, how);
-        self.settled.notify_all();
+        self.notify_settled();
+    }
+
+    /// Wakes a revocation waiting for in-flight deliveries (only then: a condition variable's
+    /// wake is a system call) and the delivery stream.
+    fn notify_settled(&self) {
+        if self.draining.load(Ordering::SeqCst) > 0 {
+            self.settled.notify_all();
+        }
         self.ready.notify(usize::MAX);
     }
 
@@ -231,6 +242,7 @@ impl ConsumerContext for Callbacks {
                     // Let the deliveries already handed out finish, so the next owner does not
                     // handle them a second time.
                     let deadline = Instant::now() + shared.drain_timeout;
+                    shared.draining.fetch_add(1, Ordering::SeqCst);
                     while tracker.in_flight_of(&tps) > 0 {
                         let left = deadline.saturating_duration_since(Instant::now());
                         if left.is_zero() {
@@ -246,6 +258,7 @@ impl ConsumerContext for Callbacks {
                             .unwrap_or_else(|p| p.into_inner())
                             .0;
                     }
+                    shared.draining.fetch_sub(1, Ordering::SeqCst);
                 }
                 let commits = tracker.finish_revoke(&tps);
                 drop(tracker);
@@ -401,9 +414,13 @@ pub(crate) fn delivery_stream(shared: Arc<MemberState>, inner: Arc<Inner>) -> De
         _guard: StopGuard(shared.clone()),
         shared,
         inner,
+        taken: VecDeque::new(),
     };
-    stream::unfold(state, |state| async move {
+    stream::unfold(state, |mut state| async move {
         loop {
+            if let Some(delivery) = state.take() {
+                return Some((Ok(delivery), state));
+            }
             let listener = state.shared.ready.listen();
             if let Some(delivery) = state.take() {
                 return Some((Ok(delivery), state));
@@ -417,6 +434,9 @@ pub(crate) fn delivery_stream(shared: Arc<MemberState>, inner: Arc<Inner>) -> De
     .boxed()
 }
 
+/// Most deliveries the stream takes from the tracker under one lock.
+const TAKE_BATCH: usize = 64;
+
 /// Sets the stop flag when the delivery stream is dropped.
 struct StopGuard(Arc<MemberState>);
 
@@ -429,16 +449,33 @@ impl Drop for StopGuard {
 struct StreamState {
     shared: Arc<MemberState>,
     inner: Arc<Inner>,
+    /// Taken from the tracker (in flight there, within its prefetch bound) and not yet handed
+    /// out: one lock per batch instead of one per delivery. Dropped with the stream, their
+    /// ackers hand them back.
+    taken: VecDeque<Taken>,
     _guard: StopGuard,
 }
 
 impl StreamState {
-    fn take(&self) -> Option<Delivery> {
+    fn take(&mut self) -> Option<Delivery> {
         if self.shared.is_stopping() {
             return None;
         }
-        let taken = self.shared.lock().take()?;
-        Some(Delivery {
+        if self.taken.is_empty() {
+            let mut tracker = self.shared.lock();
+            while self.taken.len() < TAKE_BATCH {
+                match tracker.take() {
+                    Some(taken) => self.taken.push_back(taken),
+                    None => break,
+                }
+            }
+        }
+        let taken = self.taken.pop_front()?;
+        Some(self.delivery(taken))
+    }
+
+    fn delivery(&self, taken: Taken) -> Delivery {
+        Delivery {
             message: taken.message,
             redeliveries: taken.redeliveries,
             acker: Box::new(KafkaAcker {
@@ -449,7 +486,19 @@ impl StreamState {
                 offset: taken.offset,
                 settled: false,
             }),
-        })
+        }
+    }
+}
+
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        // Taken but never handed out: back to the tracker, to be delivered in order, uncounted.
+        let mut tracker = self.shared.lock();
+        for taken in self.taken.drain(..) {
+            tracker.settle(&taken.tp, taken.generation, taken.offset, Settle::Release);
+        }
+        drop(tracker);
+        self.shared.notify_settled();
     }
 }
 
@@ -624,6 +673,10 @@ impl Acknowledger for KafkaAcker {
     fn nack(mut self: Box<Self>, state: RetryState) -> BoxFuture<'static, Result<(), Error>> {
         self.settle(Settle::Requeue(Some(state)));
         Box::pin(async { Ok(()) })
+    }
+
+    fn release(mut self: Box<Self>) {
+        self.settle(Settle::Release);
     }
 
     fn can_defer(&self) -> bool {

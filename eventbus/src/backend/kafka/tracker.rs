@@ -148,6 +148,9 @@ pub(crate) enum Settle {
     Done,
     /// Deliver again (after a nack or a dropped acker), carrying a retry state when known.
     Requeue(Option<RetryState>),
+    /// Deliver again, as it was: it was never started (released behind a key handed back, or
+    /// taken and not handed out when the stream stopped), so no redelivery is counted.
+    Release,
 }
 
 /// A delivery handed out: where it came from and what to deliver.
@@ -329,6 +332,11 @@ impl Tracker {
                 }
                 pending.redeliveries = pending.redeliveries.saturating_add(1);
                 part.ready.insert(offset, pending);
+            }
+            Settle::Release => {
+                if !part.draining {
+                    part.ready.insert(offset, pending);
+                }
             }
         }
     }
@@ -568,6 +576,19 @@ mod tests {
         let again = t.take().expect("redelivered");
         assert_eq!((again.offset, again.redeliveries), (0, 1));
         assert_eq!(again.message.attempts_header(), 2);
+    }
+
+    #[test]
+    fn a_released_delivery_comes_back_in_order_without_a_redelivery_counted() {
+        let mut t = tracker(10);
+        t.push(&tp(0), msg(0, Some("a")), false, None, 0);
+        t.push(&tp(0), msg(1, Some("a")), false, None, 0);
+        let d = t.take().expect("a@0");
+        t.settle(&d.tp, d.generation, 0, Settle::Release);
+        assert_eq!(t.outstanding(), 0);
+        let again = t.take().expect("released, delivered again");
+        assert_eq!((again.offset, again.redeliveries), (0, 0));
+        assert!(t.take().is_none(), "a@1 still waits behind a@0");
     }
 
     #[test]
