@@ -582,9 +582,14 @@ async fn main() {
             }
         }
         let [raw, alone, p1, p8] = r.map(median);
-        let [raw_join, alone_join, p1_join, p8_join] = joins.map(median);
+        let [raw_join, alone_join, p1_join, p8_join] = joins.map(|j| {
+            j.iter()
+                .map(|s| format!("{s:.2}"))
+                .collect::<Vec<_>>()
+                .join("/")
+        });
         println!(
-            "consume  rates count from each consumer's first record; until it (group join, first fetch): raw {raw_join:.2} s, backend {alone_join:.2} s, pipeline {p1_join:.2} s and {p8_join:.2} s"
+            "consume  rates count from each consumer's first record; until it (group join, first fetch), each round, in s: raw {raw_join}, backend {alone_join}, pipeline {p1_join} and {p8_join}"
         );
         println!("consume  raw StreamConsumer + commit loop    {raw:>9.0} ev/s");
         println!(

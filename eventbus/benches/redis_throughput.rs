@@ -267,10 +267,24 @@ fn main() {
         let b1 = bus_publish_one_by_one(&bus, ONE_BY_ONE).await;
         bus.shutdown(Duration::from_secs(1)).await;
         let c = raw_consume(&mut conn, &raw_stream).await;
-        let d1 = pipeline_consume(&backend, 1, true).await;
-        let d64 = pipeline_consume(&backend, 64, true).await;
-        let d256 = pipeline_consume(&backend, 256, true).await;
-        let m64 = pipeline_consume(&backend, 64, false).await;
+        // RBENCH_CONSUMER=inbox1 (or inbox64, inbox256, memory64) runs that consumer alone, for
+        // a profile of it.
+        let alone = std::env::var("RBENCH_CONSUMER").unwrap_or_default();
+        let consume = |name: &'static str, concurrency: usize, redis_inbox: bool| {
+            let run = alone.is_empty() || alone == name;
+            let backend = backend.clone();
+            async move {
+                if run {
+                    pipeline_consume(&backend, concurrency, redis_inbox).await
+                } else {
+                    Duration::ZERO
+                }
+            }
+        };
+        let d1 = consume("inbox1", 1, true).await;
+        let d64 = consume("inbox64", 64, true).await;
+        let d256 = consume("inbox256", 256, true).await;
+        let m64 = consume("memory64", 64, false).await;
 
         println!("redis streams, {EVENTS} events of {} bytes, batches of {BATCH}", Envelope::new(tick(0)).encode().unwrap().len());
         println!("(a) raw pipelined XADD            {:>10.0} events/s", rate(EVENTS, a));
