@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 
-use crate::backend::{Delivery, DeliveryStream};
+use crate::backend::{Acknowledger, Delivery, DeliveryStream};
 use crate::clock::Clock;
 use crate::pipeline::{record, DeliveryCx, Outcome, Pipeline, Settlement};
 use crate::runtime::task_group::TaskGroup;
@@ -84,8 +84,17 @@ pub(crate) struct ConsumerLoop {
 
 enum Step {
     Delivery(Option<Result<Delivery, crate::Error>>),
+    Ran(Ran),
     Finished(Finished),
     Stop,
+}
+
+/// A delivery out of its pipeline: settled, or settling once its inbox record is written
+/// ([`PendingRecord`](crate::pipeline::PendingRecord)), which it does without holding a
+/// concurrency slot (its key stays busy until then).
+enum Ran {
+    Finished(Finished),
+    Settling(BoxFuture<'static, Finished>),
 }
 
 /// How a delivery ended, for the loop: its key, and whether it was handed back to the backend
@@ -105,13 +114,15 @@ impl ConsumerLoop {
         let buffer = (concurrency * 4).max(16);
         let mut pending: VecDeque<Delivery> = VecDeque::new();
         let mut busy: HashSet<String> = HashSet::new();
-        let mut running: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
+        let mut running: FuturesUnordered<BoxFuture<'static, Ran>> = FuturesUnordered::new();
+        // Deliveries out of the pipeline waiting for their inbox record: at most `concurrency`.
+        let mut settling: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
         let mut stop_listener = self.shared.tasks.stop_listener();
         let mut control_listener = self.control.stop_listener();
         let mut stopping = false;
         let mut errors = 0u32;
         loop {
-            while running.len() < concurrency {
+            while running.len() < concurrency && settling.len() < concurrency {
                 let Some(index) = pending
                     .iter()
                     .position(|d| d.message.key.as_ref().is_none_or(|k| !busy.contains(k)))
@@ -126,7 +137,8 @@ impl ConsumerLoop {
                 }
                 running.push(self.start(delivery));
             }
-            if running.is_empty() && (stopping || (stream.is_done() && pending.is_empty())) {
+            let idle = running.is_empty() && settling.is_empty();
+            if idle && (stopping || (stream.is_done() && pending.is_empty())) {
                 break;
             }
             let can_read = !stopping && pending.len() < buffer && !stream.is_done();
@@ -148,8 +160,11 @@ impl ConsumerLoop {
                         }
                     }
                 }
-                if let Poll::Ready(Some(finished)) = running.poll_next_unpin(cx) {
+                if let Poll::Ready(Some(finished)) = settling.poll_next_unpin(cx) {
                     return Poll::Ready(Step::Finished(finished));
+                }
+                if let Poll::Ready(Some(ran)) = running.poll_next_unpin(cx) {
+                    return Poll::Ready(Step::Ran(ran));
                 }
                 if can_read {
                     if let Poll::Ready(item) = stream.poll_next_unpin(cx) {
@@ -167,7 +182,9 @@ impl ConsumerLoop {
                         delivery.acker.release();
                     }
                 }
-                Step::Finished(Finished { key, handed_back }) => {
+                Step::Ran(Ran::Settling(settle)) => settling.push(settle),
+                Step::Ran(Ran::Finished(finished)) | Step::Finished(finished) => {
+                    let Finished { key, handed_back } = finished;
                     if let Some(key) = key {
                         if handed_back {
                             // The backend delivers it again: its key's later deliveries held
@@ -196,7 +213,7 @@ impl ConsumerLoop {
                     self.clock.sleep(wait).await;
                 }
                 Step::Delivery(None) => {
-                    if running.is_empty() && pending.is_empty() {
+                    if running.is_empty() && settling.is_empty() && pending.is_empty() {
                         break;
                     }
                 }
@@ -210,26 +227,31 @@ impl ConsumerLoop {
         self.shared.is_stopping() || self.control.is_stopping()
     }
 
-    /// Spawns the pipeline for one delivery; the returned future completes with the
-    /// delivery's key when it is settled (or aborted).
-    fn start(&self, delivery: Delivery) -> BoxFuture<'static, Finished> {
+    /// Runs the pipeline for one delivery; the returned future completes when the delivery is
+    /// settled with the backend (or aborted), or, when its inbox record is still being
+    /// written, with the rest of its settlement to wait for outside the concurrency slots.
+    fn start(&self, delivery: Delivery) -> BoxFuture<'static, Ran> {
         let key = delivery.message.key.clone();
         if self.is_stopping() {
             // Stopping: hand it back for redelivery rather than start new work.
             delivery.acker.release();
-            return Box::pin(futures::future::ready(Finished {
+            return Box::pin(futures::future::ready(Ran::Finished(Finished {
                 key,
                 handed_back: true,
-            }));
+            })));
         }
         let pipeline = self.pipeline.clone();
-        let shared = self.shared.clone();
-        let runtime = self.runtime.clone();
-        let clock = self.clock.clone();
-        let backoff = self.retry_backoff.clone();
         let group = self.group.clone();
-        let metrics = self.metrics.clone();
-        let task = async move {
+        let settler = Settler {
+            shared: self.shared.clone(),
+            runtime: self.runtime.clone(),
+            clock: self.clock.clone(),
+            backoff: self.retry_backoff.clone(),
+            metrics: self.metrics.clone(),
+        };
+        // Runs inside the consumer loop's task (no hand-off to another thread per delivery):
+        // aborting the loop drops it unsettled, and the backend redelivers.
+        Box::pin(async move {
             let Delivery {
                 message,
                 redeliveries,
@@ -240,59 +262,104 @@ impl ConsumerLoop {
             // other layer (a user layer, an inbox store) ends only this delivery, unsettled.
             let outcome = match AssertUnwindSafe(pipeline.run(&mut cx)).catch_unwind().await {
                 Ok(outcome) => outcome,
-                Err(payload) => {
-                    let message = crate::pipeline::panic_message(&*payload);
-                    tracing::error!(
-                        topic = %cx.message.topic,
-                        group = %cx.group,
-                        %message,
-                        "delivery pipeline panicked outside the handler; redelivering"
-                    );
-                    Outcome::Unsettled(crate::Error::Panicked { message })
-                }
+                Err(payload) => unsettled_by_panic(&cx, &*payload),
             };
-            shared.count(&outcome);
-            record(&outcome, &cx, &metrics, clock.now());
-            if let Outcome::Unsettled(error) = &outcome {
-                tracing::warn!(%error, "delivery left unsettled, redelivering after backoff");
+            match cx.pending_record.take() {
+                Some(record) if matches!(outcome, Outcome::Handled) => {
+                    let record = record.into_future();
+                    Ran::Settling(Box::pin(async move {
+                        let outcome = match AssertUnwindSafe(record).catch_unwind().await {
+                            Ok(Ok(())) => outcome,
+                            Ok(Err(error)) => Outcome::Unsettled(error),
+                            Err(payload) => unsettled_by_panic(&cx, &*payload),
+                        };
+                        let handed_back = settler.settle(outcome, &mut cx, acker).await;
+                        Finished { key, handed_back }
+                    }))
+                }
+                _ => {
+                    let handed_back = settler.settle(outcome, &mut cx, acker).await;
+                    Ran::Finished(Finished { key, handed_back })
+                }
             }
-            let mut handed_back = false;
-            let settled = match Settlement::of(&outcome, &cx, &backoff) {
-                Settlement::Ack => acker.ack().await,
-                Settlement::Defer { delay, state } if acker.can_defer() => {
-                    acker.defer(delay, state).await
-                }
-                Settlement::Defer { delay, state } => {
-                    // The backend cannot park it durably: wait beside the consumer, not in it. A
-                    // stop cuts the wait short: the redelivery is handed back at once.
-                    let wait = clock.sleep(delay);
-                    let tasks = shared.tasks.clone();
-                    let later = async move {
-                        let stopped = Box::pin(tasks.stopped());
-                        let _ = futures::future::select(wait, stopped).await;
-                        if let Err(error) = acker.nack(state).await {
-                            tracing::error!(%error, "failed to redeliver a deferred delivery");
-                        }
-                    };
-                    shared.tasks.spawn(&runtime, later);
-                    Ok(())
-                }
-                Settlement::Redeliver { wait, state } => {
-                    clock.sleep(wait).await;
-                    handed_back = true;
-                    acker.nack(state).await
-                }
-            };
-            if let Err(error) = settled {
-                tracing::error!(%error, "failed to settle a delivery with the backend");
-            }
-            handed_back
-        };
-        // Runs inside the consumer loop's task (no hand-off to another thread per delivery):
-        // aborting the loop drops it unsettled, and the backend redelivers.
-        Box::pin(async move {
-            let handed_back = task.await;
-            Finished { key, handed_back }
         })
+    }
+}
+
+/// A panic outside the handler (a user layer, an inbox store), logged: the delivery is left
+/// unsettled and redelivered.
+fn unsettled_by_panic(cx: &DeliveryCx, payload: &(dyn std::any::Any + Send)) -> Outcome {
+    let message = crate::pipeline::panic_message(payload);
+    tracing::error!(
+        topic = %cx.message.topic,
+        group = %cx.group,
+        %message,
+        "delivery pipeline panicked outside the handler; redelivering"
+    );
+    Outcome::Unsettled(crate::Error::Panicked { message })
+}
+
+/// What settling a delivery needs: counts and records its outcome, then acknowledges, defers
+/// or hands it back.
+struct Settler {
+    shared: Arc<BusState>,
+    runtime: Arc<dyn Runtime>,
+    clock: Arc<dyn Clock>,
+    backoff: crate::retry::Backoff,
+    metrics: Arc<crate::observability::Metrics>,
+}
+
+impl Settler {
+    /// Settles the delivery with the backend as `outcome` calls for; returns whether it was
+    /// handed back for redelivery.
+    async fn settle(
+        self,
+        outcome: Outcome,
+        cx: &mut DeliveryCx,
+        acker: Box<dyn Acknowledger>,
+    ) -> bool {
+        let Settler {
+            shared,
+            runtime,
+            clock,
+            backoff,
+            metrics,
+        } = self;
+        shared.count(&outcome);
+        record(&outcome, cx, &metrics, clock.now());
+        if let Outcome::Unsettled(error) = &outcome {
+            tracing::warn!(%error, "delivery left unsettled, redelivering after backoff");
+        }
+        let mut handed_back = false;
+        let settled = match Settlement::of(&outcome, cx, &backoff) {
+            Settlement::Ack => acker.ack().await,
+            Settlement::Defer { delay, state } if acker.can_defer() => {
+                acker.defer(delay, state).await
+            }
+            Settlement::Defer { delay, state } => {
+                // The backend cannot park it durably: wait beside the consumer, not in it. A
+                // stop cuts the wait short: the redelivery is handed back at once.
+                let wait = clock.sleep(delay);
+                let tasks = shared.tasks.clone();
+                let later = async move {
+                    let stopped = Box::pin(tasks.stopped());
+                    let _ = futures::future::select(wait, stopped).await;
+                    if let Err(error) = acker.nack(state).await {
+                        tracing::error!(%error, "failed to redeliver a deferred delivery");
+                    }
+                };
+                shared.tasks.spawn(&runtime, later);
+                Ok(())
+            }
+            Settlement::Redeliver { wait, state } => {
+                clock.sleep(wait).await;
+                handed_back = true;
+                acker.nack(state).await
+            }
+        };
+        if let Err(error) = settled {
+            tracing::error!(%error, "failed to settle a delivery with the backend");
+        }
+        handed_back
     }
 }

@@ -19,6 +19,16 @@ pub trait InboxStore: Send + Sync + 'static {
     fn contains<'a>(&'a self, group: &'a str, id: Uuid) -> BoxFuture<'a, Result<bool, Error>>;
     /// Remembers that `group` handled event `id`.
     fn record<'a>(&'a self, group: &'a str, id: Uuid) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// Whether [`record`](Self::record) waits on a server. The consumer then starts the next
+    /// deliveries while a handled event's record is written (their lookups can share its round
+    /// trip), and acknowledges the event, and starts the next event of its key, only once the
+    /// record is written: a failed record leaves the delivery unsettled, as when recorded in
+    /// place. `false` (the default): the record is awaited before the delivery leaves the
+    /// pipeline.
+    fn records_remotely(&self) -> bool {
+        false
+    }
 }
 
 /// An in-process inbox, bounded: it remembers at most `capacity` ids and at least the last

@@ -4,12 +4,17 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use super::{DeliveryCx, Layer, Next, Outcome};
+use super::{DeliveryCx, Layer, Next, Outcome, PendingRecord};
 use crate::inbox::InboxStore;
 
 /// Checks the inbox before the handler and records the event after success, before the
 /// delivery is acknowledged. Failing to read or write the inbox leaves the delivery unsettled.
 /// Replayed deliveries (header `eventbus-replay`) skip the check: they are meant to run again.
+///
+/// A remote inbox's record ([`InboxStore::records_remotely`]) is handed to the consumer as the
+/// delivery's [`PendingRecord`] instead of awaited here: the consumer starts the next
+/// deliveries while it is written (their lookups share its round trip) and acknowledges this
+/// one, and lets its key's next delivery start, only once it is.
 pub(crate) struct InboxLayer {
     store: Arc<dyn InboxStore>,
 }
@@ -38,7 +43,12 @@ impl Layer for InboxLayer {
             }
             let outcome = next.run(cx).await;
             if let Outcome::Handled = outcome {
-                if let Err(error) = self.store.record(&cx.group, id).await {
+                if self.store.records_remotely() {
+                    let store = self.store.clone();
+                    let group = cx.group.clone();
+                    let record = async move { store.record(&group, id).await };
+                    cx.pending_record = Some(PendingRecord::new(Box::pin(record)));
+                } else if let Err(error) = self.store.record(&cx.group, id).await {
                     return Outcome::Unsettled(error);
                 }
             }

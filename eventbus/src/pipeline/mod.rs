@@ -58,6 +58,33 @@ pub struct DeliveryCx {
     pub first_failure: Option<DateTime<Utc>>,
     /// Whether the delivery is a replay.
     pub replay: bool,
+    /// The inbox record of the handled event, still being written to a remote inbox: the
+    /// consumer acknowledges the delivery only once it is written.
+    pub(crate) pending_record: Option<PendingRecord>,
+}
+
+/// An inbox record being written ([`InboxStore::records_remotely`]): the consumer waits for
+/// it before the delivery is acknowledged, without holding one of the subscription's
+/// concurrency slots meanwhile; a failure leaves the delivery unsettled. (In a mutex only so
+/// that the context stays `Sync`: it is never locked, only taken apart.)
+pub(crate) struct PendingRecord(std::sync::Mutex<BoxFuture<'static, Result<(), Error>>>);
+
+impl PendingRecord {
+    /// The record being written.
+    pub(crate) fn new(record: BoxFuture<'static, Result<(), Error>>) -> Self {
+        PendingRecord(std::sync::Mutex::new(record))
+    }
+
+    /// The future to wait for.
+    pub(crate) fn into_future(self) -> BoxFuture<'static, Result<(), Error>> {
+        self.0.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl std::fmt::Debug for PendingRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingRecord")
+    }
 }
 
 impl DeliveryCx {
@@ -74,6 +101,7 @@ impl DeliveryCx {
             envelope: None,
             first_failure: state.first_failure,
             replay,
+            pending_record: None,
             message,
         }
     }

@@ -190,4 +190,9 @@ impl InboxStore for RedisInbox {
             }
         })
     }
+
+    /// A record is a round trip: the consumer overlaps it with the next deliveries' lookups.
+    fn records_remotely(&self) -> bool {
+        true
+    }
 }

@@ -232,6 +232,12 @@ impl<DB: SqlDatabase> InboxStore for SqlInbox<DB> {
                 .map_err(|e| inbox_error("record", e))
         })
     }
+
+    /// A record is an `INSERT` on the database: the consumer overlaps it with the next
+    /// deliveries.
+    fn records_remotely(&self) -> bool {
+        true
+    }
 }
 
 /// Handler-side access to the SQL inbox through the [`Context`].
