@@ -316,6 +316,87 @@ fn a_killed_consumer_s_entries_are_claimed_and_finished_by_another_member() {
     });
 }
 
+/// A member whose partition lease was taken from it reads nothing more of the partition: its
+/// next read finds the lease holding another token, and it drops the partition instead of
+/// reading. Once the lease is free again, it takes the partition back and handles what was
+/// published meanwhile, in order, none lost.
+#[test]
+fn a_member_reads_nothing_of_a_partition_whose_lease_it_lost() {
+    eventbus_integration::run(2, async {
+        let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+            return;
+        };
+        let mut c = config(&url, "fence");
+        // Beats every 2 s: the forged lease below is met by the read first.
+        c.lease_ttl = Duration::from_secs(6);
+        let prefix = c.prefix.clone();
+        let b = RedisBackend::connect(c).await.expect("connect");
+        let handled = Log::default();
+        let h = handled.clone();
+        let bus = Bus::builder()
+            .backend(b.clone())
+            .subscribe(
+                Subscription::new("approval.granted", move |env: Envelope<ApprovalGranted>| {
+                    h.push(env.data.n.to_string());
+                    async { Ok(()) }
+                })
+                .group("fenced"),
+            )
+            .start()
+            .await
+            .unwrap();
+        bus.publish(granted("a", 0)).await.unwrap();
+        assert!(
+            eventually(WAIT, || handled.len() == 1).await,
+            "the first event was not handled: {:?}",
+            handled.all()
+        );
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        // The lease of the topic's one partition stream for the group (the stream key is its
+        // hash tag).
+        let lease = format!("{{{prefix}:events:approval.granted}}:lease:fenced");
+        let holder: Option<String> = redis::cmd("GET")
+            .arg(&lease)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            holder.as_deref().is_some_and(|h| h.starts_with("fenced-")),
+            "the member holds {lease}: {holder:?}"
+        );
+        // Another member's token, as a takeover would leave it.
+        let _: () = redis::cmd("SET")
+            .arg(&lease)
+            .arg("intruder|999999")
+            .arg("PX")
+            .arg(60_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for n in 1..=5 {
+            bus.publish(granted("a", n)).await.unwrap();
+        }
+        assert!(
+            !eventually(Duration::from_secs(2), || handled.len() > 1).await,
+            "read under a lease another member holds: {:?}",
+            handled.all()
+        );
+        let _: () = redis::cmd("DEL")
+            .arg(&lease)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            eventually(WAIT, || handled.len() == 6).await,
+            "not taken back and finished: {:?}",
+            handled.all()
+        );
+        assert_eq!(handled.all(), ["0", "1", "2", "3", "4", "5"]);
+        bus.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
 /// An entry that retention trims while it is still pending for a group (its consumer died
 /// before acknowledging it) is lost to that group: never silently, it is counted and logged.
 #[test]

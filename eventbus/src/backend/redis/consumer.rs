@@ -704,17 +704,20 @@ impl StreamReader {
 
     /// Reads new entries of a held partition under its lease.
     async fn read_held(&mut self, stream: &str, token: &str) -> Result<(), Error> {
-        let script = redis::Script::new(FENCED_READ);
-        let mut call = script.key(Keys::lease(stream, &self.group));
-        call.key(stream)
-            .arg(token)
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg(self.inner.config.batch_size);
-        let Some(reply) = self
-            .fenced::<Option<StreamReadReply>>(stream, call, "XREADGROUP")
-            .await?
-        else {
+        let reply = if self.inner.config.cluster {
+            let script = redis::Script::new(FENCED_READ);
+            let mut call = script.key(Keys::lease(stream, &self.group));
+            call.key(stream)
+                .arg(token)
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(self.inner.config.batch_size);
+            self.fenced::<Option<StreamReadReply>>(stream, call, "XREADGROUP")
+                .await?
+        } else {
+            self.watched_read(stream, token).await?
+        };
+        let Some(reply) = reply else {
             return Ok(());
         };
         for key in reply.map(|r| r.keys).unwrap_or_default() {
@@ -725,6 +728,70 @@ impl StreamReader {
             }
         }
         Ok(())
+    }
+
+    /// The fenced read of [`FENCED_READ`] on a single server, on this reader's own connection:
+    /// `WATCH` the lease and check it still holds `token`, then `XREADGROUP` in a
+    /// `MULTI`/`EXEC` that runs only if the lease was not touched in between. Two round trips,
+    /// but the entries do not pass through Lua, which costs the server several times the read
+    /// itself. `Ok(None)`: nothing read (the lease is lost, or it changed and the next step
+    /// looks again).
+    async fn watched_read(
+        &mut self,
+        stream: &str,
+        token: &str,
+    ) -> Result<Option<Option<StreamReadReply>>, Error> {
+        let lease = Keys::lease(stream, &self.group);
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => self.conn.insert(self.inner.blocking_connection().await?),
+        };
+        let watched: redis::RedisResult<((), Option<String>)> = redis::pipe()
+            .cmd("WATCH")
+            .arg(&lease)
+            .cmd("GET")
+            .arg(&lease)
+            .query_async(conn)
+            .await;
+        let read = match watched {
+            Ok((_, held)) if held.as_deref() == Some(token) => {
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(&self.group)
+                    .arg(&self.consumer)
+                    .arg("COUNT")
+                    .arg(self.inner.config.batch_size)
+                    .arg("STREAMS")
+                    .arg(stream)
+                    .arg(">");
+                pipe.query_async::<Option<(Option<StreamReadReply>,)>>(conn)
+                    .await
+                    .map(|executed| executed.map(|(reply,)| reply))
+            }
+            Ok(_) => {
+                let _: redis::RedisResult<()> = redis::cmd("UNWATCH").query_async(conn).await;
+                if let Some(ownership) = &mut self.ownership {
+                    ownership.lost(stream);
+                }
+                return Ok(None);
+            }
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(read) => Ok(read),
+            Err(e) if e.code() == Some("NOGROUP") => {
+                self.recreate_groups().await?;
+                Ok(None)
+            }
+            Err(e) => {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                    self.conn = None;
+                }
+                Err(Error::backend("redis", "XREADGROUP", e))
+            }
+        }
     }
 
     /// Reads due delayed retries from the group's retry stream, without blocking.
