@@ -42,16 +42,65 @@ enum Slot {
     Done,
 }
 
+/// The slots of a partition's fetched offsets, oldest first. Offsets only grow (a refetch of an
+/// older one is ignored) but may skip (compaction, transaction markers): each slot keeps its
+/// offset, and a lookup goes straight to `offset - first` when nothing was skipped in between,
+/// else binary-searches.
+#[derive(Debug, Default)]
+struct Slots(VecDeque<(i64, Slot)>);
+
+impl Slots {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds the slot of `offset`, newer than every slot held.
+    fn push(&mut self, offset: i64, slot: Slot) {
+        debug_assert!(self.0.back().is_none_or(|(last, _)| *last < offset));
+        self.0.push_back((offset, slot));
+    }
+
+    fn index_of(&self, offset: i64) -> Option<usize> {
+        let (first, _) = self.0.front()?;
+        let guess = usize::try_from(offset.checked_sub(*first)?).ok()?;
+        match self.0.get(guess) {
+            Some((at, _)) if *at == offset => Some(guess),
+            _ => self.0.binary_search_by_key(&offset, |(o, _)| *o).ok(),
+        }
+    }
+
+    fn get(&self, offset: i64) -> Option<&Slot> {
+        self.index_of(offset).map(|i| &self.0[i].1)
+    }
+
+    fn get_mut(&mut self, offset: i64) -> Option<&mut Slot> {
+        self.index_of(offset).map(|i| &mut self.0[i].1)
+    }
+
+    /// The oldest slot, removed if `remove` says so.
+    fn pop_first_if(&mut self, remove: impl FnOnce(&Slot) -> bool) -> Option<i64> {
+        match self.0.front() {
+            Some((_, slot)) if remove(slot) => self.0.pop_front().map(|(offset, _)| offset),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Part {
     generation: u64,
     /// Every fetched offset not yet folded into the committed prefix.
-    slots: BTreeMap<i64, Slot>,
+    slots: Slots,
     done: usize,
     /// Deliverable now: unkeyed messages and the head of each idle key.
     ready: BTreeMap<i64, Pending>,
-    /// Keys with a message ready or in flight, and their later messages.
-    keys: HashMap<String, VecDeque<Pending>>,
+    /// Keys with a message ready or in flight, and their later messages (foldhash, randomly
+    /// seeded per map: the keys come from producers).
+    keys: HashMap<String, VecDeque<Pending>, foldhash::fast::RandomState>,
     /// Retry-tier messages not due yet, in offset order, with their due time (ms).
     delayed: VecDeque<(i64, Pending)>,
     /// The highest fetched offset + 1: refetched older offsets are ignored.
@@ -70,10 +119,10 @@ impl Part {
     fn new(generation: u64) -> Self {
         Part {
             generation,
-            slots: BTreeMap::new(),
+            slots: Slots::default(),
             done: 0,
             ready: BTreeMap::new(),
-            keys: HashMap::new(),
+            keys: HashMap::default(),
             delayed: VecDeque::new(),
             next_fetch: i64::MIN,
             position: None,
@@ -106,17 +155,13 @@ impl Part {
     }
 
     fn mark_done(&mut self, offset: i64) {
-        if let Some(slot) = self.slots.get_mut(&offset) {
+        if let Some(slot) = self.slots.get_mut(offset) {
             if !matches!(slot, Slot::Done) {
                 *slot = Slot::Done;
                 self.done += 1;
             }
         }
-        while let Some(entry) = self.slots.first_entry() {
-            if !matches!(entry.get(), Slot::Done) {
-                break;
-            }
-            let (offset, _) = entry.remove_entry();
+        while let Some(offset) = self.slots.pop_first_if(|slot| matches!(slot, Slot::Done)) {
             self.done -= 1;
             self.position = Some(offset + 1);
             self.done_since_commit += 1;
@@ -227,7 +272,7 @@ impl Tracker {
             return false;
         }
         part.next_fetch = pending.offset + 1;
-        part.slots.insert(pending.offset, Slot::Waiting);
+        part.slots.push(pending.offset, Slot::Waiting);
         if skip {
             part.mark_done(pending.offset);
             return false;
@@ -291,7 +336,11 @@ impl Tracker {
                 message: pending.message.clone(),
                 redeliveries: pending.redeliveries,
             };
-            part.slots.insert(offset, Slot::InFlight(pending));
+            // Every ready offset has its slot (pushed when fetched, kept until done).
+            debug_assert!(part.slots.get(offset).is_some());
+            if let Some(slot) = part.slots.get_mut(offset) {
+                *slot = Slot::InFlight(pending);
+            }
             part.in_flight += 1;
             self.outstanding += 1;
             self.cursor = index + 1;
@@ -310,7 +359,7 @@ impl Tracker {
         if part.generation != generation {
             return;
         }
-        let Some(slot) = part.slots.get_mut(&offset) else {
+        let Some(slot) = part.slots.get_mut(offset) else {
             return;
         };
         let Slot::InFlight(_) = slot else { return };
@@ -417,7 +466,7 @@ impl Tracker {
             .parts
             .get(tp)
             .filter(|p| p.generation == generation && !p.draining)?;
-        match part.slots.get(&offset) {
+        match part.slots.get(offset) {
             Some(Slot::InFlight(pending)) => Some(pending.message.clone()),
             _ => None,
         }
@@ -537,6 +586,33 @@ mod tests {
             "one done since the commit, batch of two"
         );
         assert_eq!(t.due_commits(true), vec![(tp(0), 4)]);
+    }
+
+    #[test]
+    fn offsets_skipped_by_the_log_are_settled_and_committed_past() {
+        let mut t = tracker(10);
+        // Compaction or transaction markers leave holes: 2-4 and 6-9 never arrive.
+        for o in [0, 1, 5, 10, 11] {
+            t.push(&tp(0), msg(o, None), false, None, 0);
+        }
+        let taken: Vec<Taken> = std::iter::from_fn(|| t.take()).collect();
+        assert_eq!(
+            taken.iter().map(|d| d.offset).collect::<Vec<_>>(),
+            vec![0, 1, 5, 10, 11]
+        );
+        let g = taken[0].generation;
+        for o in [11, 5, 10] {
+            t.settle(&tp(0), g, o, Settle::Done);
+        }
+        assert_eq!(t.position(&tp(0)), None, "0 and 1 still in flight");
+        t.settle(&tp(0), g, 1, Settle::Requeue(None));
+        t.settle(&tp(0), g, 0, Settle::Done);
+        assert_eq!(t.position(&tp(0)), Some(1));
+        let again = t.take().expect("1 requeued");
+        assert_eq!((again.offset, again.redeliveries), (1, 1));
+        t.settle(&tp(0), g, 1, Settle::Done);
+        assert_eq!(t.due_commits(true), vec![(tp(0), 12)]);
+        assert!(t.is_idle());
     }
 
     #[test]
