@@ -29,6 +29,7 @@
 //!   connection is re-opened, and the bus's consumer loop backs off exponentially on errors.
 
 mod acks;
+mod append;
 mod config;
 mod connection;
 mod consumer;
@@ -56,7 +57,7 @@ pub use config::{RedisConfig, Retention, StartFrom};
 pub use inbox::RedisInbox;
 pub use pubsub::RedisPubSub;
 
-use self::connection::{Conn, SlotPipelines};
+use self::connection::Conn;
 use self::keys::Keys;
 use super::{
     Backend, BackendAdmin, BackendCounter, Cursor, DeliveryStream, GroupLag, KeyPage, Message,
@@ -131,9 +132,6 @@ struct Inner {
     mover: std::sync::Once,
     acks: acks::AckQueue,
 }
-
-/// Appends to a stream between two retention trims (the first append trims too).
-const TRIM_EVERY: u32 = 256;
 
 fn redis_error(operation: &'static str) -> impl Fn(redis::RedisError) -> Error {
     move |e| Error::backend("redis", operation, e)
@@ -313,23 +311,6 @@ impl Inner {
             .map_err(redis_error("connect"))
     }
 
-    /// Appends one `XADD` for `message` to `pipe`, and every [`TRIM_EVERY`] appends to a
-    /// stream an `XTRIM` by age (`MINID ~`) and by length (`MAXLEN ~`): retention is applied on
-    /// publish, amortized, never by scanning.
-    /// The stream `message` is appended to: its topic's partition for its key.
-    fn partition_stream(&self, message: &Message, tenant: Option<&str>) -> String {
-        if crate::wire::is_dlq_topic(&message.topic) {
-            return self.keys.stream(&message.topic, tenant);
-        }
-        let partitions = self.config.partitions_of(&message.topic);
-        let partition = match &message.key {
-            Some(key) => partition_of(key, partitions),
-            None => self.round_robin.next(partitions),
-        };
-        self.keys
-            .partition_stream(&message.topic, tenant, partition, partitions)
-    }
-
     /// Every partition stream of `topic` (without tenant), in partition order.
     fn topic_streams(&self, topic: &str) -> Vec<String> {
         if crate::wire::is_dlq_topic(topic) {
@@ -339,49 +320,6 @@ impl Inner {
         (0..partitions)
             .map(|p| self.keys.partition_stream(topic, None, p, partitions))
             .collect()
-    }
-
-    fn add_append(&self, pipes: &mut SlotPipelines, message: &Message, now: u64) -> (String, bool) {
-        let tenant = message.headers.get(TENANT_HEADER).map(String::as_str);
-        let key = self.partition_stream(message, tenant);
-        let dlq = self.keys.is_dlq_stream(&key);
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(&key).arg("*");
-        entry::add_fields(&mut xadd, message);
-        pipes.add(&key, xadd);
-        let due = {
-            let mut appends = self.appends.lock().unwrap_or_else(|p| p.into_inner());
-            let n = appends.entry(key.clone()).or_insert(TRIM_EVERY - 1);
-            *n += 1;
-            if *n >= TRIM_EVERY {
-                *n = 0;
-                true
-            } else {
-                false
-            }
-        };
-        if due {
-            let retention = if dlq {
-                self.config.dlq_retention
-            } else {
-                self.config.retention_of(&message.topic)
-            };
-            if let Some(age) = retention.max_age {
-                let cutoff = now.saturating_sub(age.as_millis() as u64);
-                let mut trim = redis::cmd("XTRIM");
-                trim.arg(&key)
-                    .arg("MINID")
-                    .arg("~")
-                    .arg(format!("{cutoff}-0"));
-                pipes.add(&key, trim);
-            }
-            if let Some(len) = retention.max_len {
-                let mut trim = redis::cmd("XTRIM");
-                trim.arg(&key).arg("MAXLEN").arg("~").arg(len);
-                pipes.add(&key, trim);
-            }
-        }
-        (key, dlq)
     }
 
     /// Up to `count` entries of `topic`'s stream from entry id `start` on, as messages.
@@ -580,24 +518,8 @@ impl Backend for RedisBackend {
             let inner = &self.inner;
             let now = now_ms();
             let mut conn = inner.conn();
-            let mut pipes = SlotPipelines::new(conn.is_cluster());
-            let mut new_members = Vec::new();
-            {
-                let registered = inner.registered.lock().unwrap_or_else(|p| p.into_inner());
-                for message in &messages {
-                    let (key, dlq) = inner.add_append(&mut pipes, message, now);
-                    if !dlq {
-                        let member = Keys::registry_member(&key, &message.event_type);
-                        if !registered.contains(&member) && !new_members.contains(&member) {
-                            let registry = inner.keys.registry();
-                            let mut sadd = redis::cmd("SADD");
-                            sadd.arg(&registry).arg(&member);
-                            pipes.add(&registry, sadd);
-                            new_members.push(member);
-                        }
-                    }
-                }
-            }
+            let append::Batch { pipes, new_members } =
+                inner.append_batch(&messages, conn.is_cluster(), now);
             pipes.send(&mut conn).await.map_err(redis_error("XADD"))?;
             if !new_members.is_empty() {
                 let mut registered = inner.registered.lock().unwrap_or_else(|p| p.into_inner());
