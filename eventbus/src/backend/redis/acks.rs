@@ -66,9 +66,12 @@ impl AckQueue {
         AckQueue { tx, queued, sent }
     }
 
-    /// Queues an acknowledgement.
-    pub(super) fn push(&self, ack: Ack) -> Result<(), crate::Error> {
+    /// Queues an acknowledgement. `counted` runs once it counts as queued ([`flush`](Self::flush)
+    /// waits for it from then on) and before it leaves: an acker stops counting its entry as in
+    /// flight there, so that nothing sees the entry neither in flight nor queued.
+    pub(super) fn push(&self, ack: Ack, counted: impl FnOnce(&Ack)) -> Result<(), crate::Error> {
         self.queued.fetch_add(1, Ordering::SeqCst);
+        counted(&ack);
         self.tx.unbounded_send(ack).map_err(|_| {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             crate::Error::backend("redis", "XACK", "the acknowledgement task has stopped")

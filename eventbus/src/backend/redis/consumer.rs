@@ -919,12 +919,12 @@ impl StreamReader {
         redeliveries: u32,
     ) -> Delivery {
         let fallback_topic = Keys::topic_of(stream);
-        let mut message = entry::from_fields(fallback_topic, map);
-        if stream != self.retry_stream {
-            // A live stream: internal headers and a `topic` field there were forged (or copied
-            // by a foreign producer); only the group's retry stream carries trusted ones.
+        let retry = stream == self.retry_stream;
+        // A live stream: internal headers and a `topic` field there were forged (or copied by a
+        // foreign producer); only the group's retry stream carries trusted ones.
+        let mut message = entry::from_fields(fallback_topic, map, retry);
+        if !retry {
             message.strip_internal_headers();
-            message.topic = fallback_topic.to_owned();
         }
         Delivery {
             message,
@@ -942,6 +942,7 @@ impl StreamReader {
                     redeliver: held.map(|_| self.redeliver.clone()),
                     settled: false,
                     released: false,
+                    acked: false,
                 })
             },
         }
@@ -962,6 +963,8 @@ struct RedisAcker {
     settled: bool,
     /// Handed back unstarted ([`Acknowledger::release`]): not an attempt.
     released: bool,
+    /// Acknowledged: its names moved into the queued acknowledgement.
+    acked: bool,
 }
 
 impl Drop for RedisAcker {
@@ -974,7 +977,9 @@ impl Drop for RedisAcker {
                 redeliver.push(&self.stream, &self.id, !self.released);
             }
         }
-        self.in_flight.remove(&self.stream, &self.id);
+        if !self.acked {
+            self.in_flight.remove(&self.stream, &self.id);
+        }
     }
 }
 
@@ -982,12 +987,20 @@ impl Acknowledger for RedisAcker {
     /// Queues the `XACK` for the next batch (see the `acks` module).
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
         self.settled = true;
-        let result = self.inner.acks.push(super::acks::Ack {
-            stream: self.stream.clone(),
-            group: self.group.clone(),
-            id: self.id.clone(),
-            fence: self.fence.clone(),
-        });
+        // Its names move into the queued acknowledgement; it stops counting as in flight here
+        // once the acknowledgement counts as queued.
+        self.acked = true;
+        let ack = super::acks::Ack {
+            stream: std::mem::take(&mut self.stream),
+            group: std::mem::take(&mut self.group),
+            id: std::mem::take(&mut self.id),
+            fence: self.fence.take(),
+        };
+        let in_flight = &self.in_flight;
+        let result = self
+            .inner
+            .acks
+            .push(ack, |ack| in_flight.remove(&ack.stream, &ack.id));
         Box::pin(async move { result })
     }
 
@@ -1028,7 +1041,7 @@ impl Acknowledger for RedisAcker {
                 return Acknowledger::ack(self).await;
             };
             let fallback_topic = Keys::topic_of(&self.stream).to_owned();
-            let mut message = entry::from_fields(&fallback_topic, &entry.map);
+            let mut message = entry::from_fields(&fallback_topic, &entry.map, true);
             message.set_retry_state(&state);
             let due = now_ms().saturating_add(delay.as_millis() as u64);
             let member = super::delayed::member(

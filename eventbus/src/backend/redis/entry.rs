@@ -57,8 +57,14 @@ fn text(value: &Value) -> Option<String> {
 
 /// Rebuilds a message from entry fields. Entries written by other producers without our
 /// fields still come through: the payload is whatever `payload` (or, failing that, `data`)
-/// holds, so the pipeline can dead-letter it with a decode error instead of losing it.
-pub(crate) fn from_fields(stream_topic: &str, map: &HashMap<String, Value>) -> Message {
+/// holds, so the pipeline can dead-letter it with a decode error instead of losing it. The
+/// topic is the entry's `topic` field only when `topic_field` says it is trusted (the retry
+/// stream, replays); otherwise, and when the field is missing, `stream_topic`.
+pub(crate) fn from_fields(
+    stream_topic: &str,
+    map: &HashMap<String, Value>,
+    topic_field: bool,
+) -> Message {
     let mut headers = MessageHeaders::new();
     for (name, value) in map {
         if let (Some(header), Some(value)) = (name.strip_prefix(HEADER_PREFIX), text(value)) {
@@ -73,6 +79,7 @@ pub(crate) fn from_fields(stream_topic: &str, map: &HashMap<String, Value>) -> M
     Message {
         topic: map
             .get(TOPIC)
+            .filter(|_| topic_field)
             .and_then(text)
             .unwrap_or_else(|| stream_topic.to_owned()),
         key: map.get(KEY).and_then(text),
@@ -99,13 +106,18 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k, Value::BulkString(v)))
             .collect();
-        assert_eq!(from_fields("ignored", &map), message);
+        assert_eq!(from_fields("ignored", &map, true), message);
+        let live = from_fields("from-the-stream", &map, false);
+        assert_eq!(
+            live.topic, "from-the-stream",
+            "a live stream's topic field is not trusted"
+        );
     }
 
     #[test]
     fn foreign_entries_keep_their_bytes() {
         let map = HashMap::from([("data".to_owned(), Value::BulkString(b"garbage".to_vec()))]);
-        let m = from_fields("orders", &map);
+        let m = from_fields("orders", &map, true);
         assert_eq!(m.topic, "orders");
         assert_eq!(&*m.payload, b"garbage");
     }

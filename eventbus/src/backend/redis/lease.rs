@@ -54,10 +54,14 @@ impl InFlight {
     /// Marks `id` of `stream` as being handled.
     pub(super) fn insert(&self, stream: &str, id: &str) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries
-            .entry(stream.to_owned())
-            .or_default()
-            .insert(id.to_owned());
+        match entries.get_mut(stream) {
+            Some(ids) => {
+                ids.insert(id.to_owned());
+            }
+            None => {
+                entries.insert(stream.to_owned(), [id.to_owned()].into());
+            }
+        }
     }
 
     /// `id` of `stream` is settled (or given up): stop refreshing it.

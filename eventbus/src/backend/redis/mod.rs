@@ -375,7 +375,7 @@ impl Inner {
             .iter()
             .map(|entry| StoredMessage {
                 id: entry.id.clone(),
-                message: entry::from_fields(topic, &entry.map),
+                message: entry::from_fields(topic, &entry.map, true),
             })
             .collect())
     }
