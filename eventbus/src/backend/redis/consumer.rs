@@ -370,12 +370,7 @@ impl StreamReader {
             }
             Ok(None) => Ok(()),
             Err(e) if e.code() == Some("NOGROUP") => self.recreate_groups().await,
-            Err(e) => {
-                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
-                    self.conn = None;
-                }
-                Err(Error::backend("redis", "XREADGROUP", e))
-            }
+            Err(e) => Err(self.own_connection_failed("XREADGROUP", e)),
         }
     }
 
@@ -742,6 +737,8 @@ impl StreamReader {
         token: &str,
     ) -> Result<Option<Option<StreamReadReply>>, Error> {
         let lease = Keys::lease(stream, &self.group);
+        let mut read_new = redis::pipe();
+        read_new.atomic().add_command(self.new_entries(stream));
         let conn = match &mut self.conn {
             Some(conn) => conn,
             None => self.conn.insert(self.inner.blocking_connection().await?),
@@ -754,22 +751,10 @@ impl StreamReader {
             .query_async(conn)
             .await;
         let read = match watched {
-            Ok((_, held)) if held.as_deref() == Some(token) => {
-                let mut pipe = redis::pipe();
-                pipe.atomic()
-                    .cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg(&self.group)
-                    .arg(&self.consumer)
-                    .arg("COUNT")
-                    .arg(self.inner.config.batch_size)
-                    .arg("STREAMS")
-                    .arg(stream)
-                    .arg(">");
-                pipe.query_async::<Option<(Option<StreamReadReply>,)>>(conn)
-                    .await
-                    .map(|executed| executed.map(|(reply,)| reply))
-            }
+            Ok((_, held)) if held.as_deref() == Some(token) => read_new
+                .query_async::<Option<(Option<StreamReadReply>,)>>(conn)
+                .await
+                .map(|executed| executed.map(|(reply,)| reply)),
             Ok(_) => {
                 let _: redis::RedisResult<()> = redis::cmd("UNWATCH").query_async(conn).await;
                 if let Some(ownership) = &mut self.ownership {
@@ -785,26 +770,14 @@ impl StreamReader {
                 self.recreate_groups().await?;
                 Ok(None)
             }
-            Err(e) => {
-                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
-                    self.conn = None;
-                }
-                Err(Error::backend("redis", "XREADGROUP", e))
-            }
+            Err(e) => Err(self.own_connection_failed("XREADGROUP", e)),
         }
     }
 
     /// Reads due delayed retries from the group's retry stream, without blocking.
     async fn read_retry(&mut self) -> Result<(), Error> {
-        let reply: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(self.inner.config.batch_size)
-            .arg("STREAMS")
-            .arg(&self.retry_stream)
-            .arg(">")
+        let reply: redis::RedisResult<Option<StreamReadReply>> = self
+            .new_entries(&self.retry_stream)
             .query_async(&mut self.inner.conn())
             .await;
         match reply {
@@ -873,13 +846,31 @@ impl StreamReader {
             .await;
         match reply {
             Ok(_) => Ok(()),
-            Err(e) => {
-                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
-                    self.conn = None;
-                }
-                Err(Error::backend("redis", "XREAD", e))
-            }
+            Err(e) => Err(self.own_connection_failed("XREAD", e)),
         }
+    }
+
+    /// A command on this reader's own connection failed: the connection is dropped (and made
+    /// again by the next command) when the failure was the connection's.
+    fn own_connection_failed(&mut self, operation: &'static str, e: redis::RedisError) -> Error {
+        if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+            self.conn = None;
+        }
+        Error::backend("redis", operation, e)
+    }
+
+    /// `XREADGROUP` of up to a batch of `stream`'s entries new to the group, without blocking.
+    fn new_entries(&self, stream: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(self.inner.config.batch_size)
+            .arg("STREAMS")
+            .arg(stream)
+            .arg(">");
+        cmd
     }
 
     /// This reader's group as `XINFO GROUPS` describes it on `stream` (`None`: no such group).
