@@ -2,6 +2,7 @@
 //! pending entries with `XAUTOCLAIM`, discovers new streams, and re-creates vanished groups.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,6 +46,28 @@ pub(crate) struct StreamReader {
     redeliver: Arc<Redeliver>,
     /// The last entry id the group was given on each held partition, to wait for newer ones.
     last_ids: HashMap<String, String>,
+    /// The next read of the held partitions, started while the buffer was still being handed
+    /// out ([`Self::read_ahead`]).
+    ahead: Option<futures::channel::oneshot::Receiver<ReadAhead>>,
+}
+
+/// A read of the held partitions and the retry stream made ahead of need, on the reader's own
+/// connection, which it gives back.
+struct ReadAhead {
+    conn: MultiplexedConnection,
+    held: Vec<(String, WatchedRead)>,
+    retry: redis::RedisResult<Option<StreamReadReply>>,
+}
+
+/// What a watched read of a held partition found ([`StreamReader::watched_read`]).
+enum WatchedRead {
+    /// The transaction ran (`Some`: its reply) or was aborted because the lease was touched
+    /// (`None`: nothing read, the next step looks again).
+    Ran(Option<Option<StreamReadReply>>),
+    /// The lease no longer holds the reader's token.
+    Lost,
+    /// Redis failed the read.
+    Failed(redis::RedisError),
 }
 
 impl Drop for StreamReader {
@@ -79,6 +102,11 @@ impl Redeliver {
             id.to_owned(),
             counted,
         ));
+    }
+
+    /// Whether nothing is queued.
+    fn is_empty(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
     }
 
     /// The streams with entries queued.
@@ -128,6 +156,7 @@ impl StreamReader {
             ownership: None,
             redeliver: Arc::default(),
             last_ids: HashMap::new(),
+            ahead: None,
             inner,
         };
         let start = match reader.inner.config.start_from {
@@ -211,6 +240,7 @@ impl StreamReader {
         loop {
             self.hold_back_for_redeliveries();
             if let Some((_, delivery)) = self.buffer.pop_front() {
+                self.read_ahead();
                 return Ok(delivery);
             }
             if self.last_discovery.elapsed() >= self.inner.config.discovery_interval {
@@ -550,10 +580,26 @@ impl StreamReader {
                 return Ok(());
             }
         }
-        for (stream, token) in &readable {
-            self.read_held(stream, token).await?;
+        // A read made ahead stands for this step's reads. Otherwise the retry stream is read on
+        // the shared connection while the held partitions are read on this reader's own: its
+        // round trip overlaps theirs instead of following them. Its entries are buffered after
+        // theirs, and even when a held read failed (they are read and pending for this
+        // consumer: dropping them would leave them to the next claim).
+        if let Some(ahead) = self.ahead.take() {
+            self.take_read_ahead(ahead).await?;
+        } else {
+            let retry = self.read_retry();
+            let held = async {
+                for (stream, token) in &readable {
+                    self.read_held(stream, token).await?;
+                }
+                Ok::<(), Error>(())
+            };
+            let (held, retry) = futures::join!(held, retry);
+            let retried = self.buffer_retry(retry).await;
+            held?;
+            retried?;
         }
-        self.read_retry().await?;
         if !self.buffer.is_empty() {
             return Ok(());
         }
@@ -712,16 +758,7 @@ impl StreamReader {
         } else {
             self.watched_read(stream, token).await?
         };
-        let Some(reply) = reply else {
-            return Ok(());
-        };
-        for key in reply.map(|r| r.keys).unwrap_or_default() {
-            for entry in key.ids {
-                self.last_ids.insert(key.key.clone(), entry.id.clone());
-                let delivery = self.delivery(&key.key, &entry.id, &entry.map, 0);
-                self.buffer.push_back((key.key.clone(), delivery));
-            }
-        }
+        self.buffer_held(reply);
         Ok(())
     }
 
@@ -737,49 +774,149 @@ impl StreamReader {
         token: &str,
     ) -> Result<Option<Option<StreamReadReply>>, Error> {
         let lease = Keys::lease(stream, &self.group);
-        let mut read_new = redis::pipe();
-        read_new.atomic().add_command(self.new_entries(stream));
+        let read_new = self.new_entries(stream);
         let conn = match &mut self.conn {
             Some(conn) => conn,
             None => self.conn.insert(self.inner.blocking_connection().await?),
         };
-        let watched: redis::RedisResult<((), Option<String>)> = redis::pipe()
-            .cmd("WATCH")
-            .arg(&lease)
-            .cmd("GET")
-            .arg(&lease)
-            .query_async(conn)
-            .await;
-        let read = match watched {
-            Ok((_, held)) if held.as_deref() == Some(token) => read_new
-                .query_async::<Option<(Option<StreamReadReply>,)>>(conn)
-                .await
-                .map(|executed| executed.map(|(reply,)| reply)),
-            Ok(_) => {
-                let _: redis::RedisResult<()> = redis::cmd("UNWATCH").query_async(conn).await;
+        let read = watched_read(conn, &lease, token, read_new).await;
+        self.settle_watched(stream, read).await
+    }
+
+    /// What a watched read means for the reader: its reply, or nothing read (the partition is
+    /// dropped when its lease was lost; vanished groups are re-created).
+    async fn settle_watched(
+        &mut self,
+        stream: &str,
+        read: WatchedRead,
+    ) -> Result<Option<Option<StreamReadReply>>, Error> {
+        match read {
+            WatchedRead::Ran(read) => Ok(read),
+            WatchedRead::Lost => {
                 if let Some(ownership) = &mut self.ownership {
                     ownership.lost(stream);
                 }
-                return Ok(None);
+                Ok(None)
             }
-            Err(e) => Err(e),
-        };
-        match read {
-            Ok(read) => Ok(read),
-            Err(e) if e.code() == Some("NOGROUP") => {
+            WatchedRead::Failed(e) if e.code() == Some("NOGROUP") => {
                 self.recreate_groups().await?;
                 Ok(None)
             }
-            Err(e) => Err(self.own_connection_failed("XREADGROUP", e)),
+            WatchedRead::Failed(e) => Err(self.own_connection_failed("XREADGROUP", e)),
         }
     }
 
-    /// Reads due delayed retries from the group's retry stream, without blocking.
-    async fn read_retry(&mut self) -> Result<(), Error> {
-        let reply: redis::RedisResult<Option<StreamReadReply>> = self
-            .new_entries(&self.retry_stream)
-            .query_async(&mut self.inner.conn())
-            .await;
+    /// Buffers the entries a read of a held partition returned.
+    fn buffer_held(&mut self, reply: Option<Option<StreamReadReply>>) {
+        let Some(reply) = reply else {
+            return;
+        };
+        for key in reply.map(|r| r.keys).unwrap_or_default() {
+            if let Some(last) = key.ids.last() {
+                self.last_ids.insert(key.key.clone(), last.id.clone());
+            }
+            for entry in key.ids {
+                let delivery = self.delivery(&key.key, &entry.id, &entry.map, 0);
+                self.buffer.push_back((key.key.clone(), delivery));
+            }
+        }
+    }
+
+    /// Starts the next read of the held partitions and the retry stream while the buffer is
+    /// still being handed out, so that the consumer is not left waiting for it once the buffer
+    /// is empty. Only when nothing is owed first (a beat, partitions just taken, entries to
+    /// deliver again, a claim pass) and on a single server; its entries are buffered at the
+    /// step that would otherwise read ([`Self::take_read_ahead`]), so they come in the order a
+    /// read at that step would give. Each read is fenced by its partition's lease, as any
+    /// other; entries it read and nobody takes (the subscription ended) stay pending for this
+    /// member, to be claimed by the partition's next holder.
+    fn read_ahead(&mut self) {
+        if self.ahead.is_some()
+            || self.inner.config.cluster
+            || self.buffer.len() >= self.inner.config.batch_size
+            || !self.redeliver.is_empty()
+        {
+            return;
+        }
+        let Some(ownership) = &self.ownership else {
+            return;
+        };
+        if ownership.until_beat().is_zero() || ownership.has_taken() {
+            return;
+        }
+        let claim_due = self
+            .last_claim
+            .is_none_or(|t| t.elapsed() >= self.inner.config.claim_interval);
+        if claim_due {
+            return;
+        }
+        let readable = ownership.readable();
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let reads: Vec<(String, String, String, redis::Cmd)> = readable
+            .into_iter()
+            .map(|(stream, token)| {
+                let lease = Keys::lease(&stream, &self.group);
+                let read = self.new_entries(&stream);
+                (stream, lease, token, read)
+            })
+            .collect();
+        let retry = self.read_retry();
+        let (tx, rx) = futures::channel::oneshot::channel();
+        self.inner.runtime.spawn(Box::pin(async move {
+            let held = async {
+                let mut held = Vec::with_capacity(reads.len());
+                for (stream, lease, token, read) in reads {
+                    let read = watched_read(&mut conn, &lease, &token, read).await;
+                    held.push((stream, read));
+                }
+                held
+            };
+            let (held, retry) = futures::join!(held, retry);
+            let _ = tx.send(ReadAhead { conn, held, retry });
+        }));
+        self.ahead = Some(rx);
+    }
+
+    /// Buffers what a read made ahead found, as the reads it stands for would have.
+    async fn take_read_ahead(
+        &mut self,
+        ahead: futures::channel::oneshot::Receiver<ReadAhead>,
+    ) -> Result<(), Error> {
+        // The task ends only by sending, unless the runtime dropped it.
+        let Ok(ReadAhead { conn, held, retry }) = ahead.await else {
+            return Ok(());
+        };
+        self.conn = Some(conn);
+        let mut failed = None;
+        for (stream, read) in held {
+            match self.settle_watched(&stream, read).await {
+                Ok(reply) => self.buffer_held(reply),
+                Err(error) => {
+                    failed.get_or_insert(error);
+                }
+            }
+        }
+        let retried = self.buffer_retry(retry).await;
+        failed.map_or(Ok(()), Err)?;
+        retried
+    }
+
+    /// Reads the group's retry stream (on the shared connection, without borrowing the reader,
+    /// so it can run beside a read of the held partitions); [`Self::buffer_retry`] takes the
+    /// reply.
+    fn read_retry(&self) -> impl Future<Output = redis::RedisResult<Option<StreamReadReply>>> {
+        let read = self.new_entries(&self.retry_stream);
+        let mut conn = self.inner.conn();
+        async move { read.query_async(&mut conn).await }
+    }
+
+    /// Buffers the entries of a retry-stream read ([`Self::read_retry`]).
+    async fn buffer_retry(
+        &mut self,
+        reply: redis::RedisResult<Option<StreamReadReply>>,
+    ) -> Result<(), Error> {
         match reply {
             Ok(reply) => {
                 for key in reply.map(|r| r.keys).unwrap_or_default() {
@@ -1094,5 +1231,41 @@ impl Acknowledger for RedisAcker {
             self.inner.counters.deferred.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })
+    }
+}
+
+/// The fenced read of [`FENCED_READ`] on a single server, on a reader's own connection:
+/// `WATCH` the lease and check it still holds `token`, then `read` in a `MULTI`/`EXEC` that
+/// runs only if the lease was not touched in between.
+async fn watched_read(
+    conn: &mut MultiplexedConnection,
+    lease: &str,
+    token: &str,
+    read: redis::Cmd,
+) -> WatchedRead {
+    let watched: redis::RedisResult<((), Option<String>)> = redis::pipe()
+        .cmd("WATCH")
+        .arg(lease)
+        .cmd("GET")
+        .arg(lease)
+        .query_async(conn)
+        .await;
+    match watched {
+        Ok((_, held)) if held.as_deref() == Some(token) => {
+            let mut transaction = redis::pipe();
+            transaction.atomic().add_command(read);
+            match transaction
+                .query_async::<Option<(Option<StreamReadReply>,)>>(conn)
+                .await
+            {
+                Ok(executed) => WatchedRead::Ran(executed.map(|(reply,)| reply)),
+                Err(e) => WatchedRead::Failed(e),
+            }
+        }
+        Ok(_) => {
+            let _: redis::RedisResult<()> = redis::cmd("UNWATCH").query_async(conn).await;
+            WatchedRead::Lost
+        }
+        Err(e) => WatchedRead::Failed(e),
     }
 }

@@ -143,6 +143,11 @@ impl Ownership {
             .collect()
     }
 
+    /// Whether partitions just taken over wait to be reclaimed.
+    pub(super) fn has_taken(&self) -> bool {
+        !self.taken.is_empty()
+    }
+
     /// Partitions just taken over, to reclaim first (emptied by the call).
     pub(super) fn take_taken(&mut self) -> Vec<String> {
         std::mem::take(&mut self.taken)
