@@ -828,8 +828,9 @@ impl StreamReader {
     /// deliver again, a claim pass) and on a single server; its entries are buffered at the
     /// step that would otherwise read ([`Self::take_read_ahead`]), so they come in the order a
     /// read at that step would give. Each read is fenced by its partition's lease, as any
-    /// other; entries it read and nobody takes (the subscription ended) stay pending for this
-    /// member, to be claimed by the partition's next holder.
+    /// other, and what it read counts as in flight at once (kept from claims, its partition
+    /// kept until they are settled); entries it read and nobody takes (the subscription
+    /// ended) stay pending for this member, to be claimed by the partition's next holder.
     fn read_ahead(&mut self) {
         if self.ahead.is_some()
             || self.inner.config.cluster
@@ -863,12 +864,23 @@ impl StreamReader {
             })
             .collect();
         let retry = self.read_retry();
+        let in_flight = self.in_flight.clone();
         let (tx, rx) = futures::channel::oneshot::channel();
         self.inner.runtime.spawn(Box::pin(async move {
             let held = async {
                 let mut held = Vec::with_capacity(reads.len());
                 for (stream, lease, token, read) in reads {
                     let read = watched_read(&mut conn, &lease, &token, read).await;
+                    if let WatchedRead::Ran(Some(Some(reply))) = &read {
+                        // In flight from now on, though not handed out yet: their idle time
+                        // is kept fresh so no claim takes them, and their partition is not
+                        // handed over before they are settled.
+                        for key in &reply.keys {
+                            for entry in &key.ids {
+                                in_flight.insert(&key.key, &entry.id);
+                            }
+                        }
+                    }
                     held.push((stream, read));
                 }
                 held
