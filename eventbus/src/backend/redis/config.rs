@@ -70,7 +70,9 @@ pub struct RedisConfig {
     /// How long an `XREADGROUP` blocks waiting for entries.
     #[serde(with = "humantime_serde")]
     pub block: Duration,
-    /// Entries read per `XREADGROUP` / `XAUTOCLAIM`.
+    /// Entries read per `XREADGROUP` / `XAUTOCLAIM`. A member holding partitions starts its
+    /// next read while it still hands out the last one, so up to twice this many entries are
+    /// read and pending for it beyond what its handlers hold.
     pub batch_size: usize,
     /// Pending entries idle this long are claimed from their (presumably dead) consumer.
     #[serde(with = "humantime_serde")]
