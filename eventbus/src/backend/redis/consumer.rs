@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use futures::Stream;
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamAutoClaimReply, StreamClaimReply, StreamId, StreamReadReply};
+use redis::streams::{StreamAutoClaimReply, StreamClaimReply, StreamId};
 
 use super::config::StartFrom;
 use super::keys::Keys;
 use super::lease::InFlight;
 use super::ownership::{Ownership, FENCED_CLAIM, FENCED_READ, FENCED_RECLAIM};
+use super::read_reply::StreamEntries;
 use super::{entry, now_ms, redis_error, Inner};
 use crate::backend::{Acknowledger, Delivery, RetryState, SubscribeRequest};
 use crate::error::Error;
@@ -56,14 +57,14 @@ pub(crate) struct StreamReader {
 struct ReadAhead {
     conn: MultiplexedConnection,
     held: Vec<(String, WatchedRead)>,
-    retry: redis::RedisResult<Option<StreamReadReply>>,
+    retry: redis::RedisResult<Option<StreamEntries>>,
 }
 
 /// What a watched read of a held partition found ([`StreamReader::watched_read`]).
 enum WatchedRead {
     /// The transaction ran (`Some`: its reply) or was aborted because the lease was touched
     /// (`None`: nothing read, the next step looks again).
-    Ran(Option<Option<StreamReadReply>>),
+    Ran(Option<Option<StreamEntries>>),
     /// The lease no longer holds the reader's token.
     Lost,
     /// Redis failed the read.
@@ -387,13 +388,14 @@ impl StreamReader {
         for _ in &self.streams {
             cmd.arg(">");
         }
-        let reply: redis::RedisResult<Option<StreamReadReply>> = cmd.query_async(conn).await;
+        let reply: redis::RedisResult<Option<StreamEntries>> = cmd.query_async(conn).await;
         match reply {
             Ok(Some(reply)) => {
-                for key in reply.keys {
-                    for entry in key.ids {
-                        let delivery = self.delivery(&key.key, &entry.id, &entry.map, 0);
-                        self.buffer.push_back((key.key.clone(), delivery));
+                for read in reply.streams {
+                    for entry in read.entries {
+                        let delivery =
+                            self.delivery(&read.key, &entry.id, entry.fields.as_slice(), 0);
+                        self.buffer.push_back((read.key.clone(), delivery));
                     }
                 }
                 Ok(())
@@ -753,7 +755,7 @@ impl StreamReader {
                 .arg(&self.group)
                 .arg(&self.consumer)
                 .arg(self.inner.config.batch_size);
-            self.fenced::<Option<StreamReadReply>>(stream, call, "XREADGROUP")
+            self.fenced::<Option<StreamEntries>>(stream, call, "XREADGROUP")
                 .await?
         } else {
             self.watched_read(stream, token).await?
@@ -772,7 +774,7 @@ impl StreamReader {
         &mut self,
         stream: &str,
         token: &str,
-    ) -> Result<Option<Option<StreamReadReply>>, Error> {
+    ) -> Result<Option<Option<StreamEntries>>, Error> {
         let lease = Keys::lease(stream, &self.group);
         let read_new = self.new_entries(stream);
         let conn = match &mut self.conn {
@@ -789,7 +791,7 @@ impl StreamReader {
         &mut self,
         stream: &str,
         read: WatchedRead,
-    ) -> Result<Option<Option<StreamReadReply>>, Error> {
+    ) -> Result<Option<Option<StreamEntries>>, Error> {
         match read {
             WatchedRead::Ran(read) => Ok(read),
             WatchedRead::Lost => {
@@ -807,17 +809,17 @@ impl StreamReader {
     }
 
     /// Buffers the entries a read of a held partition returned.
-    fn buffer_held(&mut self, reply: Option<Option<StreamReadReply>>) {
+    fn buffer_held(&mut self, reply: Option<Option<StreamEntries>>) {
         let Some(reply) = reply else {
             return;
         };
-        for key in reply.map(|r| r.keys).unwrap_or_default() {
-            if let Some(last) = key.ids.last() {
-                self.last_ids.insert(key.key.clone(), last.id.clone());
+        for read in reply.map(|r| r.streams).unwrap_or_default() {
+            if let Some(last) = read.entries.last() {
+                self.last_ids.insert(read.key.clone(), last.id.clone());
             }
-            for entry in key.ids {
-                let delivery = self.delivery(&key.key, &entry.id, &entry.map, 0);
-                self.buffer.push_back((key.key.clone(), delivery));
+            for entry in read.entries {
+                let delivery = self.delivery(&read.key, &entry.id, entry.fields.as_slice(), 0);
+                self.buffer.push_back((read.key.clone(), delivery));
             }
         }
     }
@@ -875,9 +877,9 @@ impl StreamReader {
                         // In flight from now on, though not handed out yet: their idle time
                         // is kept fresh so no claim takes them, and their partition is not
                         // handed over before they are settled.
-                        for key in &reply.keys {
-                            for entry in &key.ids {
-                                in_flight.insert(&key.key, &entry.id);
+                        for read in &reply.streams {
+                            for entry in &read.entries {
+                                in_flight.insert(&read.key, &entry.id);
                             }
                         }
                     }
@@ -918,7 +920,7 @@ impl StreamReader {
     /// Reads the group's retry stream (on the shared connection, without borrowing the reader,
     /// so it can run beside a read of the held partitions); [`Self::buffer_retry`] takes the
     /// reply.
-    fn read_retry(&self) -> impl Future<Output = redis::RedisResult<Option<StreamReadReply>>> {
+    fn read_retry(&self) -> impl Future<Output = redis::RedisResult<Option<StreamEntries>>> {
         let read = self.new_entries(&self.retry_stream);
         let mut conn = self.inner.conn();
         async move { read.query_async(&mut conn).await }
@@ -927,14 +929,15 @@ impl StreamReader {
     /// Buffers the entries of a retry-stream read ([`Self::read_retry`]).
     async fn buffer_retry(
         &mut self,
-        reply: redis::RedisResult<Option<StreamReadReply>>,
+        reply: redis::RedisResult<Option<StreamEntries>>,
     ) -> Result<(), Error> {
         match reply {
             Ok(reply) => {
-                for key in reply.map(|r| r.keys).unwrap_or_default() {
-                    for entry in key.ids {
-                        let delivery = self.delivery(&key.key, &entry.id, &entry.map, 0);
-                        self.buffer.push_back((key.key.clone(), delivery));
+                for read in reply.map(|r| r.streams).unwrap_or_default() {
+                    for entry in read.entries {
+                        let delivery =
+                            self.delivery(&read.key, &entry.id, entry.fields.as_slice(), 0);
+                        self.buffer.push_back((read.key.clone(), delivery));
                     }
                 }
                 Ok(())
@@ -1051,11 +1054,11 @@ impl StreamReader {
             .unwrap_or_else(|| "0-0".to_owned()))
     }
 
-    fn delivery(
+    fn delivery<F: entry::Fields + ?Sized>(
         &self,
         stream: &str,
         id: &str,
-        map: &HashMap<String, redis::Value>,
+        map: &F,
         redeliveries: u32,
     ) -> Delivery {
         let fallback_topic = Keys::topic_of(stream);
@@ -1267,7 +1270,7 @@ async fn watched_read(
             let mut transaction = redis::pipe();
             transaction.atomic().add_command(read);
             match transaction
-                .query_async::<Option<(Option<StreamReadReply>,)>>(conn)
+                .query_async::<Option<(Option<StreamEntries>,)>>(conn)
                 .await
             {
                 Ok(executed) => WatchedRead::Ran(executed.map(|(reply,)| reply)),

@@ -55,35 +55,66 @@ fn text(value: &Value) -> Option<String> {
     bytes(value).map(|b| String::from_utf8_lossy(b).into_owned())
 }
 
+/// An entry's fields, however a reply was taken apart: a map by name, or the list in the
+/// order they were written (a name written twice counts once, its last value winning, as in
+/// the map).
+pub(crate) trait Fields {
+    /// The value of field `name`.
+    fn field(&self, name: &str) -> Option<&Value>;
+    /// Every field, each name once.
+    fn each(&self) -> impl Iterator<Item = (&str, &Value)>;
+}
+
+impl Fields for HashMap<String, Value> {
+    fn field(&self, name: &str) -> Option<&Value> {
+        self.get(name)
+    }
+
+    fn each(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.iter().map(|(name, value)| (name.as_str(), value))
+    }
+}
+
+impl Fields for [(String, Value)] {
+    fn field(&self, name: &str) -> Option<&Value> {
+        self.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    fn each(&self) -> impl Iterator<Item = (&str, &Value)> {
+        // In order: the headers' map keeps the last value of a name written twice.
+        self.iter().map(|(name, value)| (name.as_str(), value))
+    }
+}
+
 /// Rebuilds a message from entry fields. Entries written by other producers without our
 /// fields still come through: the payload is whatever `payload` (or, failing that, `data`)
 /// holds, so the pipeline can dead-letter it with a decode error instead of losing it. The
 /// topic is the entry's `topic` field only when `topic_field` says it is trusted (the retry
 /// stream, replays); otherwise, and when the field is missing, `stream_topic`.
-pub(crate) fn from_fields(
+pub(crate) fn from_fields<F: Fields + ?Sized>(
     stream_topic: &str,
-    map: &HashMap<String, Value>,
+    fields: &F,
     topic_field: bool,
 ) -> Message {
     let mut headers = MessageHeaders::new();
-    for (name, value) in map {
+    for (name, value) in fields.each() {
         if let (Some(header), Some(value)) = (name.strip_prefix(HEADER_PREFIX), text(value)) {
             headers.insert(header.to_owned(), value);
         }
     }
-    let payload = map
-        .get(PAYLOAD)
-        .or_else(|| map.get("data"))
+    let payload = fields
+        .field(PAYLOAD)
+        .or_else(|| fields.field("data"))
         .and_then(bytes)
         .unwrap_or_default();
     Message {
-        topic: map
-            .get(TOPIC)
+        topic: fields
+            .field(TOPIC)
             .filter(|_| topic_field)
             .and_then(text)
             .unwrap_or_else(|| stream_topic.to_owned()),
-        key: map.get(KEY).and_then(text),
-        event_type: map.get(TYPE).and_then(text).unwrap_or_default(),
+        key: fields.field(KEY).and_then(text),
+        event_type: fields.field(TYPE).and_then(text).unwrap_or_default(),
         headers,
         payload: payload.into(),
     }
@@ -107,11 +138,29 @@ mod tests {
             .map(|(k, v)| (k, Value::BulkString(v)))
             .collect();
         assert_eq!(from_fields("ignored", &map, true), message);
+        let list: Vec<(String, Value)> = to_fields(&message)
+            .into_iter()
+            .map(|(k, v)| (k, Value::BulkString(v)))
+            .collect();
+        assert_eq!(from_fields("ignored", list.as_slice(), true), message);
         let live = from_fields("from-the-stream", &map, false);
         assert_eq!(
             live.topic, "from-the-stream",
             "a live stream's topic field is not trusted"
         );
+    }
+
+    #[test]
+    fn a_field_written_twice_counts_once_with_its_last_value() {
+        let list = vec![
+            ("type".to_owned(), Value::BulkString(b"first".to_vec())),
+            ("h:a".to_owned(), Value::BulkString(b"1".to_vec())),
+            ("type".to_owned(), Value::BulkString(b"second".to_vec())),
+            ("h:a".to_owned(), Value::BulkString(b"2".to_vec())),
+        ];
+        let m = from_fields("orders", list.as_slice(), true);
+        assert_eq!(m.event_type, "second");
+        assert_eq!(m.headers.get("a").map(String::as_str), Some("2"));
     }
 
     #[test]

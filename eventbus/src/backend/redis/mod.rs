@@ -41,6 +41,7 @@ mod lease;
 mod ownership;
 mod partition;
 mod pubsub;
+mod read_reply;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
