@@ -869,25 +869,31 @@ impl StreamReader {
         let in_flight = self.in_flight.clone();
         let (tx, rx) = futures::channel::oneshot::channel();
         self.inner.runtime.spawn(Box::pin(async move {
+            // What is read is in flight from then on, though not handed out yet: its idle
+            // time is kept fresh so that no claim pass takes it, and its partition is not
+            // handed over before it is settled.
+            let keep = |reply: &StreamEntries| {
+                for read in &reply.streams {
+                    for entry in &read.entries {
+                        in_flight.insert(&read.key, &entry.id);
+                    }
+                }
+            };
             let held = async {
                 let mut held = Vec::with_capacity(reads.len());
                 for (stream, lease, token, read) in reads {
                     let read = watched_read(&mut conn, &lease, &token, read).await;
                     if let WatchedRead::Ran(Some(Some(reply))) = &read {
-                        // In flight from now on, though not handed out yet: their idle time
-                        // is kept fresh so no claim takes them, and their partition is not
-                        // handed over before they are settled.
-                        for read in &reply.streams {
-                            for entry in &read.entries {
-                                in_flight.insert(&read.key, &entry.id);
-                            }
-                        }
+                        keep(reply);
                     }
                     held.push((stream, read));
                 }
                 held
             };
             let (held, retry) = futures::join!(held, retry);
+            if let Ok(Some(reply)) = &retry {
+                keep(reply);
+            }
             let _ = tx.send(ReadAhead { conn, held, retry });
         }));
         self.ahead = Some(rx);
