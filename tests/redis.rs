@@ -456,8 +456,10 @@ impl HeldBack {
         self.bus.publisher().publish_batch(batch).await.unwrap();
     }
 
-    /// Waits until the group read `entries` entries (pending for it), or the deadline.
-    async fn read(&mut self, group: &str, entries: u64) -> u64 {
+    /// Publishes events 0 to 31 and waits until group `group` read them all (pending for it),
+    /// which only a member reading ahead does while event 0 is held back.
+    async fn read_all_ahead(&mut self, group: &str) {
+        self.publish(0..32).await;
         let deadline = std::time::Instant::now() + eventbus_integration::scaled(WAIT);
         loop {
             let summary: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
@@ -466,11 +468,30 @@ impl HeldBack {
                 .query_async(&mut self.conn)
                 .await
                 .unwrap();
-            if summary.0 >= entries || std::time::Instant::now() > deadline {
-                return summary.0;
+            if summary.0 >= 32 {
+                return;
             }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "entries read: {} of 32; handled: {:?}",
+                summary.0,
+                self.handled.all()
+            );
             eventbus_integration::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Waits until events 0 to `n - 1` are handled, and checks each was handled once, in
+    /// order.
+    async fn finishes_in_order(&self, n: u32) {
+        let handled = self.handled.clone();
+        assert!(
+            eventually(WAIT, || handled.len() >= n as usize).await,
+            "not finished: {:?}",
+            handled.all()
+        );
+        let expected: Vec<String> = (0..n).map(|n| n.to_string()).collect();
+        assert_eq!(handled.all(), expected);
     }
 }
 
@@ -484,14 +505,7 @@ fn a_read_made_ahead_is_fenced_by_the_lease() {
             return;
         };
         let mut member = HeldBack::start(&url, "ahead").await;
-        member.publish(0..32).await;
-        let read = member.read("ahead", 32).await;
-        assert_eq!(
-            read,
-            32,
-            "entries read; handled: {:?}",
-            member.handled.all()
-        );
+        member.read_all_ahead("ahead").await;
         let lease = format!("{{{}}}:lease:ahead", member.stream);
         let _: () = redis::cmd("SET")
             .arg(&lease)
@@ -520,13 +534,7 @@ fn a_read_made_ahead_is_fenced_by_the_lease() {
             .query_async(&mut member.conn)
             .await
             .unwrap();
-        assert!(
-            eventually(WAIT, || handled.len() >= 40).await,
-            "not taken back and finished: {:?}",
-            handled.all()
-        );
-        let expected: Vec<String> = (0..40).map(|n| n.to_string()).collect();
-        assert_eq!(handled.all(), expected);
+        member.finishes_in_order(40).await;
         member.bus.shutdown(Duration::from_secs(5)).await;
     });
 }
@@ -541,25 +549,11 @@ fn entries_read_ahead_are_not_claimed_while_the_consumer_is_busy() {
             return;
         };
         let mut member = HeldBack::start(&url, "busy").await;
-        member.publish(0..32).await;
-        let read = member.read("busy", 32).await;
-        assert_eq!(
-            read,
-            32,
-            "entries read; handled: {:?}",
-            member.handled.all()
-        );
+        member.read_all_ahead("busy").await;
         // Three times `claim_idle` (600 ms) with event 0 held back.
         eventbus_integration::sleep(Duration::from_millis(1800)).await;
         member.gate.store(true, Ordering::SeqCst);
-        let handled = member.handled.clone();
-        assert!(
-            eventually(WAIT, || handled.len() >= 32).await,
-            "not finished: {:?}",
-            handled.all()
-        );
-        let expected: Vec<String> = (0..32).map(|n| n.to_string()).collect();
-        assert_eq!(handled.all(), expected);
+        member.finishes_in_order(32).await;
         assert_eq!(
             member.backend.stats().claimed,
             0,

@@ -210,13 +210,17 @@ impl StreamReader {
 
     /// Whether a claim pass is due (every `claim_interval`); starts the next interval when so.
     fn claim_due(&mut self) -> bool {
-        let due = self
-            .last_claim
-            .is_none_or(|t| t.elapsed() >= self.inner.config.claim_interval);
+        let due = self.claim_is_due();
         if due {
             self.last_claim = Some(Instant::now());
         }
         due
+    }
+
+    /// Whether a claim pass is due, without starting the next interval.
+    fn claim_is_due(&self) -> bool {
+        self.last_claim
+            .is_none_or(|t| t.elapsed() >= self.inner.config.claim_interval)
     }
 
     /// Streams in the registry whose event types match the pattern.
@@ -391,13 +395,7 @@ impl StreamReader {
         let reply: redis::RedisResult<Option<StreamEntries>> = cmd.query_async(conn).await;
         match reply {
             Ok(Some(reply)) => {
-                for read in reply.streams {
-                    for entry in read.entries {
-                        let delivery =
-                            self.delivery(&read.key, &entry.id, entry.fields.as_slice(), 0);
-                        self.buffer.push_back((read.key.clone(), delivery));
-                    }
-                }
+                self.buffer_entries(reply);
                 Ok(())
             }
             Ok(None) => Ok(()),
@@ -810,13 +808,20 @@ impl StreamReader {
 
     /// Buffers the entries a read of a held partition returned.
     fn buffer_held(&mut self, reply: Option<Option<StreamEntries>>) {
-        let Some(reply) = reply else {
+        let Some(Some(reply)) = reply else {
             return;
         };
-        for read in reply.map(|r| r.streams).unwrap_or_default() {
+        for read in &reply.streams {
             if let Some(last) = read.entries.last() {
                 self.last_ids.insert(read.key.clone(), last.id.clone());
             }
+        }
+        self.buffer_entries(reply);
+    }
+
+    /// Buffers every entry a read returned, as a first delivery.
+    fn buffer_entries(&mut self, reply: StreamEntries) {
+        for read in reply.streams {
             for entry in read.entries {
                 let delivery = self.delivery(&read.key, &entry.id, entry.fields.as_slice(), 0);
                 self.buffer.push_back((read.key.clone(), delivery));
@@ -847,10 +852,7 @@ impl StreamReader {
         if ownership.until_beat().is_zero() || ownership.has_taken() {
             return;
         }
-        let claim_due = self
-            .last_claim
-            .is_none_or(|t| t.elapsed() >= self.inner.config.claim_interval);
-        if claim_due {
+        if self.claim_is_due() {
             return;
         }
         let readable = ownership.readable();
@@ -939,13 +941,7 @@ impl StreamReader {
     ) -> Result<(), Error> {
         match reply {
             Ok(reply) => {
-                for read in reply.map(|r| r.streams).unwrap_or_default() {
-                    for entry in read.entries {
-                        let delivery =
-                            self.delivery(&read.key, &entry.id, entry.fields.as_slice(), 0);
-                        self.buffer.push_back((read.key.clone(), delivery));
-                    }
-                }
+                self.buffer_entries(reply.unwrap_or_default());
                 Ok(())
             }
             Err(e) if e.code() == Some("NOGROUP") => self.recreate_groups().await,

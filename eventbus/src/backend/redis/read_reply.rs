@@ -139,27 +139,23 @@ mod tests {
         }
     }
 
+    /// The entries of [`expected`], as Redis sends them.
+    fn entries_value() -> Value {
+        Value::Array(vec![
+            entry_value("1-0", &[("type", "a"), ("payload", "{}")]),
+            entry_value("2-0", &[("type", "b")]),
+        ])
+    }
+
     #[test]
     fn reads_the_resp2_shape() {
-        let reply = Value::Array(vec![Value::Array(vec![
-            bulk("s"),
-            Value::Array(vec![
-                entry_value("1-0", &[("type", "a"), ("payload", "{}")]),
-                entry_value("2-0", &[("type", "b")]),
-            ]),
-        ])]);
+        let reply = Value::Array(vec![Value::Array(vec![bulk("s"), entries_value()])]);
         assert_eq!(StreamEntries::from_redis_value(reply).unwrap(), expected());
     }
 
     #[test]
     fn reads_the_resp3_shape() {
-        let reply = Value::Map(vec![(
-            bulk("s"),
-            Value::Array(vec![
-                entry_value("1-0", &[("type", "a"), ("payload", "{}")]),
-                entry_value("2-0", &[("type", "b")]),
-            ]),
-        )]);
+        let reply = Value::Map(vec![(bulk("s"), entries_value())]);
         assert_eq!(StreamEntries::from_redis_value(reply).unwrap(), expected());
     }
 
