@@ -52,6 +52,7 @@ finish_tansu_install() {
     bin=$(tansu_path) || { echo "tansu is not installed" >&2; return 1; }
     tansu_has_sqlite "$bin" || { echo "$bin cannot open sqlite storage" >&2; return 1; }
     export EVENTBUS_TANSU_BIN="$bin"
+    command -v sqlite3 >/dev/null || apt_install sqlite3 || return 1
     echo "tansu: $bin ($("$bin" --version 2>/dev/null || echo tansu))"
 }
 
@@ -66,6 +67,22 @@ tansu_launch() {
     echo $! >"$dir/tansu.pid"
 }
 
+# tansu 0.6's sqlite schema has no index on `header`, and its fetch reads each record's
+# headers with a query of its own: without this index each of those scans every header held,
+# and a fetch costs the square of the data (tests/support/tansu.rs, HEADER_INDEX, has the
+# measurements). Adds it to the database of a broker started in `$1` with storage `$2`, once the
+# broker has created its tables; nothing for other engines or with EVENTBUS_TANSU_AS_SHIPPED=1.
+tansu_index_headers() {
+    local dir=$1 storage=${2:-sqlite://tansu.db}
+    [[ $storage == sqlite://* && ${EVENTBUS_TANSU_AS_SHIPPED:-0} == 0 ]] || return 0
+    local deadline=$((SECONDS + 30))
+    until (cd "$dir" && sqlite3 -cmd '.timeout 5000' "${storage#sqlite://}" \
+        'CREATE INDEX IF NOT EXISTS eventbus_header_by_record ON header (topition, offset_id)' 2>"$dir/index.err"); do
+        if ((SECONDS > deadline)); then cat "$dir/index.err" >&2; return 1; fi
+        sleep 0.1
+    done
+}
+
 # One long-lived broker (storage `$1`, default sqlite) for EVENTBUS_TANSU_MODE=shared.
 start_shared_tansu() {
     local port dir
@@ -75,6 +92,7 @@ start_shared_tansu() {
     export EVENTBUS_TANSU_STORAGE=${1:-sqlite://tansu.db}
     tansu_launch "$dir" "$port" "$EVENTBUS_TANSU_STORAGE"
     wait_port 127.0.0.1 "$port" 30 || { cat "$dir/tansu.log" >&2; return 1; }
+    tansu_index_headers "$dir" "$EVENTBUS_TANSU_STORAGE" || return 1
     export EVENTBUS_KAFKA_BROKERS="127.0.0.1:$port"
     CLEANUP+=("p=\$(cat '$dir/tansu.pid' 2>/dev/null); kill \$p >/dev/null 2>&1; sleep 0.5; kill -9 \$p >/dev/null 2>&1; rm -rf '$dir'")
     echo "shared tansu on $EVENTBUS_KAFKA_BROKERS ($EVENTBUS_TANSU_STORAGE)"
