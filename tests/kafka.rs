@@ -1903,19 +1903,8 @@ conformance!(
     a_dead_letter_over_the_size_limit_is_kept_as_metadata,
     replay_to_one_group_and_group_lag,
     binary_mode_records_carry_data_and_ce_headers,
+    members_split_partitions_and_a_killed_member_is_taken_over,
 );
-
-/// Member takeover runs on the mock cluster only: under this churn (two members joining, one
-/// killed, a cooperative rebalance) tansu 0.6's group coordinator can panic
-/// (`tansu-storage-0.6.0/src/service.rs:337`, `unreachable!` on a storage error in
-/// `update_group`), after which the broker stops serving the group; seen in 1 of 6 repeated runs.
-#[test]
-fn mock_members_split_partitions_and_a_killed_member_is_taken_over() {
-    eventbus_integration::run(4, async {
-        let broker = Broker::mock();
-        members_split_partitions_and_a_killed_member_is_taken_over(&broker).await;
-    });
-}
 
 /// The metric value of the sample line `name{...labels...}` holding every `label="value"`.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
