@@ -178,6 +178,84 @@ async fn raw_consume(conn: &mut redis::aio::MultiplexedConnection, stream: &str)
     start.elapsed()
 }
 
+/// The raw loop of (c) with the dedupe a hand-rolled inbox does, batched as tightly as a
+/// client can: per read of 128 entries, one `MGET` of their inbox keys (the key the bus's Redis
+/// inbox uses, `{prefix}:inbox:{group}:{event id}`), the entries not found handled, then one
+/// pipeline of a `SET NX EX` per handled entry and the `XACK`. The same Redis work per event as
+/// the pipeline with the Redis inbox (d), with none of its per-delivery machinery.
+async fn raw_consume_with_inbox(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    prefix: &str,
+) -> Duration {
+    let _: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg("raw-inbox")
+        .arg("0")
+        .query_async(conn)
+        .await;
+    let start = Instant::now();
+    let mut done = 0u64;
+    while done < EVENTS {
+        let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("raw-inbox")
+            .arg("c1")
+            .arg("COUNT")
+            .arg(128)
+            .arg("BLOCK")
+            .arg(1000)
+            .arg("STREAMS")
+            .arg(stream)
+            .arg(">")
+            .query_async(conn)
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        let mut events = Vec::new();
+        for key in &reply.keys {
+            for entry in &key.ids {
+                ids.push(entry.id.clone());
+                if let Some(redis::Value::BulkString(p)) = entry.map.get("payload") {
+                    let env: Envelope<Tick> = serde_json::from_slice(p).unwrap();
+                    events.push((format!("{prefix}:inbox:raw-inbox:{}", env.id), env));
+                }
+            }
+        }
+        if ids.is_empty() {
+            continue;
+        }
+        let keys: Vec<&String> = events.iter().map(|(key, _)| key).collect();
+        let seen: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(conn)
+            .await
+            .unwrap();
+        let mut pipe = redis::pipe();
+        for ((key, env), seen) in events.iter().zip(seen) {
+            if seen.is_none() {
+                std::hint::black_box(env.data.n);
+                pipe.cmd("SET")
+                    .arg(key)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(604_800)
+                    .ignore();
+            }
+        }
+        pipe.cmd("XACK")
+            .arg(stream)
+            .arg("raw-inbox")
+            .arg(&ids)
+            .ignore();
+        pipe.query_async::<()>(conn).await.unwrap();
+        done += ids.len() as u64;
+    }
+    start.elapsed()
+}
+
 async fn pipeline_consume(
     backend: &RedisBackend,
     concurrency: usize,
@@ -298,6 +376,7 @@ fn main() {
         bus.shutdown(Duration::from_secs(1)).await;
         let (a, a_min, a1, b, b1) = (median(a), median(a_min), median(a1), median(b), median(b1));
         let c = raw_consume(&mut conn, &raw_stream).await;
+        let c_inbox = raw_consume_with_inbox(&mut conn, &raw_stream, &prefix).await;
         // RBENCH_CONSUMER=inbox1 (or inbox64, inbox256, memory64) runs that consumer alone, for
         // a profile of it.
         let alone = std::env::var("RBENCH_CONSUMER").unwrap_or_default();
@@ -325,8 +404,9 @@ fn main() {
         println!("(a1) raw XADD, one by one         {:>10.0} events/s   ({ONE_BY_ONE} events)", rate(ONE_BY_ONE, a1));
         println!("(b1) bus.publish, one by one      {:>10.0} events/s   b1/a1 = {:.2}", rate(ONE_BY_ONE, b1), a1.as_secs_f64() / b1.as_secs_f64());
         println!("(c) raw XREADGROUP+XACK loop      {:>10.0} events/s", rate(EVENTS, c));
+        println!("(c') raw loop + inbox MGET/SET NX {:>10.0} events/s   (the Redis work of (d), batched per read)", rate(EVENTS, c_inbox));
         println!("(d) pipeline+inbox, concurrency 1 {:>10.0} events/s   d/c = {:.2}", rate(EVENTS, d1), c.as_secs_f64() / d1.as_secs_f64());
-        println!("(d) pipeline+inbox, concurrency 64{:>10.0} events/s   d/c = {:.2}", rate(EVENTS, d64), c.as_secs_f64() / d64.as_secs_f64());
+        println!("(d) pipeline+inbox, concurrency 64{:>10.0} events/s   d/c = {:.2}   d/c' = {:.2}", rate(EVENTS, d64), c.as_secs_f64() / d64.as_secs_f64(), c_inbox.as_secs_f64() / d64.as_secs_f64());
         println!("(d) pipeline+inbox, concurrency 256{:>9.0} events/s   d/c = {:.2}", rate(EVENTS, d256), c.as_secs_f64() / d256.as_secs_f64());
         println!("(d') pipeline, in-process inbox, c64{:>9.0} events/s   d'/c = {:.2}", rate(EVENTS, m64), c.as_secs_f64() / m64.as_secs_f64());
         let mut fresh = RedisConfig::new(&url);
