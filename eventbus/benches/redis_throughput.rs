@@ -125,31 +125,45 @@ async fn bus_publish(bus: &Bus) -> Duration {
     start.elapsed()
 }
 
-async fn raw_consume(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> Duration {
+/// Creates consumer group `group` on `stream` from its first entry (already there is fine).
+async fn create_group(conn: &mut redis::aio::MultiplexedConnection, stream: &str, group: &str) {
     let _: redis::RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)
-        .arg("raw")
+        .arg(group)
         .arg("0")
         .query_async(conn)
         .await;
+}
+
+/// The next new entries of `stream` for `group`, up to 128, waiting up to a second.
+async fn read_group(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    group: &str,
+) -> redis::streams::StreamReadReply {
+    redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg("c1")
+        .arg("COUNT")
+        .arg(128)
+        .arg("BLOCK")
+        .arg(1000)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+async fn raw_consume(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> Duration {
+    create_group(conn, stream, "raw").await;
     let start = Instant::now();
     let mut done = 0u64;
     while done < EVENTS {
-        let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("raw")
-            .arg("c1")
-            .arg("COUNT")
-            .arg(128)
-            .arg("BLOCK")
-            .arg(1000)
-            .arg("STREAMS")
-            .arg(stream)
-            .arg(">")
-            .query_async(conn)
-            .await
-            .unwrap();
+        let reply = read_group(conn, stream, "raw").await;
         let ids: Vec<String> = reply
             .keys
             .iter()
@@ -188,30 +202,11 @@ async fn raw_consume_with_inbox(
     stream: &str,
     prefix: &str,
 ) -> Duration {
-    let _: redis::RedisResult<()> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(stream)
-        .arg("raw-inbox")
-        .arg("0")
-        .query_async(conn)
-        .await;
+    create_group(conn, stream, "raw-inbox").await;
     let start = Instant::now();
     let mut done = 0u64;
     while done < EVENTS {
-        let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("raw-inbox")
-            .arg("c1")
-            .arg("COUNT")
-            .arg(128)
-            .arg("BLOCK")
-            .arg(1000)
-            .arg("STREAMS")
-            .arg(stream)
-            .arg(">")
-            .query_async(conn)
-            .await
-            .unwrap();
+        let reply = read_group(conn, stream, "raw-inbox").await;
         let mut ids = Vec::new();
         let mut events = Vec::new();
         for key in &reply.keys {
