@@ -113,7 +113,8 @@ impl ConsumerLoop {
         let concurrency = self.concurrency.max(1);
         let buffer = (concurrency * 4).max(16);
         let mut pending: VecDeque<Delivery> = VecDeque::new();
-        let mut busy: HashSet<String> = HashSet::new();
+        // Keys of deliveries running or settling (publishers choose keys: a keyed hash).
+        let mut busy: HashSet<String, foldhash::fast::RandomState> = HashSet::default();
         let mut running: FuturesUnordered<BoxFuture<'static, Ran>> = FuturesUnordered::new();
         // Deliveries out of the pipeline waiting for their inbox record: at most `concurrency`.
         let mut settling: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();

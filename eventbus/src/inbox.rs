@@ -45,18 +45,29 @@ pub struct MemoryInbox {
 /// Ids are remembered per group number (groups are few; their names are looked up once per
 /// call, never copied), hashed with foldhash (the ids come from the broker, a keyed hash keeps
 /// collisions from being forced).
+///
+/// Each generation also keeps the largest id it holds (as a 128-bit number): an id above it is
+/// not in that generation, so looking it up costs no probe of a table far larger than the CPU's
+/// caches. Time-ordered ids (UUID v7, which publishers make) are above it as they come, so a
+/// new event is found new without touching either table; other ids are looked up as before.
 #[derive(Debug, Default)]
 struct InboxState {
     groups: HashMap<String, u32, foldhash::fast::RandomState>,
     /// The generation being filled.
     current: HashSet<(u32, Uuid), foldhash::fast::RandomState>,
+    /// The largest id in `current` (0 when empty).
+    current_largest: u128,
     /// The generation before it, forgotten when `current` is full.
     previous: HashSet<(u32, Uuid), foldhash::fast::RandomState>,
+    /// The largest id in `previous` (0 when empty).
+    previous_largest: u128,
 }
 
 impl InboxState {
     fn contains(&self, entry: &(u32, Uuid)) -> bool {
-        self.current.contains(entry) || (!self.previous.is_empty() && self.previous.contains(entry))
+        let id = entry.1.as_u128();
+        (id <= self.current_largest && self.current.contains(entry))
+            || (id <= self.previous_largest && self.previous.contains(entry))
     }
 }
 
@@ -131,8 +142,10 @@ impl InboxStore for MemoryInbox {
             let mut forgotten = std::mem::replace(&mut state.previous, filled);
             forgotten.clear();
             state.current = forgotten;
+            state.previous_largest = std::mem::take(&mut state.current_largest);
         }
         state.current.insert((g, id));
+        state.current_largest = state.current_largest.max(id.as_u128());
         Box::pin(async { Ok(()) })
     }
 }
@@ -140,6 +153,38 @@ impl InboxStore for MemoryInbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_ids_recorded_in_any_order_in_both_generations() {
+        futures::executor::block_on(async {
+            let inbox = MemoryInbox::with_capacity(8);
+            // Descending, random and extreme ids: the largest-id shortcut must never hide one.
+            let mut ids: Vec<Uuid> = (0..4u128).rev().map(|n| Uuid::from_u128(n << 64)).collect();
+            ids.extend([
+                Uuid::from_u128(0x9f3c_51d2_0e8a_4b77_a1c4_3d9e_77f0_12ab),
+                Uuid::max(),
+                Uuid::nil(),
+                Uuid::now_v7(),
+            ]);
+            for (n, &id) in ids.iter().enumerate() {
+                inbox.record("g", id).await.unwrap();
+                for &seen in &ids[..=n] {
+                    assert!(inbox.contains("g", seen).await.unwrap(), "{seen} after {n}");
+                }
+            }
+            // Two more: the first four are forgotten, the next four make the older generation.
+            let newer = [Uuid::from_u128(1), Uuid::from_u128(2)];
+            for id in newer {
+                inbox.record("g", id).await.unwrap();
+            }
+            for id in ids[4..].iter().chain(&newer) {
+                assert!(inbox.contains("g", *id).await.unwrap(), "{id}");
+            }
+            // Never recorded, below both generations' largest ids: looked up, not found.
+            assert!(!inbox.contains("g", Uuid::from_u128(3)).await.unwrap());
+            assert!(!inbox.contains("other", ids[7]).await.unwrap());
+        });
+    }
 
     #[test]
     fn remembers_per_group_and_forgets_beyond_capacity() {

@@ -28,6 +28,10 @@ use crate::error::Error;
 use crate::pattern::PatternSet;
 use crate::wire::{is_dlq_topic, DLQ_SUFFIX};
 
+/// The broker's tables, hashed with foldhash: looked up several times per delivery, keyed by
+/// names and keys that publishers choose (a keyed hash keeps collisions from being forced).
+type FoldMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// An in-process message broker. Cheap to clone; clones share state.
 #[derive(Clone, Default)]
 pub struct MemoryBackend {
@@ -43,9 +47,9 @@ struct MemoryState {
 
 #[derive(Default)]
 struct State {
-    topics: HashMap<String, TopicLog>,
+    topics: FoldMap<String, TopicLog>,
     groups: Vec<Group>,
-    group_ids: HashMap<(String, String), usize>,
+    group_ids: FoldMap<(String, String), usize>,
     routes: PatternSet<usize>,
     next_seq: u64,
     next_tag: u64,
@@ -75,9 +79,9 @@ struct Group {
     /// Only topics starting with this ([`SubscribeRequest::topic_prefix`]).
     topic_prefix: String,
     queue: VecDeque<Queued>,
-    unacked: HashMap<u64, (u64, Queued)>,
-    key_owner: HashMap<String, (u64, usize)>,
-    member_unacked: HashMap<u64, usize>,
+    unacked: FoldMap<u64, (u64, Queued)>,
+    key_owner: FoldMap<String, (u64, usize)>,
+    member_unacked: FoldMap<u64, usize>,
 }
 
 #[derive(Clone)]

@@ -125,7 +125,6 @@ impl Layer for GuardLayer {
                     }
                 }
             };
-            let now = self.clock.now();
             if let Some(metrics) = &self.metrics {
                 let failed = !matches!(result, Some(Ok(Outcome::Handled)));
                 metrics.handler_call(&cx.message.topic, &cx.group, started.elapsed(), failed);
@@ -133,12 +132,14 @@ impl Layer for GuardLayer {
             match result {
                 Some(Ok(outcome)) => outcome,
                 Some(Err(payload)) => {
+                    let now = self.clock.now();
                     cx.attempt = attempt;
                     cx.first_failure = first_failure.or(cx.first_failure);
                     let message = format!("handler panicked: {}", panic_message(&*payload));
                     Outcome::Failed(cx.failure(ErrorKind::Transient, message, now))
                 }
                 None => {
+                    let now = self.clock.now();
                     let message = format!(
                         "handler timed out after {:?}",
                         self.timeout.unwrap_or_default()
