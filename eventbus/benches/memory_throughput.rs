@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use eventbus::backend::memory::MemoryBackend;
 use eventbus::{event, Bus, Envelope, Subscription};
 use futures::StreamExt;
@@ -35,6 +35,90 @@ fn orders(n: u64, keys: u64) -> Vec<Envelope<OrderCreated>> {
         .collect()
 }
 
+/// A bus whose handler counts the events it handled and wakes `reached` at `target`.
+struct CountedBus {
+    bus: Bus,
+    handled: Arc<AtomicU64>,
+    target: Arc<AtomicU64>,
+    reached: Arc<tokio::sync::Notify>,
+}
+
+async fn counted_bus(concurrency: usize) -> CountedBus {
+    let handled = Arc::new(AtomicU64::new(0));
+    let target = Arc::new(AtomicU64::new(u64::MAX));
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let (h, t, r) = (handled.clone(), target.clone(), reached.clone());
+    let bus = Bus::builder()
+        .backend(MemoryBackend::new())
+        .subscribe(
+            Subscription::new("order.*", move |env: Envelope<OrderCreated>| {
+                std::hint::black_box(&env.data.total_cents);
+                if h.fetch_add(1, Ordering::Relaxed) + 1 == t.load(Ordering::Relaxed) {
+                    r.notify_one();
+                }
+                async { Ok(()) }
+            })
+            .concurrency(concurrency),
+        )
+        .start()
+        .await
+        .expect("bus");
+    CountedBus {
+        bus,
+        handled,
+        target,
+        reached,
+    }
+}
+
+/// Publishes `BATCH` events and waits until they are handled.
+async fn publish_and_wait(counted: &CountedBus) -> Duration {
+    let batch = orders(BATCH, 64);
+    let publisher = counted.bus.publisher();
+    counted.target.store(
+        counted.handled.load(Ordering::Relaxed) + BATCH,
+        Ordering::Relaxed,
+    );
+    let start = Instant::now();
+    publisher.publish_batch(batch).await.expect("publish");
+    counted.reached.notified().await;
+    start.elapsed()
+}
+
+/// The same job by hand: `BATCH` envelopes (as the bus publishes them) encoded and sent over an
+/// unbounded channel to a task that decodes them.
+async fn raw_channel() -> Duration {
+    let batch = orders(BATCH, 64);
+    let start = Instant::now();
+    let (tx, mut rx) = futures::channel::mpsc::unbounded::<Vec<u8>>();
+    let consumer = tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Some(bytes) = rx.next().await {
+            let env: Envelope<OrderCreated> = serde_json::from_slice(&bytes).expect("decode");
+            std::hint::black_box(env.data.total_cents);
+            n += 1;
+        }
+        n
+    });
+    for mut env in batch {
+        // The envelope the bus publishes: a source, a correlation id and a
+        // `traceparent`.
+        env.source = "eventbus".into();
+        env.correlation_id = Some(env.id.to_string());
+        let trace = format!(
+            "00-{:032x}-{:016x}-01",
+            fastrand::u128(..),
+            fastrand::u64(..)
+        );
+        env.headers.insert("traceparent".into(), trace);
+        tx.unbounded_send(env.encode().expect("encode"))
+            .expect("send");
+    }
+    drop(tx);
+    assert_eq!(consumer.await.expect("join"), BATCH);
+    start.elapsed()
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -47,45 +131,19 @@ fn bench(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(8));
 
     for concurrency in [1usize, 8] {
-        let handled = Arc::new(AtomicU64::new(0));
-        let target = Arc::new(AtomicU64::new(u64::MAX));
-        let reached = Arc::new(tokio::sync::Notify::new());
-        let (h, t, r) = (handled.clone(), target.clone(), reached.clone());
-        let bus = rt.block_on(async move {
-            Bus::builder()
-                .backend(MemoryBackend::new())
-                .subscribe(
-                    Subscription::new("order.*", move |env: Envelope<OrderCreated>| {
-                        std::hint::black_box(&env.data.total_cents);
-                        if h.fetch_add(1, Ordering::Relaxed) + 1 == t.load(Ordering::Relaxed) {
-                            r.notify_one();
-                        }
-                        async { Ok(()) }
-                    })
-                    .concurrency(concurrency),
-                )
-                .start()
-                .await
-                .expect("bus")
-        });
-        let publisher = bus.publisher();
+        let counted = rt.block_on(counted_bus(concurrency));
         group.bench_function(format!("bus_concurrency_{concurrency}"), |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
-                        let batch = orders(BATCH, 64);
-                        target.store(handled.load(Ordering::Relaxed) + BATCH, Ordering::Relaxed);
-                        let start = Instant::now();
-                        publisher.publish_batch(batch).await.expect("publish");
-                        reached.notified().await;
-                        total += start.elapsed();
+                        total += publish_and_wait(&counted).await;
                     }
                     total
                 })
             })
         });
-        rt.block_on(bus.shutdown(Duration::from_secs(5)));
+        rt.block_on(counted.bus.shutdown(Duration::from_secs(5)));
     }
 
     group.bench_function("raw_channel_baseline", |b| {
@@ -93,36 +151,7 @@ fn bench(c: &mut Criterion) {
             rt.block_on(async {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let batch = orders(BATCH, 64);
-                    let start = Instant::now();
-                    let (tx, mut rx) = futures::channel::mpsc::unbounded::<Vec<u8>>();
-                    let consumer = tokio::spawn(async move {
-                        let mut n = 0u64;
-                        while let Some(bytes) = rx.next().await {
-                            let env: Envelope<OrderCreated> =
-                                serde_json::from_slice(&bytes).expect("decode");
-                            std::hint::black_box(env.data.total_cents);
-                            n += 1;
-                        }
-                        n
-                    });
-                    for mut env in batch {
-                        // The envelope the bus publishes: a source, a correlation id and a
-                        // `traceparent`.
-                        env.source = "eventbus".into();
-                        env.correlation_id = Some(env.id.to_string());
-                        let trace = format!(
-                            "00-{:032x}-{:016x}-01",
-                            fastrand::u128(..),
-                            fastrand::u64(..)
-                        );
-                        env.headers.insert("traceparent".into(), trace);
-                        tx.unbounded_send(env.encode().expect("encode"))
-                            .expect("send");
-                    }
-                    drop(tx);
-                    assert_eq!(consumer.await.expect("join"), BATCH);
-                    total += start.elapsed();
+                    total += raw_channel().await;
                 }
                 total
             })
@@ -132,4 +161,49 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+/// `MEMORY_BENCH_BATCHES=n` publishes and handles n batches through the bus at concurrency 1
+/// (or the raw channel, `MEMORY_BENCH_PATH=raw`) and exits, without criterion: a fixed amount
+/// of work, for instruction counts (`valgrind --tool=cachegrind`) and A/B runs of two builds.
+fn main() {
+    if let Ok(batches) = std::env::var("MEMORY_BENCH_BATCHES") {
+        let batches: u64 = batches.parse().expect("MEMORY_BENCH_BATCHES: a number");
+        // MEMORY_BENCH_THREADS=1: publisher and consumer take turns on one thread, so the
+        // time is the path's CPU time, without the other core's noise.
+        let rt = match std::env::var("MEMORY_BENCH_THREADS").as_deref() {
+            Ok("1") => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+            _ => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build(),
+        }
+        .expect("runtime");
+        // MEMORY_BENCH_PATH=raw: the raw channel baseline instead of the bus.
+        let raw = std::env::var("MEMORY_BENCH_PATH").as_deref() == Ok("raw");
+        let elapsed = rt.block_on(async {
+            let mut total = Duration::ZERO;
+            if raw {
+                for _ in 0..batches {
+                    total += raw_channel().await;
+                }
+                return total;
+            }
+            let counted = counted_bus(1).await;
+            for _ in 0..batches {
+                total += publish_and_wait(&counted).await;
+            }
+            counted.bus.shutdown(Duration::from_secs(5)).await;
+            total
+        });
+        let events = batches * BATCH;
+        println!(
+            "{events} events in {elapsed:?}: {:.0} events/s",
+            events as f64 / elapsed.as_secs_f64()
+        );
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -97,10 +97,10 @@ enum Ran {
     Settling(BoxFuture<'static, Finished>),
 }
 
-/// How a delivery ended, for the loop: its key, and whether it was handed back to the backend
-/// for redelivery (nacked).
+/// How a delivery ended, for the loop: its key's [`KeyHashes`] value, and whether it was handed
+/// back to the backend for redelivery (nacked).
 struct Finished {
-    key: Option<String>,
+    key: Option<u64>,
     handed_back: bool,
 }
 
@@ -113,8 +113,9 @@ impl ConsumerLoop {
         let concurrency = self.concurrency.max(1);
         let buffer = (concurrency * 4).max(16);
         let mut pending: VecDeque<Delivery> = VecDeque::new();
-        // Keys of deliveries running or settling (publishers choose keys: a keyed hash).
-        let mut busy: HashSet<String, foldhash::fast::RandomState> = HashSet::default();
+        let keys = KeyHashes::default();
+        // Keys of deliveries running or settling.
+        let mut busy: HashSet<u64, foldhash::fast::RandomState> = HashSet::default();
         let mut running: FuturesUnordered<BoxFuture<'static, Ran>> = FuturesUnordered::new();
         // Deliveries out of the pipeline waiting for their inbox record: at most `concurrency`.
         let mut settling: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
@@ -122,21 +123,30 @@ impl ConsumerLoop {
         let mut control_listener = self.control.stop_listener();
         let mut stopping = false;
         let mut errors = 0u32;
+        // What settling needs, shared by every delivery of the loop (one handle per delivery).
+        let settler = Arc::new(Settler {
+            shared: self.shared.clone(),
+            runtime: self.runtime.clone(),
+            clock: self.clock.clone(),
+            backoff: self.retry_backoff.clone(),
+            metrics: self.metrics.clone(),
+        });
         loop {
             while running.len() < concurrency && settling.len() < concurrency {
                 let Some(index) = pending
                     .iter()
-                    .position(|d| d.message.key.as_ref().is_none_or(|k| !busy.contains(k)))
+                    .position(|d| keys.of(d).is_none_or(|k| !busy.contains(&k)))
                 else {
                     break;
                 };
                 let Some(delivery) = pending.remove(index) else {
                     break;
                 };
-                if let Some(key) = &delivery.message.key {
-                    busy.insert(key.clone());
+                let key = keys.of(&delivery);
+                if let Some(key) = key {
+                    busy.insert(key);
                 }
-                running.push(self.start(delivery));
+                running.push(self.start(delivery, key, &settler));
             }
             let idle = running.is_empty() && settling.is_empty();
             if idle && (stopping || (stream.is_done() && pending.is_empty())) {
@@ -193,7 +203,7 @@ impl ConsumerLoop {
                             // redelivered after it, in their order, without an attempt counted.
                             let held = std::mem::take(&mut pending);
                             for delivery in held {
-                                if delivery.message.key.as_ref() == Some(&key) {
+                                if keys.of(&delivery) == Some(key) {
                                     delivery.acker.release();
                                 } else {
                                     pending.push_back(delivery);
@@ -231,8 +241,15 @@ impl ConsumerLoop {
     /// Runs the pipeline for one delivery; the returned future completes when the delivery is
     /// settled with the backend (or aborted), or, when its inbox record is still being
     /// written, with the rest of its settlement to wait for outside the concurrency slots.
-    fn start(&self, delivery: Delivery) -> BoxFuture<'static, Ran> {
-        let key = delivery.message.key.clone();
+    ///
+    /// `key` is the delivery's key as the loop saw it: whatever a layer does to the message,
+    /// that is the key the delivery frees.
+    fn start(
+        &self,
+        delivery: Delivery,
+        key: Option<u64>,
+        settler: &Arc<Settler>,
+    ) -> BoxFuture<'static, Ran> {
         if self.is_stopping() {
             // Stopping: hand it back for redelivery rather than start new work.
             delivery.acker.release();
@@ -243,13 +260,7 @@ impl ConsumerLoop {
         }
         let pipeline = self.pipeline.clone();
         let group = self.group.clone();
-        let settler = Settler {
-            shared: self.shared.clone(),
-            runtime: self.runtime.clone(),
-            clock: self.clock.clone(),
-            backoff: self.retry_backoff.clone(),
-            metrics: self.metrics.clone(),
-        };
+        let settler = settler.clone();
         // Runs inside the consumer loop's task (no hand-off to another thread per delivery):
         // aborting the loop drops it unsettled, and the backend redelivers.
         Box::pin(async move {
@@ -287,6 +298,25 @@ impl ConsumerLoop {
     }
 }
 
+/// Partition keys as the consumer loop tracks them: by a 64-bit hash with a key chosen at
+/// random per loop, so tracking a delivery's key copies nothing. Two keys of one hash (which a
+/// publisher cannot aim for without the random key) are only kept in order together, as if
+/// they were one key: their events are still handled in order, one key waiting for the other.
+#[derive(Default)]
+struct KeyHashes(foldhash::fast::RandomState);
+
+impl KeyHashes {
+    /// The hash of `delivery`'s key, if it has one.
+    fn of(&self, delivery: &Delivery) -> Option<u64> {
+        use std::hash::BuildHasher;
+        delivery
+            .message
+            .key
+            .as_deref()
+            .map(|key| self.0.hash_one(key))
+    }
+}
+
 /// A panic outside the handler (a user layer, an inbox store), logged: the delivery is left
 /// unsettled and redelivered.
 fn unsettled_by_panic(cx: &DeliveryCx, payload: &(dyn std::any::Any + Send)) -> Outcome {
@@ -314,7 +344,7 @@ impl Settler {
     /// Settles the delivery with the backend as `outcome` calls for; returns whether it was
     /// handed back for redelivery.
     async fn settle(
-        self,
+        &self,
         outcome: Outcome,
         cx: &mut DeliveryCx,
         acker: Box<dyn Acknowledger>,
@@ -327,12 +357,12 @@ impl Settler {
             metrics,
         } = self;
         shared.count(&outcome);
-        record(&outcome, cx, &metrics, clock.now());
+        record(&outcome, cx, metrics, clock.now());
         if let Outcome::Unsettled(error) = &outcome {
             tracing::warn!(%error, "delivery left unsettled, redelivering after backoff");
         }
         let mut handed_back = false;
-        let settled = match Settlement::of(&outcome, cx, &backoff) {
+        let settled = match Settlement::of(&outcome, cx, backoff) {
             Settlement::Ack => acker.ack().await,
             Settlement::Defer { delay, state } if acker.can_defer() => {
                 acker.defer(delay, state).await
@@ -349,7 +379,7 @@ impl Settler {
                         tracing::error!(%error, "failed to redeliver a deferred delivery");
                     }
                 };
-                shared.tasks.spawn(&runtime, later);
+                shared.tasks.spawn(runtime, later);
                 Ok(())
             }
             Settlement::Redeliver { wait, state } => {

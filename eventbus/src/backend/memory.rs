@@ -303,6 +303,9 @@ impl Backend for MemoryBackend {
     }
 
     fn publish(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<(), Error>> {
+        // Messages past retention, dropped once the lock is released: freeing them touches
+        // memory long out of the caches, which deliveries and acks must not wait behind.
+        let mut evicted = Vec::new();
         let result = {
             let mut state = self.lock();
             if state.faults.fail_publishes > 0 {
@@ -335,7 +338,7 @@ impl Backend for MemoryBackend {
                     log.entries.push_back((log.next_offset, message.clone()));
                     log.next_offset += 1;
                     if log.entries.len() > Self::DEFAULT_RETENTION {
-                        log.entries.pop_front();
+                        evicted.extend(log.entries.pop_front());
                     }
                     if is_dlq_topic(&message.topic) {
                         continue;
@@ -367,6 +370,7 @@ impl Backend for MemoryBackend {
             }
         };
         self.touch();
+        drop(evicted);
         Box::pin(async move { result })
     }
 

@@ -118,12 +118,35 @@ pub struct Metrics {
 }
 
 /// Handles on the series one (topic, group) pair updates for every delivery. The handles share
-/// their values with the families they came from.
-struct DeliverySeries {
+/// their values with the families they came from. A delivery looks them up once
+/// ([`Metrics::delivery_series`]) for all it records.
+pub(crate) struct DeliverySeries {
     handled: Counter,
     failed: Counter,
     handler_duration: Histogram,
     consumer_lag_seconds: FloatGauge,
+}
+
+impl std::fmt::Debug for DeliverySeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliverySeries").finish_non_exhaustive()
+    }
+}
+
+impl DeliverySeries {
+    /// A handled delivery, `age` old when handled.
+    pub(crate) fn handled(&self, age: Duration) {
+        self.handled.inc();
+        self.consumer_lag_seconds.set(age.as_secs_f64());
+    }
+
+    /// One handler call of `duration`, failed or not.
+    pub(crate) fn handler_call(&self, duration: Duration, failed: bool) {
+        self.handler_duration.observe(duration.as_secs_f64());
+        if failed {
+            self.failed.inc();
+        }
+    }
 }
 
 type FoldMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -366,13 +389,17 @@ impl Metrics {
             .clone()
     }
 
+    /// The series a delivery of `topic` in `group` updates, to keep for the delivery's
+    /// lifetime.
+    pub(crate) fn delivery_series(&self, topic: &str, group: &str) -> Arc<DeliverySeries> {
+        self.series(topic, group)
+    }
+
     /// Counts a handled delivery of `topic` in `group` and sets the topic's consumer lag to
     /// `age` (how old the event was when handled): [`outcome`](Self::outcome) and
     /// [`consumer_lag`](Self::consumer_lag) in one look-up.
     pub fn handled(&self, topic: &str, group: &str, age: Duration) {
-        let series = self.series(topic, group);
-        series.handled.inc();
-        series.consumer_lag_seconds.set(age.as_secs_f64());
+        self.series(topic, group).handled(age);
     }
 
     /// Counts a delivery's final outcome.
@@ -398,11 +425,7 @@ impl Metrics {
 
     /// Records one handler call.
     pub fn handler_call(&self, topic: &str, group: &str, duration: Duration, failed: bool) {
-        let series = self.series(topic, group);
-        series.handler_duration.observe(duration.as_secs_f64());
-        if failed {
-            series.failed.inc();
-        }
+        self.series(topic, group).handler_call(duration, failed);
     }
 
     /// Counts a saga step of `saga` that ended in `outcome`.

@@ -13,6 +13,7 @@ pub mod otel;
 pub(crate) mod series;
 mod trace_context;
 
+pub(crate) use metrics::DeliverySeries;
 pub use metrics::Metrics;
 /// The Prometheus client the metrics are kept in, for [`Metrics::register`] into a registry
 /// of the same version.

@@ -127,7 +127,7 @@ impl Layer for GuardLayer {
             };
             if let Some(metrics) = &self.metrics {
                 let failed = !matches!(result, Some(Ok(Outcome::Handled)));
-                metrics.handler_call(&cx.message.topic, &cx.group, started.elapsed(), failed);
+                cx.series(metrics).handler_call(started.elapsed(), failed);
             }
             match result {
                 Some(Ok(outcome)) => outcome,

@@ -61,6 +61,8 @@ pub struct DeliveryCx {
     /// The inbox record of the handled event, still being written to a remote inbox: the
     /// consumer acknowledges the delivery only once it is written.
     pub(crate) pending_record: Option<PendingRecord>,
+    /// The metrics series of its topic and group, once looked up.
+    series: Option<Arc<crate::observability::DeliverySeries>>,
 }
 
 /// An inbox record being written ([`InboxStore::records_remotely`]): the consumer waits for
@@ -102,8 +104,24 @@ impl DeliveryCx {
             first_failure: state.first_failure,
             replay,
             pending_record: None,
+            series: None,
             message,
         }
+    }
+
+    /// The metrics series of this delivery's topic and group: looked up in `metrics` once,
+    /// then kept for every record of the delivery.
+    pub(crate) fn series(
+        &mut self,
+        metrics: &crate::observability::Metrics,
+    ) -> &crate::observability::DeliverySeries {
+        let DeliveryCx {
+            series,
+            message,
+            group,
+            ..
+        } = self;
+        series.get_or_insert_with(|| metrics.delivery_series(&message.topic, group))
     }
 
     /// The retry state to carry into a redelivery after the current attempt.

@@ -54,11 +54,16 @@ impl Settlement {
 
 /// Records `outcome` in `metrics`: a handled event with its age (from its envelope time to
 /// `now`), any other outcome by label.
-pub(crate) fn record(outcome: &Outcome, cx: &DeliveryCx, metrics: &Metrics, now: DateTime<Utc>) {
+pub(crate) fn record(
+    outcome: &Outcome,
+    cx: &mut DeliveryCx,
+    metrics: &Metrics,
+    now: DateTime<Utc>,
+) {
     match (outcome, &cx.envelope) {
         (Outcome::Handled, Some(envelope)) => {
             let age = (now - envelope.time).to_std().unwrap_or_default();
-            metrics.handled(&cx.message.topic, &cx.group, age);
+            cx.series(metrics).handled(age);
         }
         _ => metrics.outcome(&cx.message.topic, &cx.group, outcome.label()),
     }
