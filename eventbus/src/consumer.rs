@@ -112,10 +112,7 @@ impl ConsumerLoop {
         let mut stream = stream.fuse();
         let concurrency = self.concurrency.max(1);
         let buffer = (concurrency * 4).max(16);
-        let mut pending: VecDeque<Delivery> = VecDeque::new();
-        let keys = KeyHashes::default();
-        // Keys of deliveries running or settling.
-        let mut busy: HashSet<u64, foldhash::fast::RandomState> = HashSet::default();
+        let mut order = KeyOrder::default();
         let mut running: FuturesUnordered<BoxFuture<'static, Ran>> = FuturesUnordered::new();
         // Deliveries out of the pipeline waiting for their inbox record: at most `concurrency`.
         let mut settling: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
@@ -133,26 +130,23 @@ impl ConsumerLoop {
         });
         loop {
             while running.len() < concurrency && settling.len() < concurrency {
-                let Some(index) = pending
-                    .iter()
-                    .position(|d| keys.of(d).is_none_or(|k| !busy.contains(&k)))
-                else {
+                let Some((delivery, key)) = order.next_startable() else {
                     break;
                 };
-                let Some(delivery) = pending.remove(index) else {
-                    break;
-                };
-                let key = keys.of(&delivery);
-                if let Some(key) = key {
-                    busy.insert(key);
+                let mut run = self.start(delivery, key, &settler);
+                // A pipeline that finishes without waiting (an in-process inbox, a handler that
+                // returns at once) is done with here, without a round through `running`.
+                match futures::poll!(&mut run) {
+                    Poll::Ready(Ran::Finished(finished)) => order.finished(finished),
+                    Poll::Ready(Ran::Settling(settle)) => settling.push(settle),
+                    Poll::Pending => running.push(run),
                 }
-                running.push(self.start(delivery, key, &settler));
             }
             let idle = running.is_empty() && settling.is_empty();
-            if idle && (stopping || (stream.is_done() && pending.is_empty())) {
+            if idle && (stopping || (stream.is_done() && order.pending.is_empty())) {
                 break;
             }
-            let can_read = !stopping && pending.len() < buffer && !stream.is_done();
+            let can_read = !stopping && order.pending.len() < buffer && !stream.is_done();
             let step = futures::future::poll_fn(|cx| {
                 if !stopping {
                     if self.is_stopping() {
@@ -189,33 +183,17 @@ impl ConsumerLoop {
                 Step::Stop => {
                     stopping = true;
                     // Deliveries not started go back to the backend, which redelivers them.
-                    for delivery in pending.drain(..) {
+                    for delivery in order.pending.drain(..) {
                         delivery.acker.release();
                     }
                 }
                 Step::Ran(Ran::Settling(settle)) => settling.push(settle),
                 Step::Ran(Ran::Finished(finished)) | Step::Finished(finished) => {
-                    let Finished { key, handed_back } = finished;
-                    if let Some(key) = key {
-                        if handed_back {
-                            // The backend delivers it again: its key's later deliveries held
-                            // here must not overtake it. Released unstarted, they are
-                            // redelivered after it, in their order, without an attempt counted.
-                            let held = std::mem::take(&mut pending);
-                            for delivery in held {
-                                if keys.of(&delivery) == Some(key) {
-                                    delivery.acker.release();
-                                } else {
-                                    pending.push_back(delivery);
-                                }
-                            }
-                        }
-                        busy.remove(&key);
-                    }
+                    order.finished(finished);
                 }
                 Step::Delivery(Some(Ok(delivery))) => {
                     errors = 0;
-                    pending.push_back(delivery);
+                    order.pending.push_back(delivery);
                 }
                 Step::Delivery(Some(Err(error))) => {
                     errors = errors.saturating_add(1);
@@ -224,7 +202,7 @@ impl ConsumerLoop {
                     self.clock.sleep(wait).await;
                 }
                 Step::Delivery(None) => {
-                    if running.is_empty() && settling.is_empty() && pending.is_empty() {
+                    if running.is_empty() && settling.is_empty() && order.pending.is_empty() {
                         break;
                     }
                 }
@@ -295,6 +273,56 @@ impl ConsumerLoop {
                 }
             }
         })
+    }
+}
+
+/// What keeps each key's deliveries in order in the loop: the deliveries read and not started,
+/// and the keys of the deliveries running or settling.
+#[derive(Default)]
+struct KeyOrder {
+    pending: VecDeque<Delivery>,
+    busy: HashSet<u64, foldhash::fast::RandomState>,
+    keys: KeyHashes,
+}
+
+impl KeyOrder {
+    /// Takes the first pending delivery whose key is free (or that has none), with its key's
+    /// hash, now busy.
+    fn next_startable(&mut self) -> Option<(Delivery, Option<u64>)> {
+        let KeyOrder {
+            pending,
+            busy,
+            keys,
+        } = self;
+        let index = pending
+            .iter()
+            .position(|d| keys.of(d).is_none_or(|k| !busy.contains(&k)))?;
+        let delivery = pending.remove(index)?;
+        let key = keys.of(&delivery);
+        if let Some(key) = key {
+            busy.insert(key);
+        }
+        Some((delivery, key))
+    }
+
+    /// A delivery is out of the pipeline and settled: its key is free again.
+    fn finished(&mut self, Finished { key, handed_back }: Finished) {
+        let Some(key) = key else {
+            return;
+        };
+        if handed_back {
+            // The backend delivers it again: its key's later deliveries held here must not
+            // overtake it. Released unstarted, they are redelivered after it, in their order,
+            // without an attempt counted.
+            for delivery in std::mem::take(&mut self.pending) {
+                if self.keys.of(&delivery) == Some(key) {
+                    delivery.acker.release();
+                } else {
+                    self.pending.push_back(delivery);
+                }
+            }
+        }
+        self.busy.remove(&key);
     }
 }
 
