@@ -69,6 +69,19 @@ if mem:
     for k, v in mem.items():
         print(f"| `{k}` | {v.get('thrpt', v.get('time', '?'))} |")
     print()
+    counted = dict(re.findall(r"(\w+)=(\d+)", read("memory_instructions")))
+    if "bus" in counted and "raw" in counted:
+        events = 30_000
+        bus, raw = int(counted["bus"]) / events, int(counted["raw"]) / events
+        print("Instructions per event, counted by valgrind's cachegrind on one thread (publisher and")
+        print("consumer taking turns, 30 000 events, setup included): a figure the machine's load does")
+        print("not move, unlike the throughput above.\n")
+        print("| path | instructions per event |")
+        print("|---|---|")
+        print(f"| bus, concurrency 1 | {bus:,.0f} |")
+        print(f"| raw channel (same envelope) | {raw:,.0f} |")
+        print(f"| raw / bus | {raw / bus:.2f} |")
+        print()
 
 pat = criterion(read("pattern"))
 if pat:
