@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
-
-use super::{DeliveryCx, Layer, Next, Outcome};
+use super::{DeliveryCx, Outcome, Stage};
 use crate::clock::Clock;
 use crate::envelope::RawEnvelope;
 use crate::handler::ErrorKind;
@@ -59,51 +57,50 @@ impl DecodeLayer {
     }
 }
 
-impl Layer for DecodeLayer {
-    fn handle<'a>(&'a self, cx: &'a mut DeliveryCx, next: Next<'a>) -> BoxFuture<'a, Outcome> {
-        Box::pin(async move {
-            let size = cx.message.payload.len();
-            if size > self.max_payload {
-                let error = crate::DecodeError::TooLarge {
-                    size,
-                    limit: self.max_payload,
-                };
-                return Outcome::Failed(cx.failure(
-                    ErrorKind::Permanent,
-                    error.to_string(),
-                    self.clock.now(),
-                ));
-            }
-            match RawEnvelope::decode(&cx.message.payload) {
-                Ok(envelope) => {
-                    let taken = self.pattern.matches(&envelope.event_type)
-                        && (self.accepted.is_empty()
-                            || self.accepted.contains(&envelope.event_type.as_str()));
-                    if !taken {
-                        tracing::trace!(
-                            event_type = %envelope.event_type,
-                            group = %cx.group,
-                            "skipped: the subscription does not take this event type"
-                        );
-                        return Outcome::Skipped;
-                    }
-                    if self.filter.as_ref().is_some_and(|keep| !keep(&envelope)) {
-                        tracing::trace!(
-                            event_type = %envelope.event_type,
-                            group = %cx.group,
-                            "filtered: the subscription's filter rejected this event"
-                        );
-                        return Outcome::Filtered;
-                    }
-                    cx.envelope = Some(envelope);
-                    next.run(cx).await
+impl DecodeLayer {
+    /// Runs this stage around `next`, the rest of the chain.
+    pub(crate) async fn around<N: Stage>(&self, cx: &mut DeliveryCx, next: &N) -> Outcome {
+        let size = cx.message.payload.len();
+        if size > self.max_payload {
+            let error = crate::DecodeError::TooLarge {
+                size,
+                limit: self.max_payload,
+            };
+            return Outcome::Failed(cx.failure(
+                ErrorKind::Permanent,
+                error.to_string(),
+                self.clock.now(),
+            ));
+        }
+        match RawEnvelope::decode(&cx.message.payload) {
+            Ok(envelope) => {
+                let taken = self.pattern.matches(&envelope.event_type)
+                    && (self.accepted.is_empty()
+                        || self.accepted.contains(&envelope.event_type.as_str()));
+                if !taken {
+                    tracing::trace!(
+                        event_type = %envelope.event_type,
+                        group = %cx.group,
+                        "skipped: the subscription does not take this event type"
+                    );
+                    return Outcome::Skipped;
                 }
-                Err(error) => Outcome::Failed(cx.failure(
-                    ErrorKind::Permanent,
-                    error.to_string(),
-                    self.clock.now(),
-                )),
+                if self.filter.as_ref().is_some_and(|keep| !keep(&envelope)) {
+                    tracing::trace!(
+                        event_type = %envelope.event_type,
+                        group = %cx.group,
+                        "filtered: the subscription's filter rejected this event"
+                    );
+                    return Outcome::Filtered;
+                }
+                cx.envelope = Some(envelope);
+                next.run(cx).await
             }
-        })
+            Err(error) => Outcome::Failed(cx.failure(
+                ErrorKind::Permanent,
+                error.to_string(),
+                self.clock.now(),
+            )),
+        }
     }
 }

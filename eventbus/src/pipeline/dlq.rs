@@ -3,9 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-
-use super::{DeliveryCx, Layer, Next, Outcome};
+use super::{DeliveryCx, Outcome, Stage};
 use crate::backend::{Backend, Message};
 use crate::clock::Clock;
 use crate::dead_letter::{capped_error_text, dead_letter_message, DeadLetterTopics};
@@ -83,64 +81,63 @@ impl DeadLetterLayer {
     }
 }
 
-impl Layer for DeadLetterLayer {
-    fn handle<'a>(&'a self, cx: &'a mut DeliveryCx, next: Next<'a>) -> BoxFuture<'a, Outcome> {
-        Box::pin(async move {
-            let failure = match next.run(cx).await {
-                Outcome::Failed(failure) => failure,
-                other => return other,
-            };
-            match self.terminal {
-                Terminal::Discard => {
-                    tracing::warn!(
-                        topic = %cx.message.topic, group = %cx.group,
-                        error = %failure.message, attempts = failure.attempts,
-                        "discarding failed event"
-                    );
-                    Outcome::Discarded(failure)
-                }
-                Terminal::DeadLetter => {
-                    let mut letter = dead_letter_message(&cx.message, &cx.group, &failure);
-                    letter.topic = self.topics.topic_for(&cx.message.topic);
-                    let error = match self.publish(letter.clone()).await {
-                        Ok(()) => {
-                            tracing::warn!(
-                                topic = %cx.message.topic, group = %cx.group,
-                                error = %failure.message, attempts = failure.attempts,
-                                "event dead-lettered"
-                            );
-                            return Outcome::DeadLettered(failure);
+impl DeadLetterLayer {
+    /// Runs this stage around `next`, the rest of the chain.
+    pub(crate) async fn around<N: Stage>(&self, cx: &mut DeliveryCx, next: &N) -> Outcome {
+        let failure = match next.run(cx).await {
+            Outcome::Failed(failure) => failure,
+            other => return other,
+        };
+        match self.terminal {
+            Terminal::Discard => {
+                tracing::warn!(
+                    topic = %cx.message.topic, group = %cx.group,
+                    error = %failure.message, attempts = failure.attempts,
+                    "discarding failed event"
+                );
+                Outcome::Discarded(failure)
+            }
+            Terminal::DeadLetter => {
+                let mut letter = dead_letter_message(&cx.message, &cx.group, &failure);
+                letter.topic = self.topics.topic_for(&cx.message.topic);
+                let error = match self.publish(letter.clone()).await {
+                    Ok(()) => {
+                        tracing::warn!(
+                            topic = %cx.message.topic, group = %cx.group,
+                            error = %failure.message, attempts = failure.attempts,
+                            "event dead-lettered"
+                        );
+                        return Outcome::DeadLettered(failure);
+                    }
+                    Err(error) => error,
+                };
+                // The full letter cannot be stored: keep the metadata, say what is missing.
+                let mut bare = letter;
+                let size = bare.payload.len();
+                bare.payload = Arc::from(&[][..]);
+                bare.headers.insert(
+                    PAYLOAD_OMITTED.to_owned(),
+                    capped_error_text(&format!(
+                        "{size} bytes: dead-letter publish failed: {error}"
+                    )),
+                );
+                match self.backend.publish(vec![bare]).await {
+                    Ok(()) => {
+                        tracing::error!(
+                            topic = %cx.message.topic, group = %cx.group, %error, size,
+                            "dead letter stored without its payload (publishing it failed)"
+                        );
+                        if let Some(metrics) = &self.metrics {
+                            metrics.dead_letter_payload_omitted(&cx.message.topic, &cx.group);
                         }
-                        Err(error) => error,
-                    };
-                    // The full letter cannot be stored: keep the metadata, say what is missing.
-                    let mut bare = letter;
-                    let size = bare.payload.len();
-                    bare.payload = Arc::from(&[][..]);
-                    bare.headers.insert(
-                        PAYLOAD_OMITTED.to_owned(),
-                        capped_error_text(&format!(
-                            "{size} bytes: dead-letter publish failed: {error}"
-                        )),
-                    );
-                    match self.backend.publish(vec![bare]).await {
-                        Ok(()) => {
-                            tracing::error!(
-                                topic = %cx.message.topic, group = %cx.group, %error, size,
-                                "dead letter stored without its payload (publishing it failed)"
-                            );
-                            if let Some(metrics) = &self.metrics {
-                                metrics.dead_letter_payload_omitted(&cx.message.topic, &cx.group);
-                            }
-                            Outcome::DeadLettered(failure)
-                        }
-                        Err(error) => {
-                            tracing::error!(%error, "dead-letter publish failed; leaving the delivery for redelivery");
-                            Outcome::Unsettled(error)
-                        }
+                        Outcome::DeadLettered(failure)
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "dead-letter publish failed; leaving the delivery for redelivery");
+                        Outcome::Unsettled(error)
                     }
                 }
             }
-        })
+        }
     }
 }

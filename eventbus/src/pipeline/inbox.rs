@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
-
-use super::{DeliveryCx, Layer, Next, Outcome, PendingRecord};
+use super::{DeliveryCx, Outcome, PendingRecord, Stage};
 use crate::inbox::InboxStore;
 
 /// Checks the inbox before the handler and records the event after success, before the
@@ -26,33 +24,32 @@ impl InboxLayer {
     }
 }
 
-impl Layer for InboxLayer {
-    fn handle<'a>(&'a self, cx: &'a mut DeliveryCx, next: Next<'a>) -> BoxFuture<'a, Outcome> {
-        Box::pin(async move {
-            let Some(id) = cx.envelope.as_ref().map(|e| e.id) else {
-                return next.run(cx).await;
-            };
-            if cx.replay {
-                // A replay exists to handle events again: the inbox does not stop it.
-                return next.run(cx).await;
+impl InboxLayer {
+    /// Runs this stage around `next`, the rest of the chain.
+    pub(crate) async fn around<N: Stage>(&self, cx: &mut DeliveryCx, next: &N) -> Outcome {
+        let Some(id) = cx.envelope.as_ref().map(|e| e.id) else {
+            return next.run(cx).await;
+        };
+        if cx.replay {
+            // A replay exists to handle events again: the inbox does not stop it.
+            return next.run(cx).await;
+        }
+        match self.store.contains(&cx.group, id).await {
+            Ok(true) => return Outcome::Duplicate,
+            Ok(false) => {}
+            Err(error) => return Outcome::Unsettled(error),
+        }
+        let outcome = next.run(cx).await;
+        if let Outcome::Handled = outcome {
+            if self.store.records_remotely() {
+                let store = self.store.clone();
+                let group = cx.group.clone();
+                let record = async move { store.record(&group, id).await };
+                cx.pending_record = Some(PendingRecord::new(Box::pin(record)));
+            } else if let Err(error) = self.store.record(&cx.group, id).await {
+                return Outcome::Unsettled(error);
             }
-            match self.store.contains(&cx.group, id).await {
-                Ok(true) => return Outcome::Duplicate,
-                Ok(false) => {}
-                Err(error) => return Outcome::Unsettled(error),
-            }
-            let outcome = next.run(cx).await;
-            if let Outcome::Handled = outcome {
-                if self.store.records_remotely() {
-                    let store = self.store.clone();
-                    let group = cx.group.clone();
-                    let record = async move { store.record(&group, id).await };
-                    cx.pending_record = Some(PendingRecord::new(Box::pin(record)));
-                } else if let Err(error) = self.store.record(&cx.group, id).await {
-                    return Outcome::Unsettled(error);
-                }
-            }
-            outcome
-        })
+        }
+        outcome
     }
 }

@@ -4,10 +4,15 @@
 //! dead-letter ─▶ decode ─▶ park-key ─▶ inbox ─▶ retry ─▶ [user layers] ─▶ guard ─▶ handler
 //! ```
 //!
-//! Each stage is a [`Layer`]: it gets the delivery's [`DeliveryCx`] and the rest of the chain
-//! as [`Next`], and returns an [`Outcome`]. The consumer acknowledges the delivery when the
-//! outcome is settled ([`Outcome::is_settled`]) and asks for redelivery otherwise.
+//! Each stage gets the delivery's [`DeliveryCx`] and the rest of the chain, and returns an
+//! [`Outcome`]. The consumer acknowledges the delivery when the outcome is settled
+//! ([`Outcome::is_settled`]) and asks for redelivery otherwise.
+//!
+//! The built-in stages are composed at compile time: a delivery runs through them as one
+//! future, with no allocation or dynamic call per stage. Users' stages are [`Layer`]s, called
+//! through [`Next`] between the retry stage and the guard.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -221,7 +226,7 @@ pub trait Layer: Send + Sync + 'static {
 #[derive(Clone, Copy)]
 pub struct Next<'a> {
     layers: &'a [Arc<dyn Layer>],
-    endpoint: &'a Endpoint,
+    tail: &'a (dyn Tail + 'a),
 }
 
 impl<'a> Next<'a> {
@@ -235,12 +240,24 @@ impl<'a> Next<'a> {
                 cx,
                 Next {
                     layers: rest,
-                    endpoint: self.endpoint,
+                    tail: self.tail,
                 },
             ),
-            None => Box::pin(self.endpoint.call(cx)),
+            None => self.tail.call(cx),
         }
     }
+}
+
+/// A built-in stage, or the rest of the chain a built-in stage runs: composed at compile time.
+pub(crate) trait Stage: Send + Sync {
+    /// Runs the delivery through this stage and the ones after it.
+    fn run<'a>(&'a self, cx: &'a mut DeliveryCx) -> impl Future<Output = Outcome> + Send + 'a;
+}
+
+/// What users' layers run after the last of them: the guard and the handler, behind one
+/// allocation per call.
+trait Tail: Send + Sync {
+    fn call<'b>(&'b self, cx: &'b mut DeliveryCx) -> BoxFuture<'b, Outcome>;
 }
 
 /// The end of the chain: builds the handler's [`Context`](crate::Context), decodes the data
@@ -303,10 +320,94 @@ impl Endpoint {
     }
 }
 
-/// A subscription's assembled pipeline.
+/// A subscription's assembled pipeline: the built-in stages in their order, users' layers
+/// between the retry stage and the guard.
 pub(crate) struct Pipeline {
-    layers: Vec<Arc<dyn Layer>>,
+    dead_letter: DeadLetterLayer,
+    decode: DecodeLayer,
+    park: Option<ParkKeyLayer>,
+    inbox: InboxLayer,
+    retry: RetryLayer,
+    user: Vec<Arc<dyn Layer>>,
+    guard: GuardLayer,
     endpoint: Endpoint,
+}
+
+/// The chain after the dead-letter stage.
+struct AfterDeadLetter<'p>(&'p Pipeline);
+/// The chain after the decode stage.
+struct AfterDecode<'p>(&'p Pipeline);
+/// The chain after the parked-key stage (or the decode stage, without one).
+struct AfterPark<'p>(&'p Pipeline);
+/// The chain after the inbox stage.
+struct AfterInbox<'p>(&'p Pipeline);
+/// The chain after the retry stage: users' layers, then the guard.
+struct AfterRetry<'p>(&'p Pipeline);
+/// The guard and the handler.
+struct Guarded<'p>(&'p Pipeline);
+
+impl Stage for AfterDeadLetter<'_> {
+    fn run<'a>(&'a self, cx: &'a mut DeliveryCx) -> impl Future<Output = Outcome> + Send + 'a {
+        async move { self.0.decode.around(cx, &AfterDecode(self.0)).await }
+    }
+}
+
+impl Stage for AfterDecode<'_> {
+    fn run<'a>(&'a self, cx: &'a mut DeliveryCx) -> impl Future<Output = Outcome> + Send + 'a {
+        async move {
+            match &self.0.park {
+                Some(park) => park.around(cx, &AfterPark(self.0)).await,
+                None => AfterPark(self.0).run(cx).await,
+            }
+        }
+    }
+}
+
+impl Stage for AfterPark<'_> {
+    fn run<'a>(&'a self, cx: &'a mut DeliveryCx) -> impl Future<Output = Outcome> + Send + 'a {
+        async move { self.0.inbox.around(cx, &AfterInbox(self.0)).await }
+    }
+}
+
+impl Stage for AfterInbox<'_> {
+    fn run<'a>(&'a self, cx: &'a mut DeliveryCx) -> impl Future<Output = Outcome> + Send + 'a {
+        async move { self.0.retry.around(cx, &AfterRetry(self.0)).await }
+    }
+}
+
+impl Stage for AfterRetry<'_> {
+    fn run<'a>(&'a self, cx: &'a mut DeliveryCx) -> impl Future<Output = Outcome> + Send + 'a {
+        async move {
+            if self.0.user.is_empty() {
+                return Guarded(self.0).run(cx).await;
+            }
+            let tail = Guarded(self.0);
+            Next {
+                layers: &self.0.user,
+                tail: &tail,
+            }
+            .run(cx)
+            .await
+        }
+    }
+}
+
+impl Stage for Guarded<'_> {
+    fn run<'a>(&'a self, cx: &'a mut DeliveryCx) -> impl Future<Output = Outcome> + Send + 'a {
+        self.0.guard.around(cx, &self.0.endpoint)
+    }
+}
+
+impl Tail for Guarded<'_> {
+    fn call<'b>(&'b self, cx: &'b mut DeliveryCx) -> BoxFuture<'b, Outcome> {
+        Box::pin(self.run(cx))
+    }
+}
+
+impl Stage for Endpoint {
+    fn run<'a>(&'a self, cx: &'a mut DeliveryCx) -> impl Future<Output = Outcome> + Send + 'a {
+        self.call(cx)
+    }
 }
 
 /// What every subscription's pipeline of a bus shares.
@@ -345,41 +446,30 @@ impl Pipeline {
             metrics.clone(),
         );
         let options = &subscription.options;
-        let mut layers: Vec<Arc<dyn Layer>> = vec![
-            Arc::new(
-                DeadLetterLayer::new(publisher.backend().clone(), options.retry.terminal)
-                    .with_topics(publisher.dead_letter_topics().clone())
-                    .with_clock(clock.clone())
-                    .with_metrics(metrics.clone()),
-            ),
-            Arc::new(
-                DecodeLayer::new(pattern, clock.clone())
-                    .filtering(subscription.filter.clone())
-                    .accepting(subscription.payload_types())
-                    .with_max_payload(*max_payload),
-            ),
-        ];
-        if options.park_keys {
-            layers.push(Arc::new(
-                ParkKeyLayer::new(clock.clone())
-                    .with_metrics(metrics.clone())
-                    .durable(crate::dead_letter::DeadLetters::new(
-                        publisher.backend().clone(),
-                    )),
-            ));
-        }
-        layers.push(Arc::new(InboxLayer::new(inbox)));
-        layers.push(Arc::new(
-            RetryLayer::new(options.retry.clone(), clock.clone()).with_metrics(metrics.clone()),
-        ));
-        layers.extend(extra.iter().cloned());
-        layers.push(Arc::new(
-            GuardLayer::new(options.timeout, clock.clone())
+        let park = options.park_keys.then(|| {
+            ParkKeyLayer::new(clock.clone())
+                .with_metrics(metrics.clone())
+                .durable(crate::dead_letter::DeadLetters::new(
+                    publisher.backend().clone(),
+                ))
+        });
+        Pipeline {
+            dead_letter: DeadLetterLayer::new(publisher.backend().clone(), options.retry.terminal)
+                .with_topics(publisher.dead_letter_topics().clone())
+                .with_clock(clock.clone())
+                .with_metrics(metrics.clone()),
+            decode: DecodeLayer::new(pattern, clock.clone())
+                .filtering(subscription.filter.clone())
+                .accepting(subscription.payload_types())
+                .with_max_payload(*max_payload),
+            park,
+            inbox: InboxLayer::new(inbox),
+            retry: RetryLayer::new(options.retry.clone(), clock.clone())
+                .with_metrics(metrics.clone()),
+            user: extra.clone(),
+            guard: GuardLayer::new(options.timeout, clock.clone())
                 .with_metrics(metrics)
                 .with_system(publisher.backend().name()),
-        ));
-        Pipeline {
-            layers,
             endpoint: Endpoint {
                 handler: subscription.handler.clone(),
                 newer_versions: options.newer_versions,
@@ -390,13 +480,8 @@ impl Pipeline {
         }
     }
 
-    /// Runs a delivery through every layer.
+    /// Runs a delivery through every stage.
     pub(crate) async fn run(&self, cx: &mut DeliveryCx) -> Outcome {
-        Next {
-            layers: &self.layers,
-            endpoint: &self.endpoint,
-        }
-        .run(cx)
-        .await
+        self.dead_letter.around(cx, &AfterDeadLetter(self)).await
     }
 }

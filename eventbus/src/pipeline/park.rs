@@ -4,9 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use futures::future::BoxFuture;
-
-use super::{DeliveryCx, Layer, Next, Outcome};
+use super::{DeliveryCx, Outcome, Stage};
 use crate::clock::Clock;
 use crate::dead_letter::DeadLetters;
 use crate::error::Error;
@@ -154,67 +152,62 @@ impl ParkKeyLayer {
     }
 }
 
-impl Layer for ParkKeyLayer {
-    fn handle<'a>(&'a self, cx: &'a mut DeliveryCx, next: Next<'a>) -> BoxFuture<'a, Outcome> {
-        Box::pin(async move {
-            let Some(key) = cx.message.key.clone() else {
-                return next.run(cx).await;
-            };
-            if let Err(error) = self.load(cx).await {
-                tracing::warn!(
+impl ParkKeyLayer {
+    /// Runs this stage around `next`, the rest of the chain.
+    pub(crate) async fn around<N: Stage>(&self, cx: &mut DeliveryCx, next: &N) -> Outcome {
+        let Some(key) = cx.message.key.clone() else {
+            return next.run(cx).await;
+        };
+        if let Err(error) = self.load(cx).await {
+            tracing::warn!(
+                topic = %cx.message.topic,
+                group = %cx.group,
+                %error,
+                "parked keys not read from the dead-letter queue: delivery left for later"
+            );
+            return Outcome::Unsettled(error);
+        }
+        if cx.message.headers.contains_key(REDRIVE_HEADER) {
+            let mut lot = self.lot();
+            if lot.remove(&key).is_some() {
+                let keys = lot.len();
+                drop(lot);
+                self.report(cx, keys);
+            }
+        }
+        let blocker = self.lot().get(&key).cloned();
+        if let Some(blocker) = blocker {
+            let message =
+                format!("parked: key `{key}` is blocked by dead-lettered event {blocker}");
+            return Outcome::Failed(cx.failure(ErrorKind::Permanent, message, self.clock.now()));
+        }
+        let outcome = next.run(cx).await;
+        if let Outcome::Failed(_) = outcome {
+            let id = cx
+                .envelope
+                .as_ref()
+                .map(|e| e.id.to_string())
+                .unwrap_or_default();
+            let mut lot = self.lot();
+            if lot.len() < self.capacity || lot.contains_key(&key) {
+                lot.insert(key, id);
+                let keys = lot.len();
+                drop(lot);
+                self.report(cx, keys);
+            } else {
+                drop(lot);
+                tracing::error!(
+                    %key,
                     topic = %cx.message.topic,
                     group = %cx.group,
-                    %error,
-                    "parked keys not read from the dead-letter queue: delivery left for later"
+                    capacity = self.capacity,
+                    "parking lot full: key not parked, its later events will be handled"
                 );
-                return Outcome::Unsettled(error);
-            }
-            if cx.message.headers.contains_key(REDRIVE_HEADER) {
-                let mut lot = self.lot();
-                if lot.remove(&key).is_some() {
-                    let keys = lot.len();
-                    drop(lot);
-                    self.report(cx, keys);
+                if let Some(metrics) = &self.metrics {
+                    metrics.park_overflow(&cx.message.topic, &cx.group);
                 }
             }
-            let blocker = self.lot().get(&key).cloned();
-            if let Some(blocker) = blocker {
-                let message =
-                    format!("parked: key `{key}` is blocked by dead-lettered event {blocker}");
-                return Outcome::Failed(cx.failure(
-                    ErrorKind::Permanent,
-                    message,
-                    self.clock.now(),
-                ));
-            }
-            let outcome = next.run(cx).await;
-            if let Outcome::Failed(_) = outcome {
-                let id = cx
-                    .envelope
-                    .as_ref()
-                    .map(|e| e.id.to_string())
-                    .unwrap_or_default();
-                let mut lot = self.lot();
-                if lot.len() < self.capacity || lot.contains_key(&key) {
-                    lot.insert(key, id);
-                    let keys = lot.len();
-                    drop(lot);
-                    self.report(cx, keys);
-                } else {
-                    drop(lot);
-                    tracing::error!(
-                        %key,
-                        topic = %cx.message.topic,
-                        group = %cx.group,
-                        capacity = self.capacity,
-                        "parking lot full: key not parked, its later events will be handled"
-                    );
-                    if let Some(metrics) = &self.metrics {
-                        metrics.park_overflow(&cx.message.topic, &cx.group);
-                    }
-                }
-            }
-            outcome
-        })
+        }
+        outcome
     }
 }
