@@ -347,48 +347,44 @@ struct AfterRetry<'p>(&'p Pipeline);
 struct Guarded<'p>(&'p Pipeline);
 
 impl Stage for AfterDeadLetter<'_> {
-    fn run<'a>(&'a self, cx: &'a mut DeliveryCx) -> impl Future<Output = Outcome> + Send + 'a {
-        async move { self.0.decode.around(cx, &AfterDecode(self.0)).await }
+    async fn run(&self, cx: &mut DeliveryCx) -> Outcome {
+        self.0.decode.around(cx, &AfterDecode(self.0)).await
     }
 }
 
 impl Stage for AfterDecode<'_> {
-    fn run<'a>(&'a self, cx: &'a mut DeliveryCx) -> impl Future<Output = Outcome> + Send + 'a {
-        async move {
-            match &self.0.park {
-                Some(park) => park.around(cx, &AfterPark(self.0)).await,
-                None => AfterPark(self.0).run(cx).await,
-            }
+    async fn run(&self, cx: &mut DeliveryCx) -> Outcome {
+        match &self.0.park {
+            Some(park) => park.around(cx, &AfterPark(self.0)).await,
+            None => AfterPark(self.0).run(cx).await,
         }
     }
 }
 
 impl Stage for AfterPark<'_> {
-    fn run<'a>(&'a self, cx: &'a mut DeliveryCx) -> impl Future<Output = Outcome> + Send + 'a {
-        async move { self.0.inbox.around(cx, &AfterInbox(self.0)).await }
+    async fn run(&self, cx: &mut DeliveryCx) -> Outcome {
+        self.0.inbox.around(cx, &AfterInbox(self.0)).await
     }
 }
 
 impl Stage for AfterInbox<'_> {
-    fn run<'a>(&'a self, cx: &'a mut DeliveryCx) -> impl Future<Output = Outcome> + Send + 'a {
-        async move { self.0.retry.around(cx, &AfterRetry(self.0)).await }
+    async fn run(&self, cx: &mut DeliveryCx) -> Outcome {
+        self.0.retry.around(cx, &AfterRetry(self.0)).await
     }
 }
 
 impl Stage for AfterRetry<'_> {
-    fn run<'a>(&'a self, cx: &'a mut DeliveryCx) -> impl Future<Output = Outcome> + Send + 'a {
-        async move {
-            if self.0.user.is_empty() {
-                return Guarded(self.0).run(cx).await;
-            }
-            let tail = Guarded(self.0);
-            Next {
-                layers: &self.0.user,
-                tail: &tail,
-            }
-            .run(cx)
-            .await
+    async fn run(&self, cx: &mut DeliveryCx) -> Outcome {
+        if self.0.user.is_empty() {
+            return Guarded(self.0).run(cx).await;
         }
+        let tail = Guarded(self.0);
+        Next {
+            layers: &self.0.user,
+            tail: &tail,
+        }
+        .run(cx)
+        .await
     }
 }
 
