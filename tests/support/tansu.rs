@@ -228,7 +228,8 @@ impl Tansu {
         let Some(db) = self.storage.strip_prefix("sqlite://") else {
             return;
         };
-        if std::env::var_os("EVENTBUS_TANSU_AS_SHIPPED").is_some_and(|v| v != "0") {
+        if std::env::var_os("EVENTBUS_TANSU_AS_SHIPPED").is_some_and(|v| !v.is_empty() && v != "0")
+        {
             return;
         }
         let deadline = Instant::now() + crate::scaled(Duration::from_secs(30));
