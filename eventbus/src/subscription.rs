@@ -135,7 +135,7 @@ impl Subscription {
     }
 
     /// Handles only the events `predicate` keeps: the others are acknowledged without a
-    /// handler call, counted as `filtered` ([`BusStats::filtered`](crate::BusStats::filtered),
+    /// handler call, counted as `filtered` ([`BusStats::filtered`](crate::bus::BusStats::filtered),
     /// outcome `filtered` in `event_handled_total`). The predicate sees the envelope before its
     /// data is decoded to the handler's type (`envelope.data` is the raw JSON):
     ///
