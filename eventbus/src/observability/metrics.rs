@@ -119,7 +119,7 @@ pub struct Metrics {
 
 /// Handles on the series one (topic, group) pair updates for every delivery. The handles share
 /// their values with the families they came from. A delivery looks them up once
-/// ([`Metrics::delivery_series`]) for all it records.
+/// ([`Metrics::series`]) for all it records.
 pub(crate) struct DeliverySeries {
     handled: Counter,
     failed: Counter,
@@ -354,8 +354,9 @@ impl Metrics {
             .inc();
     }
 
-    /// The per-delivery series of `topic` and `group`, created on first use.
-    fn series(&self, topic: &str, group: &str) -> Arc<DeliverySeries> {
+    /// The per-delivery series of `topic` and `group`, created on first use; a delivery keeps
+    /// them for all it records.
+    pub(crate) fn series(&self, topic: &str, group: &str) -> Arc<DeliverySeries> {
         {
             let cache = self.per_delivery.read().unwrap_or_else(|p| p.into_inner());
             if let Some(series) = cache.get(topic).and_then(|groups| groups.get(group)) {
@@ -387,12 +388,6 @@ impl Metrics {
             .entry(group.to_owned())
             .or_insert(series)
             .clone()
-    }
-
-    /// The series a delivery of `topic` in `group` updates, to keep for the delivery's
-    /// lifetime.
-    pub(crate) fn delivery_series(&self, topic: &str, group: &str) -> Arc<DeliverySeries> {
-        self.series(topic, group)
     }
 
     /// Counts a handled delivery of `topic` in `group` and sets the topic's consumer lag to

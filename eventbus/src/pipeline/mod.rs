@@ -126,7 +126,7 @@ impl DeliveryCx {
             group,
             ..
         } = self;
-        series.get_or_insert_with(|| metrics.delivery_series(&message.topic, group))
+        series.get_or_insert_with(|| metrics.series(&message.topic, group))
     }
 
     /// The retry state to carry into a redelivery after the current attempt.
