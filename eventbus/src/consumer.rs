@@ -2,7 +2,7 @@
 //! once while keeping each partition key strictly sequential, and settles each with the
 //! backend once the pipeline is done with it.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use futures::{FutureExt, StreamExt};
 
 use crate::backend::{Acknowledger, Delivery, DeliveryStream};
 use crate::clock::Clock;
+use crate::hash_tables::FoldSet;
 use crate::pipeline::{record, DeliveryCx, Outcome, Pipeline, Settlement};
 use crate::runtime::task_group::TaskGroup;
 use crate::runtime::Runtime;
@@ -281,7 +282,7 @@ impl ConsumerLoop {
 #[derive(Default)]
 struct KeyOrder {
     pending: VecDeque<Delivery>,
-    busy: HashSet<u64, foldhash::fast::RandomState>,
+    busy: FoldSet<u64>,
     keys: KeyHashes,
 }
 

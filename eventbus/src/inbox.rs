@@ -5,13 +5,13 @@
 //! and before the delivery is acknowledged: a crash between the two leaves the delivery
 //! unacknowledged, so the event is redelivered, never lost.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 use uuid::Uuid;
 
 use crate::error::Error;
+use crate::hash_tables::{FoldMap, FoldSet};
 
 /// Where processed event ids are remembered.
 pub trait InboxStore: Send + Sync + 'static {
@@ -52,13 +52,13 @@ pub struct MemoryInbox {
 /// new event is found new without touching either table; other ids are looked up as before.
 #[derive(Debug, Default)]
 struct InboxState {
-    groups: HashMap<String, u32, foldhash::fast::RandomState>,
+    groups: FoldMap<String, u32>,
     /// The generation being filled.
-    current: HashSet<(u32, Uuid), foldhash::fast::RandomState>,
+    current: FoldSet<(u32, Uuid)>,
     /// The largest id in `current` (0 when empty).
     current_largest: u128,
     /// The generation before it, forgotten when `current` is full.
-    previous: HashSet<(u32, Uuid), foldhash::fast::RandomState>,
+    previous: FoldSet<(u32, Uuid)>,
     /// The largest id in `previous` (0 when empty).
     previous_largest: u128,
 }

@@ -92,6 +92,8 @@ pub mod testing;
 pub mod upcast;
 mod wire;
 
+mod hash_tables;
+
 mod consumer;
 mod consumer_control;
 #[cfg(any(feature = "redis", feature = "kafka"))]

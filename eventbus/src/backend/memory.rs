@@ -12,7 +12,7 @@
 //! - Each topic keeps its last [`MemoryBackend::DEFAULT_RETENTION`] messages for reading back
 //!   (dead-letter tools, replay).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -25,12 +25,9 @@ use super::{
     Message, Page, RetryState, StoredMessage, SubscribeRequest, MAX_PAGE,
 };
 use crate::error::Error;
+use crate::hash_tables::FoldMap;
 use crate::pattern::PatternSet;
 use crate::wire::{is_dlq_topic, DLQ_SUFFIX};
-
-/// The broker's tables, hashed with foldhash: looked up several times per delivery, keyed by
-/// names and keys that publishers choose (a keyed hash keeps collisions from being forced).
-type FoldMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// An in-process message broker. Cheap to clone; clones share state.
 #[derive(Clone, Default)]

@@ -20,10 +20,10 @@
 //! | `event_parked_keys` | gauge | `service`, `topic`, `group` (keys parked by `park_keys`) |
 //! | `event_park_overflow_total` | counter | `service`, `topic`, `group` (keys not parked: the cap was reached) |
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::hash_tables::FoldMap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -148,8 +148,6 @@ impl DeliverySeries {
         }
     }
 }
-
-type FoldMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backend::{Message, RetryState};
+use crate::hash_tables::FoldMap;
 
 /// A topic partition.
 pub(crate) type Tp = (Arc<str>, i32);
@@ -100,7 +101,7 @@ struct Part {
     ready: BTreeMap<i64, Pending>,
     /// Keys with a message ready or in flight, and their later messages (foldhash, randomly
     /// seeded per map: the keys come from producers).
-    keys: HashMap<String, VecDeque<Pending>, foldhash::fast::RandomState>,
+    keys: FoldMap<String, VecDeque<Pending>>,
     /// Retry-tier messages not due yet, in offset order, with their due time (ms).
     delayed: VecDeque<(i64, Pending)>,
     /// The highest fetched offset + 1: refetched older offsets are ignored.

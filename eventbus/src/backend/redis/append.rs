@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use super::connection::SlotPipelines;
 use super::keys::Keys;
 use super::{entry, partition_of, Inner, Message, TENANT_HEADER};
+use crate::hash_tables::FoldMap;
 
 /// Appends to a stream between two retention trims (the first append trims too).
 const TRIM_EVERY: u32 = 256;
@@ -36,8 +37,7 @@ impl Inner {
         let mut pipes = SlotPipelines::new(cluster);
         let mut targets: Vec<Target<'_>> = Vec::new();
         // (topic, tenant, partition) → index in `targets`.
-        let mut index: HashMap<(&str, Option<&str>, u32), usize, foldhash::fast::RandomState> =
-            HashMap::default();
+        let mut index: FoldMap<(&str, Option<&str>, u32), usize> = HashMap::default();
         for message in messages {
             let tenant = message.headers.get(TENANT_HEADER).map(String::as_str);
             let dlq_topic = crate::wire::is_dlq_topic(&message.topic);
