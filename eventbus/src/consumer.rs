@@ -184,9 +184,7 @@ impl ConsumerLoop {
                 Step::Stop => {
                     stopping = true;
                     // Deliveries not started go back to the backend, which redelivers them.
-                    for delivery in order.pending.drain(..) {
-                        delivery.acker.release();
-                    }
+                    order.release_all();
                 }
                 Step::Ran(Ran::Settling(settle)) => settling.push(settle),
                 Step::Ran(Ran::Finished(finished)) | Step::Finished(finished) => {
@@ -194,7 +192,7 @@ impl ConsumerLoop {
                 }
                 Step::Delivery(Some(Ok(delivery))) => {
                     errors = 0;
-                    order.pending.push_back(delivery);
+                    order.hold(delivery);
                 }
                 Step::Delivery(Some(Err(error))) => {
                     errors = errors.saturating_add(1);
@@ -277,29 +275,38 @@ impl ConsumerLoop {
     }
 }
 
-/// What keeps each key's deliveries in order in the loop: the deliveries read and not started,
-/// and the keys of the deliveries running or settling.
+/// What keeps each key's deliveries in order in the loop: the deliveries read and not started
+/// (each with its key's hash, taken once as it is held), and the keys of the deliveries
+/// running or settling.
 #[derive(Default)]
 struct KeyOrder {
-    pending: VecDeque<Delivery>,
+    pending: VecDeque<(Delivery, Option<u64>)>,
     busy: FoldSet<u64>,
     keys: KeyHashes,
 }
 
 impl KeyOrder {
-    /// Takes the first pending delivery whose key is free (or that has none), with its key's
+    /// Holds `delivery` until its key is free.
+    fn hold(&mut self, delivery: Delivery) {
+        let key = self.keys.of(&delivery);
+        self.pending.push_back((delivery, key));
+    }
+
+    /// Hands every held delivery back to the backend, unstarted.
+    fn release_all(&mut self) {
+        for (delivery, _) in self.pending.drain(..) {
+            delivery.acker.release();
+        }
+    }
+
+    /// Takes the first held delivery whose key is free (or that has none), with its key's
     /// hash, now busy.
     fn next_startable(&mut self) -> Option<(Delivery, Option<u64>)> {
-        let KeyOrder {
-            pending,
-            busy,
-            keys,
-        } = self;
+        let KeyOrder { pending, busy, .. } = self;
         let index = pending
             .iter()
-            .position(|d| keys.of(d).is_none_or(|k| !busy.contains(&k)))?;
-        let delivery = pending.remove(index)?;
-        let key = keys.of(&delivery);
+            .position(|(_, key)| key.is_none_or(|k| !busy.contains(&k)))?;
+        let (delivery, key) = pending.remove(index)?;
         if let Some(key) = key {
             busy.insert(key);
         }
@@ -315,11 +322,11 @@ impl KeyOrder {
             // The backend delivers it again: its key's later deliveries held here must not
             // overtake it. Released unstarted, they are redelivered after it, in their order,
             // without an attempt counted.
-            for delivery in std::mem::take(&mut self.pending) {
-                if self.keys.of(&delivery) == Some(key) {
+            for (delivery, held) in std::mem::take(&mut self.pending) {
+                if held == Some(key) {
                     delivery.acker.release();
                 } else {
-                    self.pending.push_back(delivery);
+                    self.pending.push_back((delivery, held));
                 }
             }
         }
