@@ -610,6 +610,122 @@ async fn members_split_partitions_and_a_killed_member_is_taken_over(b: &Broker) 
     bus_b.shutdown(Duration::from_secs(10)).await;
 }
 
+// --- resuming a paused partition -------------------------------------------------------------
+
+#[event(name = "rsm.meter.read", version = 1, key = meter)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct MeterRead {
+    meter: String,
+    n: u32,
+    run: String,
+}
+
+/// A partition paused for backpressure is fetched again as soon as it is resumed. librdkafka's
+/// resume does not wake the broker thread that fetches the partition; with every partition of
+/// that broker paused, the thread slept up to a second before fetching again, once per
+/// pause: here (a buffer of 2 records, one record batch per fetch) about 600 ms a pause and
+/// 8 records a second, against about 50 ms a pause with the wake-up.
+///
+/// On the mock cluster only: tansu answers a fetch with every record past the offset whatever
+/// `max.partition.fetch.bytes` says, so the buffer is paused once and never again.
+async fn a_resumed_partition_is_fetched_at_once(b: &Broker) {
+    const EVENTS: usize = 150;
+    let mut config = b.config();
+    config.consumer.max_buffered_per_partition = 2;
+    // One record batch per fetch, so the buffer fills and is paused many times over.
+    config
+        .consumer_options
+        .insert("max.partition.fetch.bytes".into(), "1".into());
+    let backend = b.connect(config).await;
+    b.topic(&backend, "rsm.meter.read", 1).await;
+    let run = run_id();
+    let publisher = Bus::builder()
+        .backend(backend.clone())
+        .start()
+        .await
+        .unwrap();
+    // One by one: a record batch each.
+    for n in 0..EVENTS as u32 {
+        publisher
+            .publish(MeterRead {
+                meter: format!("m{}", n % 3),
+                n,
+                run: run.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    publisher.shutdown(Duration::from_secs(5)).await;
+
+    let seen: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let (s, r) = (seen.clone(), run.clone());
+    let bus = Bus::builder()
+        .backend(backend.clone())
+        .subscribe(
+            Subscription::new("rsm.meter.read", move |env: Envelope<MeterRead>| {
+                let s = s.clone();
+                let mine = env.data.run == r;
+                async move {
+                    // Slower than the fetches, so the buffer fills.
+                    eventbus_integration::sleep(Duration::from_millis(2)).await;
+                    if mine {
+                        s.lock().unwrap().push(env.data.n);
+                    }
+                    Ok(())
+                }
+            })
+            .group(group("meters"))
+            .concurrency(1),
+        )
+        .start()
+        .await
+        .unwrap();
+    wait_for_progress("first record handled", 1, WAIT, WAIT, || {
+        seen.lock().unwrap().len()
+    })
+    .await
+    .unwrap_or_else(|progress| panic!("{progress}"));
+    let started = Instant::now();
+    let pauses_before = backend.stats().pauses;
+    wait_for_progress(
+        "150 records through a buffer of 2",
+        EVENTS,
+        Duration::from_secs(10),
+        Duration::from_secs(12),
+        || seen.lock().unwrap().len(),
+    )
+    .await
+    .unwrap_or_else(|progress| {
+        panic!(
+            "{progress} (after {:?}, {:?})",
+            started.elapsed(),
+            backend.stats()
+        )
+    });
+    let pauses = backend.stats().pauses - pauses_before;
+    eprintln!(
+        "150 records in {:?} with {pauses} pauses after the first",
+        started.elapsed()
+    );
+    assert!(
+        pauses >= 10,
+        "the buffer of 2 was paused only {pauses} times: the case no longer exercises resumption"
+    );
+    // About 50 ms a pause with the wake-up (a fetch, three handler calls of 2 ms and the
+    // poll thread's rounds), 600 ms without.
+    let per_pause = started.elapsed() / u32::try_from(pauses).unwrap_or(u32::MAX);
+    assert!(
+        per_pause < scaled(Duration::from_millis(300)),
+        "{per_pause:?} a pause: resumed partitions wait for their broker thread's idle round"
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        (0..EVENTS as u32).collect::<Vec<_>>(),
+        "one partition, concurrency 1: in order"
+    );
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
 // --- pause across a rebalance ----------------------------------------------------------------
 
 #[event(name = "par.job.queued", version = 1, key = queue)]
@@ -2126,6 +2242,16 @@ async fn a_full_fetch_queue_does_not_stall_the_consumer(b: &Broker) {
     .await
     .unwrap_or_else(|progress| panic!("{progress} (after {:?})", started.elapsed()));
     bus.shutdown(Duration::from_secs(10)).await;
+}
+
+#[test]
+fn mock_a_resumed_partition_is_fetched_at_once() {
+    eventbus_integration::run(2, async {
+        let broker = Broker::mock();
+        broker
+            .run(a_resumed_partition_is_fetched_at_once(&broker))
+            .await;
+    });
 }
 
 #[test]

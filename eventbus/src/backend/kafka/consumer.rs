@@ -28,6 +28,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 
+use super::fetch_flow;
 use super::record::{self, RecordMeta};
 use super::retry_tiers::{self, is_tier_topic};
 use super::tracker::{Limits, Pending, Settle, Taken, Tp, Tracker};
@@ -294,10 +295,7 @@ impl ConsumerContext for Callbacks {
         if unpaused.is_empty() {
             return;
         }
-        let positions: Vec<(Tp, i64)> = unpaused.into_iter().map(|tp| (tp, 0)).collect();
-        if let Err(error) = consumer.resume(&tpl_of(&positions)) {
-            tracing::warn!(group = %self.shared.group, %error, "resuming assigned partitions failed");
-        }
+        fetch_flow::unpause(consumer, &unpaused);
     }
 
     fn commit_callback(
@@ -591,28 +589,12 @@ fn poll_loop(consumer: BaseConsumer<Callbacks>, shared: Arc<MemberState>) {
         if ready {
             shared.ready.notify(usize::MAX);
         }
-        if !flow.pause.is_empty() {
-            shared
-                .counters
-                .pauses
-                .fetch_add(flow.pause.len() as u64, Ordering::Relaxed);
-            if let Err(error) = consumer.pause(&tpl_of(
-                &flow.pause.into_iter().map(|tp| (tp, 0)).collect::<Vec<_>>(),
-            )) {
-                tracing::debug!(%error, "pause failed");
-            }
-        }
-        if !flow.resume.is_empty() {
-            if let Err(error) = consumer.resume(&tpl_of(
-                &flow
-                    .resume
-                    .into_iter()
-                    .map(|tp| (tp, 0))
-                    .collect::<Vec<_>>(),
-            )) {
-                tracing::debug!(%error, "resume failed");
-            }
-        }
+        shared
+            .counters
+            .pauses
+            .fetch_add(flow.pause.len() as u64, Ordering::Relaxed);
+        fetch_flow::pause(&consumer, &flow.pause);
+        fetch_flow::resume(&consumer, &flow.resume);
         if !commits.is_empty() {
             commit(&consumer, &shared, &commits, CommitMode::Async);
         }

@@ -45,6 +45,7 @@ mod async_runtime;
 mod binary;
 mod config;
 mod consumer;
+mod fetch_flow;
 mod producer;
 mod provision;
 mod reader;

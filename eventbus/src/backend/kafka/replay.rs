@@ -44,6 +44,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::Message as _;
 
 use super::consumer::{delivery_stream, MemberState};
+use super::fetch_flow;
 use super::reader::throwaway_consumer;
 use super::record;
 use super::retry_tiers::is_tier_topic;
@@ -361,13 +362,13 @@ fn run(
                 std::sync::atomic::Ordering::Relaxed,
             );
         }
-        set_paused(&consumer, &flow.pause, true);
+        fetch_flow::pause(&consumer, &flow.pause);
         let resume: Vec<Tp> = flow
             .resume
             .into_iter()
             .filter(|tp| !paused.contains(tp))
             .collect();
-        set_paused(&consumer, &resume, false);
+        fetch_flow::resume(&consumer, &resume);
         if ready {
             shared.notify_ready();
         }
@@ -378,25 +379,6 @@ fn run(
     drop(consumer);
     shared.mark_closed();
     tracing::info!(group = %shared.group, "replay finished");
-}
-
-/// Pauses or resumes fetching `tps`.
-fn set_paused(consumer: &BaseConsumer, tps: &[Tp], pause: bool) {
-    if tps.is_empty() {
-        return;
-    }
-    let mut tpl = TopicPartitionList::new();
-    for (topic, partition) in tps {
-        let _ = tpl.add_partition(topic, *partition);
-    }
-    let result = if pause {
-        consumer.pause(&tpl)
-    } else {
-        consumer.resume(&tpl)
-    };
-    if let Err(error) = result {
-        tracing::debug!(%error, pause, "replay flow control failed");
-    }
 }
 
 fn shared_matches(shared: &MemberState, types: &[Pattern], event_type: &str) -> bool {
