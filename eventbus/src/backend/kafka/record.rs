@@ -79,10 +79,7 @@ fn scan_meta(bytes: &[u8]) -> Option<Meta<'_>> {
     let string = |i: &mut usize| -> Option<&str> {
         // At an opening quote; no escapes allowed.
         let start = *i + 1;
-        let len = b
-            .get(start..)?
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\')?;
+        let len = memchr::memchr2(b'"', b'\\', b.get(start..)?)?;
         if b[start + len] == b'\\' {
             return None;
         }
