@@ -574,11 +574,22 @@ async fn main() {
     }
     if only.is_empty() || only == "consume" {
         // kbench.tick holds rounds x 3 x events() records; each consumer reads the first events().
-        let mut r: [Vec<f64>; 4] = Default::default();
-        let mut joins: [Vec<f64>; 4] = Default::default();
+        let mut r: [Vec<f64>; 5] = Default::default();
+        let mut joins: [Vec<f64>; 5] = Default::default();
+        // The pipeline again with a small buffer (paused and resumed often while it catches
+        // up); KBENCH_SMALL_BUFFER overrides its 1 000 records per partition.
+        let small_buffer: usize = std::env::var("KBENCH_SMALL_BUFFER")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000);
+        let small = {
+            let mut c = config(&brokers);
+            c.consumer.max_buffered_per_partition = small_buffer;
+            KafkaBackend::connect(c).await.expect("connect")
+        };
         for _ in 0..rounds {
-            // KBENCH_CONSUMER=backend (or raw, pipeline1, pipeline8) runs that consumer alone,
-            // for a profile of it.
+            // KBENCH_CONSUMER=backend (or raw, pipeline1, pipeline8, pipeline1-small) runs that
+            // consumer alone, for a profile of it.
             let alone = std::env::var("KBENCH_CONSUMER").unwrap_or_default();
             let wanted = |name: &str| alone.is_empty() || alone == name;
             let skipped = || Consumed {
@@ -606,14 +617,19 @@ async fn main() {
                 } else {
                     skipped()
                 },
+                if wanted("pipeline1-small") {
+                    pipeline_consume(&small, 1).await
+                } else {
+                    skipped()
+                },
             ];
             for (i, run) in runs.iter().enumerate() {
                 r[i].push(run.rate());
                 joins[i].push(run.first.as_secs_f64());
             }
         }
-        let [raw, alone, p1, p8] = r.map(median);
-        let [raw_join, alone_join, p1_join, p8_join] = joins.map(|j| {
+        let [raw, alone, p1, p8, p1_small] = r.map(median);
+        let [raw_join, alone_join, p1_join, p8_join, _] = joins.map(|j| {
             j.iter()
                 .map(|s| format!("{s:.2}"))
                 .collect::<Vec<_>>()
@@ -631,6 +647,11 @@ async fn main() {
         println!(
             "consume  full pipeline, concurrency 8        {p8:>9.0} ev/s   ratio {:.3}",
             p8 / raw
+        );
+        println!(
+            "consume  full pipeline, concurrency 1, buffer of {small_buffer} records per partition {p1_small:>9.0} ev/s   ratio {:.3} ({} pauses)",
+            p1_small / raw,
+            small.stats().pauses
         );
         println!("         backend {:?}", backend.stats());
     }
