@@ -16,7 +16,7 @@
 //! - **Shutdown**: dropping the stream stops the thread, which commits what is done and closes
 //!   the consumer (leaving the group).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -37,6 +37,7 @@ use crate::backend::{
     Acknowledger, Delivery, DeliveryStream, Message, RetryState, SubscribeRequest,
 };
 use crate::error::Error;
+use crate::hash_tables::FoldMap;
 use crate::pattern::{Pattern, Segment};
 use crate::wire::is_dlq_topic;
 
@@ -320,18 +321,25 @@ impl ConsumerContext for Callbacks {
     }
 }
 
-/// Interned topic names.
+/// Interned topic names, each with whether it is a retry tier (looked up once per topic, not
+/// once per record).
 #[derive(Default)]
-struct Topics(HashMap<String, Arc<str>>);
+struct Topics(FoldMap<String, (Arc<str>, bool)>);
 
 impl Topics {
     fn intern(&mut self, topic: &str) -> Arc<str> {
-        if let Some(t) = self.0.get(topic) {
-            return t.clone();
+        self.get(topic).0
+    }
+
+    /// The interned name of `topic` and whether it is a retry tier.
+    fn get(&mut self, topic: &str) -> (Arc<str>, bool) {
+        if let Some((name, tier)) = self.0.get(topic) {
+            return (name.clone(), *tier);
         }
-        let t: Arc<str> = Arc::from(topic);
-        self.0.insert(topic.to_owned(), t.clone());
-        t
+        let name: Arc<str> = Arc::from(topic);
+        let tier = is_tier_topic(topic);
+        self.0.insert(topic.to_owned(), (name.clone(), tier));
+        (name, tier)
     }
 }
 
@@ -539,7 +547,8 @@ fn poll_loop(consumer: BaseConsumer<Callbacks>, shared: Arc<MemberState>) {
                 Some(Ok(record)) => {
                     let (mut message, mut meta) = record::from_record(&record);
                     let topic = rdkafka::Message::topic(&record);
-                    if !is_tier_topic(topic) {
+                    let (name, tier) = names.get(topic);
+                    if !tier {
                         // A live topic: retry-tier headers there were forged (or copied by a
                         // foreign producer) and count for nothing.
                         if message.strip_internal_headers() > 0 || meta.retry_group.is_some() {
@@ -548,10 +557,7 @@ fn poll_loop(consumer: BaseConsumer<Callbacks>, shared: Arc<MemberState>) {
                             message.topic = topic.to_owned();
                         }
                     }
-                    let tp = (
-                        names.intern(rdkafka::Message::topic(&record)),
-                        rdkafka::Message::partition(&record),
-                    );
+                    let tp = (name, rdkafka::Message::partition(&record));
                     let offset = rdkafka::Message::offset(&record);
                     batch.push((tp, offset, message, meta));
                 }

@@ -186,13 +186,19 @@ pub(crate) struct RecordMeta {
     pub(crate) timestamp_ms: Option<i64>,
 }
 
+/// `bytes` as text, invalid UTF-8 replaced (U+FFFD).
+fn owned_text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
 /// Rebuilds a message from a consumed record.
 pub(crate) fn from_record<M: rdkafka::Message>(record: &M) -> (Message, RecordMeta) {
     let mut message = Message {
         topic: record.topic().to_owned(),
-        key: record
-            .key()
-            .map(|k| String::from_utf8_lossy(k).into_owned()),
+        key: record.key().map(owned_text),
         event_type: String::new(),
         headers: MessageHeaders::new(),
         payload: Arc::from(record.payload().unwrap_or_default()),
@@ -207,13 +213,14 @@ pub(crate) fn from_record<M: rdkafka::Message>(record: &M) -> (Message, RecordMe
     if let Some(headers) = record.headers() {
         for header in headers.iter() {
             let Some(value) = header.value else { continue };
-            let text = || String::from_utf8_lossy(value).into_owned();
+            let text = || owned_text(value);
             if let Some(name) = header.key.strip_prefix(binary::PREFIX) {
                 attributes.push((name.to_owned(), text()));
                 continue;
             }
             match header.key {
-                binary::CONTENT_TYPE => content_type = Some(text()),
+                // Borrowed: only a binary-mode record needs it, after the loop.
+                binary::CONTENT_TYPE => content_type = Some(String::from_utf8_lossy(value)),
                 TYPE_HEADER => message.event_type = text(),
                 ORIGIN_TOPIC_HEADER => message.topic = text(),
                 RETRY_GROUP_HEADER => meta.retry_group = Some(text()),
@@ -267,6 +274,36 @@ mod tests {
             42,
             Some(headers(message, true)),
         )
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_foreign_record_is_replaced_not_dropped() {
+        use rdkafka::message::{Header, OwnedHeaders};
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: TYPE_HEADER,
+                value: Some(&b"order.\xffcreated"[..]),
+            })
+            .insert(Header {
+                key: "x-note",
+                value: Some(&b"ok \xfe"[..]),
+            });
+        let record = OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            Some(b"k\xc3".to_vec()),
+            "orders".into(),
+            Timestamp::CreateTime(1_700_000_000_000),
+            0,
+            1,
+            Some(headers),
+        );
+        let (message, _) = from_record(&record);
+        assert_eq!(message.key.as_deref(), Some("k\u{fffd}"));
+        assert_eq!(message.event_type, "order.\u{fffd}created");
+        assert_eq!(
+            message.headers.get("x-note").map(String::as_str),
+            Some("ok \u{fffd}")
+        );
     }
 
     #[test]

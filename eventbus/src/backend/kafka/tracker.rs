@@ -5,7 +5,7 @@
 //! Pure data structure, no I/O: the poll thread pushes fetched records in, deliveries are
 //! taken out and settled, and the poll thread asks what to commit, pause and resume.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -123,7 +123,7 @@ impl Part {
             slots: Slots::default(),
             done: 0,
             ready: BTreeMap::new(),
-            keys: HashMap::default(),
+            keys: FoldMap::default(),
             delayed: VecDeque::new(),
             next_fetch: i64::MIN,
             position: None,
@@ -219,7 +219,7 @@ pub(crate) struct FlowChanges {
 /// The state of one consumer.
 #[derive(Debug)]
 pub(crate) struct Tracker {
-    parts: HashMap<Tp, Part>,
+    parts: FoldMap<Tp, Part>,
     order: Vec<Tp>,
     cursor: usize,
     outstanding: usize,
@@ -230,7 +230,7 @@ pub(crate) struct Tracker {
 impl Tracker {
     pub(crate) fn new(limits: Limits) -> Self {
         Tracker {
-            parts: HashMap::new(),
+            parts: FoldMap::default(),
             order: Vec::new(),
             cursor: 0,
             outstanding: 0,
