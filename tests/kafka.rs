@@ -610,6 +610,29 @@ async fn members_split_partitions_and_a_killed_member_is_taken_over(b: &Broker) 
     bus_b.shutdown(Duration::from_secs(10)).await;
 }
 
+/// Waits for the first of a backlog's records to be handled (the group's join and first
+/// fetch, not timed), then for all `total` within `(stall, deadline)` (see
+/// [`wait_for_progress`]); returns how long the rest took. A failure's message ends with
+/// `context()`.
+async fn backlog_handled(
+    what: &str,
+    total: usize,
+    (stall, deadline): (Duration, Duration),
+    mut handled: impl FnMut() -> usize,
+    context: impl Fn() -> String,
+) -> Duration {
+    wait_for_progress("first record handled", 1, WAIT, WAIT, &mut handled)
+        .await
+        .unwrap_or_else(|progress| panic!("{progress} {}", context()));
+    let started = Instant::now();
+    wait_for_progress(what, total, stall, deadline, handled)
+        .await
+        .unwrap_or_else(|progress| {
+            panic!("{progress} (after {:?}) {}", started.elapsed(), context())
+        });
+    started.elapsed()
+}
+
 // --- resuming a paused partition -------------------------------------------------------------
 
 #[event(name = "rsm.meter.read", version = 1, key = meter)]
@@ -680,40 +703,30 @@ async fn a_resumed_partition_is_fetched_at_once(b: &Broker) {
         .start()
         .await
         .unwrap();
-    wait_for_progress("first record handled", 1, WAIT, WAIT, || {
-        seen.lock().unwrap().len()
-    })
-    .await
-    .unwrap_or_else(|progress| panic!("{progress}"));
-    let started = Instant::now();
-    let pauses_before = backend.stats().pauses;
-    wait_for_progress(
+    let pauses_before = std::sync::OnceLock::new();
+    let took = backlog_handled(
         "150 records through a buffer of 2",
         EVENTS,
-        Duration::from_secs(10),
-        Duration::from_secs(12),
-        || seen.lock().unwrap().len(),
+        (Duration::from_secs(10), Duration::from_secs(12)),
+        || {
+            let handled = seen.lock().unwrap().len();
+            if handled > 0 {
+                pauses_before.get_or_init(|| backend.stats().pauses);
+            }
+            handled
+        },
+        || format!("{:?}", backend.stats()),
     )
-    .await
-    .unwrap_or_else(|progress| {
-        panic!(
-            "{progress} (after {:?}, {:?})",
-            started.elapsed(),
-            backend.stats()
-        )
-    });
-    let pauses = backend.stats().pauses - pauses_before;
-    eprintln!(
-        "150 records in {:?} with {pauses} pauses after the first",
-        started.elapsed()
-    );
+    .await;
+    let pauses = backend.stats().pauses - pauses_before.get().copied().unwrap_or(0);
+    eprintln!("150 records in {took:?} with {pauses} pauses after the first");
     assert!(
         pauses >= 10,
         "the buffer of 2 was paused only {pauses} times: the case no longer exercises resumption"
     );
     // About 50 ms a pause with the wake-up (a fetch, three handler calls of 2 ms and the
     // poll thread's rounds), 600 ms without.
-    let per_pause = started.elapsed() / u32::try_from(pauses).unwrap_or(u32::MAX);
+    let per_pause = took / u32::try_from(pauses).unwrap_or(u32::MAX);
     assert!(
         per_pause < scaled(Duration::from_millis(300)),
         "{per_pause:?} a pause: resumed partitions wait for their broker thread's idle round"
@@ -2225,22 +2238,15 @@ async fn a_full_fetch_queue_does_not_stall_the_consumer(b: &Broker) {
         .start()
         .await
         .unwrap();
-    wait_for_progress("first record handled", 1, WAIT, WAIT, || {
-        seen.load(Ordering::SeqCst)
-    })
-    .await
-    .unwrap_or_else(|progress| panic!("{progress}"));
-    let started = Instant::now();
     // Each pause of the fetcher would cost a second, once per fetch of about 1 MB.
-    wait_for_progress(
+    backlog_handled(
         "20000 records of 1 KB through a 64 KiB fetch queue",
         EVENTS,
-        Duration::from_secs(30),
-        Duration::from_secs(10),
+        (Duration::from_secs(30), Duration::from_secs(10)),
         || seen.load(Ordering::SeqCst),
+        String::new,
     )
-    .await
-    .unwrap_or_else(|progress| panic!("{progress} (after {:?})", started.elapsed()));
+    .await;
     bus.shutdown(Duration::from_secs(10)).await;
 }
 
