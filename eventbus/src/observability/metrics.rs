@@ -115,6 +115,9 @@ pub struct Metrics {
     /// The series every delivery touches, by topic then group: looked up without building a
     /// label set (four `String`s) per event.
     per_delivery: RwLock<FoldMap<String, FoldMap<String, Arc<DeliverySeries>>>>,
+    /// The `published` counter of each topic, so a publish finds it without building its
+    /// labels.
+    published_by_topic: RwLock<FoldMap<String, Counter>>,
 }
 
 /// Handles on the series one (topic, group) pair updates for every delivery. The handles share
@@ -183,6 +186,7 @@ impl Metrics {
             saga_steps: Family::default(),
             backends: Arc::default(),
             per_delivery: RwLock::default(),
+            published_by_topic: RwLock::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -342,7 +346,22 @@ impl Metrics {
 
     /// Counts `n` events published to `topic`.
     pub fn published(&self, topic: &str, n: u64) {
-        self.published.get_or_create(&self.topic(topic)).inc_by(n);
+        {
+            let cache = self
+                .published_by_topic
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(counter) = cache.get(topic) {
+                counter.inc_by(n);
+                return;
+            }
+        }
+        let counter = self.published.get_or_create(&self.topic(topic)).clone();
+        counter.inc_by(n);
+        self.published_by_topic
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.to_owned(), counter);
     }
 
     /// Counts a failed publish call to `topic`.
@@ -622,5 +641,28 @@ impl BackendCounters {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    #[test]
+    fn publishes_accumulate_per_topic_through_the_cached_counters() {
+        let metrics = Metrics::new("s");
+        metrics.published("orders", 2);
+        metrics.published("orders", 3);
+        metrics.published("payments", 1);
+        metrics.published("orders", 1);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"event_published_total{service="s",topic="orders"} 6"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"event_published_total{service="s",topic="payments"} 1"#),
+            "{text}"
+        );
     }
 }
