@@ -158,6 +158,26 @@ async fn read_group(
         .unwrap()
 }
 
+/// CPU seconds the Redis server's main thread has used (`INFO cpu`): what a phase costs the
+/// server, apart from what it costs the client.
+async fn server_cpu(conn: &mut redis::aio::MultiplexedConnection) -> f64 {
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(name, _)| {
+            matches!(
+                *name,
+                "used_cpu_sys_main_thread" | "used_cpu_user_main_thread"
+            )
+        })
+        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+        .sum()
+}
+
 async fn raw_consume(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> Duration {
     create_group(conn, stream, "raw").await;
     let start = Instant::now();
@@ -370,8 +390,14 @@ fn main() {
         }
         bus.shutdown(Duration::from_secs(1)).await;
         let (a, a_min, a1, b, b1) = (median(a), median(a_min), median(a1), median(b), median(b1));
+        // The server's CPU per event in each consume phase, beside the wall time per event.
+        let mut server = Vec::new();
+        let cpu = server_cpu(&mut conn).await;
         let c = raw_consume(&mut conn, &raw_stream).await;
+        server.push(("c", c, server_cpu(&mut conn).await - cpu));
+        let cpu = server_cpu(&mut conn).await;
         let c_inbox = raw_consume_with_inbox(&mut conn, &raw_stream, &prefix).await;
+        server.push(("c'", c_inbox, server_cpu(&mut conn).await - cpu));
         // RBENCH_CONSUMER=inbox1 (or inbox64, inbox256, memory64) runs that consumer alone, for
         // a profile of it.
         let alone = std::env::var("RBENCH_CONSUMER").unwrap_or_default();
@@ -387,9 +413,13 @@ fn main() {
             }
         };
         let d1 = consume("inbox1", 1, true).await;
+        let cpu = server_cpu(&mut conn).await;
         let d64 = consume("inbox64", 64, true).await;
+        server.push(("d c64", d64, server_cpu(&mut conn).await - cpu));
         let d256 = consume("inbox256", 256, true).await;
+        let cpu = server_cpu(&mut conn).await;
         let m64 = consume("memory64", 64, false).await;
+        server.push(("d' c64", m64, server_cpu(&mut conn).await - cpu));
 
         println!("redis streams, {EVENTS} events of {} bytes, batches of {BATCH}", Envelope::new(tick(0)).encode().unwrap().len());
         println!("publishing: median of {PUBLISH_ROUNDS} interleaved rounds");
@@ -404,6 +434,19 @@ fn main() {
         println!("(d) pipeline+inbox, concurrency 64{:>10.0} events/s   d/c = {:.2}   d/c' = {:.2}", rate(EVENTS, d64), c.as_secs_f64() / d64.as_secs_f64(), c_inbox.as_secs_f64() / d64.as_secs_f64());
         println!("(d) pipeline+inbox, concurrency 256{:>9.0} events/s   d/c = {:.2}", rate(EVENTS, d256), c.as_secs_f64() / d256.as_secs_f64());
         println!("(d') pipeline, in-process inbox, c64{:>9.0} events/s   d'/c = {:.2}", rate(EVENTS, m64), c.as_secs_f64() / m64.as_secs_f64());
+        let per_event = |d: Duration| d.as_secs_f64() * 1e6 / EVENTS as f64;
+        println!(
+            "Redis main thread, CPU / wall per event: {}",
+            server
+                .iter()
+                .map(|(name, wall, cpu)| format!(
+                    "{name} {:.1} / {:.1} µs",
+                    cpu * 1e6 / EVENTS as f64,
+                    per_event(*wall)
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let mut fresh = RedisConfig::new(&url);
         fresh.prefix = format!("{prefix}-latency");
         let latency_backend = RedisBackend::connect(fresh).await.unwrap();
