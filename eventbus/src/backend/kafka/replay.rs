@@ -342,16 +342,14 @@ fn run(
                 0,
             );
         }
-        let newly: Vec<&Tp> = reached.iter().filter(|tp| !paused.contains(*tp)).collect();
-        if !newly.is_empty() {
-            // Stop fetching past the window.
-            let mut tpl = TopicPartitionList::new();
-            for (topic, partition) in &newly {
-                let _ = tpl.add_partition(topic, *partition);
-            }
-            let _ = consumer.pause(&tpl);
-            paused.extend(newly.into_iter().cloned().collect::<Vec<_>>());
-        }
+        let newly: Vec<Tp> = reached
+            .iter()
+            .filter(|tp| !paused.contains(*tp))
+            .cloned()
+            .collect();
+        // Stop fetching past the window.
+        fetch_flow::pause(&consumer, &newly);
+        paused.extend(newly);
         // Bounded buffers: a partition far ahead of its handlers pauses until they catch up.
         let flow = tracker.flow_changes();
         let done = reached.len() == ends.len() && tracker.is_idle();

@@ -3,8 +3,6 @@
 //! [`TRIM_EVERY`] appends, the first included) and its stream registry members (`SADD` of each
 //! event type not registered yet), with one lock of each shared table per batch.
 
-use std::collections::HashMap;
-
 use super::connection::SlotPipelines;
 use super::keys::Keys;
 use super::{entry, partition_of, Inner, Message, TENANT_HEADER};
@@ -37,7 +35,7 @@ impl Inner {
         let mut pipes = SlotPipelines::new(cluster);
         let mut targets: Vec<Target<'_>> = Vec::new();
         // (topic, tenant, partition) → index in `targets`.
-        let mut index: FoldMap<(&str, Option<&str>, u32), usize> = HashMap::default();
+        let mut index: FoldMap<(&str, Option<&str>, u32), usize> = FoldMap::default();
         for message in messages {
             let tenant = message.headers.get(TENANT_HEADER).map(String::as_str);
             let dlq_topic = crate::wire::is_dlq_topic(&message.topic);
