@@ -380,15 +380,40 @@ fn main() {
         // consumers below read the first round's streams.
         let bus = Bus::builder().backend(backend.clone()).start().await.unwrap();
         let (mut a, mut a_min, mut a1, mut b, mut b1) = (vec![], vec![], vec![], vec![], vec![]);
+        // The server's CPU in the batched publishing phases, (a) and (b), over every round.
+        let (mut a_cpu, mut b_cpu) = (0.0, 0.0);
+        // RBENCH_ONLY=publish: the batched publishing rounds alone, (a) and (b), then exit (for
+        // a profile of the client).
+        let only_publish = std::env::var("RBENCH_ONLY").as_deref() == Ok("publish");
         for round in 0..PUBLISH_ROUNDS {
             let stream = if round == 0 { raw_stream.clone() } else { format!("{raw_stream}-{round}") };
+            let cpu = server_cpu(&mut conn).await;
             a.push(raw_xadd(&mut conn, &stream, EVENTS, BATCH as u64, true).await);
-            a_min.push(raw_xadd(&mut conn, &format!("{stream}-minimal"), EVENTS, BATCH as u64, false).await);
+            a_cpu += server_cpu(&mut conn).await - cpu;
+            let cpu = server_cpu(&mut conn).await;
             b.push(bus_publish(&bus).await);
+            b_cpu += server_cpu(&mut conn).await - cpu;
+            if only_publish {
+                continue;
+            }
+            a_min.push(raw_xadd(&mut conn, &format!("{stream}-minimal"), EVENTS, BATCH as u64, false).await);
             a1.push(raw_xadd(&mut conn, &format!("{stream}-single"), ONE_BY_ONE, 1, true).await);
             b1.push(bus_publish_one_by_one(&bus, ONE_BY_ONE).await);
         }
         bus.shutdown(Duration::from_secs(1)).await;
+        let published = (PUBLISH_ROUNDS as u64 * EVENTS) as f64;
+        let publish_cpu = format!(
+            "Redis main thread, CPU per event publishing: a {:.1} µs, b {:.1} µs",
+            a_cpu * 1e6 / published,
+            b_cpu * 1e6 / published
+        );
+        if only_publish {
+            let (a, b) = (median(a), median(b));
+            println!("(a) raw pipelined XADD            {:>10.0} events/s", rate(EVENTS, a));
+            println!("(b) bus publish_batch             {:>10.0} events/s   b/a = {:.2}", rate(EVENTS, b), a.as_secs_f64() / b.as_secs_f64());
+            println!("{publish_cpu}");
+            return;
+        }
         let (a, a_min, a1, b, b1) = (median(a), median(a_min), median(a1), median(b), median(b1));
         // The server's CPU per event in each consume phase, beside the wall time per event.
         let mut server = Vec::new();
@@ -434,6 +459,7 @@ fn main() {
         println!("(d) pipeline+inbox, concurrency 64{:>10.0} events/s   d/c = {:.2}   d/c' = {:.2}", rate(EVENTS, d64), c.as_secs_f64() / d64.as_secs_f64(), c_inbox.as_secs_f64() / d64.as_secs_f64());
         println!("(d) pipeline+inbox, concurrency 256{:>9.0} events/s   d/c = {:.2}", rate(EVENTS, d256), c.as_secs_f64() / d256.as_secs_f64());
         println!("(d') pipeline, in-process inbox, c64{:>9.0} events/s   d'/c = {:.2}", rate(EVENTS, m64), c.as_secs_f64() / m64.as_secs_f64());
+        println!("{publish_cpu}");
         let per_event = |d: Duration| d.as_secs_f64() * 1e6 / EVENTS as f64;
         println!(
             "Redis main thread, CPU / wall per event: {}",

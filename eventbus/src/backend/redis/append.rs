@@ -32,7 +32,8 @@ impl Inner {
     /// The commands appending `messages` in their order, trimming their streams when due and
     /// registering their (stream, event type) pairs not registered yet.
     pub(super) fn append_batch(&self, messages: &[Message], cluster: bool, now: u64) -> Batch {
-        let mut pipes = SlotPipelines::new(cluster);
+        // The appends, and room for a trim or a registration or two.
+        let mut pipes = SlotPipelines::with_capacity(cluster, messages.len() + 4);
         let mut targets: Vec<Target<'_>> = Vec::new();
         // (topic, tenant, partition) → index in `targets`.
         let mut index: FoldMap<(&str, Option<&str>, u32), usize> = FoldMap::default();
@@ -68,10 +69,7 @@ impl Inner {
                     targets.len() - 1
                 });
             let target = &mut targets[at];
-            let mut xadd = redis::cmd("XADD");
-            xadd.arg(&target.key).arg("*");
-            entry::add_fields(&mut xadd, message);
-            pipes.add(&target.key, xadd);
+            pipes.add(&target.key, entry::xadd(&target.key, message));
             target.appends += 1;
             if !target.dlq && !target.event_types.contains(&message.event_type.as_str()) {
                 target.event_types.push(&message.event_type);

@@ -4,12 +4,12 @@
 //! to one slot: [`SlotPipelines`] splits a batch of commands by slot (one pipeline per slot,
 //! sent one after another), and is a single pipeline on a single server.
 
-use std::collections::HashMap;
-
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+use crate::hash_tables::FoldMap;
 
 /// A pooled connection: to one server, or to a cluster (routing each command by its key).
 #[derive(Clone)]
@@ -53,32 +53,44 @@ impl ConnectionLike for Conn {
 }
 
 /// Commands whose replies are ignored, grouped so that each pipeline keeps to one slot on a
-/// cluster (on a single server, one pipeline).
+/// cluster (on a single server, one pipeline, which keeps the commands' order).
 pub(crate) struct SlotPipelines {
     cluster: bool,
-    by_slot: HashMap<Slot, Pipeline>,
+    /// The single server's pipeline.
+    single: Pipeline,
+    /// A cluster's pipelines, by slot.
+    by_slot: FoldMap<Slot, Pipeline>,
 }
 
 impl SlotPipelines {
     pub(crate) fn new(cluster: bool) -> Self {
+        Self::with_capacity(cluster, 0)
+    }
+
+    /// Pipelines with room for `commands` commands without growing (on a single server).
+    pub(crate) fn with_capacity(cluster: bool, commands: usize) -> Self {
         SlotPipelines {
             cluster,
-            by_slot: HashMap::new(),
+            single: Pipeline::with_capacity(if cluster { 0 } else { commands }),
+            by_slot: FoldMap::default(),
         }
     }
 
     /// Adds `cmd`, which touches `key`, with its reply ignored.
     pub(crate) fn add(&mut self, key: &str, cmd: Cmd) {
-        let slot = Slot::for_key(if self.cluster { key } else { "" });
-        self.by_slot
-            .entry(slot)
-            .or_default()
-            .add_command(cmd)
-            .ignore();
+        let pipe = if self.cluster {
+            self.by_slot.entry(Slot::for_key(key)).or_default()
+        } else {
+            &mut self.single
+        };
+        pipe.add_command(cmd).ignore();
     }
 
     /// Sends every pipeline; the first error ends it.
     pub(crate) async fn send(self, conn: &mut Conn) -> redis::RedisResult<()> {
+        if !self.single.is_empty() {
+            self.single.query_async::<()>(conn).await?;
+        }
         for pipe in self.by_slot.values() {
             pipe.query_async::<()>(conn).await?;
         }

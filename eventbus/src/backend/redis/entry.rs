@@ -13,19 +13,53 @@ const KEY: &str = "key";
 const PAYLOAD: &str = "payload";
 const HEADER_PREFIX: &str = "h:";
 
-/// Appends the entry fields of a message to an `XADD` command, without copying the payload.
-pub(crate) fn add_fields(cmd: &mut redis::Cmd, message: &Message) {
+/// The `XADD` of a message to `stream`, sized for its arguments up front (no buffer grows while
+/// it is built) and without copying the payload more than into the command.
+pub(crate) fn xadd(stream: &str, message: &Message) -> redis::Cmd {
+    let key = message.key.as_deref();
+    let fields = 3 + usize::from(key.is_some()) + message.headers.len();
+    let data = "XADD".len()
+        + stream.len()
+        + 1
+        + TOPIC.len()
+        + message.topic.len()
+        + TYPE.len()
+        + message.event_type.len()
+        + key.map_or(0, |key| KEY.len() + key.len())
+        + message
+            .headers
+            .iter()
+            .map(|(name, value)| HEADER_PREFIX.len() + name.len() + value.len())
+            .sum::<usize>()
+        + PAYLOAD.len()
+        + message.payload.len();
+    let mut cmd = redis::Cmd::with_capacity(3 + 2 * fields, data);
+    cmd.arg("XADD").arg(stream).arg("*");
     cmd.arg(TOPIC)
         .arg(&message.topic)
         .arg(TYPE)
         .arg(&message.event_type);
-    if let Some(key) = &message.key {
+    if let Some(key) = key {
         cmd.arg(KEY).arg(key);
     }
     for (name, value) in &message.headers {
-        cmd.arg(format!("{HEADER_PREFIX}{name}")).arg(value);
+        cmd.arg(HeaderField(name)).arg(value);
     }
     cmd.arg(PAYLOAD).arg(&*message.payload);
+    cmd
+}
+
+/// A header's field name, `h:{name}`, written into the command without a `String` of its own.
+struct HeaderField<'a>(&'a str);
+
+impl redis::ToRedisArgs for HeaderField<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write;
+        let mut arg = out.writer_for_next_arg();
+        // Writing to the command's buffer cannot fail.
+        let _ = arg.write_all(HEADER_PREFIX.as_bytes());
+        let _ = arg.write_all(self.0.as_bytes());
+    }
 }
 
 /// The entry fields of a message, in `XADD` order.
@@ -148,6 +182,35 @@ mod tests {
             live.topic, "from-the-stream",
             "a live stream's topic field is not trusted"
         );
+    }
+
+    #[test]
+    fn the_xadd_writes_the_entry_fields_in_their_order() {
+        let message = Message {
+            topic: "orders".into(),
+            key: Some("o-1".into()),
+            event_type: "order.created".into(),
+            headers: MessageHeaders::from([
+                ("eventbus-attempt".to_owned(), "2".to_owned()),
+                ("eventbus-tenant".to_owned(), "acme".to_owned()),
+            ]),
+            payload: b"{\"x\":1}".to_vec().into(),
+        };
+        let cmd = xadd("prefix:orders", &message);
+        let args: Vec<Vec<u8>> = cmd
+            .args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => bytes.to_vec(),
+                _ => b"<not a plain argument>".to_vec(),
+            })
+            .collect();
+        let mut expected: Vec<Vec<u8>> =
+            vec![b"XADD".to_vec(), b"prefix:orders".to_vec(), b"*".to_vec()];
+        for (name, value) in to_fields(&message) {
+            expected.push(name.into_bytes());
+            expected.push(value);
+        }
+        assert_eq!(args, expected);
     }
 
     #[test]

@@ -801,10 +801,7 @@ impl BackendAdmin for RedisBackend {
         Box::pin(async move {
             let mut pipe = redis::pipe();
             for message in &messages {
-                let mut xadd = redis::cmd("XADD");
-                xadd.arg(&stream).arg("*");
-                entry::add_fields(&mut xadd, message);
-                pipe.add_command(xadd).ignore();
+                pipe.add_command(entry::xadd(&stream, message)).ignore();
             }
             pipe.query_async::<()>(&mut self.inner.conn())
                 .await
