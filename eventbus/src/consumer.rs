@@ -84,7 +84,13 @@ pub(crate) struct ConsumerLoop {
 }
 
 enum Step {
-    Delivery(Option<Result<Delivery, crate::Error>>),
+    /// Deliveries read and held (at least one), up to the loop's buffer: every one the stream
+    /// had ready, so the checks around a read are paid once per batch, not per delivery.
+    Held,
+    /// The stream failed before any delivery was read.
+    Failed(crate::Error),
+    /// The stream ended before any delivery was read.
+    Ended,
     Ran(Ran),
     Finished(Finished),
     Stop,
@@ -121,6 +127,8 @@ impl ConsumerLoop {
         let mut control_listener = self.control.stop_listener();
         let mut stopping = false;
         let mut errors = 0u32;
+        // A stream error met after deliveries of the same read: handled after them.
+        let mut read_error: Option<crate::Error> = None;
         // What settling needs, shared by every delivery of the loop (one handle per delivery).
         let settler = Arc::new(Settler {
             shared: self.shared.clone(),
@@ -172,12 +180,32 @@ impl ConsumerLoop {
                 if let Poll::Ready(Some(ran)) = running.poll_next_unpin(cx) {
                     return Poll::Ready(Step::Ran(ran));
                 }
-                if can_read {
-                    if let Poll::Ready(item) = stream.poll_next_unpin(cx) {
-                        return Poll::Ready(Step::Delivery(item));
+                if !can_read {
+                    return Poll::Pending;
+                }
+                let mut held = false;
+                while order.pending.len() < buffer {
+                    match stream.poll_next_unpin(cx) {
+                        Poll::Ready(Some(Ok(delivery))) => {
+                            order.hold(delivery);
+                            held = true;
+                        }
+                        Poll::Ready(Some(Err(error))) if held => {
+                            read_error = Some(error);
+                            break;
+                        }
+                        Poll::Ready(Some(Err(error))) => return Poll::Ready(Step::Failed(error)),
+                        // Ended after deliveries: the loop sees the stream done next round.
+                        Poll::Ready(None) if held => break,
+                        Poll::Ready(None) => return Poll::Ready(Step::Ended),
+                        Poll::Pending => break,
                     }
                 }
-                Poll::Pending
+                if held {
+                    Poll::Ready(Step::Held)
+                } else {
+                    Poll::Pending
+                }
             })
             .await;
             match step {
@@ -190,17 +218,14 @@ impl ConsumerLoop {
                 Step::Ran(Ran::Finished(finished)) | Step::Finished(finished) => {
                     order.finished(finished);
                 }
-                Step::Delivery(Some(Ok(delivery))) => {
+                Step::Held => {
                     errors = 0;
-                    order.hold(delivery);
+                    if let Some(error) = read_error.take() {
+                        self.back_off(&mut errors, error).await;
+                    }
                 }
-                Step::Delivery(Some(Err(error))) => {
-                    errors = errors.saturating_add(1);
-                    let wait = self.retry_backoff.delay(errors);
-                    tracing::warn!(group = %self.group, %error, ?wait, "consumer stream error, backing off");
-                    self.clock.sleep(wait).await;
-                }
-                Step::Delivery(None) => {
+                Step::Failed(error) => self.back_off(&mut errors, error).await,
+                Step::Ended => {
                     if running.is_empty() && settling.is_empty() && order.pending.is_empty() {
                         break;
                     }
@@ -208,6 +233,14 @@ impl ConsumerLoop {
             }
         }
         drop(stream);
+    }
+
+    /// Waits out a stream error, longer with each one in a row (`errors`, counted here).
+    async fn back_off(&self, errors: &mut u32, error: crate::Error) {
+        *errors = errors.saturating_add(1);
+        let wait = self.retry_backoff.delay(*errors);
+        tracing::warn!(group = %self.group, %error, ?wait, "consumer stream error, backing off");
+        self.clock.sleep(wait).await;
     }
 
     /// Whether the bus or this subscription is stopping.
