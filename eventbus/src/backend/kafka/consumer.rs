@@ -359,7 +359,10 @@ pub(crate) async fn start(
     literal.sort();
     literal.dedup();
     if config.auto_create_topics && !literal.is_empty() {
-        inner.topics.ensure(&inner, &literal).await?;
+        inner
+            .topics
+            .ensure(&inner, literal.iter().map(String::as_str))
+            .await?;
     }
     let mut subscription: Vec<String> = Vec::new();
     for topic in &literal {
@@ -692,7 +695,7 @@ impl Acknowledger for KafkaAcker {
                 if self.inner.config.auto_create_topics {
                     self.inner
                         .topics
-                        .ensure(&self.inner, std::slice::from_ref(&tier.topic))
+                        .ensure(&self.inner, [tier.topic.as_str()])
                         .await?;
                 }
                 self.inner

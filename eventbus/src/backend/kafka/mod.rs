@@ -342,8 +342,8 @@ impl Backend for KafkaBackend {
                 }
             }
             if self.inner.config.auto_create_topics {
-                let topics: Vec<String> = messages.iter().map(|m| m.topic.clone()).collect();
-                self.inner.topics.ensure(&self.inner, &topics).await?;
+                let topics = messages.iter().map(|m| m.topic.as_str());
+                self.inner.topics.ensure(&self.inner, topics).await?;
             }
             self.inner.producer.send_all(&messages).await.map(drop)
         })
@@ -533,8 +533,8 @@ impl BackendAdmin for KafkaBackend {
                 .map(|m| retry_tiers::tier_message(m, &group, Duration::ZERO, &m.retry_state()))
                 .collect();
             if self.inner.config.auto_create_topics {
-                let topics: Vec<String> = records.iter().map(|m| m.topic.clone()).collect();
-                self.inner.topics.ensure(&self.inner, &topics).await?;
+                let topics = records.iter().map(|m| m.topic.as_str());
+                self.inner.topics.ensure(&self.inner, topics).await?;
             }
             self.inner.producer.send_all(&records).await.map(drop)
         })

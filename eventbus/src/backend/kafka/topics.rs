@@ -4,7 +4,7 @@
 //!
 //! [`KafkaConfig::auto_create_topics`]: super::KafkaConfig::auto_create_topics
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +14,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use super::retry_tiers::{is_tier_topic, RETRY_INFIX};
 use super::Inner;
 use crate::error::Error;
+use crate::hash_tables::FoldSet;
 use crate::wire::{is_dlq_topic, DLQ_SUFFIX};
 
 /// A topic as the cluster describes it.
@@ -26,7 +27,7 @@ pub(crate) struct TopicInfo {
 /// The topics this process knows exist.
 #[derive(Default)]
 pub(crate) struct TopicCache {
-    known: Mutex<HashSet<String>>,
+    known: Mutex<FoldSet<String>>,
     /// The cluster did not answer CreateTopics: create through metadata requests from now on.
     no_create_topics: AtomicBool,
 }
@@ -86,12 +87,13 @@ impl TopicCache {
             .extend(topics);
     }
 
-    fn missing(&self, topics: &[String]) -> Vec<String> {
+    /// Those of `topics` not known to exist, each once (copied only when missing).
+    fn missing<'t>(&self, topics: impl IntoIterator<Item = &'t str>) -> Vec<String> {
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         let mut missing: Vec<String> = topics
-            .iter()
+            .into_iter()
             .filter(|t| !known.contains(*t))
-            .cloned()
+            .map(str::to_owned)
             .collect();
         missing.sort();
         missing.dedup();
@@ -99,7 +101,11 @@ impl TopicCache {
     }
 
     /// Creates those of `topics` that do not exist yet.
-    pub(crate) async fn ensure(&self, inner: &Arc<Inner>, topics: &[String]) -> Result<(), Error> {
+    pub(crate) async fn ensure<'t>(
+        &self,
+        inner: &Arc<Inner>,
+        topics: impl IntoIterator<Item = &'t str>,
+    ) -> Result<(), Error> {
         let missing = self.missing(topics);
         if missing.is_empty() {
             return Ok(());
