@@ -3,7 +3,9 @@
 //! backend once the pipeline is done with it.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -129,6 +131,8 @@ impl ConsumerLoop {
         let mut errors = 0u32;
         // A stream error met after deliveries of the same read: handled after them.
         let mut read_error: Option<crate::Error> = None;
+        // The box of the last delivery that finished at its first poll, for the next one.
+        let mut spare = None;
         // What settling needs, shared by every delivery of the loop (one handle per delivery).
         let settler = Arc::new(Settler {
             shared: self.shared.clone(),
@@ -142,12 +146,28 @@ impl ConsumerLoop {
                 let Some((delivery, key)) = order.next_startable() else {
                     break;
                 };
-                let mut run = self.start(delivery, key, &settler);
+                if self.is_stopping() {
+                    // Stopping: hand it back for redelivery rather than start new work.
+                    delivery.acker.release();
+                    order.finished(Finished {
+                        key,
+                        handed_back: true,
+                    });
+                    continue;
+                }
+                let mut run = boxed(&mut spare, self.start(delivery, key, &settler));
                 // A pipeline that finishes without waiting (an in-process inbox, a handler that
-                // returns at once) is done with here, without a round through `running`.
+                // returns at once) is done with here, without a round through `running`, and
+                // its box serves the next delivery.
                 match futures::poll!(&mut run) {
-                    Poll::Ready(Ran::Finished(finished)) => order.finished(finished),
-                    Poll::Ready(Ran::Settling(settle)) => settling.push(settle),
+                    Poll::Ready(Ran::Finished(finished)) => {
+                        order.finished(finished);
+                        spare = Some(run);
+                    }
+                    Poll::Ready(Ran::Settling(settle)) => {
+                        settling.push(settle);
+                        spare = Some(run);
+                    }
                     Poll::Pending => running.push(run),
                 }
             }
@@ -259,21 +279,13 @@ impl ConsumerLoop {
         delivery: Delivery,
         key: Option<u64>,
         settler: &Arc<Settler>,
-    ) -> BoxFuture<'static, Ran> {
-        if self.is_stopping() {
-            // Stopping: hand it back for redelivery rather than start new work.
-            delivery.acker.release();
-            return Box::pin(futures::future::ready(Ran::Finished(Finished {
-                key,
-                handed_back: true,
-            })));
-        }
+    ) -> impl Future<Output = Ran> + Send + 'static {
         let pipeline = self.pipeline.clone();
         let group = self.group.clone();
         let settler = settler.clone();
         // Runs inside the consumer loop's task (no hand-off to another thread per delivery):
         // aborting the loop drops it unsettled, and the backend redelivers.
-        Box::pin(async move {
+        async move {
             let Delivery {
                 message,
                 redeliveries,
@@ -304,7 +316,19 @@ impl ConsumerLoop {
                     Ran::Finished(Finished { key, handed_back })
                 }
             }
-        })
+        }
+    }
+}
+
+/// `future` in `spare`'s box when there is one (its finished future dropped in place, no
+/// allocation), else in a new box.
+fn boxed<F: Future>(spare: &mut Option<Pin<Box<F>>>, future: F) -> Pin<Box<F>> {
+    match spare.take() {
+        Some(mut boxed) => {
+            boxed.set(future);
+            boxed
+        }
+        None => Box::pin(future),
     }
 }
 
