@@ -129,7 +129,7 @@ impl ConsumerLoop {
         let mut control_listener = self.control.stop_listener();
         let mut stopping = false;
         let mut errors = 0u32;
-        // A stream error met after deliveries of the same read: handled after them.
+        // A stream error met after deliveries of the same read: handled once they started.
         let mut read_error: Option<crate::Error> = None;
         // The box of the last delivery that finished at its first poll, for the next one.
         let mut spare = None;
@@ -170,6 +170,10 @@ impl ConsumerLoop {
                     }
                     Poll::Pending => running.push(run),
                 }
+            }
+            if let Some(error) = read_error.take() {
+                // Read after deliveries that have now started, as they were read.
+                self.back_off(&mut errors, error).await;
             }
             let idle = running.is_empty() && settling.is_empty();
             if idle && (stopping || (stream.is_done() && order.pending.is_empty())) {
@@ -238,12 +242,7 @@ impl ConsumerLoop {
                 Step::Ran(Ran::Finished(finished)) | Step::Finished(finished) => {
                     order.finished(finished);
                 }
-                Step::Held => {
-                    errors = 0;
-                    if let Some(error) = read_error.take() {
-                        self.back_off(&mut errors, error).await;
-                    }
-                }
+                Step::Held => errors = 0,
                 Step::Failed(error) => self.back_off(&mut errors, error).await,
                 Step::Ended => {
                     if running.is_empty() && settling.is_empty() && order.pending.is_empty() {
