@@ -54,12 +54,11 @@ impl ConnectionLike for Conn {
 
 /// Commands whose replies are ignored, grouped so that each pipeline keeps to one slot on a
 /// cluster (on a single server, one pipeline, which keeps the commands' order).
-pub(crate) struct SlotPipelines {
-    cluster: bool,
-    /// The single server's pipeline.
-    single: Pipeline,
+pub(crate) enum SlotPipelines {
+    /// A single server's pipeline.
+    Single(Pipeline),
     /// A cluster's pipelines, by slot.
-    by_slot: FoldMap<Slot, Pipeline>,
+    Cluster(FoldMap<Slot, Pipeline>),
 }
 
 impl SlotPipelines {
@@ -69,30 +68,32 @@ impl SlotPipelines {
 
     /// Pipelines with room for `commands` commands without growing (on a single server).
     pub(crate) fn with_capacity(cluster: bool, commands: usize) -> Self {
-        SlotPipelines {
-            cluster,
-            single: Pipeline::with_capacity(if cluster { 0 } else { commands }),
-            by_slot: FoldMap::default(),
+        if cluster {
+            SlotPipelines::Cluster(FoldMap::default())
+        } else {
+            SlotPipelines::Single(Pipeline::with_capacity(commands))
         }
     }
 
     /// Adds `cmd`, which touches `key`, with its reply ignored.
     pub(crate) fn add(&mut self, key: &str, cmd: Cmd) {
-        let pipe = if self.cluster {
-            self.by_slot.entry(Slot::for_key(key)).or_default()
-        } else {
-            &mut self.single
+        let pipe = match self {
+            SlotPipelines::Single(pipe) => pipe,
+            SlotPipelines::Cluster(by_slot) => by_slot.entry(Slot::for_key(key)).or_default(),
         };
         pipe.add_command(cmd).ignore();
     }
 
     /// Sends every pipeline; the first error ends it.
     pub(crate) async fn send(self, conn: &mut Conn) -> redis::RedisResult<()> {
-        if !self.single.is_empty() {
-            self.single.query_async::<()>(conn).await?;
-        }
-        for pipe in self.by_slot.values() {
-            pipe.query_async::<()>(conn).await?;
+        match self {
+            SlotPipelines::Single(pipe) if pipe.is_empty() => {}
+            SlotPipelines::Single(pipe) => pipe.query_async::<()>(conn).await?,
+            SlotPipelines::Cluster(by_slot) => {
+                for pipe in by_slot.values() {
+                    pipe.query_async::<()>(conn).await?;
+                }
+            }
         }
         Ok(())
     }

@@ -58,7 +58,7 @@ pub use config::{RedisConfig, Retention, StartFrom};
 pub use inbox::RedisInbox;
 pub use pubsub::RedisPubSub;
 
-use self::connection::Conn;
+use self::connection::{Conn, SlotPipelines};
 use self::keys::Keys;
 use super::{
     Backend, BackendAdmin, BackendCounter, Cursor, DeliveryStream, GroupLag, KeyPage, Message,
@@ -799,13 +799,12 @@ impl BackendAdmin for RedisBackend {
     ) -> BoxFuture<'_, Result<(), Error>> {
         let stream = self.inner.keys.retry_stream(group);
         Box::pin(async move {
-            let mut pipe = redis::pipe();
+            let mut conn = self.inner.conn();
+            let mut pipes = SlotPipelines::with_capacity(conn.is_cluster(), messages.len());
             for message in &messages {
-                pipe.add_command(entry::xadd(&stream, message)).ignore();
+                pipes.add(&stream, entry::xadd(&stream, message));
             }
-            pipe.query_async::<()>(&mut self.inner.conn())
-                .await
-                .map_err(redis_error("XADD"))
+            pipes.send(&mut conn).await.map_err(redis_error("XADD"))
         })
     }
 
