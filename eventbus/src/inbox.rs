@@ -121,7 +121,7 @@ impl InboxStore for MemoryInbox {
                 .get(group)
                 .is_some_and(|&g| state.contains(&(g, id)))
         };
-        Box::pin(async move { Ok(found) })
+        crate::ready::answer(found)
     }
 
     fn record<'a>(&'a self, group: &'a str, id: Uuid) -> BoxFuture<'a, Result<(), Error>> {
@@ -146,7 +146,7 @@ impl InboxStore for MemoryInbox {
         }
         state.current.insert((g, id));
         state.current_largest = state.current_largest.max(id.as_u128());
-        Box::pin(async { Ok(()) })
+        crate::ready::done()
     }
 }
 

@@ -96,6 +96,7 @@ mod hash_tables;
 
 mod consumer;
 mod consumer_control;
+mod ready;
 #[cfg(any(feature = "redis", feature = "kafka"))]
 mod redact;
 mod rfc3339;

@@ -77,8 +77,18 @@ struct Group {
     topic_prefix: String,
     queue: VecDeque<Queued>,
     unacked: FoldMap<u64, (u64, Queued)>,
-    key_owner: FoldMap<String, (u64, usize)>,
+    /// The member holding each key in flight and its count there, by the key's hash
+    /// ([`key_slot`]): no copy of the key per delivery. Two keys whose hashes collide share
+    /// an owner, so they are handed out as one key would be, in order, never out of it.
+    key_owner: FoldMap<u64, (u64, usize)>,
     member_unacked: FoldMap<u64, usize>,
+}
+
+/// The slot of a message key in a group's key-ownership table: the key's hash, by the
+/// table's own randomly seeded hasher.
+fn key_slot(owners: &FoldMap<u64, (u64, usize)>, key: &str) -> u64 {
+    use std::hash::BuildHasher;
+    owners.hasher().hash_one(key)
 }
 
 #[derive(Clone)]
@@ -171,12 +181,13 @@ impl MemoryBackend {
             None => true,
             Some(key) => g
                 .key_owner
-                .get(key)
+                .get(&key_slot(&g.key_owner, key))
                 .is_none_or(|(owner, _)| *owner == member),
         })?;
         let queued = g.queue.remove(index)?;
         if let Some(key) = &queued.message.key {
-            g.key_owner.entry(key.clone()).or_insert((member, 0)).1 += 1;
+            let slot = key_slot(&g.key_owner, key);
+            g.key_owner.entry(slot).or_insert((member, 0)).1 += 1;
         }
         *g.member_unacked.entry(member).or_insert(0) += 1;
         let redeliveries = queued.redeliveries;
@@ -218,10 +229,11 @@ impl MemoryBackend {
             return;
         };
         if let Some(key) = &queued.message.key {
-            if let Some(owner) = g.key_owner.get_mut(key) {
+            let slot = key_slot(&g.key_owner, key);
+            if let Some(owner) = g.key_owner.get_mut(&slot) {
                 owner.1 -= 1;
                 if owner.1 == 0 {
-                    g.key_owner.remove(key);
+                    g.key_owner.remove(&slot);
                 }
             }
         }
@@ -262,14 +274,14 @@ impl Acknowledger for MemoryAcker {
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
         self.settled = true;
         self.backend.settle(self.group, self.tag, None, false);
-        Box::pin(async { Ok(()) })
+        crate::ready::done()
     }
 
     fn nack(mut self: Box<Self>, state: RetryState) -> BoxFuture<'static, Result<(), Error>> {
         self.settled = true;
         self.backend
             .settle(self.group, self.tag, Some(Some(state)), true);
-        Box::pin(async { Ok(()) })
+        crate::ready::done()
     }
 
     fn release(mut self: Box<Self>) {
@@ -288,11 +300,11 @@ impl Drop for MemoryAcker {
 
 impl Backend for MemoryBackend {
     fn flush(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
+        crate::ready::done()
     }
 
     fn health(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
+        crate::ready::done()
     }
 
     fn name(&self) -> &'static str {

@@ -658,12 +658,12 @@ impl KafkaAcker {
 impl Acknowledger for KafkaAcker {
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
         self.settle(Settle::Done);
-        Box::pin(async { Ok(()) })
+        crate::ready::done()
     }
 
     fn nack(mut self: Box<Self>, state: RetryState) -> BoxFuture<'static, Result<(), Error>> {
         self.settle(Settle::Requeue(Some(state)));
-        Box::pin(async { Ok(()) })
+        crate::ready::done()
     }
 
     fn release(mut self: Box<Self>) {

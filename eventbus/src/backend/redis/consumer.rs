@@ -1154,7 +1154,7 @@ impl Acknowledger for RedisAcker {
     /// Either way its delivery count becomes the attempt count.
     fn nack(self: Box<Self>, _state: RetryState) -> BoxFuture<'static, Result<(), Error>> {
         drop(self);
-        Box::pin(async { Ok(()) })
+        crate::ready::done()
     }
 
     /// Queued for redelivery by this reader, without counting an attempt (on a held
