@@ -400,7 +400,7 @@ impl BusBuilder {
             let stream = backend.subscribe(request).await?;
             let control = Arc::new(crate::consumer_control::ConsumerControl::default());
             let consumer = ConsumerLoop {
-                group: subscription.group_name().to_owned(),
+                group: subscription.group_name().into(),
                 concurrency: options.concurrency,
                 pipeline,
                 shared: shared.clone(),

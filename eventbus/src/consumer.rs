@@ -73,7 +73,7 @@ impl BusState {
 
 /// Everything one consumer loop needs.
 pub(crate) struct ConsumerLoop {
-    pub(crate) group: String,
+    pub(crate) group: Arc<str>,
     pub(crate) concurrency: usize,
     pub(crate) pipeline: Arc<Pipeline>,
     pub(crate) shared: Arc<BusState>,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::envelope::{Envelope, Headers, RawEnvelope};
+use crate::envelope::{Envelope, Headers};
 use crate::error::Error;
 use crate::event::Event;
 use crate::extensions::Extensions;
@@ -36,9 +36,35 @@ struct ContextInner {
     extensions: Arc<Extensions>,
 }
 
+/// What a delivery's [`Context`] takes besides the envelope, held until the handler asks for
+/// one.
+pub(crate) struct ContextParts<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) group: &'a str,
+    pub(crate) attempt: u32,
+    pub(crate) replay: bool,
+    pub(crate) publisher: &'a Publisher,
+    pub(crate) extensions: &'a Arc<Extensions>,
+}
+
+impl ContextParts<'_> {
+    /// The context of the delivery of `envelope`.
+    pub(crate) fn build<T>(&self, envelope: &Envelope<T>) -> Context {
+        Context::new(
+            envelope,
+            self.topic,
+            self.group,
+            self.attempt,
+            self.replay,
+            self.publisher.clone(),
+            self.extensions.clone(),
+        )
+    }
+}
+
 impl Context {
-    pub(crate) fn new(
-        raw: &RawEnvelope,
+    pub(crate) fn new<T>(
+        raw: &Envelope<T>,
         topic: &str,
         group: &str,
         attempt: u32,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use crate::context::Context;
+use crate::context::{Context, ContextParts};
 use crate::envelope::{Envelope, RawEnvelope};
 use crate::error::DecodeError;
 use crate::event::Payload;
@@ -130,14 +130,14 @@ pub trait Handler<Args>: Clone + Send + Sync + 'static {
         envelope: Envelope<Self::Payload>,
     ) -> BoxFuture<'static, HandlerResult>;
 
-    /// Runs the handler, building its [`Context`] only if it takes one: the pipeline calls
-    /// this, so a handler of `Envelope<T>` alone costs no context per event.
+    /// Runs the handler, building its [`Context`] from the envelope only if it takes one: the
+    /// pipeline calls this, so a handler of `Envelope<T>` alone costs no context per event.
     fn call_with(
         &self,
-        ctx: impl FnOnce() -> Context,
+        ctx: impl FnOnce(&Envelope<Self::Payload>) -> Context,
         envelope: Envelope<Self::Payload>,
     ) -> BoxFuture<'static, HandlerResult> {
-        self.call(ctx(), envelope)
+        self.call(ctx(&envelope), envelope)
     }
 }
 
@@ -155,7 +155,7 @@ where
 
     fn call_with(
         &self,
-        _ctx: impl FnOnce() -> Context,
+        _ctx: impl FnOnce(&Envelope<T>) -> Context,
         envelope: Envelope<T>,
     ) -> BoxFuture<'static, HandlerResult> {
         (self)(envelope).boxed()
@@ -186,11 +186,14 @@ pub(crate) trait ErasedHandler: Send + Sync + 'static {
     /// The schema version this build knows of `event_type`, when the payload names it.
     fn known_version(&self, event_type: &str) -> Option<u32>;
 
-    /// Decodes and calls; `ctx` builds the handler's context if it takes one.
+    /// Decodes the data and calls; `ctx` builds the handler's context if it takes one. With
+    /// `lend`, the envelope's metadata moves into the handler's (see
+    /// [`Envelope::lend_with_data`]) instead of being copied, once the data decoded.
     fn call(
         &self,
-        ctx: &mut dyn FnMut() -> Context,
-        raw: &RawEnvelope,
+        ctx: &ContextParts<'_>,
+        raw: &mut RawEnvelope,
+        lend: bool,
     ) -> Result<BoxFuture<'static, HandlerResult>, DecodeError>;
 }
 
@@ -220,11 +223,17 @@ where
 
     fn call(
         &self,
-        ctx: &mut dyn FnMut() -> Context,
-        raw: &RawEnvelope,
+        ctx: &ContextParts<'_>,
+        raw: &mut RawEnvelope,
+        lend: bool,
     ) -> Result<BoxFuture<'static, HandlerResult>, DecodeError> {
         let data = <H::Payload as Payload>::decode(&raw.event_type, raw.version, &raw.data)?;
-        Ok(self.handler.call_with(ctx, raw.with_data(data)))
+        let envelope = if lend {
+            raw.lend_with_data(data)
+        } else {
+            raw.with_data(data)
+        };
+        Ok(self.handler.call_with(|e| ctx.build(e), envelope))
     }
 }
 

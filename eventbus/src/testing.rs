@@ -174,12 +174,17 @@ impl Layer for Recorder {
                     .unwrap_or_else(|p| p.into_inner())
                     .push(HandledEvent {
                         event_type: cx.message.event_type.clone(),
-                        group: cx.group.clone(),
+                        group: cx.group.to_string(),
                         payload: cx.message.payload.clone(),
                     });
             }
             outcome
         })
+    }
+
+    /// Reads the message, not the envelope.
+    fn reads_handled_envelope(&self) -> bool {
+        false
     }
 }
 

@@ -1318,3 +1318,120 @@ fn delayed_retry_rounds_do_not_block_later_events_and_end_in_the_dlq() {
         assert!(!stored[0].message.headers.contains_key("eventbus-attempt"));
     });
 }
+
+/// What a handler saw of its envelope and context on one attempt.
+#[derive(Debug, Clone, PartialEq)]
+struct SeenMetadata {
+    event_type: String,
+    source: String,
+    correlation_id: Option<String>,
+    tenant_id: Option<String>,
+    header: Option<String>,
+    ctx_correlation_id: Option<String>,
+    ctx_header: Option<String>,
+}
+
+/// A user layer that reads the envelope's correlation id after every attempt that did not
+/// end handled, and says it reads nothing after a handled one.
+#[derive(Clone, Default)]
+struct FailureWitness(Arc<Mutex<Vec<Option<String>>>>);
+
+impl eventbus::pipeline::Layer for FailureWitness {
+    fn handle<'a>(
+        &'a self,
+        cx: &'a mut eventbus::pipeline::DeliveryCx,
+        next: eventbus::pipeline::Next<'a>,
+    ) -> futures::future::BoxFuture<'a, eventbus::pipeline::Outcome> {
+        Box::pin(async move {
+            let outcome = next.run(cx).await;
+            if !matches!(outcome, eventbus::pipeline::Outcome::Handled) {
+                let correlation = cx.envelope.as_ref().and_then(|e| e.correlation_id.clone());
+                self.0.lock().unwrap().push(correlation);
+            }
+            outcome
+        })
+    }
+
+    fn reads_handled_envelope(&self) -> bool {
+        false
+    }
+}
+
+/// The handler's envelope takes the decoded envelope's metadata (no layer reads it after a
+/// handled call); a failed, panicked or timed-out attempt leaves the whole envelope for the
+/// next attempt, the handler's context and the layers.
+#[test]
+fn every_attempt_sees_the_whole_envelope_after_a_failure_a_panic_or_a_timeout() {
+    run(|rt| async move {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let witness = FailureWitness::default();
+        let w = witness.clone();
+        let h = TestHarness::start_on(rt, move |bus| {
+            let s = s.clone();
+            bus.layer(w.clone()).subscribe(
+                Subscription::new(
+                    "order.created",
+                    move |ctx: Context, env: Envelope<OrderCreated>| {
+                        let attempt = {
+                            let mut seen = s.lock().unwrap();
+                            seen.push(SeenMetadata {
+                                event_type: env.event_type.clone(),
+                                source: env.source.clone(),
+                                correlation_id: env.correlation_id.clone(),
+                                tenant_id: env.tenant_id.clone(),
+                                header: env.headers.get("x-origin").cloned(),
+                                ctx_correlation_id: ctx.correlation_id().map(str::to_owned),
+                                ctx_header: ctx.headers().get("x-origin").cloned(),
+                            });
+                            seen.len()
+                        };
+                        async move {
+                            match attempt {
+                                1 => Err(HandlerError::transient("first attempt fails")),
+                                2 => panic!("second attempt panics"),
+                                3 => futures::future::pending().await,
+                                _ => Ok(()),
+                            }
+                        }
+                    },
+                )
+                .retries(3)
+                .timeout(Duration::from_secs(30)),
+            )
+        })
+        .await
+        .unwrap();
+        let envelope = Envelope::new(order("o-meta", 1))
+            .with_correlation_id("corr-7")
+            .with_tenant("acme")
+            .with_header("x-origin", "checkout");
+        h.bus()
+            .publisher()
+            .publish_envelope(envelope)
+            .await
+            .unwrap();
+        h.settle().await.unwrap();
+
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 4, "attempts seen: {seen:?}");
+        let first = &seen[0];
+        assert_eq!(first.event_type, "order.created");
+        assert!(!first.source.is_empty(), "{first:?}");
+        assert_eq!(first.correlation_id.as_deref(), Some("corr-7"));
+        assert_eq!(first.tenant_id.as_deref(), Some("acme"));
+        assert_eq!(first.header.as_deref(), Some("checkout"));
+        assert_eq!(first.ctx_correlation_id.as_deref(), Some("corr-7"));
+        assert_eq!(first.ctx_header.as_deref(), Some("checkout"));
+        for (attempt, later) in seen.iter().enumerate().skip(1) {
+            assert_eq!(later, first, "attempt {}", attempt + 1);
+        }
+        let corr = Some("corr-7".to_owned());
+        assert_eq!(
+            *witness.0.lock().unwrap(),
+            vec![corr.clone(), corr.clone(), corr]
+        );
+        assert_eq!(h.bus().stats().handled, 1);
+        assert!(h.dead_letters("order.created").await.unwrap().is_empty());
+    });
+}

@@ -164,6 +164,24 @@ impl<T> Envelope<T> {
             data,
         }
     }
+
+    /// The envelope of `data` with this one's metadata moved into it: what stays behind keeps
+    /// its id, time, version and data, with its strings and headers emptied (no allocation).
+    pub(crate) fn lend_with_data<U>(&mut self, data: U) -> Envelope<U> {
+        Envelope {
+            id: self.id,
+            event_type: std::mem::take(&mut self.event_type),
+            source: std::mem::take(&mut self.source),
+            time: self.time,
+            version: self.version,
+            correlation_id: self.correlation_id.take(),
+            causation_id: self.causation_id.take(),
+            tenant_id: self.tenant_id.take(),
+            user_id: self.user_id.take(),
+            headers: std::mem::take(&mut self.headers),
+            data,
+        }
+    }
 }
 
 impl RawEnvelope {

@@ -131,6 +131,7 @@ impl GuardLayer {
             Some(Ok(outcome)) => outcome,
             Some(Err(payload)) => {
                 let now = self.clock.now();
+                cx.restore_lent_envelope();
                 cx.attempt = attempt;
                 cx.first_failure = first_failure.or(cx.first_failure);
                 let message = format!("handler panicked: {}", panic_message(&*payload));
@@ -138,6 +139,7 @@ impl GuardLayer {
             }
             None => {
                 let now = self.clock.now();
+                cx.restore_lent_envelope();
                 let message = format!(
                     "handler timed out after {:?}",
                     self.timeout.unwrap_or_default()

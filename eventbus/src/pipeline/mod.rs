@@ -51,8 +51,8 @@ pub(crate) use settle::{record, Settlement};
 pub struct DeliveryCx {
     /// The message as received.
     pub message: Message,
-    /// Consumer group handling it.
-    pub group: String,
+    /// Consumer group handling it (shared by every delivery of the consumer).
+    pub group: Arc<str>,
     /// Attempt number of the next (or current) handler call, starting at 1.
     pub attempt: u32,
     /// Delayed-retry rounds already done.
@@ -68,6 +68,9 @@ pub struct DeliveryCx {
     pub(crate) pending_record: Option<PendingRecord>,
     /// The metrics series of its topic and group, once looked up.
     series: Option<Arc<crate::observability::DeliverySeries>>,
+    /// Whether the envelope's metadata moved into the handler's envelope (leaving its id,
+    /// time, version and data).
+    envelope_lent: bool,
 }
 
 /// An inbox record being written ([`InboxStore::records_remotely`]): the consumer waits for
@@ -98,7 +101,7 @@ impl DeliveryCx {
     /// A context for `message` delivered to `group`, redelivered `redeliveries` times by the
     /// backend. The attempt number continues from the larger of the redelivery count and the
     /// attempts recorded in the message's headers.
-    pub fn new(message: Message, group: impl Into<String>, redeliveries: u32) -> Self {
+    pub fn new(message: Message, group: impl Into<Arc<str>>, redeliveries: u32) -> Self {
         let replay = message.headers.contains_key(crate::wire::REPLAY_HEADER);
         let state = message.retry_state();
         DeliveryCx {
@@ -110,7 +113,16 @@ impl DeliveryCx {
             replay,
             pending_record: None,
             series: None,
+            envelope_lent: false,
             message,
+        }
+    }
+
+    /// Decodes the envelope again if its metadata moved into a handler's envelope: after a
+    /// failed, panicked or timed-out call, for the retry, the dead letter and the logs.
+    pub(crate) fn restore_lent_envelope(&mut self) {
+        if std::mem::take(&mut self.envelope_lent) {
+            self.envelope = RawEnvelope::decode(&self.message.payload).ok();
         }
     }
 
@@ -220,6 +232,17 @@ impl Outcome {
 pub trait Layer: Send + Sync + 'static {
     /// Handles the delivery, calling `next` zero or more times.
     fn handle<'a>(&'a self, cx: &'a mut DeliveryCx, next: Next<'a>) -> BoxFuture<'a, Outcome>;
+
+    /// Whether this layer reads the metadata of [`DeliveryCx::envelope`] (anything but its id,
+    /// time, version and data) after `next` returned [`Outcome::Handled`]. When no layer does,
+    /// the handler's envelope takes the decoded envelope's strings and headers instead of a
+    /// copy of them, and what stays in the context keeps only its id, time, version and data.
+    /// After any other outcome the context holds the whole envelope either way.
+    ///
+    /// `true` unless a layer says otherwise, which is always safe.
+    fn reads_handled_envelope(&self) -> bool {
+        true
+    }
 }
 
 /// The rest of the pipeline after a layer.
@@ -268,12 +291,28 @@ pub(crate) struct Endpoint {
     publisher: Publisher,
     extensions: Arc<crate::Extensions>,
     clock: Arc<dyn Clock>,
+    /// Whether the handler's envelope takes the decoded envelope's metadata instead of a copy
+    /// (see [`DeliveryCx::restore_lent_envelope`]): only when no user layer reads it after a
+    /// handled call ([`Layer::reads_handled_envelope`]), as none of the built-in stages reads
+    /// more than the id and time of a handled event.
+    lend_envelope: bool,
 }
 
 impl Endpoint {
     async fn call(&self, cx: &mut DeliveryCx) -> Outcome {
         let now = || self.clock.now();
-        let Some(raw) = cx.envelope.as_ref() else {
+        // A layer that runs the handler again after a handled call gets the whole envelope.
+        cx.restore_lent_envelope();
+        let DeliveryCx {
+            message,
+            group,
+            attempt,
+            replay,
+            envelope,
+            envelope_lent,
+            ..
+        } = &mut *cx;
+        let Some(raw) = envelope.as_mut() else {
             let failure = cx.failure(
                 ErrorKind::Permanent,
                 "envelope was not decoded".into(),
@@ -298,24 +337,26 @@ impl Endpoint {
             }
         }
         // Built only for a handler that takes a `Context`.
-        let mut ctx = || {
-            crate::Context::new(
-                raw,
-                &cx.message.topic,
-                &cx.group,
-                cx.attempt,
-                cx.replay,
-                self.publisher.clone(),
-                self.extensions.clone(),
-            )
+        let ctx = crate::context::ContextParts {
+            topic: &message.topic,
+            group,
+            attempt: *attempt,
+            replay: *replay,
+            publisher: &self.publisher,
+            extensions: &self.extensions,
         };
-        let result = match self.handler.call(&mut ctx, raw) {
+        let called = self.handler.call(&ctx, raw, self.lend_envelope);
+        *envelope_lent |= self.lend_envelope && called.is_ok();
+        let result = match called {
             Ok(future) => future.await.map_err(|e| (e.kind(), e.message().to_owned())),
             Err(decode) => Err((ErrorKind::Permanent, decode.to_string())),
         };
         match result {
             Ok(()) => Outcome::Handled,
-            Err((kind, message)) => Outcome::Failed(cx.failure(kind, message, now())),
+            Err((kind, message)) => {
+                cx.restore_lent_envelope();
+                Outcome::Failed(cx.failure(kind, message, now()))
+            }
         }
     }
 }
@@ -472,6 +513,7 @@ impl Pipeline {
                 publisher,
                 extensions,
                 clock,
+                lend_envelope: !extra.iter().any(|layer| layer.reads_handled_envelope()),
             },
         }
     }

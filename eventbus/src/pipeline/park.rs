@@ -89,7 +89,7 @@ impl ParkKeyLayer {
                 Err(error) => return Err(error),
             };
             for letter in page.letters {
-                if letter.group != cx.group {
+                if *letter.group != *cx.group {
                     continue;
                 }
                 if let Some(key) = letter.key.clone() {
