@@ -7,7 +7,12 @@
 //! `cargo bench -p eventbus-framework --features postgres,sqlite --bench outbox_relay`
 //!
 //! Environment: `OUTBOX_BENCH_N` (default 20 000), `OUTBOX_BENCH_KEYS` (default 1 000 partition
-//! keys), `OUTBOX_BENCH_TXS` (default 2 000 transactions per enqueue variant).
+//! keys), `OUTBOX_BENCH_TXS` (default 2 000 transactions per enqueue variant),
+//! `OUTBOX_BENCH_ANALYZE=1` (refresh the planner's statistics of the table after each fill; by
+//! default the relay starts on a burst the database has no statistics of yet).
+//!
+//! CPU figures count this process and, on PostgreSQL, the database cluster's processes, each
+//! share printed.
 #![allow(missing_docs)]
 
 use std::str::FromStr;
@@ -43,6 +48,8 @@ trait BenchDb: SqlDatabase {
         account: &'c str,
     ) -> futures::future::BoxFuture<'c, ()>;
     fn create_accounts(conn: &mut Self::Connection) -> futures::future::BoxFuture<'_, ()>;
+    /// Refreshes the planner's statistics of the outbox table.
+    fn analyze(conn: &mut Self::Connection) -> futures::future::BoxFuture<'_, ()>;
 }
 
 const ACCOUNTS: &str =
@@ -50,6 +57,14 @@ const ACCOUNTS: &str =
 const ACCOUNT: &str = "INSERT INTO accounts (id, balance) VALUES ($1, 0)";
 
 impl BenchDb for Postgres {
+    fn analyze(conn: &mut PgConnection) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            sqlx::query("ANALYZE outbox")
+                .execute(conn)
+                .await
+                .expect("analyze");
+        })
+    }
     fn create_accounts(conn: &mut PgConnection) -> futures::future::BoxFuture<'_, ()> {
         Box::pin(async move {
             sqlx::query(ACCOUNTS)
@@ -81,6 +96,14 @@ impl BenchDb for Postgres {
 }
 
 impl BenchDb for Sqlite {
+    fn analyze(conn: &mut sqlx::SqliteConnection) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            sqlx::query("ANALYZE outbox")
+                .execute(conn)
+                .await
+                .expect("analyze");
+        })
+    }
     fn create_accounts(conn: &mut sqlx::SqliteConnection) -> futures::future::BoxFuture<'_, ()> {
         Box::pin(async move {
             sqlx::query(ACCOUNTS)
@@ -115,12 +138,45 @@ struct Relay {
     events_per_sec: f64,
     micros_per_event: f64,
     cpu_micros_per_event: f64,
+    /// The database cluster's share of `cpu_micros_per_event` (0 for SQLite, in process).
+    db_cpu_micros_per_event: f64,
+}
+
+impl Relay {
+    /// The figures of `n` events relayed in `elapsed`, using `cpu` (this process and the
+    /// database cluster, see [`cpu_seconds`]).
+    fn of(n: usize, elapsed: Duration, cpu: Cpu) -> Self {
+        let per_event = |seconds: f64| seconds * 1e6 / n as f64;
+        Relay {
+            events_per_sec: n as f64 / elapsed.as_secs_f64(),
+            micros_per_event: per_event(elapsed.as_secs_f64()),
+            cpu_micros_per_event: per_event(cpu.own + cpu.cluster),
+            db_cpu_micros_per_event: per_event(cpu.cluster),
+        }
+    }
+}
+
+/// CPU seconds, this process's and the database cluster's.
+#[derive(Clone, Copy)]
+struct Cpu {
+    own: f64,
+    cluster: f64,
+}
+
+impl std::ops::Sub for Cpu {
+    type Output = Cpu;
+    fn sub(self, earlier: Cpu) -> Cpu {
+        Cpu {
+            own: self.own - earlier.own,
+            cluster: self.cluster - earlier.cluster,
+        }
+    }
 }
 
 /// CPU seconds used so far by this process and, when given, a PostgreSQL cluster (postmaster,
 /// its live children, and its exited children). Linux only; zero elsewhere. Less disturbed
 /// than wall time by other work on a shared machine.
-fn cpu_seconds(postmaster: Option<u32>) -> f64 {
+fn cpu_seconds(postmaster: Option<u32>) -> Cpu {
     fn fields(pid: &str) -> Option<Vec<u64>> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         let rest = stat.rsplit_once(')')?.1;
@@ -153,7 +209,10 @@ fn cpu_seconds(postmaster: Option<u32>) -> f64 {
             }
         }
     }
-    (own + cluster) as f64 / ticks
+    Cpu {
+        own: own as f64 / ticks,
+        cluster: cluster as f64 / ticks,
+    }
 }
 
 async fn postmaster(pool: &Pool<Postgres>) -> Option<u32> {
@@ -193,11 +252,7 @@ async fn relay<DB: BenchDb>(
     let cpu = cpu_seconds(postmaster) - cpu;
     dispatcher.shutdown(Duration::from_secs(10)).await;
     assert_eq!(outbox.backlog().await.expect("backlog").pending, 0);
-    Relay {
-        events_per_sec: n as f64 / elapsed.as_secs_f64(),
-        micros_per_event: elapsed.as_secs_f64() * 1e6 / n as f64,
-        cpu_micros_per_event: cpu * 1e6 / n as f64,
-    }
+    Relay::of(n, elapsed, cpu)
 }
 
 /// A row the raw relay claims: id, topic, event type, partition key, payload.
@@ -205,9 +260,9 @@ type ClaimedRow = (i64, String, String, Option<String>, Vec<u8>);
 
 /// The raw baseline on PostgreSQL: the same backlog relayed by hand, one transaction per batch of
 /// 1 000: claim the oldest `PENDING` rows above the last id claimed (so the scan does not walk
-/// the index entries of rows already sent) `FOR UPDATE SKIP LOCKED`, hand them to the same
-/// in-memory backend, mark them `SENT`, commit. No per-key cut, no retries, no metrics: the
-/// floor any relay over this table pays.
+/// the index entries of rows already sent) `FOR UPDATE SKIP LOCKED` (planned without a sort, as
+/// the dispatcher's claim is), hand them to the same in-memory backend, mark them `SENT`,
+/// commit. No per-key cut, no retries, no metrics: the floor any relay over this table pays.
 async fn raw_relay(pool: &Pool<Postgres>, n: usize, keys: usize, postmaster: Option<u32>) -> Relay {
     use eventbus::backend::{Backend, Message, MessageHeaders};
     fill(pool, n, keys, 1).await;
@@ -218,6 +273,12 @@ async fn raw_relay(pool: &Pool<Postgres>, n: usize, keys: usize, postmaster: Opt
     let mut floor = 0i64;
     while relayed < n {
         let mut tx = pool.begin().await.expect("begin");
+        // As the dispatcher does: the claim walks the index in id order whatever the
+        // statistics say (without them PostgreSQL reads and sorts every row left).
+        sqlx::query("SET LOCAL enable_sort = off")
+            .execute(&mut *tx)
+            .await
+            .expect("planner setting");
         let rows: Vec<ClaimedRow> = sqlx::query_as(
             "SELECT id, topic, event_type, partition_key, payload FROM outbox \
              WHERE state = 'PENDING' AND id > $1 ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED",
@@ -249,11 +310,7 @@ async fn raw_relay(pool: &Pool<Postgres>, n: usize, keys: usize, postmaster: Opt
     }
     let elapsed = started.elapsed();
     let cpu = cpu_seconds(postmaster) - cpu;
-    Relay {
-        events_per_sec: n as f64 / elapsed.as_secs_f64(),
-        micros_per_event: elapsed.as_secs_f64() * 1e6 / n as f64,
-        cpu_micros_per_event: cpu * 1e6 / n as f64,
-    }
+    Relay::of(n, elapsed, cpu)
 }
 
 /// Commits `n` events through the outbox, 1 000 per transaction; returns the outbox.
@@ -284,6 +341,10 @@ async fn fill<DB: BenchDb>(
             .await
             .expect("enqueue");
         tx.commit().await.expect("commit");
+    }
+    if env("OUTBOX_BENCH_ANALYZE", 0) == 1 {
+        let mut conn = pool.acquire().await.expect("connection");
+        DB::analyze(&mut conn).await;
     }
     outbox
 }
@@ -324,14 +385,17 @@ async fn enqueue_overhead<DB: BenchDb>(pool: &Pool<DB>, txs: usize) -> (Duration
 fn report(label: &str, n: usize, small: &Relay, large: &Relay) {
     for (backlog, r) in [(n, small), (n * 10, large)] {
         println!(
-            "{label:<26} backlog {backlog:>7}: {:>8.0} events/s ({:>5.1} µs/event wall, {:>5.1} µs/event CPU)",
-            r.events_per_sec, r.micros_per_event, r.cpu_micros_per_event
+            "{label:<26} backlog {backlog:>7}: {:>8.0} events/s ({:>5.1} µs/event wall, {:>5.1} µs/event CPU, of it {:>5.1} the database's)",
+            r.events_per_sec, r.micros_per_event, r.cpu_micros_per_event, r.db_cpu_micros_per_event
         );
     }
+    let own = |r: &Relay| r.cpu_micros_per_event - r.db_cpu_micros_per_event;
     println!(
-        "{label:<26} 10x backlog per-event cost ratio: {:.2} wall, {:.2} CPU",
+        "{label:<26} 10x backlog per-event cost ratio: {:.2} wall, {:.2} CPU ({:.2} the relay's process, {:.2} the database's)",
         large.micros_per_event / small.micros_per_event,
-        large.cpu_micros_per_event / small.cpu_micros_per_event
+        large.cpu_micros_per_event / small.cpu_micros_per_event,
+        own(large) / own(small),
+        large.db_cpu_micros_per_event / small.db_cpu_micros_per_event.max(f64::MIN_POSITIVE)
     );
 }
 
