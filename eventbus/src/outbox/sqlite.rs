@@ -417,7 +417,7 @@ impl OutboxDriver for Sqlite {
     }
 }
 
-#[cfg(all(test, feature = "runtime-tokio"))]
+#[cfg(test)]
 mod tests {
     use sqlx::Connection;
 
@@ -438,10 +438,8 @@ mod tests {
 
     #[test]
     fn the_claim_walks_the_pending_index_whatever_the_statistics_say() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
+        // An SQLite connection runs on its own thread: no executor needed beyond this one.
+        futures::executor::block_on(async {
             let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
                 .await
                 .expect("connect");
