@@ -9,7 +9,7 @@ use std::time::Duration;
 use eventbus::backend::redis::{RedisBackend, RedisConfig, StartFrom};
 use eventbus::backend::{Backend, Message};
 use eventbus::{event, Bus, Context, Envelope, ErrorKind, HandlerError, Subscription};
-use eventbus_integration::{eventually, require_server, unique_prefix};
+use eventbus_integration::{eventually, eventually_reads, require_server, unique_prefix};
 use serde::{Deserialize, Serialize};
 
 #[event(name = "payment.captured", version = 2, key = payment_id)]
@@ -178,14 +178,13 @@ async fn every_bad_delivery_is_dead_lettered_with_its_reason_and_nothing_else_is
         "the consumer kept running"
     );
     // Acknowledgements are sent in batches after the handlers return: wait for the last.
-    let mut pending = usize::MAX;
-    let settled = eventually(Duration::from_secs(10), || {
-        pending = futures::executor::block_on(backend.pending("payment.captured", "ledger"))
-            .unwrap_or(usize::MAX);
-        pending == 0
-    })
+    let pending = eventually_reads(
+        Duration::from_secs(10),
+        || backend.pending("payment.captured", "ledger"),
+        |pending| matches!(pending, Ok(0)),
+    )
     .await;
-    assert!(settled, "everything settled: {pending} still pending");
+    assert!(pending.is_ok(), "everything settled: {pending:?}");
     bus.shutdown(Duration::from_secs(5)).await;
 }
 

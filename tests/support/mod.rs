@@ -63,6 +63,32 @@ pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) 
     }
 }
 
+/// Reads a value with `read` every 10 ms until `done` holds for it or `timeout` (scaled by
+/// [`time_factor`]) passes. Returns the last value read: `Ok` when `done` held for it, `Err`
+/// when the wait gave up, for the failure message.
+pub async fn eventually_reads<T, F, Fut>(
+    timeout: Duration,
+    mut read: F,
+    done: impl Fn(&T) -> bool,
+) -> Result<T, T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let timeout = scaled(timeout);
+    let start = std::time::Instant::now();
+    loop {
+        let value = read().await;
+        if done(&value) {
+            return Ok(value);
+        }
+        if start.elapsed() > timeout {
+            return Err(value);
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A new, empty database named `{prefix}_{uuid}` on the PostgreSQL server of `admin_url`;
 /// returns its URL (same server, user and parameters).
 pub async fn fresh_postgres_database(admin_url: &str, prefix: &str) -> String {
