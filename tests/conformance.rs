@@ -2889,6 +2889,136 @@ async fn the_admin_api_lists_dead_letters_of_topics_outside_the_catalog(b: &Unde
     bus.shutdown(Duration::from_secs(10)).await;
 }
 
+// --- every attempt sees the whole envelope ---------------------------------------------------
+
+#[event(name = "audit.recorded", version = 1, key = entry)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct AuditRecorded {
+    entry: String,
+}
+
+/// What one attempt of the handler saw of its envelope and context.
+#[derive(Debug, Clone, PartialEq)]
+struct AttemptSaw {
+    event_type: String,
+    correlation_id: Option<String>,
+    tenant_id: Option<String>,
+    header: Option<String>,
+    ctx_correlation_id: Option<String>,
+    ctx_header: Option<String>,
+}
+
+/// A user layer that reads the envelope's correlation id after every attempt that did not end
+/// handled, and says it reads nothing after a handled one (so the handler's envelope may take
+/// the decoded envelope's metadata instead of a copy).
+#[derive(Clone, Default)]
+struct FailureWitness(Arc<Mutex<Vec<Option<String>>>>);
+
+impl eventbus::pipeline::Layer for FailureWitness {
+    fn handle<'a>(
+        &'a self,
+        cx: &'a mut eventbus::pipeline::DeliveryCx,
+        next: eventbus::pipeline::Next<'a>,
+    ) -> futures::future::BoxFuture<'a, eventbus::pipeline::Outcome> {
+        Box::pin(async move {
+            let outcome = next.run(cx).await;
+            if !matches!(outcome, eventbus::pipeline::Outcome::Handled) {
+                let correlation = cx.envelope.as_ref().and_then(|e| e.correlation_id.clone());
+                self.0.lock().unwrap().push(correlation);
+            }
+            outcome
+        })
+    }
+
+    fn reads_handled_envelope(&self) -> bool {
+        false
+    }
+}
+
+/// An event whose handler fails, panics, times out and then succeeds: each attempt sees the
+/// same metadata on its envelope and its context, and a layer reads it after each failed one.
+async fn every_attempt_sees_the_whole_envelope(b: &Under) {
+    b.topic("audit.recorded", 1).await;
+    let seen: Arc<Mutex<Vec<AttemptSaw>>> = Arc::default();
+    let s = seen.clone();
+    let witness = FailureWitness::default();
+    let entry = format!("e-{}", Uuid::now_v7().simple());
+    let bus = Bus::builder()
+        .backend_arc(b.member().await)
+        .layer(witness.clone())
+        .subscribe(
+            Subscription::new(
+                "audit.recorded",
+                move |ctx: Context, env: Envelope<AuditRecorded>| {
+                    let attempt = {
+                        let mut seen = s.lock().unwrap();
+                        seen.push(AttemptSaw {
+                            event_type: env.event_type.clone(),
+                            correlation_id: env.correlation_id.clone(),
+                            tenant_id: env.tenant_id.clone(),
+                            header: env.headers.get("x-origin").cloned(),
+                            ctx_correlation_id: ctx.correlation_id().map(str::to_owned),
+                            ctx_header: ctx.headers().get("x-origin").cloned(),
+                        });
+                        seen.len()
+                    };
+                    async move {
+                        match attempt {
+                            1 => Err(HandlerError::transient("first attempt fails")),
+                            2 => panic!("second attempt panics"),
+                            3 => futures::future::pending().await,
+                            _ => Ok(()),
+                        }
+                    }
+                },
+            )
+            .group(group("audit"))
+            .retries(3)
+            .backoff(Backoff::schedule([Duration::from_millis(20)]))
+            .timeout(Duration::from_secs(1)),
+        )
+        .start()
+        .await
+        .expect("start");
+    let envelope = Envelope::new(AuditRecorded {
+        entry: entry.clone(),
+    })
+    .with_correlation_id("corr-7")
+    .with_tenant("acme")
+    .with_header("x-origin", "checkout");
+    bus.publisher()
+        .publish_envelope(envelope)
+        .await
+        .expect("publish");
+    assert!(
+        eventually(WAIT, || bus.stats().handled == 1).await,
+        "{:?}; attempts: {:?}",
+        bus.stats(),
+        seen.lock().unwrap()
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4, "attempts seen: {seen:?}");
+    let first = AttemptSaw {
+        event_type: "audit.recorded".into(),
+        correlation_id: Some("corr-7".into()),
+        tenant_id: Some("acme".into()),
+        header: Some("checkout".into()),
+        ctx_correlation_id: Some("corr-7".into()),
+        ctx_header: Some("checkout".into()),
+    };
+    for (attempt, saw) in seen.iter().enumerate() {
+        assert_eq!(saw, &first, "attempt {}", attempt + 1);
+    }
+    let corr = Some("corr-7".to_owned());
+    assert_eq!(
+        *witness.0.lock().unwrap(),
+        vec![corr.clone(), corr.clone(), corr],
+        "what the layer read after each failed attempt"
+    );
+    assert_eq!(bus.stats().dead_lettered, 0, "{:?}", bus.stats());
+    bus.shutdown(Duration::from_secs(10)).await;
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -2970,4 +3100,5 @@ conformance!(
     one_dead_letter_topic_for_the_whole_service,
     a_filter_drops_what_it_rejects_and_unsubscribe_drains_in_flight,
     a_topic_prefix_keeps_two_environments_apart,
+    every_attempt_sees_the_whole_envelope,
 );

@@ -344,19 +344,15 @@ async fn a_burst_without_statistics_is_relayed_reading_each_row_a_few_times() {
     relay_pool.close().await;
     // The relay's statistics reach the views once its backends flush them (at exit at the
     // latest): every row marked SENT is counted then.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (reads_after, updated) = loop {
-        let seen = outbox_reads(&db.pool).await;
-        if seen.1 >= ROWS {
-            break seen;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the relay's statistics were not flushed in 30 s: {} rows updated of {ROWS}",
-            seen.1
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let flushed = eventbus_integration::eventually_reads(
+        Duration::from_secs(30),
+        || outbox_reads(&db.pool),
+        |&(_, updated)| updated >= ROWS,
+    )
+    .await;
+    let (reads_after, updated) = flushed.unwrap_or_else(|(_, updated)| {
+        panic!("the relay's statistics were not flushed in 30 s: {updated} rows updated of {ROWS}")
+    });
     assert_eq!(updated, ROWS, "rows marked SENT");
     let reads = reads_after - reads_before;
     eprintln!(

@@ -50,46 +50,26 @@ pub(crate) struct ContextParts<'a> {
 impl ContextParts<'_> {
     /// The context of the delivery of `envelope`.
     pub(crate) fn build<T>(&self, envelope: &Envelope<T>) -> Context {
-        Context::new(
-            envelope,
-            self.topic,
-            self.group,
-            self.attempt,
-            self.replay,
-            self.publisher.clone(),
-            self.extensions.clone(),
-        )
+        Context {
+            inner: Arc::new(ContextInner {
+                event_id: envelope.id,
+                event_type: envelope.event_type.clone(),
+                topic: self.topic.to_owned(),
+                group: self.group.to_owned(),
+                attempt: self.attempt,
+                correlation_id: envelope.correlation_id.clone(),
+                tenant_id: envelope.tenant_id.clone(),
+                user_id: envelope.user_id.clone(),
+                headers: envelope.headers.clone(),
+                replay: self.replay,
+                publisher: self.publisher.clone(),
+                extensions: self.extensions.clone(),
+            }),
+        }
     }
 }
 
 impl Context {
-    pub(crate) fn new<T>(
-        raw: &Envelope<T>,
-        topic: &str,
-        group: &str,
-        attempt: u32,
-        replay: bool,
-        publisher: Publisher,
-        extensions: Arc<Extensions>,
-    ) -> Self {
-        Context {
-            inner: Arc::new(ContextInner {
-                event_id: raw.id,
-                event_type: raw.event_type.clone(),
-                topic: topic.to_owned(),
-                group: group.to_owned(),
-                attempt,
-                correlation_id: raw.correlation_id.clone(),
-                tenant_id: raw.tenant_id.clone(),
-                user_id: raw.user_id.clone(),
-                headers: raw.headers.clone(),
-                replay,
-                publisher,
-                extensions,
-            }),
-        }
-    }
-
     /// Id of the event being handled.
     pub fn event_id(&self) -> Uuid {
         self.inner.event_id

@@ -321,15 +321,15 @@ impl TestHarness {
     /// through this harness's bus (see [`TestHarness::published`]).
     pub fn context<E: Event>(&self, envelope: &Envelope<E>, group: &str) -> Result<Context, Error> {
         let raw = RawEnvelope::decode(&envelope.encode()?)?;
-        Ok(Context::new(
-            &raw,
-            E::TOPIC,
+        let parts = crate::context::ContextParts {
+            topic: E::TOPIC,
             group,
-            1,
-            false,
-            self.bus.publisher(),
-            Arc::new(crate::Extensions::default()),
-        ))
+            attempt: 1,
+            replay: false,
+            publisher: &self.bus.publisher(),
+            extensions: &Arc::new(crate::Extensions::default()),
+        };
+        Ok(parts.build(&raw))
     }
 
     /// The running bus.

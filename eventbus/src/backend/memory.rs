@@ -177,16 +177,22 @@ impl MemoryBackend {
         if g.member_unacked.get(&member).copied().unwrap_or(0) >= prefetch.max(1) {
             return None;
         }
+        // The first message whose key is free or already this member's, with its key's slot.
+        let mut slot = None;
         let index = g.queue.iter().position(|q| match &q.message.key {
             None => true,
-            Some(key) => g
-                .key_owner
-                .get(&key_slot(&g.key_owner, key))
-                .is_none_or(|(owner, _)| *owner == member),
+            Some(key) => {
+                let candidate = key_slot(&g.key_owner, key);
+                let free = g
+                    .key_owner
+                    .get(&candidate)
+                    .is_none_or(|(owner, _)| *owner == member);
+                slot = free.then_some(candidate);
+                free
+            }
         })?;
         let queued = g.queue.remove(index)?;
-        if let Some(key) = &queued.message.key {
-            let slot = key_slot(&g.key_owner, key);
+        if let Some(slot) = slot {
             g.key_owner.entry(slot).or_insert((member, 0)).1 += 1;
         }
         *g.member_unacked.entry(member).or_insert(0) += 1;

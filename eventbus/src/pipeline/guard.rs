@@ -127,11 +127,10 @@ impl GuardLayer {
             let failed = !matches!(result, Some(Ok(Outcome::Handled)));
             cx.series(metrics).handler_call(started.elapsed(), failed);
         }
-        match result {
+        let outcome = match result {
             Some(Ok(outcome)) => outcome,
             Some(Err(payload)) => {
                 let now = self.clock.now();
-                cx.restore_lent_envelope();
                 cx.attempt = attempt;
                 cx.first_failure = first_failure.or(cx.first_failure);
                 let message = format!("handler panicked: {}", panic_message(&*payload));
@@ -139,13 +138,18 @@ impl GuardLayer {
             }
             None => {
                 let now = self.clock.now();
-                cx.restore_lent_envelope();
                 let message = format!(
                     "handler timed out after {:?}",
                     self.timeout.unwrap_or_default()
                 );
                 Outcome::Failed(cx.failure(ErrorKind::Transient, message, now))
             }
+        };
+        // A failed, panicked or timed-out call may have taken the envelope's metadata into
+        // the handler's envelope: the retry, the dead letter and the layers around get it back.
+        if !matches!(outcome, Outcome::Handled) {
+            cx.restore_lent_envelope();
         }
+        outcome
     }
 }

@@ -353,10 +353,8 @@ impl Endpoint {
         };
         match result {
             Ok(()) => Outcome::Handled,
-            Err((kind, message)) => {
-                cx.restore_lent_envelope();
-                Outcome::Failed(cx.failure(kind, message, now()))
-            }
+            // The guard gives the envelope back after any outcome but handled.
+            Err((kind, message)) => Outcome::Failed(cx.failure(kind, message, now())),
         }
     }
 }
