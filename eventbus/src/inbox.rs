@@ -43,31 +43,100 @@ pub struct MemoryInbox {
 }
 
 /// Ids are remembered per group number (groups are few; their names are looked up once per
-/// call, never copied), hashed with foldhash (the ids come from the broker, a keyed hash keeps
-/// collisions from being forced).
-///
-/// Each generation also keeps the largest id it holds (as a 128-bit number): an id above it is
-/// not in that generation, so looking it up costs no probe of a table far larger than the CPU's
-/// caches. Time-ordered ids (UUID v7, which publishers make) are above it as they come, so a
-/// new event is found new without touching either table; other ids are looked up as before.
+/// call, never copied).
 #[derive(Debug, Default)]
 struct InboxState {
     groups: FoldMap<String, u32>,
     /// The generation being filled.
-    current: FoldSet<(u32, Uuid)>,
-    /// The largest id in `current` (0 when empty).
-    current_largest: u128,
+    current: Generation,
     /// The generation before it, forgotten when `current` is full.
-    previous: FoldSet<(u32, Uuid)>,
-    /// The largest id in `previous` (0 when empty).
-    previous_largest: u128,
+    previous: Generation,
 }
 
-impl InboxState {
-    fn contains(&self, entry: &(u32, Uuid)) -> bool {
-        let id = entry.1.as_u128();
-        (id <= self.current_largest && self.current.contains(entry))
-            || (id <= self.previous_largest && self.previous.contains(entry))
+/// One generation of remembered ids: each group's ids, by group number.
+#[derive(Debug, Default)]
+struct Generation {
+    groups: Vec<GroupIds>,
+    len: usize,
+}
+
+impl Generation {
+    fn contains(&self, group: u32, id: u128) -> bool {
+        self.groups
+            .get(group as usize)
+            .is_some_and(|ids| ids.contains(id))
+    }
+
+    fn insert(&mut self, group: u32, id: u128) {
+        let group = group as usize;
+        if self.groups.len() <= group {
+            self.groups.resize_with(group + 1, GroupIds::default);
+        }
+        if self.groups[group].insert(id) {
+            self.len += 1;
+        }
+    }
+
+    /// Forgets every id and keeps the memory, so the next generation does not grow from empty.
+    fn clear(&mut self) {
+        for ids in &mut self.groups {
+            ids.ordered.clear();
+            ids.scattered.clear();
+        }
+        self.len = 0;
+    }
+}
+
+/// How far from the end of [`GroupIds::ordered`] an id that arrives out of order is still
+/// inserted in place (moving at most this many ids); further back, it goes to the table.
+const IN_PLACE: usize = 64;
+
+/// A group's ids, kept for time-ordered ids (UUID v7, which publishers make), which are
+/// recorded nearly in the order they were made: they are appended to a sorted array, so
+/// recording one writes where the last one was written instead of at a random place in a
+/// table far larger than the CPU's caches. An id recorded out of order is inserted in place
+/// when it belongs near the end, and goes to a hash table otherwise (foldhash, keyed at
+/// random: the ids come from the broker, so collisions cannot be forced).
+#[derive(Debug, Default)]
+struct GroupIds {
+    /// Ascending; its last id is the largest of the group in this generation.
+    ordered: Vec<u128>,
+    /// Ids recorded far out of order, each below the last of `ordered` when recorded.
+    scattered: FoldSet<u128>,
+}
+
+impl GroupIds {
+    fn contains(&self, id: u128) -> bool {
+        // An id above the largest is new: the common case for a time-ordered id costs no
+        // search.
+        match self.ordered.last() {
+            Some(&largest) if id <= largest => {
+                self.ordered.binary_search(&id).is_ok()
+                    || (!self.scattered.is_empty() && self.scattered.contains(&id))
+            }
+            _ => false,
+        }
+    }
+
+    /// Records `id`; whether it was not there yet.
+    fn insert(&mut self, id: u128) -> bool {
+        match self.ordered.last() {
+            Some(&largest) if id <= largest => {
+                let at = self.ordered.partition_point(|&kept| kept < id);
+                if self.ordered[at] == id {
+                    false
+                } else if self.ordered.len() - at <= IN_PLACE {
+                    self.ordered.insert(at, id);
+                    true
+                } else {
+                    self.scattered.insert(id)
+                }
+            }
+            _ => {
+                self.ordered.push(id);
+                true
+            }
+        }
     }
 }
 
@@ -80,10 +149,10 @@ impl MemoryInbox {
         Self::with_capacity(Self::DEFAULT_CAPACITY)
     }
 
-    /// An inbox remembering up to `capacity` ids.
+    /// An inbox remembering up to `capacity` ids (at least 2: one per generation).
     pub fn with_capacity(capacity: usize) -> Self {
         MemoryInbox {
-            capacity: capacity.max(1),
+            capacity: capacity.max(2),
             state: Mutex::new(InboxState::default()),
         }
     }
@@ -91,7 +160,7 @@ impl MemoryInbox {
     /// Number of remembered ids.
     pub fn len(&self) -> usize {
         let state = self.lock();
-        state.current.len() + state.previous.len()
+        state.current.len + state.previous.len
     }
 
     /// Whether nothing is remembered.
@@ -116,10 +185,11 @@ impl InboxStore for MemoryInbox {
     fn contains<'a>(&'a self, group: &'a str, id: Uuid) -> BoxFuture<'a, Result<bool, Error>> {
         let found = {
             let state = self.lock();
+            let id = id.as_u128();
             state
                 .groups
                 .get(group)
-                .is_some_and(|&g| state.contains(&(g, id)))
+                .is_some_and(|&g| state.current.contains(g, id) || state.previous.contains(g, id))
         };
         crate::ready::answer(found)
     }
@@ -134,18 +204,17 @@ impl InboxStore for MemoryInbox {
                 g
             }
         };
-        // One probe: an id still in the older generation is recorded again in the newer one,
-        // which only keeps it longer.
-        if state.current.len() >= self.capacity.div_ceil(2) {
-            // The forgotten generation's table becomes the new one: no regrowth from empty.
+        // An id still in the older generation is recorded again in the newer one, which only
+        // keeps it longer.
+        // Two generations of `capacity / 2` (rounded down): never more than `capacity`.
+        if state.current.len >= self.capacity / 2 {
+            // The forgotten generation's memory becomes the new one's.
             let filled = std::mem::take(&mut state.current);
             let mut forgotten = std::mem::replace(&mut state.previous, filled);
             forgotten.clear();
             state.current = forgotten;
-            state.previous_largest = std::mem::take(&mut state.current_largest);
         }
-        state.current.insert((g, id));
-        state.current_largest = state.current_largest.max(id.as_u128());
+        state.current.insert(g, id.as_u128());
         crate::ready::done()
     }
 }
@@ -183,6 +252,41 @@ mod tests {
             // Never recorded, below both generations' largest ids: looked up, not found.
             assert!(!inbox.contains("g", Uuid::from_u128(3)).await.unwrap());
             assert!(!inbox.contains("other", ids[7]).await.unwrap());
+        });
+    }
+
+    #[test]
+    fn finds_ids_recorded_far_out_of_order_and_counts_each_once() {
+        futures::executor::block_on(async {
+            let inbox = MemoryInbox::with_capacity(10_000);
+            // Even ids in order, then odd ones from the far past, near the end and in between.
+            let even: Vec<Uuid> = (0..1_000u128).map(|n| Uuid::from_u128(n * 2)).collect();
+            for &id in &even {
+                inbox.record("g", id).await.unwrap();
+            }
+            let late = [1u128, 301, 1_997, 1_951, 3, 1_999].map(Uuid::from_u128);
+            for &id in &late {
+                assert!(
+                    !inbox.contains("g", id).await.unwrap(),
+                    "{id} before recording"
+                );
+                inbox.record("g", id).await.unwrap();
+            }
+            for id in even.iter().chain(&late) {
+                assert!(inbox.contains("g", *id).await.unwrap(), "{id}");
+            }
+            for never in [5u128, 1_953, 2_001] {
+                let id = Uuid::from_u128(never);
+                assert!(
+                    !inbox.contains("g", id).await.unwrap(),
+                    "{id} never recorded"
+                );
+            }
+            // Recorded again, in order, in place and far back: counted once.
+            for &id in [even[999], even[990], even[3], late[0]].iter() {
+                inbox.record("g", id).await.unwrap();
+            }
+            assert_eq!(inbox.len(), 1_006);
         });
     }
 
