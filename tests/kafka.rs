@@ -914,8 +914,15 @@ async fn offsets_are_committed_only_after_handling(b: &Broker) {
         })
         .collect();
     bus.publisher().publish_batch(envelopes).await.unwrap();
-    assert!(eventually(WAIT, || effects.load(Ordering::SeqCst) == 20).await);
-    assert_eq!(bus.stats().handled, 20);
+    // The handler's effect comes before the delivery is counted handled: wait for both.
+    assert!(
+        eventually(WAIT, || effects.load(Ordering::SeqCst) == 20
+            && bus.stats().handled == 20)
+        .await,
+        "{} effects; {:?}",
+        effects.load(Ordering::SeqCst),
+        bus.stats()
+    );
     // Crash after the handlers, before any commit.
     first.crash_consumers();
     bus.abort().await;
@@ -1094,6 +1101,13 @@ async fn retry_tiers_fire_in_order_with_their_delays_then_dead_letter(b: &Broker
         .await
         .unwrap()
         .is_some());
+    // The other group joins and reads on its own schedule: wait for its two events, then
+    // give a retry time to show up.
+    assert!(
+        eventually(WAIT, || other.lock().unwrap().len() >= 2).await,
+        "the other group saw {:?}",
+        other.lock().unwrap()
+    );
     eventbus_integration::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         other.lock().unwrap().len(),

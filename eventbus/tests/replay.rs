@@ -190,15 +190,16 @@ async fn group_lag_counts_what_a_stuck_group_has_not_settled() {
         .await
         .unwrap();
     }
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let lag = h
-        .bus()
-        .backend()
-        .admin()
-        .expect("admin tools")
-        .group_lag()
-        .await
-        .unwrap();
+    // Wait (up to 10 s) for the consumer to take the first event, which it never settles.
+    let admin = h.bus().backend().admin().expect("admin tools");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let lag = loop {
+        let lag = admin.group_lag().await.unwrap();
+        if lag.iter().any(|l| l.pending >= 1) || std::time::Instant::now() > deadline {
+            break lag;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     assert_eq!(lag.len(), 1);
     assert_eq!(lag[0].group, "stuck");
     assert_eq!(lag[0].pending + lag[0].lag.unwrap_or(0), 5, "{lag:?}");

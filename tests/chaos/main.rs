@@ -426,6 +426,8 @@ async fn driver(options: Options) -> ExitCode {
         .collect();
     let mut chaos_done = options.kills == 0 && options.broker_restarts == 0;
     let mut last_progress = (0i64, Instant::now());
+    // Reads the dead letters once the chaos is over (connected then: after any broker restart).
+    let mut dlq_reader: Option<Arc<dyn Backend>> = None;
     loop {
         if started.elapsed() > options.timeout {
             eprintln!("chaos: timed out after {:?}", options.timeout);
@@ -481,15 +483,38 @@ async fn driver(options: Options) -> ExitCode {
                     .fetch_one(&pool)
                     .await
                     .unwrap_or(-1);
-            if applied >= committed && pending == 0 {
-                // Give stragglers (redeliveries, dead letters) a moment, then check.
+            // A poison event's dead letter has no later event of its key to wait behind (the
+            // last of a customer's orders, or one in flight when its consumer was killed and
+            // waiting for the takeover): wait for each, as for the applied orders.
+            let poison: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM chaos_orders WHERE poison")
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(0);
+            let reader = match &dlq_reader {
+                Some(reader) => Arc::clone(reader),
+                None => dlq_reader.insert(connect(options.backend).await).clone(),
+            };
+            let dead_lettered = match eventbus::dead_letter::DeadLetters::new(reader)
+                .list("chaos.order.placed")
+                .await
+            {
+                Ok(dead) => dead
+                    .iter()
+                    .filter_map(|d| d.envelope().ok().map(|e| e.id))
+                    .collect::<HashSet<Uuid>>()
+                    .len() as i64,
+                Err(_) => -1,
+            };
+            if applied >= committed && pending == 0 && dead_lettered >= poison {
+                // Give stragglers (redeliveries) a moment, then check.
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 break;
             }
-            if applied != last_progress.0 {
-                last_progress = (applied, Instant::now());
+            let progress = applied + dead_lettered.max(0);
+            if progress != last_progress.0 {
+                last_progress = (progress, Instant::now());
             } else if last_progress.1.elapsed() > Duration::from_secs(60) {
-                eprintln!("chaos: no progress for 60 s ({applied} of {committed} applied, {pending} pending in the outbox)");
+                eprintln!("chaos: no progress for 60 s ({applied} of {committed} applied, {pending} pending in the outbox, {dead_lettered} of {poison} poison events dead-lettered)");
                 break;
             }
         }

@@ -378,6 +378,24 @@ pub async fn rollback_publishes_nothing_commit_publishes_once<DB: TestDb>(db: &F
         || async { DB::scalar(pool, "SELECT count(*) FROM effects").await == 1 },
     )
     .await;
+    // The row is marked SENT after the publish, and the handler's log after its commit.
+    eventually(
+        "the row to be marked SENT",
+        Duration::from_secs(10),
+        || async {
+            outbox
+                .rows(OutboxState::Sent, 10)
+                .await
+                .expect("rows")
+                .len()
+                == 1
+        },
+    )
+    .await;
+    eventually("the handler's log", Duration::from_secs(10), || async {
+        !seen.all().is_empty()
+    })
+    .await;
     // Give a stray (rolled back) event time to show up, then check nothing else came.
     sleep(Duration::from_millis(200)).await;
     let published = backend.messages("ledger.credited");
@@ -1054,6 +1072,12 @@ pub async fn replay_reaches_a_handler_that_uses_the_inbox_transaction<DB: TestDb
         },
     )
     .await;
+    // The replay counts an event after handing it over, which the handler may see first.
+    eventually("the replay to finish", Duration::from_secs(10), || {
+        let done = progress.status().done;
+        async move { done }
+    })
+    .await;
     assert_eq!(progress.status().replayed, 1, "{:?}", progress.status());
     assert_eq!(
         DB::effects(pool).await.len(),
@@ -1143,14 +1167,24 @@ pub async fn a_bus_owned_outbox_relays_and_stops_with_the_bus<DB: TestDb>(db: &F
         seen.all(),
         (0..5).map(|i| ("a".to_owned(), i)).collect::<Vec<_>>()
     );
-    let text = bus.metrics().encode();
-    assert!(
-        text.contains(
-            r#"event_published_total{service="ledger-service",topic="ledger.credited"} 5"#
-        ),
-        "the relay publishes through the bus's publisher:\n{text}"
-    );
-    assert_eq!(bus.dispatchers()[0].stats().published, 5);
+    // The publisher counts a publish, and the dispatcher its batch, after the backend took
+    // it, which the handler may see first.
+    let published = r#"event_published_total{service="ledger-service",topic="ledger.credited"} 5"#;
+    let counted = eventbus_integration::eventually_reads(
+        Duration::from_secs(10),
+        || {
+            let seen = (
+                bus.metrics().encode(),
+                bus.dispatchers()[0].stats().published,
+            );
+            async move { seen }
+        },
+        |(text, batches)| text.contains(published) && *batches == 5,
+    )
+    .await;
+    if let Err((text, batches)) = counted {
+        panic!("the relay publishes through the bus's publisher: {batches} counted by the dispatcher, metrics:\n{text}");
+    }
     assert!(bus.dispatchers()[0].is_running());
     let report = bus.shutdown(Duration::from_secs(5)).await;
     assert!(report.drained, "{report:?}");
