@@ -335,15 +335,22 @@ async fn key_order_holds_across_10000_events_on_6_partitions(b: &Broker) {
     let running = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
     let (s, r, p, id) = (seen.clone(), running.clone(), peak.clone(), run.clone());
+    let gate = backend.clone();
     let g = group("ledger");
     let bus = Bus::builder()
         .backend(backend.clone())
         .subscribe(
             Subscription::new("ord.account.posted", move |env: Envelope<Posted>| {
                 let (s, r, p, id) = (s.clone(), r.clone(), p.clone(), id.clone());
+                let gate = gate.clone();
                 async move {
                     if env.data.run != id {
                         return Ok(());
+                    }
+                    // Held until a partition's buffer filled and the consumer paused it, so
+                    // backpressure is exercised whether the broker or the handlers are faster.
+                    while gate.stats().pauses == 0 {
+                        eventbus_integration::sleep(Duration::from_millis(5)).await;
                     }
                     let now = r.fetch_add(1, Ordering::SeqCst) + 1;
                     p.fetch_max(now, Ordering::SeqCst);
