@@ -181,6 +181,6 @@ impl Publisher {
     /// `traceparent` starts a new trace; with feature `opentelemetry` it is first taken from the
     /// current span's OpenTelemetry context.
     pub fn prepare<E: Event>(&self, envelope: Envelope<E>) -> Result<Message, Error> {
-        crate::wire::encode(envelope, &self.source, self.clock.now())
+        crate::wire::encode(envelope, &self.source, || self.clock.now())
     }
 }

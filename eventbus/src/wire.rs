@@ -162,13 +162,13 @@ pub(crate) const DLQ_LAST_FAILURE: &str = "dlq-last-failure";
 pub const PAYLOAD_OMITTED: &str = "dlq-payload-omitted";
 
 /// Fills an envelope's missing metadata and encodes it: `source` when empty, the correlation
-/// id (its own id when none), the time (`now` when unset), a `traceparent` (with feature
-/// `opentelemetry` from the current span's context, else a new trace); the key is the event's
-/// partition key, the topic its `TOPIC`, the tenant a transport header.
+/// id (its own id when none), the time (read from `now` only when unset), a `traceparent`
+/// (with feature `opentelemetry` from the current span's context, else a new trace); the key
+/// is the event's partition key, the topic its `TOPIC`, the tenant a transport header.
 pub(crate) fn encode<E: Event>(
     mut envelope: Envelope<E>,
     source: &str,
-    now: DateTime<Utc>,
+    now: impl FnOnce() -> DateTime<Utc>,
 ) -> Result<Message, Error> {
     if envelope.source.is_empty() {
         envelope.source = source.to_owned();
@@ -177,7 +177,7 @@ pub(crate) fn encode<E: Event>(
         envelope.correlation_id = Some(envelope.id.to_string());
     }
     if envelope.time == DateTime::<Utc>::default() {
-        envelope.time = now;
+        envelope.time = now();
     }
     #[cfg(feature = "opentelemetry")]
     crate::observability::otel::inject_current(&mut envelope.headers);

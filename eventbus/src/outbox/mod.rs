@@ -599,7 +599,7 @@ impl<DB: SqlDatabase> Outbox<DB> {
 
     /// Encodes an envelope as the publisher would, stamped with this outbox's source.
     fn encode<E: Event>(&self, envelope: Envelope<E>) -> Result<Message, Error> {
-        crate::wire::encode(envelope, &self.inner.source, Utc::now())
+        crate::wire::encode(envelope, &self.inner.source, Utc::now)
     }
 
     fn row(&self, event_id: Uuid, message: Message) -> Result<NewRow, Error> {
