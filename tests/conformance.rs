@@ -54,6 +54,8 @@ enum Kind {
         brokers: String,
         mock: Option<MockCluster<'static, DefaultProducerContext>>,
         tansu: Option<Tansu>,
+        /// Every member connected, to read their partition assignments.
+        members: Mutex<Vec<KafkaBackend>>,
     },
 }
 
@@ -109,6 +111,7 @@ impl Under {
                 brokers: mock.bootstrap_servers(),
                 mock: Some(mock),
                 tansu: None,
+                members: Mutex::default(),
             },
             features: Features {
                 order_across_members: true,
@@ -124,6 +127,7 @@ impl Under {
                 brokers: tansu.brokers(),
                 mock: None,
                 tansu: Some(tansu),
+                members: Mutex::default(),
             },
             features: Features {
                 order_across_members: true,
@@ -164,7 +168,12 @@ impl Under {
                 c.lease_ttl = Duration::from_secs(2);
                 Arc::new(RedisBackend::connect(c).await.expect("connect to redis"))
             }
-            Kind::Kafka { brokers, mock, .. } => {
+            Kind::Kafka {
+                brokers,
+                mock,
+                members,
+                ..
+            } => {
                 let mut c = KafkaConfig::new(brokers);
                 c.consumer.start_from = KafkaStart::Earliest;
                 c.consumer.session_timeout = Duration::from_secs(6);
@@ -177,9 +186,41 @@ impl Under {
                 );
                 c.operation_timeout = Duration::from_secs(10);
                 c.auto_create_topics = mock.is_none();
-                Arc::new(KafkaBackend::connect(c).await.expect("connect to kafka"))
+                let member = KafkaBackend::connect(c).await.expect("connect to kafka");
+                members.lock().unwrap().push(member.clone());
+                Arc::new(member)
             }
         }
+    }
+
+    /// Waits until each of the `members` of `group` holds partitions of `topic` (Kafka; the
+    /// other backends hand out work without a group join): a case about what happens once a
+    /// group runs starts after the joins' rebalances.
+    async fn group_settled(&self, group: &str, topic: &str, members: usize) {
+        let Kind::Kafka {
+            members: connected, ..
+        } = &self.kind
+        else {
+            return;
+        };
+        let held = || -> Vec<Vec<(String, i32)>> {
+            connected
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    let mut held = m.assignment(group);
+                    held.retain(|(t, _)| t == topic);
+                    held
+                })
+                .filter(|held| !held.is_empty())
+                .collect()
+        };
+        assert!(
+            eventually(WAIT, || held().len() == members).await,
+            "group {group} did not settle on {members} members holding partitions of {topic}: {:?}",
+            held()
+        );
     }
 
     /// Creates `topic` (and its dead-letter and zero-delay retry topics) where the broker needs
@@ -496,6 +537,8 @@ async fn a_slow_handler_is_never_run_twice_at_once(b: &Under) {
         .start()
         .await
         .expect("start b");
+    // Both members joined: what follows is about the claim time, not a join's rebalance.
+    b.group_settled(&g, t, 2).await;
     // One event: whichever member takes it, nobody else may start it while it runs.
     let id = a
         .publish(ReportRequested {
