@@ -204,9 +204,9 @@ impl InboxStore for MemoryInbox {
                 g
             }
         };
-        // An id still in the older generation is recorded again in the newer one, which only
-        // keeps it longer.
-        // Two generations of `capacity / 2` (rounded down): never more than `capacity`.
+        // Two generations of `capacity / 2` (rounded down): never more than `capacity`. An id
+        // still in the older generation is recorded again in the newer one, which only keeps
+        // it longer.
         if state.current.len >= self.capacity / 2 {
             // The forgotten generation's memory becomes the new one's.
             let filled = std::mem::take(&mut state.current);

@@ -342,6 +342,20 @@ fn spawn(role: &str, vars: &[(&str, String)], events: i64) -> Child {
     cmd.spawn().unwrap_or_else(|e| panic!("spawn {role}: {e}"))
 }
 
+/// The dead letters of the orders topic, and the ids of the events they hold.
+async fn dead_letters(
+    backend: Arc<dyn Backend>,
+) -> Result<(Vec<eventbus::dead_letter::DeadLetter>, HashSet<Uuid>), eventbus::Error> {
+    let dead = eventbus::dead_letter::DeadLetters::new(backend)
+        .list("chaos.order.placed")
+        .await?;
+    let ids = dead
+        .iter()
+        .filter_map(|d| d.envelope().ok().map(|e| e.id))
+        .collect();
+    Ok((dead, ids))
+}
+
 async fn driver(options: Options) -> ExitCode {
     let started = Instant::now();
     // A fresh database and key prefix for this run.
@@ -494,15 +508,8 @@ async fn driver(options: Options) -> ExitCode {
                 Some(reader) => Arc::clone(reader),
                 None => dlq_reader.insert(connect(options.backend).await).clone(),
             };
-            let dead_lettered = match eventbus::dead_letter::DeadLetters::new(reader)
-                .list("chaos.order.placed")
-                .await
-            {
-                Ok(dead) => dead
-                    .iter()
-                    .filter_map(|d| d.envelope().ok().map(|e| e.id))
-                    .collect::<HashSet<Uuid>>()
-                    .len() as i64,
+            let dead_lettered = match dead_letters(reader).await {
+                Ok((_, ids)) => ids.len() as i64,
                 Err(_) => -1,
             };
             if applied >= committed && pending == 0 && dead_lettered >= poison {
@@ -552,15 +559,11 @@ async fn driver(options: Options) -> ExitCode {
     let poison: HashSet<Uuid> = orders.iter().filter(|o| o.2).map(|o| o.1).collect();
     let all_orders: HashSet<Uuid> = orders.iter().map(|o| o.1).collect();
     let applied: HashSet<Uuid> = ledger.iter().map(|l| l.0).collect();
-    let backend = connect(options.backend).await;
-    let dead = eventbus::dead_letter::DeadLetters::new(backend)
-        .list("chaos.order.placed")
-        .await
-        .expect("dlq");
-    let dead_ids: HashSet<Uuid> = dead
-        .iter()
-        .filter_map(|d| d.envelope().ok().map(|e| e.id))
-        .collect();
+    let reader = match dlq_reader {
+        Some(reader) => reader,
+        None => connect(options.backend).await,
+    };
+    let (dead, dead_ids) = dead_letters(reader).await.expect("dlq");
     let reasons_ok = dead.iter().all(|d| d.failure.message.contains("is poison"));
     let lost = committed.difference(&applied).count();
     let duplicated = ledger.len() - applied.len();
