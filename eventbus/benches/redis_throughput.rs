@@ -178,6 +178,55 @@ async fn server_cpu(conn: &mut redis::aio::MultiplexedConnection) -> f64 {
         .sum()
 }
 
+/// The server's call count of each command so far (`INFO commandstats`).
+async fn server_calls(conn: &mut redis::aio::MultiplexedConnection) -> std::collections::BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let mut calls: std::collections::BTreeMap<String, u64> = info
+        .lines()
+        .filter_map(|line| line.strip_prefix("cmdstat_"))
+        .filter_map(|line| {
+            let (name, fields) = line.split_once(':')?;
+            let calls = fields.split(',').find_map(|f| f.strip_prefix("calls="))?;
+            Some((name.to_owned(), calls.parse().ok()?))
+        })
+        .collect();
+    // The reads the server's event loop served: one per client round trip, or fewer when
+    // requests arrive together.
+    let stats: String = redis::cmd("INFO").arg("stats").query_async(conn).await.unwrap();
+    if let Some(reads) = stats
+        .lines()
+        .find_map(|line| line.strip_prefix("total_reads_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+    {
+        calls.insert("(reads)".into(), reads);
+    }
+    calls
+}
+
+/// Commands per event between two [`server_calls`] snapshots, the commands the bench itself
+/// sends to read the snapshots left out.
+fn calls_per_event(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> String {
+    let mut calls: Vec<(String, f64)> = after
+        .iter()
+        .filter(|(name, _)| name.as_str() != "info")
+        .map(|(name, n)| (name.clone(), (n - before.get(name).copied().unwrap_or(0)) as f64 / EVENTS as f64))
+        .filter(|(_, per)| *per >= 0.001)
+        .collect();
+    calls.sort_by(|a, b| b.1.total_cmp(&a.1));
+    calls
+        .iter()
+        .map(|(name, per)| format!("{name} {per:.3}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 async fn raw_consume(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> Duration {
     create_group(conn, stream, "raw").await;
     let start = Instant::now();
@@ -417,12 +466,16 @@ fn main() {
         let (a, a_min, a1, b, b1) = (median(a), median(a_min), median(a1), median(b), median(b1));
         // The server's CPU per event in each consume phase, beside the wall time per event.
         let mut server = Vec::new();
-        let cpu = server_cpu(&mut conn).await;
+        // And the commands each consume phase sent, per event.
+        let mut commands = Vec::new();
+        let (cpu, calls) = (server_cpu(&mut conn).await, server_calls(&mut conn).await);
         let c = raw_consume(&mut conn, &raw_stream).await;
         server.push(("c", c, server_cpu(&mut conn).await - cpu));
-        let cpu = server_cpu(&mut conn).await;
+        commands.push(("c", calls_per_event(&calls, &server_calls(&mut conn).await)));
+        let (cpu, calls) = (server_cpu(&mut conn).await, server_calls(&mut conn).await);
         let c_inbox = raw_consume_with_inbox(&mut conn, &raw_stream, &prefix).await;
         server.push(("c'", c_inbox, server_cpu(&mut conn).await - cpu));
+        commands.push(("c'", calls_per_event(&calls, &server_calls(&mut conn).await)));
         // RBENCH_CONSUMER=inbox1 (or inbox64, inbox256, memory64) runs that consumer alone, for
         // a profile of it.
         let alone = std::env::var("RBENCH_CONSUMER").unwrap_or_default();
@@ -438,13 +491,15 @@ fn main() {
             }
         };
         let d1 = consume("inbox1", 1, true).await;
-        let cpu = server_cpu(&mut conn).await;
+        let (cpu, calls) = (server_cpu(&mut conn).await, server_calls(&mut conn).await);
         let d64 = consume("inbox64", 64, true).await;
         server.push(("d c64", d64, server_cpu(&mut conn).await - cpu));
+        commands.push(("d c64", calls_per_event(&calls, &server_calls(&mut conn).await)));
         let d256 = consume("inbox256", 256, true).await;
-        let cpu = server_cpu(&mut conn).await;
+        let (cpu, calls) = (server_cpu(&mut conn).await, server_calls(&mut conn).await);
         let m64 = consume("memory64", 64, false).await;
         server.push(("d' c64", m64, server_cpu(&mut conn).await - cpu));
+        commands.push(("d' c64", calls_per_event(&calls, &server_calls(&mut conn).await)));
 
         println!("redis streams, {EVENTS} events of {} bytes, batches of {BATCH}", Envelope::new(tick(0)).encode().unwrap().len());
         println!("publishing: median of {PUBLISH_ROUNDS} interleaved rounds");
@@ -473,6 +528,9 @@ fn main() {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        for (name, calls) in &commands {
+            println!("Redis commands per event, {name}: {calls}");
+        }
         let mut fresh = RedisConfig::new(&url);
         fresh.prefix = format!("{prefix}-latency");
         let latency_backend = RedisBackend::connect(fresh).await.unwrap();
