@@ -1,6 +1,7 @@
 //! In-memory publish → handle throughput through the whole pipeline (decode, inbox, retry
 //! guard, ack), against a raw channel carrying the same encoded envelopes as baseline (with the
-//! source, correlation id and `traceparent` the publisher adds).
+//! source, correlation id and `traceparent` the publisher adds): sent one by one as encoded
+//! (encoding and decoding overlap), and in the mode of `publish_batch` (all encoded, then sent).
 //!
 //! `cargo bench -p eventbus-framework --bench memory_throughput`
 #![allow(missing_docs)]
@@ -85,35 +86,63 @@ async fn publish_and_wait(counted: &CountedBus) -> Duration {
     start.elapsed()
 }
 
-/// The same job by hand: `BATCH` envelopes (as the bus publishes them) encoded and sent over an
-/// unbounded channel to a task that decodes them.
+/// An envelope as the bus publishes it (a source, a correlation id and a `traceparent`),
+/// encoded by hand.
+fn encode_by_hand(mut env: Envelope<OrderCreated>) -> Vec<u8> {
+    env.source = "eventbus".into();
+    env.correlation_id = Some(env.id.to_string());
+    let trace = format!(
+        "00-{:032x}-{:016x}-01",
+        fastrand::u128(..),
+        fastrand::u64(..)
+    );
+    env.headers.insert("traceparent".into(), trace);
+    env.encode().expect("encode")
+}
+
+/// A task that decodes what it receives over `rx`, one batch of encoded envelopes per item,
+/// and returns how many it decoded.
+fn decoding_task(
+    mut rx: futures::channel::mpsc::UnboundedReceiver<Vec<Vec<u8>>>,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Some(batch) = rx.next().await {
+            for bytes in batch {
+                let env: Envelope<OrderCreated> = serde_json::from_slice(&bytes).expect("decode");
+                std::hint::black_box(env.data.total_cents);
+                n += 1;
+            }
+        }
+        n
+    })
+}
+
+/// The same job by hand, one by one: `BATCH` envelopes encoded and each sent over an unbounded
+/// channel to a task that decodes them, so encoding and decoding overlap on two cores.
 async fn raw_channel() -> Duration {
     let batch = orders(BATCH, 64);
     let start = Instant::now();
-    let (tx, mut rx) = futures::channel::mpsc::unbounded::<Vec<u8>>();
-    let consumer = tokio::spawn(async move {
-        let mut n = 0u64;
-        while let Some(bytes) = rx.next().await {
-            let env: Envelope<OrderCreated> = serde_json::from_slice(&bytes).expect("decode");
-            std::hint::black_box(env.data.total_cents);
-            n += 1;
-        }
-        n
-    });
-    for mut env in batch {
-        // The envelope the bus publishes: a source, a correlation id and a
-        // `traceparent`.
-        env.source = "eventbus".into();
-        env.correlation_id = Some(env.id.to_string());
-        let trace = format!(
-            "00-{:032x}-{:016x}-01",
-            fastrand::u128(..),
-            fastrand::u64(..)
-        );
-        env.headers.insert("traceparent".into(), trace);
-        tx.unbounded_send(env.encode().expect("encode"))
-            .expect("send");
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let consumer = decoding_task(rx);
+    for env in batch {
+        tx.unbounded_send(vec![encode_by_hand(env)]).expect("send");
     }
+    drop(tx);
+    assert_eq!(consumer.await.expect("join"), BATCH);
+    start.elapsed()
+}
+
+/// The same job by hand in the mode of `publish_batch`: every envelope encoded first (one that
+/// fails to encode would stop the batch before anything is sent), then the batch sent at once
+/// to the decoding task.
+async fn raw_channel_batch() -> Duration {
+    let batch = orders(BATCH, 64);
+    let start = Instant::now();
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let consumer = decoding_task(rx);
+    let encoded: Vec<Vec<u8>> = batch.into_iter().map(encode_by_hand).collect();
+    tx.unbounded_send(encoded).expect("send");
     drop(tx);
     assert_eq!(consumer.await.expect("join"), BATCH);
     start.elapsed()
@@ -157,13 +186,24 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
+    group.bench_function("raw_channel_batch_baseline", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += raw_channel_batch().await;
+                }
+                total
+            })
+        })
+    });
     group.finish();
 }
 
 criterion_group!(benches, bench);
 
 /// `MEMORY_BENCH_BATCHES=n` publishes and handles n batches through the bus at concurrency 1
-/// (or the raw channel, `MEMORY_BENCH_PATH=raw`) and exits, without criterion: a fixed amount
+/// (or a raw channel, `MEMORY_BENCH_PATH=raw` or `raw_batch`) and exits, without criterion: a fixed amount
 /// of work, for instruction counts (`valgrind --tool=cachegrind`) and A/B runs of two builds.
 fn main() {
     if let Ok(batches) = std::env::var("MEMORY_BENCH_BATCHES") {
@@ -180,13 +220,17 @@ fn main() {
                 .build(),
         }
         .expect("runtime");
-        // MEMORY_BENCH_PATH=raw: the raw channel baseline instead of the bus.
-        let raw = std::env::var("MEMORY_BENCH_PATH").as_deref() == Ok("raw");
+        // MEMORY_BENCH_PATH=raw (or raw_batch): a raw channel baseline instead of the bus.
+        let path = std::env::var("MEMORY_BENCH_PATH").unwrap_or_default();
         let elapsed = rt.block_on(async {
             let mut total = Duration::ZERO;
-            if raw {
+            if path == "raw" || path == "raw_batch" {
                 for _ in 0..batches {
-                    total += raw_channel().await;
+                    total += if path == "raw" {
+                        raw_channel().await
+                    } else {
+                        raw_channel_batch().await
+                    };
                 }
                 return total;
             }
