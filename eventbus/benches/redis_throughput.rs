@@ -179,7 +179,9 @@ async fn server_cpu(conn: &mut redis::aio::MultiplexedConnection) -> f64 {
 }
 
 /// The server's call count of each command so far (`INFO commandstats`).
-async fn server_calls(conn: &mut redis::aio::MultiplexedConnection) -> std::collections::BTreeMap<String, u64> {
+async fn server_calls(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> std::collections::BTreeMap<String, u64> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)
@@ -196,7 +198,11 @@ async fn server_calls(conn: &mut redis::aio::MultiplexedConnection) -> std::coll
         .collect();
     // The reads the server's event loop served: one per client round trip, or fewer when
     // requests arrive together.
-    let stats: String = redis::cmd("INFO").arg("stats").query_async(conn).await.unwrap();
+    let stats: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(conn)
+        .await
+        .unwrap();
     if let Some(reads) = stats
         .lines()
         .find_map(|line| line.strip_prefix("total_reads_processed:"))
@@ -216,7 +222,12 @@ fn calls_per_event(
     let mut calls: Vec<(String, f64)> = after
         .iter()
         .filter(|(name, _)| name.as_str() != "info")
-        .map(|(name, n)| (name.clone(), (n - before.get(name).copied().unwrap_or(0)) as f64 / EVENTS as f64))
+        .map(|(name, n)| {
+            (
+                name.clone(),
+                (n - before.get(name).copied().unwrap_or(0)) as f64 / EVENTS as f64,
+            )
+        })
         .filter(|(_, per)| *per >= 0.001)
         .collect();
     calls.sort_by(|a, b| b.1.total_cmp(&a.1));

@@ -890,6 +890,68 @@ fn group_enum_and_dynamic_handlers_receive_matching_types_only() {
     });
 }
 
+/// One batch of several event types (as the outbox relay and a redrive publish them) reaches,
+/// for each message, the groups of its own type, in the batch's order.
+#[test]
+fn a_batch_of_mixed_types_reaches_each_type_s_groups() {
+    run(|rt| async move {
+        let log = |name: &'static str, seen: &Arc<Mutex<Vec<String>>>| {
+            let seen = seen.clone();
+            Subscription::new(name, move |env: Envelope<serde_json::Value>| {
+                seen.lock().unwrap().push(env.event_type.clone());
+                async { Ok(()) }
+            })
+        };
+        let (orders, users, all) = (Arc::default(), Arc::default(), Arc::default());
+        let (o, u, a) = (
+            log("order.*", &orders).group("orders"),
+            log("user.*", &users).group("users"),
+            log("#", &all).group("all"),
+        );
+        let h = TestHarness::start_on(rt, move |bus| {
+            bus.subscribe(o.clone())
+                .subscribe(u.clone())
+                .subscribe(a.clone())
+        })
+        .await
+        .unwrap();
+        let publisher = h.bus().publisher();
+        let invited = || UserInvited {
+            email: "x@y".into(),
+        };
+        let batch = vec![
+            publisher.prepare(Envelope::new(order("1", 1))).unwrap(),
+            publisher.prepare(Envelope::new(invited())).unwrap(),
+            publisher.prepare(Envelope::new(invited())).unwrap(),
+            publisher
+                .prepare(Envelope::new(OrderCancelled {
+                    order_id: "1".into(),
+                }))
+                .unwrap(),
+            publisher.prepare(Envelope::new(order("2", 2))).unwrap(),
+            publisher.prepare(Envelope::new(invited())).unwrap(),
+        ];
+        publisher.publish_messages(batch).await.unwrap();
+        h.settle().await.unwrap();
+        assert_eq!(
+            *orders.lock().unwrap(),
+            vec!["order.created", "order.cancelled", "order.created"]
+        );
+        assert_eq!(*users.lock().unwrap(), vec!["user.invited"; 3]);
+        assert_eq!(
+            *all.lock().unwrap(),
+            vec![
+                "order.created",
+                "user.invited",
+                "user.invited",
+                "order.cancelled",
+                "order.created",
+                "user.invited"
+            ]
+        );
+    });
+}
+
 #[test]
 fn follow_on_events_carry_causation_and_correlation() {
     run(|rt| async move {

@@ -339,6 +339,10 @@ impl Backend for MemoryBackend {
                     faults,
                     ..
                 } = &mut *state;
+                // The groups of the last event type routed: a batch is mostly of one type, and
+                // a pattern walk per message costs more than comparing the type.
+                let mut routed_type = String::new();
+                let mut routed: Vec<usize> = Vec::new();
                 for mut message in messages {
                     if !is_dlq_topic(&message.topic) {
                         // Publishing is the live path: internal headers come only through
@@ -364,12 +368,18 @@ impl Backend for MemoryBackend {
                     } else {
                         1
                     };
-                    routes.for_each_match(&message.event_type, |&group| {
+                    if routed.is_empty() || routed_type != message.event_type {
+                        routed.clear();
+                        routes.for_each_match(&message.event_type, |&group| routed.push(group));
+                        routed_type.clear();
+                        routed_type.push_str(&message.event_type);
+                    }
+                    for &group in &routed {
                         if !message
                             .topic
                             .starts_with(groups[group].topic_prefix.as_str())
                         {
-                            return;
+                            continue;
                         }
                         for _ in 0..copies {
                             *next_seq += 1;
@@ -379,7 +389,7 @@ impl Backend for MemoryBackend {
                                 redeliveries: 0,
                             });
                         }
-                    });
+                    }
                 }
                 Ok(())
             }

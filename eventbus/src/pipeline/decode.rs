@@ -1,11 +1,12 @@
 //! Decodes the envelope and filters out event types the subscription does not cover.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::{DeliveryCx, Outcome, Stage};
 use crate::clock::Clock;
 use crate::envelope::RawEnvelope;
 use crate::handler::ErrorKind;
+use crate::hash_tables::FoldMap;
 use crate::pattern::Pattern;
 
 /// Parses the envelope (a malformed one is a permanent failure, so it is dead-lettered with the
@@ -18,6 +19,35 @@ pub(crate) struct DecodeLayer {
     accepted: &'static [&'static str],
     clock: Arc<dyn Clock>,
     max_payload: usize,
+    verdicts: TypeVerdicts,
+}
+
+/// Whether the subscription takes each event type seen, so a type's name is checked and
+/// matched against the pattern once, not per delivery. Bounded: past [`Self::CAPACITY`] types
+/// (a producer inventing names) it starts over.
+#[derive(Default)]
+struct TypeVerdicts(Mutex<FoldMap<Box<str>, bool>>);
+
+impl TypeVerdicts {
+    const CAPACITY: usize = 256;
+
+    /// The verdict on `event_type`, computed by `decide` when not known yet.
+    fn get(&self, event_type: &str, decide: impl FnOnce() -> bool) -> bool {
+        // Deliveries of one subscription run in its consumer's task, so the lock is
+        // uncontended; if it ever is taken, deciding again is cheaper than waiting.
+        let Ok(mut known) = self.0.try_lock() else {
+            return decide();
+        };
+        if let Some(&taken) = known.get(event_type) {
+            return taken;
+        }
+        let taken = decide();
+        if known.len() >= Self::CAPACITY {
+            known.clear();
+        }
+        known.insert(event_type.into(), taken);
+        taken
+    }
 }
 
 impl DecodeLayer {
@@ -32,6 +62,7 @@ impl DecodeLayer {
             accepted: &[],
             clock,
             max_payload: Self::DEFAULT_MAX_PAYLOAD,
+            verdicts: TypeVerdicts::default(),
         }
     }
 
@@ -74,9 +105,11 @@ impl DecodeLayer {
         }
         match RawEnvelope::decode(&cx.message.payload) {
             Ok(envelope) => {
-                let taken = self.pattern.matches(&envelope.event_type)
-                    && (self.accepted.is_empty()
-                        || self.accepted.contains(&envelope.event_type.as_str()));
+                let taken = self.verdicts.get(&envelope.event_type, || {
+                    self.pattern.matches(&envelope.event_type)
+                        && (self.accepted.is_empty()
+                            || self.accepted.contains(&envelope.event_type.as_str()))
+                });
                 if !taken {
                     tracing::trace!(
                         event_type = %envelope.event_type,
@@ -102,5 +135,29 @@ impl DecodeLayer {
                 self.clock.now(),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TypeVerdicts;
+
+    /// A producer inventing type names never grows the verdicts past their capacity, and every
+    /// verdict stays the one its type was decided with.
+    #[test]
+    fn verdicts_stay_bounded_and_right() {
+        let verdicts = TypeVerdicts::default();
+        for round in 0..3 {
+            for n in 0..TypeVerdicts::CAPACITY * 2 {
+                let name = format!("t.{n}");
+                let decided = verdicts.get(&name, || n % 3 == 0);
+                assert_eq!(decided, n % 3 == 0, "{name} in round {round}");
+                let held = verdicts.0.lock().map(|k| k.len()).unwrap_or(usize::MAX);
+                assert!(held <= TypeVerdicts::CAPACITY, "{held} verdicts held");
+            }
+        }
+        // A known type is answered without deciding again.
+        verdicts.get("kept", || true);
+        assert!(verdicts.get("kept", || false), "the first verdict is kept");
     }
 }
