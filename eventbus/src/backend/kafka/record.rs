@@ -219,8 +219,8 @@ pub(crate) fn from_record<M: rdkafka::Message>(record: &M) -> (Message, RecordMe
                 continue;
             }
             match header.key {
-                // Borrowed: only a binary-mode record needs it, after the loop.
-                binary::CONTENT_TYPE => content_type = Some(String::from_utf8_lossy(value)),
+                // Read as text only for a binary-mode record, after the loop.
+                binary::CONTENT_TYPE => content_type = Some(value),
                 TYPE_HEADER => message.event_type = text(),
                 ORIGIN_TOPIC_HEADER => message.topic = text(),
                 RETRY_GROUP_HEADER => meta.retry_group = Some(text()),
@@ -237,7 +237,11 @@ pub(crate) fn from_record<M: rdkafka::Message>(record: &M) -> (Message, RecordMe
     let is_binary = attributes.iter().any(|(name, _)| name == "specversion");
     if is_binary {
         if let Some(structured) =
-            binary::decode(&attributes, content_type.as_deref(), &message.payload)
+            binary::decode(
+                &attributes,
+                content_type.map(String::from_utf8_lossy).as_deref(),
+                &message.payload,
+            )
         {
             message.payload = Arc::from(structured);
         }
