@@ -873,6 +873,117 @@ async fn a_partition_paused_when_revoked_flows_again_when_reassigned(b: &Broker)
     bus_a.shutdown(Duration::from_secs(10)).await;
 }
 
+#[event(name = "drn.job.queued", version = 1, key = queue)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct DrainedJob {
+    queue: String,
+    run: String,
+}
+
+/// The README's limit of a rebalance: a revoked partition waits for its in-flight handlers up
+/// to `rebalance_drain_timeout`, then goes to its new owner, which starts the events of those
+/// handlers again while they still run on the old one.
+async fn a_handler_past_the_drain_wait_is_started_again_by_the_new_owner(b: &Broker) {
+    let mut config = b.config();
+    config.consumer.rebalance_drain_timeout = Duration::from_secs(1);
+    let backend_a = b.connect(config.clone()).await;
+    let backend_b = b.connect(config).await;
+    b.topic(&backend_a, "drn.job.queued", 2).await;
+    let run = run_id();
+    let g = group("drained");
+    // Which members started each event of this run.
+    let starts: Arc<Mutex<HashMap<Uuid, Vec<&'static str>>>> = Arc::default();
+    let release = Arc::new(AtomicBool::new(false));
+    let make = |member: &'static str, held: bool| {
+        let (starts, run, release) = (starts.clone(), run.clone(), release.clone());
+        Subscription::new("drn.job.queued", move |env: Envelope<DrainedJob>| {
+            let (starts, run, release) = (starts.clone(), run.clone(), release.clone());
+            async move {
+                if env.data.run != run {
+                    return Ok(());
+                }
+                starts
+                    .lock()
+                    .unwrap()
+                    .entry(env.id)
+                    .or_default()
+                    .push(member);
+                while held && !release.load(Ordering::SeqCst) {
+                    eventbus_integration::sleep(Duration::from_millis(5)).await;
+                }
+                Ok(())
+            }
+        })
+        .group(g.clone())
+        .concurrency(32)
+        .with_name(member.to_owned())
+    };
+    let bus_a = Bus::builder()
+        .backend(backend_a.clone())
+        .subscribe(make("a", true))
+        .start()
+        .await
+        .unwrap();
+    wait_assigned(&[&backend_a], &g, 2).await;
+    // Twenty keys: both partitions get some, and A starts them all and holds them.
+    let jobs: Vec<Envelope<DrainedJob>> = (0..20)
+        .map(|n| {
+            Envelope::new(DrainedJob {
+                queue: format!("q{n}"),
+                run: run.clone(),
+            })
+        })
+        .collect();
+    bus_a.publisher().publish_batch(jobs).await.unwrap();
+    let started_on_a = || starts.lock().unwrap().len();
+    assert!(
+        eventually(WAIT, || started_on_a() == 20).await,
+        "A started {} of 20 events: {:?}",
+        started_on_a(),
+        backend_a.stats()
+    );
+    // B joins: one partition leaves A after the drain wait, its handlers still running.
+    let bus_b = Bus::builder()
+        .backend(backend_b.clone())
+        .subscribe(make("b", false))
+        .start()
+        .await
+        .unwrap();
+    let started_twice = || {
+        starts
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|members| members.contains(&"a") && members.contains(&"b"))
+            .count()
+    };
+    let twice = eventually(Duration::from_secs(60), || started_twice() > 0).await;
+    release.store(true, Ordering::SeqCst);
+    assert!(
+        twice,
+        "no event started again by B: starts {:?}; A holds {:?}, B holds {:?}; A {:?}, B {:?}",
+        starts.lock().unwrap(),
+        backend_a.assignment(&g),
+        backend_b.assignment(&g),
+        backend_a.stats(),
+        backend_b.stats()
+    );
+    // Only the events of the partition B took: A kept the other partition's.
+    let held_by_a_only = starts
+        .lock()
+        .unwrap()
+        .values()
+        .filter(|members| **members == ["a"])
+        .count();
+    assert!(
+        held_by_a_only > 0 && started_twice() + held_by_a_only == 20,
+        "A kept none, or an event was started elsewhere: {:?}",
+        starts.lock().unwrap()
+    );
+    bus_b.shutdown(Duration::from_secs(10)).await;
+    bus_a.shutdown(Duration::from_secs(10)).await;
+}
+
 // --- commit after handle -----------------------------------------------------------------------
 
 #[event(name = "cah.step.done", version = 1, key = flow)]
@@ -2201,6 +2312,18 @@ fn mock_a_partition_paused_when_revoked_flows_again_when_reassigned() {
             .run(a_partition_paused_when_revoked_flows_again_when_reassigned(
                 &broker,
             ))
+            .await;
+    });
+}
+
+/// The drain limit, on the mock cluster only for the same reason as the case above: it makes
+/// a member join the group.
+#[test]
+fn mock_a_handler_past_the_drain_wait_is_started_again_by_the_new_owner() {
+    eventbus_integration::run(4, async {
+        let broker = Broker::mock();
+        broker
+            .run(a_handler_past_the_drain_wait_is_started_again_by_the_new_owner(&broker))
             .await;
     });
 }

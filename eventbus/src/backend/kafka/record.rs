@@ -236,13 +236,11 @@ pub(crate) fn from_record<M: rdkafka::Message>(record: &M) -> (Message, RecordMe
     }
     let is_binary = attributes.iter().any(|(name, _)| name == "specversion");
     if is_binary {
-        if let Some(structured) =
-            binary::decode(
-                &attributes,
-                content_type.map(String::from_utf8_lossy).as_deref(),
-                &message.payload,
-            )
-        {
+        if let Some(structured) = binary::decode(
+            &attributes,
+            content_type.map(String::from_utf8_lossy).as_deref(),
+            &message.payload,
+        ) {
             message.payload = Arc::from(structured);
         }
         if message.event_type.is_empty() {
