@@ -143,7 +143,7 @@ if fs:
     print(f"language. One-by-one rows publish {fs.get('one_by_one_events', '?')} events, the others")
     print("the bench's full count. FastStream has no inbox: its consume row compares with")
     print("eventbus's pipeline over the in-process inbox; the Redis inbox row adds dedupe across")
-    print("processes (two more commands per event).\n")
+    print("processes (a `SET NX EX` per event and an `MGET` per read: see the commands per event above).\n")
     rows = [
         ("publish, one by one (awaited)", "publish_one_by_one",
          ours(r"\(b1\) bus.publish, one by one\s+(\d+)"), ours(r"\(a1\) raw XADD, one by one\s+(\d+)")),
