@@ -72,8 +72,17 @@ async fn counted_bus(concurrency: usize) -> CountedBus {
     }
 }
 
+/// How the bench hands its events to the bus.
+#[derive(Clone, Copy)]
+enum Publishing {
+    /// One `publish_batch` call for all of them.
+    Batch,
+    /// One awaited `publish_envelope` call each, as the raw channel sends them.
+    OneByOne,
+}
+
 /// Publishes `BATCH` events and waits until they are handled.
-async fn publish_and_wait(counted: &CountedBus) -> Duration {
+async fn publish_and_wait(counted: &CountedBus, publishing: Publishing) -> Duration {
     let batch = orders(BATCH, 64);
     let publisher = counted.bus.publisher();
     counted.target.store(
@@ -81,7 +90,16 @@ async fn publish_and_wait(counted: &CountedBus) -> Duration {
         Ordering::Relaxed,
     );
     let start = Instant::now();
-    publisher.publish_batch(batch).await.expect("publish");
+    match publishing {
+        Publishing::Batch => {
+            publisher.publish_batch(batch).await.expect("publish");
+        }
+        Publishing::OneByOne => {
+            for envelope in batch {
+                publisher.publish_envelope(envelope).await.expect("publish");
+            }
+        }
+    }
     counted.reached.notified().await;
     start.elapsed()
 }
@@ -159,14 +177,18 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(8));
 
-    for concurrency in [1usize, 8] {
+    for (name, concurrency, publishing) in [
+        ("bus_concurrency_1", 1usize, Publishing::Batch),
+        ("bus_concurrency_8", 8, Publishing::Batch),
+        ("bus_one_by_one_concurrency_1", 1, Publishing::OneByOne),
+    ] {
         let counted = rt.block_on(counted_bus(concurrency));
-        group.bench_function(format!("bus_concurrency_{concurrency}"), |b| {
+        group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
-                        total += publish_and_wait(&counted).await;
+                        total += publish_and_wait(&counted, publishing).await;
                     }
                     total
                 })
@@ -236,7 +258,7 @@ fn main() {
             }
             let counted = counted_bus(1).await;
             for _ in 0..batches {
-                total += publish_and_wait(&counted).await;
+                total += publish_and_wait(&counted, Publishing::Batch).await;
             }
             counted.bus.shutdown(Duration::from_secs(5)).await;
             total
