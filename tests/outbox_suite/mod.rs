@@ -207,23 +207,19 @@ pub fn app_schema(identity: &str) -> [String; 2] {
     ]
 }
 
-/// Polls `check` every 10 ms until it holds; panics after `timeout`.
-pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+/// Polls `check` every 10 ms until it holds; panics after `timeout` (scaled by the suite's
+/// time factor, as every wait of the suites).
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        sleep(Duration::from_millis(10)).await;
-    }
+    let held = eventbus_integration::eventually_reads(timeout, check, |held| *held).await;
+    assert!(
+        held.is_ok(),
+        "timed out after {:?} waiting for {what}",
+        eventbus_integration::scaled(timeout)
+    );
 }
 
 /// Events seen by the handler for the first time (after its inbox transaction committed).
