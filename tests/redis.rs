@@ -2,7 +2,7 @@
 //! `EVENTBUS_REDIS_URL`).
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -319,6 +319,115 @@ fn a_killed_consumer_s_entries_are_claimed_and_finished_by_another_member() {
             .await
         );
         survivor.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+/// The README's limit of a stalled process: a member stalled as a whole for longer than its
+/// partition's `lease_ttl` (and `claim_idle`) renews nothing, so another member takes the
+/// partition, claims the entry still in flight on the stalled one and runs it again. The
+/// stalled member here has a tokio runtime of its own, on one thread, which its handler
+/// blocks: its bus, its lease renewal, its claim heartbeat and its Redis connection all stop,
+/// as in a stopped process.
+#[test]
+fn a_member_stalled_past_its_lease_loses_its_in_flight_entry_to_another() {
+    eventbus_integration::run(2, async {
+        let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+            return;
+        };
+        const STALL: Duration = Duration::from_secs(8);
+        let settings = config(&url, "stalled");
+        let prefix = settings.prefix.clone();
+        let b = RedisBackend::connect(settings).await.expect("connect");
+        let starts: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stalled = std::thread::spawn({
+            let (url, prefix, starts, stop) =
+                (url.clone(), prefix.clone(), starts.clone(), stop.clone());
+            move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    let a = backend_with_prefix(&url, &prefix).await;
+                    let bus = Bus::builder()
+                        .backend(a)
+                        .subscribe(
+                            Subscription::new(
+                                "approval.granted",
+                                move |_: Envelope<ApprovalGranted>| {
+                                    let first = {
+                                        let mut starts = starts.lock().unwrap();
+                                        starts.push("a");
+                                        starts.len() == 1
+                                    };
+                                    if first {
+                                        // Blocks the runtime's only thread: the whole member stops.
+                                        std::thread::sleep(STALL);
+                                    }
+                                    async { Ok(()) }
+                                },
+                            )
+                            .group("workers"),
+                        )
+                        .start()
+                        .await
+                        .expect("start");
+                    while !stop.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    bus.shutdown(Duration::from_secs(5)).await;
+                })
+            }
+        });
+        b.publish(vec![eventbus::backend::Message {
+            topic: "approval.granted".into(),
+            key: Some("x".into()),
+            event_type: "approval.granted".into(),
+            headers: Default::default(),
+            payload: Envelope::new(granted("x", 1))
+                .encode()
+                .expect("encode")
+                .into(),
+        }])
+        .await
+        .expect("publish");
+        let started = |who: &str| starts.lock().unwrap().contains(&who);
+        assert!(
+            eventually(WAIT, || started("a")).await,
+            "the member to stall never started the event: {:?}",
+            starts.lock().unwrap()
+        );
+        let s = starts.clone();
+        let other = Bus::builder()
+            .backend(b.clone())
+            .subscribe(
+                Subscription::new("approval.granted", move |_: Envelope<ApprovalGranted>| {
+                    s.lock().unwrap().push("b");
+                    async { Ok(()) }
+                })
+                .group("workers"),
+            )
+            .start()
+            .await
+            .unwrap();
+        let taken_over = eventually(WAIT, || started("b")).await;
+        stop.store(true, Ordering::SeqCst);
+        let seen = starts.lock().unwrap().clone();
+        assert!(
+            taken_over,
+            "the other member never ran the stalled member's event: starts {seen:?}, {:?}",
+            b.stats()
+        );
+        assert_eq!(
+            seen,
+            ["a", "b"],
+            "started by the stalled member, then by the other"
+        );
+        eventbus_integration::unblock(move || stalled.join())
+            .await
+            .expect("the stalled member's thread");
+        other.shutdown(Duration::from_secs(5)).await;
     });
 }
 
