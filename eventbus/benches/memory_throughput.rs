@@ -225,7 +225,8 @@ fn bench(c: &mut Criterion) {
 criterion_group!(benches, bench);
 
 /// `MEMORY_BENCH_BATCHES=n` publishes and handles n batches through the bus at concurrency 1
-/// (or a raw channel, `MEMORY_BENCH_PATH=raw` or `raw_batch`) and exits, without criterion: a fixed amount
+/// (or one by one, `MEMORY_BENCH_PATH=bus_one_by_one`, or a raw channel, `raw` or `raw_batch`)
+/// and exits, without criterion: a fixed amount
 /// of work, for instruction counts (`valgrind --tool=cachegrind`) and A/B runs of two builds.
 fn main() {
     if let Ok(batches) = std::env::var("MEMORY_BENCH_BATCHES") {
@@ -256,9 +257,15 @@ fn main() {
                 }
                 return total;
             }
+            // MEMORY_BENCH_PATH=bus_one_by_one: the bus, each event published on its own.
+            let publishing = if path == "bus_one_by_one" {
+                Publishing::OneByOne
+            } else {
+                Publishing::Batch
+            };
             let counted = counted_bus(1).await;
             for _ in 0..batches {
-                total += publish_and_wait(&counted, Publishing::Batch).await;
+                total += publish_and_wait(&counted, publishing).await;
             }
             counted.bus.shutdown(Duration::from_secs(5)).await;
             total

@@ -952,6 +952,60 @@ fn a_batch_of_mixed_types_reaches_each_type_s_groups() {
     });
 }
 
+/// A group that subscribes after events of a type were published gets the later ones: the
+/// backend's routes of a type are worked out again when a group joins.
+#[test]
+fn a_group_subscribing_later_gets_the_types_published_before_it_joined() {
+    run(|rt| async move {
+        let backend = eventbus::backend::memory::MemoryBackend::new();
+        let first = Seen::default();
+        let f = first.clone();
+        let early = eventbus::Bus::builder()
+            .runtime(rt.clone())
+            .backend(backend.clone())
+            .subscribe(
+                Subscription::new("order.created", move |env: Envelope<OrderCreated>| {
+                    f.push(&env.data.order_id, env.data.seq);
+                    async { Ok(()) }
+                })
+                .group("early"),
+            )
+            .start()
+            .await
+            .unwrap();
+        early.publish(order("a", 1)).await.unwrap();
+        let later = Seen::default();
+        let l = later.clone();
+        let late = eventbus::Bus::builder()
+            .runtime(rt.clone())
+            .backend(backend.clone())
+            .subscribe(
+                Subscription::new("order.*", move |env: Envelope<OrderCreated>| {
+                    l.push(&env.data.order_id, env.data.seq);
+                    async { Ok(()) }
+                })
+                .group("late"),
+            )
+            .start()
+            .await
+            .unwrap();
+        early.publish(order("b", 2)).await.unwrap();
+        let started = std::time::Instant::now();
+        while first.all().len() < 2 || later.all().is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "early saw {:?}, late saw {:?}",
+                first.all(),
+                later.all()
+            );
+            rt.sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(later.all(), vec![("b".to_owned(), 2)]);
+        late.shutdown(Duration::from_secs(5)).await;
+        early.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
 #[test]
 fn follow_on_events_carry_causation_and_correlation() {
     run(|rt| async move {

@@ -48,11 +48,18 @@ struct State {
     groups: Vec<Group>,
     group_ids: FoldMap<(String, String), usize>,
     routes: PatternSet<usize>,
+    /// The groups each event type published so far routes to: a pattern walk per type, not per
+    /// message. Emptied when a group subscribes, and past [`ROUTED_TYPES`] types.
+    routed: FoldMap<Box<str>, Vec<usize>>,
     next_seq: u64,
     next_tag: u64,
     next_member: u64,
     faults: Faults,
 }
+
+/// Event types whose routes are kept at most: a producer inventing type names cannot grow
+/// [`State::routed`] without bound.
+const ROUTED_TYPES: usize = 256;
 
 #[derive(Default)]
 struct TopicLog {
@@ -335,14 +342,11 @@ impl Backend for MemoryBackend {
                     topics,
                     groups,
                     routes,
+                    routed,
                     next_seq,
                     faults,
                     ..
                 } = &mut *state;
-                // The groups of the last event type routed: a batch is mostly of one type, and
-                // a pattern walk per message costs more than comparing the type.
-                let mut routed_type = String::new();
-                let mut routed: Vec<usize> = Vec::new();
                 for mut message in messages {
                     if !is_dlq_topic(&message.topic) {
                         // Publishing is the live path: internal headers come only through
@@ -368,13 +372,18 @@ impl Backend for MemoryBackend {
                     } else {
                         1
                     };
-                    if routed.is_empty() || routed_type != message.event_type {
-                        routed.clear();
-                        routes.for_each_match(&message.event_type, |&group| routed.push(group));
-                        routed_type.clear();
-                        routed_type.push_str(&message.event_type);
+                    if !routed.contains_key(message.event_type.as_str()) {
+                        if routed.len() >= ROUTED_TYPES {
+                            routed.clear();
+                        }
+                        let mut to = Vec::new();
+                        routes.for_each_match(&message.event_type, |&group| to.push(group));
+                        routed.insert(message.event_type.as_str().into(), to);
                     }
-                    for &group in &routed {
+                    let to = routed
+                        .get(message.event_type.as_str())
+                        .map_or(&[][..], Vec::as_slice);
+                    for &group in to {
                         if !message
                             .topic
                             .starts_with(groups[group].topic_prefix.as_str())
@@ -413,6 +422,7 @@ impl Backend for MemoryBackend {
                     });
                     state.group_ids.insert(id, group);
                     state.routes.insert(&request.pattern, group);
+                    state.routed.clear();
                     group
                 }
             };
