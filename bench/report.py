@@ -102,6 +102,8 @@ if mem:
         print("| path | instructions per event |")
         print("|---|---|")
         print(f"| bus, concurrency 1 | {bus:,.0f} |")
+        if "bus_one_by_one" in counted:
+            print(f"| bus, published one by one | {int(counted['bus_one_by_one']) / events:,.0f} |")
         print(f"| raw channel (same envelope) | {raw:,.0f} |")
         if "raw_batch" in counted:
             raw_batch = int(counted["raw_batch"]) / events
