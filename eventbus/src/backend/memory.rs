@@ -405,7 +405,10 @@ impl Backend for MemoryBackend {
         };
         self.touch();
         drop(evicted);
-        Box::pin(async move { result })
+        match result {
+            Ok(()) => crate::ready::done(),
+            Err(error) => Box::pin(async move { Err(error) }),
+        }
     }
 
     fn subscribe(&self, request: SubscribeRequest) -> BoxFuture<'_, Result<DeliveryStream, Error>> {
