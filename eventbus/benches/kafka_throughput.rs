@@ -14,6 +14,8 @@
 //! cluster (in-process broker).
 #![allow(missing_docs)]
 
+mod support;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -163,14 +165,7 @@ async fn raw_publish(
             let time = envelope
                 .time
                 .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
-            envelope.source = "eventbus".into();
-            envelope.correlation_id = Some(id.clone());
-            let trace = format!(
-                "00-{:032x}-{:016x}-01",
-                fastrand::u128(..),
-                fastrand::u64(..)
-            );
-            envelope.headers.insert("traceparent".into(), trace);
+            support::as_published(&mut envelope);
             headers = headers
                 .insert(Header {
                     key: "event-id",

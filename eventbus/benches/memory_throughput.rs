@@ -6,6 +6,8 @@
 //! `cargo bench -p eventbus-framework --bench memory_throughput`
 #![allow(missing_docs)]
 
+mod support;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -107,14 +109,7 @@ async fn publish_and_wait(counted: &CountedBus, publishing: Publishing) -> Durat
 /// An envelope as the bus publishes it (a source, a correlation id and a `traceparent`),
 /// encoded by hand.
 fn encode_by_hand(mut env: Envelope<OrderCreated>) -> Vec<u8> {
-    env.source = "eventbus".into();
-    env.correlation_id = Some(env.id.to_string());
-    let trace = format!(
-        "00-{:032x}-{:016x}-01",
-        fastrand::u128(..),
-        fastrand::u64(..)
-    );
-    env.headers.insert("traceparent".into(), trace);
+    support::as_published(&mut env);
     env.encode().expect("encode")
 }
 

@@ -14,6 +14,8 @@
 //! fixed rate with two members.
 #![allow(missing_docs)]
 
+mod support;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -76,14 +78,7 @@ async fn raw_xadd(conn: &mut redis::aio::MultiplexedConnection, streams: &str) -
             let event = order(i);
             let stream = format!("{streams}#{}", partition_of(&event.customer, PARTITIONS));
             let mut envelope = Envelope::new(event.clone());
-            envelope.source = "eventbus".into();
-            envelope.correlation_id = Some(envelope.id.to_string());
-            let trace = format!(
-                "00-{:032x}-{:016x}-01",
-                fastrand::u128(..),
-                fastrand::u64(..)
-            );
-            envelope.headers.insert("traceparent".into(), trace);
+            support::as_published(&mut envelope);
             let payload = envelope.encode().unwrap();
             pipe.cmd("XADD")
                 .arg(stream)

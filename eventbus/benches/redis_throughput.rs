@@ -9,6 +9,8 @@
 //! the ratios b/a and d/c, and end-to-end latency percentiles at a fixed rate.
 #![allow(missing_docs)]
 
+mod support;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -75,14 +77,7 @@ async fn raw_xadd(
         for i in n..n + batch {
             let mut envelope = Envelope::new(tick(i));
             if same_record {
-                envelope.source = "eventbus".into();
-                envelope.correlation_id = Some(envelope.id.to_string());
-                let trace = format!(
-                    "00-{:032x}-{:016x}-01",
-                    fastrand::u128(..),
-                    fastrand::u64(..)
-                );
-                envelope.headers.insert("traceparent".into(), trace);
+                support::as_published(&mut envelope);
             }
             let payload = envelope.encode().unwrap();
             let xadd = pipe.cmd("XADD").arg(stream).arg("*");
