@@ -177,7 +177,8 @@ impl Subscription {
         self
     }
 
-    /// Sets how many handlers run at once (across keys).
+    /// Sets how many handlers run at once (across keys). They share the subscription's
+    /// consumer task, so they overlap their waits, not their CPU work.
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.options.concurrency = concurrency;
         self

@@ -532,6 +532,50 @@ fn a_restart_mid_handler_redelivers_unacked_events() {
     });
 }
 
+/// The handlers a subscription runs at once share its consumer's task: they overlap their
+/// waits (the case above), not their CPU work. Handlers that compute without awaiting run one
+/// after another, even with concurrency 4 on a runtime of two threads.
+#[test]
+fn concurrent_handlers_overlap_waits_not_cpu_work() {
+    run(|rt| async move {
+        let computing = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicUsize::new(0));
+        let (c, p, d) = (computing.clone(), peak.clone(), done.clone());
+        let h = TestHarness::start_on(rt, move |bus| {
+            let (c, p, d) = (c.clone(), p.clone(), d.clone());
+            bus.subscribe(
+                Subscription::new("order.created", move |_: Envelope<OrderCreated>| {
+                    let (c, p, d) = (c.clone(), p.clone(), d.clone());
+                    async move {
+                        let now = c.fetch_add(1, Ordering::SeqCst) + 1;
+                        p.fetch_max(now, Ordering::SeqCst);
+                        // CPU work: the thread is busy and nothing is awaited.
+                        std::thread::sleep(Duration::from_millis(20));
+                        c.fetch_sub(1, Ordering::SeqCst);
+                        d.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    }
+                })
+                .group("cpu")
+                .concurrency(4),
+            )
+        })
+        .await
+        .unwrap();
+        for n in 0..8 {
+            h.publish(order(&format!("k{n}"), n)).await.unwrap();
+        }
+        h.settle().await.unwrap();
+        assert_eq!(done.load(Ordering::SeqCst), 8);
+        assert_eq!(
+            peak.load(Ordering::SeqCst),
+            1,
+            "handlers computed at the same time"
+        );
+    });
+}
+
 #[test]
 fn same_key_stays_in_order_while_keys_run_concurrently_within_the_limit() {
     run(|rt| async move {
