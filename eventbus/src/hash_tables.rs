@@ -10,3 +10,46 @@ pub(crate) type FoldMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A `HashSet` hashed with foldhash.
 pub(crate) type FoldSet<T> = HashSet<T, foldhash::fast::RandomState>;
+
+/// Something worked out once per event type and kept, for at most [`PerType::CAPACITY`]
+/// types: past that (a producer inventing type names) it starts over, so it cannot grow
+/// without bound.
+#[derive(Debug)]
+pub(crate) struct PerType<V>(FoldMap<Box<str>, V>);
+
+impl<V> Default for PerType<V> {
+    fn default() -> Self {
+        PerType(FoldMap::default())
+    }
+}
+
+impl<V> PerType<V> {
+    /// Event types kept at most.
+    pub(crate) const CAPACITY: usize = 256;
+
+    /// The value of `event_type`, worked out by `work_out` when not kept yet.
+    pub(crate) fn get_or_insert_with(
+        &mut self,
+        event_type: &str,
+        work_out: impl FnOnce() -> V,
+    ) -> &V {
+        if !self.0.contains_key(event_type) {
+            if self.0.len() >= Self::CAPACITY {
+                self.0.clear();
+            }
+            self.0.insert(event_type.into(), work_out());
+        }
+        &self.0[event_type]
+    }
+
+    /// Forgets every type (what they were worked out from changed).
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    /// Event types kept now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+}

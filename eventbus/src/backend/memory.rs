@@ -25,7 +25,7 @@ use super::{
     Message, Page, RetryState, StoredMessage, SubscribeRequest, MAX_PAGE,
 };
 use crate::error::Error;
-use crate::hash_tables::FoldMap;
+use crate::hash_tables::{FoldMap, PerType};
 use crate::pattern::PatternSet;
 use crate::wire::{is_dlq_topic, DLQ_SUFFIX};
 
@@ -49,17 +49,13 @@ struct State {
     group_ids: FoldMap<(String, String), usize>,
     routes: PatternSet<usize>,
     /// The groups each event type published so far routes to: a pattern walk per type, not per
-    /// message. Emptied when a group subscribes, and past [`ROUTED_TYPES`] types.
-    routed: FoldMap<Box<str>, Vec<usize>>,
+    /// message. Emptied when a group subscribes.
+    routed: PerType<Vec<usize>>,
     next_seq: u64,
     next_tag: u64,
     next_member: u64,
     faults: Faults,
 }
-
-/// Event types whose routes are kept at most: a producer inventing type names cannot grow
-/// [`State::routed`] without bound.
-const ROUTED_TYPES: usize = 256;
 
 #[derive(Default)]
 struct TopicLog {
@@ -372,17 +368,11 @@ impl Backend for MemoryBackend {
                     } else {
                         1
                     };
-                    if !routed.contains_key(message.event_type.as_str()) {
-                        if routed.len() >= ROUTED_TYPES {
-                            routed.clear();
-                        }
+                    let to = routed.get_or_insert_with(&message.event_type, || {
                         let mut to = Vec::new();
                         routes.for_each_match(&message.event_type, |&group| to.push(group));
-                        routed.insert(message.event_type.as_str().into(), to);
-                    }
-                    let to = routed
-                        .get(message.event_type.as_str())
-                        .map_or(&[][..], Vec::as_slice);
+                        to
+                    });
                     for &group in to {
                         if !message
                             .topic

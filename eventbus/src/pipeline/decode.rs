@@ -6,7 +6,7 @@ use super::{DeliveryCx, Outcome, Stage};
 use crate::clock::Clock;
 use crate::envelope::RawEnvelope;
 use crate::handler::ErrorKind;
-use crate::hash_tables::FoldMap;
+use crate::hash_tables::PerType;
 use crate::pattern::Pattern;
 
 /// Parses the envelope (a malformed one is a permanent failure, so it is dead-lettered with the
@@ -23,30 +23,19 @@ pub(crate) struct DecodeLayer {
 }
 
 /// Whether the subscription takes each event type seen, so a type's name is checked and
-/// matched against the pattern once, not per delivery. Bounded: past [`Self::CAPACITY`] types
-/// (a producer inventing names) it starts over.
+/// matched against the pattern once, not per delivery.
 #[derive(Default)]
-struct TypeVerdicts(Mutex<FoldMap<Box<str>, bool>>);
+struct TypeVerdicts(Mutex<PerType<bool>>);
 
 impl TypeVerdicts {
-    const CAPACITY: usize = 256;
-
     /// The verdict on `event_type`, computed by `decide` when not known yet.
     fn get(&self, event_type: &str, decide: impl FnOnce() -> bool) -> bool {
         // Deliveries of one subscription run in its consumer's task, so the lock is
         // uncontended; if it ever is taken, deciding again is cheaper than waiting.
-        let Ok(mut known) = self.0.try_lock() else {
-            return decide();
-        };
-        if let Some(&taken) = known.get(event_type) {
-            return taken;
+        match self.0.try_lock() {
+            Ok(mut known) => *known.get_or_insert_with(event_type, decide),
+            Err(_) => decide(),
         }
-        let taken = decide();
-        if known.len() >= Self::CAPACITY {
-            known.clear();
-        }
-        known.insert(event_type.into(), taken);
-        taken
     }
 }
 
@@ -141,6 +130,7 @@ impl DecodeLayer {
 #[cfg(test)]
 mod tests {
     use super::TypeVerdicts;
+    use crate::hash_tables::PerType;
 
     /// A producer inventing type names never grows the verdicts past their capacity, and every
     /// verdict stays the one its type was decided with.
@@ -148,12 +138,12 @@ mod tests {
     fn verdicts_stay_bounded_and_right() {
         let verdicts = TypeVerdicts::default();
         for round in 0..3 {
-            for n in 0..TypeVerdicts::CAPACITY * 2 {
+            for n in 0..PerType::<bool>::CAPACITY * 2 {
                 let name = format!("t.{n}");
                 let decided = verdicts.get(&name, || n % 3 == 0);
                 assert_eq!(decided, n % 3 == 0, "{name} in round {round}");
                 let held = verdicts.0.lock().map(|k| k.len()).unwrap_or(usize::MAX);
-                assert!(held <= TypeVerdicts::CAPACITY, "{held} verdicts held");
+                assert!(held <= PerType::<bool>::CAPACITY, "{held} verdicts held");
             }
         }
         // A known type is answered without deciding again.
