@@ -74,12 +74,12 @@ async fn counted_bus(concurrency: usize) -> CountedBus {
     }
 }
 
-/// How the bench hands its events to the bus.
+/// How the bench hands its events over, to the bus or to the raw channel.
 #[derive(Clone, Copy)]
 enum Publishing {
-    /// One `publish_batch` call for all of them.
+    /// All at once: one `publish_batch` call, or the batch encoded, then sent.
     Batch,
-    /// One awaited `publish_envelope` call each, as the raw channel sends them.
+    /// Each on its own: one awaited `publish_envelope` call, or one send as encoded.
     OneByOne,
 }
 
@@ -131,31 +131,27 @@ fn decoding_task(
     })
 }
 
-/// The same job by hand, one by one: `BATCH` envelopes encoded and each sent over an unbounded
-/// channel to a task that decodes them, so encoding and decoding overlap on two cores.
-async fn raw_channel() -> Duration {
+/// The same job by hand: `BATCH` envelopes encoded and sent over an unbounded channel to a
+/// task that decodes them. One by one, each is sent as encoded, so encoding and decoding
+/// overlap on two cores; in batch mode (`publish_batch`'s: one that fails to encode would stop
+/// the batch before anything is sent), every envelope is encoded first, then the batch sent at
+/// once.
+async fn raw_channel(publishing: Publishing) -> Duration {
     let batch = orders(BATCH, 64);
     let start = Instant::now();
     let (tx, rx) = futures::channel::mpsc::unbounded();
     let consumer = decoding_task(rx);
-    for env in batch {
-        tx.unbounded_send(vec![encode_by_hand(env)]).expect("send");
+    match publishing {
+        Publishing::OneByOne => {
+            for env in batch {
+                tx.unbounded_send(vec![encode_by_hand(env)]).expect("send");
+            }
+        }
+        Publishing::Batch => {
+            let encoded: Vec<Vec<u8>> = batch.into_iter().map(encode_by_hand).collect();
+            tx.unbounded_send(encoded).expect("send");
+        }
     }
-    drop(tx);
-    assert_eq!(consumer.await.expect("join"), BATCH);
-    start.elapsed()
-}
-
-/// The same job by hand in the mode of `publish_batch`: every envelope encoded first (one that
-/// fails to encode would stop the batch before anything is sent), then the batch sent at once
-/// to the decoding task.
-async fn raw_channel_batch() -> Duration {
-    let batch = orders(BATCH, 64);
-    let start = Instant::now();
-    let (tx, rx) = futures::channel::mpsc::unbounded();
-    let consumer = decoding_task(rx);
-    let encoded: Vec<Vec<u8>> = batch.into_iter().map(encode_by_hand).collect();
-    tx.unbounded_send(encoded).expect("send");
     drop(tx);
     assert_eq!(consumer.await.expect("join"), BATCH);
     start.elapsed()
@@ -192,28 +188,22 @@ fn bench(c: &mut Criterion) {
         rt.block_on(counted.bus.shutdown(Duration::from_secs(5)));
     }
 
-    group.bench_function("raw_channel_baseline", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    total += raw_channel().await;
-                }
-                total
+    for (name, publishing) in [
+        ("raw_channel_baseline", Publishing::OneByOne),
+        ("raw_channel_batch_baseline", Publishing::Batch),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        total += raw_channel(publishing).await;
+                    }
+                    total
+                })
             })
-        })
-    });
-    group.bench_function("raw_channel_batch_baseline", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    total += raw_channel_batch().await;
-                }
-                total
-            })
-        })
-    });
+        });
+    }
     group.finish();
 }
 
@@ -242,22 +232,19 @@ fn main() {
         let path = std::env::var("MEMORY_BENCH_PATH").unwrap_or_default();
         let elapsed = rt.block_on(async {
             let mut total = Duration::ZERO;
-            if path == "raw" || path == "raw_batch" {
+            // MEMORY_BENCH_PATH=bus_one_by_one: the bus, each event published on its own.
+            let (raw, publishing) = match path.as_str() {
+                "raw" => (true, Publishing::OneByOne),
+                "raw_batch" => (true, Publishing::Batch),
+                "bus_one_by_one" => (false, Publishing::OneByOne),
+                _ => (false, Publishing::Batch),
+            };
+            if raw {
                 for _ in 0..batches {
-                    total += if path == "raw" {
-                        raw_channel().await
-                    } else {
-                        raw_channel_batch().await
-                    };
+                    total += raw_channel(publishing).await;
                 }
                 return total;
             }
-            // MEMORY_BENCH_PATH=bus_one_by_one: the bus, each event published on its own.
-            let publishing = if path == "bus_one_by_one" {
-                Publishing::OneByOne
-            } else {
-                Publishing::Batch
-            };
             let counted = counted_bus(1).await;
             for _ in 0..batches {
                 total += publish_and_wait(&counted, publishing).await;
