@@ -60,6 +60,25 @@ fn run<F: Future<Output = ()>>(test: impl FnOnce(Arc<dyn Runtime>) -> F) {
     smol::block_on(test(Arc::new(eventbus::runtime::SmolRuntime)));
 }
 
+/// Waits for `done`, checking every 5 ms, for at most 10 s; past that, fails naming `what`
+/// and showing what `seen` reports.
+async fn wait_until(
+    rt: &Arc<dyn Runtime>,
+    what: &str,
+    done: impl Fn() -> bool,
+    seen: impl Fn() -> String,
+) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still waiting after 10 s for {what}: {}",
+            seen()
+        );
+        rt.sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn order(id: &str, seq: u32) -> OrderCreated {
     OrderCreated {
         order_id: id.to_owned(),
@@ -493,7 +512,7 @@ fn a_restart_mid_handler_redelivers_unacked_events() {
         let started = Arc::new(AtomicUsize::new(0));
         let finished = Arc::new(AtomicUsize::new(0));
         let (s, f) = (started.clone(), finished.clone());
-        let mut h = TestHarness::start_on(rt, move |bus| {
+        let mut h = TestHarness::start_on(rt.clone(), move |bus| {
             let (s, f) = (s.clone(), f.clone());
             bus.subscribe(
                 Subscription::new(
@@ -519,10 +538,13 @@ fn a_restart_mid_handler_redelivers_unacked_events() {
         for i in 0..3 {
             h.publish(order(&format!("k{i}"), i)).await.unwrap();
         }
-        while started.load(Ordering::SeqCst) < 3 {
-            futures::future::ready(()).await;
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until(
+            &rt,
+            "3 handlers started",
+            || started.load(Ordering::SeqCst) >= 3,
+            || format!("{} started", started.load(Ordering::SeqCst)),
+        )
+        .await;
         assert_eq!(h.backend().outstanding(), 3);
         h.restart().await.unwrap();
         h.settle().await.unwrap();
@@ -853,16 +875,13 @@ fn a_panic_outside_the_handler_is_contained_and_shutdown_returns_in_time() {
         for (key, seq) in [("a", 1), ("b", 2), ("c", 3)] {
             bus.publish(order(key, seq)).await.unwrap();
         }
-        let started = std::time::Instant::now();
-        while seen.all().len() < 2 || bus.stats().unsettled == 0 {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "after the panic: handled {:?}, {:?}",
-                seen.all(),
-                bus.stats()
-            );
-            rt.sleep(Duration::from_millis(10)).await;
-        }
+        wait_until(
+            &rt,
+            "two handled and the panicked one unsettled",
+            || seen.all().len() >= 2 && bus.stats().unsettled > 0,
+            || format!("handled {:?}, {:?}", seen.all(), bus.stats()),
+        )
+        .await;
         assert_eq!(seen.all(), vec![("b".to_owned(), 2), ("c".to_owned(), 3)]);
         let started = std::time::Instant::now();
         let shutdown = bus.shutdown(Duration::from_millis(500));
@@ -1034,16 +1053,13 @@ fn a_group_subscribing_later_gets_the_types_published_before_it_joined() {
             .await
             .unwrap();
         early.publish(order("b", 2)).await.unwrap();
-        let started = std::time::Instant::now();
-        while first.all().len() < 2 || later.all().is_empty() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "early saw {:?}, late saw {:?}",
-                first.all(),
-                later.all()
-            );
-            rt.sleep(Duration::from_millis(10)).await;
-        }
+        wait_until(
+            &rt,
+            "both groups to see the second event",
+            || first.all().len() >= 2 && !later.all().is_empty(),
+            || format!("early saw {:?}, late saw {:?}", first.all(), later.all()),
+        )
+        .await;
         assert_eq!(later.all(), vec![("b".to_owned(), 2)]);
         late.shutdown(Duration::from_secs(5)).await;
         early.shutdown(Duration::from_secs(5)).await;
@@ -1291,9 +1307,10 @@ fn shutdown_drains_in_flight_handlers_and_refuses_new_work() {
         let started = Arc::new(AtomicUsize::new(0));
         let finished = Arc::new(AtomicUsize::new(0));
         let (s, f) = (started.clone(), finished.clone());
+        let handler_rt = rt.clone();
         let h = TestHarness::start_on(rt.clone(), move |bus| {
             let (s, f) = (s.clone(), f.clone());
-            let rt = rt.clone();
+            let rt = handler_rt.clone();
             bus.subscribe(
                 Subscription::new("order.created", move |_: Envelope<OrderCreated>| {
                     let (f, rt) = (f.clone(), rt.clone());
@@ -1312,9 +1329,13 @@ fn shutdown_drains_in_flight_handlers_and_refuses_new_work() {
         for i in 0..4 {
             h.publish(order(&format!("k{i}"), i)).await.unwrap();
         }
-        while started.load(Ordering::SeqCst) < 4 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until(
+            &rt,
+            "4 handlers started",
+            || started.load(Ordering::SeqCst) >= 4,
+            || format!("{} started", started.load(Ordering::SeqCst)),
+        )
+        .await;
         assert_eq!(
             finished.load(Ordering::SeqCst),
             0,
@@ -1351,9 +1372,13 @@ fn shutdown_timeout_aborts_and_leaves_deliveries_for_redelivery() {
         .await
         .unwrap();
         h.publish(order("stuck", 1)).await.unwrap();
-        while started.load(Ordering::SeqCst) == 0 {
-            rt.sleep(Duration::from_millis(1)).await;
-        }
+        wait_until(
+            &rt,
+            "the handler to start",
+            || started.load(Ordering::SeqCst) > 0,
+            || "not started".to_owned(),
+        )
+        .await;
         // Shutdown's timeout runs on the virtual clock: advance it from the side.
         let shutdown = h.bus().shutdown(Duration::from_secs(1));
         let advance = async {
