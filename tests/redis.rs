@@ -380,18 +380,8 @@ fn a_member_stalled_past_its_lease_loses_its_in_flight_entry_to_another() {
                 })
             }
         });
-        b.publish(vec![eventbus::backend::Message {
-            topic: "approval.granted".into(),
-            key: Some("x".into()),
-            event_type: "approval.granted".into(),
-            headers: Default::default(),
-            payload: Envelope::new(granted("x", 1))
-                .encode()
-                .expect("encode")
-                .into(),
-        }])
-        .await
-        .expect("publish");
+        let publisher = Bus::builder().backend(b.clone()).start().await.unwrap();
+        publisher.publish(granted("x", 1)).await.expect("publish");
         let started = |who: &str| starts.lock().unwrap().contains(&who);
         assert!(
             eventually(WAIT, || started("a")).await,
