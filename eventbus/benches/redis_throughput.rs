@@ -208,6 +208,47 @@ async fn server_calls(
     calls
 }
 
+/// What the Redis server had done at one moment: its main thread's CPU time and its call
+/// counts. Two of them, around a consume phase, give what the phase cost the server.
+struct ServerSnapshot {
+    cpu: f64,
+    calls: std::collections::BTreeMap<String, u64>,
+}
+
+/// One consume phase as the server saw it: the wall time, the server's CPU seconds, and the
+/// commands it served per event.
+struct PhaseCost {
+    name: &'static str,
+    wall: Duration,
+    cpu: f64,
+    commands: String,
+}
+
+impl ServerSnapshot {
+    async fn take(conn: &mut redis::aio::MultiplexedConnection) -> Self {
+        ServerSnapshot {
+            cpu: server_cpu(conn).await,
+            calls: server_calls(conn).await,
+        }
+    }
+
+    /// The cost of the phase `name` that ran since this snapshot, in `wall`.
+    async fn phase(
+        self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        name: &'static str,
+        wall: Duration,
+    ) -> PhaseCost {
+        let after = ServerSnapshot::take(conn).await;
+        PhaseCost {
+            name,
+            wall,
+            cpu: after.cpu - self.cpu,
+            commands: calls_per_event(&self.calls, &after.calls),
+        }
+    }
+}
+
 /// Commands per event between two [`server_calls`] snapshots, the commands the bench itself
 /// sends to read the snapshots left out.
 fn calls_per_event(
@@ -470,18 +511,14 @@ fn main() {
             return;
         }
         let (a, a_min, a1, b, b1) = (median(a), median(a_min), median(a1), median(b), median(b1));
-        // The server's CPU per event in each consume phase, beside the wall time per event.
-        let mut server = Vec::new();
-        // And the commands each consume phase sent, per event.
-        let mut commands = Vec::new();
-        let (cpu, calls) = (server_cpu(&mut conn).await, server_calls(&mut conn).await);
+        // What each consume phase cost the server: CPU and commands per event.
+        let mut phases = Vec::new();
+        let before = ServerSnapshot::take(&mut conn).await;
         let c = raw_consume(&mut conn, &raw_stream).await;
-        server.push(("c", c, server_cpu(&mut conn).await - cpu));
-        commands.push(("c", calls_per_event(&calls, &server_calls(&mut conn).await)));
-        let (cpu, calls) = (server_cpu(&mut conn).await, server_calls(&mut conn).await);
+        phases.push(before.phase(&mut conn, "c", c).await);
+        let before = ServerSnapshot::take(&mut conn).await;
         let c_inbox = raw_consume_with_inbox(&mut conn, &raw_stream, &prefix).await;
-        server.push(("c'", c_inbox, server_cpu(&mut conn).await - cpu));
-        commands.push(("c'", calls_per_event(&calls, &server_calls(&mut conn).await)));
+        phases.push(before.phase(&mut conn, "c'", c_inbox).await);
         // RBENCH_CONSUMER=inbox1 (or inbox64, inbox256, memory64) runs that consumer alone, for
         // a profile of it.
         let alone = std::env::var("RBENCH_CONSUMER").unwrap_or_default();
@@ -497,15 +534,13 @@ fn main() {
             }
         };
         let d1 = consume("inbox1", 1, true).await;
-        let (cpu, calls) = (server_cpu(&mut conn).await, server_calls(&mut conn).await);
+        let before = ServerSnapshot::take(&mut conn).await;
         let d64 = consume("inbox64", 64, true).await;
-        server.push(("d c64", d64, server_cpu(&mut conn).await - cpu));
-        commands.push(("d c64", calls_per_event(&calls, &server_calls(&mut conn).await)));
+        phases.push(before.phase(&mut conn, "d c64", d64).await);
         let d256 = consume("inbox256", 256, true).await;
-        let (cpu, calls) = (server_cpu(&mut conn).await, server_calls(&mut conn).await);
+        let before = ServerSnapshot::take(&mut conn).await;
         let m64 = consume("memory64", 64, false).await;
-        server.push(("d' c64", m64, server_cpu(&mut conn).await - cpu));
-        commands.push(("d' c64", calls_per_event(&calls, &server_calls(&mut conn).await)));
+        phases.push(before.phase(&mut conn, "d' c64", m64).await);
 
         println!("redis streams, {EVENTS} events of {} bytes, batches of {BATCH}", Envelope::new(tick(0)).encode().unwrap().len());
         println!("publishing: median of {PUBLISH_ROUNDS} interleaved rounds");
@@ -524,18 +559,19 @@ fn main() {
         let per_event = |d: Duration| d.as_secs_f64() * 1e6 / EVENTS as f64;
         println!(
             "Redis main thread, CPU / wall per event: {}",
-            server
+            phases
                 .iter()
-                .map(|(name, wall, cpu)| format!(
-                    "{name} {:.1} / {:.1} µs",
-                    cpu * 1e6 / EVENTS as f64,
-                    per_event(*wall)
+                .map(|phase| format!(
+                    "{} {:.1} / {:.1} µs",
+                    phase.name,
+                    phase.cpu * 1e6 / EVENTS as f64,
+                    per_event(phase.wall)
                 ))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        for (name, calls) in &commands {
-            println!("Redis commands per event, {name}: {calls}");
+        for phase in &phases {
+            println!("Redis commands per event, {}: {}", phase.name, phase.commands);
         }
         let mut fresh = RedisConfig::new(&url);
         fresh.prefix = format!("{prefix}-latency");
