@@ -12,6 +12,12 @@
 //! per-key ordering, commit after handling), the ratios b/a and e/d, and end-to-end latency
 //! percentiles at a fixed rate. Without `EVENTBUS_KAFKA_BROKERS` it runs on librdkafka's mock
 //! cluster (in-process broker).
+//!
+//! `KBENCH_TRACE=1` prints, for each full-pipeline round, the events handled in each 50 ms
+//! (the catch-up's course: where it runs at the handlers' pace and where it waits). The mock
+//! cluster keeps at most 100 000 records or 5 MB of record batches per partition: a
+//! `KBENCH_EVENTS` past that loses the oldest before they are consumed, and the consume
+//! phases then never finish.
 #![allow(missing_docs)]
 
 mod support;
@@ -369,15 +375,25 @@ async fn pipeline_consume(backend: &KafkaBackend, concurrency: usize) -> Consume
         .await
         .unwrap();
     let mut clock = ConsumeClock::start();
+    let mut trace = Vec::new();
+    let mut last = Instant::now();
     loop {
         let handled = count.load(Ordering::Relaxed);
         if handled > 0 {
             clock.record();
+            if last.elapsed() >= Duration::from_millis(50) {
+                trace.push(handled);
+                last = Instant::now();
+            }
         }
         if handled >= events() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    if std::env::var("KBENCH_TRACE").is_ok() {
+        let steps: Vec<u64> = trace.windows(2).map(|w| w[1] - w[0]).collect();
+        eprintln!("handled per 50 ms (concurrency {concurrency}): {steps:?}");
     }
     let consumed = clock.finish();
     bus.shutdown(Duration::from_secs(10)).await;
