@@ -42,6 +42,7 @@ use crate::pattern::{Pattern, Segment};
 use crate::wire::is_dlq_topic;
 
 const POLL: Duration = Duration::from_millis(20);
+/// Records taken from librdkafka in one round of the poll thread, at most.
 const MAX_BATCH: usize = 2_000;
 
 /// Escapes a topic name for a POSIX extended regular expression.
@@ -536,6 +537,9 @@ fn poll_loop(consumer: BaseConsumer<Callbacks>, shared: Arc<MemberState>) {
     let mut names = Topics::default();
     let mut last_error_log: Option<Instant> = None;
     let mut batch = Vec::with_capacity(256);
+    // A round takes no more than a partition's buffer holds (plus the record that goes over):
+    // the partition is paused after the round, so a round may not fill it far past its bound.
+    let round = MAX_BATCH.min(shared.lock().limits().max_buffered.saturating_add(1));
     while !shared.is_stopping() {
         let mut timeout = POLL;
         if let Some(due) = shared.lock().next_due() {
@@ -543,7 +547,7 @@ fn poll_loop(consumer: BaseConsumer<Callbacks>, shared: Arc<MemberState>) {
             timeout = timeout.min(Duration::from_millis(wait));
         }
         let mut first = true;
-        while batch.len() < MAX_BATCH {
+        while batch.len() < round {
             let polled = consumer.poll(if first { timeout } else { Duration::ZERO });
             first = false;
             match polled {
@@ -593,6 +597,7 @@ fn poll_loop(consumer: BaseConsumer<Callbacks>, shared: Arc<MemberState>) {
         }
         ready |= tracker.release_due(now);
         let flow = tracker.flow_changes();
+        let resume = tracker.with_fetch_positions(flow.resume);
         let commits = tracker.due_commits(false);
         drop(tracker);
         if ready {
@@ -603,7 +608,7 @@ fn poll_loop(consumer: BaseConsumer<Callbacks>, shared: Arc<MemberState>) {
             .pauses
             .fetch_add(flow.pause.len() as u64, Ordering::Relaxed);
         fetch_flow::pause(&consumer, &flow.pause);
-        fetch_flow::resume(&consumer, &flow.resume);
+        fetch_flow::resume(&consumer, &resume);
         if !commits.is_empty() {
             commit(&consumer, &shared, &commits, CommitMode::Async);
         }

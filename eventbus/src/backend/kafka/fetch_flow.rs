@@ -7,9 +7,17 @@
 //! wait, one second, before it looks at them again; a consumer catching up on a backlog
 //! through a small buffer (`consumer.max_buffered_per_partition`) then spent most of its time
 //! asleep: 20 k events/s instead of 80 k on the bench with a buffer of 1 000 records, 2.5 k
-//! with 200. A watermark query (a ListOffsets request) on each resumed partition is queued
-//! on the thread of that partition's leader, which is the thread that fetches it: it wakes,
-//! sees the partition fetchable and sends the fetch.
+//! with 200.
+//!
+//! A resumed partition is therefore also sought to where its fetching stopped (one past the
+//! newest record the consumer received: the position librdkafka resumes from anyway). The
+//! seek is queued on the thread that fetches the partition, wakes it, and returns at once.
+//! A partition whose position is not known yet gets a watermark query (a ListOffsets request)
+//! instead, which wakes the same thread but blocks the caller until it is answered, and a
+//! broker answers a connection's requests in order: behind a fetch waiting for new data, up to
+//! `fetch.wait.max.ms`. The poll thread makes that call, and polls no partition's records
+//! while it waits: on the bench a resumption held it for the whole 200 ms budget (the seek:
+//! under half a millisecond).
 
 use std::time::{Duration, Instant};
 
@@ -18,9 +26,9 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 
 use super::tracker::Tp;
 
-/// How long the wake-up queries of one resumption may block the poll thread in all; the
-/// partitions left then are looked at on their broker thread's next round (within a second).
-/// A query is answered in one round trip; only its sending matters.
+/// How long the watermark queries of one resumption (partitions without a known position) may
+/// block the poll thread in all; the partitions left then are looked at on their broker
+/// thread's next round (within a second).
 const WAKE_BUDGET: Duration = Duration::from_millis(200);
 
 /// Stops fetching `tps` (librdkafka drops what it prefetched of them).
@@ -33,13 +41,32 @@ pub(crate) fn pause<C: ConsumerContext>(consumer: &BaseConsumer<C>, tps: &[Tp]) 
     }
 }
 
-/// Fetches `tps` again, waking the broker threads that fetch them.
-pub(crate) fn resume<C: ConsumerContext>(consumer: &BaseConsumer<C>, tps: &[Tp]) {
-    if !unpause(consumer, tps) {
+/// Fetches `tps` again from their fetch positions (`None`: not known), waking the broker
+/// threads that fetch them.
+pub(crate) fn resume<C: ConsumerContext>(consumer: &BaseConsumer<C>, tps: &[(Tp, Option<i64>)]) {
+    let all: Vec<Tp> = tps.iter().map(|(tp, _)| tp.clone()).collect();
+    if !unpause(consumer, &all) {
         return;
     }
+    let mut seek = TopicPartitionList::with_capacity(tps.len());
+    let mut unknown = Vec::new();
+    for (tp, at) in tps {
+        let added = at.map(|at| {
+            seek.add_partition_offset(&tp.0, tp.1, rdkafka::Offset::Offset(at))
+                .is_ok()
+        });
+        if added != Some(true) {
+            unknown.push(tp);
+        }
+    }
+    if seek.count() > 0 {
+        // A zero timeout: queued, not waited for.
+        if let Err(error) = consumer.seek_partitions(seek, Duration::ZERO) {
+            tracing::debug!(%error, "seeking resumed partitions failed: they are fetched on their broker thread's next round");
+        }
+    }
     let started = Instant::now();
-    for (topic, partition) in tps {
+    for (topic, partition) in unknown {
         let left = WAKE_BUDGET.saturating_sub(started.elapsed());
         if left.is_zero() {
             break;

@@ -352,6 +352,7 @@ fn run(
         paused.extend(newly);
         // Bounded buffers: a partition far ahead of its handlers pauses until they catch up.
         let flow = tracker.flow_changes();
+        let resume = tracker.with_fetch_positions(flow.resume);
         let done = reached.len() == ends.len() && tracker.is_idle();
         drop(tracker);
         if !flow.pause.is_empty() {
@@ -361,10 +362,9 @@ fn run(
             );
         }
         fetch_flow::pause(&consumer, &flow.pause);
-        let resume: Vec<Tp> = flow
-            .resume
+        let resume: Vec<(Tp, Option<i64>)> = resume
             .into_iter()
-            .filter(|tp| !paused.contains(tp))
+            .filter(|(tp, _)| !paused.contains(tp))
             .collect();
         fetch_flow::resume(&consumer, &resume);
         if ready {

@@ -505,6 +505,31 @@ impl Tracker {
         changes
     }
 
+    /// The tuning the tracker was made with.
+    pub(crate) fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Where fetching `tp` goes on from: one past the newest offset it received, `None` before
+    /// its first record.
+    pub(crate) fn fetch_position(&self, tp: &Tp) -> Option<i64> {
+        self.parts
+            .get(tp)
+            .map(|p| p.next_fetch)
+            .filter(|&next| next != i64::MIN)
+    }
+
+    /// `tps` with their [fetch positions](Self::fetch_position), for
+    /// [`super::fetch_flow::resume`].
+    pub(crate) fn with_fetch_positions(&self, tps: Vec<Tp>) -> Vec<(Tp, Option<i64>)> {
+        tps.into_iter()
+            .map(|tp| {
+                let at = self.fetch_position(&tp);
+                (tp, at)
+            })
+            .collect()
+    }
+
     /// Those of `tps` held and not paused by this tracker.
     pub(crate) fn unpaused(&self, tps: &[Tp]) -> Vec<Tp> {
         tps.iter()
