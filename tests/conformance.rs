@@ -254,9 +254,9 @@ impl Under {
         match &self.kind {
             Kind::Memory(backend) => {
                 let message = Message {
-                    topic: topic.to_owned(),
-                    key: Some(key.to_owned()),
-                    event_type: event_type.to_owned(),
+                    topic: topic.into(),
+                    key: Some(key.into()),
+                    event_type: event_type.into(),
                     headers: headers
                         .iter()
                         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -1717,7 +1717,7 @@ async fn cloudevents_sdk_reads_ours_and_we_handle_its(b: &Under) {
     let stored = page
         .messages
         .iter()
-        .find(|m| m.message.event_type == t)
+        .find(|m| *m.message.event_type == *t)
         .expect("our event in the topic");
     let mut event: cloudevents::Event =
         serde_json::from_slice(&stored.message.payload).expect("the SDK parses our event");

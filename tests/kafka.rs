@@ -295,7 +295,7 @@ async fn round_trip_typed_and_wildcard(b: &Broker) {
         .find(|s| String::from_utf8_lossy(&s.message.payload).contains(&run))
         .expect("record");
     assert_eq!(mine.message.key.as_deref(), Some("o-1"));
-    assert_eq!(mine.message.event_type, "rt.order.placed");
+    assert_eq!(&*mine.message.event_type, "rt.order.placed");
     assert!(backend.health().await.is_ok());
 
     // Graceful shutdown: in-flight finished, offsets committed, group left.
@@ -1444,7 +1444,7 @@ async fn poison_messages_go_straight_to_the_dlq(b: &Broker) {
         .publish(vec![Message {
             topic: "psn.order.placed".into(),
             key: None,
-            event_type: String::new(),
+            event_type: Default::default(),
             headers: Default::default(),
             payload: bytes.into(),
         }])
@@ -2122,7 +2122,7 @@ async fn binary_mode_records_carry_data_and_ce_headers(b: &Broker) {
     let back = eventbus::RawEnvelope::decode(&mine.message.payload).expect("an envelope");
     assert_eq!(back.id, envelope.id);
     assert_eq!(back.correlation_id.as_deref(), Some("flow-ce"));
-    assert_eq!(mine.message.event_type, t);
+    assert_eq!(&*mine.message.event_type, t);
     reader.shutdown(Duration::from_secs(10)).await;
     writer.shutdown(Duration::from_secs(10)).await;
 }

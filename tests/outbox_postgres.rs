@@ -126,7 +126,12 @@ impl Backend for Recording {
             let env = RawEnvelope::decode(&m.payload).expect("envelope");
             let data: serde_json::Value = serde_json::from_str(env.data.get()).expect("data");
             let seq = data["seq"].as_i64().expect("seq");
-            log.push((self.dispatcher, env.id, m.key.clone(), seq));
+            log.push((
+                self.dispatcher,
+                env.id,
+                m.key.as_deref().map(str::to_owned),
+                seq,
+            ));
         }
         // The in-memory broker takes the messages before returning its future: the log and
         // the broker see the same order.

@@ -292,9 +292,9 @@ async fn raw_relay(pool: &Pool<Postgres>, n: usize, keys: usize, postmaster: Opt
         let messages: Vec<Message> = rows
             .into_iter()
             .map(|(_, topic, event_type, key, payload)| Message {
-                topic,
-                key,
-                event_type,
+                topic: topic.into(),
+                key: key.map(Into::into),
+                event_type: event_type.into(),
                 headers: MessageHeaders::new(),
                 payload: payload.into(),
             })

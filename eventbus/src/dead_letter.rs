@@ -112,7 +112,7 @@ pub fn dead_letter_message(original: &Message, group: &str, failure: &Failure) -
         .filter(|(k, _)| !k.starts_with("dlq-") && !is_internal_header(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    headers.insert(ORIGINAL_TOPIC.into(), original.topic.clone());
+    headers.insert(ORIGINAL_TOPIC.into(), original.topic.to_string());
     headers.insert(GROUP.into(), group.into());
     headers.insert(ERROR_KIND.into(), failure.kind.to_string());
     headers.insert(ERROR.into(), capped_error_text(&failure.message));
@@ -120,7 +120,7 @@ pub fn dead_letter_message(original: &Message, group: &str, failure: &Failure) -
     headers.insert(FIRST_FAILURE.into(), failure.first_failure.to_rfc3339());
     headers.insert(LAST_FAILURE.into(), failure.last_failure.to_rfc3339());
     Message {
-        topic: dlq_topic(&original.topic),
+        topic: dlq_topic(&original.topic).into(),
         key: original.key.clone(),
         event_type: original.event_type.clone(),
         headers,
@@ -168,15 +168,15 @@ impl DeadLetter {
         };
         DeadLetter {
             id: stored.id.clone(),
-            dlq_topic: stored.message.topic.clone(),
+            dlq_topic: stored.message.topic.to_string(),
             original_topic: h
                 .get(ORIGINAL_TOPIC)
                 .cloned()
                 .unwrap_or_else(|| stored.message.topic.trim_end_matches(DLQ_SUFFIX).to_owned()),
             group: text(GROUP),
-            key: stored.message.key.clone(),
+            key: stored.message.key.as_deref().map(str::to_owned),
             tenant: h.get(TENANT_HEADER).cloned(),
-            event_type: stored.message.event_type.clone(),
+            event_type: stored.message.event_type.to_string(),
             failure: Failure {
                 kind: if text(ERROR_KIND) == "permanent" {
                     ErrorKind::Permanent
@@ -202,9 +202,9 @@ impl DeadLetter {
     /// redrive marker.
     pub fn redrive_message(&self) -> Message {
         Message {
-            topic: self.original_topic.clone(),
-            key: self.key.clone(),
-            event_type: self.event_type.clone(),
+            topic: self.original_topic.as_str().into(),
+            key: self.key.as_deref().map(Arc::from),
+            event_type: self.event_type.as_str().into(),
             headers: self
                 .tenant
                 .iter()

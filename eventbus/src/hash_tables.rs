@@ -4,6 +4,8 @@
 //! at from outside.
 
 use std::collections::{HashMap, HashSet};
+#[cfg(feature = "kafka")]
+use std::sync::Arc;
 
 /// A `HashMap` hashed with foldhash.
 pub(crate) type FoldMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -51,5 +53,20 @@ impl<V> PerType<V> {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.0.len()
+    }
+}
+
+/// Names that many messages carry (topics, event types), each allocated once and shared by
+/// every message that carries it, for at most [`PerType::CAPACITY`] names (past that, a
+/// producer inventing names, it starts over).
+#[cfg(feature = "kafka")]
+#[derive(Debug, Default)]
+pub(crate) struct SharedNames(PerType<Arc<str>>);
+
+#[cfg(feature = "kafka")]
+impl SharedNames {
+    /// The shared copy of `name`.
+    pub(crate) fn get(&mut self, name: &str) -> Arc<str> {
+        self.0.get_or_insert_with(name, || Arc::from(name)).clone()
     }
 }

@@ -87,7 +87,7 @@ impl Publisher {
 
     /// Sends messages through the circuit breakers, counting them.
     async fn send(&self, messages: Vec<Message>) -> Result<(), Error> {
-        let mut topics: Vec<(String, u64)> = Vec::new();
+        let mut topics: Vec<(Arc<str>, u64)> = Vec::new();
         for message in &messages {
             match topics.iter_mut().find(|(t, _)| *t == message.topic) {
                 Some((_, n)) => *n += 1,

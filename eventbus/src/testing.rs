@@ -173,7 +173,7 @@ impl Layer for Recorder {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push(HandledEvent {
-                        event_type: cx.message.event_type.clone(),
+                        event_type: cx.message.event_type.to_string(),
                         group: cx.group.to_string(),
                         payload: cx.message.payload.clone(),
                     });
@@ -279,7 +279,7 @@ impl TestHarness {
         typed(
             stored
                 .iter()
-                .map(|m| (m.message.event_type.as_str(), &m.message.payload[..])),
+                .map(|m| (&*m.message.event_type, &m.message.payload[..])),
         )
     }
 

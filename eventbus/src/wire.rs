@@ -21,12 +21,12 @@ pub type MessageHeaders = BTreeMap<String, String>;
 /// A message as a backend stores it: the encoded envelope plus routing data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
-    /// Destination topic (stream).
-    pub topic: String,
+    /// Destination topic (stream); shared, so a copy of the message does not copy it.
+    pub topic: Arc<str>,
     /// Partition key: messages with the same key are delivered in order.
-    pub key: Option<String>,
+    pub key: Option<Arc<str>>,
     /// The event's type, duplicated from the envelope so routing does not parse the payload.
-    pub event_type: String,
+    pub event_type: Arc<str>,
     /// Transport headers.
     pub headers: MessageHeaders,
     /// The envelope's JSON bytes.
@@ -193,9 +193,9 @@ pub(crate) fn encode<E: Event>(
         headers.insert(TENANT_HEADER.to_owned(), tenant.clone());
     }
     Ok(Message {
-        topic: E::TOPIC.to_owned(),
-        key,
-        event_type: envelope.event_type,
+        topic: E::TOPIC.into(),
+        key: key.map(Arc::from),
+        event_type: envelope.event_type.into(),
         headers,
         payload: payload.into(),
     })

@@ -350,9 +350,9 @@ impl Backend for MemoryBackend {
                         message.strip_internal_headers();
                     }
                     let message = Arc::new(message);
-                    let log = match topics.get_mut(&message.topic) {
+                    let log = match topics.get_mut(&*message.topic) {
                         Some(log) => log,
-                        None => topics.entry(message.topic.clone()).or_default(),
+                        None => topics.entry(message.topic.to_string()).or_default(),
                     };
                     log.entries.push_back((log.next_offset, message.clone()));
                     log.next_offset += 1;

@@ -89,13 +89,13 @@ impl PrefixedBackend {
     }
 
     fn outgoing(&self, mut message: Message) -> Message {
-        message.topic = self.physical(&message.topic);
+        message.topic = self.physical(&message.topic).into();
         message
     }
 
     fn incoming(prefix: &str, mut message: Message) -> Message {
         if let Some(topic) = message.topic.strip_prefix(prefix) {
-            message.topic = topic.to_owned();
+            message.topic = topic.into();
         }
         message
     }

@@ -573,9 +573,9 @@ impl Relay {
             first_failed_at: row.first_failed_at,
             last_error: row.last_error,
             message: Message {
-                topic: row.topic,
-                key: row.partition_key,
-                event_type: row.event_type,
+                topic: row.topic.into(),
+                key: row.partition_key.map(Arc::from),
+                event_type: row.event_type.into(),
                 headers: row.headers,
                 payload: payload.into(),
             },
@@ -632,7 +632,8 @@ impl Relay {
         letter.topic = self
             .publisher
             .dead_letter_topics()
-            .topic_for(&ready.message.topic);
+            .topic_for(&ready.message.topic)
+            .into();
         match self.publisher.publish_messages(vec![letter]).await {
             Ok(()) => {
                 tracing::warn!(

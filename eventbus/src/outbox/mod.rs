@@ -604,7 +604,7 @@ impl<DB: SqlDatabase> Outbox<DB> {
 
     fn row(&self, event_id: Uuid, message: Message) -> Result<NewRow, Error> {
         let headers = serde_json::to_string(&message.headers).map_err(|source| Error::Encode {
-            event_type: message.event_type.clone(),
+            event_type: message.event_type.to_string(),
             source,
         })?;
         let (key_id, payload) = match &self.inner.keyring {
@@ -616,9 +616,9 @@ impl<DB: SqlDatabase> Outbox<DB> {
         };
         Ok(NewRow {
             event_id,
-            topic: message.topic,
-            event_type: message.event_type,
-            partition_key: message.key,
+            topic: message.topic.to_string(),
+            event_type: message.event_type.to_string(),
+            partition_key: message.key.as_deref().map(str::to_owned),
             payload,
             headers,
             key_id,

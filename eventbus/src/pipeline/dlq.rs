@@ -99,7 +99,7 @@ impl DeadLetterLayer {
             }
             Terminal::DeadLetter => {
                 let mut letter = dead_letter_message(&cx.message, &cx.group, &failure);
-                letter.topic = self.topics.topic_for(&cx.message.topic);
+                letter.topic = self.topics.topic_for(&cx.message.topic).into();
                 let error = match self.publish(letter.clone()).await {
                     Ok(()) => {
                         tracing::warn!(

@@ -27,13 +27,13 @@ pub use crate::wire::REDRIVE_HEADER;
 /// later events are handled, possibly before the dead-lettered one is redriven), logged as an
 /// error and counted in `event_park_overflow_total`; `event_parked_keys` shows the lot's size.
 pub(crate) struct ParkKeyLayer {
-    parked: Mutex<HashMap<String, String>>,
+    parked: Mutex<HashMap<Arc<str>, String>>,
     clock: Arc<dyn Clock>,
     capacity: usize,
     metrics: Option<Arc<crate::observability::Metrics>>,
     dead_letters: Option<DeadLetters>,
     /// Topics whose dead letters were read into the lot; the lock is held while one is read.
-    loaded: futures::lock::Mutex<HashSet<String>>,
+    loaded: futures::lock::Mutex<HashSet<Arc<str>>>,
 }
 
 impl ParkKeyLayer {
@@ -92,7 +92,7 @@ impl ParkKeyLayer {
                 if *letter.group != *cx.group {
                     continue;
                 }
-                if let Some(key) = letter.key.clone() {
+                if let Some(key) = letter.key.as_deref().map(Arc::from) {
                     let blocker = letter
                         .envelope()
                         .map(|e| e.id.to_string())
@@ -147,7 +147,7 @@ impl ParkKeyLayer {
         }
     }
 
-    fn lot(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    fn lot(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, String>> {
         self.parked.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

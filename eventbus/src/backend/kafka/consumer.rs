@@ -37,7 +37,7 @@ use crate::backend::{
     Acknowledger, Delivery, DeliveryStream, Message, RetryState, SubscribeRequest,
 };
 use crate::error::Error;
-use crate::hash_tables::FoldMap;
+use crate::hash_tables::{FoldMap, SharedNames};
 use crate::pattern::{Pattern, Segment};
 use crate::wire::is_dlq_topic;
 
@@ -535,6 +535,7 @@ fn classify(
 
 fn poll_loop(consumer: BaseConsumer<Callbacks>, shared: Arc<MemberState>) {
     let mut names = Topics::default();
+    let mut shared_names = SharedNames::default();
     let mut last_error_log: Option<Instant> = None;
     let mut batch = Vec::with_capacity(256);
     // A round takes no more than a partition's buffer holds (plus the record that goes over):
@@ -552,7 +553,7 @@ fn poll_loop(consumer: BaseConsumer<Callbacks>, shared: Arc<MemberState>) {
             first = false;
             match polled {
                 Some(Ok(record)) => {
-                    let (mut message, mut meta) = record::from_record(&record);
+                    let (mut message, mut meta) = record::from_record(&record, &mut shared_names);
                     let topic = rdkafka::Message::topic(&record);
                     let (name, tier) = names.get(topic);
                     if !tier {
@@ -561,7 +562,7 @@ fn poll_loop(consumer: BaseConsumer<Callbacks>, shared: Arc<MemberState>) {
                         if message.strip_internal_headers() > 0 || meta.retry_group.is_some() {
                             meta.retry_group = None;
                             meta.due_ms = None;
-                            message.topic = topic.to_owned();
+                            message.topic = name.clone();
                         }
                     }
                     let tp = (name, rdkafka::Message::partition(&record));
@@ -700,7 +701,7 @@ impl Acknowledger for KafkaAcker {
                 if self.inner.config.auto_create_topics {
                     self.inner
                         .topics
-                        .ensure(&self.inner, [tier.topic.as_str()])
+                        .ensure(&self.inner, [&*tier.topic])
                         .await?;
                 }
                 self.inner

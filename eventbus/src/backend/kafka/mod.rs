@@ -342,7 +342,7 @@ impl Backend for KafkaBackend {
                 }
             }
             if self.inner.config.auto_create_topics {
-                let topics = messages.iter().map(|m| m.topic.as_str());
+                let topics = messages.iter().map(|m| &*m.topic);
                 self.inner.topics.ensure(&self.inner, topics).await?;
             }
             self.inner.producer.send_all(&messages).await.map(drop)
@@ -533,7 +533,7 @@ impl BackendAdmin for KafkaBackend {
                 .map(|m| retry_tiers::tier_message(m, &group, Duration::ZERO, &m.retry_state()))
                 .collect();
             if self.inner.config.auto_create_topics {
-                let topics = records.iter().map(|m| m.topic.as_str());
+                let topics = records.iter().map(|m| &*m.topic);
                 self.inner.topics.ensure(&self.inner, topics).await?;
             }
             self.inner.producer.send_all(&records).await.map(drop)

@@ -79,7 +79,7 @@ impl Producer {
                     .payload(payload)
                     .headers(headers);
                 if let Some(key) = &message.key {
-                    record = record.key(key.as_str());
+                    record = record.key(&**key);
                 }
                 match self.inner.send_result(record) {
                     Ok(delivery) => {

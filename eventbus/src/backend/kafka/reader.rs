@@ -30,6 +30,7 @@ use rdkafka::Message as _;
 use super::{record, Inner};
 use crate::backend::{Cursor, KeyPage, Message, MessageHeaders, Page, StoredMessage, MAX_PAGE};
 use crate::error::Error;
+use crate::hash_tables::SharedNames;
 
 /// Header of a resolution marker: the id of the record it resolves.
 pub const RESOLVES_HEADER: &str = "eventbus-dlq-resolves";
@@ -256,7 +257,7 @@ impl ResolvedIndex {
 
 /// A record as a page holds it, with its timestamp for sorting.
 fn stored(m: &BorrowedMessage<'_>) -> (i64, StoredMessage) {
-    let (message, meta) = record::from_record(m);
+    let (message, meta) = record::from_record(m, &mut SharedNames::default());
     (
         meta.timestamp_ms.unwrap_or(0),
         StoredMessage {
@@ -460,9 +461,9 @@ pub(crate) async fn resolve(
     let markers: Vec<Message> = present
         .iter()
         .map(|id| Message {
-            topic: topic.to_owned(),
+            topic: topic.into(),
             key: None,
-            event_type: String::new(),
+            event_type: Arc::default(),
             headers: MessageHeaders::from([(RESOLVES_HEADER.to_owned(), id.clone())]),
             payload: Arc::from(&[][..]),
         })

@@ -18,6 +18,7 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 
 use super::binary;
 use crate::backend::{Message, MessageHeaders};
+use crate::hash_tables::SharedNames;
 
 /// Header carrying the event type.
 pub const TYPE_HEADER: &str = "type";
@@ -138,7 +139,7 @@ pub(crate) fn headers(message: &Message, structured: bool) -> OwnedHeaders {
     if !message.event_type.is_empty() {
         headers = headers.insert(Header {
             key: TYPE_HEADER,
-            value: Some(message.event_type.as_str()),
+            value: Some(&*message.event_type),
         });
     }
     // Only the envelope's own top-level string fields; a payload that is not an envelope
@@ -194,12 +195,33 @@ fn owned_text(bytes: &[u8]) -> String {
     }
 }
 
-/// Rebuilds a message from a consumed record.
-pub(crate) fn from_record<M: rdkafka::Message>(record: &M) -> (Message, RecordMeta) {
+/// `bytes` as shared text, invalid UTF-8 replaced (U+FFFD).
+fn shared_text(bytes: &[u8]) -> Arc<str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Arc::from(text),
+        Err(_) => Arc::from(String::from_utf8_lossy(bytes)),
+    }
+}
+
+/// `bytes` as text shared through `names` (a topic or an event type: few, and carried by
+/// many records), invalid UTF-8 replaced (U+FFFD).
+fn shared_name(names: &mut SharedNames, bytes: &[u8]) -> Arc<str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => names.get(text),
+        Err(_) => Arc::from(String::from_utf8_lossy(bytes)),
+    }
+}
+
+/// Rebuilds a message from a consumed record; its topic and event type are shared through
+/// `names`.
+pub(crate) fn from_record<M: rdkafka::Message>(
+    record: &M,
+    names: &mut SharedNames,
+) -> (Message, RecordMeta) {
     let mut message = Message {
-        topic: record.topic().to_owned(),
-        key: record.key().map(owned_text),
-        event_type: String::new(),
+        topic: names.get(record.topic()),
+        key: record.key().map(shared_text),
+        event_type: Arc::default(),
         headers: MessageHeaders::new(),
         payload: Arc::from(record.payload().unwrap_or_default()),
     };
@@ -221,8 +243,8 @@ pub(crate) fn from_record<M: rdkafka::Message>(record: &M) -> (Message, RecordMe
             match header.key {
                 // Read as text only for a binary-mode record, after the loop.
                 binary::CONTENT_TYPE => content_type = Some(value),
-                TYPE_HEADER => message.event_type = text(),
-                ORIGIN_TOPIC_HEADER => message.topic = text(),
+                TYPE_HEADER => message.event_type = shared_name(names, value),
+                ORIGIN_TOPIC_HEADER => message.topic = shared_name(names, value),
                 RETRY_GROUP_HEADER => meta.retry_group = Some(text()),
                 RETRY_DUE_HEADER => {
                     meta.due_ms = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok())
@@ -245,7 +267,7 @@ pub(crate) fn from_record<M: rdkafka::Message>(record: &M) -> (Message, RecordMe
         }
         if message.event_type.is_empty() {
             if let Some((_, event_type)) = attributes.iter().find(|(name, _)| name == "type") {
-                message.event_type = event_type.clone();
+                message.event_type = event_type.as_str().into();
             }
         }
     } else {
@@ -270,7 +292,7 @@ mod tests {
         OwnedMessage::new(
             Some(message.payload.to_vec()),
             message.key.as_ref().map(|k| k.as_bytes().to_vec()),
-            message.topic.clone(),
+            message.topic.to_string(),
             Timestamp::CreateTime(1_700_000_000_000),
             3,
             42,
@@ -299,9 +321,9 @@ mod tests {
             1,
             Some(headers),
         );
-        let (message, _) = from_record(&record);
+        let (message, _) = from_record(&record, &mut SharedNames::default());
         assert_eq!(message.key.as_deref(), Some("k\u{fffd}"));
-        assert_eq!(message.event_type, "order.\u{fffd}created");
+        assert_eq!(&*message.event_type, "order.\u{fffd}created");
         assert_eq!(
             message.headers.get("x-note").map(String::as_str),
             Some("ok \u{fffd}")
@@ -335,7 +357,7 @@ mod tests {
                 "eventbus-attempt"
             ]
         );
-        let (back, meta) = from_record(&record);
+        let (back, meta) = from_record(&record, &mut SharedNames::default());
         assert_eq!(back, message);
         assert_eq!(meta.timestamp_ms, Some(1_700_000_000_000));
         assert_eq!(meta.retry_group, None);
@@ -391,8 +413,8 @@ mod tests {
         message
             .headers
             .insert(RETRY_DUE_HEADER.into(), "1700000000123".into());
-        let (back, meta) = from_record(&record(&message));
-        assert_eq!(back.topic, "orders");
+        let (back, meta) = from_record(&record(&message), &mut SharedNames::default());
+        assert_eq!(&*back.topic, "orders");
         assert!(back.headers.is_empty(), "{:?}", back.headers);
         assert_eq!(meta.retry_group.as_deref(), Some("billing"));
         assert_eq!(meta.due_ms, Some(1_700_000_000_123));

@@ -55,6 +55,7 @@ use crate::backend::{
     Backend, BackendAdmin, DeliveryStream, Message, StoredMessage, SubscribeRequest,
 };
 use crate::error::Error;
+use crate::hash_tables::SharedNames;
 use crate::pattern::Pattern;
 use crate::wire::{is_dlq_topic, REPLAY_HEADER};
 
@@ -277,6 +278,7 @@ fn run(
     let (from, to) = (window.from.timestamp_millis(), window.to.timestamp_millis());
     let mut reached: BTreeSet<Tp> = BTreeSet::new();
     let mut paused: BTreeSet<Tp> = BTreeSet::new();
+    let mut names = SharedNames::default();
     while !shared.is_stopping() {
         let mut batch = Vec::new();
         let mut first = true;
@@ -289,7 +291,7 @@ fn run(
             first = false;
             match polled {
                 Some(Ok(m)) => {
-                    let (message, meta) = record::from_record(&m);
+                    let (message, meta) = record::from_record(&m, &mut names);
                     batch.push((
                         m.topic().to_owned(),
                         m.partition(),

@@ -76,11 +76,11 @@ pub(crate) fn tier_message(
 ) -> Message {
     let mut tier = message.clone();
     tier.set_retry_state(state);
-    tier.topic = tier_topic(&message.topic, delay);
+    tier.topic = tier_topic(&message.topic, delay).into();
     let due = crate::clock::unix_ms()
         .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
     tier.headers
-        .insert(ORIGIN_TOPIC_HEADER.to_owned(), message.topic.clone());
+        .insert(ORIGIN_TOPIC_HEADER.to_owned(), message.topic.to_string());
     tier.headers
         .insert(RETRY_GROUP_HEADER.to_owned(), group.to_owned());
     tier.headers
@@ -143,7 +143,7 @@ mod tests {
             first_failure: None,
         };
         let t = tier_message(&message, "billing", Duration::from_secs(60), &state);
-        assert_eq!(t.topic, "orders.retry.1m");
+        assert_eq!(&*t.topic, "orders.retry.1m");
         assert_eq!(t.key.as_deref(), Some("k"));
         assert_eq!(t.retry_state(), state);
         assert_eq!(t.headers[ORIGIN_TOPIC_HEADER], "orders");

@@ -5,6 +5,7 @@
 //! Pure data structure, no I/O: the poll thread pushes fetched records in, deliveries are
 //! taken out and settled, and the poll thread asks what to commit, pause and resume.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -101,7 +102,7 @@ struct Part {
     ready: BTreeMap<i64, Pending>,
     /// Keys with a message ready or in flight, and their later messages (foldhash, randomly
     /// seeded per map: the keys come from producers).
-    keys: FoldMap<String, VecDeque<Pending>>,
+    keys: FoldMap<Arc<str>, VecDeque<Pending>>,
     /// Retry-tier messages not due yet, in offset order, with their due time (ms).
     delayed: VecDeque<(i64, Pending)>,
     /// The highest fetched offset + 1: refetched older offsets are ignored.
@@ -141,15 +142,15 @@ impl Part {
     }
 
     fn enqueue(&mut self, pending: Pending) {
-        match &pending.message.key {
-            Some(key) => match self.keys.get_mut(key) {
-                Some(later) => later.push_back(pending),
-                None => {
-                    self.keys.insert(key.clone(), VecDeque::new());
-                    self.ready.insert(pending.offset, pending);
-                }
-            },
-            None => {
+        let Some(key) = &pending.message.key else {
+            self.ready.insert(pending.offset, pending);
+            return;
+        };
+        // One look-up: the entry takes a shared copy of the key.
+        match self.keys.entry(key.clone()) {
+            Entry::Occupied(mut later) => later.get_mut().push_back(pending),
+            Entry::Vacant(idle) => {
+                idle.insert(VecDeque::new());
                 self.ready.insert(pending.offset, pending);
             }
         }
@@ -170,18 +171,17 @@ impl Part {
     }
 
     /// Releases the key of a settled message: its next message becomes ready.
-    fn release_key(&mut self, key: &Option<String>) {
+    fn release_key(&mut self, key: &Option<Arc<str>>) {
         let Some(key) = key else { return };
-        let next = match self.keys.get_mut(key) {
-            Some(later) => later.pop_front(),
-            None => return,
+        let Entry::Occupied(mut later) = self.keys.entry(key.clone()) else {
+            return;
         };
-        match next {
+        match later.get_mut().pop_front() {
             Some(next) => {
                 self.ready.insert(next.offset, next);
             }
             None => {
-                self.keys.remove(key);
+                later.remove();
             }
         }
     }
@@ -571,7 +571,7 @@ mod tests {
             offset,
             message: Message {
                 topic: "t".into(),
-                key: key.map(str::to_owned),
+                key: key.map(Arc::from),
                 event_type: "x.y".into(),
                 headers: MessageHeaders::new(),
                 payload: Arc::from(&b"{}"[..]),

@@ -51,7 +51,7 @@ impl Inner {
                 None => self.round_robin.next(partitions),
             };
             let at = *index
-                .entry((message.topic.as_str(), tenant, partition))
+                .entry((&*message.topic, tenant, partition))
                 .or_insert_with(|| {
                     let key = if dlq_topic {
                         self.keys.stream(&message.topic, tenant)
@@ -71,7 +71,7 @@ impl Inner {
             let target = &mut targets[at];
             pipes.add(&target.key, entry::xadd(&target.key, message));
             target.appends += 1;
-            if !target.dlq && !target.event_types.contains(&message.event_type.as_str()) {
+            if !target.dlq && !target.event_types.contains(&&*message.event_type) {
                 target.event_types.push(&message.event_type);
             }
         }

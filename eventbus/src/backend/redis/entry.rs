@@ -2,6 +2,7 @@
 //! envelope JSON) and one `h:{name}` field per transport header.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use redis::Value;
 
@@ -36,9 +37,9 @@ pub(crate) fn xadd(stream: &str, message: &Message) -> redis::Cmd {
     let mut cmd = redis::Cmd::with_capacity(3 + 2 * fields, data);
     cmd.arg("XADD").arg(stream).arg("*");
     cmd.arg(TOPIC)
-        .arg(&message.topic)
+        .arg(&*message.topic)
         .arg(TYPE)
-        .arg(&message.event_type);
+        .arg(&*message.event_type);
     if let Some(key) = key {
         cmd.arg(KEY).arg(key);
     }
@@ -87,6 +88,11 @@ fn bytes(value: &Value) -> Option<&[u8]> {
 
 fn text(value: &Value) -> Option<String> {
     bytes(value).map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+/// A field's value as shared text (invalid UTF-8 replaced), copied once.
+fn shared_text(value: &Value) -> Option<Arc<str>> {
+    bytes(value).map(|b| Arc::from(String::from_utf8_lossy(b).as_ref()))
 }
 
 /// An entry's fields, however a reply was taken apart: a map by name, or the list in the
@@ -145,10 +151,10 @@ pub(crate) fn from_fields<F: Fields + ?Sized>(
         topic: fields
             .field(TOPIC)
             .filter(|_| topic_field)
-            .and_then(text)
-            .unwrap_or_else(|| stream_topic.to_owned()),
-        key: fields.field(KEY).and_then(text),
-        event_type: fields.field(TYPE).and_then(text).unwrap_or_default(),
+            .and_then(shared_text)
+            .unwrap_or_else(|| stream_topic.into()),
+        key: fields.field(KEY).and_then(shared_text),
+        event_type: fields.field(TYPE).and_then(shared_text).unwrap_or_default(),
         headers,
         payload: payload.into(),
     }
@@ -179,7 +185,7 @@ mod tests {
         assert_eq!(from_fields("ignored", list.as_slice(), true), message);
         let live = from_fields("from-the-stream", &map, false);
         assert_eq!(
-            live.topic, "from-the-stream",
+            &*live.topic, "from-the-stream",
             "a live stream's topic field is not trusted"
         );
     }
@@ -222,7 +228,7 @@ mod tests {
             ("h:a".to_owned(), Value::BulkString(b"2".to_vec())),
         ];
         let m = from_fields("orders", list.as_slice(), true);
-        assert_eq!(m.event_type, "second");
+        assert_eq!(&*m.event_type, "second");
         assert_eq!(m.headers.get("a").map(String::as_str), Some("2"));
     }
 
@@ -230,7 +236,7 @@ mod tests {
     fn foreign_entries_keep_their_bytes() {
         let map = HashMap::from([("data".to_owned(), Value::BulkString(b"garbage".to_vec()))]);
         let m = from_fields("orders", &map, true);
-        assert_eq!(m.topic, "orders");
+        assert_eq!(&*m.topic, "orders");
         assert_eq!(&*m.payload, b"garbage");
     }
 }
