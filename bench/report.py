@@ -120,6 +120,25 @@ if pat:
         print(f"| `{k}` | {v.get('time', '?')} | {v.get('thrpt', '')} |")
     print()
 
+def kafka_instructions():
+    """The Kafka consume paths in instructions per record (scripts/bench's cachegrind runs)."""
+    counted = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", read("kafka_instructions"))}
+    if not all(k in counted for k in ("none", "raw", "pipeline1")):
+        return
+    records = 20_000
+    per = {k: (v - counted["none"]) / records for k, v in counted.items() if k != "none"}
+    print("Instructions per record consumed, counted by valgrind's cachegrind (20 000 records on the")
+    print("in-process mock cluster, each consumer alone; a run that only publishes is subtracted, so")
+    print("the group join and the broker's side are included): a figure the machine's load does not")
+    print("move, unlike the throughput above.\n")
+    print("| consumer | instructions per record | raw / this |")
+    print("|---|---|---|")
+    names = [("raw", "raw StreamConsumer + commit loop"), ("backend", "backend stream + ack (no pipeline)"), ("pipeline1", "full pipeline, concurrency 1")]
+    for key, label in names:
+        if key in per:
+            print(f"| {label} | {per[key]:,.0f} | {per['raw'] / per[key]:.2f} |")
+
+
 for name, title in [("redis", "Redis Streams"), ("redis_partitions", "Redis partitions: one member against two"), ("kafka", "Kafka"), ("outbox", "Outbox relay")]:
     text = read(name)
     # The bench's own output starts after cargo's `Running benches/...` line.
@@ -131,6 +150,8 @@ for name, title in [("redis", "Redis Streams"), ("redis_partitions", "Redis part
         print("```text")
         print("\n".join(lines[-30:]))
         print("```\n")
+    if name == "kafka":
+        kafka_instructions()
 
 fs = dict(re.findall(r"(\w+)=(\d+)", read("faststream")))
 redis = read("redis")
