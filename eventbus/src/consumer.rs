@@ -17,6 +17,7 @@ use futures::{FutureExt, StreamExt};
 use crate::backend::{Acknowledger, Delivery, DeliveryStream};
 use crate::clock::Clock;
 use crate::hash_tables::FoldSet;
+use crate::observability::{DeliverySeries, Metrics};
 use crate::pipeline::{record, DeliveryCx, Outcome, Pipeline, Settlement};
 use crate::runtime::task_group::TaskGroup;
 use crate::runtime::Runtime;
@@ -133,6 +134,7 @@ impl ConsumerLoop {
         let mut read_error: Option<crate::Error> = None;
         // The box of the last delivery that finished at its first poll, for the next one.
         let mut spare = None;
+        let mut last_series = LastSeries::default();
         // What settling needs, shared by every delivery of the loop (one handle per delivery).
         let settler = Arc::new(Settler {
             shared: self.shared.clone(),
@@ -155,7 +157,8 @@ impl ConsumerLoop {
                     });
                     continue;
                 }
-                let mut run = boxed(&mut spare, self.start(delivery, key, &settler));
+                let series = last_series.get(&self.metrics, &delivery.message.topic, &self.group);
+                let mut run = boxed(&mut spare, self.start(delivery, key, series, &settler));
                 // A pipeline that finishes without waiting (an in-process inbox, a handler that
                 // returns at once) is done with here, without a round through `running`, and
                 // its box serves the next delivery.
@@ -277,6 +280,7 @@ impl ConsumerLoop {
         &self,
         delivery: Delivery,
         key: Option<u64>,
+        series: Arc<DeliverySeries>,
         settler: &Arc<Settler>,
     ) -> impl Future<Output = Ran> + Send + 'static {
         let pipeline = self.pipeline.clone();
@@ -291,6 +295,7 @@ impl ConsumerLoop {
                 acker,
             } = delivery;
             let mut cx = DeliveryCx::new(message, group, redeliveries);
+            cx.use_series(series);
             // The handler's own panics are failures the guard layer retries; a panic in any
             // other layer (a user layer, an inbox store) ends only this delivery, unsettled.
             let outcome = match AssertUnwindSafe(pipeline.run(&mut cx)).catch_unwind().await {
@@ -314,6 +319,25 @@ impl ConsumerLoop {
                     let handed_back = settler.settle(outcome, &mut cx, acker).await;
                     Ran::Finished(Finished { key, handed_back })
                 }
+            }
+        }
+    }
+}
+
+/// The metrics series of the topic of the loop's last delivery: deliveries of one topic in a
+/// row look it up once, not once each.
+#[derive(Default)]
+struct LastSeries(Option<(Arc<str>, Arc<DeliverySeries>)>);
+
+impl LastSeries {
+    /// The series of `topic` in `group`.
+    fn get(&mut self, metrics: &Metrics, topic: &Arc<str>, group: &str) -> Arc<DeliverySeries> {
+        match &self.0 {
+            Some((last, series)) if **last == **topic => series.clone(),
+            _ => {
+                let series = metrics.series(topic, group);
+                self.0 = Some((topic.clone(), series.clone()));
+                series
             }
         }
     }

@@ -126,6 +126,12 @@ impl DeliveryCx {
         }
     }
 
+    /// Uses `series` as the metrics series of this delivery's topic and group (the consumer
+    /// loop keeps the last one it looked up).
+    pub(crate) fn use_series(&mut self, series: Arc<crate::observability::DeliverySeries>) {
+        self.series = Some(series);
+    }
+
     /// The metrics series of this delivery's topic and group: looked up in `metrics` once,
     /// then kept for every record of the delivery.
     pub(crate) fn series(

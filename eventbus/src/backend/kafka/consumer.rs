@@ -553,9 +553,10 @@ fn poll_loop(consumer: BaseConsumer<Callbacks>, shared: Arc<MemberState>) {
             first = false;
             match polled {
                 Some(Ok(record)) => {
-                    let (mut message, mut meta) = record::from_record(&record, &mut shared_names);
                     let topic = rdkafka::Message::topic(&record);
                     let (name, tier) = names.get(topic);
+                    let (mut message, mut meta) =
+                        record::from_record(&record, name.clone(), &mut shared_names);
                     if !tier {
                         // A live topic: retry-tier headers there were forged (or copied by a
                         // foreign producer) and count for nothing.

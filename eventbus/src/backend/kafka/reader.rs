@@ -257,7 +257,7 @@ impl ResolvedIndex {
 
 /// A record as a page holds it, with its timestamp for sorting.
 fn stored(m: &BorrowedMessage<'_>) -> (i64, StoredMessage) {
-    let (message, meta) = record::from_record(m, &mut SharedNames::default());
+    let (message, meta) = record::from_record(m, m.topic().into(), &mut SharedNames::default());
     (
         meta.timestamp_ms.unwrap_or(0),
         StoredMessage {

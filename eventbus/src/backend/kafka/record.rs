@@ -212,14 +212,15 @@ fn shared_name(names: &mut SharedNames, bytes: &[u8]) -> Arc<str> {
     }
 }
 
-/// Rebuilds a message from a consumed record; its topic and event type are shared through
-/// `names`.
+/// Rebuilds a message from a consumed record of `topic` (the record's topic, shared); its
+/// event type is shared through `names`.
 pub(crate) fn from_record<M: rdkafka::Message>(
     record: &M,
+    topic: Arc<str>,
     names: &mut SharedNames,
 ) -> (Message, RecordMeta) {
     let mut message = Message {
-        topic: names.get(record.topic()),
+        topic,
         key: record.key().map(shared_text),
         event_type: Arc::default(),
         headers: MessageHeaders::new(),
@@ -321,7 +322,7 @@ mod tests {
             1,
             Some(headers),
         );
-        let (message, _) = from_record(&record, &mut SharedNames::default());
+        let (message, _) = from_record(&record, record.topic().into(), &mut SharedNames::default());
         assert_eq!(message.key.as_deref(), Some("k\u{fffd}"));
         assert_eq!(&*message.event_type, "order.\u{fffd}created");
         assert_eq!(
@@ -357,7 +358,7 @@ mod tests {
                 "eventbus-attempt"
             ]
         );
-        let (back, meta) = from_record(&record, &mut SharedNames::default());
+        let (back, meta) = from_record(&record, record.topic().into(), &mut SharedNames::default());
         assert_eq!(back, message);
         assert_eq!(meta.timestamp_ms, Some(1_700_000_000_000));
         assert_eq!(meta.retry_group, None);
@@ -413,7 +414,9 @@ mod tests {
         message
             .headers
             .insert(RETRY_DUE_HEADER.into(), "1700000000123".into());
-        let (back, meta) = from_record(&record(&message), &mut SharedNames::default());
+        let tier_record = record(&message);
+        let topic = tier_record.topic().into();
+        let (back, meta) = from_record(&tier_record, topic, &mut SharedNames::default());
         assert_eq!(&*back.topic, "orders");
         assert!(back.headers.is_empty(), "{:?}", back.headers);
         assert_eq!(meta.retry_group.as_deref(), Some("billing"));

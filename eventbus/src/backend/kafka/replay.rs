@@ -291,7 +291,7 @@ fn run(
             first = false;
             match polled {
                 Some(Ok(m)) => {
-                    let (message, meta) = record::from_record(&m, &mut names);
+                    let (message, meta) = record::from_record(&m, names.get(m.topic()), &mut names);
                     batch.push((
                         m.topic().to_owned(),
                         m.partition(),

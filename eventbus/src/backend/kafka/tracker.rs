@@ -6,7 +6,7 @@
 //! taken out and settled, and the poll thread asks what to commit, pause and resume.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,11 +37,36 @@ pub(crate) struct Limits {
     pub(crate) prefetch: usize,
 }
 
-#[derive(Debug)]
-enum Slot {
+/// Where a fetched offset is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Not handed out: ready, behind its key, or held until due.
     Waiting,
-    InFlight(Pending),
+    InFlight,
     Done,
+}
+
+/// A fetched offset: its state, and its record until it is done. The record stays here while
+/// it waits and while it is in flight; the queues hold offsets only, so handing it out or
+/// back changes its state and moves nothing.
+#[derive(Debug)]
+struct Slot {
+    state: State,
+    pending: Option<Pending>,
+}
+
+impl Slot {
+    fn waiting(pending: Option<Pending>) -> Self {
+        Slot {
+            state: State::Waiting,
+            pending,
+        }
+    }
+
+    /// The record's key, while the record is held.
+    fn key(&self) -> Option<Arc<str>> {
+        self.pending.as_ref().and_then(|p| p.message.key.clone())
+    }
 }
 
 /// The slots of a partition's fetched offsets, oldest first. Offsets only grow (a refetch of an
@@ -98,13 +123,13 @@ struct Part {
     /// Every fetched offset not yet folded into the committed prefix.
     slots: Slots,
     done: usize,
-    /// Deliverable now: unkeyed messages and the head of each idle key.
-    ready: BTreeMap<i64, Pending>,
-    /// Keys with a message ready or in flight, and their later messages (foldhash, randomly
-    /// seeded per map: the keys come from producers).
-    keys: FoldMap<Arc<str>, VecDeque<Pending>>,
-    /// Retry-tier messages not due yet, in offset order, with their due time (ms).
-    delayed: VecDeque<(i64, Pending)>,
+    /// Offsets deliverable now: unkeyed messages and the head of each idle key.
+    ready: BTreeSet<i64>,
+    /// Keys with a message ready or in flight, and the offsets of their later messages
+    /// (foldhash, randomly seeded per map: the keys come from producers).
+    keys: FoldMap<Arc<str>, VecDeque<i64>>,
+    /// Retry-tier messages not due yet, in offset order: their due time (ms) and offset.
+    delayed: VecDeque<(i64, i64)>,
     /// The highest fetched offset + 1: refetched older offsets are ignored.
     next_fetch: i64,
     /// Offset to commit next (last done of the prefix + 1).
@@ -123,7 +148,7 @@ impl Part {
             generation,
             slots: Slots::default(),
             done: 0,
-            ready: BTreeMap::new(),
+            ready: BTreeSet::new(),
             keys: FoldMap::default(),
             delayed: VecDeque::new(),
             next_fetch: i64::MIN,
@@ -141,29 +166,30 @@ impl Part {
         self.slots.len() - self.done
     }
 
-    fn enqueue(&mut self, pending: Pending) {
-        let Some(key) = &pending.message.key else {
-            self.ready.insert(pending.offset, pending);
+    /// Makes the waiting record at `offset` ready, or queues it behind its key.
+    fn enqueue(&mut self, offset: i64, key: Option<Arc<str>>) {
+        let Some(key) = key else {
+            self.ready.insert(offset);
             return;
         };
-        // One look-up: the entry takes a shared copy of the key.
-        match self.keys.entry(key.clone()) {
-            Entry::Occupied(mut later) => later.get_mut().push_back(pending),
+        match self.keys.entry(key) {
+            Entry::Occupied(mut later) => later.get_mut().push_back(offset),
             Entry::Vacant(idle) => {
                 idle.insert(VecDeque::new());
-                self.ready.insert(pending.offset, pending);
+                self.ready.insert(offset);
             }
         }
     }
 
     fn mark_done(&mut self, offset: i64) {
         if let Some(slot) = self.slots.get_mut(offset) {
-            if !matches!(slot, Slot::Done) {
-                *slot = Slot::Done;
+            if slot.state != State::Done {
+                slot.state = State::Done;
+                slot.pending = None;
                 self.done += 1;
             }
         }
-        while let Some(offset) = self.slots.pop_first_if(|slot| matches!(slot, Slot::Done)) {
+        while let Some(offset) = self.slots.pop_first_if(|slot| slot.state == State::Done) {
             self.done -= 1;
             self.position = Some(offset + 1);
             self.done_since_commit += 1;
@@ -178,7 +204,7 @@ impl Part {
         };
         match later.get_mut().pop_front() {
             Some(next) => {
-                self.ready.insert(next.offset, next);
+                self.ready.insert(next);
             }
             None => {
                 later.remove();
@@ -272,19 +298,22 @@ impl Tracker {
         if part.draining || pending.offset < part.next_fetch {
             return false;
         }
-        part.next_fetch = pending.offset + 1;
-        part.slots.push(pending.offset, Slot::Waiting);
+        let offset = pending.offset;
+        part.next_fetch = offset + 1;
         if skip {
-            part.mark_done(pending.offset);
+            part.slots.push(offset, Slot::waiting(None));
+            part.mark_done(offset);
             return false;
         }
+        let key = pending.message.key.clone();
+        part.slots.push(offset, Slot::waiting(Some(pending)));
         match due_ms {
             Some(due) if due > now_ms || !part.delayed.is_empty() => {
-                part.delayed.push_back((due, pending));
+                part.delayed.push_back((due, offset));
                 false
             }
             _ => {
-                part.enqueue(pending);
+                part.enqueue(offset, key);
                 true
             }
         }
@@ -295,8 +324,9 @@ impl Tracker {
         let mut released = false;
         for part in self.parts.values_mut() {
             while part.delayed.front().is_some_and(|(due, _)| *due <= now_ms) {
-                if let Some((_, pending)) = part.delayed.pop_front() {
-                    part.enqueue(pending);
+                if let Some((_, offset)) = part.delayed.pop_front() {
+                    let key = part.slots.get(offset).and_then(Slot::key);
+                    part.enqueue(offset, key);
                     released = true;
                 }
             }
@@ -327,7 +357,18 @@ impl Tracker {
             if part.draining {
                 continue;
             }
-            let Some((offset, pending)) = part.ready.pop_first() else {
+            let Some(offset) = part.ready.pop_first() else {
+                continue;
+            };
+            // Every ready offset has its waiting slot (pushed when fetched, kept until done).
+            let slot = part.slots.get_mut(offset);
+            debug_assert!(slot
+                .as_ref()
+                .is_some_and(|s| s.state == State::Waiting && s.pending.is_some()));
+            let Some(slot) = slot.filter(|s| s.state == State::Waiting) else {
+                continue;
+            };
+            let Some(pending) = &slot.pending else {
                 continue;
             };
             let taken = Taken {
@@ -337,11 +378,7 @@ impl Tracker {
                 message: pending.message.clone(),
                 redeliveries: pending.redeliveries,
             };
-            // Every ready offset has its slot (pushed when fetched, kept until done).
-            debug_assert!(part.slots.get(offset).is_some());
-            if let Some(slot) = part.slots.get_mut(offset) {
-                *slot = Slot::InFlight(pending);
-            }
+            slot.state = State::InFlight;
             part.in_flight += 1;
             self.outstanding += 1;
             self.cursor = index + 1;
@@ -363,29 +400,34 @@ impl Tracker {
         let Some(slot) = part.slots.get_mut(offset) else {
             return;
         };
-        let Slot::InFlight(_) = slot else { return };
-        let Slot::InFlight(mut pending) = std::mem::replace(slot, Slot::Waiting) else {
+        if slot.state != State::InFlight {
             return;
-        };
+        }
         part.in_flight -= 1;
         match how {
             Settle::Done => {
+                let key = slot.pending.take().and_then(|p| p.message.key);
                 part.mark_done(offset);
-                part.release_key(&pending.message.key);
+                part.release_key(&key);
             }
             Settle::Requeue(state) => {
+                // Waiting again (a draining partition's is dropped with it).
+                slot.state = State::Waiting;
                 if part.draining {
                     return;
                 }
-                if let Some(state) = state {
-                    pending.message.set_retry_state(&state);
+                if let Some(pending) = &mut slot.pending {
+                    if let Some(state) = state {
+                        pending.message.set_retry_state(&state);
+                    }
+                    pending.redeliveries = pending.redeliveries.saturating_add(1);
                 }
-                pending.redeliveries = pending.redeliveries.saturating_add(1);
-                part.ready.insert(offset, pending);
+                part.ready.insert(offset);
             }
             Settle::Release => {
+                slot.state = State::Waiting;
                 if !part.draining {
-                    part.ready.insert(offset, pending);
+                    part.ready.insert(offset);
                 }
             }
         }
@@ -467,10 +509,11 @@ impl Tracker {
             .parts
             .get(tp)
             .filter(|p| p.generation == generation && !p.draining)?;
-        match part.slots.get(offset) {
-            Some(Slot::InFlight(pending)) => Some(pending.message.clone()),
-            _ => None,
-        }
+        part.slots
+            .get(offset)
+            .filter(|slot| slot.state == State::InFlight)
+            .and_then(|slot| slot.pending.as_ref())
+            .map(|pending| pending.message.clone())
     }
 
     /// A commit of these positions failed: try again at the next opportunity.
