@@ -15,13 +15,20 @@ pub(crate) type FoldSet<T> = HashSet<T, foldhash::fast::RandomState>;
 
 /// Something worked out once per event type and kept, for at most [`PerType::CAPACITY`]
 /// types: past that (a producer inventing type names) it starts over, so it cannot grow
-/// without bound.
+/// without bound. A type seen before is found with one hash of its name (the table holds
+/// where its value is).
 #[derive(Debug)]
-pub(crate) struct PerType<V>(FoldMap<Box<str>, V>);
+pub(crate) struct PerType<V> {
+    at: FoldMap<Box<str>, usize>,
+    values: Vec<V>,
+}
 
 impl<V> Default for PerType<V> {
     fn default() -> Self {
-        PerType(FoldMap::default())
+        PerType {
+            at: FoldMap::default(),
+            values: Vec::new(),
+        }
     }
 }
 
@@ -35,24 +42,27 @@ impl<V> PerType<V> {
         event_type: &str,
         work_out: impl FnOnce() -> V,
     ) -> &V {
-        if !self.0.contains_key(event_type) {
-            if self.0.len() >= Self::CAPACITY {
-                self.0.clear();
-            }
-            self.0.insert(event_type.into(), work_out());
+        if let Some(&at) = self.at.get(event_type) {
+            return &self.values[at];
         }
-        &self.0[event_type]
+        if self.values.len() >= Self::CAPACITY {
+            self.clear();
+        }
+        self.at.insert(event_type.into(), self.values.len());
+        self.values.push(work_out());
+        &self.values[self.values.len() - 1]
     }
 
     /// Forgets every type (what they were worked out from changed).
     pub(crate) fn clear(&mut self) {
-        self.0.clear();
+        self.at.clear();
+        self.values.clear();
     }
 
     /// Event types kept now.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.0.len()
+        self.values.len()
     }
 }
 

@@ -47,6 +47,11 @@ pub struct MemoryInbox {
 #[derive(Debug, Default)]
 struct InboxState {
     groups: FoldMap<String, u32>,
+    /// The group names by number.
+    names: Vec<Box<str>>,
+    /// The number of the last call's group: a consumer's calls name one group, whose name is
+    /// then compared, not hashed.
+    last_group: Option<u32>,
     /// The generation being filled.
     current: Generation,
     /// The generation before it, forgotten when `current` is full.
@@ -181,29 +186,50 @@ impl Default for MemoryInbox {
     }
 }
 
+impl InboxState {
+    /// The number of `group`, if it recorded an id.
+    fn group_number(&mut self, group: &str) -> Option<u32> {
+        if let Some(last) = self.last_group {
+            if self
+                .names
+                .get(last as usize)
+                .is_some_and(|name| **name == *group)
+            {
+                return Some(last);
+            }
+        }
+        let g = *self.groups.get(group)?;
+        self.last_group = Some(g);
+        Some(g)
+    }
+
+    /// The number of `group`, given one if it has none yet.
+    fn group_number_or_new(&mut self, group: &str) -> u32 {
+        if let Some(g) = self.group_number(group) {
+            return g;
+        }
+        let g = u32::try_from(self.groups.len()).unwrap_or(u32::MAX);
+        self.groups.insert(group.to_owned(), g);
+        self.names.push(group.into());
+        g
+    }
+}
+
 impl InboxStore for MemoryInbox {
     fn contains<'a>(&'a self, group: &'a str, id: Uuid) -> BoxFuture<'a, Result<bool, Error>> {
         let found = {
-            let state = self.lock();
+            let mut state = self.lock();
             let id = id.as_u128();
             state
-                .groups
-                .get(group)
-                .is_some_and(|&g| state.current.contains(g, id) || state.previous.contains(g, id))
+                .group_number(group)
+                .is_some_and(|g| state.current.contains(g, id) || state.previous.contains(g, id))
         };
         crate::ready::answer(found)
     }
 
     fn record<'a>(&'a self, group: &'a str, id: Uuid) -> BoxFuture<'a, Result<(), Error>> {
         let mut state = self.lock();
-        let g = match state.groups.get(group) {
-            Some(&g) => g,
-            None => {
-                let g = u32::try_from(state.groups.len()).unwrap_or(u32::MAX);
-                state.groups.insert(group.to_owned(), g);
-                g
-            }
-        };
+        let g = state.group_number_or_new(group);
         // Two generations of `capacity / 2` (rounded down): never more than `capacity`. An id
         // still in the older generation is recorded again in the newer one, which only keeps
         // it longer.
@@ -287,6 +313,27 @@ mod tests {
                 inbox.record("g", id).await.unwrap();
             }
             assert_eq!(inbox.len(), 1_006);
+        });
+    }
+
+    #[test]
+    fn groups_asked_in_turn_keep_their_own_ids() {
+        futures::executor::block_on(async {
+            let inbox = MemoryInbox::with_capacity(100);
+            let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+            inbox.record("g1", a).await.unwrap();
+            inbox.record("g2", b).await.unwrap();
+            for _ in 0..2 {
+                assert!(inbox.contains("g1", a).await.unwrap());
+                assert!(!inbox.contains("g2", a).await.unwrap());
+                assert!(!inbox.contains("g1", b).await.unwrap());
+                assert!(inbox.contains("g2", b).await.unwrap());
+                // A name that starts like the last one asked is another group.
+                assert!(inbox.contains("g1", a).await.unwrap());
+                assert!(!inbox.contains("g", a).await.unwrap());
+                assert!(inbox.contains("g1", a).await.unwrap());
+                assert!(!inbox.contains("g1x", a).await.unwrap());
+            }
         });
     }
 

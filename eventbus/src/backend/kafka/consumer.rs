@@ -17,13 +17,15 @@
 //!   the consumer (leaving the group).
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use event_listener::Event as Signal;
 use futures::future::BoxFuture;
-use futures::stream::{self, StreamExt};
+use futures::{FutureExt, Stream};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
@@ -31,7 +33,7 @@ use rdkafka::ClientContext;
 use super::fetch_flow;
 use super::record::{self, RecordMeta};
 use super::retry_tiers::{self, is_tier_topic};
-use super::tracker::{Limits, Pending, Settle, Taken, Tp, Tracker};
+use super::tracker::{Holding, Limits, Pending, Settle, Taken, Tp, Tracker};
 use super::Inner;
 use crate::backend::{
     Acknowledger, Delivery, DeliveryStream, Message, RetryState, SubscribeRequest,
@@ -141,8 +143,8 @@ impl MemberState {
         self.tracker.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn settle(&self, tp: &Tp, generation: u64, offset: i64, how: Settle) {
-        self.lock().settle(tp, generation, offset, how);
+    fn settle(&self, tp: &Tp, holding: Holding, offset: i64, how: Settle) {
+        self.lock().settle(tp, holding, offset, how);
         self.notify_settled();
     }
 
@@ -420,28 +422,48 @@ pub(crate) async fn start(
 
 /// The deliveries of a consumer; dropping the stream stops its poll thread.
 pub(crate) fn delivery_stream(shared: Arc<MemberState>, inner: Arc<Inner>) -> DeliveryStream {
-    let state = StreamState {
-        _guard: StopGuard(shared.clone()),
-        shared,
-        inner,
-        taken: VecDeque::new(),
-    };
-    stream::unfold(state, |mut state| async move {
-        loop {
-            if let Some(delivery) = state.take() {
-                return Some((Ok(delivery), state));
-            }
-            let listener = state.shared.ready.listen();
-            if let Some(delivery) = state.take() {
-                return Some((Ok(delivery), state));
-            }
-            if state.shared.is_closed() {
-                return None;
-            }
-            listener.await;
-        }
+    Box::pin(Deliveries {
+        state: StreamState {
+            _guard: StopGuard(shared.clone()),
+            shared,
+            inner,
+            taken: VecDeque::new(),
+        },
+        listener: None,
     })
-    .boxed()
+}
+
+/// The delivery stream: takes from the tracker, and waits for the poll thread's signal when
+/// nothing can be taken.
+struct Deliveries {
+    state: StreamState,
+    /// Listening for the signal (registered before the last look at the tracker, so a signal
+    /// sent in between is not missed).
+    listener: Option<event_listener::EventListener>,
+}
+
+impl Stream for Deliveries {
+    type Item = Result<Delivery, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(delivery) = this.state.take() {
+                this.listener = None;
+                return Poll::Ready(Some(Ok(delivery)));
+            }
+            match &mut this.listener {
+                None => this.listener = Some(this.state.shared.ready.listen()),
+                Some(listener) => {
+                    if this.state.shared.is_closed() {
+                        return Poll::Ready(None);
+                    }
+                    ready!(listener.poll_unpin(cx));
+                    this.listener = None;
+                }
+            }
+        }
+    }
 }
 
 /// Most deliveries the stream takes from the tracker under one lock.
@@ -492,7 +514,7 @@ impl StreamState {
                 inner: self.inner.clone(),
                 shared: self.shared.clone(),
                 tp: taken.tp,
-                generation: taken.generation,
+                holding: taken.holding,
                 offset: taken.offset,
                 settled: false,
             }),
@@ -505,7 +527,7 @@ impl Drop for StreamState {
         // Taken but never handed out: back to the tracker, to be delivered in order, uncounted.
         let mut tracker = self.shared.lock();
         for taken in self.taken.drain(..) {
-            tracker.settle(&taken.tp, taken.generation, taken.offset, Settle::Release);
+            tracker.settle(&taken.tp, taken.holding, taken.offset, Settle::Release);
         }
         drop(tracker);
         self.shared.notify_settled();
@@ -649,7 +671,7 @@ struct KafkaAcker {
     inner: Arc<Inner>,
     shared: Arc<MemberState>,
     tp: Tp,
-    generation: u64,
+    holding: Holding,
     offset: i64,
     settled: bool,
 }
@@ -657,8 +679,7 @@ struct KafkaAcker {
 impl KafkaAcker {
     fn settle(&mut self, how: Settle) {
         self.settled = true;
-        self.shared
-            .settle(&self.tp, self.generation, self.offset, how);
+        self.shared.settle(&self.tp, self.holding, self.offset, how);
     }
 }
 
@@ -688,10 +709,10 @@ impl Acknowledger for KafkaAcker {
         state: RetryState,
     ) -> BoxFuture<'static, Result<(), Error>> {
         Box::pin(async move {
-            let message =
-                self.shared
-                    .lock()
-                    .in_flight_message(&self.tp, self.generation, self.offset);
+            let message = self
+                .shared
+                .lock()
+                .in_flight_message(&self.tp, self.holding, self.offset);
             let Some(message) = message else {
                 // Revoked meanwhile: the next owner has it.
                 self.settle(Settle::Requeue(None));
@@ -733,12 +754,8 @@ impl Acknowledger for KafkaAcker {
 impl Drop for KafkaAcker {
     fn drop(&mut self) {
         if !self.settled {
-            self.shared.settle(
-                &self.tp,
-                self.generation,
-                self.offset,
-                Settle::Requeue(None),
-            );
+            self.shared
+                .settle(&self.tp, self.holding, self.offset, Settle::Requeue(None));
         }
     }
 }

@@ -5,8 +5,9 @@
 //! Pure data structure, no I/O: the poll thread pushes fetched records in, deliveries are
 //! taken out and settled, and the poll thread asks what to commit, pause and resume.
 
+use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -117,6 +118,26 @@ impl Slots {
     }
 }
 
+/// A partition's deliverable offsets, lowest first: a min-heap, so an offset fetched after the
+/// others (the usual case) goes in with one comparison, where an ordered set walks its tree.
+/// Each offset is in it at most once (its slot's state says where it is).
+#[derive(Debug, Default)]
+struct ReadyOffsets(BinaryHeap<Reverse<i64>>);
+
+impl ReadyOffsets {
+    fn insert(&mut self, offset: i64) {
+        self.0.push(Reverse(offset));
+    }
+
+    fn pop_first(&mut self) -> Option<i64> {
+        self.0.pop().map(|Reverse(offset)| offset)
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 #[derive(Debug)]
 struct Part {
     generation: u64,
@@ -124,7 +145,7 @@ struct Part {
     slots: Slots,
     done: usize,
     /// Offsets deliverable now: unkeyed messages and the head of each idle key.
-    ready: BTreeSet<i64>,
+    ready: ReadyOffsets,
     /// Keys with a message ready or in flight, and the offsets of their later messages
     /// (foldhash, randomly seeded per map: the keys come from producers).
     keys: FoldMap<Arc<str>, VecDeque<i64>>,
@@ -148,7 +169,7 @@ impl Part {
             generation,
             slots: Slots::default(),
             done: 0,
-            ready: BTreeSet::new(),
+            ready: ReadyOffsets::default(),
             keys: FoldMap::default(),
             delayed: VecDeque::new(),
             next_fetch: i64::MIN,
@@ -225,11 +246,21 @@ pub(crate) enum Settle {
     Release,
 }
 
+/// Which holding of a partition a delivery was taken from: the assignment's generation (a
+/// partition assigned again gets a new one, so a settlement of an earlier holding is told
+/// apart), and where the tracker kept the partition then, so settling finds it without a
+/// look-up by name while the assignment has not changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Holding {
+    pub(crate) generation: u64,
+    at: usize,
+}
+
 /// A delivery handed out: where it came from and what to deliver.
 #[derive(Debug)]
 pub(crate) struct Taken {
     pub(crate) tp: Tp,
-    pub(crate) generation: u64,
+    pub(crate) holding: Holding,
     pub(crate) offset: i64,
     pub(crate) message: Message,
     pub(crate) redeliveries: u32,
@@ -245,8 +276,10 @@ pub(crate) struct FlowChanges {
 /// The state of one consumer.
 #[derive(Debug)]
 pub(crate) struct Tracker {
-    parts: FoldMap<Tp, Part>,
-    order: Vec<Tp>,
+    /// The assigned partitions, in the order they were assigned (taking goes round them).
+    parts: Vec<(Tp, Part)>,
+    /// Where each of them is in `parts`.
+    index: FoldMap<Tp, usize>,
     cursor: usize,
     outstanding: usize,
     next_generation: u64,
@@ -256,8 +289,8 @@ pub(crate) struct Tracker {
 impl Tracker {
     pub(crate) fn new(limits: Limits) -> Self {
         Tracker {
-            parts: FoldMap::default(),
-            order: Vec::new(),
+            parts: Vec::new(),
+            index: FoldMap::default(),
             cursor: 0,
             outstanding: 0,
             next_generation: 1,
@@ -268,18 +301,44 @@ impl Tracker {
     /// Partitions newly assigned to this consumer.
     pub(crate) fn assign(&mut self, tps: &[Tp]) {
         for tp in tps {
-            if !self.parts.contains_key(tp) {
+            if !self.index.contains_key(tp) {
+                self.index.insert(tp.clone(), self.parts.len());
                 self.parts
-                    .insert(tp.clone(), Part::new(self.next_generation));
+                    .push((tp.clone(), Part::new(self.next_generation)));
                 self.next_generation += 1;
-                self.order.push(tp.clone());
             }
         }
     }
 
     /// The assigned partitions.
     pub(crate) fn assigned(&self) -> Vec<Tp> {
-        self.order.clone()
+        self.parts.iter().map(|(tp, _)| tp.clone()).collect()
+    }
+
+    fn part(&self, tp: &Tp) -> Option<&Part> {
+        self.index.get(tp).map(|&at| &self.parts[at].1)
+    }
+
+    fn part_mut(&mut self, tp: &Tp) -> Option<&mut Part> {
+        self.index.get(tp).map(|&at| &mut self.parts[at].1)
+    }
+
+    /// Where the part of `tp` in `holding` is, if it is still held: where it was when the
+    /// delivery was taken, else (partitions revoked since moved it) looked up by name.
+    fn held_at(&self, tp: &Tp, holding: Holding) -> Option<usize> {
+        let at = match self.parts.get(holding.at) {
+            Some((_, part)) if part.generation == holding.generation => holding.at,
+            _ => *self.index.get(tp)?,
+        };
+        (self.parts[at].1.generation == holding.generation).then_some(at)
+    }
+
+    fn held(&self, tp: &Tp, holding: Holding) -> Option<&Part> {
+        self.held_at(tp, holding).map(|at| &self.parts[at].1)
+    }
+
+    fn held_mut(&mut self, tp: &Tp, holding: Holding) -> Option<&mut Part> {
+        self.held_at(tp, holding).map(|at| &mut self.parts[at].1)
     }
 
     /// A fetched record. `skip` marks it done at once (not for this consumer); `due_ms` holds a
@@ -292,7 +351,7 @@ impl Tracker {
         due_ms: Option<i64>,
         now_ms: i64,
     ) -> bool {
-        let Some(part) = self.parts.get_mut(tp) else {
+        let Some(part) = self.part_mut(tp) else {
             return false;
         };
         if part.draining || pending.offset < part.next_fetch {
@@ -322,7 +381,7 @@ impl Tracker {
     /// Moves due retry-tier records to their queues; returns whether any became ready.
     pub(crate) fn release_due(&mut self, now_ms: i64) -> bool {
         let mut released = false;
-        for part in self.parts.values_mut() {
+        for (_, part) in &mut self.parts {
             while part.delayed.front().is_some_and(|(due, _)| *due <= now_ms) {
                 if let Some((_, offset)) = part.delayed.pop_front() {
                     let key = part.slots.get(offset).and_then(Slot::key);
@@ -337,23 +396,20 @@ impl Tracker {
     /// The earliest due time of a held record, if any.
     pub(crate) fn next_due(&self) -> Option<i64> {
         self.parts
-            .values()
-            .filter_map(|p| p.delayed.front().map(|(d, _)| *d))
+            .iter()
+            .filter_map(|(_, p)| p.delayed.front().map(|(d, _)| *d))
             .min()
     }
 
     /// Hands out the next deliverable message, round-robin over partitions.
     pub(crate) fn take(&mut self) -> Option<Taken> {
-        if self.outstanding >= self.limits.prefetch.max(1) || self.order.is_empty() {
+        if self.outstanding >= self.limits.prefetch.max(1) || self.parts.is_empty() {
             return None;
         }
-        let n = self.order.len();
+        let n = self.parts.len();
         for i in 0..n {
             let index = (self.cursor + i) % n;
-            let tp = &self.order[index];
-            let Some(part) = self.parts.get_mut(tp) else {
-                continue;
-            };
+            let (tp, part) = &mut self.parts[index];
             if part.draining {
                 continue;
             }
@@ -373,7 +429,10 @@ impl Tracker {
             };
             let taken = Taken {
                 tp: tp.clone(),
-                generation: part.generation,
+                holding: Holding {
+                    generation: part.generation,
+                    at: index,
+                },
                 offset,
                 message: pending.message.clone(),
                 redeliveries: pending.redeliveries,
@@ -387,16 +446,13 @@ impl Tracker {
         None
     }
 
-    /// Settles a delivery. Settlements of partitions revoked since (another generation) only
+    /// Settles a delivery. Settlements of partitions revoked since (another holding) only
     /// free the prefetch slot.
-    pub(crate) fn settle(&mut self, tp: &Tp, generation: u64, offset: i64, how: Settle) {
+    pub(crate) fn settle(&mut self, tp: &Tp, holding: Holding, offset: i64, how: Settle) {
         self.outstanding = self.outstanding.saturating_sub(1);
-        let Some(part) = self.parts.get_mut(tp) else {
+        let Some(part) = self.held_mut(tp, holding) else {
             return;
         };
-        if part.generation != generation {
-            return;
-        }
         let Some(slot) = part.slots.get_mut(offset) else {
             return;
         };
@@ -438,7 +494,7 @@ impl Tracker {
     pub(crate) fn begin_revoke(&mut self, tps: &[Tp]) -> usize {
         let mut in_flight = 0;
         for tp in tps {
-            if let Some(part) = self.parts.get_mut(tp) {
+            if let Some(part) = self.part_mut(tp) {
                 part.draining = true;
                 part.ready.clear();
                 part.delayed.clear();
@@ -452,7 +508,7 @@ impl Tracker {
     /// Deliveries of `tps` still in flight.
     pub(crate) fn in_flight_of(&self, tps: &[Tp]) -> usize {
         tps.iter()
-            .filter_map(|tp| self.parts.get(tp))
+            .filter_map(|tp| self.part(tp))
             .map(|p| p.in_flight)
             .sum()
     }
@@ -461,7 +517,7 @@ impl Tracker {
     pub(crate) fn finish_revoke(&mut self, tps: &[Tp]) -> Vec<(Tp, i64)> {
         let mut commits = Vec::new();
         for tp in tps {
-            if let Some(part) = self.parts.remove(tp) {
+            if let Some(part) = self.part(tp) {
                 if let Some(position) = part.position {
                     if part.committed.is_none_or(|c| c < position) {
                         commits.push((tp.clone(), position));
@@ -469,7 +525,11 @@ impl Tracker {
                 }
             }
         }
-        self.order.retain(|tp| self.parts.contains_key(tp));
+        self.parts.retain(|(tp, _)| !tps.contains(tp));
+        self.index.clear();
+        for (at, (tp, _)) in self.parts.iter().enumerate() {
+            self.index.insert(tp.clone(), at);
+        }
         commits
     }
 
@@ -502,13 +562,10 @@ impl Tracker {
     pub(crate) fn in_flight_message(
         &self,
         tp: &Tp,
-        generation: u64,
+        holding: Holding,
         offset: i64,
     ) -> Option<Message> {
-        let part = self
-            .parts
-            .get(tp)
-            .filter(|p| p.generation == generation && !p.draining)?;
+        let part = self.held(tp, holding).filter(|p| !p.draining)?;
         part.slots
             .get(offset)
             .filter(|slot| slot.state == State::InFlight)
@@ -519,7 +576,7 @@ impl Tracker {
     /// A commit of these positions failed: try again at the next opportunity.
     pub(crate) fn commit_failed(&mut self, failed: &[(Tp, i64)]) {
         for (tp, position) in failed {
-            if let Some(part) = self.parts.get_mut(tp) {
+            if let Some(part) = self.part_mut(tp) {
                 if part.committed == Some(*position) {
                     part.committed = None;
                 }
@@ -556,8 +613,7 @@ impl Tracker {
     /// Where fetching `tp` goes on from: one past the newest offset it received, `None` before
     /// its first record.
     pub(crate) fn fetch_position(&self, tp: &Tp) -> Option<i64> {
-        self.parts
-            .get(tp)
+        self.part(tp)
             .map(|p| p.next_fetch)
             .filter(|&next| next != i64::MIN)
     }
@@ -576,7 +632,7 @@ impl Tracker {
     /// Those of `tps` held and not paused by this tracker.
     pub(crate) fn unpaused(&self, tps: &[Tp]) -> Vec<Tp> {
         tps.iter()
-            .filter(|tp| self.parts.get(*tp).is_some_and(|p| !p.paused))
+            .filter(|tp| self.part(tp).is_some_and(|p| !p.paused))
             .cloned()
             .collect()
     }
@@ -584,8 +640,8 @@ impl Tracker {
     /// Whether every assigned partition has nothing buffered, held or in flight.
     pub(crate) fn is_idle(&self) -> bool {
         self.parts
-            .values()
-            .all(|p| p.slots.is_empty() && p.delayed.is_empty())
+            .iter()
+            .all(|(_, p)| p.slots.is_empty() && p.delayed.is_empty())
     }
 
     /// Deliveries handed out and not settled.
@@ -596,7 +652,7 @@ impl Tracker {
     /// The committable position of `tp`.
     #[cfg(test)]
     pub(crate) fn position(&self, tp: &Tp) -> Option<i64> {
-        self.parts.get(tp).and_then(|p| p.position)
+        self.part(tp).and_then(|p| p.position)
     }
 }
 
@@ -643,13 +699,13 @@ mod tests {
         let taken: Vec<Taken> = std::iter::from_fn(|| t.take()).collect();
         assert_eq!(taken.len(), 4);
         // 1 and 2 finish before 0: nothing is committable.
-        t.settle(&tp(0), taken[1].generation, 1, Settle::Done);
-        t.settle(&tp(0), taken[2].generation, 2, Settle::Done);
+        t.settle(&tp(0), taken[1].holding, 1, Settle::Done);
+        t.settle(&tp(0), taken[2].holding, 2, Settle::Done);
         assert_eq!(t.position(&tp(0)), None);
         assert!(t.due_commits(true).is_empty());
-        t.settle(&tp(0), taken[0].generation, 0, Settle::Done);
+        t.settle(&tp(0), taken[0].holding, 0, Settle::Done);
         assert_eq!(t.due_commits(false), vec![(tp(0), 3)]);
-        t.settle(&tp(0), taken[3].generation, 3, Settle::Done);
+        t.settle(&tp(0), taken[3].holding, 3, Settle::Done);
         assert!(
             t.due_commits(false).is_empty(),
             "one done since the commit, batch of two"
@@ -669,7 +725,7 @@ mod tests {
             taken.iter().map(|d| d.offset).collect::<Vec<_>>(),
             vec![0, 1, 5, 10, 11]
         );
-        let g = taken[0].generation;
+        let g = taken[0].holding;
         for o in [11, 5, 10] {
             t.settle(&tp(0), g, o, Settle::Done);
         }
@@ -691,12 +747,10 @@ mod tests {
         t.push(&tp(0), msg(1, Some("a")), false, None, 0);
         t.push(&tp(0), msg(2, Some("b")), false, None, 0);
         t.push(&tp(1), msg(0, Some("a")), false, None, 0);
-        let first: Vec<(i32, i64)> = std::iter::from_fn(|| t.take())
-            .map(|d| (d.tp.1, d.offset))
-            .collect();
+        let taken: Vec<Taken> = std::iter::from_fn(|| t.take()).collect();
+        let first: Vec<(i32, i64)> = taken.iter().map(|d| (d.tp.1, d.offset)).collect();
         assert_eq!(first, vec![(0, 0), (1, 0), (0, 2)], "a@1 waits for a@0");
-        let g = t.parts[&tp(0)].generation;
-        t.settle(&tp(0), g, 0, Settle::Done);
+        t.settle(&tp(0), taken[0].holding, 0, Settle::Done);
         let next = t.take().expect("a@1 released");
         assert_eq!((next.tp.1, next.offset), (0, 1));
     }
@@ -710,7 +764,7 @@ mod tests {
         assert!(t.take().is_none());
         t.settle(
             &d.tp,
-            d.generation,
+            d.holding,
             0,
             Settle::Requeue(Some(RetryState {
                 attempts: 2,
@@ -729,7 +783,7 @@ mod tests {
         t.push(&tp(0), msg(0, Some("a")), false, None, 0);
         t.push(&tp(0), msg(1, Some("a")), false, None, 0);
         let d = t.take().expect("a@0");
-        t.settle(&d.tp, d.generation, 0, Settle::Release);
+        t.settle(&d.tp, d.holding, 0, Settle::Release);
         assert_eq!(t.outstanding(), 0);
         let again = t.take().expect("released, delivered again");
         assert_eq!((again.offset, again.redeliveries), (0, 0));
@@ -755,14 +809,27 @@ mod tests {
         }
         let d0 = t.take().expect("0");
         let _d1 = t.take().expect("1");
-        t.settle(&tp(0), d0.generation, 0, Settle::Done);
+        t.settle(&tp(0), d0.holding, 0, Settle::Done);
         assert_eq!(t.begin_revoke(&[tp(0)]), 1);
         assert!(t.take().is_none(), "nothing new from a draining partition");
         assert_eq!(t.finish_revoke(&[tp(0)]), vec![(tp(0), 1)]);
         // Reassigned later: a new generation; the old in-flight settlement is ignored.
         t.assign(&[tp(0)]);
-        t.settle(&tp(0), d0.generation, 1, Settle::Done);
+        t.settle(&tp(0), d0.holding, 1, Settle::Done);
         assert_eq!(t.position(&tp(0)), None);
+        assert_eq!(t.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_settlement_counts_after_another_partition_was_revoked() {
+        let mut t = tracker(10);
+        t.push(&tp(1), msg(0, None), false, None, 0);
+        let d = t.take().expect("1@0");
+        // tp(0), assigned before tp(1), goes: the tracker keeps tp(1) elsewhere now.
+        assert_eq!(t.begin_revoke(&[tp(0)]), 0);
+        assert!(t.finish_revoke(&[tp(0)]).is_empty());
+        t.settle(&d.tp, d.holding, 0, Settle::Done);
+        assert_eq!(t.position(&tp(1)), Some(1));
         assert_eq!(t.outstanding(), 0);
     }
 
@@ -805,10 +872,10 @@ mod tests {
         assert_eq!(t.flow_changes().pause, vec![tp(1)]);
         let taken: Vec<Taken> = std::iter::from_fn(|| t.take()).collect();
         for d in &taken[..2] {
-            t.settle(&d.tp, d.generation, d.offset, Settle::Done);
+            t.settle(&d.tp, d.holding, d.offset, Settle::Done);
         }
         assert!(t.flow_changes().resume.is_empty(), "3 live > 2");
-        t.settle(&taken[2].tp, taken[2].generation, 2, Settle::Done);
+        t.settle(&taken[2].tp, taken[2].holding, 2, Settle::Done);
         assert_eq!(t.flow_changes().resume, vec![tp(1)]);
     }
 }
