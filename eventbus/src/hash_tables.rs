@@ -13,10 +13,10 @@ pub(crate) type FoldMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// A `HashSet` hashed with foldhash.
 pub(crate) type FoldSet<T> = HashSet<T, foldhash::fast::RandomState>;
 
-/// Something worked out once per event type and kept, for at most [`PerType::CAPACITY`]
-/// types: past that (a producer inventing type names) it starts over, so it cannot grow
-/// without bound. A type seen before is found with one hash of its name (the table holds
-/// where its value is).
+/// Something worked out once per event type (or per topic, another name that producers and
+/// brokers choose) and kept, for at most [`PerType::CAPACITY`] names: past that (a producer
+/// inventing names) it starts over, so it cannot grow without bound. A name seen before is
+/// found with one hash (the table holds where its value is).
 #[derive(Debug)]
 pub(crate) struct PerType<V> {
     at: FoldMap<Box<str>, usize>,

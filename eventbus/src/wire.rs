@@ -101,6 +101,19 @@ pub struct RetryState {
     pub first_failure: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// `bytes` as shared text, copied once; invalid UTF-8 is replaced (U+FFFD), as a broker's
+/// bytes written by a foreign producer may hold anything.
+#[cfg(any(feature = "kafka", feature = "redis"))]
+pub(crate) fn shared_text(bytes: &[u8]) -> Arc<str> {
+    Arc::from(String::from_utf8_lossy(bytes).as_ref())
+}
+
+/// `bytes` as text, invalid UTF-8 replaced (U+FFFD).
+#[cfg(any(feature = "kafka", feature = "redis"))]
+pub(crate) fn owned_text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// Header carrying how many attempts a message has had before this delivery.
 pub const ATTEMPT_HEADER: &str = "eventbus-attempt";
 /// Header carrying how many delayed-retry rounds a message has been through.

@@ -39,7 +39,7 @@ use crate::backend::{
     Acknowledger, Delivery, DeliveryStream, Message, RetryState, SubscribeRequest,
 };
 use crate::error::Error;
-use crate::hash_tables::{FoldMap, SharedNames};
+use crate::hash_tables::{PerType, SharedNames};
 use crate::pattern::{Pattern, Segment};
 use crate::wire::is_dlq_topic;
 
@@ -325,9 +325,9 @@ impl ConsumerContext for Callbacks {
 }
 
 /// Interned topic names, each with whether it is a retry tier (looked up once per topic, not
-/// once per record).
+/// once per record; bounded like every [`PerType`] table).
 #[derive(Default)]
-struct Topics(FoldMap<String, (Arc<str>, bool)>);
+struct Topics(PerType<(Arc<str>, bool)>);
 
 impl Topics {
     fn intern(&mut self, topic: &str) -> Arc<str> {
@@ -336,13 +336,9 @@ impl Topics {
 
     /// The interned name of `topic` and whether it is a retry tier.
     fn get(&mut self, topic: &str) -> (Arc<str>, bool) {
-        if let Some((name, tier)) = self.0.get(topic) {
-            return (name.clone(), *tier);
-        }
-        let name: Arc<str> = Arc::from(topic);
-        let tier = is_tier_topic(topic);
-        self.0.insert(topic.to_owned(), (name.clone(), tier));
-        (name, tier)
+        self.0
+            .get_or_insert_with(topic, || (Arc::from(topic), is_tier_topic(topic)))
+            .clone()
     }
 }
 

@@ -187,22 +187,6 @@ pub(crate) struct RecordMeta {
     pub(crate) timestamp_ms: Option<i64>,
 }
 
-/// `bytes` as text, invalid UTF-8 replaced (U+FFFD).
-fn owned_text(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => text.to_owned(),
-        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
-    }
-}
-
-/// `bytes` as shared text, invalid UTF-8 replaced (U+FFFD).
-fn shared_text(bytes: &[u8]) -> Arc<str> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Arc::from(text),
-        Err(_) => Arc::from(String::from_utf8_lossy(bytes)),
-    }
-}
-
 /// `bytes` as text shared through `names` (a topic or an event type: few, and carried by
 /// many records), invalid UTF-8 replaced (U+FFFD).
 fn shared_name(names: &mut SharedNames, bytes: &[u8]) -> Arc<str> {
@@ -221,7 +205,7 @@ pub(crate) fn from_record<M: rdkafka::Message>(
 ) -> (Message, RecordMeta) {
     let mut message = Message {
         topic,
-        key: record.key().map(shared_text),
+        key: record.key().map(crate::wire::shared_text),
         event_type: Arc::default(),
         headers: MessageHeaders::new(),
         payload: Arc::from(record.payload().unwrap_or_default()),
@@ -236,7 +220,7 @@ pub(crate) fn from_record<M: rdkafka::Message>(
     if let Some(headers) = record.headers() {
         for header in headers.iter() {
             let Some(value) = header.value else { continue };
-            let text = || owned_text(value);
+            let text = || crate::wire::owned_text(value);
             if let Some(name) = header.key.strip_prefix(binary::PREFIX) {
                 attributes.push((name.to_owned(), text()));
                 continue;

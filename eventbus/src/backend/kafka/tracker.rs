@@ -54,6 +54,9 @@ enum State {
 struct Slot {
     state: State,
     pending: Option<Pending>,
+    /// The offset of its key's next record queued behind it, if any: a key's queued records
+    /// are a chain through their slots, so queueing one allocates nothing.
+    next_of_key: Option<i64>,
 }
 
 impl Slot {
@@ -61,6 +64,7 @@ impl Slot {
         Slot {
             state: State::Waiting,
             pending,
+            next_of_key: None,
         }
     }
 
@@ -146,9 +150,10 @@ struct Part {
     done: usize,
     /// Offsets deliverable now: unkeyed messages and the head of each idle key.
     ready: ReadyOffsets,
-    /// Keys with a message ready or in flight, and the offsets of their later messages
-    /// (foldhash, randomly seeded per map: the keys come from producers).
-    keys: FoldMap<Arc<str>, VecDeque<i64>>,
+    /// Keys with a message ready or in flight, and the offset of the last record queued of
+    /// each (the chain's end, see [`Slot::next_of_key`]); foldhash, randomly seeded per map:
+    /// the keys come from producers.
+    keys: FoldMap<Arc<str>, i64>,
     /// Retry-tier messages not due yet, in offset order: their due time (ms) and offset.
     delayed: VecDeque<(i64, i64)>,
     /// The highest fetched offset + 1: refetched older offsets are ignored.
@@ -194,9 +199,17 @@ impl Part {
             return;
         };
         match self.keys.entry(key) {
-            Entry::Occupied(mut later) => later.get_mut().push_back(offset),
+            Entry::Occupied(mut last) => {
+                match self.slots.get_mut(*last.get()) {
+                    Some(slot) if slot.state != State::Done => slot.next_of_key = Some(offset),
+                    // The key's last record is held until done and the key released with it,
+                    // so this is not met; were it, the key is idle and its record ready.
+                    _ => self.ready.insert(offset),
+                }
+                *last.get_mut() = offset;
+            }
             Entry::Vacant(idle) => {
-                idle.insert(VecDeque::new());
+                idle.insert(offset);
                 self.ready.insert(offset);
             }
         }
@@ -217,19 +230,15 @@ impl Part {
         }
     }
 
-    /// Releases the key of a settled message: its next message becomes ready.
-    fn release_key(&mut self, key: &Option<Arc<str>>) {
-        let Some(key) = key else { return };
-        let Entry::Occupied(mut later) = self.keys.entry(key.clone()) else {
-            return;
-        };
-        match later.get_mut().pop_front() {
-            Some(next) => {
-                self.ready.insert(next);
+    /// Releases the key of a settled message: its next record (`next`) becomes ready, or the
+    /// key is idle when it has none.
+    fn release_key(&mut self, key: Option<&str>, next: Option<i64>) {
+        match (key, next) {
+            (_, Some(next)) => self.ready.insert(next),
+            (Some(key), None) => {
+                self.keys.remove(key);
             }
-            None => {
-                later.remove();
-            }
+            (None, None) => {}
         }
     }
 }
@@ -462,9 +471,10 @@ impl Tracker {
         part.in_flight -= 1;
         match how {
             Settle::Done => {
+                let next = slot.next_of_key;
                 let key = slot.pending.take().and_then(|p| p.message.key);
                 part.mark_done(offset);
-                part.release_key(&key);
+                part.release_key(key.as_deref(), next);
             }
             Settle::Requeue(state) => {
                 // Waiting again (a draining partition's is dropped with it).
@@ -753,6 +763,33 @@ mod tests {
         t.settle(&tp(0), taken[0].holding, 0, Settle::Done);
         let next = t.take().expect("a@1 released");
         assert_eq!((next.tp.1, next.offset), (0, 1));
+    }
+
+    #[test]
+    fn a_key_s_records_go_one_at_a_time_in_order_through_requeues() {
+        let mut t = tracker(10);
+        for (o, key) in [(0, "a"), (1, "a"), (2, "b"), (3, "a")] {
+            t.push(&tp(0), msg(o, Some(key)), false, None, 0);
+        }
+        let offsets = |t: &mut Tracker| -> Vec<i64> {
+            std::iter::from_fn(|| t.take()).map(|d| d.offset).collect()
+        };
+        let first: Vec<Taken> = std::iter::from_fn(|| t.take()).collect();
+        assert_eq!(first.iter().map(|d| d.offset).collect::<Vec<_>>(), [0, 2]);
+        let h = first[0].holding;
+        t.settle(&tp(0), h, 2, Settle::Done);
+        assert!(offsets(&mut t).is_empty(), "a@1 waits for a@0");
+        t.settle(&tp(0), h, 0, Settle::Done);
+        assert_eq!(offsets(&mut t), [1]);
+        t.settle(&tp(0), h, 1, Settle::Requeue(None));
+        assert_eq!(offsets(&mut t), [1], "a@1 again, a@3 still behind it");
+        t.settle(&tp(0), h, 1, Settle::Done);
+        assert_eq!(offsets(&mut t), [3]);
+        t.settle(&tp(0), h, 3, Settle::Done);
+        // The key is idle: its next record is ready at once.
+        t.push(&tp(0), msg(4, Some("a")), false, None, 0);
+        assert_eq!(offsets(&mut t), [4]);
+        assert_eq!(t.position(&tp(0)), Some(4));
     }
 
     #[test]

@@ -87,12 +87,12 @@ fn bytes(value: &Value) -> Option<&[u8]> {
 }
 
 fn text(value: &Value) -> Option<String> {
-    bytes(value).map(|b| String::from_utf8_lossy(b).into_owned())
+    bytes(value).map(crate::wire::owned_text)
 }
 
 /// A field's value as shared text (invalid UTF-8 replaced), copied once.
 fn shared_text(value: &Value) -> Option<Arc<str>> {
-    bytes(value).map(|b| Arc::from(String::from_utf8_lossy(b).as_ref()))
+    bytes(value).map(crate::wire::shared_text)
 }
 
 /// An entry's fields, however a reply was taken apart: a map by name, or the list in the
