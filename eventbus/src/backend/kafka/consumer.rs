@@ -11,8 +11,9 @@
 //!   each partition, every `commit_every` messages or `commit_interval`.
 //! - **Rebalance**: a revoked partition stops handing out messages, waits (bounded by
 //!   `rebalance_drain_timeout`) for its in-flight ones, commits what is done, and drops the
-//!   rest for the new owner; late settlements of it are ignored. An assigned partition is
-//!   resumed, since librdkafka keeps the pause flag of one revoked while paused.
+//!   rest for the new owner; late settlements of it are ignored. A partition revoked while
+//!   paused is resumed before it is given up: librdkafka keeps the pause flag through
+//!   revocation, and the partition would come back paused if assigned again.
 //! - **Shutdown**: dropping the stream stops the thread, which commits what is done and closes
 //!   the consumer (leaving the group).
 
@@ -265,8 +266,18 @@ impl ConsumerContext for Callbacks {
                     }
                     shared.draining.fetch_sub(1, Ordering::SeqCst);
                 }
+                let paused = tracker.paused_among(&tps);
                 let commits = tracker.finish_revoke(&tps);
                 drop(tracker);
+                // librdkafka keeps a partition's pause flag through revocation and assignment:
+                // one revoked while paused would come back paused, and the tracker (which
+                // starts a partition afresh) would never resume it. The flag is cleared now,
+                // while the partition is still assigned and its fetcher stopped by the
+                // rebalance. (Clearing it after a new assignment races librdkafka's own start
+                // of the fetcher: the two requests are ordered by a version taken before they
+                // are queued, so the older one can arrive second and be dropped as outdated,
+                // leaving the partition paused, or its fetcher never started.)
+                fetch_flow::unpause(consumer, &paused);
                 tracing::info!(group = %shared.group, partitions = ?tps, "partitions revoked");
                 if !crashed && !commits.is_empty() && !consumer.assignment_lost() {
                     match consumer.commit(&tpl_of(&commits), CommitMode::Sync) {
@@ -284,22 +295,6 @@ impl ConsumerContext for Callbacks {
                 tracing::warn!(group = %shared.group, %error, "rebalance error");
             }
         }
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Assign(tpl) = rebalance else {
-            return;
-        };
-        // librdkafka keeps a partition's pause flag through revocation and re-assignment: a
-        // partition paused when it was revoked would come back paused, and the tracker (which
-        // starts it afresh) would never resume it. Every assigned partition the tracker does
-        // not hold paused is resumed.
-        let tps = tps_of(tpl, &mut Topics::default());
-        let unpaused = self.shared.lock().unpaused(&tps);
-        if unpaused.is_empty() {
-            return;
-        }
-        fetch_flow::unpause(consumer, &unpaused);
     }
 
     fn commit_callback(

@@ -77,8 +77,8 @@ pub(crate) fn resume<C: ConsumerContext>(consumer: &BaseConsumer<C>, tps: &[(Tp,
     }
 }
 
-/// Clears the pause flag of `tps` without waking their fetchers: for partitions just
-/// assigned, whose fetch start wakes them.
+/// Clears the pause flag of `tps` without waking their fetchers: for partitions being revoked,
+/// whose fetchers stop anyway.
 pub(crate) fn unpause<C: ConsumerContext>(consumer: &BaseConsumer<C>, tps: &[Tp]) -> bool {
     if tps.is_empty() {
         return false;

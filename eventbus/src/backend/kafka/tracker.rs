@@ -639,10 +639,10 @@ impl Tracker {
             .collect()
     }
 
-    /// Those of `tps` held and not paused by this tracker.
-    pub(crate) fn unpaused(&self, tps: &[Tp]) -> Vec<Tp> {
+    /// Those of `tps` this tracker holds paused.
+    pub(crate) fn paused_among(&self, tps: &[Tp]) -> Vec<Tp> {
         tps.iter()
-            .filter(|tp| self.part(tp).is_some_and(|p| !p.paused))
+            .filter(|tp| self.part(tp).is_some_and(|p| p.paused))
             .cloned()
             .collect()
     }
@@ -914,5 +914,32 @@ mod tests {
         assert!(t.flow_changes().resume.is_empty(), "3 live > 2");
         t.settle(&taken[2].tp, taken[2].holding, 2, Settle::Done);
         assert_eq!(t.flow_changes().resume, vec![tp(1)]);
+    }
+
+    #[test]
+    fn the_partitions_held_paused_are_named_for_their_revocation() {
+        let mut t = tracker(10);
+        t.assign(&[tp(2)]);
+        for o in 0..5 {
+            t.push(&tp(1), msg(o, None), false, None, 0);
+            t.push(&tp(2), msg(o, None), false, None, 0);
+        }
+        assert_eq!(t.flow_changes().pause, vec![tp(1), tp(2)]);
+        let all = [tp(0), tp(1), tp(2)];
+        assert_eq!(t.paused_among(&all), vec![tp(1), tp(2)]);
+        assert_eq!(t.paused_among(&[tp(0), tp(2)]), vec![tp(2)]);
+        t.begin_revoke(&[tp(2)]);
+        assert_eq!(
+            t.paused_among(&[tp(2)]),
+            vec![tp(2)],
+            "still held while it drains"
+        );
+        t.finish_revoke(&[tp(2)]);
+        assert!(t.paused_among(&all[2..]).is_empty(), "no longer held");
+        for d in std::iter::from_fn(|| t.take()).collect::<Vec<_>>() {
+            t.settle(&d.tp, d.holding, d.offset, Settle::Done);
+        }
+        assert_eq!(t.flow_changes().resume, vec![tp(1)]);
+        assert!(t.paused_among(&all).is_empty());
     }
 }
