@@ -346,6 +346,11 @@ impl Key {
     }
 }
 
+/// Whether the general reader reads `name` as one of its own members (not an extension).
+pub(super) fn is_known_member(name: &str) -> bool {
+    known(name).is_some()
+}
+
 /// A member name the visitor matches, as a static string (one `match`, no search).
 fn known(name: &str) -> Option<&'static str> {
     Some(match name {

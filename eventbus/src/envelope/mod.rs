@@ -34,6 +34,7 @@ use crate::error::DecodeError;
 use crate::event::Event;
 
 pub mod cloudevents;
+mod direct;
 
 /// Free-form string headers carried inside the envelope (trace context, user metadata).
 pub type Headers = BTreeMap<String, String>;
@@ -191,7 +192,10 @@ impl RawEnvelope {
         let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::InvalidUtf8 {
             valid_up_to: e.valid_up_to(),
         })?;
-        serde_json::from_str(text).map_err(DecodeError::Envelope)
+        match direct::decode(text) {
+            Some(envelope) => Ok(envelope),
+            None => serde_json::from_str(text).map_err(DecodeError::Envelope),
+        }
     }
 }
 
