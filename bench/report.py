@@ -141,6 +141,7 @@ def kafka_instructions():
     for key, label in names:
         if key in per:
             print(f"| {label} | {per[key]:,.0f} | {per['raw'] / per[key]:.2f} |")
+    print()
 
 
 for name, title in [("redis", "Redis Streams"), ("redis_partitions", "Redis partitions: one member against two"), ("kafka", "Kafka"), ("outbox", "Outbox relay")]:
