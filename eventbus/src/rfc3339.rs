@@ -93,7 +93,7 @@ fn parse_utc_z(b: &[u8]) -> Option<DateTime<Utc>> {
 }
 
 /// Formats the common case (years 0000-9999, no leap second) into `buf`; `None` otherwise.
-fn format<'b>(time: &DateTime<Utc>, buf: &'b mut [u8; 40]) -> Option<&'b str> {
+pub(crate) fn format<'b>(time: &DateTime<Utc>, buf: &'b mut [u8; 40]) -> Option<&'b str> {
     let year = u32::try_from(time.year()).ok().filter(|y| *y <= 9999)?;
     let nanos = time.nanosecond();
     if nanos >= 1_000_000_000 {

@@ -300,7 +300,7 @@ impl<'a> Cursor<'a> {
 /// quote, backslash or control character. Eight bytes are looked at a time, the last few
 /// padded with spaces (the strings of an envelope are mostly ids, times and trace contexts of
 /// 30 to 60 bytes).
-fn plain_run(bytes: &[u8]) -> usize {
+pub(super) fn plain_run(bytes: &[u8]) -> usize {
     let mut at = 0;
     loop {
         let (word, whole) = match bytes.get(at..at + 8).map(<[u8; 8]>::try_from) {
@@ -340,6 +340,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::envelope::generated::generated;
     use crate::envelope::Envelope;
 
     /// The general reader's envelope.
@@ -497,58 +498,6 @@ mod tests {
         }
     }
 
-    /// Strings that need escapes or are unusual in JSON, among plain ones.
-    fn text() -> impl Strategy<Value = String> {
-        prop_oneof!["[a-z0-9.-]{0,12}", r#"[a-z"\\/\x00-\x1f\x7fé€😀 ]{0,8}"#,]
-    }
-
-    fn generated() -> impl Strategy<Value = Envelope<serde_json::Value>> {
-        let optional = || proptest::option::of(text());
-        let header_name = prop_oneof![
-            Just("traceparent".to_owned()),
-            "[a-z0-9]{1,22}",
-            "[A-Za-z_-]{1,8}",
-            Just("id".to_owned()),
-            Just("subject".to_owned()),
-        ];
-        (
-            (text(), text(), 0u32..=u32::MAX, optional(), optional()),
-            (optional(), optional()),
-            proptest::collection::btree_map(header_name, text(), 0..4),
-            prop_oneof![
-                text().prop_map(serde_json::Value::from),
-                (text(), -1e6f64..1e6).prop_map(|(k, n)| {
-                    serde_json::Value::Object(serde_json::Map::from_iter([(
-                        k,
-                        serde_json::json!([n, null]),
-                    )]))
-                }),
-            ],
-        )
-            .prop_map(
-                |(
-                    (event_type, source, version, correlation, causation),
-                    (tenant, user),
-                    headers,
-                    data,
-                )| {
-                    Envelope {
-                        id: Uuid::now_v7(),
-                        event_type,
-                        source,
-                        time: chrono::Utc::now(),
-                        version,
-                        correlation_id: correlation,
-                        causation_id: causation,
-                        tenant_id: tenant,
-                        user_id: user,
-                        headers,
-                        data,
-                    }
-                },
-            )
-    }
-
     /// An edit of a document: a character inserted, removed or replaced at a position.
     fn edit() -> impl Strategy<Value = (usize, u8, char)> {
         (
@@ -583,8 +532,11 @@ mod tests {
             let read = agrees(&text).map_err(TestCaseError::fail)?;
             let plain = |s: &str| !s.contains(['"', '\\']) && !s.chars().any(char::is_control);
             // Plain strings and extension-named headers are the common case: read directly.
+            // Times past the year 9999 are written in chrono's extended form (`+10000-...`),
+            // which the direct reader does not take.
             let common = plain(&e.event_type)
                 && plain(&e.source)
+                && chrono::Datelike::year(&e.time) <= 9999
                 && [&e.correlation_id, &e.causation_id, &e.tenant_id, &e.user_id]
                     .iter()
                     .all(|v| v.as_deref().is_none_or(plain))

@@ -35,6 +35,9 @@ use crate::event::Event;
 
 pub mod cloudevents;
 mod direct;
+mod direct_write;
+#[cfg(test)]
+mod generated;
 
 /// Free-form string headers carried inside the envelope (trace context, user metadata).
 pub type Headers = BTreeMap<String, String>;
@@ -204,6 +207,9 @@ impl<T: Serialize> Envelope<T> {
     pub fn encode(&self) -> Result<Vec<u8>, crate::Error> {
         // Most envelopes fit: one allocation instead of a doubling series of copies.
         let mut out = Vec::with_capacity(512);
+        if direct_write::encode(self, &mut out) {
+            return Ok(out);
+        }
         serde_json::to_writer(&mut out, self).map_err(|source| crate::Error::Encode {
             event_type: self.event_type.clone(),
             source,
