@@ -70,11 +70,17 @@ struct LatencyTick {
 }
 
 /// Events per phase; `KBENCH_EVENTS` overrides.
+/// Events per phase (`KBENCH_EVENTS`, default 100 000), read once: the loops under measure
+/// compare against it per record, and an environment lookup there would be counted against
+/// whichever side makes it.
 fn events() -> u64 {
-    std::env::var("KBENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000)
+    static EVENTS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *EVENTS.get_or_init(|| {
+        std::env::var("KBENCH_EVENTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000)
+    })
 }
 const IN_FLIGHT: usize = 1_000;
 const PARTITIONS: i32 = 6;
@@ -654,7 +660,7 @@ async fn main() {
             "consume  backend stream + ack (no pipeline)  {alone:>9.0} ev/s   ratio {:.3}",
             alone / raw
         );
-        println!("consume  full pipeline, concurrency 1        {p1:>9.0} ev/s   ratio {:.3} (target >= 0.8)", p1 / raw);
+        println!("consume  full pipeline, concurrency 1        {p1:>9.0} ev/s   ratio {:.3} (target >= 0.85)", p1 / raw);
         println!(
             "consume  full pipeline, concurrency 8        {p8:>9.0} ev/s   ratio {:.3}",
             p8 / raw
