@@ -551,6 +551,8 @@ fn poll_loop(consumer: BaseConsumer<Callbacks>, shared: Arc<MemberState>) {
     let mut shared_names = SharedNames::default();
     let mut last_error_log: Option<Instant> = None;
     let mut batch = Vec::with_capacity(256);
+    // Records settled since the last round, dropped here (see `Tracker::swap_settled`).
+    let mut settled = Vec::new();
     // A round takes no more than a partition's buffer holds (plus the record that goes over):
     // the partition is paused after the round, so a round may not fill it far past its bound.
     let round = MAX_BATCH.min(shared.lock().limits().max_buffered.saturating_add(1));
@@ -614,7 +616,9 @@ fn poll_loop(consumer: BaseConsumer<Callbacks>, shared: Arc<MemberState>) {
         let flow = tracker.flow_changes();
         let resume = tracker.with_fetch_positions(flow.resume);
         let commits = tracker.due_commits(false);
+        tracker.swap_settled(&mut settled);
         drop(tracker);
+        settled.clear();
         if ready {
             shared.ready.notify(usize::MAX);
         }
