@@ -22,7 +22,7 @@
 //! Reading also accepts the member names other producers use: `eventId` for `id`,
 //! `eventType` for `type`, `occurredAt` and `timestamp` for `time`, `payload` for `data`; when a
 //! document has both, ours win. Without `source` an envelope reads as from
-//! [`UNKNOWN_SOURCE`]; without `version`, as version 1; a `version` may be a number or a
+//! [`UNKNOWN_SOURCE`]; without `version`, as [`DEFAULT_VERSION`]; a `version` may be a number or a
 //! string (`"2"`, or `"1.0"`, whose major number is the version).
 
 use std::collections::BTreeMap;
@@ -37,6 +37,9 @@ use super::{Envelope, Headers};
 
 /// The source of an envelope read without one.
 pub const UNKNOWN_SOURCE: &str = "unknown";
+
+/// The schema version of an envelope read without one.
+pub const DEFAULT_VERSION: u32 = 1;
 
 /// The CloudEvents version written.
 pub const SPEC_VERSION: &str = "1.0";
@@ -318,7 +321,7 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for EnvelopeVisitor<T> {
             time: time
                 .or(alias_time)
                 .ok_or_else(|| de::Error::missing_field("time"))?,
-            version: version.unwrap_or(1),
+            version: version.unwrap_or(DEFAULT_VERSION),
             correlation_id,
             causation_id,
             tenant_id,

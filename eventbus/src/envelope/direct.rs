@@ -16,7 +16,7 @@
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use super::cloudevents::{is_known_member, UNKNOWN_SOURCE};
+use super::cloudevents::{is_known_member, DEFAULT_VERSION, UNKNOWN_SOURCE};
 use super::{Headers, RawEnvelope};
 
 /// Reads `text` directly, or `None` when it is not in the form this reader takes.
@@ -121,7 +121,7 @@ pub(crate) fn decode(text: &str) -> Option<RawEnvelope> {
         event_type: event_type?,
         source: source.unwrap_or_else(|| UNKNOWN_SOURCE.to_owned()),
         time: time?,
-        version: version.unwrap_or(1),
+        version: version.unwrap_or(DEFAULT_VERSION),
         correlation_id,
         causation_id,
         tenant_id,
@@ -129,6 +129,37 @@ pub(crate) fn decode(text: &str) -> Option<RawEnvelope> {
         headers,
         data: data?,
     })
+}
+
+/// Calls `visit` with the name and value of each top-level member of the JSON object `text`
+/// whose value is a plain string (no escapes), in order, skipping the members whose value is a
+/// number, `true`, `false` or `null`, up to the first whose value is an object or an array
+/// (the envelope writer puts its string members first, `data` and the packed headers last):
+/// what a record's derived headers are copied from, borrowed, without reading the rest.
+/// `None` when `text` does not start as such an object (a string with an escape, a missing
+/// colon, ...): the caller then parses the document.
+#[cfg(any(feature = "kafka", test))]
+pub(crate) fn leading_strings<'a>(
+    text: &'a str,
+    mut visit: impl FnMut(&'a str, &'a str),
+) -> Option<()> {
+    let mut at = Cursor { text, at: 0 };
+    at.expect(b'{')?;
+    loop {
+        if at.peek() != Some(b'"') {
+            return Some(());
+        }
+        let name = at.plain_string()?;
+        at.expect(b':')?;
+        match at.peek()? {
+            b'"' => visit(name, at.plain_string()?),
+            b'{' | b'[' => return Some(()),
+            _ => at.skip_scalar(),
+        }
+        if at.next_byte()? != b',' {
+            return Some(());
+        }
+    }
 }
 
 /// A member's name: one of the members read directly (its bit in [`Members`]), or another.
@@ -176,6 +207,24 @@ impl<'a> Cursor<'a> {
         while let Some(b' ' | b'\n' | b'\r' | b'\t') = bytes.get(self.at) {
             self.at += 1;
         }
+    }
+
+    /// The next byte after whitespace, not consumed.
+    #[cfg(any(feature = "kafka", test))]
+    fn peek(&mut self) -> Option<u8> {
+        self.skip_whitespace();
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    /// Skips a number or a literal (`true`, `false`, `null`): up to the next comma, closing
+    /// brace or whitespace.
+    #[cfg(any(feature = "kafka", test))]
+    fn skip_scalar(&mut self) {
+        let rest = &self.text.as_bytes()[self.at..];
+        self.at += rest
+            .iter()
+            .take_while(|b| !matches!(b, b',' | b'}' | b' ' | b'\n' | b'\r' | b'\t'))
+            .count();
     }
 
     /// The next byte after whitespace, consumed.
@@ -481,6 +530,66 @@ mod tests {
         for (text, direct) in cases {
             assert_eq!(agrees(&text), Ok(direct), "{text}");
         }
+    }
+
+    fn strings_of(text: &str) -> Option<Vec<(&str, &str)>> {
+        let mut seen = Vec::new();
+        leading_strings(text, |name, value| seen.push((name, value)))?;
+        Some(seen)
+    }
+
+    #[test]
+    fn leading_strings_are_the_string_members_before_the_first_nested_value() {
+        assert_eq!(
+            strings_of(
+                r#" { "id" : "a", "version" : 2, "ok":true,"n":null , "source":"s", "data" : [1], "time":"late"}"#
+            ),
+            Some(vec![("id", "a"), ("source", "s")]),
+            "numbers and literals skipped, nothing read past an array"
+        );
+        assert_eq!(
+            strings_of(r#"{"data":{"id":"x"},"id":"outer"}"#),
+            Some(vec![]),
+            "nothing read past an object"
+        );
+        assert_eq!(
+            strings_of(r#"{"id":"a","source":"s"}"#),
+            Some(vec![("id", "a"), ("source", "s")]),
+            "to the end of the object"
+        );
+        assert_eq!(strings_of("{}"), Some(vec![]));
+        // What the parser has to decide: an escape, a missing colon, not an object.
+        for text in [
+            r#"{"id":"a\"b","source":"s"}"#,
+            r#"{"i\u0064":"a"}"#,
+            r#"{"id" "a"}"#,
+            "not json",
+            "",
+        ] {
+            assert_eq!(strings_of(text), None, "{text:?}");
+        }
+        // What the encoder writes: its string members, in its order, up to `data`.
+        let written = written(&envelope(serde_json::json!({"n": 1})));
+        let names: Vec<&str> = strings_of(&written)
+            .expect("the encoder's output")
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "specversion",
+                "id",
+                "source",
+                "type",
+                "time",
+                "datacontenttype",
+                "correlationid",
+                "tenantid",
+                "traceparent"
+            ],
+            "the version (a number) skipped: {written}"
+        );
     }
 
     #[test]

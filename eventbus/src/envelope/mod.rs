@@ -35,6 +35,8 @@ use crate::event::Event;
 
 pub mod cloudevents;
 mod direct;
+#[cfg(feature = "kafka")]
+pub(crate) use direct::leading_strings;
 mod direct_write;
 #[cfg(test)]
 mod generated;

@@ -62,73 +62,24 @@ struct Meta<'a> {
     correlation_id: Option<Cow<'a, str>>,
 }
 
-/// Reads the envelope's leading top-level scalar fields without parsing the rest (the
-/// envelope encoder writes `specversion`, `id`, `source`, `type`, `time`, `datacontenttype`,
-/// `version` and `correlationid` before any nested value; the earlier format's
-/// `correlationId` is read too). `None` when the bytes do not look like that (escapes, other layout):
-/// the caller then parses the document.
+/// Reads the envelope's leading string members without parsing the rest (the envelope
+/// writer puts `specversion`, `id`, `source`, `type`, `time`, `datacontenttype`, `version` and
+/// `correlationid` before any nested value; the earlier format's `correlationId` is read too).
+/// `None` when the bytes do not look like that (escapes, other layout, no `id`): the caller
+/// then parses the document.
 fn scan_meta(bytes: &[u8]) -> Option<Meta<'_>> {
     let text = std::str::from_utf8(bytes).ok()?;
-    let b = text.as_bytes();
     let mut meta = Meta::default();
-    let mut i = 0;
-    let skip_ws = |i: &mut usize| {
-        while *i < b.len() && b[*i].is_ascii_whitespace() {
-            *i += 1;
-        }
-    };
-    let string = |i: &mut usize| -> Option<&str> {
-        // At an opening quote; no escapes allowed.
-        let start = *i + 1;
-        let len = memchr::memchr2(b'"', b'\\', b.get(start..)?)?;
-        if b[start + len] == b'\\' {
-            return None;
-        }
-        *i = start + len + 1;
-        text.get(start..start + len)
-    };
-    skip_ws(&mut i);
-    if b.get(i) != Some(&b'{') {
-        return None;
-    }
-    i += 1;
-    loop {
-        skip_ws(&mut i);
-        if b.get(i) != Some(&b'"') {
-            break;
-        }
-        let key = string(&mut i)?;
-        skip_ws(&mut i);
-        if b.get(i) != Some(&b':') {
-            return None;
-        }
-        i += 1;
-        skip_ws(&mut i);
-        match b.get(i)? {
-            b'"' => {
-                let value = string(&mut i)?;
-                let slot = match key {
-                    "id" => &mut meta.id,
-                    "source" => &mut meta.source,
-                    "time" => &mut meta.time,
-                    "correlationid" | "correlationId" => &mut meta.correlation_id,
-                    _ => &mut None,
-                };
-                *slot = Some(Cow::Borrowed(value));
-            }
-            b'{' | b'[' => break,
-            _ => {
-                while i < b.len() && b[i] != b',' && b[i] != b'}' {
-                    i += 1;
-                }
-            }
-        }
-        skip_ws(&mut i);
-        if b.get(i) != Some(&b',') {
-            break;
-        }
-        i += 1;
-    }
+    crate::envelope::leading_strings(text, |name, value| {
+        let slot = match name {
+            "id" => &mut meta.id,
+            "source" => &mut meta.source,
+            "time" => &mut meta.time,
+            "correlationid" | "correlationId" => &mut meta.correlation_id,
+            _ => return,
+        };
+        *slot = Some(Cow::Borrowed(value));
+    })?;
     meta.id.is_some().then_some(meta)
 }
 
