@@ -69,7 +69,6 @@ struct LatencyTick {
     note: String,
 }
 
-/// Events per phase; `KBENCH_EVENTS` overrides.
 /// Events per phase (`KBENCH_EVENTS`, default 100 000), read once: the loops under measure
 /// compare against it per record, and an environment lookup there would be counted against
 /// whichever side makes it.

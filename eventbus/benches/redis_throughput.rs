@@ -376,7 +376,7 @@ async fn pipeline_consume(
     // would cost the pipeline's side CPU the raw loops do not pay.
     let handled = Arc::new(AtomicU64::new(0));
     let all_handled = Arc::new(tokio::sync::Notify::new());
-    let (h, done) = (handled.clone(), all_handled.clone());
+    let done = all_handled.clone();
     let start = Instant::now();
     let mut builder = Bus::builder()
         .backend(backend.clone())
@@ -388,7 +388,7 @@ async fn pipeline_consume(
         .subscribe(
             Subscription::new("bench.tick", move |env: Envelope<Tick>| {
                 std::hint::black_box(env.data.n);
-                if h.fetch_add(1, Ordering::Relaxed) + 1 == EVENTS {
+                if handled.fetch_add(1, Ordering::Relaxed) + 1 == EVENTS {
                     done.notify_one();
                 }
                 async { Ok(()) }

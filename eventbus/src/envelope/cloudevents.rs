@@ -89,6 +89,17 @@ impl Serialize for Time<'_> {
     }
 }
 
+/// The envelope's optional members with the names they are written under, in the order both
+/// writers (this `Serialize` and the direct writer) write them, after `version`.
+pub(super) fn optional_members<T>(envelope: &Envelope<T>) -> [(&'static str, &Option<String>); 4] {
+    [
+        ("correlationid", &envelope.correlation_id),
+        ("causationid", &envelope.causation_id),
+        ("tenantid", &envelope.tenant_id),
+        ("userid", &envelope.user_id),
+    ]
+}
+
 impl<T: Serialize> Serialize for Envelope<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
@@ -99,12 +110,7 @@ impl<T: Serialize> Serialize for Envelope<T> {
         map.serialize_entry("time", &Time(&self.time))?;
         map.serialize_entry("datacontenttype", DATA_CONTENT_TYPE)?;
         map.serialize_entry("version", &self.version)?;
-        for (name, value) in [
-            ("correlationid", &self.correlation_id),
-            ("causationid", &self.causation_id),
-            ("tenantid", &self.tenant_id),
-            ("userid", &self.user_id),
-        ] {
+        for (name, value) in optional_members(self) {
             if let Some(value) = value {
                 map.serialize_entry(name, value)?;
             }

@@ -10,7 +10,7 @@
 
 use serde::Serialize;
 
-use super::cloudevents::{is_extension_name, DATA_CONTENT_TYPE, SPEC_VERSION};
+use super::cloudevents::{is_extension_name, optional_members, DATA_CONTENT_TYPE, SPEC_VERSION};
 use super::direct::plain_run;
 use super::Envelope;
 
@@ -51,12 +51,7 @@ fn write<T: Serialize>(envelope: &Envelope<T>, out: &mut Vec<u8>) -> Option<()> 
     out.extend_from_slice(DATA_CONTENT_TYPE.as_bytes());
     out.extend_from_slice(b"\",\"version\":");
     decimal(out, envelope.version);
-    for (name, value) in [
-        ("correlationid", &envelope.correlation_id),
-        ("causationid", &envelope.causation_id),
-        ("tenantid", &envelope.tenant_id),
-        ("userid", &envelope.user_id),
-    ] {
+    for (name, value) in optional_members(envelope) {
         if let Some(value) = value {
             member_name(out, name);
             string(out, value)?;
