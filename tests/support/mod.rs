@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod executor;
+pub mod logs;
 mod tansu;
 mod wait;
 pub use executor::{
@@ -239,14 +240,10 @@ pub async fn read_all(
     }
 }
 
-/// Sends the library's logs to the test output when `RUST_LOG` is set (once per process).
+/// Sends the library's logs to the test output when `RUST_LOG` is set (once per process; see
+/// [`logs::install`]).
 pub fn trace() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    }
+    logs::install();
 }
 
 /// Stops the Redis Cluster master on `port` (flushing its AOF) and starts it again with its

@@ -28,6 +28,7 @@ use event_listener::Event as Signal;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 
@@ -204,12 +205,54 @@ impl MemberState {
     }
 }
 
-/// The rebalance and commit callbacks.
+/// The rebalance, commit and error callbacks.
 struct Callbacks {
     shared: Arc<MemberState>,
+    /// When a client error was last logged as a warning (the others in the next
+    /// [`ERROR_LOG_EVERY`] go to debug).
+    last_error_log: Mutex<Option<Instant>>,
 }
 
-impl ClientContext for Callbacks {}
+/// At most one client error a member logs as a warning in this long.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl ClientContext for Callbacks {
+    /// Every error librdkafka reports to the member, with its reason (the poll returns the
+    /// same error again without the reason: it is logged here only).
+    fn error(&self, error: KafkaError, reason: &str) {
+        let group = &self.shared.group;
+        match unavailable_subscription(reason) {
+            // A pattern nothing was published under yet, and the retry tiers of a topic no
+            // handler deferred from yet: the normal state of a regex subscription.
+            Some(regex) if regex.starts_with('^') => {
+                tracing::debug!(%group, %regex, "no topic matches the subscribed regex yet");
+            }
+            Some(topic) => tracing::warn!(
+                %group, %topic,
+                "subscribed topic does not exist; its events are consumed once it is created"
+            ),
+            None => {
+                let mut last = self
+                    .last_error_log
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if last.is_none_or(|t| t.elapsed() > ERROR_LOG_EVERY) {
+                    *last = Some(Instant::now());
+                    tracing::warn!(%group, %error, reason, "kafka consumer error");
+                } else {
+                    tracing::debug!(%group, %error, reason, "kafka consumer error");
+                }
+            }
+        }
+    }
+}
+
+/// The subscribed topic or regex an error's `reason` says is not available (librdkafka:
+/// `Subscribed topic not available: <topic>: <error>`).
+fn unavailable_subscription(reason: &str) -> Option<&str> {
+    let rest = reason.strip_prefix("Subscribed topic not available: ")?;
+    Some(rest.split_once(": ").map_or(rest, |(topic, _)| topic))
+}
 
 fn tps_of(tpl: &TopicPartitionList, names: &mut Topics) -> Vec<Tp> {
     tpl.elements()
@@ -394,6 +437,7 @@ pub(crate) async fn start(
         .consumer_client_config(&request.group)
         .create_with_context(Callbacks {
             shared: shared.clone(),
+            last_error_log: Mutex::new(None),
         })
         .map_err(|e| config.config_error(e, "consumer_options"))?;
     let names: Vec<&str> = subscription.iter().map(String::as_str).collect();
@@ -549,7 +593,6 @@ fn classify(
 fn poll_loop(consumer: BaseConsumer<Callbacks>, shared: Arc<MemberState>) {
     let mut names = Topics::default();
     let mut shared_names = SharedNames::default();
-    let mut last_error_log: Option<Instant> = None;
     let mut batch = Vec::with_capacity(256);
     // Records settled since the last round, dropped here (see `Tracker::swap_settled`).
     let mut settled = Vec::new();
@@ -586,12 +629,8 @@ fn poll_loop(consumer: BaseConsumer<Callbacks>, shared: Arc<MemberState>) {
                     batch.push((tp, offset, message, meta));
                 }
                 Some(Err(error)) => {
-                    if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                        tracing::warn!(group = %shared.group, %error, "kafka consumer error");
-                        last_error_log = Some(Instant::now());
-                    } else {
-                        tracing::debug!(group = %shared.group, %error, "kafka consumer error");
-                    }
+                    // Logged with its reason by `Callbacks::error`.
+                    tracing::trace!(group = %shared.group, %error, "kafka consumer error polled");
                     break;
                 }
                 None => break,
@@ -767,5 +806,19 @@ mod tests {
         assert_eq!(regex("*.created").as_deref(), Some("^[^.]+\\.created$"));
         assert_eq!(regex("approval.granted"), None);
         assert_eq!(escape_regex("a.b-c"), "a\\.b-c");
+    }
+
+    #[test]
+    fn unavailable_subscriptions_are_read_from_the_reason() {
+        let reason = |topic: &str| {
+            format!("Subscribed topic not available: {topic}: Broker: Unknown topic or partition")
+        };
+        let tiers = "^orders\\.retry\\.[0-9]+(ms|s|m|h)$";
+        assert_eq!(unavailable_subscription(&reason(tiers)), Some(tiers));
+        assert_eq!(unavailable_subscription(&reason("orders")), Some("orders"));
+        assert_eq!(
+            unavailable_subscription("127.0.0.1:9092/1: Connect to ipv4#127.0.0.1:9092 failed"),
+            None
+        );
     }
 }
