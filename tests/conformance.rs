@@ -3062,6 +3062,52 @@ async fn every_attempt_sees_the_whole_envelope(b: &Under) {
     bus.shutdown(Duration::from_secs(10)).await;
 }
 
+// --. a quiet start ---------------------------------------------------------------------------
+
+#[event(name = "quiet.noted", version = 1, topic = "quiet", key = note)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct QuietNoted {
+    note: String,
+}
+
+/// A member that starts on an existing topic, handles an event and stops logs no warning and
+/// no error: what a service does on every deploy is not something its operators learn to
+/// ignore. (Warnings and errors of this process that name the group or the topic; the rest of
+/// the suite runs beside it.)
+async fn a_normal_start_handle_and_stop_logs_no_warning(b: &Under) {
+    b.topic("quiet", 2).await;
+    let start = eventbus_integration::logs::mark();
+    let quiet_group = group("quiet");
+    let run = Uuid::now_v7().simple().to_string();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (s, this_run) = (seen.clone(), run.clone());
+    let bus = Bus::builder()
+        .backend_arc(b.member().await)
+        .subscribe(
+            Subscription::new("quiet.noted", move |env: Envelope<QuietNoted>| {
+                if env.data.note == this_run {
+                    s.fetch_add(1, Ordering::SeqCst);
+                }
+                async { Ok(()) }
+            })
+            .group(quiet_group.clone()),
+        )
+        .start()
+        .await
+        .expect("start");
+    bus.publish(QuietNoted { note: run.clone() }).await.unwrap();
+    assert!(
+        eventually(WAIT, || seen.load(Ordering::SeqCst) == 1).await,
+        "the event was not handled within {WAIT:?}"
+    );
+    let report = bus.shutdown(Duration::from_secs(10)).await;
+    let noise = eventbus_integration::logs::since(start, &[&quiet_group, "quiet"]);
+    assert!(
+        noise.is_empty(),
+        "start, handle and stop logged warnings or errors: {noise:#?}; shutdown: {report:?}"
+    );
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -3144,4 +3190,5 @@ conformance!(
     a_filter_drops_what_it_rejects_and_unsubscribe_drains_in_flight,
     a_topic_prefix_keeps_two_environments_apart,
     every_attempt_sees_the_whole_envelope,
+    a_normal_start_handle_and_stop_logs_no_warning,
 );
