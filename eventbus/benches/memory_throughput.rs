@@ -210,7 +210,8 @@ fn bench(c: &mut Criterion) {
 criterion_group!(benches, bench);
 
 /// `MEMORY_BENCH_BATCHES=n` publishes and handles n batches through the bus at concurrency 1
-/// (or one by one, `MEMORY_BENCH_PATH=bus_one_by_one`, or a raw channel, `raw` or `raw_batch`)
+/// (or 8, `MEMORY_BENCH_PATH=bus8`; or one by one, `bus_one_by_one`; or a raw channel, `raw` or
+/// `raw_batch`)
 /// and exits, without criterion: a fixed amount
 /// of work, for instruction counts (`valgrind --tool=cachegrind`) and A/B runs of two builds.
 fn main() {
@@ -233,19 +234,21 @@ fn main() {
         let elapsed = rt.block_on(async {
             let mut total = Duration::ZERO;
             // MEMORY_BENCH_PATH=bus_one_by_one: the bus, each event published on its own.
+            // MEMORY_BENCH_PATH=bus8: the bus at concurrency 8.
             let (raw, publishing) = match path.as_str() {
                 "raw" => (true, Publishing::OneByOne),
                 "raw_batch" => (true, Publishing::Batch),
                 "bus_one_by_one" => (false, Publishing::OneByOne),
                 _ => (false, Publishing::Batch),
             };
+            let concurrency = if path == "bus8" { 8 } else { 1 };
             if raw {
                 for _ in 0..batches {
                     total += raw_channel(publishing).await;
                 }
                 return total;
             }
-            let counted = counted_bus(1).await;
+            let counted = counted_bus(concurrency).await;
             for _ in 0..batches {
                 total += publish_and_wait(&counted, publishing).await;
             }
