@@ -162,8 +162,11 @@ impl Publisher {
         &self,
         envelopes: impl IntoIterator<Item = Envelope<E>>,
     ) -> Result<Vec<Uuid>, Error> {
-        let mut ids = Vec::new();
-        let mut messages = Vec::new();
+        let envelopes = envelopes.into_iter();
+        // Sized up front: grown by doubling, a batch of 10 000 was reallocated 14 times over.
+        let (expected, _) = envelopes.size_hint();
+        let mut ids = Vec::with_capacity(expected);
+        let mut messages = Vec::with_capacity(expected);
         for envelope in envelopes {
             ids.push(envelope.id);
             messages.push(self.prepare(envelope)?);
