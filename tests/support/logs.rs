@@ -64,10 +64,11 @@ pub fn install() {
                 .with_test_writer()
                 .with_filter(EnvFilter::from_default_env())
         });
-        let _ = tracing_subscriber::registry()
+        tracing_subscriber::registry()
             .with(Keep.with_filter(LevelFilter::WARN))
             .with(output)
-            .try_init();
+            .try_init()
+            .expect("the test process's subscriber is installed here, and only here");
     });
 }
 
