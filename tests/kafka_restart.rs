@@ -1,6 +1,6 @@
 //! The Kafka backend across a broker restart: a tansu broker of the test's own (sqlite storage,
 //! `EVENTBUS_TANSU_BIN`, marker `kafka_restart`) is stopped and started again in the middle of
-//! a stream; and the same on the mock cluster.
+//! a stream; and the same on the mock cluster. A member's warnings over a broker outage.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -179,4 +179,91 @@ async fn a_mock_broker_outage_in_the_middle_of_a_stream_loses_nothing() {
         mock.broker_up(1).expect("up");
     };
     stream_across_a_restart(backend, outage).await;
+}
+
+#[event(name = "rst.outage.noticed", version = 1)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct OutageNoticed {
+    n: u32,
+    run: String,
+}
+
+/// A broker down for 25 s is reported, and not once per failed connection: the member's client
+/// errors are warnings at most once every 10 s (so at most three in the window), the rest at
+/// debug. After the broker is back, the member handles events again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_outage_is_a_warning_every_ten_seconds_not_one_per_error() {
+    const OUTAGE: Duration = Duration::from_secs(25);
+    eventbus_integration::logs::install();
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("rst.outage.noticed", 1, 1)
+        .expect("topic");
+    let backend = KafkaBackend::connect(config(&mock.bootstrap_servers()))
+        .await
+        .expect("connect");
+    let run = Uuid::now_v7().simple().to_string();
+    let group = format!("outage-{run}");
+    let handled = Arc::new(AtomicUsize::new(0));
+    let (h, r) = (handled.clone(), run.clone());
+    let bus = Bus::builder()
+        .backend(backend)
+        .subscribe(
+            Subscription::new("rst.outage.noticed", move |env: Envelope<OutageNoticed>| {
+                if env.data.run == r {
+                    h.fetch_add(1, Ordering::SeqCst);
+                }
+                async { Ok(()) }
+            })
+            .group(group.clone()),
+        )
+        .start()
+        .await
+        .unwrap();
+    let publisher = bus.publisher();
+    let event = |n| OutageNoticed {
+        n,
+        run: run.clone(),
+    };
+    publisher.publish(event(1)).await.expect("publish");
+    assert!(
+        eventually(Duration::from_secs(60), || handled.load(Ordering::SeqCst)
+            == 1)
+        .await,
+        "the first event was not handled before the outage"
+    );
+
+    let start = eventbus_integration::logs::mark();
+    mock.broker_down(1).expect("down");
+    let began = std::time::Instant::now();
+    // The window is the point of the case: how many warnings a member logs over 25 s of
+    // connections refused.
+    tokio::time::sleep(OUTAGE).await;
+    let during = eventbus_integration::logs::since(start, &[&group]);
+    mock.broker_up(1).expect("up");
+    eprintln!(
+        "the member's warnings and errors over {:?} of outage: {during:#?}",
+        began.elapsed()
+    );
+    assert!(
+        !during.is_empty(),
+        "a broker down for {OUTAGE:?} left no warning naming the group"
+    );
+    assert!(
+        during.len() <= 3,
+        "{} warnings in {OUTAGE:?}, more than one every 10 s: {during:#?}",
+        during.len()
+    );
+
+    publisher
+        .publish(event(2))
+        .await
+        .expect("publish after the outage");
+    assert!(
+        eventually(Duration::from_secs(60), || handled.load(Ordering::SeqCst)
+            == 2)
+        .await,
+        "the member handled {} of 2 events after the broker came back",
+        handled.load(Ordering::SeqCst)
+    );
+    bus.shutdown(Duration::from_secs(10)).await;
 }
