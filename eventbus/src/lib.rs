@@ -93,6 +93,7 @@ pub mod upcast;
 mod wire;
 
 mod hash_tables;
+mod shared_names;
 
 mod consumer;
 mod consumer_control;

@@ -206,16 +206,39 @@ pub(crate) fn encode<E: Event>(
             .insert(TRACEPARENT.to_owned(), TraceParent::new_root_header());
     }
     let key = envelope.data.partition_key();
-    let payload = envelope.encode()?;
+    let payload = encode_payload(&envelope)?;
     let mut headers = MessageHeaders::new();
     if let Some(tenant) = &envelope.tenant_id {
         headers.insert(TENANT_HEADER.to_owned(), tenant.clone());
     }
+    let (topic, event_type) = crate::shared_names::topic_and_type::<E>(&envelope.event_type);
     Ok(Message {
-        topic: E::TOPIC.into(),
+        topic,
         key: key.map(Arc::from),
-        event_type: envelope.event_type.into(),
+        event_type,
         headers,
-        payload: payload.into(),
+        payload,
     })
+}
+
+/// The largest encoding buffer a thread keeps for its next envelope; a larger one (after an
+/// unusually large event) is freed.
+const SCRATCH_KEPT: usize = 64 * 1024;
+
+thread_local! {
+    /// The buffer this thread's last envelope was encoded in, reused by the next: the payload
+    /// is then one allocation of its exact size, copied from memory already in the cache.
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The envelope's JSON wire form, as a message's payload.
+fn encode_payload<E: Event>(envelope: &Envelope<E>) -> Result<Arc<[u8]>, Error> {
+    let mut buffer = SCRATCH.take();
+    buffer.clear();
+    envelope.encode_into(&mut buffer)?;
+    let payload = Arc::from(&buffer[..]);
+    if buffer.capacity() <= SCRATCH_KEPT {
+        SCRATCH.set(buffer);
+    }
+    Ok(payload)
 }

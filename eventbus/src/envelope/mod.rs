@@ -209,14 +209,23 @@ impl<T: Serialize> Envelope<T> {
     pub fn encode(&self) -> Result<Vec<u8>, crate::Error> {
         // Most envelopes fit: one allocation instead of a doubling series of copies.
         let mut out = Vec::with_capacity(512);
-        if direct_write::encode(self, &mut out) {
-            return Ok(out);
-        }
-        serde_json::to_writer(&mut out, self).map_err(|source| crate::Error::Encode {
-            event_type: self.event_type.clone(),
-            source,
-        })?;
+        self.encode_into(&mut out)?;
         Ok(out)
+    }
+
+    /// Appends the envelope's JSON wire form to `out` (as it was on an error).
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), crate::Error> {
+        if direct_write::encode(self, out) {
+            return Ok(());
+        }
+        let start = out.len();
+        serde_json::to_writer(&mut *out, self).map_err(|source| {
+            out.truncate(start);
+            crate::Error::Encode {
+                event_type: self.event_type.clone(),
+                source,
+            }
+        })
     }
 }
 
