@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use futures::future::{self, Either};
 use futures::FutureExt;
 
-use super::driver::{FailedRow, RetryRow, Settlement};
+use super::driver::{FailedRow, RetryRow, Settlement, Shard};
 use super::{db_error, KeyRing, Outbox, OutboxRow, SqlDatabase, DEAD_LETTER_GROUP};
 use crate::backend::{Backend, Message};
 use crate::clock::{Clock, SystemClock};
@@ -118,8 +118,10 @@ impl<DB: SqlDatabase> Dispatcher<DB> {
             retry_max: config.retry_max,
             backoff: config.backoff.clone(),
         });
-        for _ in 0..config.concurrency {
-            let task = worker(outbox.clone(), relay.clone(), shared.clone());
+        let count = config.concurrency as u32;
+        for index in 0..count {
+            let shard = Shard { index, count };
+            let task = worker(outbox.clone(), relay.clone(), shared.clone(), shard);
             shared.tasks.spawn(&runtime, task);
         }
         if let Some(listen) = DB::outbox_listen(
@@ -172,6 +174,10 @@ pub struct DispatcherStats {
     pub undecryptable: u64,
     /// Passes that failed on the database.
     pub errors: u64,
+    /// Passes that left rows they claimed because an earlier row of the same key was held by
+    /// another dispatcher (or waits for a retry): contention between dispatchers. The workers
+    /// of one dispatcher split the keys, so they never block one another.
+    pub blocked: u64,
 }
 
 impl DispatcherHandle {
@@ -185,6 +191,7 @@ impl DispatcherHandle {
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
             undecryptable: c.undecryptable.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
+            blocked: c.blocked.load(Ordering::Relaxed),
         }
     }
 
@@ -234,6 +241,7 @@ struct Counters {
     dead_lettered: AtomicU64,
     undecryptable: AtomicU64,
     errors: AtomicU64,
+    blocked: AtomicU64,
 }
 
 struct DispatcherState {
@@ -274,6 +282,7 @@ async fn worker<DB: SqlDatabase>(
     outbox: Outbox<DB>,
     relay: Arc<Relay>,
     shared: Arc<DispatcherState>,
+    shard: Shard,
 ) {
     let config = outbox.config().clone();
     let mut failures = 0u32;
@@ -285,7 +294,7 @@ async fn worker<DB: SqlDatabase>(
             return;
         }
         let woken = outbox.wake_signal().listen();
-        let pause = match pass(&outbox, &relay, &shared, &mut floor).await {
+        let pause = match pass(&outbox, &relay, &shared, &mut floor, shard).await {
             Ok(report) if report.failed => {
                 failures = failures.saturating_add(1);
                 Some(config.backoff.delay(failures))
@@ -359,10 +368,11 @@ async fn pass<DB: SqlDatabase>(
     relay: &Relay,
     shared: &DispatcherState,
     floor: &mut Floor,
+    shard: Shard,
 ) -> Result<PassReport, Error> {
     let batch = outbox.config().batch_size;
     let lowest = floor.get(outbox, shared.clock.now()).await?;
-    let mut claim = DB::outbox_claim(outbox.pool(), batch, lowest)
+    let mut claim = DB::outbox_claim(outbox.pool(), batch, lowest, shard)
         .await
         .map_err(|e| db_error::<DB>("outbox claim", e))?;
     // Nothing to do (or only rows held elsewhere): look below the floor next time.
@@ -395,6 +405,7 @@ async fn pass<DB: SqlDatabase>(
         .fetch_add(settlement.retry.len() as u64, Ordering::Relaxed);
     c.dead_lettered.fetch_add(dead_lettered, Ordering::Relaxed);
     c.undecryptable.fetch_add(undecryptable, Ordering::Relaxed);
+    c.blocked.fetch_add(u64::from(blocked), Ordering::Relaxed);
     // Rows of the claim still PENDING after the pass (retrying, or left for the next pass)
     // keep the floor down.
     let next_floor = next_floor.map(|next| {

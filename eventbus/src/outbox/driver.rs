@@ -88,6 +88,24 @@ pub trait Claim: Send {
     ) -> BoxFuture<'static, Result<(), sqlx::Error>>;
 }
 
+/// The rows one worker of a dispatcher claims: the workers of a dispatcher split the
+/// partition keys between them (and the rows without a key, by id), so they never hold rows
+/// of one key at once. Without it, consecutive batches sharing keys (the common case: a
+/// batch of 500 rows over a few hundred keys) blocked one another, and a second worker made
+/// the relay slower than one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This worker's share, `0..count`.
+    pub index: u32,
+    /// How many workers the dispatcher runs; 1 claims every row.
+    pub count: u32,
+}
+
+impl Shard {
+    /// The shard of a dispatcher with one worker: every row.
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+}
+
 /// Outbox SQL of one database.
 pub trait OutboxDriver: sqlx::Database + Sized {
     /// Name for errors and logs: `postgres`, `sqlite`.
@@ -102,11 +120,13 @@ pub trait OutboxDriver: sqlx::Database + Sized {
         rows: Vec<NewRow>,
     ) -> BoxFuture<'_, Result<(), sqlx::Error>>;
 
-    /// Claims up to `limit` available `PENDING` rows with `id >= floor`.
+    /// Claims up to `limit` available `PENDING` rows with `id >= floor`, of `shard` only (a
+    /// database with one worker a dispatcher may ignore it).
     fn outbox_claim(
         pool: &Pool<Self>,
         limit: u32,
         floor: i64,
+        shard: Shard,
     ) -> BoxFuture<'_, Result<Box<dyn Claim>, sqlx::Error>>;
 
     /// The smallest id that may still be `PENDING` (a claim's `floor`): scans below it would

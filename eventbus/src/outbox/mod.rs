@@ -86,6 +86,9 @@
 //!   no earlier `PENDING` row of that key is held by another dispatcher or waiting for a retry,
 //!   so no row is published by two dispatchers at once and order per key holds across them.
 //!   `LISTEN eventbus_outbox` (a trigger notifies at commit) wakes dispatchers at once.
+//!   The workers of one dispatcher ([`OutboxConfig::concurrency`]) each claim only their share
+//!   of the keys (the key's `hashtext` modulo the worker count; rows without a key by id), so
+//!   they never block one another; separate dispatchers do when their batches share keys.
 //! - **SQLite**: one dispatcher per database file, one worker (`concurrency = 1`), WAL mode.
 //!   It reads without a transaction and writes its results in a short one, so your own write
 //!   transactions are never blocked for the duration of a publish. [`Outbox::wake`] relays at
@@ -257,6 +260,8 @@ pub struct OutboxConfig {
     /// Rows claimed and published per pass (one backend call per pass). Default 500.
     pub batch_size: u32,
     /// Passes run at once by one dispatcher (PostgreSQL only; SQLite needs 1). Default 1.
+    /// The workers split the partition keys between them (by the key's hash, rows without a
+    /// key by id), so they never wait on each other's keys.
     pub concurrency: usize,
     /// Wait between passes when there is nothing to do; NOTIFY (PostgreSQL) and
     /// [`Outbox::wake`] cut it short. Default 200 ms.

@@ -33,7 +33,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgListener, PgRow};
 use sqlx::{Executor, PgPool, Pool, Postgres, Row};
 
-use super::driver::{self, Claim, Guarded, NewRow, OutboxDriver, Settlement};
+use super::driver::{self, Claim, Guarded, NewRow, OutboxDriver, Settlement, Shard};
 use super::{embedded_migrator, millis, Backlog, OutboxConfig, OutboxRow, OutboxState};
 use crate::clock::Clock;
 use crate::error::Error;
@@ -113,6 +113,30 @@ static CLAIM: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The row's shard among `$n` workers (`$i` is the worker's): its key's hash, or its id when
+/// it has no key. `hashtext` is PostgreSQL's hash of a text (an int4, made non-negative).
+macro_rules! in_shard {
+    ($n:literal, $i:literal) => {
+        concat!(
+            "mod(COALESCE(hashtext(partition_key)::int8 + 2147483648, id), $",
+            $n,
+            ") = $",
+            $i
+        )
+    };
+}
+
+/// [`CLAIM`] for one worker of several: only the rows of its shard (`$3` workers, this one
+/// `$4`).
+static CLAIM_SHARD: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM outbox \
+         WHERE state = 'PENDING' AND available_at <= now() AND id >= $2 AND {} \
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        in_shard!(3, 4)
+    )
+});
+
 /// What the claim may have missed, cheaply: whether every `PENDING` row between its first
 /// and last id ($1, $2) is claimed (count $3), whether any `PENDING` row lies between the
 /// floor ($4) and its first id, and whether one of those has a claimed key ($5). When
@@ -123,6 +147,20 @@ const GAPS: &str = "SELECT \
     NOT EXISTS (SELECT 1 FROM outbox WHERE state = 'PENDING' AND id >= $4 AND id < $1), \
     NOT EXISTS (SELECT 1 FROM outbox WHERE state = 'PENDING' AND id >= $4 AND id < $1 \
                 AND partition_key = ANY($5))";
+
+/// [`GAPS`] within a worker's shard (`$6` workers, this one `$7`): a row of one of its keys is
+/// in its shard, so rows of other shards cannot block it.
+const GAPS_SHARD: &str = concat!(
+    "SELECT \
+    (SELECT count(*) FROM outbox WHERE state = 'PENDING' AND id BETWEEN $1 AND $2 AND ",
+    in_shard!(6, 7),
+    ") = $3, \
+    NOT EXISTS (SELECT 1 FROM outbox WHERE state = 'PENDING' AND id >= $4 AND id < $1 AND ",
+    in_shard!(6, 7),
+    "), \
+    NOT EXISTS (SELECT 1 FROM outbox WHERE state = 'PENDING' AND id >= $4 AND id < $1 \
+                AND partition_key = ANY($5))"
+);
 
 /// Per claimed key, the first earlier `PENDING` row this pass does not hold (locked by another
 /// dispatcher, or waiting for a retry), from the floor $3.
@@ -341,14 +379,23 @@ impl OutboxDriver for Postgres {
         pool: &Pool<Self>,
         limit: u32,
         floor: i64,
+        shard: Shard,
     ) -> BoxFuture<'_, Result<Box<dyn Claim>, sqlx::Error>> {
         Box::pin(async move {
             let mut conn = Guarded::acquire(pool).await?;
             let tx: &mut sqlx::PgConnection = conn.conn();
             tx.execute(BEGIN_PASS).await?;
-            let rows: Vec<OutboxRow> = sqlx::query(&CLAIM)
-                .bind(i64::from(limit))
-                .bind(floor)
+            let sharded = shard.count > 1;
+            let claim = if sharded {
+                sqlx::query(&CLAIM_SHARD)
+                    .bind(i64::from(limit))
+                    .bind(floor)
+                    .bind(i64::from(shard.count))
+                    .bind(i64::from(shard.index))
+            } else {
+                sqlx::query(&CLAIM).bind(i64::from(limit)).bind(floor)
+            };
+            let rows: Vec<OutboxRow> = claim
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
@@ -371,15 +418,20 @@ impl OutboxDriver for Postgres {
             let mut distinct = keys.clone();
             distinct.sort_unstable();
             distinct.dedup();
+            let gaps = sqlx::query_as(if sharded { GAPS_SHARD } else { GAPS })
+                .bind(first)
+                .bind(last)
+                .bind(claimed as i64)
+                .bind(floor)
+                .bind(distinct);
+            let gaps = if sharded {
+                gaps.bind(i64::from(shard.count))
+                    .bind(i64::from(shard.index))
+            } else {
+                gaps
+            };
             let (gapless, nothing_below, none_of_ours_below): (bool, bool, bool) =
-                sqlx::query_as(GAPS)
-                    .bind(first)
-                    .bind(last)
-                    .bind(claimed as i64)
-                    .bind(floor)
-                    .bind(distinct)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                gaps.fetch_one(&mut *tx).await?;
             let next_floor = (gapless && nothing_below).then_some(last + 1);
             if ids.is_empty() || (gapless && none_of_ours_below) {
                 return claim(conn, rows, next_floor);

@@ -20,7 +20,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Executor, Pool, Row, Sqlite, SqlitePool};
 
-use super::driver::{self, Claim, Guarded, NewRow, OutboxDriver, Settlement};
+use super::driver::{self, Claim, Guarded, NewRow, OutboxDriver, Settlement, Shard};
 use super::{embedded_migrator, millis, Backlog, OutboxConfig, OutboxRow, OutboxState};
 use crate::clock::Clock;
 use crate::error::Error;
@@ -287,6 +287,8 @@ impl OutboxDriver for Sqlite {
         pool: &Pool<Self>,
         limit: u32,
         _floor: i64,
+        // One worker (`concurrency = 1`, checked at build): every row.
+        _shard: Shard,
     ) -> BoxFuture<'_, Result<Box<dyn Claim>, sqlx::Error>> {
         Box::pin(async move {
             let rows: Vec<OutboxRow> = sqlx::query(&CLAIM)
