@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -1306,17 +1306,23 @@ fn shutdown_drains_in_flight_handlers_and_refuses_new_work() {
     run(|rt| async move {
         let started = Arc::new(AtomicUsize::new(0));
         let finished = Arc::new(AtomicUsize::new(0));
-        let (s, f) = (started.clone(), finished.clone());
+        // Handlers hold until released, so all four are in flight when shutdown begins
+        // however slowly the machine starts them; then each takes 20 ms more.
+        let released = Arc::new(AtomicBool::new(false));
+        let (s, f, r) = (started.clone(), finished.clone(), released.clone());
         let handler_rt = rt.clone();
         let h = TestHarness::start_on(rt.clone(), move |bus| {
-            let (s, f) = (s.clone(), f.clone());
+            let (s, f, r) = (s.clone(), f.clone(), r.clone());
             let rt = handler_rt.clone();
             bus.subscribe(
                 Subscription::new("order.created", move |_: Envelope<OrderCreated>| {
-                    let (f, rt) = (f.clone(), rt.clone());
+                    let (f, r, rt) = (f.clone(), r.clone(), rt.clone());
                     s.fetch_add(1, Ordering::SeqCst);
                     async move {
-                        rt.sleep(Duration::from_millis(50)).await;
+                        while !r.load(Ordering::SeqCst) {
+                            rt.sleep(Duration::from_millis(5)).await;
+                        }
+                        rt.sleep(Duration::from_millis(20)).await;
                         f.fetch_add(1, Ordering::SeqCst);
                         Ok(())
                     }
@@ -1341,6 +1347,7 @@ fn shutdown_drains_in_flight_handlers_and_refuses_new_work() {
             0,
             "handlers still in flight"
         );
+        released.store(true, Ordering::SeqCst);
         let report = h.bus().shutdown(Duration::from_secs(5)).await;
         assert!(report.drained, "{report:?}");
         assert_eq!(report.aborted, 0);
