@@ -2,7 +2,8 @@
 //! the figure is the database's cost. Runs on SQLite always and on PostgreSQL when
 //! `DATABASE_URL` is set; for each, a backlog of N and of 10 N rows (the per-event cost should
 //! stay flat), and the overhead of `Outbox::enqueue` inside a user transaction against the same
-//! transaction without it.
+//! transaction without it. On PostgreSQL the relay runs as one worker, as one dispatcher of two
+//! workers, and as two dispatchers of one worker each (two processes sharing the outbox).
 //!
 //! `cargo bench -p eventbus-framework --features postgres,sqlite --bench outbox_relay`
 //!
@@ -229,28 +230,50 @@ async fn postmaster(pool: &Pool<Postgres>) -> Option<u32> {
         .ok()
 }
 
+/// How the relay runs: `dispatchers` dispatchers side by side (as separate processes would
+/// run them), each with `concurrency` workers.
+#[derive(Clone, Copy)]
+struct Relays {
+    dispatchers: usize,
+    concurrency: usize,
+}
+
+impl Relays {
+    const ONE: Relays = Relays {
+        dispatchers: 1,
+        concurrency: 1,
+    };
+}
+
 /// Enqueues `n` events (committed, 1 000 per transaction), then times the relay of all of them.
 async fn relay<DB: BenchDb>(
     pool: &Pool<DB>,
     n: usize,
     keys: usize,
-    concurrency: usize,
+    relays: Relays,
     postmaster: Option<u32>,
 ) -> Relay {
-    let outbox = fill(pool, n, keys, concurrency).await;
-    let backend = MemoryBackend::new();
+    let outbox = fill(pool, n, keys, relays.concurrency).await;
+    let backend = Arc::new(MemoryBackend::new());
     let cpu = cpu_seconds(postmaster);
     let started = Instant::now();
-    let dispatcher = outbox
-        .dispatcher(Arc::new(backend))
-        .start()
-        .expect("dispatcher");
-    while dispatcher.stats().published < n as u64 {
+    let dispatchers: Vec<_> = (0..relays.dispatchers)
+        .map(|_| {
+            outbox
+                .dispatcher(backend.clone())
+                .start()
+                .expect("dispatcher")
+        })
+        .collect();
+    let published = || dispatchers.iter().map(|d| d.stats().published).sum::<u64>();
+    while published() < n as u64 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let elapsed = started.elapsed();
     let cpu = cpu_seconds(postmaster) - cpu;
-    dispatcher.shutdown(Duration::from_secs(10)).await;
+    for dispatcher in &dispatchers {
+        dispatcher.shutdown(Duration::from_secs(10)).await;
+    }
     assert_eq!(outbox.backlog().await.expect("backlog").pending, 0);
     Relay::of(n, elapsed, cpu)
 }
@@ -445,11 +468,11 @@ async fn run() {
     println!("relay: batch_size 1000, {keys} partition keys, in-memory backend");
 
     let (pool, path) = sqlite_pool().await;
-    let small = relay(&pool, n, keys, 1, None).await;
+    let small = relay(&pool, n, keys, Relays::ONE, None).await;
     pool.close().await;
     remove(&path);
     let (pool, path) = sqlite_pool().await;
-    let large = relay(&pool, n * 10, keys, 1, None).await;
+    let large = relay(&pool, n * 10, keys, Relays::ONE, None).await;
     report("sqlite (WAL, sync=FULL)", n, &small, &large);
     let (plain, with) = enqueue_overhead(&pool, txs).await;
     println!(
@@ -474,16 +497,32 @@ async fn run() {
         pg_drop(pool, &admin, &name).await;
         report("postgres raw claim+mark", n, &small, &large);
     }
-    for concurrency in [1, 2] {
-        let label = format!("postgres (concurrency {concurrency})");
+    // Two dispatchers of one worker each: two processes relaying one outbox.
+    for (label, relays) in [
+        ("postgres (concurrency 1)", Relays::ONE),
+        (
+            "postgres (concurrency 2)",
+            Relays {
+                dispatchers: 1,
+                concurrency: 2,
+            },
+        ),
+        (
+            "postgres (2 dispatchers)",
+            Relays {
+                dispatchers: 2,
+                concurrency: 1,
+            },
+        ),
+    ] {
         let (pool, admin, name) = pg_pool(&url).await;
         let pm = postmaster(&pool).await;
-        let small = relay(&pool, n, keys, concurrency, pm).await;
+        let small = relay(&pool, n, keys, relays, pm).await;
         pg_drop(pool, &admin, &name).await;
         let (pool, admin, name) = pg_pool(&url).await;
-        let large = relay(&pool, n * 10, keys, concurrency, pm).await;
+        let large = relay(&pool, n * 10, keys, relays, pm).await;
         pg_drop(pool, &admin, &name).await;
-        report(&label, n, &small, &large);
+        report(label, n, &small, &large);
     }
     let (pool, admin, name) = pg_pool(&url).await;
     let settings: Vec<(String, String)> = sqlx::query_as(
@@ -513,7 +552,7 @@ fn main() {
         // `cargo test --all-targets`: a smoke run on SQLite that the bench still works.
         rt.block_on(async {
             let (pool, path) = sqlite_pool().await;
-            let figures = relay(&pool, 300, 10, 1, None).await;
+            let figures = relay(&pool, 300, 10, Relays::ONE, None).await;
             assert!(figures.events_per_sec > 0.0);
             enqueue_overhead(&pool, 5).await;
             pool.close().await;
