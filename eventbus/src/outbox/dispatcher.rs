@@ -288,31 +288,45 @@ async fn worker<DB: SqlDatabase>(
     let mut failures = 0u32;
     let mut blocked = 0u32;
     let mut floor = Floor::default();
+    // Rows the next pass claims: the batch size, a quarter of the last one's after a pass
+    // that could keep none of its rows (their keys held by another dispatcher), back to the
+    // batch size after a pass that made progress.
+    let mut limit = config.batch_size;
     loop {
         let stopped = shared.tasks.stop_listener();
         if shared.is_stopping() {
             return;
         }
         let woken = outbox.wake_signal().listen();
-        let pause = match pass(&outbox, &relay, &shared, &mut floor, shard).await {
+        let pause = match pass(&outbox, &relay, &shared, &mut floor, shard, limit).await {
             Ok(report) if report.failed => {
                 failures = failures.saturating_add(1);
+                limit = config.batch_size;
                 Some(config.backoff.delay(failures))
             }
             Ok(report) => {
                 failures = 0;
-                if report.progress && report.claimed >= config.batch_size as usize {
+                if report.progress {
+                    let full = report.claimed >= limit as usize;
+                    limit = config.batch_size;
                     blocked = 0;
-                    continue;
-                }
-                if report.blocked && !report.progress {
+                    if full {
+                        continue;
+                    }
+                    None
+                } else if report.blocked {
                     // Another dispatcher holds the keys and commits soon: retry shortly,
-                    // backing off while it stays so.
+                    // backing off while it stays so. A claim locks its rows until it lets
+                    // them go, and another dispatcher's claim skips locked rows and then
+                    // leaves the later rows of their keys: smaller claims while blocked keep
+                    // this dispatcher out of the way of the one making progress.
                     blocked = blocked.saturating_add(1);
+                    limit = (limit / 4).max(1);
                     let pause = Duration::from_millis(2 << blocked.min(8));
                     Some(pause.min(config.poll_interval))
                 } else {
                     blocked = 0;
+                    limit = config.batch_size;
                     None
                 }
             }
@@ -369,10 +383,10 @@ async fn pass<DB: SqlDatabase>(
     shared: &DispatcherState,
     floor: &mut Floor,
     shard: Shard,
+    limit: u32,
 ) -> Result<PassReport, Error> {
-    let batch = outbox.config().batch_size;
     let lowest = floor.get(outbox, shared.clock.now()).await?;
-    let mut claim = DB::outbox_claim(outbox.pool(), batch, lowest, shard)
+    let mut claim = DB::outbox_claim(outbox.pool(), limit, lowest, shard)
         .await
         .map_err(|e| db_error::<DB>("outbox claim", e))?;
     // Nothing to do (or only rows held elsewhere): look below the floor next time.
