@@ -157,6 +157,17 @@ impl Backend for Recording {
     }
 }
 
+/// Checks that every key's rows were published in the order of their `seq`.
+fn assert_each_key_in_order(log: &[(usize, Uuid, Option<String>, i64)]) {
+    let mut last: HashMap<&str, i64> = HashMap::new();
+    for (_, _, key, seq) in log {
+        let key = key.as_deref().expect("keyed");
+        if let Some(prev) = last.insert(key, *seq) {
+            assert!(prev < *seq, "key {key}: {seq} published after {prev}");
+        }
+    }
+}
+
 /// Three dispatchers (own pools, as three processes would have) of one, two and three workers
 /// (so they split the keys three different ways) drain one outbox while events keep coming:
 /// no row is published twice, every key keeps its order, and the work is shared.
@@ -228,13 +239,7 @@ async fn three_dispatchers_never_publish_a_row_twice_and_keep_key_order() {
     let ids: HashSet<Uuid> = log.iter().map(|(_, id, _, _)| *id).collect();
     assert_eq!(ids.len() as i64, 2 * HALF, "every row published");
     assert_eq!(log.len() as i64, 2 * HALF, "no row published twice");
-    let mut last: HashMap<String, i64> = HashMap::new();
-    for (_, _, key, seq) in &log {
-        let key = key.clone().expect("keyed");
-        if let Some(prev) = last.insert(key.clone(), *seq) {
-            assert!(prev < *seq, "key {key}: {seq} published after {prev}");
-        }
-    }
+    assert_each_key_in_order(&log);
     let mut per_dispatcher = [0usize; 3];
     for (n, _, _, _) in &log {
         per_dispatcher[*n] += 1;
@@ -298,13 +303,7 @@ async fn two_workers_of_one_dispatcher_split_the_keys_and_never_block_each_other
     let stats = dispatcher.stats();
     let log = log.lock().unwrap().clone();
     assert_eq!(log.len() as i64, ROWS, "each row published once: {stats:?}");
-    let mut last: HashMap<String, i64> = HashMap::new();
-    for (_, _, key, seq) in &log {
-        let key = key.clone().expect("keyed");
-        if let Some(prev) = last.insert(key.clone(), *seq) {
-            assert!(prev < *seq, "key {key}: {seq} published after {prev}");
-        }
-    }
+    assert_each_key_in_order(&log);
     assert_eq!(
         stats.blocked, 0,
         "a worker left rows because the other held their key: {stats:?}"
