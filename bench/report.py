@@ -188,7 +188,7 @@ if fs:
     for job, key, eventbus, raw_rust in rows:
         print(f"| {job} | {fs.get('faststream_' + key, '?')} | {fs.get('raw_' + key, '?')} | {eventbus} | {raw_rust} |")
     with_inbox = ours(r"\(d\) pipeline\+inbox, concurrency 64\s*(\d+)")
-    raw_inbox = ours(r"\(c'\) raw loop \+ inbox MGET/SET NX\s*(\d+)")
+    raw_inbox = ours(r"\(c'\) raw loop \+ inbox SMISMEMBER/SADD\s*(\d+)")
     print(f"| same, with the Redis inbox | | | {with_inbox} (concurrency 64) | {raw_inbox} (hand-rolled inbox, batched per read) |")
     print()
 

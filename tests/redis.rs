@@ -1085,6 +1085,145 @@ fn the_redis_inbox_dedupes_across_processes() {
     });
 }
 
+/// A UUID v7 made `offset_ms` from now (negative: in the past).
+fn v7_from_now(offset_ms: i64) -> uuid::Uuid {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let at = (now + offset_ms) as u64;
+    let ts =
+        uuid::Timestamp::from_unix(uuid::NoContext, at / 1000, ((at % 1000) * 1_000_000) as u32);
+    uuid::Uuid::new_v7(ts)
+}
+
+/// The Redis inbox store on its own: ids recorded concurrently are found by every later lookup
+/// of their group and of no other, whether kept in a set of their 10 seconds (ids made now),
+/// or in a key of their own (a foreign v4 id, an id made nearly a TTL ago, an id made more than
+/// a TTL ahead). Returns the ids recorded, by kind.
+async fn redis_inbox_finds_what_it_recorded(b: &RedisBackend) -> Vec<(&'static str, uuid::Uuid)> {
+    use eventbus::inbox::InboxStore;
+    const DAY: i64 = 86_400_000;
+    let inbox = b.inbox();
+    let mut recorded: Vec<(&'static str, uuid::Uuid)> =
+        (0..300).map(|n| ("now", v7_from_now(-n * 50))).collect();
+    recorded.push(("v4", uuid::Uuid::new_v4()));
+    recorded.push(("old", v7_from_now(-30 * DAY + 60_000)));
+    recorded.push(("ahead", v7_from_now(31 * DAY)));
+    let unrecorded: Vec<uuid::Uuid> = vec![
+        v7_from_now(-1_000),
+        uuid::Uuid::new_v4(),
+        v7_from_now(-30 * DAY + 60_000),
+        v7_from_now(31 * DAY),
+    ];
+    // Before: nothing is known.
+    let before =
+        futures::future::join_all(recorded.iter().map(|(_, id)| inbox.contains("g", *id))).await;
+    assert!(before.iter().all(|r| matches!(r, Ok(false))), "{before:?}");
+    // Recorded concurrently: the inbox task coalesces them into a few round trips.
+    let records =
+        futures::future::join_all(recorded.iter().map(|(_, id)| inbox.record("g", *id))).await;
+    assert!(records.iter().all(|r| r.is_ok()), "{records:?}");
+    let mut asked: Vec<(String, &'static str, uuid::Uuid, bool)> = Vec::new();
+    for (kind, id) in &recorded {
+        asked.push(("g".into(), kind, *id, true));
+        asked.push(("other".into(), kind, *id, false));
+    }
+    for id in &unrecorded {
+        asked.push(("g".into(), "unrecorded", *id, false));
+    }
+    let found =
+        futures::future::join_all(asked.iter().map(|(g, _, id, _)| inbox.contains(g, *id))).await;
+    let wrong: Vec<String> = asked
+        .iter()
+        .zip(&found)
+        .filter(|((_, _, _, want), got)| !matches!(got, Ok(f) if f == want))
+        .map(|((g, kind, id, want), got)| format!("{kind} {id} in {g}: want {want}, got {got:?}"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} lookups wrong: {wrong:?}",
+        wrong.len(),
+        asked.len()
+    );
+    recorded
+}
+
+#[test]
+fn the_redis_inbox_keeps_fresh_ids_in_sets_and_others_in_keys_and_finds_them_all() {
+    eventbus_integration::run(2, async {
+        let Some(url) = require_server("EVENTBUS_REDIS_URL", "redis") else {
+            return;
+        };
+        let mut c = config(&url, "inboxsets");
+        let prefix = c.prefix.clone();
+        c.inbox_ttl = Duration::from_secs(30 * 86_400);
+        let b = RedisBackend::connect(c).await.expect("connect");
+        let recorded = redis_inbox_finds_what_it_recorded(&b).await;
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:inbox:*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let (sets, own): (Vec<&String>, Vec<&String>) =
+            keys.iter().partition(|k| k.contains(":inbox:g:@"));
+        // 300 ids made over 15 s fall in two or three sets of 10 s; the three others have keys
+        // of their own, and nothing else was written.
+        assert!((2..=3).contains(&sets.len()), "sets: {sets:?}");
+        let mut own: Vec<String> = own.into_iter().cloned().collect();
+        own.sort();
+        let mut want: Vec<String> = recorded
+            .iter()
+            .filter(|(kind, _)| *kind != "now")
+            .map(|(_, id)| format!("{prefix}:inbox:g:{id}"))
+            .collect();
+        want.sort();
+        assert_eq!(own, want);
+        let mut members = 0;
+        for key in &sets {
+            let kind: String = redis::cmd("TYPE")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(kind, "set", "{key}");
+            members += redis::cmd("SCARD")
+                .arg(key)
+                .query_async::<usize>(&mut conn)
+                .await
+                .unwrap();
+            // A set lives 30 days after its 10 seconds end.
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let days = ttl as f64 / 86_400_000.0;
+            assert!(
+                (29.9..=30.01).contains(&days),
+                "{key} expires in {days} days"
+            );
+        }
+        assert_eq!(members, 300);
+    });
+}
+
+#[test]
+fn on_a_cluster_the_redis_inbox_finds_every_id_it_recorded() {
+    eventbus_integration::run(2, async {
+        let Some(url) = require_server("EVENTBUS_REDIS_CLUSTER_URL", "redis_cluster") else {
+            return;
+        };
+        let mut c = config(&url, "inboxsets");
+        c.cluster = true;
+        c.inbox_ttl = Duration::from_secs(30 * 86_400);
+        let b = RedisBackend::connect(c).await.expect("connect");
+        redis_inbox_finds_what_it_recorded(&b).await;
+    });
+}
+
 #[test]
 fn new_streams_are_discovered_by_wildcard_subscribers() {
     eventbus_integration::run(2, async {

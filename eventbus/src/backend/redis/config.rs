@@ -89,10 +89,11 @@ pub struct RedisConfig {
     pub topic_retention: HashMap<String, Retention>,
     /// Retention of dead-letter and retry streams.
     pub dlq_retention: Retention,
-    /// How long inbox keys live: at least the longest retention by age of an event stream
-    /// (checked by [`RedisConfig::validate`]), so that no event still in a stream can be
-    /// redelivered or replayed after the inbox forgot it. 30 days by default, like the
-    /// default retention.
+    /// How long inbox entries live after their event was made (and at least an hour, or half
+    /// of this if shorter, after the event was handled): at least the longest retention by age
+    /// of an event stream (checked by [`RedisConfig::validate`]), so that no event still in a
+    /// stream can be redelivered after the inbox forgot it. 30 days by default, like the
+    /// default retention. Every member of a group must use the same value.
     #[serde(with = "humantime_serde")]
     pub inbox_ttl: Duration,
     /// How often due delayed retries are moved back to their group.

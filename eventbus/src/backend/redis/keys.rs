@@ -13,7 +13,8 @@
 //! | `{prefix}:delayed` | sorted set | delayed retries waiting, scored by due time (ms) (`{{prefix}}:delayed` on a cluster) |
 //! | `{prefix}:streams` | set | registry of event streams and their event types |
 //! | `{prefix}:trimmed:{group}` | hash | per stream, how many entries retention removed before the group read them (counted once) |
-//! | `{prefix}:inbox:{group}:{event id}` | string with TTL | inbox entries |
+//! | `{prefix}:inbox:{group}:@{unix seconds}` | set with TTL | inbox entries: the ids (16 bytes) of events made in those 10 seconds |
+//! | `{prefix}:inbox:{group}:{event id}` | string with TTL | inbox entries for ids without a time (not UUID v7) or far from now |
 //! | `{prefix}:live:{type}` | pub/sub channel | ephemeral notifications |
 
 use crate::wire::DLQ_SUFFIX;
@@ -133,6 +134,11 @@ impl Keys {
 
     pub(crate) fn inbox(&self, group: &str, id: &uuid::Uuid) -> String {
         format!("{}:inbox:{group}:{id}", self.prefix)
+    }
+
+    /// The inbox set of `group` for the 10 seconds starting at `start_ms` (unix ms).
+    pub(crate) fn inbox_bucket(&self, group: &str, start_ms: u64) -> String {
+        format!("{}:inbox:{group}:@{}", self.prefix, start_ms / 1000)
     }
 
     pub(crate) fn live_channel(&self, event_type: &str) -> String {

@@ -36,6 +36,7 @@ mod consumer;
 mod delayed;
 mod entry;
 mod inbox;
+mod inbox_layout;
 mod keys;
 mod lease;
 mod ownership;
