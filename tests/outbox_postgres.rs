@@ -18,7 +18,7 @@ use eventbus::outbox::sqlx::{self, Connection, PgConnection, PgPool, Postgres};
 use eventbus::outbox::{postgres, Outbox};
 use eventbus::{Error, RawEnvelope, Uuid};
 use futures::future::BoxFuture;
-use suite::{credit, eventually, Credited, Fresh, TestDb};
+use suite::{credit, enqueue_committed, eventually, Credited, Fresh, TestDb};
 
 impl_test_db!(Postgres, "BEGIN");
 
@@ -190,12 +190,7 @@ async fn three_dispatchers_never_publish_a_row_twice_and_keep_key_order() {
                         credit(format!("k{}", n % KEYS), n)
                     })
                     .collect();
-                let mut tx = Postgres::begin(&pool).await;
-                writer
-                    .enqueue_batch(&mut *tx, &events)
-                    .await
-                    .expect("enqueue");
-                Postgres::commit(tx).await.expect("commit");
+                enqueue_committed(&pool, &writer, &events).await;
                 tokio::time::sleep(Duration::from_millis(3)).await;
             }
         }
@@ -278,12 +273,7 @@ async fn two_workers_of_one_dispatcher_split_the_keys_and_never_block_each_other
                 credit(format!("k{}", n % KEYS), n)
             })
             .collect();
-        let mut tx = Postgres::begin(&db.pool).await;
-        outbox
-            .enqueue_batch(&mut *tx, &events)
-            .await
-            .expect("enqueue");
-        Postgres::commit(tx).await.expect("commit");
+        enqueue_committed(&db.pool, &outbox, &events).await;
     }
     let log = PublishLog::default();
     let recording = Recording {
@@ -387,12 +377,7 @@ async fn a_burst_without_statistics_is_relayed_reading_each_row_a_few_times() {
         let events: Vec<_> = (0..1_000)
             .map(|i| credit(format!("a-{}", i % 100), chunk * 1_000 + i))
             .collect();
-        let mut tx = Postgres::begin(&db.pool).await;
-        outbox
-            .enqueue_batch(&mut *tx, &events)
-            .await
-            .expect("enqueue");
-        Postgres::commit(tx).await.expect("commit");
+        enqueue_committed(&db.pool, &outbox, &events).await;
     }
     let (reads_before, _) = outbox_reads(&db.pool).await;
     let backend = MemoryBackend::new();

@@ -46,13 +46,14 @@ struct CountedBus {
     reached: Arc<tokio::sync::Notify>,
 }
 
-async fn counted_bus(concurrency: usize) -> CountedBus {
+/// `retention`: the backend's messages kept per topic (`None`: the default, 100 000).
+async fn counted_bus(concurrency: usize, retention: Option<usize>) -> CountedBus {
     let handled = Arc::new(AtomicU64::new(0));
     let target = Arc::new(AtomicU64::new(u64::MAX));
     let reached = Arc::new(tokio::sync::Notify::new());
     let (h, t, r) = (handled.clone(), target.clone(), reached.clone());
     let bus = Bus::builder()
-        .backend(MemoryBackend::new())
+        .backend(retention.map_or_else(MemoryBackend::new, MemoryBackend::with_retention))
         .subscribe(
             Subscription::new("order.*", move |env: Envelope<OrderCreated>| {
                 std::hint::black_box(&env.data.total_cents);
@@ -168,12 +169,23 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(8));
 
-    for (name, concurrency, publishing) in [
-        ("bus_concurrency_1", 1usize, Publishing::Batch),
-        ("bus_concurrency_8", 8, Publishing::Batch),
-        ("bus_one_by_one_concurrency_1", 1, Publishing::OneByOne),
+    for (name, concurrency, publishing, retention) in [
+        ("bus_concurrency_1", 1usize, Publishing::Batch, None),
+        ("bus_concurrency_8", 8, Publishing::Batch, None),
+        (
+            "bus_one_by_one_concurrency_1",
+            1,
+            Publishing::OneByOne,
+            None,
+        ),
+        (
+            "bus_concurrency_1_retention_1000",
+            1,
+            Publishing::Batch,
+            Some(1_000),
+        ),
     ] {
-        let counted = rt.block_on(counted_bus(concurrency));
+        let counted = rt.block_on(counted_bus(concurrency, retention));
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
@@ -210,8 +222,8 @@ fn bench(c: &mut Criterion) {
 criterion_group!(benches, bench);
 
 /// `MEMORY_BENCH_BATCHES=n` publishes and handles n batches through the bus at concurrency 1
-/// (or 8, `MEMORY_BENCH_PATH=bus8`; or one by one, `bus_one_by_one`; or a raw channel, `raw` or
-/// `raw_batch`)
+/// (or 8, `MEMORY_BENCH_PATH=bus8`; or one by one, `bus_one_by_one`; or over a backend keeping
+/// 1 000 messages a topic, `bus_retention_1000`; or a raw channel, `raw` or `raw_batch`)
 /// and exits, without criterion: a fixed amount
 /// of work, for instruction counts (`valgrind --tool=cachegrind`) and A/B runs of two builds.
 fn main() {
@@ -248,7 +260,10 @@ fn main() {
                 }
                 return total;
             }
-            let counted = counted_bus(concurrency).await;
+            // MEMORY_BENCH_PATH=bus_retention_1000: the bus over a backend keeping 1 000
+            // messages a topic.
+            let retention = (path == "bus_retention_1000").then_some(1_000);
+            let counted = counted_bus(concurrency, retention).await;
             for _ in 0..batches {
                 total += publish_and_wait(&counted, publishing).await;
             }

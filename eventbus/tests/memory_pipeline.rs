@@ -1595,3 +1595,69 @@ fn every_attempt_sees_the_whole_envelope_after_a_failure_a_panic_or_a_timeout() 
         assert!(h.dead_letters("order.created").await.unwrap().is_empty());
     });
 }
+
+/// A backend keeping 3 messages a topic reads back only the last 3, yet a group that has not
+/// handled the others yet still gets every one, and dead letters keep the default retention.
+#[test]
+fn a_small_retention_drops_no_unhandled_message_and_no_dead_letter() {
+    run(|rt| async move {
+        use eventbus::backend::memory::MemoryBackend;
+        let backend = MemoryBackend::with_retention(3);
+        let open = Arc::new(AtomicBool::new(false));
+        let seen = Seen::default();
+        let (o, s) = (open.clone(), seen.clone());
+        let runtime = rt.clone();
+        let bus = eventbus::Bus::builder()
+            .runtime(rt.clone())
+            .backend(backend.clone())
+            .subscribe(
+                Subscription::new("order.created", move |env: Envelope<OrderCreated>| {
+                    let (o, s, runtime) = (o.clone(), s.clone(), runtime.clone());
+                    async move {
+                        // Held until the test has published everything.
+                        while !o.load(Ordering::SeqCst) {
+                            runtime.sleep(Duration::from_millis(2)).await;
+                        }
+                        if env.data.order_id == "bad" {
+                            return Err(HandlerError::permanent("refused"));
+                        }
+                        s.push(&env.data.order_id, env.data.seq);
+                        Ok(())
+                    }
+                })
+                .group("held"),
+            )
+            .start()
+            .await
+            .unwrap();
+        for seq in 0..10 {
+            bus.publisher().publish(order("a", seq)).await.unwrap();
+        }
+        for seq in 0..5 {
+            bus.publisher().publish(order("bad", seq)).await.unwrap();
+        }
+        let kept: Vec<String> = backend
+            .messages("order.created")
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(kept, vec!["12", "13", "14"], "the last 3 of 15");
+        open.store(true, Ordering::SeqCst);
+        wait_until(
+            &rt,
+            "10 handled and 5 dead-lettered",
+            || seen.all().len() == 10 && backend.messages("order.created.dlq").len() == 5,
+            || {
+                format!(
+                    "handled {:?}, dead letters {}",
+                    seen.all(),
+                    backend.messages("order.created.dlq").len()
+                )
+            },
+        )
+        .await;
+        let seqs: Vec<u32> = seen.all().into_iter().map(|(_, seq)| seq).collect();
+        assert_eq!(seqs, (0..10).collect::<Vec<_>>());
+        bus.shutdown(Duration::from_secs(5)).await;
+    });
+}

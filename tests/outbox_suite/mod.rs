@@ -232,6 +232,22 @@ impl FirstSeen {
     }
 }
 
+/// Enqueues `events` in a transaction of their own and commits it, as a service's write that
+/// carries nothing but events would; the events' ids, in order.
+pub async fn enqueue_committed<DB: TestDb, E: eventbus::Event + Clone>(
+    pool: &Pool<DB>,
+    outbox: &Outbox<DB>,
+    events: &[E],
+) -> Vec<Uuid> {
+    let mut tx = DB::begin(pool).await;
+    let ids = outbox
+        .enqueue_batch(&mut *tx, events)
+        .await
+        .expect("enqueue");
+    DB::commit(tx).await.expect("commit");
+    ids
+}
+
 /// The handler's side effect: a row of `effects` for `env`, in the caller's transaction.
 async fn record_effect<DB: TestDb>(
     conn: &mut DB::Connection,
@@ -502,12 +518,7 @@ pub async fn kill_dispatcher_while_events_flow<DB: TestDb>(
                         credit(format!("k{}", n % KEYS), n)
                     })
                     .collect();
-                let mut tx = DB::begin(&pool).await;
-                outbox
-                    .enqueue_batch(&mut *tx, &events)
-                    .await
-                    .expect("enqueue");
-                DB::commit(tx).await.expect("commit");
+                enqueue_committed(&pool, &outbox, &events).await;
                 outbox.wake();
                 sleep(Duration::from_millis(fastrand::u64(2..12))).await;
             }
@@ -842,13 +853,8 @@ pub async fn cleanup_removes_sent_rows_and_old_inbox_rows<DB: TestDb>(db: &Fresh
     let pool = &db.pool;
     let backend = MemoryBackend::new();
     let relay = fast(pool).build().expect("outbox");
-    let mut tx = DB::begin(pool).await;
     let events: Vec<Credited> = (0..10).map(|i| credit("c", i)).collect();
-    relay
-        .enqueue_batch(&mut *tx, &events)
-        .await
-        .expect("enqueue");
-    DB::commit(tx).await.expect("commit");
+    enqueue_committed(pool, &relay, &events).await;
     let dispatcher = relay
         .dispatcher(memory(&backend))
         .start()
@@ -930,13 +936,8 @@ pub async fn dispatcher_runs_the_cleanup<DB: TestDb>(db: &Fresh<DB>) {
         .dispatcher(memory(&backend))
         .start()
         .expect("dispatcher");
-    let mut tx = DB::begin(pool).await;
     let events: Vec<Credited> = (0..5).map(|i| credit("r", i)).collect();
-    outbox
-        .enqueue_batch(&mut *tx, &events)
-        .await
-        .expect("enqueue");
-    DB::commit(tx).await.expect("commit");
+    enqueue_committed(pool, &outbox, &events).await;
     outbox.wake();
     eventually("sent rows deleted", Duration::from_secs(10), || async {
         backend.messages("ledger.credited").len() == 5
@@ -951,13 +952,8 @@ pub async fn backlog_reports_size_and_age<DB: TestDb>(db: &Fresh<DB>) {
     let pool = &db.pool;
     let outbox = fast(pool).build().expect("outbox");
     assert_eq!(outbox.backlog().await.expect("backlog"), Default::default());
-    let mut tx = DB::begin(pool).await;
     let events: Vec<Audited> = (0..5).map(|seq| Audited { seq }).collect();
-    outbox
-        .enqueue_batch(&mut *tx, &events)
-        .await
-        .expect("enqueue");
-    DB::commit(tx).await.expect("commit");
+    enqueue_committed(pool, &outbox, &events).await;
     sleep(Duration::from_millis(120)).await;
     let backlog = outbox.backlog().await.expect("backlog");
     assert_eq!(backlog.pending, 5);
@@ -1146,13 +1142,8 @@ pub async fn a_bus_owned_outbox_relays_and_stops_with_the_bus<DB: TestDb>(db: &F
         .await
         .expect("bus");
     assert_eq!(bus.dispatchers().len(), 1);
-    let mut tx = DB::begin(pool).await;
     let events: Vec<Credited> = (0..5).map(|i| credit("a", i)).collect();
-    outbox
-        .enqueue_batch(&mut *tx, &events)
-        .await
-        .expect("enqueue");
-    DB::commit(tx).await.expect("commit");
+    enqueue_committed(pool, &outbox, &events).await;
     outbox.wake();
     eventually("5 events handled", Duration::from_secs(10), || {
         let n = seen.all().len();
@@ -1355,13 +1346,8 @@ pub async fn outbox_metrics_follow_the_backlog<DB: TestDb>(db: &Fresh<DB>) {
     )
     .await;
     let url = format!("http://{}/metrics", admin.local_addr());
-    let mut tx = DB::begin(pool).await;
     let events: Vec<Credited> = (0..5).map(|i| credit("a", i)).collect();
-    outbox
-        .enqueue_batch(&mut *tx, &events)
-        .await
-        .expect("enqueue");
-    DB::commit(tx).await.expect("commit");
+    enqueue_committed(pool, &outbox, &events).await;
     scrape_until(&url, "backlog 5 and a publish lag", |text| {
         gauge(text, "event_outbox_backlog") == Some(5.0)
             && gauge(text, "event_publish_lag_seconds").is_some_and(|l| l > 0.0)

@@ -10,7 +10,9 @@
 //! - A delivery dropped without ack or nack (its consumer died) is redelivered, before later
 //!   messages of its key, with its redelivery count increased.
 //! - Each topic keeps its last [`MemoryBackend::DEFAULT_RETENTION`] messages for reading back
-//!   (dead-letter tools, replay).
+//!   (dead-letter tools, replay), or as many as [`MemoryBackend::with_retention`] says; a
+//!   dead-letter topic keeps at least the default. Retention never drops a message a group has
+//!   not settled: the groups' queues hold their own references.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,11 +37,23 @@ pub struct MemoryBackend {
     shared: Arc<MemoryState>,
 }
 
-#[derive(Default)]
 struct MemoryState {
     state: Mutex<State>,
     changed: Signal,
     activity: AtomicU64,
+    /// Messages kept per event topic for reading back.
+    retention: usize,
+}
+
+impl Default for MemoryState {
+    fn default() -> Self {
+        MemoryState {
+            state: Mutex::default(),
+            changed: Signal::new(),
+            activity: AtomicU64::new(0),
+            retention: MemoryBackend::DEFAULT_RETENTION,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -120,6 +134,33 @@ impl MemoryBackend {
     /// An empty broker.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty broker keeping the last `messages` messages of each event topic for reading
+    /// back (at least one), instead of [`DEFAULT_RETENTION`](Self::DEFAULT_RETENTION).
+    /// Dead-letter topics keep at least the default, so that no dead letter leaves before the
+    /// tools can read it. A smaller log costs less memory and cache per message (in the
+    /// in-memory bench, 1 000 against 100 000 takes the bus from 0.58 to about 0.7 of a raw
+    /// channel), and replay reads back only what it kept.
+    ///
+    /// ```
+    /// use eventbus::backend::memory::MemoryBackend;
+    ///
+    /// let backend = MemoryBackend::with_retention(1_000);
+    /// assert_eq!(backend.retention(), 1_000);
+    /// ```
+    pub fn with_retention(messages: usize) -> Self {
+        MemoryBackend {
+            shared: Arc::new(MemoryState {
+                retention: messages.max(1),
+                ..MemoryState::default()
+            }),
+        }
+    }
+
+    /// Messages kept per event topic for reading back.
+    pub fn retention(&self) -> usize {
+        self.shared.retention
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -324,6 +365,7 @@ impl Backend for MemoryBackend {
         // Messages past retention, dropped once the lock is released: freeing them touches
         // memory long out of the caches, which deliveries and acks must not wait behind.
         let mut evicted = Vec::new();
+        let retention = self.shared.retention;
         let result = {
             let mut state = self.lock();
             if state.faults.fail_publishes > 0 {
@@ -356,7 +398,12 @@ impl Backend for MemoryBackend {
                     };
                     log.entries.push_back((log.next_offset, message.clone()));
                     log.next_offset += 1;
-                    if log.entries.len() > Self::DEFAULT_RETENTION {
+                    let kept = if is_dlq_topic(&message.topic) {
+                        retention.max(Self::DEFAULT_RETENTION)
+                    } else {
+                        retention
+                    };
+                    if log.entries.len() > kept {
                         evicted.extend(log.entries.pop_front());
                     }
                     if is_dlq_topic(&message.topic) {
