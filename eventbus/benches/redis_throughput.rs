@@ -49,6 +49,8 @@ fn tick(n: u64) -> Tick {
 
 /// Publish rounds, raw and bus interleaved.
 const PUBLISH_ROUNDS: usize = 3;
+/// Consume rounds of the raw loops and the pipeline with the Redis inbox, interleaved.
+const CONSUME_ROUNDS: usize = 3;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort_unstable();
@@ -274,12 +276,16 @@ fn calls_per_event(
         .join(" ")
 }
 
-async fn raw_consume(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> Duration {
-    create_group(conn, stream, "raw").await;
+async fn raw_consume(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    group: &str,
+) -> Duration {
+    create_group(conn, stream, group).await;
     let start = Instant::now();
     let mut done = 0u64;
     while done < EVENTS {
-        let reply = read_group(conn, stream, "raw").await;
+        let reply = read_group(conn, stream, group).await;
         let ids: Vec<String> = reply
             .keys
             .iter()
@@ -298,7 +304,7 @@ async fn raw_consume(conn: &mut redis::aio::MultiplexedConnection, stream: &str)
         }
         redis::cmd("XACK")
             .arg(stream)
-            .arg("raw")
+            .arg(group)
             .arg(&ids)
             .query_async::<()>(conn)
             .await
@@ -318,14 +324,15 @@ async fn raw_consume_with_inbox(
     conn: &mut redis::aio::MultiplexedConnection,
     stream: &str,
     prefix: &str,
+    group: &str,
 ) -> Duration {
     const BUCKET_MS: u64 = 10_000;
     const TTL_MS: u64 = 30 * 86_400_000;
-    create_group(conn, stream, "raw-inbox").await;
+    create_group(conn, stream, group).await;
     let start = Instant::now();
     let mut done = 0u64;
     while done < EVENTS {
-        let reply = read_group(conn, stream, "raw-inbox").await;
+        let reply = read_group(conn, stream, group).await;
         let mut ids = Vec::new();
         // Per set (by its start, unix ms): the events whose ids fall in it.
         let mut sets: Vec<(u64, Vec<Envelope<Tick>>)> = Vec::new();
@@ -347,7 +354,7 @@ async fn raw_consume_with_inbox(
         if ids.is_empty() {
             continue;
         }
-        let key = |bucket: u64| format!("{prefix}:inbox:raw-inbox:@{}", bucket / 1000);
+        let key = |bucket: u64| format!("{prefix}:inbox:{group}:@{}", bucket / 1000);
         let mut lookups = redis::pipe();
         for (bucket, events) in &sets {
             let members: Vec<&[u8]> = events.iter().map(|e| &e.id.as_bytes()[..]).collect();
@@ -371,21 +378,19 @@ async fn raw_consume_with_inbox(
                     .ignore();
             }
         }
-        pipe.cmd("XACK")
-            .arg(stream)
-            .arg("raw-inbox")
-            .arg(&ids)
-            .ignore();
+        pipe.cmd("XACK").arg(stream).arg(group).arg(&ids).ignore();
         pipe.query_async::<()>(conn).await.unwrap();
         done += ids.len() as u64;
     }
     start.elapsed()
 }
 
+/// `round` names the group, so that each round reads the whole stream afresh.
 async fn pipeline_consume(
     backend: &RedisBackend,
     concurrency: usize,
     redis_inbox: bool,
+    round: usize,
 ) -> Duration {
     // The handler signals the last event itself: a task polling the count every millisecond
     // would cost the pipeline's side CPU the raw loops do not pay.
@@ -408,7 +413,7 @@ async fn pipeline_consume(
                 }
                 async { Ok(()) }
             })
-            .group(format!("pipeline-{concurrency}-{redis_inbox}"))
+            .group(format!("pipeline-{concurrency}-{redis_inbox}-{round}"))
             .concurrency(concurrency),
         )
         .start()
@@ -529,39 +534,57 @@ fn main() {
             return;
         }
         let (a, a_min, a1, b, b1) = (median(a), median(a_min), median(a1), median(b), median(b1));
-        // What each consume phase cost the server: CPU and commands per event.
+        // What each consume phase cost the server: CPU and commands per event (of the last
+        // round).
         let mut phases = Vec::new();
-        let before = ServerSnapshot::take(&mut conn).await;
-        let c = raw_consume(&mut conn, &raw_stream).await;
-        phases.push(before.phase(&mut conn, "c", c).await);
-        let before = ServerSnapshot::take(&mut conn).await;
-        let c_inbox = raw_consume_with_inbox(&mut conn, &raw_stream, &prefix).await;
-        phases.push(before.phase(&mut conn, "c'", c_inbox).await);
         // RBENCH_CONSUMER=inbox1 (or inbox64, inbox256, memory64) runs that consumer alone, for
         // a profile of it.
         let alone = std::env::var("RBENCH_CONSUMER").unwrap_or_default();
-        let consume = |name: &'static str, concurrency: usize, redis_inbox: bool| {
+        let consume = |name: &'static str, concurrency: usize, redis_inbox: bool, round: usize| {
             let run = alone.is_empty() || alone == name;
             let backend = backend.clone();
             async move {
                 if run {
-                    pipeline_consume(&backend, concurrency, redis_inbox).await
+                    pipeline_consume(&backend, concurrency, redis_inbox, round).await
                 } else {
                     Duration::ZERO
                 }
             }
         };
-        let d1 = consume("inbox1", 1, true).await;
+        // The raw loops and the pipeline with the Redis inbox at concurrency 64, interleaved
+        // (each round a group of its own): the ratio is of their medians.
+        let (mut c, mut c_inbox, mut d64) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..CONSUME_ROUNDS {
+            let last = round + 1 == CONSUME_ROUNDS;
+            let before = ServerSnapshot::take(&mut conn).await;
+            let t = raw_consume(&mut conn, &raw_stream, &format!("raw-{round}")).await;
+            if last {
+                phases.push(before.phase(&mut conn, "c", t).await);
+            }
+            c.push(t);
+            let before = ServerSnapshot::take(&mut conn).await;
+            let group = format!("raw-inbox-{round}");
+            let t = raw_consume_with_inbox(&mut conn, &raw_stream, &prefix, &group).await;
+            if last {
+                phases.push(before.phase(&mut conn, "c'", t).await);
+            }
+            c_inbox.push(t);
+            let before = ServerSnapshot::take(&mut conn).await;
+            let t = consume("inbox64", 64, true, round).await;
+            if last {
+                phases.push(before.phase(&mut conn, "d c64", t).await);
+            }
+            d64.push(t);
+        }
+        let (c, c_inbox, d64) = (median(c), median(c_inbox), median(d64));
+        let d1 = consume("inbox1", 1, true, 0).await;
+        let d256 = consume("inbox256", 256, true, 0).await;
         let before = ServerSnapshot::take(&mut conn).await;
-        let d64 = consume("inbox64", 64, true).await;
-        phases.push(before.phase(&mut conn, "d c64", d64).await);
-        let d256 = consume("inbox256", 256, true).await;
-        let before = ServerSnapshot::take(&mut conn).await;
-        let m64 = consume("memory64", 64, false).await;
+        let m64 = consume("memory64", 64, false, 0).await;
         phases.push(before.phase(&mut conn, "d' c64", m64).await);
 
         println!("redis streams, {EVENTS} events of {} bytes, batches of {BATCH}", Envelope::new(tick(0)).encode().unwrap().len());
-        println!("publishing: median of {PUBLISH_ROUNDS} interleaved rounds");
+        println!("publishing: median of {PUBLISH_ROUNDS} interleaved rounds; consuming: (c), (c') and (d) at concurrency 64 median of {CONSUME_ROUNDS} interleaved rounds");
         println!("(a) raw pipelined XADD            {:>10.0} events/s   (the entry the bus writes)", rate(EVENTS, a));
         println!("(a') raw XADD, minimal entry      {:>10.0} events/s   (type + bare envelope)", rate(EVENTS, a_min));
         println!("(b) bus publish_batch             {:>10.0} events/s   b/a = {:.2}", rate(EVENTS, b), a.as_secs_f64() / b.as_secs_f64());
