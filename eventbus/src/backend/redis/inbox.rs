@@ -267,20 +267,46 @@ impl<'a> Plan<'a> {
         let mut found = vec![false; self.requests];
         let mut replies = replies.drain(..);
         for set in &self.set_lookups {
-            let reply = replies.next().unwrap_or(redis::Value::Nil);
-            let members: Vec<bool> = redis::from_redis_value(reply)?;
+            let members: Vec<bool> = redis::from_redis_value(next_reply(&mut replies)?)?;
+            answers_all(members.len(), set.asks.len())?;
             for (&at, member) in set.asks.iter().zip(members) {
                 found[at] |= member;
             }
         }
         if !self.key_lookups.is_empty() {
-            let reply = replies.next().unwrap_or(redis::Value::Nil);
-            let values: Vec<Option<redis::Value>> = redis::from_redis_value(reply)?;
+            let values: Vec<Option<redis::Value>> =
+                redis::from_redis_value(next_reply(&mut replies)?)?;
+            answers_all(values.len(), self.key_asks.len())?;
             for (&at, value) in self.key_asks.iter().zip(values) {
                 found[at] |= value.is_some();
             }
         }
         Ok(found)
+    }
+}
+
+/// The next lookup's reply; a missing one is an error, never "not found".
+fn next_reply(
+    replies: &mut impl Iterator<Item = redis::Value>,
+) -> redis::RedisResult<redis::Value> {
+    replies.next().ok_or_else(|| {
+        redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "the inbox lookup's reply is missing",
+        ))
+    })
+}
+
+/// Fails unless a lookup's reply has an answer for each id asked: a missing answer must not
+/// read as "not handled", which would run a handled event again.
+fn answers_all(answers: usize, asked: usize) -> redis::RedisResult<()> {
+    if answers == asked {
+        Ok(())
+    } else {
+        Err(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "the inbox lookup's reply has a different number of answers than ids asked",
+        )))
     }
 }
 
