@@ -1205,6 +1205,230 @@ async fn nacked_event_holds_back_its_key(b: &Under, at_record: bool) {
     publisher.shutdown(Duration::from_secs(10)).await;
 }
 
+/// A remote inbox asked ahead, as the Redis inbox is ([`InboxStore::prefetch`]): an answer
+/// asked ahead is the inbox's state when it was asked (its round trip made then). Counts the
+/// lookups asked ahead and those asked when a delivery started.
+#[derive(Default)]
+struct AskedAhead {
+    inner: MemoryInbox,
+    ahead: AtomicUsize,
+    at_start: AtomicUsize,
+}
+
+impl eventbus::inbox::InboxStore for AskedAhead {
+    fn contains<'a>(
+        &'a self,
+        group: &'a str,
+        id: Uuid,
+    ) -> futures::future::BoxFuture<'a, Result<bool, eventbus::Error>> {
+        self.at_start.fetch_add(1, Ordering::SeqCst);
+        self.inner.contains(group, id)
+    }
+
+    fn record<'a>(
+        &'a self,
+        group: &'a str,
+        id: Uuid,
+    ) -> futures::future::BoxFuture<'a, Result<(), eventbus::Error>> {
+        self.inner.record(group, id)
+    }
+
+    fn records_remotely(&self) -> bool {
+        true
+    }
+
+    fn prefetch(
+        &self,
+        group: &str,
+        id: Uuid,
+    ) -> Option<futures::future::BoxFuture<'static, Result<bool, eventbus::Error>>> {
+        use futures::FutureExt;
+        self.ahead.fetch_add(1, Ordering::SeqCst);
+        let answer = self
+            .inner
+            .contains(group, id)
+            .now_or_never()
+            .expect("the in-process inbox answers at once");
+        Some(Box::pin(async move { answer }))
+    }
+}
+
+/// Copies of an event read together with it (a producer's retry, a redelivery) are dropped by
+/// an inbox asked ahead: a copy is asked about only once its key's earlier deliveries are
+/// settled, so never before the first copy's record. Each event runs once, in key order.
+async fn copies_read_together_are_dropped_by_an_inbox_asked_ahead(b: &Under) {
+    b.topic("ledger.posted", 1).await;
+    let backend = b.member().await;
+    let publisher = Bus::builder()
+        .backend_arc(backend.clone())
+        .start()
+        .await
+        .expect("publisher");
+    let event = |account: &str, n: u32| {
+        Envelope::new(Posted {
+            account: account.into(),
+            n,
+        })
+    };
+    let (e0, e1, e2, other) = (
+        event("acc-1", 0),
+        event("acc-1", 1),
+        event("acc-1", 2),
+        event("other", 9),
+    );
+    let batch = vec![
+        e0.clone(),
+        e1.clone(),
+        e0.clone(),
+        other,
+        e2.clone(),
+        e1.clone(),
+        e2.clone(),
+        e0,
+    ];
+    let inbox = Arc::new(AskedAhead::default());
+    let seen: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
+    let s = seen.clone();
+    let bus = Bus::builder()
+        .backend_arc(backend)
+        .inbox(inbox.clone())
+        .catalog(&[eventbus::CatalogEntry::of::<Posted>()])
+        .subscribe(
+            Subscription::new("ledger.posted", move |env: Envelope<Posted>| {
+                let s = s.clone();
+                async move {
+                    sleep(Duration::from_millis(5)).await;
+                    s.lock()
+                        .unwrap()
+                        .push((env.data.account.clone(), env.data.n));
+                    Ok(())
+                }
+            })
+            .group(group("ledger"))
+            .concurrency(8),
+        )
+        .start()
+        .await
+        .expect("start");
+    publisher
+        .publisher()
+        .publish_batch(batch)
+        .await
+        .expect("publish");
+    let settled = || {
+        let stats = bus.stats();
+        stats.handled + stats.duplicates
+    };
+    assert!(
+        eventually(WAIT, || settled() == 8).await,
+        "settled {} of 8: handled {:?}, {:?}",
+        settled(),
+        seen.lock().unwrap(),
+        bus.stats()
+    );
+    let mut handled = seen.lock().unwrap().clone();
+    let of_key: Vec<u32> = handled
+        .iter()
+        .filter(|(account, _)| account == "acc-1")
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(of_key, vec![0, 1, 2], "acc-1: each event once, in order");
+    handled.sort();
+    assert_eq!(handled.len(), 4, "handled {handled:?}, {:?}", bus.stats());
+    assert_eq!(bus.stats().duplicates, 4, "{:?}", bus.stats());
+    assert!(
+        inbox.ahead.load(Ordering::SeqCst) >= 2,
+        "asked ahead {} times",
+        inbox.ahead.load(Ordering::SeqCst)
+    );
+    bus.shutdown(Duration::from_secs(10)).await;
+    publisher.shutdown(Duration::from_secs(10)).await;
+}
+
+/// An answer "not handled" asked ahead is used only while fresh: a delivery that waited longer
+/// for a slot is asked about again when it starts, and an event recorded meanwhile (by another
+/// member of the group) is not run again.
+async fn a_stale_answer_asked_ahead_is_asked_again(b: &Under) {
+    b.topic("ledger.posted", 1).await;
+    let backend = b.member().await;
+    let publisher = Bus::builder()
+        .backend_arc(backend.clone())
+        .start()
+        .await
+        .expect("publisher");
+    let events: Vec<Envelope<Posted>> = ["acc-1", "acc-2"]
+        .iter()
+        .zip(0..)
+        .map(|(account, n)| {
+            Envelope::new(Posted {
+                account: (*account).into(),
+                n,
+            })
+        })
+        .collect();
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    let group = group("ledger");
+    let inbox = Arc::new(AskedAhead::default());
+    let seen: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let (s, i, g) = (seen.clone(), inbox.clone(), group.clone());
+    let bus = Bus::builder()
+        .backend_arc(backend)
+        .inbox(inbox.clone())
+        .catalog(&[eventbus::CatalogEntry::of::<Posted>()])
+        .subscribe(
+            Subscription::new("ledger.posted", move |env: Envelope<Posted>| {
+                let (s, i, g, ids) = (s.clone(), i.clone(), g.clone(), ids.clone());
+                async move {
+                    // The first event handled (either: their keys differ) waits until the
+                    // other, held, was asked about ahead; then another member handles the
+                    // other, while this handler outlasts the answer's freshness.
+                    eventually(WAIT, || i.ahead.load(Ordering::SeqCst) >= 2).await;
+                    let other = ids[1 - env.data.n as usize];
+                    eventbus::inbox::InboxStore::record(&i.inner, &g, other)
+                        .await
+                        .expect("record");
+                    sleep(eventbus::inbox::PREFETCH_FRESH_FOR * 2).await;
+                    s.lock().unwrap().push(env.data.n);
+                    Ok(())
+                }
+            })
+            .group(group)
+            .concurrency(1),
+        )
+        .start()
+        .await
+        .expect("start");
+    publisher
+        .publisher()
+        .publish_batch(events)
+        .await
+        .expect("publish");
+    let settled = || {
+        let stats = bus.stats();
+        stats.handled + stats.duplicates
+    };
+    assert!(
+        eventually(WAIT, || settled() == 2).await,
+        "settled {} of 2: handled {:?}, {:?}",
+        settled(),
+        seen.lock().unwrap(),
+        bus.stats()
+    );
+    let handled = seen.lock().unwrap().clone();
+    assert_eq!(handled.len(), 1, "handled {handled:?}, {:?}", bus.stats());
+    assert_eq!(bus.stats().duplicates, 1, "{:?}", bus.stats());
+    assert!(
+        inbox.ahead.load(Ordering::SeqCst) >= 2,
+        "the held event was never asked about ahead"
+    );
+    assert!(
+        inbox.at_start.load(Ordering::SeqCst) >= 1,
+        "the stale answer was used without asking again"
+    );
+    bus.shutdown(Duration::from_secs(10)).await;
+    publisher.shutdown(Duration::from_secs(10)).await;
+}
+
 // --- 10. a parked key stays parked across a restart -----------------------------------------
 
 #[event(name = "stock.reserved", version = 1, key = sku)]
@@ -3176,6 +3400,8 @@ conformance!(
     per_key_order_across_three_members_through_a_crash,
     a_nacked_event_holds_back_its_key,
     a_failed_remote_inbox_record_holds_back_its_key,
+    copies_read_together_are_dropped_by_an_inbox_asked_ahead,
+    a_stale_answer_asked_ahead_is_asked_again,
     poison_and_forged_headers_never_stall,
     redrive_goes_only_to_the_group_that_failed,
     dead_letter_tools_page_through_the_queue,

@@ -16,9 +16,9 @@ use futures::{FutureExt, StreamExt};
 
 use crate::backend::{Acknowledger, Delivery, DeliveryStream};
 use crate::clock::Clock;
-use crate::hash_tables::FoldSet;
+use crate::hash_tables::{FoldMap, FoldSet};
 use crate::observability::{DeliverySeries, Metrics};
-use crate::pipeline::{record, DeliveryCx, Outcome, Pipeline, Settlement};
+use crate::pipeline::{record, DeliveryCx, Outcome, Pipeline, Prefetched, Settlement};
 use crate::runtime::task_group::TaskGroup;
 use crate::runtime::Runtime;
 
@@ -122,9 +122,11 @@ impl ConsumerLoop {
         let mut stream = stream.fuse();
         let concurrency = self.concurrency.max(1);
         let buffer = (concurrency * 4).max(16);
-        let mut order = KeyOrder::default();
+        let mut order = KeyOrder::new(&self.pipeline, &self.group);
         let mut running: FuturesUnordered<BoxFuture<'static, Ran>> = FuturesUnordered::new();
-        // Deliveries out of the pipeline waiting for their inbox record: at most `concurrency`.
+        // Deliveries out of the pipeline waiting for their inbox record: at most `buffer`, as
+        // many as are held, so that records in flight do not bound the handlers started (at
+        // `concurrency` alone, a remote inbox's round trip would).
         let mut settling: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
         let mut stop_listener = self.shared.tasks.stop_listener();
         let mut control_listener = self.control.stop_listener();
@@ -144,8 +146,13 @@ impl ConsumerLoop {
             metrics: self.metrics.clone(),
         });
         loop {
-            while running.len() < concurrency && settling.len() < concurrency {
-                let Some((delivery, key)) = order.next_startable() else {
+            while running.len() < concurrency && settling.len() < buffer {
+                let Some(Held {
+                    delivery,
+                    key,
+                    prefetched,
+                }) = order.next_startable()
+                else {
                     break;
                 };
                 if self.is_stopping() {
@@ -158,7 +165,10 @@ impl ConsumerLoop {
                     continue;
                 }
                 let series = last_series.get(&self.metrics, &delivery.message.topic, &self.group);
-                let mut run = boxed(&mut spare, self.start(delivery, key, series, &settler));
+                let mut run = boxed(
+                    &mut spare,
+                    self.start(delivery, key, prefetched, series, &settler),
+                );
                 // A pipeline that finishes without waiting (an in-process inbox, a handler that
                 // returns at once) is done with here, without a round through `running`, and
                 // its box serves the next delivery.
@@ -280,6 +290,7 @@ impl ConsumerLoop {
         &self,
         delivery: Delivery,
         key: Option<u64>,
+        prefetched: Option<Prefetched>,
         series: Arc<DeliverySeries>,
         settler: &Arc<Settler>,
     ) -> impl Future<Output = Ran> + Send + 'static {
@@ -296,6 +307,7 @@ impl ConsumerLoop {
             } = delivery;
             let mut cx = DeliveryCx::new(message, group, redeliveries);
             cx.use_series(series);
+            cx.prefetched = prefetched;
             // The handler's own panics are failures the guard layer retries; a panic in any
             // other layer (a user layer, an inbox store) ends only this delivery, unsettled.
             let outcome = match AssertUnwindSafe(pipeline.run(&mut cx)).catch_unwind().await {
@@ -358,39 +370,109 @@ fn boxed<F: Future>(spare: &mut Option<Pin<Box<F>>>, future: F) -> Pin<Box<F>> {
 /// What keeps each key's deliveries in order in the loop: the deliveries read and not started
 /// (each with its key's hash, taken once as it is held), and the keys of the deliveries
 /// running or settling.
+///
+/// With an inbox that is asked ahead ([`Pipeline::prefetch`]), it also asks the inbox about
+/// each held delivery that no earlier delivery of its key precedes (held, running or
+/// settling): as it is held, or as its key's previous delivery is settled. No delivery of the
+/// same event can then record it before the delivery starts, but by another member of the
+/// group; the inbox stage asks again when the answer is older than
+/// [`PREFETCH_FRESH_FOR`](crate::inbox::PREFETCH_FRESH_FOR).
 #[derive(Default)]
 struct KeyOrder {
-    pending: VecDeque<(Delivery, Option<u64>)>,
+    pending: VecDeque<Held>,
     busy: FoldSet<u64>,
     keys: KeyHashes,
+    /// The inbox asked ahead, if it is.
+    prefetch: Option<Prefetch>,
+    /// How many held deliveries each key has (kept only when asking ahead).
+    held_keys: FoldMap<u64, u32>,
+}
+
+/// A delivery read and not started.
+struct Held {
+    delivery: Delivery,
+    /// Its key's hash.
+    key: Option<u64>,
+    /// Its inbox lookup, asked ahead.
+    prefetched: Option<Prefetched>,
+}
+
+/// What asks a consumer's inbox ahead: its pipeline and group.
+struct Prefetch {
+    pipeline: Arc<Pipeline>,
+    group: Arc<str>,
+}
+
+impl Prefetch {
+    /// The inbox lookup of `delivery`, asked now (if its inbox and message allow).
+    fn ask(&self, delivery: &Delivery) -> Option<Prefetched> {
+        self.pipeline.prefetch(&self.group, &delivery.message)
+    }
 }
 
 impl KeyOrder {
+    /// Key order for a loop whose pipeline's inbox is asked ahead when it can be.
+    fn new(pipeline: &Arc<Pipeline>, group: &Arc<str>) -> Self {
+        KeyOrder {
+            prefetch: pipeline.prefetches().then(|| Prefetch {
+                pipeline: pipeline.clone(),
+                group: group.clone(),
+            }),
+            ..KeyOrder::default()
+        }
+    }
+
     /// Holds `delivery` until its key is free.
     fn hold(&mut self, delivery: Delivery) {
         let key = self.keys.of(&delivery);
-        self.pending.push_back((delivery, key));
+        let mut prefetched = None;
+        if let Some(prefetch) = &self.prefetch {
+            let first = match key {
+                None => true,
+                Some(key) => {
+                    let held = self.held_keys.entry(key).or_insert(0);
+                    *held += 1;
+                    *held == 1 && !self.busy.contains(&key)
+                }
+            };
+            if first {
+                prefetched = prefetch.ask(&delivery);
+            }
+        }
+        self.pending.push_back(Held {
+            delivery,
+            key,
+            prefetched,
+        });
     }
 
     /// Hands every held delivery back to the backend, unstarted.
     fn release_all(&mut self) {
-        for (delivery, _) in self.pending.drain(..) {
-            delivery.acker.release();
+        for held in self.pending.drain(..) {
+            held.delivery.acker.release();
         }
+        self.held_keys.clear();
     }
 
-    /// Takes the first held delivery whose key is free (or that has none), with its key's
-    /// hash, now busy.
-    fn next_startable(&mut self) -> Option<(Delivery, Option<u64>)> {
+    /// Takes the first held delivery whose key is free (or that has none), now busy.
+    fn next_startable(&mut self) -> Option<Held> {
         let KeyOrder { pending, busy, .. } = self;
         let index = pending
             .iter()
-            .position(|(_, key)| key.is_none_or(|k| !busy.contains(&k)))?;
-        let (delivery, key) = pending.remove(index)?;
-        if let Some(key) = key {
+            .position(|held| held.key.is_none_or(|k| !busy.contains(&k)))?;
+        let held = pending.remove(index)?;
+        if let Some(key) = held.key {
             busy.insert(key);
+            if self.prefetch.is_some() {
+                if let Some(count) = self.held_keys.get_mut(&key) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.held_keys.remove(&key);
+                    }
+                }
+            }
         }
-        Some((delivery, key))
+        Some(held)
     }
 
     /// A delivery is out of the pipeline and settled: its key is free again.
@@ -398,19 +480,29 @@ impl KeyOrder {
         let Some(key) = key else {
             return;
         };
+        self.busy.remove(&key);
         if handed_back {
             // The backend delivers it again: its key's later deliveries held here must not
             // overtake it. Released unstarted, they are redelivered after it, in their order,
             // without an attempt counted.
-            for (delivery, held) in std::mem::take(&mut self.pending) {
-                if held == Some(key) {
-                    delivery.acker.release();
+            for held in std::mem::take(&mut self.pending) {
+                if held.key == Some(key) {
+                    held.delivery.acker.release();
                 } else {
-                    self.pending.push_back((delivery, held));
+                    self.pending.push_back(held);
+                }
+            }
+            self.held_keys.remove(&key);
+        } else if let Some(prefetch) = &self.prefetch {
+            // The key's next held delivery is now first: ask about it.
+            if self.held_keys.contains_key(&key) {
+                if let Some(next) = self.pending.iter_mut().find(|held| held.key == Some(key)) {
+                    if next.prefetched.is_none() {
+                        next.prefetched = prefetch.ask(&next.delivery);
+                    }
                 }
             }
         }
-        self.busy.remove(&key);
     }
 }
 

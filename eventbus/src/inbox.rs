@@ -29,7 +29,27 @@ pub trait InboxStore: Send + Sync + 'static {
     fn records_remotely(&self) -> bool {
         false
     }
+
+    /// Starts the lookup of `id` in `group` now, for a delivery the consumer holds and has not
+    /// started yet, and returns its answer to wait for when the delivery starts: the round trip
+    /// is made while earlier deliveries run, not inside the delivery's concurrency slot. The
+    /// request must be under way when this returns, and the answer must not borrow the store.
+    ///
+    /// The consumer asks only for a delivery that no earlier delivery of its key precedes, and
+    /// uses an answer "not handled" only within
+    /// [`PREFETCH_FRESH_FOR`](crate::inbox::PREFETCH_FRESH_FOR) of asking; otherwise it asks
+    /// [`contains`](Self::contains) again. `None` (the default): the delivery is looked up when
+    /// it starts. Called only on stores that [record remotely](Self::records_remotely).
+    fn prefetch(&self, group: &str, id: Uuid) -> Option<BoxFuture<'static, Result<bool, Error>>> {
+        let _ = (group, id);
+        None
+    }
 }
+
+/// How long an inbox answer "not handled" from [`InboxStore::prefetch`] stays good for the
+/// delivery it was asked for: a delivery that starts later is looked up again, so a record
+/// written meanwhile (by another member of its group) is seen.
+pub const PREFETCH_FRESH_FOR: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// An in-process inbox, bounded: it remembers at most `capacity` ids and at least the last
 /// half of them. Ids are kept in two generations of `capacity / 2`: when the newer one is

@@ -131,6 +131,20 @@ pub(crate) fn decode(text: &str) -> Option<RawEnvelope> {
     })
 }
 
+/// The id of an envelope as eventbus's writer begins it (`{"specversion":"1.0","id":"…"`),
+/// read from its first 65 bytes without reading the rest; `None` for any other beginning. What
+/// the consumer asks the inbox about ahead of the delivery, which the inbox stage checks
+/// against the decoded envelope's id.
+pub(crate) fn leading_id(bytes: &[u8]) -> Option<Uuid> {
+    const START: &[u8] = b"{\"specversion\":\"1.0\",\"id\":\"";
+    let rest = bytes.strip_prefix(START)?;
+    let (id, after) = rest.split_at_checked(36)?;
+    if after.first() != Some(&b'"') {
+        return None;
+    }
+    Uuid::try_parse_ascii(id).ok()
+}
+
 /// Calls `visit` with the name and value of each top-level member of the JSON object `text`
 /// whose value is a plain string (no escapes), in order, skipping the members whose value is a
 /// number, `true`, `false` or `null`, up to the first whose value is an object or an array
@@ -632,6 +646,22 @@ mod tests {
         out.into_iter().collect()
     }
 
+    #[test]
+    fn leading_id_reads_only_the_writers_beginning() {
+        let id = "0190f1a2-7b3c-7def-8123-456789abcdef";
+        let ours = format!(r#"{{"specversion":"1.0","id":"{id}","type":"t"}}"#);
+        assert_eq!(leading_id(ours.as_bytes()), Uuid::try_parse(id).ok());
+        for other in [
+            format!(r#"{{"id":"{id}","specversion":"1.0"}}"#),
+            format!(r#"{{ "specversion":"1.0","id":"{id}"}}"#),
+            format!(r#"{{"specversion":"1.0","id":"{id}x"}}"#),
+            format!(r#"{{"specversion":"1.0","id":"{}"}}"#, &id[..35]),
+            r#"{"specversion":"1.0","id":"not-a-uuid-not-a-uuid-not-a-uuid-xx"}"#.to_owned(),
+        ] {
+            assert_eq!(leading_id(other.as_bytes()), None, "{other}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -653,6 +683,12 @@ mod tests {
                     crate::envelope::cloudevents::is_extension_name(name) && plain(value)
                 });
             prop_assert!(read || !common, "not read directly: {}", text);
+        }
+
+        #[test]
+        fn leading_id_reads_the_id_the_encoder_wrote(e in generated()) {
+            let text = written(&e);
+            prop_assert_eq!(leading_id(text.as_bytes()), Some(e.id), "{}", text);
         }
 
         #[test]

@@ -35,6 +35,7 @@ use crate::event::Event;
 
 pub mod cloudevents;
 mod direct;
+pub(crate) use direct::leading_id;
 #[cfg(feature = "kafka")]
 pub(crate) use direct::leading_strings;
 mod direct_write;

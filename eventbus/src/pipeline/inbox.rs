@@ -1,9 +1,15 @@
 //! Drops deliveries of events the group already handled, and records handled ones.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use uuid::Uuid;
 
 use super::{DeliveryCx, Outcome, PendingRecord, Stage};
-use crate::inbox::InboxStore;
+use crate::backend::Message;
+use crate::error::Error;
+use crate::inbox::{InboxStore, PREFETCH_FRESH_FOR};
 
 /// Checks the inbox before the handler and records the event after success, before the
 /// delivery is acknowledged. Failing to read or write the inbox leaves the delivery unsettled.
@@ -12,9 +18,30 @@ use crate::inbox::InboxStore;
 /// A remote inbox's record ([`InboxStore::records_remotely`]) is handed to the consumer as the
 /// delivery's [`PendingRecord`] instead of awaited here: the consumer starts the next
 /// deliveries while it is written (their lookups share its round trip) and acknowledges this
-/// one, and lets its key's next delivery start, only once it is.
+/// one, and lets its key's next delivery start, only once it is. Such an inbox's lookup can
+/// also be asked before the delivery starts ([`InboxLayer::prefetch`]); the stage then takes
+/// that answer if it is for the delivery's id and fresh.
 pub(crate) struct InboxLayer {
     store: Arc<dyn InboxStore>,
+}
+
+/// An inbox lookup asked while its delivery was held ([`InboxStore::prefetch`]): the id asked
+/// about (read from the payload's beginning, checked against the decoded envelope's), when, and
+/// the answer. (In a mutex only so that the context stays `Sync`: it is never locked, only
+/// taken apart.)
+pub(crate) struct Prefetched {
+    id: Uuid,
+    asked: Instant,
+    answer: Mutex<BoxFuture<'static, Result<bool, Error>>>,
+}
+
+impl std::fmt::Debug for Prefetched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefetched")
+            .field("id", &self.id)
+            .field("asked", &self.asked)
+            .finish_non_exhaustive()
+    }
 }
 
 impl InboxLayer {
@@ -25,6 +52,50 @@ impl InboxLayer {
 }
 
 impl InboxLayer {
+    /// Whether the store is asked ahead: only one that records remotely (a lookup in process
+    /// is cheaper than the asking).
+    pub(crate) fn prefetches(&self) -> bool {
+        self.store.records_remotely()
+    }
+
+    /// Asks the inbox now whether `group` handled `message`'s event, for a delivery held and
+    /// not started: `None` when the store does not prefetch, the message is a replay (never
+    /// looked up), or its payload does not begin as eventbus writes an envelope.
+    pub(crate) fn prefetch(&self, group: &str, message: &Message) -> Option<Prefetched> {
+        if !self.prefetches() || message.headers.contains_key(crate::wire::REPLAY_HEADER) {
+            return None;
+        }
+        let id = crate::envelope::leading_id(&message.payload)?;
+        let answer = self.store.prefetch(group, id)?;
+        Some(Prefetched {
+            id,
+            asked: Instant::now(),
+            answer: Mutex::new(answer),
+        })
+    }
+
+    /// Whether `id` is in the inbox of `cx`'s group: the prefetched answer when it is for `id`
+    /// and "handled", or "not handled" and asked within [`PREFETCH_FRESH_FOR`]; else the store's
+    /// answer now.
+    async fn contains(&self, cx: &mut DeliveryCx, id: Uuid) -> Result<bool, Error> {
+        if let Some(prefetched) = cx.prefetched.take() {
+            if prefetched.id == id {
+                let fresh = prefetched.asked.elapsed() <= PREFETCH_FRESH_FOR;
+                let answer = prefetched
+                    .answer
+                    .into_inner()
+                    .unwrap_or_else(|p| p.into_inner());
+                match answer.await {
+                    Ok(true) => return Ok(true),
+                    Ok(false) if fresh => return Ok(false),
+                    // Stale, or failed: ask again (a failure then is the delivery's).
+                    Ok(false) | Err(_) => {}
+                }
+            }
+        }
+        self.store.contains(&cx.group, id).await
+    }
+
     /// Runs this stage around `next`, the rest of the chain.
     pub(crate) async fn around<N: Stage>(&self, cx: &mut DeliveryCx, next: &N) -> Outcome {
         let Some(id) = cx.envelope.as_ref().map(|e| e.id) else {
@@ -34,7 +105,7 @@ impl InboxLayer {
             // A replay exists to handle events again: the inbox does not stop it.
             return next.run(cx).await;
         }
-        match self.store.contains(&cx.group, id).await {
+        match self.contains(cx, id).await {
             Ok(true) => return Outcome::Duplicate,
             Ok(false) => {}
             Err(error) => return Outcome::Unsettled(error),

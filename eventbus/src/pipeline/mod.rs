@@ -40,7 +40,7 @@ pub(crate) use decode::DecodeLayer;
 pub(crate) use dlq::DeadLetterLayer;
 pub(crate) use guard::panic_message;
 pub(crate) use guard::GuardLayer;
-pub(crate) use inbox::InboxLayer;
+pub(crate) use inbox::{InboxLayer, Prefetched};
 pub(crate) use park::ParkKeyLayer;
 pub use park::REDRIVE_HEADER;
 pub(crate) use retry::RetryLayer;
@@ -66,6 +66,8 @@ pub struct DeliveryCx {
     /// The inbox record of the handled event, still being written to a remote inbox: the
     /// consumer acknowledges the delivery only once it is written.
     pub(crate) pending_record: Option<PendingRecord>,
+    /// The inbox lookup asked while the delivery was held, if any.
+    pub(crate) prefetched: Option<Prefetched>,
     /// The metrics series of its topic and group, once looked up.
     series: Option<Arc<crate::observability::DeliverySeries>>,
     /// Whether the envelope's metadata moved into the handler's envelope (leaving its id,
@@ -112,6 +114,7 @@ impl DeliveryCx {
             first_failure: state.first_failure,
             replay,
             pending_record: None,
+            prefetched: None,
             series: None,
             envelope_lent: false,
             message,
@@ -520,6 +523,18 @@ impl Pipeline {
                 lend_envelope: !extra.iter().any(|layer| layer.reads_handled_envelope()),
             },
         }
+    }
+
+    /// The inbox lookup of `message` in `group` asked now, for a delivery held and not started
+    /// ([`InboxLayer::prefetch`]); `None` when the inbox does not [record
+    /// remotely](InboxStore::records_remotely) or cannot ask ahead.
+    pub(crate) fn prefetch(&self, group: &str, message: &Message) -> Option<Prefetched> {
+        self.inbox.prefetch(group, message)
+    }
+
+    /// Whether the inbox can be asked ahead ([`Pipeline::prefetch`]) at all.
+    pub(crate) fn prefetches(&self) -> bool {
+        self.inbox.prefetches()
     }
 
     /// Runs a delivery through every stage.

@@ -330,8 +330,9 @@ impl std::fmt::Debug for RedisInbox {
     }
 }
 
-impl InboxStore for RedisInbox {
-    fn contains<'a>(&'a self, group: &'a str, id: Uuid) -> BoxFuture<'a, Result<bool, Error>> {
+impl RedisInbox {
+    /// Sends the lookup of `id` in `group` to the inbox task now; the answer follows.
+    fn ask(&self, group: &str, id: Uuid) -> BoxFuture<'static, Result<bool, Error>> {
         let (reply, answer) = oneshot::channel();
         let sent = self
             .tx
@@ -343,6 +344,12 @@ impl InboxStore for RedisInbox {
                 Err(canceled) => Err(Self::failure("SMISMEMBER", canceled)),
             }
         })
+    }
+}
+
+impl InboxStore for RedisInbox {
+    fn contains<'a>(&'a self, group: &'a str, id: Uuid) -> BoxFuture<'a, Result<bool, Error>> {
+        self.ask(group, id)
     }
 
     fn record<'a>(&'a self, group: &'a str, id: Uuid) -> BoxFuture<'a, Result<(), Error>> {
@@ -362,5 +369,10 @@ impl InboxStore for RedisInbox {
     /// A record is a round trip: the consumer overlaps it with the next deliveries' lookups.
     fn records_remotely(&self) -> bool {
         true
+    }
+
+    /// A lookup is a round trip: the consumer asks it while the delivery waits for a slot.
+    fn prefetch(&self, group: &str, id: Uuid) -> Option<BoxFuture<'static, Result<bool, Error>>> {
+        Some(self.ask(group, id))
     }
 }
