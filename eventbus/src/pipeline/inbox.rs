@@ -25,21 +25,25 @@ pub(crate) struct InboxLayer {
     store: Arc<dyn InboxStore>,
 }
 
-/// An inbox lookup asked while its delivery was held ([`InboxStore::prefetch`]): the id asked
-/// about (read from the payload's beginning, checked against the decoded envelope's), when, and
-/// the answer. (In a mutex only so that the context stays `Sync`: it is never locked, only
-/// taken apart.)
-pub(crate) struct Prefetched {
+/// An inbox lookup asked while its delivery was held ([`InboxStore::prefetch`]), boxed: the
+/// deliveries of a consumer without one (an in-process inbox) carry a null pointer, not the
+/// lookup's size, through every move.
+pub(crate) struct Prefetched(Box<Asked>);
+
+/// The id asked about (read from the payload's beginning, checked against the decoded
+/// envelope's), when, and the answer. (In a mutex only so that the context stays `Sync`: it is
+/// never locked, only taken apart.)
+struct Asked {
     id: Uuid,
-    asked: Instant,
+    at: Instant,
     answer: Mutex<BoxFuture<'static, Result<bool, Error>>>,
 }
 
 impl std::fmt::Debug for Prefetched {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Prefetched")
-            .field("id", &self.id)
-            .field("asked", &self.asked)
+            .field("id", &self.0.id)
+            .field("at", &self.0.at)
             .finish_non_exhaustive()
     }
 }
@@ -67,33 +71,33 @@ impl InboxLayer {
         }
         let id = crate::envelope::leading_id(&message.payload)?;
         let answer = self.store.prefetch(group, id)?;
-        Some(Prefetched {
+        Some(Prefetched(Box::new(Asked {
             id,
-            asked: Instant::now(),
+            at: Instant::now(),
             answer: Mutex::new(answer),
-        })
+        })))
     }
 
-    /// Whether `id` is in the inbox of `cx`'s group: the prefetched answer when it is for `id`
-    /// and "handled", or "not handled" and asked within [`PREFETCH_FRESH_FOR`]; else the store's
-    /// answer now.
-    async fn contains(&self, cx: &mut DeliveryCx, id: Uuid) -> Result<bool, Error> {
-        if let Some(prefetched) = cx.prefetched.take() {
-            if prefetched.id == id {
-                let fresh = prefetched.asked.elapsed() <= PREFETCH_FRESH_FOR;
-                let answer = prefetched
-                    .answer
-                    .into_inner()
-                    .unwrap_or_else(|p| p.into_inner());
-                match answer.await {
-                    Ok(true) => return Ok(true),
-                    Ok(false) if fresh => return Ok(false),
-                    // Stale, or failed: ask again (a failure then is the delivery's).
-                    Ok(false) | Err(_) => {}
-                }
+    /// Whether `group` handled `id`, given the lookup `asked` ahead: its answer when it is for
+    /// `id` and "handled", or "not handled" and asked within [`PREFETCH_FRESH_FOR`]; else the
+    /// store's answer now.
+    async fn contains_after(
+        &self,
+        Prefetched(asked): Prefetched,
+        group: &str,
+        id: Uuid,
+    ) -> Result<bool, Error> {
+        if asked.id == id {
+            let fresh = asked.at.elapsed() <= PREFETCH_FRESH_FOR;
+            let answer = asked.answer.into_inner().unwrap_or_else(|p| p.into_inner());
+            match answer.await {
+                Ok(true) => return Ok(true),
+                Ok(false) if fresh => return Ok(false),
+                // Stale, or failed: ask again (a failure then is the delivery's).
+                Ok(false) | Err(_) => {}
             }
         }
-        self.store.contains(&cx.group, id).await
+        self.store.contains(group, id).await
     }
 
     /// Runs this stage around `next`, the rest of the chain.
@@ -105,7 +109,11 @@ impl InboxLayer {
             // A replay exists to handle events again: the inbox does not stop it.
             return next.run(cx).await;
         }
-        match self.contains(cx, id).await {
+        let found = match cx.prefetched.take() {
+            None => self.store.contains(&cx.group, id).await,
+            Some(asked) => self.contains_after(asked, &cx.group, id).await,
+        };
+        match found {
             Ok(true) => return Outcome::Duplicate,
             Ok(false) => {}
             Err(error) => return Outcome::Unsettled(error),
