@@ -1106,7 +1106,9 @@ async fn a_failed_remote_inbox_record_holds_back_its_key(b: &Under) {
     nacked_event_holds_back_its_key(b, true).await;
 }
 
-async fn nacked_event_holds_back_its_key(b: &Under, at_record: bool) {
+/// The `ledger.posted` topic (one partition), a member's backend on it, and a bus publishing
+/// through that backend.
+async fn ledger_topic_member(b: &Under) -> (Arc<dyn Backend>, Bus) {
     b.topic("ledger.posted", 1).await;
     let backend = b.member().await;
     let publisher = Bus::builder()
@@ -1114,6 +1116,27 @@ async fn nacked_event_holds_back_its_key(b: &Under, at_record: bool) {
         .start()
         .await
         .expect("publisher");
+    (backend, publisher)
+}
+
+/// Waits until `bus` has handled or dropped as duplicates `count` deliveries; when it gives up,
+/// fails with what the handler saw (`seen`) and the bus's counts.
+async fn wait_handled_or_duplicate<T: std::fmt::Debug>(bus: &Bus, count: u64, seen: &Mutex<T>) {
+    let settled = || {
+        let stats = bus.stats();
+        stats.handled + stats.duplicates
+    };
+    assert!(
+        eventually(WAIT, || settled() == count).await,
+        "settled {} of {count}: handled {:?}, {:?}",
+        settled(),
+        seen.lock().unwrap(),
+        bus.stats()
+    );
+}
+
+async fn nacked_event_holds_back_its_key(b: &Under, at_record: bool) {
+    let (backend, publisher) = ledger_topic_member(b).await;
     let events: Vec<Envelope<Posted>> = (0..12)
         .map(|n| {
             Envelope::new(Posted {
@@ -1257,13 +1280,7 @@ impl eventbus::inbox::InboxStore for AskedAhead {
 /// an inbox asked ahead: a copy is asked about only once its key's earlier deliveries are
 /// settled, so never before the first copy's record. Each event runs once, in key order.
 async fn copies_read_together_are_dropped_by_an_inbox_asked_ahead(b: &Under) {
-    b.topic("ledger.posted", 1).await;
-    let backend = b.member().await;
-    let publisher = Bus::builder()
-        .backend_arc(backend.clone())
-        .start()
-        .await
-        .expect("publisher");
+    let (backend, publisher) = ledger_topic_member(b).await;
     let event = |account: &str, n: u32| {
         Envelope::new(Posted {
             account: account.into(),
@@ -1315,17 +1332,7 @@ async fn copies_read_together_are_dropped_by_an_inbox_asked_ahead(b: &Under) {
         .publish_batch(batch)
         .await
         .expect("publish");
-    let settled = || {
-        let stats = bus.stats();
-        stats.handled + stats.duplicates
-    };
-    assert!(
-        eventually(WAIT, || settled() == 8).await,
-        "settled {} of 8: handled {:?}, {:?}",
-        settled(),
-        seen.lock().unwrap(),
-        bus.stats()
-    );
+    wait_handled_or_duplicate(&bus, 8, &seen).await;
     let mut handled = seen.lock().unwrap().clone();
     let of_key: Vec<u32> = handled
         .iter()
@@ -1349,13 +1356,7 @@ async fn copies_read_together_are_dropped_by_an_inbox_asked_ahead(b: &Under) {
 /// for a slot is asked about again when it starts, and an event recorded meanwhile (by another
 /// member of the group) is not run again.
 async fn a_stale_answer_asked_ahead_is_asked_again(b: &Under) {
-    b.topic("ledger.posted", 1).await;
-    let backend = b.member().await;
-    let publisher = Bus::builder()
-        .backend_arc(backend.clone())
-        .start()
-        .await
-        .expect("publisher");
+    let (backend, publisher) = ledger_topic_member(b).await;
     let events: Vec<Envelope<Posted>> = ["acc-1", "acc-2"]
         .iter()
         .zip(0..)
@@ -1403,17 +1404,7 @@ async fn a_stale_answer_asked_ahead_is_asked_again(b: &Under) {
         .publish_batch(events)
         .await
         .expect("publish");
-    let settled = || {
-        let stats = bus.stats();
-        stats.handled + stats.duplicates
-    };
-    assert!(
-        eventually(WAIT, || settled() == 2).await,
-        "settled {} of 2: handled {:?}, {:?}",
-        settled(),
-        seen.lock().unwrap(),
-        bus.stats()
-    );
+    wait_handled_or_duplicate(&bus, 2, &seen).await;
     let handled = seen.lock().unwrap().clone();
     assert_eq!(handled.len(), 1, "handled {handled:?}, {:?}", bus.stats());
     assert_eq!(bus.stats().duplicates, 1, "{:?}", bus.stats());

@@ -6,7 +6,7 @@ use std::time::Instant;
 use futures::future::BoxFuture;
 use uuid::Uuid;
 
-use super::{DeliveryCx, Outcome, PendingRecord, Stage};
+use super::{DeliveryCx, Outcome, Stage};
 use crate::backend::Message;
 use crate::error::Error;
 use crate::inbox::{InboxStore, PREFETCH_FRESH_FOR};
@@ -25,18 +25,44 @@ pub(crate) struct InboxLayer {
     store: Arc<dyn InboxStore>,
 }
 
+/// An inbox round trip in flight, carried in a delivery's context to be awaited later. (In a
+/// mutex only so that the context stays `Sync`: it is never locked, only taken apart.)
+pub(crate) struct InboxReply<T>(Mutex<BoxFuture<'static, Result<T, Error>>>);
+
+impl<T> InboxReply<T> {
+    /// The round trip `reply` answers.
+    pub(crate) fn new(reply: BoxFuture<'static, Result<T, Error>>) -> Self {
+        InboxReply(Mutex::new(reply))
+    }
+
+    /// The future to wait for.
+    pub(crate) fn into_future(self) -> BoxFuture<'static, Result<T, Error>> {
+        self.0.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<T> std::fmt::Debug for InboxReply<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InboxReply")
+    }
+}
+
+/// An inbox record being written ([`InboxStore::records_remotely`]): the consumer waits for
+/// it before the delivery is acknowledged, without holding one of the subscription's
+/// concurrency slots meanwhile; a failure leaves the delivery unsettled.
+pub(crate) type PendingRecord = InboxReply<()>;
+
 /// An inbox lookup asked while its delivery was held ([`InboxStore::prefetch`]), boxed: the
 /// deliveries of a consumer without one (an in-process inbox) carry a null pointer, not the
 /// lookup's size, through every move.
 pub(crate) struct Prefetched(Box<Asked>);
 
 /// The id asked about (read from the payload's beginning, checked against the decoded
-/// envelope's), when, and the answer. (In a mutex only so that the context stays `Sync`: it is
-/// never locked, only taken apart.)
+/// envelope's), when, and the answer.
 struct Asked {
     id: Uuid,
     at: Instant,
-    answer: Mutex<BoxFuture<'static, Result<bool, Error>>>,
+    answer: InboxReply<bool>,
 }
 
 impl std::fmt::Debug for Prefetched {
@@ -63,10 +89,11 @@ impl InboxLayer {
     }
 
     /// Asks the inbox now whether `group` handled `message`'s event, for a delivery held and
-    /// not started: `None` when the store does not prefetch, the message is a replay (never
-    /// looked up), or its payload does not begin as eventbus writes an envelope.
+    /// not started (by a consumer that checked [`prefetches`](Self::prefetches) once): `None`
+    /// when the store does not prefetch, the message is a replay (never looked up), or its
+    /// payload does not begin as eventbus writes an envelope.
     pub(crate) fn prefetch(&self, group: &str, message: &Message) -> Option<Prefetched> {
-        if !self.prefetches() || message.headers.contains_key(crate::wire::REPLAY_HEADER) {
+        if message.headers.contains_key(crate::wire::REPLAY_HEADER) {
             return None;
         }
         let id = crate::envelope::leading_id(&message.payload)?;
@@ -74,7 +101,7 @@ impl InboxLayer {
         Some(Prefetched(Box::new(Asked {
             id,
             at: Instant::now(),
-            answer: Mutex::new(answer),
+            answer: InboxReply::new(answer),
         })))
     }
 
@@ -89,8 +116,7 @@ impl InboxLayer {
     ) -> Result<bool, Error> {
         if asked.id == id {
             let fresh = asked.at.elapsed() <= PREFETCH_FRESH_FOR;
-            let answer = asked.answer.into_inner().unwrap_or_else(|p| p.into_inner());
-            match answer.await {
+            match asked.answer.into_future().await {
                 Ok(true) => return Ok(true),
                 Ok(false) if fresh => return Ok(false),
                 // Stale, or failed: ask again (a failure then is the delivery's).

@@ -40,7 +40,7 @@ pub(crate) use decode::DecodeLayer;
 pub(crate) use dlq::DeadLetterLayer;
 pub(crate) use guard::panic_message;
 pub(crate) use guard::GuardLayer;
-pub(crate) use inbox::{InboxLayer, Prefetched};
+pub(crate) use inbox::{InboxLayer, PendingRecord, Prefetched};
 pub(crate) use park::ParkKeyLayer;
 pub use park::REDRIVE_HEADER;
 pub(crate) use retry::RetryLayer;
@@ -73,30 +73,6 @@ pub struct DeliveryCx {
     /// Whether the envelope's metadata moved into the handler's envelope (leaving its id,
     /// time, version and data).
     envelope_lent: bool,
-}
-
-/// An inbox record being written ([`InboxStore::records_remotely`]): the consumer waits for
-/// it before the delivery is acknowledged, without holding one of the subscription's
-/// concurrency slots meanwhile; a failure leaves the delivery unsettled. (In a mutex only so
-/// that the context stays `Sync`: it is never locked, only taken apart.)
-pub(crate) struct PendingRecord(std::sync::Mutex<BoxFuture<'static, Result<(), Error>>>);
-
-impl PendingRecord {
-    /// The record being written.
-    pub(crate) fn new(record: BoxFuture<'static, Result<(), Error>>) -> Self {
-        PendingRecord(std::sync::Mutex::new(record))
-    }
-
-    /// The future to wait for.
-    pub(crate) fn into_future(self) -> BoxFuture<'static, Result<(), Error>> {
-        self.0.into_inner().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl std::fmt::Debug for PendingRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PendingRecord")
-    }
 }
 
 impl DeliveryCx {
