@@ -46,7 +46,7 @@ struct CountedBus {
     reached: Arc<tokio::sync::Notify>,
 }
 
-/// `retention`: the backend's messages kept per topic (`None`: the default, 100 000).
+/// `retention`: the backend's messages kept per topic (`None`: the default, 10 000).
 async fn counted_bus(concurrency: usize, retention: Option<usize>) -> CountedBus {
     let handled = Arc::new(AtomicU64::new(0));
     let target = Arc::new(AtomicU64::new(u64::MAX));
@@ -179,10 +179,10 @@ fn bench(c: &mut Criterion) {
             None,
         ),
         (
-            "bus_concurrency_1_retention_1000",
+            "bus_concurrency_1_retention_100000",
             1,
             Publishing::Batch,
-            Some(1_000),
+            Some(100_000),
         ),
     ] {
         let counted = rt.block_on(counted_bus(concurrency, retention));
@@ -223,7 +223,8 @@ criterion_group!(benches, bench);
 
 /// `MEMORY_BENCH_BATCHES=n` publishes and handles n batches through the bus at concurrency 1
 /// (or 8, `MEMORY_BENCH_PATH=bus8`; or one by one, `bus_one_by_one`; or over a backend keeping
-/// 1 000 messages a topic, `bus_retention_1000`; or a raw channel, `raw` or `raw_batch`)
+/// 1 000 messages a topic, `bus_retention_1000`, or n, `MEMORY_BENCH_RETENTION=n`; or a raw
+/// channel, `raw` or `raw_batch`)
 /// and exits, without criterion: a fixed amount
 /// of work, for instruction counts (`valgrind --tool=cachegrind`) and A/B runs of two builds.
 fn main() {
@@ -261,8 +262,11 @@ fn main() {
                 return total;
             }
             // MEMORY_BENCH_PATH=bus_retention_1000: the bus over a backend keeping 1 000
-            // messages a topic.
-            let retention = (path == "bus_retention_1000").then_some(1_000);
+            // messages a topic; MEMORY_BENCH_RETENTION=n: keeping n.
+            let retention = match std::env::var("MEMORY_BENCH_RETENTION") {
+                Ok(n) => Some(n.parse().expect("MEMORY_BENCH_RETENTION: a number")),
+                Err(_) => (path == "bus_retention_1000").then_some(1_000),
+            };
             let counted = counted_bus(concurrency, retention).await;
             for _ in 0..batches {
                 total += publish_and_wait(&counted, publishing).await;

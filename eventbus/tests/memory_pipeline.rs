@@ -1597,7 +1597,8 @@ fn every_attempt_sees_the_whole_envelope_after_a_failure_a_panic_or_a_timeout() 
 }
 
 /// A backend keeping 3 messages a topic reads back only the last 3, yet a group that has not
-/// handled the others yet still gets every one, and dead letters keep the default retention.
+/// handled the others yet still gets every one, and dead letters keep at least
+/// `MemoryBackend::DEAD_LETTER_RETENTION`.
 #[test]
 fn a_small_retention_drops_no_unhandled_message_and_no_dead_letter() {
     run(|rt| async move {
