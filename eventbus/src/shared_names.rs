@@ -1,9 +1,8 @@
 //! The topic and type names the messages of one event type share: a message built on this
 //! thread for a type published here before takes clones of the same two `Arc<str>` instead of
 //! two fresh allocations. That is two allocations fewer per published event, and two fewer
-//! separate blocks of memory in every message a backend retains (the in-memory backend's log
-//! of 100 000 messages per topic is larger than the last-level cache; each block of it is a
-//! cache miss when it is written).
+//! separate blocks of memory in every message a backend retains (an in-memory log larger than
+//! the last-level cache makes each block of it a cache miss when it is written).
 
 use std::cell::RefCell;
 use std::sync::Arc;
