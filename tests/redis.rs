@@ -47,6 +47,15 @@ fn config(url: &str, name: &str) -> RedisConfig {
     c
 }
 
+/// [`config`] for the local Redis Cluster (`EVENTBUS_REDIS_CLUSTER_URL`), or `None` when the
+/// run has none (and does not require it).
+fn cluster_config(name: &str) -> Option<RedisConfig> {
+    let url = require_server("EVENTBUS_REDIS_CLUSTER_URL", "redis_cluster")?;
+    let mut c = config(&url, name);
+    c.cluster = true;
+    Some(c)
+}
+
 async fn backend(url: &str, name: &str) -> RedisBackend {
     RedisBackend::connect(config(url, name))
         .await
@@ -827,11 +836,9 @@ fn a_delayed_retry_fires_after_its_delay_and_survives_a_consumer_restart() {
 #[test]
 fn on_a_cluster_a_delayed_retry_fires_after_its_delay_and_survives_a_consumer_restart() {
     eventbus_integration::run(2, async {
-        let Some(url) = require_server("EVENTBUS_REDIS_CLUSTER_URL", "redis_cluster") else {
+        let Some(c) = cluster_config("delayed") else {
             return;
         };
-        let mut c = config(&url, "delayed");
-        c.cluster = true;
         delayed_retry_survives_a_restart(RedisBackend::connect(c).await.expect("connect")).await;
     });
 }
@@ -1213,11 +1220,9 @@ fn the_redis_inbox_keeps_fresh_ids_in_sets_and_others_in_keys_and_finds_them_all
 #[test]
 fn on_a_cluster_the_redis_inbox_finds_every_id_it_recorded() {
     eventbus_integration::run(2, async {
-        let Some(url) = require_server("EVENTBUS_REDIS_CLUSTER_URL", "redis_cluster") else {
+        let Some(mut c) = cluster_config("inboxsets") else {
             return;
         };
-        let mut c = config(&url, "inboxsets");
-        c.cluster = true;
         c.inbox_ttl = Duration::from_secs(30 * 86_400);
         let b = RedisBackend::connect(c).await.expect("connect");
         redis_inbox_finds_what_it_recorded(&b).await;
