@@ -1662,3 +1662,34 @@ fn a_small_retention_drops_no_unhandled_message_and_no_dead_letter() {
         bus.shutdown(Duration::from_secs(5)).await;
     });
 }
+
+/// By default the in-memory backend reads back each event topic's last
+/// `MemoryBackend::DEFAULT_RETENTION` (10 000) messages, and each dead-letter topic's last
+/// `MemoryBackend::DEAD_LETTER_RETENTION` (100 000), as the README says.
+#[test]
+fn the_default_retention_keeps_10_000_messages_a_topic_and_100_000_dead_letters() {
+    run(|_rt| async move {
+        use eventbus::backend::memory::MemoryBackend;
+        use eventbus::backend::{Backend, Message};
+        assert_eq!(MemoryBackend::DEFAULT_RETENTION, 10_000);
+        assert_eq!(MemoryBackend::DEAD_LETTER_RETENTION, 100_000);
+        let backend = MemoryBackend::new();
+        let message = |topic: &str| Message {
+            topic: topic.into(),
+            key: None,
+            event_type: "order.created".into(),
+            headers: Default::default(),
+            payload: b"{}".as_slice().into(),
+        };
+        for (topic, published) in [("order.created", 10_005), ("order.created.dlq", 100_005)] {
+            let batch: Vec<Message> = (0..published).map(|_| message(topic)).collect();
+            backend.publish(batch).await.unwrap();
+            let kept = backend.messages(topic);
+            assert_eq!(
+                (kept.len(), kept.first().map(|m| m.id.as_str())),
+                (published - 5, Some("5")),
+                "{topic}: {published} published, the first 5 dropped"
+            );
+        }
+    });
+}
