@@ -380,17 +380,21 @@ async fn a_burst_without_statistics_is_relayed_reading_each_row_a_few_times() {
         enqueue_committed(&db.pool, &outbox, &events).await;
     }
     let (reads_before, _) = outbox_reads(&db.pool).await;
-    let backend = MemoryBackend::new();
+    // The whole burst stays readable: by default a topic keeps its last 10 000 messages.
+    let backend = MemoryBackend::with_retention(ROWS as usize);
     let dispatcher = outbox
         .dispatcher(Arc::new(backend.clone()))
         .start()
         .expect("dispatcher");
-    eventually(
-        "the burst to be relayed",
+    let relayed = eventbus_integration::eventually_reads(
         Duration::from_secs(120),
-        || async { backend.messages("ledger.credited").len() as i64 >= ROWS },
+        || async { backend.messages("ledger.credited").len() as i64 },
+        |&relayed| relayed >= ROWS,
     )
     .await;
+    if let Err(relayed) = relayed {
+        panic!("the burst was not relayed in time: {relayed} of {ROWS} messages readable");
+    }
     dispatcher.shutdown(Duration::from_secs(10)).await;
     relay_pool.close().await;
     // The relay's statistics reach the views once its backends flush them (at exit at the
