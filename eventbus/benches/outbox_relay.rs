@@ -10,7 +10,9 @@
 //! Environment: `OUTBOX_BENCH_N` (default 20 000), `OUTBOX_BENCH_KEYS` (default 1 000 partition
 //! keys), `OUTBOX_BENCH_TXS` (default 2 000 transactions per enqueue variant),
 //! `OUTBOX_BENCH_ANALYZE=1` (refresh the planner's statistics of the table after each fill; by
-//! default the relay starts on a burst the database has no statistics of yet).
+//! default the relay starts on a burst the database has no statistics of yet),
+//! `OUTBOX_BENCH_ONLY=text` (only the rows whose label contains `text`, without the enqueue
+//! overhead: `OUTBOX_BENCH_ONLY='concurrency 1'` to profile one relay alone).
 //!
 //! CPU figures count this process and, on PostgreSQL, the database cluster's processes, each
 //! share printed.
@@ -39,6 +41,16 @@ fn env(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Whether the row `label` runs: every row unless `OUTBOX_BENCH_ONLY` names others.
+fn selected(label: &str) -> bool {
+    std::env::var("OUTBOX_BENCH_ONLY").map_or(true, |only| label.contains(only.as_str()))
+}
+
+/// Whether the enqueue overhead runs: not when `OUTBOX_BENCH_ONLY` picks relay rows.
+fn enqueue_selected() -> bool {
+    std::env::var_os("OUTBOX_BENCH_ONLY").is_none()
 }
 
 /// Ways to get at a database the bench needs beyond the library.
@@ -467,27 +479,36 @@ async fn run() {
     let txs = env("OUTBOX_BENCH_TXS", 2_000);
     println!("relay: batch_size 1000, {keys} partition keys, in-memory backend");
 
-    let (pool, path) = sqlite_pool().await;
-    let small = relay(&pool, n, keys, Relays::ONE, None).await;
-    pool.close().await;
-    remove(&path);
-    let (pool, path) = sqlite_pool().await;
-    let large = relay(&pool, n * 10, keys, Relays::ONE, None).await;
-    report("sqlite (WAL, sync=FULL)", n, &small, &large);
-    let (plain, with) = enqueue_overhead(&pool, txs).await;
-    println!(
-        "sqlite enqueue overhead: {plain:?} per transaction without, {with:?} with the outbox insert \
-         (ratio {:.2})",
-        with.as_secs_f64() / plain.as_secs_f64()
-    );
-    pool.close().await;
-    remove(&path);
+    const SQLITE: &str = "sqlite (WAL, sync=FULL)";
+    if selected(SQLITE) {
+        let (pool, path) = sqlite_pool().await;
+        let small = relay(&pool, n, keys, Relays::ONE, None).await;
+        pool.close().await;
+        remove(&path);
+        let (pool, path) = sqlite_pool().await;
+        let large = relay(&pool, n * 10, keys, Relays::ONE, None).await;
+        report(SQLITE, n, &small, &large);
+        pool.close().await;
+        remove(&path);
+    }
+    if enqueue_selected() {
+        let (pool, path) = sqlite_pool().await;
+        let (plain, with) = enqueue_overhead(&pool, txs).await;
+        println!(
+            "sqlite enqueue overhead: {plain:?} per transaction without, {with:?} with the outbox \
+             insert (ratio {:.2})",
+            with.as_secs_f64() / plain.as_secs_f64()
+        );
+        pool.close().await;
+        remove(&path);
+    }
 
     let Ok(url) = std::env::var("DATABASE_URL") else {
         println!("postgres: skipped (DATABASE_URL not set)");
         return;
     };
-    {
+    const RAW: &str = "postgres raw claim+mark";
+    if selected(RAW) {
         let (pool, admin, name) = pg_pool(&url).await;
         let pm = postmaster(&pool).await;
         let small = raw_relay(&pool, n, keys, pm).await;
@@ -495,7 +516,7 @@ async fn run() {
         let (pool, admin, name) = pg_pool(&url).await;
         let large = raw_relay(&pool, n * 10, keys, pm).await;
         pg_drop(pool, &admin, &name).await;
-        report("postgres raw claim+mark", n, &small, &large);
+        report(RAW, n, &small, &large);
     }
     // Two dispatchers of one worker each: two processes relaying one outbox.
     for (label, relays) in [
@@ -515,6 +536,9 @@ async fn run() {
             },
         ),
     ] {
+        if !selected(label) {
+            continue;
+        }
         let (pool, admin, name) = pg_pool(&url).await;
         let pm = postmaster(&pool).await;
         let small = relay(&pool, n, keys, relays, pm).await;
@@ -523,6 +547,9 @@ async fn run() {
         let large = relay(&pool, n * 10, keys, relays, pm).await;
         pg_drop(pool, &admin, &name).await;
         report(label, n, &small, &large);
+    }
+    if !enqueue_selected() {
+        return;
     }
     let (pool, admin, name) = pg_pool(&url).await;
     let settings: Vec<(String, String)> = sqlx::query_as(

@@ -23,8 +23,8 @@ use chrono::{DateTime, Utc};
 use futures::future::{self, Either};
 use futures::FutureExt;
 
-use super::driver::{FailedRow, RetryRow, Settlement, Shard};
-use super::{db_error, KeyRing, Outbox, OutboxRow, SqlDatabase, DEAD_LETTER_GROUP};
+use super::driver::{ClaimedRow, FailedRow, RetryRow, Settlement, Shard};
+use super::{db_error, KeyRing, Outbox, SqlDatabase, DEAD_LETTER_GROUP};
 use crate::backend::{Backend, Message};
 use crate::clock::{Clock, SystemClock};
 use crate::dead_letter::{dead_letter_message, Failure};
@@ -506,11 +506,11 @@ struct Ready {
 impl Relay {
     /// Publishes `rows` (in `id` order, already cut per key); returns what to write back, and
     /// how many rows were dead-lettered and given up as unreadable.
-    async fn relay(&self, rows: Vec<OutboxRow>) -> (Settlement, u64, u64) {
+    async fn relay(&self, rows: Vec<ClaimedRow>) -> (Settlement, u64, u64) {
         let mut settlement = Settlement::default();
         let mut undecryptable = 0;
         // Keys whose later rows must wait for the next pass.
-        let mut stopped: HashSet<String> = HashSet::new();
+        let mut stopped: HashSet<Arc<str>> = HashSet::new();
         let mut batch = Vec::with_capacity(rows.len());
         let mut dead = Vec::new();
         for row in rows {
@@ -581,10 +581,10 @@ impl Relay {
         (settlement, dead_lettered, undecryptable)
     }
 
-    fn ready(&self, row: OutboxRow) -> Result<Ready, String> {
+    fn ready(&self, row: ClaimedRow) -> Result<Ready, String> {
         let payload = match (&row.key_id, &self.keyring) {
             (None, _) => row.payload,
-            (Some(key_id), Some(ring)) => ring.open(key_id, &row.payload, row.event_id)?,
+            (Some(key_id), Some(ring)) => ring.open(key_id, &row.payload, row.event_id)?.into(),
             (Some(key_id), None) => {
                 return Err(format!(
                     "cannot decrypt: the row is sealed under key `{key_id}` and the outbox has \
@@ -598,11 +598,11 @@ impl Relay {
             first_failed_at: row.first_failed_at,
             last_error: row.last_error,
             message: Message {
-                topic: row.topic.into(),
-                key: row.partition_key.map(Arc::from),
-                event_type: row.event_type.into(),
+                topic: row.topic,
+                key: row.partition_key,
+                event_type: row.event_type,
                 headers: row.headers,
-                payload: payload.into(),
+                payload,
             },
         })
     }

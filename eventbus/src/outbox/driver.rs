@@ -7,8 +7,10 @@
 #![allow(unreachable_pub)]
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use sqlx::pool::PoolConnection;
 use sqlx::{Pool, Transaction};
@@ -17,6 +19,48 @@ use uuid::Uuid;
 use super::{Backlog, OutboxConfig, OutboxRow, OutboxState};
 use crate::clock::Clock;
 use crate::error::Error;
+
+/// A row a dispatcher pass claimed: the columns that publishing, retrying and dead-lettering
+/// it read, and no others (a pass decodes every column it selects on every row).
+#[derive(Debug, Clone)]
+pub struct ClaimedRow {
+    pub id: i64,
+    pub event_id: Uuid,
+    /// Shared with the message it becomes, and with the claim's other rows of the same topic.
+    pub topic: Arc<str>,
+    /// Shared as `topic` is.
+    pub event_type: Arc<str>,
+    pub partition_key: Option<Arc<str>>,
+    pub payload: Arc<[u8]>,
+    pub headers: crate::backend::MessageHeaders,
+    pub key_id: Option<String>,
+    /// Publish attempts made so far.
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub first_failed_at: Option<DateTime<Utc>>,
+}
+
+/// `text` as shared text: `previous` again when it holds the same text (the rows of a claim
+/// mostly share their topic and event type), else a new copy.
+pub fn shared_as(text: &str, previous: Option<&Arc<str>>) -> Arc<str> {
+    match previous {
+        Some(previous) if **previous == *text => previous.clone(),
+        _ => Arc::from(text),
+    }
+}
+
+/// Decodes a claim's rows in order, each given the row decoded before it (see [`shared_as`]).
+pub fn decode_claim<R>(
+    rows: &[R],
+    decode: impl Fn(&R, Option<&ClaimedRow>) -> Result<ClaimedRow, sqlx::Error>,
+) -> Result<Vec<ClaimedRow>, sqlx::Error> {
+    let mut claimed: Vec<ClaimedRow> = Vec::with_capacity(rows.len());
+    for row in rows {
+        let decoded = decode(row, claimed.last())?;
+        claimed.push(decoded);
+    }
+    Ok(claimed)
+}
 
 /// A row to insert, already encoded (and sealed).
 #[derive(Debug, Clone)]
@@ -80,7 +124,7 @@ pub trait Claim: Send {
     }
     /// The rows to publish, in `id` order, already cut so that every row of a key comes
     /// before any row of that key held elsewhere or waiting for a retry.
-    fn take_rows(&mut self) -> Vec<OutboxRow>;
+    fn take_rows(&mut self) -> Vec<ClaimedRow>;
     /// Writes the results and releases the claim.
     fn settle(
         self: Box<Self>,
@@ -244,14 +288,16 @@ impl<DB: sqlx::Database> Drop for Guarded<DB> {
 
 /// Keeps, per partition key, the claimed rows before the first row of that key held elsewhere
 /// (`first_foreign`: the smallest such id per key). Rows without a key are always kept.
-pub fn cut_blocked(rows: Vec<OutboxRow>, first_foreign: &HashMap<String, i64>) -> Vec<OutboxRow> {
+pub fn cut_blocked(rows: Vec<ClaimedRow>, first_foreign: &HashMap<String, i64>) -> Vec<ClaimedRow> {
     if first_foreign.is_empty() {
         return rows;
     }
     rows.into_iter()
         .filter(|row| match &row.partition_key {
             None => true,
-            Some(key) => first_foreign.get(key).is_none_or(|&first| row.id < first),
+            Some(key) => first_foreign
+                .get(&**key)
+                .is_none_or(|&first| row.id < first),
         })
         .collect()
 }
@@ -259,14 +305,14 @@ pub fn cut_blocked(rows: Vec<OutboxRow>, first_foreign: &HashMap<String, i64>) -
 /// Keeps the rows in `locked`, and per partition key only those before the first row that is
 /// not (someone else took it between a release and a re-lock: later rows of its key must wait).
 #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-pub fn keep_locked(rows: Vec<OutboxRow>, locked: &HashSet<i64>) -> Vec<OutboxRow> {
-    let mut lost: HashSet<String> = HashSet::new();
+pub fn keep_locked(rows: Vec<ClaimedRow>, locked: &HashSet<i64>) -> Vec<ClaimedRow> {
+    let mut lost: HashSet<Arc<str>> = HashSet::new();
     rows.into_iter()
         .filter(|row| {
             let held = locked.contains(&row.id);
             match &row.partition_key {
                 None => held,
-                Some(key) if lost.contains(key) => false,
+                Some(key) if lost.contains(&**key) => false,
                 Some(key) => {
                     if !held {
                         lost.insert(key.clone());
@@ -279,9 +325,9 @@ pub fn keep_locked(rows: Vec<OutboxRow>, locked: &HashSet<i64>) -> Vec<OutboxRow
 }
 
 /// `(ids, keys)` of the keyed rows, for the foreign-row query.
-pub fn keyed(rows: &[OutboxRow]) -> (Vec<i64>, Vec<String>) {
+pub fn keyed(rows: &[ClaimedRow]) -> (Vec<i64>, Vec<&str>) {
     rows.iter()
-        .filter_map(|r| r.partition_key.as_ref().map(|k| (r.id, k.clone())))
+        .filter_map(|r| r.partition_key.as_deref().map(|k| (r.id, k)))
         .unzip()
 }
 
@@ -298,25 +344,20 @@ pub fn headers(json: &str) -> crate::backend::MessageHeaders {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Utc;
 
-    fn row(id: i64, key: Option<&str>) -> OutboxRow {
-        OutboxRow {
+    fn row(id: i64, key: Option<&str>) -> ClaimedRow {
+        ClaimedRow {
             id,
             event_id: Uuid::now_v7(),
             topic: "t".into(),
             event_type: "t".into(),
-            partition_key: key.map(str::to_owned),
-            payload: Vec::new(),
+            partition_key: key.map(Arc::from),
+            payload: Arc::from([]),
             headers: Default::default(),
             key_id: None,
-            state: OutboxState::Pending,
             attempts: 0,
             last_error: None,
-            created_at: Utc::now(),
-            available_at: Utc::now(),
             first_failed_at: None,
-            sent_at: None,
         }
     }
 
@@ -333,6 +374,32 @@ mod tests {
         let foreign = HashMap::from([("a".to_owned(), 4), ("b".to_owned(), 0)]);
         let kept: Vec<i64> = cut_blocked(rows, &foreign).iter().map(|r| r.id).collect();
         assert_eq!(kept, [1, 3]);
+    }
+
+    #[test]
+    fn a_claims_rows_share_their_topic_until_it_changes() {
+        let fetched = [
+            (1, "a.created"),
+            (2, "a.created"),
+            (3, "b.created"),
+            (4, "b.created"),
+        ];
+        let rows = decode_claim(&fetched, |&(id, topic), previous| {
+            let mut decoded = row(id, None);
+            decoded.topic = shared_as(topic, previous.map(|p| &p.topic));
+            Ok(decoded)
+        })
+        .expect("decoded");
+        let topics: Vec<&str> = rows.iter().map(|r| &*r.topic).collect();
+        assert_eq!(topics, ["a.created", "a.created", "b.created", "b.created"]);
+        assert!(
+            Arc::ptr_eq(&rows[0].topic, &rows[1].topic),
+            "one copy of `a.created`"
+        );
+        assert!(
+            Arc::ptr_eq(&rows[2].topic, &rows[3].topic),
+            "one copy of `b.created`"
+        );
     }
 
     #[test]

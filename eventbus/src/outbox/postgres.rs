@@ -33,7 +33,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgListener, PgRow};
 use sqlx::{Executor, PgPool, Pool, Postgres, Row};
 
-use super::driver::{self, Claim, Guarded, NewRow, OutboxDriver, Settlement, Shard};
+use super::driver::{self, Claim, ClaimedRow, Guarded, NewRow, OutboxDriver, Settlement, Shard};
 use super::{embedded_migrator, millis, Backlog, OutboxConfig, OutboxRow, OutboxState};
 use crate::clock::Clock;
 use crate::error::Error;
@@ -82,6 +82,10 @@ const COLUMNS: &str = "id, event_id, topic, event_type, partition_key, payload, 
                        key_id, state, attempts, last_error, created_at, available_at, \
                        first_failed_at, sent_at";
 
+/// The columns a pass reads of each row it claims (see [`ClaimedRow`]).
+const CLAIMED_COLUMNS: &str = "id, event_id, topic, event_type, partition_key, payload, \
+                               headers::text, key_id, attempts, last_error, first_failed_at";
+
 const INSERT_ONE: &str = "INSERT INTO outbox \
     (event_id, topic, event_type, partition_key, payload, headers, key_id, created_at, available_at) \
     VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, COALESCE($8, now()), COALESCE($8, now()))";
@@ -107,7 +111,7 @@ const BEGIN_PASS: &str = "BEGIN; SET LOCAL enable_sort = off";
 /// lie below it, so the scan does not walk them.
 static CLAIM: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {COLUMNS} FROM outbox \
+        "SELECT {CLAIMED_COLUMNS} FROM outbox \
          WHERE state = 'PENDING' AND available_at <= now() AND id >= $2 \
          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
     )
@@ -130,7 +134,7 @@ macro_rules! in_shard {
 /// `$4`).
 static CLAIM_SHARD: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {COLUMNS} FROM outbox \
+        "SELECT {CLAIMED_COLUMNS} FROM outbox \
          WHERE state = 'PENDING' AND available_at <= now() AND id >= $2 AND {} \
          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         in_shard!(3, 4)
@@ -246,6 +250,25 @@ fn decode(row: &PgRow) -> Result<OutboxRow, sqlx::Error> {
     })
 }
 
+/// Decodes a claimed row; `previous` is the row before it in the claim.
+fn decode_claimed(row: &PgRow, previous: Option<&ClaimedRow>) -> Result<ClaimedRow, sqlx::Error> {
+    let key: Option<&str> = row.try_get(4)?;
+    let payload: &[u8] = row.try_get(5)?;
+    Ok(ClaimedRow {
+        id: row.try_get(0)?,
+        event_id: row.try_get(1)?,
+        topic: driver::shared_as(row.try_get(2)?, previous.map(|p| &p.topic)),
+        event_type: driver::shared_as(row.try_get(3)?, previous.map(|p| &p.event_type)),
+        partition_key: key.map(Arc::from),
+        payload: Arc::from(payload),
+        headers: driver::headers(row.try_get(6)?),
+        key_id: row.try_get(7)?,
+        attempts: driver::attempts(row.try_get::<i32, _>(8)?.into()),
+        last_error: row.try_get(9)?,
+        first_failed_at: row.try_get(10)?,
+    })
+}
+
 fn clamp_i32(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
@@ -254,7 +277,7 @@ fn clamp_i32(n: u32) -> i32 {
 struct PgClaim {
     conn: Guarded<Postgres>,
     claimed: usize,
-    rows: Vec<OutboxRow>,
+    rows: Vec<ClaimedRow>,
     next_floor: Option<i64>,
 }
 
@@ -267,7 +290,7 @@ impl Claim for PgClaim {
         self.next_floor
     }
 
-    fn take_rows(&mut self) -> Vec<OutboxRow> {
+    fn take_rows(&mut self) -> Vec<ClaimedRow> {
         std::mem::take(&mut self.rows)
     }
 
@@ -395,12 +418,7 @@ impl OutboxDriver for Postgres {
             } else {
                 sqlx::query(&CLAIM).bind(i64::from(limit)).bind(floor)
             };
-            let rows: Vec<OutboxRow> = claim
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(decode)
-                .collect::<Result<_, _>>()?;
+            let rows = driver::decode_claim(&claim.fetch_all(&mut *tx).await?, decode_claimed)?;
             let claimed = rows.len();
             let (ids, keys) = driver::keyed(&rows);
             let claim = |conn, rows, next_floor| {

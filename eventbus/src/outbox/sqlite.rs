@@ -20,7 +20,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Executor, Pool, Row, Sqlite, SqlitePool};
 
-use super::driver::{self, Claim, Guarded, NewRow, OutboxDriver, Settlement, Shard};
+use super::driver::{self, Claim, ClaimedRow, Guarded, NewRow, OutboxDriver, Settlement, Shard};
 use super::{embedded_migrator, millis, Backlog, OutboxConfig, OutboxRow, OutboxState};
 use crate::clock::Clock;
 use crate::error::Error;
@@ -89,6 +89,10 @@ const COLUMNS: &str = "id, event_id, topic, event_type, partition_key, payload, 
                        state, attempts, last_error, created_at, available_at, first_failed_at, \
                        sent_at";
 
+/// The columns a pass reads of each row it claims (see [`ClaimedRow`]).
+const CLAIMED_COLUMNS: &str = "id, event_id, topic, event_type, partition_key, payload, headers, \
+                               key_id, attempts, last_error, first_failed_at";
+
 const INSERT: &str = "INSERT INTO outbox \
     (event_id, topic, event_type, partition_key, payload, headers, key_id, created_at, available_at) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)";
@@ -99,7 +103,7 @@ const INSERT: &str = "INSERT INTO outbox \
 /// every `SENT` row still kept, on every pass.
 static CLAIM: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {COLUMNS} FROM outbox INDEXED BY outbox_pending \
+        "SELECT {CLAIMED_COLUMNS} FROM outbox INDEXED BY outbox_pending \
          WHERE state = 'PENDING' AND available_at <= ?1 ORDER BY id LIMIT ?2"
     )
 });
@@ -175,6 +179,28 @@ fn decode(row: &SqliteRow) -> Result<OutboxRow, sqlx::Error> {
     })
 }
 
+/// Decodes a claimed row; `previous` is the row before it in the claim.
+fn decode_claimed(
+    row: &SqliteRow,
+    previous: Option<&ClaimedRow>,
+) -> Result<ClaimedRow, sqlx::Error> {
+    let key: Option<&str> = row.try_get(4)?;
+    let payload: &[u8] = row.try_get(5)?;
+    Ok(ClaimedRow {
+        id: row.try_get(0)?,
+        event_id: row.try_get(1)?,
+        topic: driver::shared_as(row.try_get(2)?, previous.map(|p| &p.topic)),
+        event_type: driver::shared_as(row.try_get(3)?, previous.map(|p| &p.event_type)),
+        partition_key: key.map(Arc::from),
+        payload: Arc::from(payload),
+        headers: driver::headers(row.try_get(6)?),
+        key_id: row.try_get(7)?,
+        attempts: driver::attempts(row.try_get(8)?),
+        last_error: row.try_get(9)?,
+        first_failed_at: row.try_get::<Option<i64>, _>(10)?.map(time),
+    })
+}
+
 fn json_ids(ids: impl IntoIterator<Item = i64>) -> String {
     let ids: Vec<i64> = ids.into_iter().collect();
     serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned())
@@ -184,7 +210,7 @@ fn json_ids(ids: impl IntoIterator<Item = i64>) -> String {
 struct SqliteClaim {
     pool: SqlitePool,
     claimed: usize,
-    rows: Vec<OutboxRow>,
+    rows: Vec<ClaimedRow>,
 }
 
 impl Claim for SqliteClaim {
@@ -192,7 +218,7 @@ impl Claim for SqliteClaim {
         self.claimed
     }
 
-    fn take_rows(&mut self) -> Vec<OutboxRow> {
+    fn take_rows(&mut self) -> Vec<ClaimedRow> {
         std::mem::take(&mut self.rows)
     }
 
@@ -291,20 +317,18 @@ impl OutboxDriver for Sqlite {
         _shard: Shard,
     ) -> BoxFuture<'_, Result<Box<dyn Claim>, sqlx::Error>> {
         Box::pin(async move {
-            let rows: Vec<OutboxRow> = sqlx::query(&CLAIM)
+            let fetched = sqlx::query(&CLAIM)
                 .bind(now_ms())
                 .bind(i64::from(limit))
                 .fetch_all(pool)
-                .await?
-                .iter()
-                .map(decode)
-                .collect::<Result<_, _>>()?;
+                .await?;
+            let rows = driver::decode_claim(&fetched, decode_claimed)?;
             let claimed = rows.len();
             let (ids, keys) = driver::keyed(&rows);
             let rows = if ids.is_empty() {
                 rows
             } else {
-                let pairs: Vec<(i64, String)> = ids.into_iter().zip(keys).collect();
+                let pairs: Vec<(i64, &str)> = ids.into_iter().zip(keys).collect();
                 let json =
                     serde_json::to_string(&pairs).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
                 let first_foreign: HashMap<String, i64> = sqlx::query(FIRST_FOREIGN)
