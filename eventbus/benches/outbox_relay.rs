@@ -11,8 +11,9 @@
 //! keys), `OUTBOX_BENCH_TXS` (default 2 000 transactions per enqueue variant),
 //! `OUTBOX_BENCH_ANALYZE=1` (refresh the planner's statistics of the table after each fill; by
 //! default the relay starts on a burst the database has no statistics of yet),
-//! `OUTBOX_BENCH_ONLY=text` (only the rows whose label contains `text`, without the enqueue
-//! overhead: `OUTBOX_BENCH_ONLY='concurrency 1'` to profile one relay alone).
+//! `OUTBOX_BENCH_ONLY=text` (only the rows whose label contains `text`, or one of several
+//! texts split by `|`, without the enqueue overhead: `OUTBOX_BENCH_ONLY='concurrency 1'` to
+//! profile one relay alone, `'raw|concurrency 1'` for it beside its baseline).
 //!
 //! CPU figures count this process and, on PostgreSQL, the database cluster's processes, each
 //! share printed.
@@ -45,7 +46,8 @@ fn env(name: &str, default: usize) -> usize {
 
 /// Whether the row `label` runs: every row unless `OUTBOX_BENCH_ONLY` names others.
 fn selected(label: &str) -> bool {
-    std::env::var("OUTBOX_BENCH_ONLY").map_or(true, |only| label.contains(only.as_str()))
+    std::env::var("OUTBOX_BENCH_ONLY")
+        .map_or(true, |only| only.split('|').any(|part| label.contains(part)))
 }
 
 /// Whether the enqueue overhead runs: not when `OUTBOX_BENCH_ONLY` picks relay rows.
