@@ -46,8 +46,9 @@ fn env(name: &str, default: usize) -> usize {
 
 /// Whether the row `label` runs: every row unless `OUTBOX_BENCH_ONLY` names others.
 fn selected(label: &str) -> bool {
-    std::env::var("OUTBOX_BENCH_ONLY")
-        .map_or(true, |only| only.split('|').any(|part| label.contains(part)))
+    std::env::var("OUTBOX_BENCH_ONLY").map_or(true, |only| {
+        only.split('|').any(|part| label.contains(part))
+    })
 }
 
 /// Whether the enqueue overhead runs: not when `OUTBOX_BENCH_ONLY` picks relay rows.
